@@ -1,0 +1,262 @@
+"""The lab image: tagged by a hash of its inputs, built offline when no registry answers.
+
+``maillab:<hash>`` where the hash covers the Dockerfile, every file of the ``services`` package and
+the base image's ID, so ``labctl up`` rebuilds exactly when one of them changed (design decision 3).
+When the base (``debian:bookworm-slim``) is neither present nor pullable, a base is bootstrapped
+with ``debootstrap --variant=minbase`` from the host's Debian mirror and ``docker import``-ed
+(design decision 4): classrooms behind firewalls need that, and so do our build machines.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import re
+import shutil
+import subprocess
+import tarfile
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+
+import services
+from labctl.errors import ImageError
+from labctl.events import BuildOutput, Notice, Reporter, ignore
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DOCKERFILE = REPO_ROOT / "compose" / "Dockerfile"
+SERVICES_DIR = Path(services.__file__).resolve().parent
+
+IMAGE_REPOSITORY = "maillab"
+DEFAULT_BASE = "debian:bookworm-slim"
+BOOTSTRAP_BASE = "maillab/base:bookworm"
+SUITE = "bookworm"
+LABEL = "org.maillab.image"
+
+APT_SOURCES = (Path("/etc/apt/sources.list.d"), Path("/etc/apt/sources.list"))
+
+
+@dataclass(frozen=True)
+class ContextFile:
+    name: str  # path inside the build context
+    data: bytes
+
+
+def context_files(dockerfile: Path = DOCKERFILE, services_dir: Path = SERVICES_DIR) -> list[ContextFile]:
+    """What goes into the build context, in a stable order (so the hash is stable)."""
+    files = [ContextFile("Dockerfile", dockerfile.read_bytes())]
+    for path in sorted(services_dir.rglob("*")):
+        if path.is_file() and "__pycache__" not in path.parts and path.suffix in (".py", ".typed"):
+            files.append(ContextFile(f"services/{path.relative_to(services_dir).as_posix()}", path.read_bytes()))
+    return files
+
+
+def input_hash(files: Iterable[ContextFile], base_id: str) -> str:
+    h = hashlib.sha256(base_id.encode())
+    for f in files:
+        h.update(f.name.encode() + b"\0" + hashlib.sha256(f.data).digest())
+    return h.hexdigest()[:12]
+
+
+def context_tar(files: Iterable[ContextFile]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for f in files:
+            info = tarfile.TarInfo(f.name)
+            info.size = len(f.data)
+            info.mode = 0o644
+            info.mtime = 0  # the hash, not timestamps, decides what is new
+            tar.addfile(info, io.BytesIO(f.data))
+    return buf.getvalue()
+
+
+def host_debian_mirror(sources: tuple[Path, ...] = APT_SOURCES) -> str | None:
+    """The first Debian archive URI in the host's apt sources (deb822 or one-line format)."""
+    texts: list[str] = []
+    for src in sources:
+        if src.is_dir():
+            texts += [p.read_text(errors="replace") for p in sorted(src.glob("*.sources"))]
+            texts += [p.read_text(errors="replace") for p in sorted(src.glob("*.list"))]
+        elif src.is_file():
+            texts.append(src.read_text(errors="replace"))
+    return find_mirror("\n".join(texts))
+
+
+def find_mirror(text: str) -> str | None:
+    candidates: list[str] = []
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        m = re.match(r"^URIs:\s*(.+)$", line, re.I)
+        if m:
+            candidates += m.group(1).split()
+            continue
+        m = re.match(r"^deb\s+(?:\[[^\]]*\]\s+)?(\S+)\s+\S+", line)
+        if m:
+            candidates.append(m.group(1))
+    for uri in candidates:
+        # The security archive serves only bookworm-security, not a bootstrappable suite.
+        if uri.startswith(("http://", "https://")) and "security" not in uri:
+            return uri.rstrip("/")
+    return None
+
+
+class ImageBuilder:
+    """Finds or makes the base, then builds ``maillab:<hash>`` if it is not there yet."""
+
+    def __init__(self, client: docker.DockerClient, report: Reporter = ignore) -> None:
+        self.client = client
+        self.report = report
+
+    def ensure(self, *, base: str | None = None, mirror: str | None = None, rebuild: bool = False) -> str:
+        """Return the tag of an up-to-date lab image, building it when needed."""
+        base_ref, base_id = self.resolve_base(base, mirror)
+        files = context_files()
+        tag = f"{IMAGE_REPOSITORY}:{input_hash(files, base_id)}"
+        if not rebuild and self._exists(tag):
+            return tag
+        self.report(Notice(f"building the lab image {tag} from {base_ref}"))
+        self._build(tag, base_ref, files)
+        return tag
+
+    def current_tag(self) -> str | None:
+        """The tag `ensure` would return, or None when the base is not there (no build done)."""
+        for ref in (DEFAULT_BASE, BOOTSTRAP_BASE):
+            base_id = self._image_id(ref)
+            if base_id:
+                return f"{IMAGE_REPOSITORY}:{input_hash(context_files(), base_id)}"
+        return None
+
+    # -- the base ----------------------------------------------------------------------------
+
+    def resolve_base(self, base: str | None, mirror: str | None) -> tuple[str, str]:
+        """(reference, image id) of the base: present, pulled, or bootstrapped, in that order."""
+        wanted = base or DEFAULT_BASE
+        for ref in (wanted,) if base else (wanted, BOOTSTRAP_BASE):
+            image_id = self._image_id(ref)
+            if image_id:
+                return ref, image_id
+        try:
+            self.report(Notice(f"pulling {wanted}"))
+            repo, _, tag = wanted.partition(":")
+            image = self.client.images.pull(repo, tag=tag or "latest")
+            return wanted, str(image.id)
+        except docker.errors.APIError as exc:
+            if base:
+                raise ImageError(f"base image {base} is not present and cannot be pulled: {_explain(exc)}") from exc
+            self.report(Notice(f"{wanted} cannot be pulled ({_explain(exc)}); "
+                               f"bootstrapping an equivalent base with debootstrap instead"))
+        return BOOTSTRAP_BASE, self.bootstrap(mirror)
+
+    def bootstrap(self, mirror: str | None = None) -> str:
+        """debootstrap a minimal Debian into a temporary folder and `docker import` it."""
+        mirror = mirror or host_debian_mirror()
+        missing = self._bootstrap_blockers(mirror)
+        if missing:
+            raise ImageError(
+                f"{DEFAULT_BASE} is not present and no registry answers, and this host cannot "
+                "bootstrap a base:\n  - " + "\n  - ".join(missing) + "\nEither fix the above, "
+                f"`docker load` a {DEFAULT_BASE} image saved elsewhere, or pass --base IMAGE."
+            )
+        assert mirror is not None
+        self.report(Notice(f"bootstrapping a Debian {SUITE} base from {mirror} (about 30 s)"))
+        with tempfile.TemporaryDirectory(prefix="maillab-base-") as tmp:
+            root = Path(tmp) / "rootfs"
+            self._run(["debootstrap", "--variant=minbase", SUITE, str(root), mirror])
+            self._finish_rootfs(root, mirror)
+            tarball = Path(tmp) / "rootfs.tar"
+            self._run(["tar", "-C", str(root), "--numeric-owner", "-cf", str(tarball), "."])
+            self.report(Notice(f"importing the base as {BOOTSTRAP_BASE}"))
+            repo, _, tag = BOOTSTRAP_BASE.partition(":")
+            self.client.api.import_image_from_file(
+                str(tarball), repository=repo, tag=tag,
+                changes=['CMD ["/bin/bash"]',
+                         "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+            )
+        image_id = self._image_id(BOOTSTRAP_BASE)
+        if not image_id:
+            raise ImageError(f"docker import did not produce {BOOTSTRAP_BASE}")
+        return image_id
+
+    @staticmethod
+    def _bootstrap_blockers(mirror: str | None) -> list[str]:
+        missing = []
+        if shutil.which("debootstrap") is None:
+            missing.append("debootstrap is not installed (Debian/Ubuntu: apt-get install debootstrap)")
+        if not Path("/usr/share/keyrings/debian-archive-keyring.gpg").exists():
+            missing.append("the Debian archive keyring is missing (apt-get install debian-archive-keyring)")
+        if os.geteuid() != 0:
+            missing.append("debootstrap must run as root (run `labctl image build` with sudo once)")
+        if mirror is None:
+            missing.append("no Debian mirror found in /etc/apt/sources.list*; pass --mirror URL")
+        return missing
+
+    @staticmethod
+    def _finish_rootfs(root: Path, mirror: str) -> None:
+        """Make the bootstrapped tree match what the slim image offers: apt sources, no caches."""
+        (root / "etc/apt/sources.list").write_text(
+            f"deb {mirror} {SUITE} main\ndeb {mirror} {SUITE}-updates main\n"
+        )
+        for cache in ("var/cache/apt/archives", "var/lib/apt/lists"):
+            for p in (root / cache).glob("*"):
+                if p.is_file():
+                    p.unlink()
+
+    def _run(self, argv: list[str]) -> None:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        assert proc.stdout is not None
+        tail: list[str] = []
+        for line in proc.stdout:
+            self.report(BuildOutput(line.rstrip()))
+            tail = (tail + [line.rstrip()])[-15:]
+        if proc.wait() != 0:
+            raise ImageError(f"{argv[0]} failed (exit {proc.returncode}):\n" + "\n".join(tail))
+
+    # -- the lab image -----------------------------------------------------------------------
+
+    def _build(self, tag: str, base_ref: str, files: list[ContextFile]) -> None:
+        stream = self.client.api.build(
+            fileobj=io.BytesIO(context_tar(files)),
+            custom_context=True,
+            tag=tag,
+            buildargs={"BASE": base_ref},
+            labels={LABEL: "1"},
+            rm=True,
+            forcerm=True,
+            decode=True,
+        )
+        tail: list[str] = []
+        for chunk in stream:
+            text = _chunk_text(chunk)
+            if "error" in chunk:
+                detail = "\n".join(tail[-10:])
+                raise ImageError(f"building {tag} failed: {chunk['error'].strip()}\n{detail}")
+            if text:
+                self.report(BuildOutput(text))
+                tail = (tail + [text])[-20:]
+        if not self._exists(tag):
+            raise ImageError(f"the build finished but {tag} is missing; output:\n" + "\n".join(tail))
+        self.client.api.tag(tag, IMAGE_REPOSITORY, "latest")
+
+    def _image_id(self, ref: str) -> str | None:
+        try:
+            return str(self.client.api.inspect_image(ref)["Id"])
+        except docker.errors.ImageNotFound:
+            return None
+
+    def _exists(self, ref: str) -> bool:
+        return self._image_id(ref) is not None
+
+
+def _chunk_text(chunk: dict[str, Any]) -> str:
+    return str(chunk.get("stream") or chunk.get("status") or "").rstrip()
+
+
+def _explain(exc: docker.errors.APIError) -> str:
+    text = str(getattr(exc, "explanation", None) or exc)
+    return text.splitlines()[0][:200]

@@ -1,0 +1,183 @@
+"""The lab configuration every service reads.
+
+labctl renders the topology (``compose/lab.yml``) into one JSON document per container and
+copies it to :data:`CONFIG_PATH` before the container starts (through the Engine API, so it
+works when the engine runs in a VM). This module is the whole contract between the two sides:
+labctl builds a :class:`LabConfig` and calls :meth:`LabConfig.to_json`; a service calls
+:func:`load`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+CONFIG_PATH = Path("/etc/maillab/lab.json")
+ZONES_DIR = Path("/etc/maillab/zones")
+SPOOL_DIR = Path("/var/spool/maillab")
+MAIL_DIR = Path("/var/mail/maillab")
+
+ROLES = ("dns", "mta", "mx", "mua")
+
+
+class ConfigError(Exception):
+    """The lab configuration is missing or inconsistent; the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class Host:
+    name: str  # short name in the topology ("smtp", "andy")
+    fqdn: str  # the host's DNS name ("smtp.ouhk.example")
+    role: str  # one of ROLES
+    address: str  # IPv4 address on the lab network
+
+
+@dataclass(frozen=True)
+class Account:
+    user: str  # local part ("betty")
+    domain: str  # "stevenchoy.example"
+    password: str
+
+    @property
+    def address(self) -> str:
+        return f"{self.user}@{self.domain}"
+
+
+@dataclass(frozen=True)
+class Domain:
+    name: str
+    mail_host: str  # short name of the host that keeps this domain's mailboxes
+    accounts: tuple[Account, ...] = ()
+
+
+@dataclass(frozen=True)
+class Retry:
+    """When the MTA tries again after a transient failure (RFC 5321 §4.5.4.1).
+
+    Real MTAs wait 30 minutes and give up after days; a lab wants to watch a retry happen,
+    so the defaults are seconds. The last interval repeats until ``give_up`` seconds after
+    the message was queued.
+    """
+
+    schedule: tuple[float, ...] = (5.0, 10.0, 20.0, 40.0)
+    give_up: float = 600.0
+
+
+@dataclass(frozen=True)
+class MuaSettings:
+    """Where a mail user agent host sends and fetches mail (from its ``environment:``)."""
+
+    user: str  # full address, "andy@ouhk.example"
+    smtp: str  # FQDN of the submission server
+    pop3: str  # FQDN of the POP3 server
+
+
+@dataclass(frozen=True)
+class LabConfig:
+    lab: str
+    me: str  # short name of the host reading this config
+    subnet: str
+    nameserver: str  # address of the lab DNS server
+    hosts: tuple[Host, ...]
+    domains: tuple[Domain, ...]
+    retry: Retry = field(default_factory=Retry)
+    mua: MuaSettings | None = None  # set on hosts whose role is "mua"
+
+    # -- lookups ---------------------------------------------------------------------------
+
+    def host(self, name: str) -> Host:
+        for h in self.hosts:
+            if h.name == name or h.fqdn == name:
+                return h
+        raise ConfigError(f"no host {name!r} in lab {self.lab!r}")
+
+    @property
+    def this(self) -> Host:
+        return self.host(self.me)
+
+    def domain(self, name: str) -> Domain | None:
+        name = name.lower().rstrip(".")
+        for d in self.domains:
+            if d.name == name:
+                return d
+        return None
+
+    @property
+    def local_domains(self) -> tuple[Domain, ...]:
+        """The domains whose mailboxes live on this host."""
+        return tuple(d for d in self.domains if d.mail_host == self.me)
+
+    def account(self, address: str) -> Account | None:
+        user, _, dom = address.rpartition("@")
+        d = self.domain(dom)
+        if d is None:
+            return None
+        for a in d.accounts:
+            if a.user.lower() == user.lower():
+                return a
+        return None
+
+    def is_relay_client(self, address: str) -> bool:
+        """May a client at this IP address relay through the MTA without AUTH?
+
+        The MTA's own clients are the lab's MUA hosts; any other host (another mail server,
+        say) is "the Internet" and may only send mail for the MTA's local domains.
+        """
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        if ip.is_loopback:
+            return True
+        return any(h.role == "mua" and h.address == str(ip) for h in self.hosts)
+
+    # -- (de)serialisation -----------------------------------------------------------------
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LabConfig:
+        try:
+            mua = data.get("mua")
+            return cls(
+                lab=data["lab"],
+                me=data["me"],
+                subnet=data["subnet"],
+                nameserver=data["nameserver"],
+                hosts=tuple(Host(**h) for h in data["hosts"]),
+                domains=tuple(
+                    Domain(
+                        name=d["name"],
+                        mail_host=d["mail_host"],
+                        accounts=tuple(Account(**a) for a in d.get("accounts", ())),
+                    )
+                    for d in data["domains"]
+                ),
+                retry=Retry(
+                    schedule=tuple(data.get("retry", {}).get("schedule", Retry.schedule)),
+                    give_up=float(data.get("retry", {}).get("give_up", Retry.give_up)),
+                ),
+                mua=MuaSettings(**mua) if mua else None,
+            )
+        except (KeyError, TypeError) as exc:
+            raise ConfigError(f"lab configuration is incomplete or malformed: {exc}") from exc
+
+
+def load(path: Path = CONFIG_PATH) -> LabConfig:
+    """Read the configuration labctl placed in this container."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read {path}: {exc.strerror}; start this host with `labctl up`, "
+            "which writes the file"
+        ) from exc
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}:{exc.lineno}: not valid JSON: {exc.msg}") from exc
+    return LabConfig.from_dict(data)

@@ -1,0 +1,121 @@
+"""Readiness probe: is each lab service really answering its protocol?
+
+``labctl up`` runs this once, inside the lab (on the DNS host), over the lab network, instead of
+trusting that a started container is a serving one: a DNS query must get an authoritative answer,
+an SMTP server its ``220`` greeting, a POP3 server its ``+OK``. It polls until every target answers or
+the deadline passes, then prints one JSON line per target.
+
+    python3 -m services probe [--timeout S] KIND:ADDRESS:PORT[:ZONE] ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+# What each role serves, as (protocol, port): the probe targets and the `labctl status` table.
+ROLE_SERVICES: dict[str, tuple[tuple[str, int], ...]] = {
+    "dns": (("dns", 53),),
+    "mta": (("smtp", 25), ("smtp", 587), ("pop3", 110)),
+    "mx": (("smtp", 25), ("pop3", 110)),
+    "mua": (),
+}
+
+ATTEMPT_TIMEOUT = 1.0  # one connect or query; the whole probe has its own deadline
+POLL_INTERVAL = 0.05  # a service that is still starting gets asked again this soon
+
+
+@dataclass(frozen=True)
+class Target:
+    kind: str  # dns | smtp | pop3
+    address: str
+    port: int
+    zone: str = ""  # for dns: a zone the server must be authoritative for
+
+    @classmethod
+    def parse(cls, text: str) -> Target:
+        parts = text.split(":")
+        if len(parts) not in (3, 4) or parts[0] not in ("dns", "smtp", "pop3") or not parts[2].isdigit():
+            raise ValueError(f"bad probe target {text!r}; use KIND:ADDRESS:PORT[:ZONE]")
+        return cls(parts[0], parts[1], int(parts[2]), parts[3] if len(parts) == 4 else "")
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.address}:{self.port}"
+
+
+def _greeting(target: Target, expect: bytes, quit_line: bytes) -> str:
+    with socket.create_connection((target.address, target.port), timeout=ATTEMPT_TIMEOUT) as s:
+        f = s.makefile("rb")
+        line = f.readline(1024)
+        if not line.startswith(expect):
+            raise OSError(f"unexpected greeting {line[:80]!r}")
+        s.sendall(quit_line)
+        f.readline(1024)  # the goodbye; an orderly QUIT keeps the server's log clean
+        return line.decode("ascii", "replace").strip()
+
+
+def _dns(target: Target) -> str:
+    import dns.flags
+    import dns.message
+    import dns.query
+    import dns.rcode
+
+    query = dns.message.make_query(target.zone or ".", "SOA")
+    answer = dns.query.udp(query, target.address, port=target.port, timeout=ATTEMPT_TIMEOUT)
+    if answer.rcode() != dns.rcode.NOERROR or not answer.flags & dns.flags.AA:
+        raise OSError(f"SOA {target.zone}: {dns.rcode.to_text(answer.rcode())}, not an authoritative answer")
+    return f"SOA {target.zone} authoritative"
+
+
+CHECKS: dict[str, Callable[[Target], str]] = {
+    "smtp": lambda t: _greeting(t, b"220", b"QUIT\r\n"),
+    "pop3": lambda t: _greeting(t, b"+OK", b"QUIT\r\n"),
+    "dns": _dns,
+}
+
+
+def probe(targets: list[Target], timeout: float) -> list[dict[str, object]]:
+    deadline = time.monotonic() + timeout
+    pending = list(targets)
+    results: dict[Target, dict[str, object]] = {}
+    started = time.monotonic()
+    while pending:
+        still: list[Target] = []
+        for t in pending:
+            try:
+                detail = CHECKS[t.kind](t)
+                results[t] = {"target": str(t), "ready": True, "detail": detail,
+                              "after": round(time.monotonic() - started, 3)}
+            except Exception as exc:  # noqa: BLE001 - any failure means "not ready yet"
+                results[t] = {"target": str(t), "ready": False, "detail": str(exc) or type(exc).__name__}
+                still.append(t)
+        pending = still
+        if pending:
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(POLL_INTERVAL)
+    return [results[t] for t in targets]
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python3 -m services probe", description=__doc__.splitlines()[0])
+    parser.add_argument("--timeout", type=float, default=20.0, help="seconds to wait for all targets")
+    parser.add_argument("targets", nargs="+", help="KIND:ADDRESS:PORT[:ZONE], KIND in dns, smtp, pop3")
+    args = parser.parse_args(argv)
+    try:
+        targets = [Target.parse(t) for t in args.targets]
+    except ValueError as exc:
+        parser.error(str(exc))
+    results = probe(targets, args.timeout)
+    for r in results:
+        print(json.dumps(r))
+    return 0 if all(r["ready"] for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,66 @@
+"""What every long-running service shares: logging, prompt shutdown, the lab resolver.
+
+A Python process that is PID 1 in a container gets no default SIGTERM handler, so without
+:func:`serve` `docker stop` would wait its whole timeout and then SIGKILL us. Here SIGTERM and
+SIGINT cancel the main task, so `labctl down` takes well under a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from services.config import LabConfig
+
+log = logging.getLogger("services")
+
+RESOLV_CONF = Path("/etc/resolv.conf")
+
+
+def setup_logging(role: str) -> None:
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=logging.INFO,
+        format=f"%(asctime)s {role} %(levelname)s %(message)s",
+        datefmt="%H:%M:%S",
+    )
+
+
+def point_resolver_at_lab_dns(cfg: LabConfig, path: Path = RESOLV_CONF) -> None:
+    """Send every name lookup of this host to the lab DNS server.
+
+    Docker gives containers on user-defined networks its own embedded resolver (127.0.0.11);
+    the lab wants each lookup on the wire to the lab's name server, where the capture sees it.
+    """
+    own_domain = cfg.this.fqdn.partition(".")[2]
+    search = f"search {own_domain}\n" if own_domain else ""
+    try:
+        path.write_text(f"# written by maillab\nnameserver {cfg.nameserver}\n{search}")
+    except OSError as exc:  # read-only in unusual setups: say so, keep serving
+        log.warning("could not point %s at the lab DNS: %s", path, exc)
+
+
+async def _run_until_signalled(main: Callable[[], Awaitable[None]]) -> None:
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(main())
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, task.cancel)
+    try:
+        await task
+    except asyncio.CancelledError:
+        log.info("stopping on signal")
+
+
+def serve(main: Callable[[], Awaitable[None]]) -> int:
+    """Run ``main`` until it returns or SIGTERM/SIGINT arrives; return the exit status."""
+    asyncio.run(_run_until_signalled(main))
+    return 0
+
+
+async def forever() -> None:
+    """The body of a host that only needs to stay up (a MUA host waits for `labctl exec`)."""
+    await asyncio.Event().wait()
