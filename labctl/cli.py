@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from labctl import engine, topology
+from labctl import engine, mail, topology
 from labctl.errors import LabctlError
 from labctl.events import BuildOutput, Event, Notice, Step
 from labctl.image import ImageBuilder
@@ -143,6 +143,32 @@ def cmd_shell(args: argparse.Namespace) -> int:
     return 0  # not reached
 
 
+def _print_outcome(outcome: mail.Outcome) -> int:
+    sys.stdout.write(outcome.output)
+    if outcome.errors:
+        sys.stderr.write(outcome.errors)
+    return 0 if outcome.ok else 1
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    body = args.body if args.body is not None else sys.stdin.read()
+    return _print_outcome(mail.send(_lab(args), args.sender, args.to, args.subject, body, args.attach,
+                                    submission=args.submission))
+
+
+def cmd_fetch(args: argparse.Namespace) -> int:
+    return _print_outcome(mail.fetch(_lab(args), args.user, delete=args.delete))
+
+
+def cmd_mailbox(args: argparse.Namespace) -> int:
+    view = "raw" if args.raw else "tree" if args.tree else "text"
+    return _print_outcome(mail.mailbox(_lab(args), args.user, args.number, view=view, as_json=args.json))
+
+
+def cmd_queue(args: argparse.Namespace) -> int:
+    return _print_outcome(mail.queue(_lab(args), flush=args.flush, as_json=args.json))
+
+
 def cmd_image_build(args: argparse.Namespace) -> int:
     client = engine.connect()
     started = time.monotonic()
@@ -201,6 +227,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("shell", cmd_shell, "an interactive shell on a lab host")
     p.add_argument("host")
+
+    p = add("send", cmd_send, "send a message from a user's MUA host (SMTP submission to the MTA)")
+    p.add_argument("--from", dest="sender", required=True, help="the sending user: host name or address (andy)")
+    p.add_argument("--to", action="append", required=True, help="recipient address (repeatable)")
+    p.add_argument("--subject", required=True)
+    p.add_argument("--body", help="message text (default: read from standard input)")
+    p.add_argument("--attach", action="append", type=Path, default=[], help="a file to attach (repeatable)")
+    p.add_argument("--submission", action="store_true", help="submit on port 587 with AUTH instead of 25")
+
+    p = add("fetch", cmd_fetch, "fetch a user's new mail by POP3 into the MUA's local mailbox")
+    p.add_argument("user", help="host name or address (betty)")
+    p.add_argument("--delete", action="store_true", help="delete fetched messages on the server")
+
+    p = add("mailbox", cmd_mailbox, "a user's local mailbox (after fetch): the list, or message N")
+    p.add_argument("user")
+    p.add_argument("number", nargs="?", type=int)
+    view = p.add_mutually_exclusive_group()
+    view.add_argument("--raw", action="store_true", help="the message exactly as stored")
+    view.add_argument("--tree", action="store_true", help="only the MIME tree")
+    p.add_argument("--json", action="store_true")
+
+    p = add("queue", cmd_queue, "the sender MTA's queue: messages, recipients, attempts, next try, last error")
+    p.add_argument("--flush", action="store_true", help="retry every queued message now")
+    p.add_argument("--json", action="store_true")
 
     image = sub.add_parser("image", help="the lab image").add_subparsers(dest="image_command", required=True)
     p = image.add_parser("build", help="build the lab image (bootstrapping a base if needed)")

@@ -36,6 +36,7 @@ LABEL_HOST = "org.maillab.host"
 LABEL_ROLE = "org.maillab.role"
 LABEL_FQDN = "org.maillab.fqdn"
 LABEL_ADDRESS = "org.maillab.address"
+LABEL_USER = "org.maillab.user"  # on MUA hosts: the mail address of the host's user
 LABEL_CONFIG = "org.maillab.config"  # hash of everything a host was created from
 
 STOP_TIMEOUT = 3  # seconds; services exit on SIGTERM in milliseconds, this is for a stuck one
@@ -58,6 +59,7 @@ class HostStatus:
     address: str
     state: str  # Docker's: running, exited, ...
     container: str  # container name
+    user: str = ""  # on MUA hosts: andy@ouhk.example
 
     @property
     def ports(self) -> str:
@@ -119,6 +121,7 @@ class Lab:
                     address=labels.get(LABEL_ADDRESS, "?"),
                     state=c["State"],
                     container=c["Names"][0].lstrip("/"),
+                    user=labels.get(LABEL_USER, ""),
                 )
             )
         order = {role: i for i, role in enumerate(svc.ROLES)}
@@ -171,7 +174,7 @@ class Lab:
         def start(host: HostSpec) -> None:
             if host.name not in existing:
                 self._create_host(topo, host, image, configs[host.name], digests[host.name])
-            self.api.start(container_name(self.name, host.name))
+            self.start_host(container_name(self.name, host.name))
 
         parallel(start, todo)
         self.wait_ready(topo)
@@ -220,7 +223,9 @@ class Lab:
         self.report(Notice(f"{topo.subnet} overlaps {found}; lab {self.name!r} uses {free} instead"))
         return free
 
-    def _free_subnet(self, topo: Topology, clash: Callable[[ipaddress.IPv4Network], str | None]) -> ipaddress.IPv4Network:
+    def _free_subnet(
+        self, topo: Topology, clash: Callable[[ipaddress.IPv4Network], str | None]
+    ) -> ipaddress.IPv4Network:
         for candidate in SUBNET_SEARCH.subnets(new_prefix=topo.subnet.prefixlen):
             if clash(candidate) is None:
                 return candidate
@@ -255,6 +260,8 @@ class Lab:
             LABEL_LAB: self.name, LABEL_HOST: host.name, LABEL_ROLE: host.role,
             LABEL_FQDN: host.fqdn, LABEL_ADDRESS: str(host.address), LABEL_CONFIG: digest,
         })
+        if "MAIL_USER" in host.env:
+            labels[LABEL_USER] = host.env["MAIL_USER"]
         binds = {}
         if host.role in ("mta", "mx"):
             for kind, path in MAIL_VOLUMES.items():
@@ -263,6 +270,10 @@ class Lab:
                 binds[volume] = {"bind": path, "mode": "rw"}
         host_config = self.api.create_host_config(
             binds=binds,
+            # NET_ADMIN lets the host drop the default route Docker gives it (the seal, see
+            # services.runtime.join_lab) and lets fault scenarios shape traffic with tc/iptables
+            # inside the host's own namespace; the host's own interface is all it can touch.
+            cap_add=["NET_ADMIN"],
             dns=[str(topo.nameserver.address)],
             dns_search=[host.fqdn.partition(".")[2]],
         )
@@ -277,6 +288,9 @@ class Lab:
         )
         # Before start, so each service reads a complete configuration on its first line of code.
         self.api.put_archive(name, "/etc", _tar(files))
+
+    def start_host(self, container: str) -> None:
+        self.api.start(container)
 
     def wait_ready(self, topo: Topology) -> None:
         """Ask every service, over the lab network, until it answers its protocol."""
@@ -336,10 +350,14 @@ class Lab:
     def exec(self, host: str, cmd: list[str], *, privileged: bool = False, stdin: bytes | None = None,
              environment: dict[str, str] | None = None) -> ExecResult:
         """Run ``cmd`` on ``host`` and collect its output."""
-        name = self.find(host).container
+        return self._exec_in(self.find(host).container, cmd, privileged=privileged, stdin=stdin,
+                             environment=environment)
+
+    def _exec_in(self, container: str, cmd: list[str], *, privileged: bool = False, stdin: bytes | None = None,
+                 environment: dict[str, str] | None = None) -> ExecResult:
         stdout = io.BytesIO()
         stderr = io.BytesIO()
-        code = self.exec_stream(name, cmd, stdout.write, stderr.write, privileged=privileged,
+        code = self.exec_stream(container, cmd, stdout.write, stderr.write, privileged=privileged,
                                 stdin=stdin, environment=environment)
         return ExecResult(code, stdout.getvalue(), stderr.getvalue())
 

@@ -401,11 +401,13 @@ class _Parser:
                     raise self.fail(at, f"mua host {h.name!r} sets some of {', '.join(MUA_ENV)} but not {key}")
             if env["MAIL_USER"] not in accounts:
                 raise self.fail(
-                    at + ("MAIL_USER",), f"MAIL_USER {env['MAIL_USER']!r} is not a lab account; accounts: {', '.join(sorted(accounts))}"
+                    at + ("MAIL_USER",),
+                    f"MAIL_USER {env['MAIL_USER']!r} is not a lab account; accounts: {', '.join(sorted(accounts))}",
                 )
             for key in ("MAIL_SMTP", "MAIL_POP3"):
                 if env[key] not in fqdns:
-                    raise self.fail(at + (key,), f"{key} {env[key]!r} is not a lab host; hosts: {', '.join(sorted(fqdns))}")
+                    hosts_list = ", ".join(sorted(fqdns))
+                    raise self.fail(at + (key,), f"{key} {env[key]!r} is not a lab host; hosts: {hosts_list}")
 
 
 def _kind(value: Any) -> str:

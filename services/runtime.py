@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import subprocess
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -28,6 +29,32 @@ def setup_logging(role: str) -> None:
         format=f"%(asctime)s {role} %(levelname)s %(message)s",
         datefmt="%H:%M:%S",
     )
+
+
+def join_lab(cfg: LabConfig) -> None:
+    """Make this container a lab host: sealed from the outside, resolving through the lab DNS."""
+    drop_default_route()
+    point_resolver_at_lab_dns(cfg)
+
+
+def drop_default_route() -> None:
+    """Remove the default route Docker gives a container even on an internal network.
+
+    The bridge would drop forwarded packets anyway, but a lab host should not even try: with no
+    route, a connect to any outside address fails at once with "Network is unreachable" and no
+    packet leaves. Docker restores the route on every start, so every start of a role does this.
+    """
+    for family in ("-4", "-6"):
+        try:
+            proc = subprocess.run(["ip", family, "route", "del", "default"], capture_output=True, text=True,
+                                  timeout=5, check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            log.warning("could not remove the default route: %s", exc)
+            return
+        err = proc.stderr.strip()
+        if proc.returncode != 0 and "No such process" not in err and "No such file" not in err:
+            log.warning("could not remove the %s default route (%s); the lab network still drops "
+                        "outside traffic, but give the container NET_ADMIN to seal it", family, err)
 
 
 def point_resolver_at_lab_dns(cfg: LabConfig, path: Path = RESOLV_CONF) -> None:

@@ -12,6 +12,6 @@ from services import config, runtime
 def main(argv: list[str]) -> int:
     runtime.setup_logging("mua")
     cfg = config.load()
-    runtime.point_resolver_at_lab_dns(cfg)
+    runtime.join_lab(cfg)
     runtime.log.info("mail user agent host %s ready", cfg.this.fqdn)
     return runtime.serve(runtime.forever)

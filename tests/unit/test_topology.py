@@ -60,8 +60,9 @@ def test_lab_config_carries_accounts_and_mua_settings() -> None:
     assert cfg.is_relay_client("10.89.0.10")  # andy, a MUA host
     assert not cfg.is_relay_client("10.89.0.110")  # the MX is "the Internet" to the MTA
     # the JSON round-trip is the contract with the services
-    from services.config import LabConfig
     import json
+
+    from services.config import LabConfig
 
     assert LabConfig.from_dict(json.loads(cfg.to_json())) == cfg
 
@@ -120,7 +121,8 @@ def test_bad_values_name_the_line(old: str, new: str, message: str) -> None:
 def test_unknown_top_level_key_lists_the_valid_ones() -> None:
     err = error_of(LAB_YML + "volumes:\n  data: {}\n")
     assert err.line == len(LAB_YML.splitlines()) + 1
-    assert "unknown key 'volumes' in the topology; valid keys: name, version, x-maillab, networks, services" in err.message
+    valid = "valid keys: name, version, x-maillab, networks, services"
+    assert f"unknown key 'volumes' in the topology; {valid}" in err.message
 
 
 def test_duplicate_key_is_an_error_not_last_one_wins() -> None:

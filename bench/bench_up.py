@@ -1,0 +1,106 @@
+"""Benchmark: `labctl up` and `labctl down` against the floor, measured in the same run.
+
+The floor is what the Engine itself needs: the lab's network and the same containers (same image,
+same addresses) created and started in parallel with the bare docker SDK, with no configuration
+copied in and no waiting for any service to answer. `labctl up` does all of that plus the
+readiness probe, so the ratio shows what labctl adds. Targets: up within 1.5x the floor, down
+under 2 s.
+
+    python bench/bench_up.py [--rounds N]
+
+The image must be built already (`labctl image build`); the benchmark builds it if not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import docker.types  # noqa: E402
+
+from labctl import engine, topology  # noqa: E402
+from labctl.image import ImageBuilder  # noqa: E402
+from labctl.lab import Lab, parallel  # noqa: E402
+
+FLOOR_LABEL = "org.maillab.bench-floor"
+
+
+def floor_up(client: docker.DockerClient, image: str, topo: topology.Topology, name: str) -> float:
+    api = client.api
+    started = time.perf_counter()
+    net = f"{name}-net"
+    ipam = docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(subnet=str(topo.subnet))])
+    api.create_network(net, driver="bridge", internal=True, ipam=ipam, labels={FLOOR_LABEL: name})
+
+    def start(h: topology.HostSpec) -> None:
+        networking = api.create_networking_config({net: api.create_endpoint_config(ipv4_address=str(h.address))})
+        c = api.create_container(image, command=[h.role], name=f"{name}-{h.name}", hostname=h.fqdn,
+                                 labels={FLOOR_LABEL: name}, networking_config=networking, detach=True)
+        api.start(c["Id"])
+
+    parallel(start, list(topo.hosts))
+    return time.perf_counter() - started
+
+
+def floor_down(client: docker.DockerClient, name: str) -> None:
+    api = client.api
+    for c in api.containers(all=True, filters={"label": f"{FLOOR_LABEL}={name}"}):
+        api.remove_container(c["Id"], force=True)
+    for n in api.networks(filters={"label": f"{FLOOR_LABEL}={name}"}):
+        api.remove_network(n["Id"])
+
+
+def timed(argv: list[str]) -> float:
+    started = time.perf_counter()
+    subprocess.run(argv, check=True, capture_output=True)
+    return time.perf_counter() - started
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+
+    client = engine.connect()
+    image = ImageBuilder(client).ensure()
+    topo = topology.load()
+    labctl = [sys.executable, "-m", "labctl"]
+    floors, ups_cli, ups_lib, downs_cli = [], [], [], []
+    for i in range(args.rounds):
+        name = f"bench-{i}"
+        # Free subnet for the floor: the default one, as no lab is up during the benchmark.
+        floors.append(floor_up(client, image, topo, name))
+        floor_down(client, name)
+
+        ups_cli.append(timed([*labctl, "up", "--lab", name]))
+        downs_cli.append(timed([*labctl, "down", "--lab", name]))
+
+        lab = Lab(client, name)
+        started = time.perf_counter()
+        lab.up(topo, image)
+        ups_lib.append(time.perf_counter() - started)
+        lab.down()
+
+    floor = statistics.median(floors)
+    up_cli = statistics.median(ups_cli)
+    up_lib = statistics.median(ups_lib)
+    down = statistics.median(downs_cli)
+    print(f"image {image}, {len(topo.hosts)} hosts, {args.rounds} rounds, medians:")
+    print(f"  floor (bare SDK: network + containers started in parallel, no readiness): {floor:.2f} s")
+    print(f"  labctl up, the command (process start, image check, config, readiness probe): {up_cli:.2f} s"
+          f"  ratio {up_cli / floor:.2f}x")
+    print(f"  labctl up, the library call (same work, no process start):               {up_lib:.2f} s"
+          f"  ratio {up_lib / floor:.2f}x")
+    print(f"  labctl down, the command:                                                 {down:.2f} s")
+    print("targets: up within 1.5x the floor, down under 2 s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""Using the mail path of a running lab: send, fetch, read mailboxes, inspect the MTA queue.
+
+Each operation runs inside the lab, through the MUA (``python3 -m services mail``) on a user's host
+or the queue tool on the MTA host, exactly as a student typing on that host would; nothing writes
+files behind the servers' backs, so every step crosses the wire and shows in the capture.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from labctl.errors import LabctlError
+from labctl.lab import ExecResult, HostStatus, Lab
+
+MAIL = ["python3", "-m", "services", "mail"]
+QUEUE = ["python3", "-m", "services", "queue"]
+UPLOAD_DIR = "/tmp/labctl-upload"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a mail command printed, and whether it worked."""
+
+    host: str
+    ok: bool
+    output: str
+    errors: str
+
+
+def mua_host(lab: Lab, who: str) -> HostStatus:
+    """The MUA host of ``who``: a host name (andy), its FQDN, or the user's address."""
+    hosts = lab.status()
+    if not hosts:
+        lab.find(who)  # raises the "lab is not up" error
+    for h in hosts:
+        if h.role == "mua" and (who in (h.name, h.fqdn) or who == h.user):
+            return h
+    users = ", ".join(f"{h.name} ({h.user})" for h in hosts if h.role == "mua")
+    raise LabctlError(f"{who!r} is not a mail user of lab {lab.name!r}; users: {users}")
+
+
+def mta_host(lab: Lab) -> HostStatus:
+    for h in lab.status():
+        if h.role == "mta":
+            return h
+    raise LabctlError(f"lab {lab.name!r} has no MTA host")
+
+
+def _outcome(host: HostStatus, result: ExecResult) -> Outcome:
+    return Outcome(host.name, result.exit_code == 0, result.output, result.stderr.decode("utf-8", "replace"))
+
+
+def upload(lab: Lab, host: HostStatus, files: list[Path]) -> list[str]:
+    """Copy local files into a fresh folder on ``host``; return their paths there."""
+    folder = f"{UPLOAD_DIR}/{uuid.uuid4().hex[:8]}"
+    buf = io.BytesIO()
+    paths = []
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for f in files:
+            try:
+                data = f.read_bytes()
+            except OSError as exc:
+                raise LabctlError(f"cannot read {f}: {exc.strerror}") from exc
+            info = tarfile.TarInfo(f"{folder.lstrip('/')}/{f.name}")
+            info.size = len(data)
+            info.mode = 0o644
+            info.mtime = int(time.time())
+            tar.addfile(info, io.BytesIO(data))
+            paths.append(f"{folder}/{f.name}")
+    lab.exec(host.name, ["mkdir", "-p", folder])
+    lab.api.put_archive(host.container, "/", buf.getvalue())
+    return paths
+
+
+def send(lab: Lab, sender: str, to: list[str], subject: str, body: str, attach: list[Path] | None = None,
+         *, submission: bool = False) -> Outcome:
+    host = mua_host(lab, sender)
+    cmd = [*MAIL, "send", "--subject", subject, "--body", body]
+    for rcpt in to:
+        cmd += ["--to", rcpt]
+    for path in upload(lab, host, attach) if attach else []:
+        cmd += ["--attach", path]
+    if submission:
+        cmd.append("--submission")
+    return _outcome(host, lab.exec(host.name, cmd))
+
+
+def fetch(lab: Lab, user: str, *, delete: bool = False) -> Outcome:
+    host = mua_host(lab, user)
+    return _outcome(host, lab.exec(host.name, [*MAIL, "fetch", *(["--delete"] if delete else [])]))
+
+
+def mailbox(lab: Lab, user: str, number: int | None = None, *, view: str = "text", as_json: bool = False) -> Outcome:
+    """The local mailbox of ``user`` (after `fetch`): the list, or message ``number``."""
+    host = mua_host(lab, user)
+    if number is None:
+        cmd = [*MAIL, "list"]
+    else:
+        cmd = [*MAIL, "read", str(number)]
+        if view in ("raw", "tree"):
+            cmd.append(f"--{view}")
+    if as_json:
+        cmd.append("--json")
+    return _outcome(host, lab.exec(host.name, cmd))
+
+
+def queue(lab: Lab, *, flush: bool = False, as_json: bool = False) -> Outcome:
+    host = mta_host(lab)
+    cmd = [*QUEUE, *(["--flush"] if flush else []), *(["--json"] if as_json else [])]
+    return _outcome(host, lab.exec(host.name, cmd))
+
+
+def parse_json(outcome: Outcome) -> Any:
+    try:
+        return json.loads(outcome.output)
+    except json.JSONDecodeError as exc:
+        raise LabctlError(f"{outcome.host}: unexpected output: {outcome.output[:200]!r}{outcome.errors[:200]}") from exc

@@ -1,0 +1,212 @@
+"""The lab DNS server: a thin asyncio shell over UDP and TCP around :func:`services.dns.answer.respond`.
+
+Every DNS decision is in ``answer.py``; this module moves messages and logs one line per query
+(transport, client, qname, qtype, rcode). Over TCP (RFC 7766) each message has a two-octet length
+prefix, a connection carries any number of queries, pipelined ones are answered in order, an idle
+connection is closed, and the number of open connections is bounded. A stream that ends mid-message
+or frames a message too short to have a header is closed: after a bad frame nothing that follows can
+be trusted to start on a message boundary. Nothing a peer sends reaches another client.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import errno
+import logging
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from services import config, runtime
+from services.dns.answer import Reply, respond
+from services.dns.zones import ZoneError, Zones, load_dir
+
+log = logging.getLogger("services.dns")
+
+DNS_PORT = 53  # RFC 1035 §4.2: UDP and TCP alike
+TCP_IDLE_TIMEOUT = 10.0  # RFC 7766 §6.2.3: servers close idle connections after a few seconds
+# RFC 7766 §6.2.2: bound what clients can hold open; a five-host lab needs a handful.
+TCP_CONNECTIONS_MAX = 64
+LENGTH_PREFIX = 2  # RFC 1035 §4.2.2: each TCP message is preceded by its length in two octets
+# With port 0, UDP picks a free port and TCP must get the same number; another process may hold it.
+PORT_ATTEMPTS = 20
+
+
+def _log_reply(transport: str, client: str, reply: Reply) -> None:
+    note = f" ({reply.note})" if reply.note else ""
+    log.info("%s %s %s %s %s%s", transport, client, reply.qname, reply.qtype, reply.rcode, note)
+    if reply.bug is not None:
+        log.error("internal error answering %s from %s:\n%s", reply.qname, client, reply.bug.rstrip())
+
+
+def _client(addr: Any) -> str:
+    return f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) and len(addr) >= 2 else str(addr)
+
+
+class _Udp(asyncio.DatagramProtocol):
+    def __init__(self, zones: Zones) -> None:
+        self.zones = zones
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # The selector loop's datagram transport does not subclass asyncio.DatagramTransport.
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        try:
+            reply = respond(data, self.zones, transport="udp")
+            _log_reply("udp", _client(addr), reply)
+            if reply.wire is not None and self.transport is not None:
+                self.transport.sendto(reply.wire, addr)
+        except Exception:  # an exception here would close the endpoint: log it, keep serving
+            log.exception("udp %s: internal error", _client(addr))
+
+    def error_received(self, exc: Exception) -> None:
+        # An ICMP error for an earlier reply (the client's port is gone): nothing to do.
+        log.info("udp: %s", exc)
+
+
+@dataclass
+class _Tcp:
+    zones: Zones
+    idle_timeout: float
+    max_connections: int
+    connections: dict[asyncio.Task[None], asyncio.StreamWriter] = field(default_factory=dict)
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        client = _client(writer.get_extra_info("peername"))
+        if len(self.connections) >= self.max_connections:
+            log.warning("tcp %s: refused, %d connections already open", client, len(self.connections))
+            writer.close()
+            return
+        task = asyncio.current_task()
+        assert task is not None
+        self.connections[task] = writer
+        try:
+            while (message := await self._read(reader, client)) is not None:
+                reply = respond(message, self.zones, transport="tcp")
+                _log_reply("tcp", client, reply)
+                if reply.wire is None:
+                    break
+                writer.write(len(reply.wire).to_bytes(LENGTH_PREFIX, "big") + reply.wire)
+                # A client that never reads must not pin us: the idle timeout covers writes too.
+                async with asyncio.timeout(self.idle_timeout):
+                    await writer.drain()
+        except (ConnectionError, TimeoutError) as exc:
+            log.info("tcp %s: connection lost: %s", client, exc or type(exc).__name__)
+        except Exception:
+            log.exception("tcp %s: internal error", client)
+        finally:
+            del self.connections[task]
+            writer.close()
+
+    async def _read(self, reader: asyncio.StreamReader, client: str) -> bytes | None:
+        """The next framed message, or None when the connection should end."""
+        try:
+            async with asyncio.timeout(self.idle_timeout):
+                prefix = await reader.readexactly(LENGTH_PREFIX)
+        except asyncio.IncompleteReadError as exc:
+            if exc.partial:
+                log.info("tcp %s: closed in the middle of a length prefix", client)
+            return None  # an orderly close between messages is how a client says goodbye
+        except TimeoutError:
+            log.info("tcp %s: idle for %g s, closing", client, self.idle_timeout)
+            return None
+        length = int.from_bytes(prefix, "big")
+        try:
+            async with asyncio.timeout(self.idle_timeout):
+                return await reader.readexactly(length)
+        except asyncio.IncompleteReadError as exc:
+            log.info("tcp %s: closed after %d of %d octets of a message", client, len(exc.partial), length)
+        except TimeoutError:
+            log.info("tcp %s: stalled after part of a %d-octet message, closing", client, length)
+        return None
+
+    async def close_all(self) -> None:
+        # Aborting the transports, rather than cancelling the tasks, ends each handler through its
+        # ordinary connection-lost path, wherever it is waiting.
+        for writer in self.connections.values():
+            writer.transport.abort()
+        if self.connections:
+            await asyncio.wait(list(self.connections))
+
+
+@dataclass
+class DnsServer:
+    """A running server; UDP and TCP share :attr:`port`."""
+
+    port: int
+    _udp: asyncio.DatagramTransport
+    _tcp_server: asyncio.Server
+    _tcp: _Tcp
+
+    async def close(self) -> None:
+        self._udp.close()
+        self._tcp_server.close()
+        await self._tcp.close_all()
+        await self._tcp_server.wait_closed()
+
+
+async def start(
+    zones: Zones,
+    host: str = "0.0.0.0",
+    port: int = DNS_PORT,
+    *,
+    idle_timeout: float = TCP_IDLE_TIMEOUT,
+    max_tcp_connections: int = TCP_CONNECTIONS_MAX,
+) -> DnsServer:
+    """Serve ``zones`` on UDP and TCP ``host:port`` (port 0: a free port, the same for both)."""
+    loop = asyncio.get_running_loop()
+    tcp = _Tcp(zones, idle_timeout, max_tcp_connections)
+    attempts = PORT_ATTEMPTS if port == 0 else 1
+    for attempt in range(1, attempts + 1):
+        udp, _ = await loop.create_datagram_endpoint(lambda: _Udp(zones), local_addr=(host, port))
+        bound: int = udp.get_extra_info("sockname")[1]
+        try:
+            tcp_server = await asyncio.start_server(tcp.serve, host, bound)
+        except OSError as exc:
+            udp.close()
+            if port != 0 or exc.errno != errno.EADDRINUSE or attempt == attempts:
+                raise
+            continue
+        log.info("DNS server listening on %s port %d (udp, tcp) for %s", host, bound,
+                 ", ".join(z.origin.to_text(omit_final_dot=True) for z in zones))
+        return DnsServer(bound, udp, tcp_server, tcp)
+    raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def main(argv: list[str]) -> int:
+    """``python3 -m services dns``: serve the zones in config.ZONES_DIR until SIGTERM."""
+    argparse.ArgumentParser(prog="python3 -m services dns", description="The lab's authoritative DNS server.",
+                            epilog=f"Zone files: {config.ZONES_DIR}/*.zone").parse_args(argv)
+    runtime.setup_logging("dns")
+    try:
+        cfg = config.load()
+    except config.ConfigError as exc:
+        log.error("%s", exc)
+        return 1
+    runtime.join_lab(cfg)
+    try:
+        zones = load_dir(config.ZONES_DIR)
+    except ZoneError as exc:
+        log.error("cannot serve the lab zones: %s", exc)
+        return 1
+    for z in zones:
+        log.info("zone %s from %s", z.origin, z.source)
+    status: int = 0
+
+    async def run() -> None:
+        nonlocal status
+        try:
+            server = await start(zones)
+        except OSError as exc:
+            log.error("cannot listen on port %d: %s", DNS_PORT, exc.strerror or exc)
+            status = 1
+            return
+        try:
+            await runtime.forever()
+        finally:
+            await server.close()
+
+    return runtime.serve(run) or status
+

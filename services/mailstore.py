@@ -1,0 +1,287 @@
+"""Mailboxes on disk, in Maildir format (https://cr.yp.to/proto/maildir.html).
+
+The recipient MX delivers with :func:`deliver`; the POP3 server reads, deletes and locks with
+:class:`Maildir`. Maildir needs no locking to deliver: a message is written under a unique name in
+``tmp/`` and renamed into ``new/`` only once it is complete and on disk, so a reader never sees half
+a message and a crash leaves at worst a stray file in ``tmp/``.
+
+Messages are stored with LF line endings, the Maildir convention; POP3 puts the CRLFs back on the
+wire (:mod:`services.pop3.core`).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import re
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+SUBDIRS = ("tmp", "new", "cur")
+LOCK_NAME = ".lock"  # a dot name: Maildir readers skip it, and it is no valid message name
+DIR_MODE = 0o700
+FILE_MODE = 0o600
+# A new name is unique by construction; a clash means a stale tmp/ file from a crashed delivery
+# with a recycled pid, and the next counter value is free. More clashes than this is a bug.
+UNIQUE_ATTEMPTS = 8
+
+# Maildir's unique names, as we write them: "<seconds>.M<microseconds>P<pid>Q<counter>.<host>".
+_OUR_NAME = re.compile(r"(\d+)\.M(\d+)P(\d+)Q(\d+)\.")
+_LEADING_SECONDS = re.compile(r"(\d+)\.")
+_BAD_NAME_CHARS = ("/", "\\", "\0")
+
+
+class BadMailboxName(ValueError):
+    """An address that cannot name a mailbox directory (path tricks, empty parts)."""
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    key: str  # the Maildir unique name, without the ":2,flags" info of cur/
+    size: int  # octets on disk (LF line endings)
+    path: Path
+
+
+def mailbox_dir(root: Path, address: str) -> Path:
+    """The Maildir of ``user@domain`` under ``root``: ``root/<domain>/<user>``, lower-cased."""
+    user, at, domain = address.lower().rpartition("@")
+    if not at:
+        raise BadMailboxName(f"{address!r} is not a user@domain address")
+    for part in (user, domain):
+        # A leading dot also rules out "." and "..", and keeps the lock file's namespace ours.
+        if not part or part.startswith(".") or any(c in part for c in _BAD_NAME_CHARS):
+            raise BadMailboxName(f"{address!r} cannot name a mailbox")
+    return root / domain / user
+
+
+# -- delivery --------------------------------------------------------------------------------
+
+_counter_lock = threading.Lock()
+_deliveries = 0
+
+
+def _escaped_hostname() -> str:
+    # The Maildir spec escapes the two characters that would break a name or its ":2," info.
+    return socket.gethostname().replace("/", r"\057").replace(":", r"\072")
+
+
+_HOSTNAME = _escaped_hostname()
+
+
+def _unique_name() -> str:
+    global _deliveries
+    with _counter_lock:
+        _deliveries += 1
+        counter = _deliveries
+        # Read under the lock so that names from one process sort in delivery order.
+        now_us = time.time_ns() // 1000
+    seconds, micros = divmod(now_us, 1_000_000)
+    return f"{seconds}.M{micros}P{os.getpid()}Q{counter}.{_HOSTNAME}"
+
+
+def _fsync_dir(path: Path) -> None:
+    # A rename or unlink is durable only once the directory holding the entry is synced.
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _make_dir(path: Path) -> None:
+    """Create ``path`` and any missing parents, each entry synced into its parent directory."""
+    missing: list[Path] = []
+    probe = path
+    while not probe.is_dir():
+        missing.append(probe)
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    for directory in reversed(missing):
+        try:
+            directory.mkdir(mode=DIR_MODE)
+        except FileExistsError:
+            pass  # another delivery thread got there first; it syncs too, and so do we
+        _fsync_dir(directory.parent)
+
+
+def _ensure_maildir(mailbox: Path) -> None:
+    for sub in SUBDIRS:
+        if not (mailbox / sub).is_dir():
+            _make_dir(mailbox / sub)
+
+
+def _write_new_tmp(mailbox: Path, data: bytes) -> str:
+    for _ in range(UNIQUE_ATTEMPTS):
+        key = _unique_name()
+        tmp = mailbox / "tmp" / key
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+        except FileExistsError:
+            continue
+        try:
+            with open(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return key
+    raise FileExistsError(errno.EEXIST, "no unique Maildir name found", str(mailbox / "tmp"))
+
+
+def deliver(mailbox: Path, message: bytes) -> str:
+    """Store ``message`` durably in ``mailbox`` and return its unique key.
+
+    When this returns, the message is in ``new/`` and on disk: an SMTP server may answer ``250``
+    (with that reply it takes responsibility for the message, RFC 5321 §6.1). Raises ``OSError``.
+    Safe to call from several threads and processes at once.
+    """
+    _ensure_maildir(mailbox)
+    key = _write_new_tmp(mailbox, message.replace(b"\r\n", b"\n"))
+    tmp = mailbox / "tmp" / key
+    try:
+        os.rename(tmp, mailbox / "new" / key)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(mailbox / "new")
+    return key
+
+
+# -- reading, deleting, locking ----------------------------------------------------------------
+
+
+def _delivery_order(key: str, mtime: float) -> tuple[int, int, int, int, str]:
+    ours = _OUR_NAME.match(key)
+    if ours:
+        seconds, micros, pid, counter = (int(g) for g in ours.groups())
+        return (seconds, micros, counter, pid, key)
+    # Names from other delivery agents start with the seconds too; failing that, trust mtime.
+    leading = _LEADING_SECONDS.match(key)
+    return (int(leading.group(1)) if leading else int(mtime), 0, 0, 0, key)
+
+
+def _check_key(key: str) -> None:
+    if not key or key.startswith(".") or "/" in key or "\0" in key:
+        raise FileNotFoundError(errno.ENOENT, "no such message", key)
+
+
+class MailboxLock:
+    """An exclusive, non-blocking lock on a mailbox, held by one open file.
+
+    ``flock`` locks belong to an open file description, so two sessions in one process exclude
+    each other just as two processes do, and the kernel drops the lock if the holder dies.
+    """
+
+    def __init__(self, mailbox: Path) -> None:
+        self._mailbox = mailbox
+        self._fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def acquire(self) -> bool:
+        """Take the lock if nobody holds it; ``False`` if someone does. Raises ``OSError``."""
+        if self._fd is not None:
+            return True
+        _ensure_maildir(self._mailbox)
+        fd = os.open(self._mailbox / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)  # closing the only descriptor releases the flock
+
+
+class Maildir:
+    """One mailbox: its messages in delivery order, their bytes, deletion, and the session lock.
+
+    This is the mailbox the POP3 core expects (:class:`services.pop3.core.Mailbox`).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = MailboxLock(path)
+        self._paths: dict[str, Path] = {}
+
+    def messages(self) -> list[StoredMessage]:
+        """The messages in ``new/`` and ``cur/``, oldest delivery first."""
+        found: dict[str, tuple[tuple[int, int, int, int, str], StoredMessage]] = {}
+        for sub in ("new", "cur"):  # cur/ second: a message caught mid-move is listed once
+            try:
+                entries = list(os.scandir(self.path / sub))
+            except FileNotFoundError:
+                continue
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue  # deleted while we looked
+                if not entry.is_file(follow_symlinks=False):
+                    continue
+                key = entry.name.split(":", 1)[0]
+                found[key] = (_delivery_order(key, st.st_mtime), StoredMessage(key, st.st_size, Path(entry.path)))
+        ordered = [message for _, message in sorted(found.values(), key=lambda item: item[0])]
+        self._paths = {m.key: m.path for m in ordered}
+        return ordered
+
+    def keys(self) -> list[str]:
+        return [m.key for m in self.messages()]
+
+    def _path_of(self, key: str, *, fresh: bool) -> Path | None:
+        _check_key(key)
+        if fresh or key not in self._paths:
+            self.messages()
+        return self._paths.get(key)
+
+    def read(self, key: str) -> bytes:
+        """The stored bytes of message ``key``; ``FileNotFoundError`` if there is none."""
+        for fresh in (False, True):  # a cached path may be stale if another agent moved the file
+            path = self._path_of(key, fresh=fresh)
+            if path is None:
+                break
+            try:
+                return path.read_bytes()
+            except FileNotFoundError:
+                continue
+        raise FileNotFoundError(errno.ENOENT, "no such message", key)
+
+    def delete(self, key: str) -> None:
+        """Remove message ``key`` durably; a message already gone counts as removed."""
+        for fresh in (False, True):
+            path = self._path_of(key, fresh=fresh)
+            if path is None:
+                return
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                continue
+            self._paths.pop(key, None)
+            _fsync_dir(path.parent)
+            return
+
+    def try_lock(self) -> bool:
+        """Take this mailbox's exclusive lock (creating the Maildir if needed); ``False`` if held."""
+        return self._lock.acquire()
+
+    def unlock(self) -> None:
+        self._lock.release()

@@ -1,0 +1,86 @@
+"""Fixtures for the whole-lab tests: a real Docker engine, the real image, real labs.
+
+On a developer's laptop without an engine these tests skip; in CI (CI=true) an unreachable
+engine is a failure, never a skip (style.md).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import docker
+import pytest
+import testinfra
+
+from labctl import engine
+from labctl.errors import DockerUnavailable
+from labctl.image import ImageBuilder
+from labctl.lab import Lab, container_name
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/lab/" in str(item.fspath):
+            item.add_marker(pytest.mark.lab)
+
+
+@pytest.fixture(scope="session")
+def client() -> docker.DockerClient:
+    try:
+        return engine.connect()
+    except DockerUnavailable as exc:
+        if IN_CI:
+            pytest.fail(f"CI=true but no Docker engine: {exc}")
+        pytest.skip(f"no Docker engine: {exc}")
+
+
+@pytest.fixture(scope="session")
+def image(client: docker.DockerClient) -> str:
+    """The lab image for the code under test (built, or rebuilt after a change, if needed)."""
+    return ImageBuilder(client).ensure()
+
+
+def labctl(*args: str, check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the real command, as a user would."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "labctl", *args],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "200", **(env or {})},
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"labctl {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@dataclass
+class RunningLab:
+    name: str
+    client: docker.DockerClient
+    up_output: str
+
+    def host(self, name: str) -> testinfra.host.Host:
+        return testinfra.get_host(f"docker://{container_name(self.name, name)}")
+
+    @property
+    def lab(self) -> Lab:
+        return Lab(self.client, self.name)
+
+
+def unique_lab(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:6]}"
+
+
+@pytest.fixture(scope="module")
+def running_lab(client: docker.DockerClient, image: str) -> Iterator[RunningLab]:
+    name = unique_lab("t")
+    proc = labctl("up", "--lab", name)
+    try:
+        yield RunningLab(name, client, proc.stdout + proc.stderr)
+    finally:
+        labctl("down", "--lab", name, check=False)

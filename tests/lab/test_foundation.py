@@ -1,0 +1,160 @@
+"""The lab foundation on a real Docker engine: up, roles, lab DNS, the seal, down, two labs."""
+
+from __future__ import annotations
+
+import json
+
+import docker
+
+from labctl.lab import LABEL_LAB
+from tests.lab.conftest import RunningLab, labctl, unique_lab
+
+ROLES = {"ns": "dns", "smtp": "mta", "mail": "mx", "andy": "mua", "betty": "mua"}
+ADDRESSES = {"ns": ".53", "smtp": ".25", "mail": ".110", "andy": ".10", "betty": ".20"}
+
+
+def test_up_prints_every_host_with_role_address_and_ports(running_lab: RunningLab) -> None:
+    out = running_lab.up_output
+    assert f"lab {running_lab.name} is up" in out
+    for fqdn in ("ns.lab.example", "smtp.ouhk.example", "mail.stevenchoy.example",
+                 "andy.ouhk.example", "betty.stevenchoy.example"):
+        assert fqdn in out
+    assert "smtp 25, smtp 587, pop3 110" in out
+    assert "every service answered" in out
+
+
+def test_every_host_runs_its_role(running_lab: RunningLab) -> None:
+    status = {h.name: h for h in running_lab.lab.status()}
+    assert set(status) == set(ROLES)
+    for name, role in ROLES.items():
+        host = running_lab.host(name)
+        assert status[name].state == "running"
+        assert status[name].address.endswith(ADDRESSES[name])
+        # PID 1 is the role's service, not a shell or a sleep
+        cmdline = host.file("/proc/1/cmdline").content.split(b"\0")
+        assert cmdline[:4] == [b"python3", b"-m", b"services", role.encode()], cmdline
+        assert host.check_output("hostname") == status[name].fqdn
+        # every lookup goes to the lab DNS, where the capture sees it
+        assert f"nameserver {status['ns'].address}" in host.file("/etc/resolv.conf").content_string
+
+
+def test_services_listen_on_their_ports(running_lab: RunningLab) -> None:
+    listening = {
+        "ns": ["udp://0.0.0.0:53", "tcp://0.0.0.0:53"],
+        "smtp": ["tcp://0.0.0.0:25", "tcp://0.0.0.0:587", "tcp://0.0.0.0:110"],
+        "mail": ["tcp://0.0.0.0:25", "tcp://0.0.0.0:110"],
+    }
+    for name, sockets in listening.items():
+        host = running_lab.host(name)
+        for spec in sockets:
+            assert host.socket(spec).is_listening, f"{name} {spec}"
+
+
+def test_mta_host_digs_the_recipient_mx(running_lab: RunningLab) -> None:
+    smtp = running_lab.host("smtp")
+    assert smtp.check_output("dig +short MX stevenchoy.example") == "10 mail.stevenchoy.example."
+    full = smtp.check_output("dig MX stevenchoy.example")
+    assert "status: NOERROR" in full
+    assert " aa " in full.split("flags:")[1].split(";")[0] + " "  # authoritative
+    mail_address = running_lab.lab.find("mail").address
+    additional = full.split("ADDITIONAL SECTION:")[1]
+    assert f"mail.stevenchoy.example. 300 IN\tA\t{mail_address}" in additional.replace("\t\t", "\t")
+    # names outside the lab are refused, not resolved on the Internet
+    assert "status: REFUSED" in smtp.check_output("dig A www.debian.org")
+    # NXDOMAIN inside a lab zone
+    assert "status: NXDOMAIN" in smtp.check_output("dig A nobody.stevenchoy.example")
+
+
+def test_mua_host_resolves_lab_names_through_its_resolver(running_lab: RunningLab) -> None:
+    andy = running_lab.host("andy")
+    # getent goes through resolv.conf (and /etc/hosts): the student's tools see the lab DNS
+    assert running_lab.lab.find("smtp").address in andy.check_output("getent hosts smtp.ouhk.example")
+    reverse = andy.check_output(f"dig +short -x {running_lab.lab.find('mail').address}")
+    assert reverse == "mail.stevenchoy.example."
+
+
+def test_lab_hosts_are_sealed_from_the_outside(running_lab: RunningLab) -> None:
+    for name in ("andy", "smtp"):
+        host = running_lab.host(name)
+        routes = host.check_output("ip -4 route")
+        assert "default" not in routes, routes
+        # 198.51.100.1 (TEST-NET-2): with no route the kernel refuses locally; no packet is sent
+        probe = host.run(
+            "python3 -c \"import socket,sys\n"
+            "try:\n socket.create_connection(('198.51.100.1', 25), timeout=2)\n"
+            "except OSError as e: print(e.strerror); sys.exit(0)\n"
+            "sys.exit(1)\""
+        )
+        assert probe.rc == 0 and probe.stdout.strip() == "Network is unreachable", probe.stdout + probe.stderr
+
+
+def test_up_again_changes_nothing(running_lab: RunningLab) -> None:
+    before = {c["Id"]: c["State"] for c in running_lab.lab.containers()}
+    labctl("up", "--lab", running_lab.name)
+    after = {c["Id"]: c["State"] for c in running_lab.lab.containers()}
+    assert before == after
+
+
+def test_status_exec_and_logs(running_lab: RunningLab) -> None:
+    status = json.loads(labctl("status", "--lab", running_lab.name, "--json").stdout)
+    hosts = {h["name"]: h for h in status[running_lab.name]}
+    assert {n: h["role"] for n, h in hosts.items()} == ROLES
+    assert hosts["smtp"]["ports"] == "smtp 25, smtp 587, pop3 110"
+
+    ran = labctl("exec", "--lab", running_lab.name, "betty", "--", "dig", "+short", "MX", "ouhk.example")
+    assert ran.stdout.strip() == "10 smtp.ouhk.example."
+    failed = labctl("exec", "--lab", running_lab.name, "andy", "--", "sh", "-c", "exit 7", check=False)
+    assert failed.returncode == 7
+
+    logs = labctl("logs", "--lab", running_lab.name, "ns").stdout
+    assert "SOA" in logs  # the readiness probe's query, logged by the DNS server
+
+
+def test_user_errors_are_one_clear_line_without_traceback(running_lab: RunningLab, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    bad = tmp_path / "lab.yml"
+    bad.write_text("services:\n  ns:\n    hostname: ns.lab.example\n    comand: dns\nnetworks: {}\n")
+    proc = labctl("up", "--lab", "never", "--topology", str(bad), check=False)
+    assert proc.returncode == 1
+    assert f"{bad}:4: unknown key 'comand'" in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+
+    # the running lab's subnet, asked for by another lab
+    subnet = running_lab.lab._network()["IPAM"]["Config"][0]["Subnet"]  # noqa: SLF001
+    proc = labctl("up", "--lab", unique_lab("clash"), "--subnet", subnet, check=False)
+    assert proc.returncode == 1
+    assert f"subnet {subnet} overlaps {subnet} (lab '{running_lab.name}')" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+    proc = labctl("exec", "--lab", running_lab.name, "carol", "--", "true", check=False)
+    assert proc.returncode == 1 and "has no host 'carol'" in proc.stderr
+
+    proc = labctl("status", check=False, env={"DOCKER_HOST": "unix:///nonexistent/docker.sock"})
+    assert proc.returncode == 1
+    assert "cannot reach the Docker engine" in proc.stderr and "Start it" in proc.stderr
+
+
+def test_two_labs_side_by_side_and_down_leaves_nothing(running_lab: RunningLab, client: docker.DockerClient) -> None:
+    other = unique_lab("t2")
+    try:
+        labctl("up", "--lab", other)
+        first = running_lab.lab.find("smtp")
+        from labctl.lab import Lab
+
+        second_lab = Lab(client, other)
+        second = second_lab.find("smtp")
+        assert first.address != second.address  # a free subnet was chosen for the second lab
+        # each lab's DNS answers inside its own lab
+        ran = second_lab.exec("andy", ["dig", "+short", "A", "smtp.ouhk.example"])
+        assert ran.output.strip() == second.address
+        ran = running_lab.lab.exec("andy", ["dig", "+short", "A", "smtp.ouhk.example"])
+        assert ran.output.strip() == first.address
+    finally:
+        labctl("down", "--lab", other)
+    label = {"label": f"{LABEL_LAB}={other}"}
+    assert client.api.containers(all=True, filters=label) == []
+    assert client.api.networks(filters=label) == []
+    assert (client.api.volumes(filters=label).get("Volumes") or []) == []
+    # the first lab is untouched
+    assert all(h.state == "running" for h in running_lab.lab.status())
+    # down again is a no-op, not an error
+    assert "removed 0 hosts" in labctl("down", "--lab", other).stdout

@@ -1,0 +1,183 @@
+"""The Maildir store: naming, durable atomic delivery, listing, reading, deleting, locking."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from services.mailstore import MailboxLock, Maildir, deliver, mailbox_dir
+
+
+def test_mailbox_dir_is_domain_then_user_lower_cased(tmp_path: Path) -> None:
+    assert mailbox_dir(tmp_path, "Betty@StevenChoy.Example") == tmp_path / "stevenchoy.example" / "betty"
+    assert mailbox_dir(tmp_path, "a.b+tag@x.example") == tmp_path / "x.example" / "a.b+tag"
+
+
+@pytest.mark.parametrize("address", ["betty", "@x.example", "betty@", "..@x.example", "betty@..", ".@x",
+                                     "../../etc@x.example", "betty@x/../../y", "a/b@x.example",
+                                     "betty@x\\y", "bet\0ty@x.example", ".hidden@x.example"])
+def test_mailbox_dir_rejects_path_tricks(tmp_path: Path, address: str) -> None:
+    with pytest.raises(ValueError):
+        mailbox_dir(tmp_path, address)
+
+
+def test_deliver_writes_new_with_lf_endings_and_leaves_tmp_empty(tmp_path: Path) -> None:
+    box = tmp_path / "example" / "betty"
+    key = deliver(box, b"Subject: hi\r\n\r\nline 1\r\nbare lf\nlast")
+    assert sorted(p.name for p in box.iterdir()) == ["cur", "new", "tmp"]
+    assert (box / "new" / key).read_bytes() == b"Subject: hi\n\nline 1\nbare lf\nlast"
+    assert list((box / "tmp").iterdir()) == []
+    assert stat.S_IMODE((box / "new" / key).stat().st_mode) == 0o600
+    assert f"P{os.getpid()}Q" in key
+
+
+def test_a_failed_delivery_leaves_nothing_behind(tmp_path: Path) -> None:
+    box = tmp_path / "box"
+    deliver(box, b"first\n")
+    (box / "new").rename(box / "elsewhere")
+    (box / "new").write_text("not a directory")  # the rename into new/ must fail
+    with pytest.raises(OSError):
+        deliver(box, b"second\n")
+    assert list((box / "tmp").iterdir()) == []
+
+
+def test_concurrent_deliveries_get_unique_keys_and_all_arrive(tmp_path: Path) -> None:
+    box = tmp_path / "box"
+    keys: list[str] = []
+    guard = threading.Lock()
+
+    def worker(n: int) -> None:
+        for i in range(40):
+            key = deliver(box, f"thread {n} message {i}\r\n".encode())
+            with guard:
+                keys.append(key)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(keys) == len(set(keys)) == 320
+    listed = Maildir(box).messages()
+    assert {m.key for m in listed} == set(keys)
+    assert {Maildir(box).read(k) for k in keys} == {f"thread {n} message {i}\n".encode()
+                                                    for n in range(8) for i in range(40)}
+
+
+def test_a_reader_never_sees_a_partial_message(tmp_path: Path) -> None:
+    box = tmp_path / "box"
+    big = b"x" * 200_000 + b"\n"
+    done = threading.Event()
+
+    def writer() -> None:
+        try:
+            for _ in range(30):
+                deliver(box, big)
+        finally:
+            done.set()
+
+    t = threading.Thread(target=writer)
+    t.start()
+    reader = Maildir(box)
+    while True:
+        finished = done.is_set()  # read first: the listing below then sees every delivery
+        messages = reader.messages()
+        for m in messages:
+            assert m.size == len(big)
+            assert reader.read(m.key) == big
+        if finished:
+            break
+    t.join()
+    assert len(messages) == 30
+
+
+def test_messages_are_listed_in_delivery_order_from_new_and_cur(tmp_path: Path) -> None:
+    box = tmp_path / "box"
+    keys = [deliver(box, f"m{i}\n".encode()) for i in range(5)]
+    # A MUA that read message 2 moved it to cur/ with an info suffix; the key stays the same.
+    (box / "new" / keys[2]).rename(box / "cur" / f"{keys[2]}:2,S")
+    (box / "new" / ".hidden").write_bytes(b"not a message")
+    (box / "cur" / "subdir").mkdir()
+    listed = Maildir(box).messages()
+    assert [m.key for m in listed] == keys
+    assert [m.size for m in listed] == [3] * 5
+    assert listed[2].path == box / "cur" / f"{keys[2]}:2,S"
+    assert Maildir(box).read(keys[2]) == b"m2\n"
+
+
+def test_foreign_names_sort_by_their_leading_seconds(tmp_path: Path) -> None:
+    box = tmp_path / "box"
+    ours = deliver(box, b"ours\n")
+    (box / "new" / "1000000000.V801I2M3.old-host").write_bytes(b"old\n")
+    (box / "cur" / "9999999999.future:2,").write_bytes(b"future\n")
+    assert Maildir(box).keys() == ["1000000000.V801I2M3.old-host", ours, "9999999999.future"]
+
+
+def test_read_and_delete(tmp_path: Path) -> None:
+    box = tmp_path / "box"
+    a = deliver(box, b"a\n")
+    b = deliver(box, b"b\n")
+    md = Maildir(box)
+    assert md.read(a) == b"a\n"
+    md.delete(a)
+    assert not (box / "new" / a).exists()
+    assert md.keys() == [b]
+    md.delete(a)  # already gone: still removed, no error
+    for bad in (a, "", "../x", ".lock"):
+        with pytest.raises(FileNotFoundError):
+            md.read(bad)
+
+
+def test_a_missing_mailbox_is_empty_and_locking_creates_it(tmp_path: Path) -> None:
+    box = tmp_path / "d" / "betty"
+    md = Maildir(box)
+    assert md.messages() == []
+    assert md.try_lock()
+    assert (box / "new").is_dir() and (box / "cur").is_dir() and (box / "tmp").is_dir()
+    assert md.keys() == []  # the lock file is no message
+    md.unlock()
+
+
+def test_lock_excludes_a_second_holder_in_this_process(tmp_path: Path) -> None:
+    box = tmp_path / "box"
+    first, second = Maildir(box), Maildir(box)
+    assert first.try_lock()
+    assert first.try_lock()  # idempotent for the holder
+    assert not second.try_lock()
+    first.unlock()
+    assert second.try_lock()
+    assert not first.try_lock()
+    second.unlock()
+
+
+HOLDER = """
+import sys
+from pathlib import Path
+from services.mailstore import MailboxLock
+lock = MailboxLock(Path(sys.argv[1]))
+print("locked" if lock.acquire() else "busy", flush=True)
+sys.stdin.read()  # hold until the test closes our stdin
+"""
+
+
+def test_lock_excludes_another_process(tmp_path: Path) -> None:
+    box = tmp_path / "box"
+    root = Path(__file__).resolve().parents[2]
+    with subprocess.Popen([sys.executable, "-c", HOLDER, str(box)], cwd=root, text=True,
+                          stdin=subprocess.PIPE, stdout=subprocess.PIPE) as holder:
+        assert holder.stdout is not None and holder.stdin is not None
+        assert holder.stdout.readline().strip() == "locked"
+        ours = MailboxLock(box)
+        assert not ours.acquire()
+        holder.stdin.close()
+        holder.wait(timeout=10)
+    # The holder exited, and the kernel dropped its lock with its descriptor.
+    assert ours.acquire() and ours.held
+    ours.release()
+    assert not ours.held
