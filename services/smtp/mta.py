@@ -1,0 +1,178 @@
+"""The ``mta`` role: the sender MTA (smtp.ouhk.example), steps 1 to 5 of the article.
+
+* SMTP on port 25: the article's Activity 1 is typed here. It relays for the MTA's own clients
+  (the MUA hosts of its LAN) and takes mail from anyone for its local domains' users.
+* Submission on port 587 (RFC 6409): the same, plus AUTH PLAIN/LOGIN against the lab accounts;
+  a client outside the LAN must authenticate before MAIL (RFC 6409 §4.3).
+* A message is answered ``250 2.0.0 <queue id>`` only once it is fsync'd in the spool; the
+  delivery worker then looks up the MX and relays it (or writes a local mailbox). SIGUSR1
+  (``python3 -m services queue --flush``) makes it retry everything now.
+* POP3 on port 110 for the mailboxes of the MTA's local domains.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from services import config, mailstore, runtime
+from services.config import LabConfig
+from services.pop3 import server as pop3_server
+from services.pop3.server import AccountAuthenticator
+from services.smtp import policy, trace
+from services.smtp.delivery import DeliveryWorker, LocalDelivery
+from services.smtp.policy import Reply
+from services.smtp.server import (
+    MESSAGE_SIZE_LIMIT,
+    Client,
+    Listeners,
+    accepted,
+    listen,
+    received_header,
+    storage_failure,
+)
+from services.smtp.spool import DEFAULT_SPOOL, Spool, new_queue_id
+
+log = logging.getLogger("services.smtp.mta")
+
+SUBMISSION_PORT = 587  # RFC 6409 §3.1
+
+
+class MtaHandler:
+    """The MTA's decisions for one listener: the :class:`services.smtp.server.RoleHandler` of the sender side."""
+
+    def __init__(
+        self,
+        cfg: LabConfig,
+        spool: Spool,
+        *,
+        on_enqueued: Callable[[], None],
+        submission: bool = False,
+        relay_client: Callable[[str], bool] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._cfg = cfg
+        self._spool = spool
+        self._on_enqueued = on_enqueued
+        self._submission = submission
+        self._relay_client = relay_client or cfg.is_relay_client
+        self._clock = clock
+
+    def check_sender(self, client: Client, sender: policy.Path) -> Reply:
+        if self._submission:
+            return policy.submission_sender(
+                sender, authenticated=client.authenticated, relay_client=self._relay_client(client.peer_ip)
+            )
+        return policy.sender_ok(sender)
+
+    def check_recipient(self, client: Client, recipient: policy.Path) -> Reply:
+        relay = client.authenticated or self._relay_client(client.peer_ip)
+        return policy.recipient(self._cfg, recipient, relay=relay)
+
+    async def accept_message(self, client: Client, sender: str, recipients: Sequence[str], message: bytes) -> Reply:
+        now = self._clock()
+        # The Received header goes into the data before it is stored, so pick the id first and ask
+        # the spool to use it: the header, the 250 reply and `mailq` then name the same id.
+        wanted_id = new_queue_id(now)
+        received = received_header(self._cfg, client, queue_id=wanted_id, recipients=recipients, when=now)
+        data = trace.prepend(message, received)
+        try:
+            queue_id = await asyncio.to_thread(
+                self._spool.enqueue, sender, recipients, data, now=now, queue_id=wanted_id
+            )
+        except OSError as exc:
+            return storage_failure(exc, "cannot queue the message")
+        who = f" (AUTH {client.login})" if client.login else ""
+        log.info("%s: queued from <%s>%s for %s (%d octets)", queue_id, sender, who, ", ".join(recipients), len(data))
+        # The worker runs only once this task yields, that is after the 250 below is written.
+        self._on_enqueued()
+        return accepted(queue_id)
+
+
+def local_delivery(mail_root: Path) -> LocalDelivery:
+    """The delivery worker's final step for the MTA's own domains: Return-Path, then the Maildir."""
+
+    def deliver(sender: str, recipient: str, data: bytes) -> None:
+        final = trace.prepend(data, trace.return_path(sender))  # RFC 5321 §4.4: at final delivery
+        key = mailstore.deliver(mailstore.mailbox_dir(mail_root, recipient), final)
+        log.info("delivered from <%s> to local mailbox %s (%s)", sender, recipient, key)
+
+    return deliver
+
+
+async def start_mta(
+    cfg: LabConfig,
+    *,
+    spool: Spool,
+    on_enqueued: Callable[[], None],
+    mail_root: Path = config.MAIL_DIR,
+    host: str = "0.0.0.0",
+    smtp_port: int = 25,
+    submission_port: int = SUBMISSION_PORT,
+    pop3_port: int = 110,
+    clock: Callable[[], float] = time.time,
+    relay_client: Callable[[str], bool] | None = None,
+    size_limit: int = MESSAGE_SIZE_LIMIT,
+) -> Listeners:
+    """Start the MTA's listeners (port 0: any free port): SMTP, submission with AUTH, POP3.
+
+    ``on_enqueued`` is called after each message is queued (the delivery worker's ``wake``).
+    ``relay_client`` says which client addresses may relay without AUTH; by default the lab's
+    rule, :meth:`LabConfig.is_relay_client` (its MUA hosts, and this host itself).
+    """
+    accounts = AccountAuthenticator(cfg.local_domains)  # the same users and passwords as POP3
+
+    def handler(*, submission: bool) -> MtaHandler:
+        return MtaHandler(cfg, spool, on_enqueued=on_enqueued, submission=submission,
+                          relay_client=relay_client, clock=clock)
+
+    fqdn = cfg.this.fqdn
+    started: dict[str, asyncio.Server] = {}
+    try:
+        started["smtp"] = await listen(handler(submission=False), hostname=fqdn, host=host, port=smtp_port,
+                                       clock=clock, size_limit=size_limit)
+        started["submission"] = await listen(handler(submission=True), hostname=fqdn, host=host,
+                                             port=submission_port, clock=clock, size_limit=size_limit,
+                                             check_login=accounts.authenticate)
+        started["pop3"] = await pop3_server.start(cfg, mail_root=mail_root, host=host, port=pop3_port)
+    except BaseException:
+        for server in started.values():
+            server.close()
+        raise
+    return Listeners(started)
+
+
+def main(argv: list[str]) -> int:
+    argparse.ArgumentParser(prog="python3 -m services mta", description=__doc__.splitlines()[0]).parse_args(argv)
+    runtime.setup_logging("mta")
+    try:
+        cfg = config.load()
+    except config.ConfigError as exc:
+        log.error("%s", exc)
+        return 1
+    runtime.join_lab(cfg)
+
+    async def serve() -> None:
+        spool = Spool(DEFAULT_SPOOL)
+        worker = DeliveryWorker(cfg, spool, local_delivery=local_delivery(config.MAIL_DIR))
+        delivering = asyncio.create_task(worker.run(), name="delivery")
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGUSR1, worker.flush)  # `queue --flush` sends it
+        try:
+            listeners = await start_mta(cfg, spool=spool, on_enqueued=worker.wake)
+            try:
+                await delivering  # runs until cancelled; if it ever ends, so does the MTA
+            finally:
+                await listeners.close()
+        finally:
+            loop.remove_signal_handler(signal.SIGUSR1)
+            delivering.cancel()
+            await asyncio.gather(delivering, return_exceptions=True)
+
+    return runtime.serve(serve)
+

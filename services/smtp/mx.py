@@ -1,0 +1,107 @@
+"""The ``mx`` role: the recipient MX (mail.stevenchoy.example), steps 5 and 6 of the article.
+
+SMTP on port 25 takes mail for this host's own domains and their existing users only: no open
+relay (RFC 5321 §7.1). A message is stored in each recipient's Maildir, with its trace headers
+(Return-Path, Received; RFC 5321 §4.4), and only then answered ``250``: a crash after the 250
+loses nothing (design decision 8). POP3 on port 110 lets the users fetch it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from services import config, mailstore, runtime
+from services.config import LabConfig
+from services.pop3 import server as pop3_server
+from services.smtp import policy, trace
+from services.smtp.policy import Reply
+from services.smtp.server import (
+    MESSAGE_SIZE_LIMIT,
+    Client,
+    Listeners,
+    accepted,
+    listen,
+    received_header,
+    storage_failure,
+)
+from services.smtp.spool import new_queue_id
+
+log = logging.getLogger("services.smtp.mx")
+
+
+class MxHandler:
+    """The MX's decisions: the :class:`services.smtp.server.RoleHandler` of the recipient side."""
+
+    def __init__(self, cfg: LabConfig, *, mail_root: Path, clock: Callable[[], float] = time.time) -> None:
+        self._cfg = cfg
+        self._mail_root = mail_root
+        self._clock = clock
+
+    def check_sender(self, client: Client, sender: policy.Path) -> Reply:
+        return policy.sender_ok(sender)  # anyone may write to our users; <> too (bounces)
+
+    def check_recipient(self, client: Client, recipient: policy.Path) -> Reply:
+        return policy.recipient(self._cfg, recipient, relay=False)
+
+    async def accept_message(self, client: Client, sender: str, recipients: Sequence[str], message: bytes) -> Reply:
+        now = self._clock()
+        queue_id = new_queue_id(now)  # names this message in the Received header, the reply and the log
+        try:
+            for rcpt in recipients:
+                received = received_header(self._cfg, client, queue_id=queue_id, recipients=(rcpt,), when=now)
+                copy = trace.prepend(message, trace.return_path(sender), received)
+                mailbox = mailstore.mailbox_dir(self._mail_root, rcpt)
+                key = await asyncio.to_thread(mailstore.deliver, mailbox, copy)
+                log.info("%s: from <%s> delivered to %s (%d octets, %s)", queue_id, sender, rcpt, len(copy), key)
+        except OSError as exc:
+            # Copies stored for earlier recipients stay; the client retries all, and those users get
+            # the message twice. RFC 5321 §6.1 prefers that to losing it.
+            return storage_failure(exc, f"{queue_id}: cannot store the message")
+        return accepted(queue_id)
+
+
+async def start_mx(
+    cfg: LabConfig,
+    *,
+    mail_root: Path = config.MAIL_DIR,
+    host: str = "0.0.0.0",
+    smtp_port: int = 25,
+    pop3_port: int = 110,
+    clock: Callable[[], float] = time.time,
+    size_limit: int = MESSAGE_SIZE_LIMIT,
+) -> Listeners:
+    """Start the MX's SMTP and POP3 servers (port 0: any free port); they serve until closed."""
+    handler = MxHandler(cfg, mail_root=mail_root, clock=clock)
+    smtp = await listen(handler, hostname=cfg.this.fqdn, host=host, port=smtp_port, clock=clock,
+                        size_limit=size_limit)
+    try:
+        pop3 = await pop3_server.start(cfg, mail_root=mail_root, host=host, port=pop3_port)
+    except BaseException:
+        smtp.close()
+        raise
+    return Listeners({"smtp": smtp, "pop3": pop3})
+
+
+def main(argv: list[str]) -> int:
+    argparse.ArgumentParser(prog="python3 -m services mx", description=__doc__.splitlines()[0]).parse_args(argv)
+    runtime.setup_logging("mx")
+    try:
+        cfg = config.load()
+    except config.ConfigError as exc:
+        log.error("%s", exc)
+        return 1
+    runtime.join_lab(cfg)
+
+    async def serve() -> None:
+        listeners = await start_mx(cfg)
+        try:
+            await runtime.forever()
+        finally:
+            await listeners.close()
+
+    return runtime.serve(serve)

@@ -1,0 +1,544 @@
+"""What the lab's two SMTP servers (the MTA and the MX) share: aiosmtpd, made to answer like sendmail.
+
+aiosmtpd is the engine: it reads command lines within their limits, dispatches the verbs, runs
+AUTH PLAIN/LOGIN, and times out idle clients. :class:`LabSMTP` changes only what the lab needs
+changed, and says why each time:
+
+* the replies a student knows from the reference article (``250 2.1.0 andy@ouhk.example...
+  Sender ok``), every one with an RFC 3463 enhanced status code, since EHLO promises them
+  (ENHANCEDSTATUSCODES, RFC 2034 §3); aiosmtpd's own wordings are mapped in :data:`REWORDED`;
+* MAIL and RCPT parse their paths with :mod:`services.smtp.policy` (RFC 5321 §4.1.2, plus the
+  article's hand-typed ``MAIL FROM: andy@ouhk.example``), and are accepted before HELO, as by
+  sendmail, because the article never sends one;
+* DATA reads the message with :class:`DataReader`, which ends it only at ``<CRLF>.<CRLF>``:
+  aiosmtpd 1.4.3 also ends it at ``<LF>.<CRLF>``, the SMTP smuggling hole (CVE-2024-27305);
+* a budget of bad commands (:data:`MAX_BAD_COMMANDS`) ends with ``421``, and a bug of ours
+  answers ``451 4.3.0`` with the traceback in the log, never on the wire.
+
+What differs between the roles (who may send to whom, where a message goes) is a
+:class:`RoleHandler`: :mod:`services.smtp.mx` and :mod:`services.smtp.mta`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import errno
+import logging
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, AnyStr, Protocol
+
+from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword, Session
+
+from services.config import LabConfig
+from services.smtp import trace
+from services.smtp.policy import Path, Reply, parse_mail, parse_rcpt
+
+log = logging.getLogger("services.smtp")
+
+CRLF = b"\r\n"
+
+# -- limits ------------------------------------------------------------------------------------
+COMMAND_LINE_LIMIT = 512  # RFC 5321 §4.5.3.1.4: a command line, CRLF included
+TEXT_LINE_LIMIT = 1000  # RFC 5321 §4.5.3.1.6: a line of the message, CRLF included
+# On the wire a text line may carry one octet more: the dot added by transparency (§4.5.2).
+WIRE_LINE_LIMIT = TEXT_LINE_LIMIT + 1
+SIZE_PARAM_ALLOWANCE = 26  # RFC 1870 §3: " SIZE=" and 20 digits lengthen MAIL when SIZE is offered
+MESSAGE_SIZE_LIMIT = 10 * 1024 * 1024  # advertised with SIZE (RFC 1870); ample for lab attachments
+MAX_RECIPIENTS = 100  # RFC 5321 §4.5.3.1.8: the least a server must take; more get 452 (§4.5.3.1.10)
+IDLE_TIMEOUT = 300.0  # RFC 5321 §4.5.3.2.7: a server waits at least 5 minutes for the next command
+# Syntax and sequence errors one session may make before it is closed with 421 (sendmail counts
+# the same, MAXBADCOMMANDS; Postfix has smtpd_hard_error_limit). Unknown verbs alone run out
+# sooner: aiosmtpd gives up at its fifth (its BOGUS_LIMIT), which REWORDED turns into our 421.
+MAX_BAD_COMMANDS = 10
+BAD_COMMAND_CODES = frozenset({500, 501, 502, 503, 504, 553, 555})
+
+# -- replies -----------------------------------------------------------------------------------
+DATA_GO_AHEAD = '354 Enter mail, end with "." on a line by itself'
+BYE = "221 2.0.0 Bye"
+LOCAL_ERROR = Reply(451, "4.3.0", "Local error, try again later")
+NO_STORAGE = Reply(452, "4.3.1", "Insufficient system storage")
+LINE_TOO_LONG = Reply(500, "5.5.2", f"Line too long (RFC 5321 4.5.3.1.6: {TEXT_LINE_LIMIT} octets)")
+MESSAGE_TOO_BIG = Reply(552, "5.3.4", "Message size exceeds fixed maximum message size")  # RFC 1870 §6.1
+BARE_NEWLINE = Reply(554, "5.6.0", "Bare CR or LF in the message; lines must end with CRLF (RFC 5321 2.3.8)")
+
+# aiosmtpd 1.4.3 words these replies itself, without enhanced status codes. Its wording on the
+# left, ours on the right; every other reply is written by this module or the role handlers.
+REWORDED: Mapping[str, str] = {
+    "500 Command line too long": f"500 5.5.2 Line too long (RFC 5321 4.5.3.1.4: {COMMAND_LINE_LIMIT} octets)",
+    "500 Error: bad syntax": "500 5.5.2 Syntax error, command unrecognized",
+    "500 Error: strict ASCII mode": "500 5.5.2 Syntax error: 8-bit characters in a command",
+    "250 OK": "250 2.0.0 OK",  # NOOP, RSET
+    "221 Bye": BYE,
+    "501 Syntax: QUIT": "501 5.5.4 Syntax: QUIT",
+    "501 Syntax: RSET": "501 5.5.4 Syntax: RSET",
+    "502 EXPN not implemented": "502 5.5.1 EXPN not implemented",
+    "503 Error: send EHLO first": "503 5.5.1 Send EHLO first",
+    "500 Error: command 'AUTH' not recognized": "503 5.5.1 AUTH is an ESMTP command: send EHLO, not HELO",
+    "503 Already authenticated": "503 5.5.1 Already authenticated",
+    "501 Not enough value": "501 5.5.4 Syntax: AUTH mechanism [initial-response]",
+    "501 Too many values": "501 5.5.4 Syntax: AUTH mechanism [initial-response]",
+}
+# aiosmtpd echoes the unknown verb; a verb may hold a bare CR, so ours does not.
+_UNRECOGNIZED = re.compile(r'500 Error: command ".*" not recognized', re.DOTALL)
+_GIVE_UP = "502 5.5.1 Too many unrecognized commands, goodbye."
+_EXCEPTION_TEXT = ("500 Error: (", "500 Error: Cannot describe error")  # a Python exception, named
+
+HELP_TOPICS: Mapping[str, str] = {
+    "HELO": "HELO <hostname>",
+    "EHLO": "EHLO <hostname>",
+    "MAIL": "MAIL FROM:<address> [SIZE=<octets>] [BODY=7BIT|8BITMIME]",
+    "RCPT": "RCPT TO:<address>",
+    "DATA": 'DATA, then the message, then a line with only "."',
+    "RSET": "RSET",
+    "NOOP": "NOOP",
+    "QUIT": "QUIT",
+    "VRFY": "VRFY <address>",
+    "HELP": "HELP [command]",
+    "AUTH": "AUTH PLAIN|LOGIN [initial-response]",
+}
+
+
+def too_many_errors(hostname: str) -> str:
+    return f"421 4.7.0 {hostname} Too many errors, closing connection"  # RFC 5321 §3.8: 421, then close
+
+
+def reword(line: str, hostname: str) -> str:
+    """Our reply for one of aiosmtpd's own (see :data:`REWORDED`); any other line unchanged."""
+    if line == _GIVE_UP:
+        return too_many_errors(hostname)
+    if line.startswith(_EXCEPTION_TEXT):  # only if our handle_exception itself failed
+        return str(LOCAL_ERROR)
+    if _UNRECOGNIZED.fullmatch(line):
+        return "500 5.5.1 Command unrecognized"
+    return REWORDED.get(line, line)
+
+
+def _code(line: str) -> int:
+    head = line[:3]
+    return int(head) if head.isdigit() else 0
+
+
+# -- the message after DATA ----------------------------------------------------------------------
+
+
+class DataReader:
+    """The text after DATA, fed a line at a time; a pure core with no socket.
+
+    ``feed`` takes what the stream reader gives: a line ending in LF, or a fragment of an
+    over-long line. The data ends only at a line ``.<CRLF>`` that follows a CRLF (RFC 5321
+    §4.1.1.4), so ``<LF>.<LF>`` and ``<LF>.<CRLF>`` are text, never an end: the SMTP smuggling
+    attack hides a second message behind them for a server that ends there. A bare CR or LF
+    makes the whole message refused (§2.3.8), after its real end.
+    """
+
+    def __init__(self, size_limit: int) -> None:
+        self._size_limit = size_limit
+        self._lines: list[bytes] = []
+        self._line = bytearray()  # the line being assembled from fragments
+        self._after_crlf = True  # the DATA command's own CRLF comes before the first line
+        self._size = 0
+        self._error: Reply | None = None
+
+    def feed(self, piece: bytes) -> bool:
+        """Take the next piece; True once it was the end-of-data line."""
+        if not self._line and self._after_crlf and piece == b".\r\n":
+            return True
+        # RFC 1870 counts the message; the transparency dots counted here err on the safe side.
+        self._size += len(piece)
+        if self._size > self._size_limit:
+            self._fail(MESSAGE_TOO_BIG)
+        self._line += piece
+        if not piece.endswith(b"\n"):
+            if len(self._line) > WIRE_LINE_LIMIT:
+                self._fail(LINE_TOO_LONG)
+                del self._line[:-1]  # bounded memory; the last octet may be the CR of a CRLF
+            return False
+        line = bytes(self._line)
+        self._line.clear()
+        self._after_crlf = line.endswith(CRLF)
+        text = line[1:] if line.startswith(b".") else line  # §4.5.2: the client's transparency dot
+        if len(text) > TEXT_LINE_LIMIT:
+            self._fail(LINE_TOO_LONG)
+        elif not self._after_crlf or b"\r" in line[:-2]:
+            self._fail(BARE_NEWLINE)
+        if self._error is None:
+            self._lines.append(text)
+        return False
+
+    def _fail(self, reply: Reply) -> None:
+        if self._error is None:
+            self._error = reply
+            self._lines.clear()  # a refused message is not kept in memory while the rest arrives
+
+    def outcome(self) -> bytes | Reply:
+        """The message (dots unstuffed, CRLF line ends), or the reply refusing it."""
+        return self._error if self._error is not None else b"".join(self._lines)
+
+
+# -- the role's part -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Client:
+    """What a role handler may know about the client when it decides."""
+
+    peer_ip: str
+    helo: str | None  # the name given in HELO/EHLO; None if the client never greeted
+    esmtp: bool  # greeted with EHLO
+    login: str | None  # the account it authenticated as (AUTH, RFC 4954)
+
+    @property
+    def authenticated(self) -> bool:
+        return self.login is not None
+
+
+class RoleHandler(Protocol):
+    """The decisions and the delivery that make a server the MTA or the MX."""
+
+    def check_sender(self, client: Client, sender: Path) -> Reply:
+        """MAIL FROM, already well-formed: 250 to accept."""
+        ...
+
+    def check_recipient(self, client: Client, recipient: Path) -> Reply:
+        """RCPT TO, already well-formed: 250 to accept."""
+        ...
+
+    async def accept_message(self, client: Client, sender: str, recipients: Sequence[str], message: bytes) -> Reply:
+        """After DATA: make the message durable and answer 250, or answer why not.
+
+        ``sender`` is ``""`` for the null reverse-path. Only a 250 tells the client we took it.
+        """
+        ...
+
+
+LoginCheck = Callable[[str, str], str | None]  # (user, password) -> the account's address
+
+
+def received_header(cfg: LabConfig, client: Client, *, queue_id: str, recipients: Sequence[str], when: float) -> bytes:
+    """The Received header this host prepends for a message from ``client`` (RFC 5321 §4.4)."""
+    return trace.received(
+        helo=client.helo,
+        peer_ip=client.peer_ip,
+        peer_name=trace.reverse_name(cfg, client.peer_ip),
+        by=cfg.this.fqdn,
+        with_protocol=trace.protocol(esmtp=client.esmtp, authenticated=client.authenticated),
+        queue_id=queue_id,
+        recipients=tuple(recipients),
+        when=when,
+    )
+
+
+def accepted(queue_id: str) -> Reply:
+    return Reply(250, "2.0.0", f"{queue_id} Message accepted for delivery")
+
+
+def storage_failure(exc: OSError, what: str) -> Reply:
+    """The reply for a disk that would not take the message: nothing was acknowledged."""
+    log.error("%s: %s", what, exc)
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return NO_STORAGE
+    return LOCAL_ERROR
+
+
+# -- the aiosmtpd protocol ---------------------------------------------------------------------------
+
+
+class _QuietSession(Session):
+    """aiosmtpd's Session minus the deprecation warning its own AUTH code logs on every login."""
+
+    @property
+    def login_data(self) -> Any:
+        return self._login_data
+
+    @login_data.setter
+    def login_data(self, value: Any) -> None:
+        self._login_data = value
+
+
+@dataclass
+class _Transaction:
+    sender: str | None = None  # None until MAIL; "" is the null reverse-path
+    recipients: list[str] = field(default_factory=list)
+
+
+class LabSMTP(SMTP):
+    """One client connection. See the module docstring for what differs from aiosmtpd."""
+
+    line_length_limit = WIRE_LINE_LIMIT  # the stream reader's bound, for commands and text alike
+    command_size_limit = COMMAND_LINE_LIMIT - len(CRLF)  # aiosmtpd measures a line without its CRLF
+
+    def __init__(
+        self,
+        role: RoleHandler,
+        *,
+        hostname: str,
+        clock: Callable[[], float] = time.time,
+        size_limit: int = MESSAGE_SIZE_LIMIT,
+        check_login: LoginCheck | None = None,
+    ) -> None:
+        # aiosmtpd keeps these limits in one dict shared by every connection; ours is per connection.
+        self.command_size_limits: collections.defaultdict[str, int] = collections.defaultdict(
+            lambda: self.command_size_limit
+        )
+        self._role = role
+        self._check_login = check_login
+        self._helo: str | None = None
+        self._esmtp = False
+        self._login: str | None = None
+        self._txn = _Transaction()
+        self._bad_commands = 0
+        self._closing = False
+        super().__init__(
+            role,
+            hostname=hostname,
+            ident=f"ESMTP maillab; {trace.date(clock())}",
+            data_size_limit=size_limit,
+            timeout=IDLE_TIMEOUT,
+            # The lab has no certificates, so no STARTTLS, and AUTH goes in the clear: seeing the
+            # password cross the wire in the capture is one of the lab's lessons. Never on the Internet.
+            auth_require_tls=False,
+            authenticator=self._check_account,
+            # Without a login check no mechanism is offered (and aiosmtpd's log says so).
+            auth_exclude_mechanism=None if check_login is not None else ["LOGIN", "PLAIN"],
+            loop=asyncio.get_running_loop(),
+        )
+
+    # -- plumbing -------------------------------------------------------------------------------
+
+    @property
+    def peer_ip(self) -> str:
+        peer: Any = self.session.peer if self.session is not None else None
+        return str(peer[0]) if isinstance(peer, tuple) and peer else "0.0.0.0"
+
+    def _client(self) -> Client:
+        return Client(self.peer_ip, self._helo, self._esmtp, self._login)
+
+    def _create_session(self) -> Session:
+        return _QuietSession(self.loop)
+
+    def _set_post_data_state(self) -> None:
+        # aiosmtpd starts each transaction here (at connect, after RSET and DATA); ours starts too.
+        self.envelope = self._create_envelope()
+        self._txn = _Transaction()
+
+    async def push(self, status: AnyStr) -> None:
+        """Every reply passes here: reworded, counted against the bad-command budget."""
+        if self._closing:
+            return  # after 221 or 421, commands the client pipelined get no answer
+        line = reword(status.decode("ascii", "replace") if isinstance(status, bytes) else status, self.hostname)
+        hang_up = False
+        if _code(line) in BAD_COMMAND_CODES:
+            self._bad_commands += 1
+            if self._bad_commands >= MAX_BAD_COMMANDS:
+                log.warning("%s: %d bad commands, closing", self.peer_ip, self._bad_commands)
+                line = too_many_errors(self.hostname)
+                hang_up = True
+        await super().push(line)
+        if line.startswith(("221 ", "421 ")):
+            self._closing = True
+        if hang_up:
+            this: Any = self  # aiosmtpd declares these attributes as None
+            this._handler_coroutine.cancel()  # as aiosmtpd's QUIT does
+            this.transport.close()
+
+    def eof_received(self) -> bool:
+        # A client may send its whole session at once and half-close (`printf ... | nc host 25`):
+        # every command it sent still gets processed and answered. aiosmtpd cancels the session at
+        # EOF and drops what is still buffered; we only mark the end of the stream, and the reader
+        # reaching it ends the session (see handle_exception).
+        log.info("%s: end of input from the client", self.peer_ip)
+        return bool(asyncio.StreamReaderProtocol.eof_received(self))
+
+    async def handle_exception(self, error: Exception) -> str:
+        if isinstance(error, asyncio.IncompleteReadError):
+            # The client's input ended between commands: nothing to answer, the session is over.
+            # End the session as aiosmtpd does when a connection is lost: by cancellation (its loop
+            # would otherwise read the spent stream again and again without ever yielding).
+            self._closing = True
+            this: Any = self
+            if this.transport is not None:
+                this.transport.close()
+            raise asyncio.CancelledError
+        # A bug of ours: the client learns only that it may try again (RFC 5321 §4.2.1, 451).
+        log.error("%s: internal error, answered %s", self.peer_ip, LOCAL_ERROR, exc_info=error)
+        return str(LOCAL_ERROR)
+
+    async def _reply(self, reply: Reply | str) -> None:
+        await self.push(str(reply))
+
+    # -- greetings ------------------------------------------------------------------------------
+
+    def _greeted(self, hostname: str, *, esmtp: bool) -> None:
+        self._set_post_data_state()  # RFC 5321 §4.1.4: HELO/EHLO also end any transaction
+        self._helo, self._esmtp = hostname, esmtp
+        session: Any = self.session
+        session.host_name, session.extended_smtp = hostname, esmtp  # aiosmtpd's AUTH reads these
+
+    async def smtp_HELO(self, hostname: str | None) -> None:
+        if not hostname:
+            return await self._reply("501 5.5.4 Syntax: HELO hostname")
+        self._greeted(hostname, esmtp=False)
+        await self._reply(f"250 {self.hostname} Hello {trace.address_literal(self.peer_ip)}, pleased to meet you")
+
+    async def smtp_EHLO(self, hostname: str | None) -> None:
+        if not hostname:
+            return await self._reply("501 5.5.4 Syntax: EHLO hostname")
+        self._greeted(hostname, esmtp=True)
+        self.command_size_limits["MAIL"] = self.command_size_limit + SIZE_PARAM_ALLOWANCE
+        # Only what is implemented (RFC 5321 §4.1.1.1): replies keep their order, so PIPELINING
+        # (RFC 2920); the message is taken as bytes, so 8BITMIME (RFC 6152).
+        lines = [
+            f"{self.hostname} Hello {trace.address_literal(self.peer_ip)}, pleased to meet you",
+            f"SIZE {self.data_size_limit}",
+            "8BITMIME",
+            "PIPELINING",
+            "ENHANCEDSTATUSCODES",
+        ]
+        if self._check_login is not None:
+            lines.append("AUTH " + " ".join(sorted(self._auth_methods)))
+        for i, text in enumerate(lines):
+            await self._reply(f"250{'-' if i < len(lines) - 1 else ' '}{text}")
+
+    # -- the transaction --------------------------------------------------------------------------
+
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        # No HELO needed first: the reference article's session starts with MAIL, and sendmail takes it.
+        if self._txn.sender is not None:
+            return await self._reply("503 5.5.1 Sender already specified")
+        path = parse_mail(arg, size_limit=self.data_size_limit, esmtp=self._esmtp)
+        reply = path if isinstance(path, Reply) else self._role.check_sender(self._client(), path)
+        if isinstance(path, Path) and reply.positive:
+            self._txn.sender = path.address
+        await self._reply(reply)
+
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        if self._txn.sender is None:
+            return await self._reply("503 5.5.1 Need MAIL before RCPT")
+        if len(self._txn.recipients) >= MAX_RECIPIENTS:
+            return await self._reply("452 4.5.3 Too many recipients")
+        path = parse_rcpt(arg)
+        reply = path if isinstance(path, Reply) else self._role.check_recipient(self._client(), path)
+        if isinstance(path, Path) and reply.positive and path.address not in self._txn.recipients:
+            self._txn.recipients.append(path.address)
+        await self._reply(reply)
+
+    async def smtp_DATA(self, arg: str | None) -> None:
+        if self._closing:
+            return  # pipelined after QUIT or 421: never deliver what we will not acknowledge
+        if self._txn.sender is None:
+            return await self._reply("503 5.5.1 Need MAIL command")
+        if not self._txn.recipients:
+            return await self._reply("503 5.5.1 Need RCPT (recipient)")
+        if arg:
+            return await self._reply("501 5.5.4 Syntax: DATA")
+        await self._reply(DATA_GO_AHEAD)
+        reader = DataReader(self.data_size_limit)
+        if not await self._read_data(reader):
+            return  # the client went away mid-message: nothing was acknowledged
+        sender, recipients = self._txn.sender, tuple(self._txn.recipients)
+        self._set_post_data_state()
+        outcome = reader.outcome()
+        if isinstance(outcome, Reply):
+            log.info("%s: message from <%s> refused: %s", self.peer_ip, sender, outcome)
+            return await self._reply(outcome)
+        await self._reply(await self._role.accept_message(self._client(), sender, recipients, outcome))
+
+    async def _read_data(self, reader: DataReader) -> bool:
+        """Feed the reader to the end of the data; False if the connection ended first."""
+        while True:
+            try:
+                piece = await self._reader.readuntil(b"\n")
+            except asyncio.LimitOverrunError as exc:  # an over-long line, in fragments
+                piece = await self._reader.read(exc.consumed)
+            except asyncio.IncompleteReadError:
+                return False
+            self._reset_timeout()  # a long message keeps the session alive while it flows
+            if reader.feed(piece):
+                return True
+
+    # -- the other commands ------------------------------------------------------------------------
+
+    async def smtp_VRFY(self, arg: str | None) -> None:
+        if not arg:
+            return await self._reply("501 5.5.4 Syntax: VRFY <address>")
+        # RFC 5321 §3.5.3: 252 neither confirms nor denies; telling who exists helps harvesters.
+        await self._reply("252 2.5.2 Cannot VRFY user, but will accept message and attempt delivery")
+
+    async def smtp_HELP(self, arg: str | None) -> None:
+        topics = {k: v for k, v in HELP_TOPICS.items() if k != "AUTH" or self._check_login is not None}
+        if arg:
+            usage = topics.get(arg.strip().upper())
+            return await self._reply(f"214 2.0.0 {usage}" if usage else "504 5.5.4 HELP topic unknown")
+        await self._reply("214-2.0.0 Commands: " + " ".join(topics))
+        await self._reply("214-2.0.0 For more, HELP <command>; the protocol is RFC 5321")
+        await self._reply("214 2.0.0 End of HELP info")
+
+    async def smtp_AUTH(self, arg: str | None) -> None:
+        if self._check_login is None:
+            return await self._reply("502 5.5.1 AUTH is offered on the submission port only")
+        await super().smtp_AUTH(arg)
+
+    def _check_account(
+        self, server: SMTP, session: Session, envelope: Any, mechanism: str, auth_data: Any
+    ) -> AuthResult:
+        if self._check_login is None or not isinstance(auth_data, LoginPassword):
+            return AuthResult(success=False, handled=False)
+        user = auth_data.login.decode("utf-8", "replace")
+        account = self._check_login(user, auth_data.password.decode("utf-8", "surrogateescape"))
+        if account is None:
+            log.info("%s: AUTH %s as %r failed", self.peer_ip, mechanism, user)
+            return AuthResult(success=False, handled=False)  # aiosmtpd answers 535 5.7.8
+        log.info("%s: AUTH %s as %s", self.peer_ip, mechanism, account)
+        self._login = account
+        return AuthResult(success=True, auth_data=account)
+
+
+# -- listeners ---------------------------------------------------------------------------------------
+
+
+async def listen(
+    role: RoleHandler,
+    *,
+    hostname: str,
+    host: str,
+    port: int,
+    clock: Callable[[], float] = time.time,
+    size_limit: int = MESSAGE_SIZE_LIMIT,
+    check_login: LoginCheck | None = None,
+) -> asyncio.Server:
+    """Serve SMTP on ``host``:``port`` (0: any free port) with a :class:`LabSMTP` per connection."""
+
+    def connection() -> LabSMTP:
+        return LabSMTP(role, hostname=hostname, clock=clock, size_limit=size_limit, check_login=check_login)
+
+    server = await asyncio.get_running_loop().create_server(connection, host, port)
+    auth = ", AUTH PLAIN LOGIN" if check_login is not None else ""
+    log.info("SMTP server %s listening on %s%s", hostname, _where(server), auth)
+    return server
+
+
+def _where(server: asyncio.Server) -> str:
+    return ", ".join(f"{s.getsockname()[0]}:{s.getsockname()[1]}" for s in server.sockets)
+
+
+@dataclass(frozen=True)
+class Listeners:
+    """The servers one role runs, by name ("smtp", "submission", "pop3")."""
+
+    servers: Mapping[str, asyncio.Server]
+
+    def port(self, name: str) -> int:
+        """The port ``name`` listens on (the tests bind port 0 and ask)."""
+        port: int = self.servers[name].sockets[0].getsockname()[1]
+        return port
+
+    async def close(self) -> None:
+        for server in self.servers.values():
+            server.close()
+        for server in self.servers.values():
+            await server.wait_closed()
+

@@ -1,0 +1,366 @@
+"""The sender MTA's durable queue: what has been accepted with ``250`` and is not yet delivered.
+
+Layout under the spool root (like sendmail's ``df``/``qf`` pair, one directory each)::
+
+    data/<id>    the message, exactly as received; written once, never changed
+    state/<id>   JSON: envelope sender, queue time, and per recipient its delivery state
+    tmp/         files being written; never read, emptied at start-up
+    corrupt/     state files that could not be read, kept for a human, never delivered
+    lock         flock(2) target so `queue --flush` and the MTA do not lose each other's update
+
+Crash safety (design decision 8: nothing is acknowledged before it is durable). Every file is
+written in ``tmp/``, fsync'd, then renamed (or hard-linked) into place, and the directory is
+fsync'd. The rename of ``state/<id>`` is the commit point of an enqueue; removing ``state/<id>``
+is the commit point of a removal. So after a crash at any instant a message is either absent
+or complete; a ``data/<id>`` without its state is a half-done enqueue or removal, and
+:meth:`Spool.recover` deletes it.
+
+Only one process enqueues and delivers (the MTA). ``python3 -m services queue`` opens the
+same spool with ``recover=False`` and only reads it or rewrites states under the lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import secrets
+import tempfile
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, replace
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from services import config
+
+log = logging.getLogger("services.smtp.spool")
+
+# The MTA main and `python3 -m services queue` both open this spool.
+DEFAULT_SPOOL = config.SPOOL_DIR / "queue"
+
+STATE_VERSION = 1  # bump when the state file format changes incompatibly
+
+_ID_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_ID_TIME_DIGITS = 6  # 62**6 seconds is ~1800 years: ids sort by queue time, like sendmail's
+_ID_RANDOM_DIGITS = 6  # 62**6 ~ 5.7e10 per second; os.link() below still catches a collision
+
+
+class SpoolError(Exception):
+    """The spool cannot do what was asked (unknown queue id, unreadable entry)."""
+
+
+class Status(StrEnum):
+    PENDING = "pending"  # still to be delivered; tried again at next_attempt
+    DELIVERED = "delivered"  # a 2xx from the remote MX, or written to a local mailbox
+    BOUNCED = "bounced"  # given up: a bounce went to the sender (none if the sender was <>)
+
+
+@dataclass(frozen=True)
+class RecipientState:
+    address: str
+    status: Status = Status.PENDING
+    attempts: int = 0
+    next_attempt: float = 0.0  # epoch seconds; meaningful while pending
+    last_attempt: float | None = None
+    last_error: str = ""  # human-readable reason of the last failed attempt
+    dsn_status: str = ""  # RFC 3463 code of the last outcome ("4.4.1", "5.1.1")
+    remote_mta: str = ""  # the MX host that gave the last reply
+    diagnostic: str = ""  # that host's reply, "550 5.1.1 No such user"
+
+    @property
+    def pending(self) -> bool:
+        return self.status is Status.PENDING
+
+
+@dataclass(frozen=True)
+class QueueEntry:
+    id: str
+    sender: str  # "" is the null reverse-path <> (a bounce)
+    queued_at: float
+    size: int
+    recipients: tuple[RecipientState, ...]
+
+    @property
+    def done(self) -> bool:
+        return not any(r.pending for r in self.recipients)
+
+    def due_recipients(self, now: float) -> tuple[RecipientState, ...]:
+        return tuple(r for r in self.recipients if r.pending and r.next_attempt <= now)
+
+    @property
+    def next_attempt(self) -> float | None:
+        times = [r.next_attempt for r in self.recipients if r.pending]
+        return min(times) if times else None
+
+    def recipient(self, address: str) -> RecipientState:
+        for r in self.recipients:
+            if r.address == address:
+                return r
+        raise SpoolError(f"{self.id}: no recipient {address!r}")
+
+
+def is_null_sender(sender: str) -> bool:
+    """The null reverse-path (RFC 5321 §4.5.5); aiosmtpd reports it as "<>"."""
+    return sender in ("", "<>")
+
+
+def new_queue_id(now: float) -> str:
+    """A short id like sendmail's ``j8U9hrH01679``: queue time then random, base 62."""
+    t = int(now)
+    head = []
+    for _ in range(_ID_TIME_DIGITS):
+        t, digit = divmod(t, len(_ID_ALPHABET))
+        head.append(_ID_ALPHABET[digit])
+    tail = (secrets.choice(_ID_ALPHABET) for _ in range(_ID_RANDOM_DIGITS))
+    return "".join(reversed(head)) + "".join(tail)
+
+
+def _valid_id(name: str) -> bool:
+    return len(name) == _ID_TIME_DIGITS + _ID_RANDOM_DIGITS and all(c in _ID_ALPHABET for c in name)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _entry_to_json(entry: QueueEntry) -> bytes:
+    doc: dict[str, Any] = {"version": STATE_VERSION, **asdict(entry)}
+    return json.dumps(doc, indent=1, sort_keys=True).encode("utf-8")
+
+
+def _entry_from_json(raw: bytes) -> QueueEntry:
+    doc = json.loads(raw)
+    if doc.get("version") != STATE_VERSION:
+        raise ValueError(f"state version {doc.get('version')!r}, expected {STATE_VERSION}")
+    recipients = tuple(
+        RecipientState(**{**r, "status": Status(r["status"])}) for r in doc["recipients"]
+    )
+    return QueueEntry(
+        id=doc["id"],
+        sender=doc["sender"],
+        queued_at=float(doc["queued_at"]),
+        size=int(doc["size"]),
+        recipients=recipients,
+    )
+
+
+class Spool:
+    """The queue on disk. Thread-safe; every method does its own (short, fsync'd) disk I/O."""
+
+    def __init__(self, root: Path, *, recover: bool = True) -> None:
+        self.root = root
+        self._data = root / "data"
+        self._state = root / "state"
+        self._tmp = root / "tmp"
+        self._corrupt = root / "corrupt"
+        for d in (root, self._data, self._state, self._tmp, self._corrupt):
+            d.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._thread_lock = threading.Lock()
+        self._lock_path = root / "lock"
+        if recover:
+            self.recover()
+
+    # -- locking ---------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Exclusive against other threads (the lock) and the queue CLI (flock on a file)."""
+        with self._thread_lock:
+            fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                os.close(fd)  # releases the flock
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def _write_tmp(self, content: bytes) -> Path:
+        fd, name = tempfile.mkstemp(dir=self._tmp)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(content)
+                f.flush()
+                os.fsync(f.fileno())
+        except BaseException:
+            os.unlink(name)
+            raise
+        return Path(name)
+
+    def _commit_state(self, entry: QueueEntry) -> None:
+        tmp = self._write_tmp(_entry_to_json(entry))
+        os.replace(tmp, self._state / entry.id)  # atomic: readers see the old or the new state
+        _fsync_dir(self._state)
+
+    def enqueue(
+        self, sender: str, recipients: Sequence[str], data: bytes, *, now: float, queue_id: str | None = None
+    ) -> str:
+        """Store a message durably; return its queue id. On return, it survives a crash.
+
+        ``queue_id`` (from :func:`new_queue_id`) is used if it is still free, so a Received
+        header written before the enqueue can name the id the queue will show.
+        """
+        if not recipients:
+            raise ValueError("a message needs at least one recipient")
+        if queue_id is not None and not _valid_id(queue_id):
+            raise ValueError(f"not a queue id: {queue_id!r}")
+        wanted = queue_id
+        tmp = self._write_tmp(data)
+        try:
+            while True:
+                queue_id, wanted = wanted or new_queue_id(now), None
+                try:
+                    # link(2) fails if the name exists: an atomic claim of the id.
+                    os.link(tmp, self._data / queue_id)
+                    break
+                except FileExistsError:
+                    continue
+        finally:
+            tmp.unlink()
+        _fsync_dir(self._data)
+        unique = list(dict.fromkeys(recipients))  # RCPT twice is one delivery
+        entry = QueueEntry(
+            id=queue_id,
+            sender="" if is_null_sender(sender) else sender,
+            queued_at=now,
+            size=len(data),
+            recipients=tuple(RecipientState(address=r, next_attempt=now) for r in unique),
+        )
+        with self._locked():
+            self._commit_state(entry)
+        return queue_id
+
+    def record(self, queue_id: str, updates: Iterable[RecipientState]) -> QueueEntry:
+        """Replace the state of the named recipients (matched by address); return the entry."""
+        by_address = {u.address: u for u in updates}
+        with self._locked():
+            entry = self._load(queue_id)
+            unknown = set(by_address) - {r.address for r in entry.recipients}
+            if unknown:
+                raise SpoolError(f"{queue_id}: no recipient {sorted(unknown)!r}")
+            entry = replace(
+                entry, recipients=tuple(by_address.get(r.address, r) for r in entry.recipients)
+            )
+            self._commit_state(entry)
+            return entry
+
+    def remove(self, queue_id: str) -> None:
+        """Forget a message: its state first (the commit), then its data."""
+        with self._locked():
+            try:
+                (self._state / queue_id).unlink()
+            except FileNotFoundError:
+                raise SpoolError(f"no queue entry {queue_id}") from None
+            _fsync_dir(self._state)
+            with contextlib.suppress(FileNotFoundError):
+                (self._data / queue_id).unlink()
+
+    def flush(self, now: float) -> int:
+        """Make every pending recipient due at ``now``; return how many there were."""
+        count = 0
+        with self._locked():
+            for entry in self._scan():
+                pending = [r for r in entry.recipients if r.pending and r.next_attempt > now]
+                if not pending:
+                    continue
+                count += len(pending)
+                self._commit_state(
+                    replace(
+                        entry,
+                        recipients=tuple(
+                            replace(r, next_attempt=now) if r in pending else r for r in entry.recipients
+                        ),
+                    )
+                )
+        return count
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def _load(self, queue_id: str) -> QueueEntry:
+        try:
+            raw = (self._state / queue_id).read_bytes()
+        except FileNotFoundError:
+            raise SpoolError(f"no queue entry {queue_id}") from None
+        try:
+            return _entry_from_json(raw)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise SpoolError(f"{queue_id}: unreadable state: {exc}") from exc
+
+    def _scan(self) -> list[QueueEntry]:
+        entries = []
+        for path in sorted(self._state.iterdir()):
+            try:
+                entries.append(self._load(path.name))
+            except SpoolError as exc:
+                # Gone since iterdir (delivered), or corrupt (recover() moves it aside).
+                log.debug("skipping %s: %s", path.name, exc)
+        return entries
+
+    def entries(self) -> list[QueueEntry]:
+        """Every message in the queue, oldest first."""
+        return sorted(self._scan(), key=lambda e: (e.queued_at, e.id))
+
+    def entry(self, queue_id: str) -> QueueEntry:
+        return self._load(queue_id)
+
+    def due(self, now: float) -> list[QueueEntry]:
+        """The messages with at least one pending recipient whose next attempt is due."""
+        return [e for e in self.entries() if e.due_recipients(now)]
+
+    def next_due(self) -> float | None:
+        """When the earliest pending recipient is due, or None for an empty queue."""
+        times = [t for e in self._scan() if (t := e.next_attempt) is not None]
+        return min(times) if times else None
+
+    def read(self, queue_id: str) -> bytes:
+        """The message data as received."""
+        try:
+            return (self._data / queue_id).read_bytes()
+        except FileNotFoundError:
+            raise SpoolError(f"{queue_id}: message data missing") from None
+
+    # -- start-up --------------------------------------------------------------------------
+
+    def recover(self) -> list[str]:
+        """Finish what a crash interrupted; return the ids of the complete entries left.
+
+        Call once at MTA start, before any enqueue: tmp files and data without state are
+        enqueues (or removals) that never committed; their client got no ``250``.
+        """
+        with self._locked():
+            for path in self._tmp.iterdir():
+                log.info("spool: discarding unfinished write %s", path.name)
+                path.unlink()
+            kept: list[str] = []
+            for path in sorted(self._state.iterdir()):
+                qid = path.name
+                try:
+                    entry = self._load(qid) if _valid_id(qid) else None
+                    if entry is None or not (self._data / qid).exists():
+                        raise SpoolError(f"{qid}: not a queue entry or its data is missing")
+                except SpoolError as exc:
+                    log.error("spool: moving %s aside to %s: %s", qid, self._corrupt, exc)
+                    os.replace(path, self._corrupt / qid)
+                    if (self._data / qid).exists():
+                        os.replace(self._data / qid, self._corrupt / f"{qid}.data")
+                    continue
+                if entry.done:  # crashed between the last record() and remove()
+                    path.unlink()
+                    (self._data / qid).unlink()
+                    continue
+                kept.append(qid)
+            _fsync_dir(self._state)
+            for path in self._data.iterdir():
+                if path.name not in kept:
+                    log.info("spool: discarding %s, an enqueue that never committed", path.name)
+                    path.unlink()
+            _fsync_dir(self._data)
+            return kept

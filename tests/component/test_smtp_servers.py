@@ -1,0 +1,635 @@
+"""The MTA and MX SMTP servers on 127.0.0.1, port 0, driven by raw sockets and smtplib.
+
+The servers run in an event loop on a background thread, as in production; the tests are the
+clients. The last test is the article end to end: andy submits to the MTA, whose delivery
+worker relays to the MX, where betty fetches the message with POP3.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import email.policy
+import email.utils
+import errno
+import logging
+import poplib
+import re
+import smtplib
+import socket
+import threading
+import time
+from collections.abc import Coroutine, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from services.config import Account, Domain, Host, LabConfig
+from services.mailstore import Maildir, mailbox_dir
+from services.smtp import server
+from services.smtp.delivery import DeliveryWorker
+from services.smtp.mta import local_delivery, start_mta
+from services.smtp.mx import start_mx
+from services.smtp.policy import Path as SmtpPath
+from services.smtp.policy import Reply
+from services.smtp.relay import MxAnswer, MxHost, MxRecords
+from services.smtp.server import Client, DataReader, Listeners
+from services.smtp.spool import Spool
+
+T = TypeVar("T")
+TIMEOUT = 10.0  # the longest any reply may take
+SMALL = 2048  # a SIZE limit small enough to exceed in a test
+
+PASSWORDS = {"andy@ouhk.example": "andy-secret", "betty@stevenchoy.example": "betty-secret"}
+
+
+def lab(me: str) -> LabConfig:
+    """The lab, with the MTA at 127.0.0.1 and andy's MUA host elsewhere (not a loopback address)."""
+    return LabConfig(
+        lab="test",
+        me=me,
+        subnet="10.89.0.0/24",
+        nameserver="127.0.0.1",
+        hosts=(
+            Host("smtp", "smtp.ouhk.example", "mta", "127.0.0.1"),
+            Host("mail", "mail.stevenchoy.example", "mx", "127.0.0.2"),
+            Host("andy", "andy.ouhk.example", "mua", "10.89.0.10"),
+        ),
+        domains=(
+            Domain("ouhk.example", "smtp", (Account("andy", "ouhk.example", PASSWORDS["andy@ouhk.example"]),)),
+            Domain("stevenchoy.example", "mail",
+                   (Account("betty", "stevenchoy.example", PASSWORDS["betty@stevenchoy.example"]),)),
+        ),
+    )
+
+
+MX_CFG = lab("mail")
+MTA_CFG = lab("smtp")
+
+# The article's Activity 1, as typed (with the lab's names).
+ACTIVITY_1 = [
+    "MAIL FROM: andy@ouhk.example",
+    "RCPT TO: betty@stevenchoy.example",
+    "DATA",
+    "This is the first line of testing message.\r\nThis is the second line of testing message.\r\n.",
+    "QUIT",
+]
+ACTIVITY_1_LOWER_CASE = ["mail from: andy@ouhk.example", "rcpt to: betty@stevenchoy.example", "data",
+                         ACTIVITY_1[3], "quit"]
+TYPED_TEXT = b"This is the first line of testing message.\r\nThis is the second line of testing message.\r\n"
+
+MESSAGE = (
+    b"From: andy@ouhk.example\r\nTo: betty@stevenchoy.example\r\nSubject: lunch\r\n"
+    b"Message-ID: <1@andy.ouhk.example>\r\n\r\nShall we?\r\n.a line that starts with a dot\r\n"
+)
+
+# Every reply carries an RFC 3463 code but these (RFC 2034 §3 exempts greeting, HELO, EHLO).
+ENHANCED = re.compile(r"\d{3}[ -][245]\.\d{1,3}\.\d{1,3} ")
+
+
+class Wire:
+    """A client typing raw lines, as in telnet."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+        self.file = self.sock.makefile("rb")
+        self.greeting = self.reply()
+
+    def reply(self) -> str:
+        """One whole reply, its lines joined by newlines; "" if the server closed instead."""
+        lines: list[str] = []
+        while True:
+            raw = self.file.readline()
+            if not raw:
+                return "\n".join(lines)
+            assert raw.endswith(b"\r\n"), raw
+            lines.append(raw[:-2].decode("ascii"))
+            if raw[3:4] != b"-":
+                return "\n".join(lines)
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def command(self, line: str | bytes) -> str:
+        self.send((line.encode("ascii") if isinstance(line, str) else line) + b"\r\n")
+        return self.reply()
+
+    def closed_by_server(self) -> bool:
+        return self.file.read() == b""
+
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()
+
+
+@dataclass
+class Servers:
+    """Starts servers in the background loop; stops them all at teardown."""
+
+    loop: asyncio.AbstractEventLoop
+    root: Path
+    started: list[Listeners] = field(default_factory=list)
+    opened: list[Wire | smtplib.SMTP | poplib.POP3] = field(default_factory=list)
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(TIMEOUT)
+
+    @property
+    def mail_root(self) -> Path:
+        return self.root / "mail"
+
+    def maildir(self, address: str) -> Maildir:
+        return Maildir(mailbox_dir(self.mail_root, address))
+
+    def mx(self, **kwargs: Any) -> Listeners:
+        kwargs.setdefault("mail_root", self.mail_root)
+        listeners = self.run(start_mx(MX_CFG, host="127.0.0.1", smtp_port=0, pop3_port=0, **kwargs))
+        self.started.append(listeners)
+        return listeners
+
+    def mta(self, spool: Spool, on_enqueued: Any = lambda: None, **kwargs: Any) -> Listeners:
+        listeners = self.run(start_mta(MTA_CFG, spool=spool, on_enqueued=on_enqueued, mail_root=self.mail_root,
+                                       host="127.0.0.1", smtp_port=0, submission_port=0, pop3_port=0, **kwargs))
+        self.started.append(listeners)
+        return listeners
+
+    def listen(self, role: server.RoleHandler) -> int:
+        srv = self.run(server.listen(role, hostname="test.example", host="127.0.0.1", port=0))
+        self.started.append(Listeners({"smtp": srv}))
+        return int(srv.sockets[0].getsockname()[1])
+
+    def wire(self, port: int) -> Wire:
+        w = Wire(port)
+        self.opened.append(w)
+        return w
+
+    def smtp(self, port: int) -> smtplib.SMTP:
+        client = smtplib.SMTP("127.0.0.1", port, local_hostname="client.example", timeout=TIMEOUT)
+        self.opened.append(client)
+        return client
+
+
+@pytest.fixture
+def servers(tmp_path: Path) -> Iterator[Servers]:
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    s = Servers(loop, tmp_path)
+    yield s
+    for opened in s.opened:
+        opened.close()
+
+    async def stop() -> None:
+        for listeners in s.started:
+            await listeners.close()
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    s.run(stop())
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(TIMEOUT)
+    loop.close()
+
+
+@pytest.fixture
+def mx(servers: Servers) -> Wire:
+    """A raw session with the MX, greeted with EHLO."""
+    wire = servers.wire(servers.mx().port("smtp"))
+    assert wire.command("EHLO client.example").startswith("250-mail.stevenchoy.example Hello [127.0.0.1]")
+    return wire
+
+
+def stored(servers: Servers, address: str) -> list[bytes]:
+    box = servers.maildir(address)
+    return [box.read(key) for key in box.keys()]
+
+
+def start_transaction(wire: Wire) -> None:
+    assert wire.command("MAIL FROM:<andy@ouhk.example>").startswith("250 2.1.0")
+    assert wire.command("RCPT TO:<betty@stevenchoy.example>").startswith("250 2.1.5")
+    assert wire.command("DATA") == '354 Enter mail, end with "." on a line by itself'
+
+
+# -- the article's Activity 1 -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("typed", [ACTIVITY_1, ACTIVITY_1_LOWER_CASE], ids=["upper", "lower"])
+def test_activity_1_typed_by_hand_at_the_mta(servers: Servers, typed: list[str]) -> None:
+    spool = Spool(servers.root / "spool")
+    woken: list[bool] = []
+    wire = servers.wire(servers.mta(spool, on_enqueued=lambda: woken.append(True)).port("smtp"))
+
+    greeting = re.fullmatch(r"220 smtp\.ouhk\.example ESMTP maillab; (.+)", wire.greeting)
+    assert greeting is not None, wire.greeting
+    assert abs(email.utils.parsedate_to_datetime(greeting.group(1)).timestamp() - time.time()) < 60
+
+    assert wire.command(typed[0]) == "250 2.1.0 andy@ouhk.example... Sender ok"
+    assert wire.command(typed[1]) == "250 2.1.5 betty@stevenchoy.example... Recipient ok"
+    assert wire.command(typed[2]) == '354 Enter mail, end with "." on a line by itself'
+    done = re.fullmatch(r"250 2\.0\.0 (\w+) Message accepted for delivery", wire.command(typed[3]))
+    assert done is not None
+    assert wire.command(typed[4]) == "221 2.0.0 Bye"
+    assert wire.closed_by_server()
+
+    entry = spool.entry(done.group(1))
+    assert (entry.sender, [r.address for r in entry.recipients]) == ("andy@ouhk.example", ["betty@stevenchoy.example"])
+    data = spool.read(entry.id)
+    assert data.startswith(b"Received: from [127.0.0.1] (smtp.ouhk.example [127.0.0.1])\r\n"
+                           b"\tby smtp.ouhk.example (maillab) with SMTP id ")  # no HELO was sent: SMTP
+    assert data.endswith(b"\r\n" + TYPED_TEXT)
+    assert woken == [True]
+
+
+def test_activity_1_at_the_mx_lands_in_betty_s_maildir(servers: Servers) -> None:
+    wire = servers.wire(servers.mx().port("smtp"))
+    assert wire.greeting.startswith("220 mail.stevenchoy.example ESMTP maillab; ")
+    replies = [wire.command(line) for line in ACTIVITY_1]
+    assert replies[:3] == ["250 2.1.0 andy@ouhk.example... Sender ok",
+                           "250 2.1.5 betty@stevenchoy.example... Recipient ok",
+                           '354 Enter mail, end with "." on a line by itself']
+    queue_id = replies[3].split()[2]
+    assert replies[3:] == [f"250 2.0.0 {queue_id} Message accepted for delivery", "221 2.0.0 Bye"]
+    [message] = stored(servers, "betty@stevenchoy.example")
+    lines = message.split(b"\n")
+    assert lines[:3] == [b"Return-Path: <andy@ouhk.example>",
+                         b"Received: from [127.0.0.1] (smtp.ouhk.example [127.0.0.1])",
+                         b"\tby mail.stevenchoy.example (maillab) with SMTP id " + queue_id.encode()]
+    assert lines[3].startswith(b"\tfor <betty@stevenchoy.example>; ")
+    assert message.endswith(TYPED_TEXT.replace(b"\r\n", b"\n"))  # the Maildir keeps LF line ends
+
+
+# -- EHLO and the other commands -----------------------------------------------------------------
+
+
+def features(servers: Servers, port: int) -> dict[str, str]:
+    client = servers.smtp(port)
+    code, _ = client.ehlo()
+    assert code == 250
+    return dict(client.esmtp_features)
+
+
+def test_ehlo_lists_only_what_is_implemented(servers: Servers) -> None:
+    plain = {"size": str(server.MESSAGE_SIZE_LIMIT), "8bitmime": "", "pipelining": "", "enhancedstatuscodes": ""}
+    assert features(servers, servers.mx().port("smtp")) == plain
+    mta = servers.mta(Spool(servers.root / "spool"))
+    assert features(servers, mta.port("smtp")) == plain
+    assert features(servers, mta.port("submission")) == {**plain, "auth": " LOGIN PLAIN"}
+    assert features(servers, servers.mx(size_limit=SMALL).port("smtp"))["size"] == str(SMALL)
+
+
+def test_helo_works_and_the_other_commands_answer(mx: Wire) -> None:
+    assert mx.command("HELO client.example") == "250 mail.stevenchoy.example Hello [127.0.0.1], pleased to meet you"
+    assert mx.command("NOOP") == "250 2.0.0 OK"
+    assert mx.command("VRFY betty") == "252 2.5.2 Cannot VRFY user, but will accept message and attempt delivery"
+    assert mx.command("EXPN staff") == "502 5.5.1 EXPN not implemented"
+    assert mx.command("HELP").splitlines()[0] == "214-2.0.0 Commands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP"
+    assert mx.command("help mail") == "214 2.0.0 MAIL FROM:<address> [SIZE=<octets>] [BODY=7BIT|8BITMIME]"
+    assert mx.command("AUTH PLAIN") == "502 5.5.1 AUTH is offered on the submission port only"
+    assert mx.command("MAIL FROM:<andy@ouhk.example> SIZE=10") == "555 5.5.4 MAIL FROM parameters need EHLO"
+
+
+def test_commands_out_of_order_get_503(mx: Wire) -> None:
+    assert mx.command("RCPT TO:<betty@stevenchoy.example>") == "503 5.5.1 Need MAIL before RCPT"
+    assert mx.command("DATA") == "503 5.5.1 Need MAIL command"
+    assert mx.command("MAIL FROM:<andy@ouhk.example>") == "250 2.1.0 <andy@ouhk.example>... Sender ok"
+    assert mx.command("MAIL FROM:<andy@ouhk.example>") == "503 5.5.1 Sender already specified"
+    assert mx.command("DATA") == "503 5.5.1 Need RCPT (recipient)"
+    assert mx.command("RCPT TO:<nobody@stevenchoy.example>").startswith("550 5.1.1")
+    assert mx.command("DATA") == "503 5.5.1 Need RCPT (recipient)"  # every recipient was refused
+    assert mx.command("RSET") == "250 2.0.0 OK"
+    assert mx.command("RCPT TO:<betty@stevenchoy.example>") == "503 5.5.1 Need MAIL before RCPT"  # RSET ended it
+
+
+def test_pipelined_commands_are_answered_in_order(mx: Wire) -> None:
+    mx.send(b"MAIL FROM:<andy@ouhk.example>\r\nRCPT TO:<betty@stevenchoy.example>\r\n"
+            b"RCPT TO:<nobody@stevenchoy.example>\r\nRCPT TO:<betty@elsewhere.example>\r\nDATA\r\n")
+    assert [mx.reply()[:9] for _ in range(5)] == ["250 2.1.0", "250 2.1.5", "550 5.1.1", "550 5.7.1", "354 Enter"]
+    assert mx.command(b"Subject: x\r\n\r\ny\r\n.").startswith("250 2.0.0 ")
+
+
+def test_every_reply_carries_an_enhanced_status_code(servers: Servers) -> None:
+    port = servers.mx().port("smtp")
+    scripts = [  # two sessions: one would spend its budget of bad commands
+        ["NOOP", "RSET", "VRFY", "VRFY x", "HELP", "HELP FOO", "EXPN x", "AUTH LOGIN", "XYZZY", ""],
+        ["EHLO client.example", "AUTH LOGIN", "MAIL", "MAIL FROM:<>", "RCPT TO:<>",
+         "RCPT TO:<betty@stevenchoy.example>", "DATA", "hello\r\n.", "RCPT TO:<betty>", "QUIT x", "RSET x", "QUIT"],
+    ]
+    for script in scripts:
+        wire = servers.wire(port)
+        for line in script:
+            for reply_line in wire.command(line).splitlines():
+                exempt = line.startswith("EHLO") or reply_line.startswith("354 ")
+                assert ENHANCED.match(reply_line) or exempt, (line, reply_line)
+
+
+# -- bad input: right reply, session goes on (until the budget is spent) -------------------------------
+
+
+def test_unknown_verbs_end_with_421(mx: Wire) -> None:
+    for _ in range(4):
+        assert mx.command("XYZZY") == "500 5.5.1 Command unrecognized"
+    assert mx.command("XYZZY") == "421 4.7.0 mail.stevenchoy.example Too many errors, closing connection"
+    assert mx.closed_by_server()
+
+
+def test_malformed_commands_end_with_421(mx: Wire) -> None:
+    for _ in range(server.MAX_BAD_COMMANDS - 1):
+        assert mx.command("MAIL FROM:<andy@@ouhk.example>") == "501 5.1.7 Bad sender address syntax"
+    assert mx.command("MAIL FROM:<x@@y>") == "421 4.7.0 mail.stevenchoy.example Too many errors, closing connection"
+    assert mx.closed_by_server()
+
+
+def test_a_whole_session_sent_at_once_then_half_closed_is_served(servers: Servers) -> None:
+    # `printf '...' | nc host 25`: the client sends everything and shuts its side down at once.
+    wire = servers.wire(servers.mx().port("smtp"))
+    wire.send(b"MAIL FROM: andy@ouhk.example\r\nRCPT TO: betty@stevenchoy.example\r\nDATA\r\n"
+              b"This is the first line of testing message.\r\n.\r\nQUIT\r\n")
+    wire.sock.shutdown(socket.SHUT_WR)
+    replies = [wire.reply() for _ in range(5)]
+    assert [r[:3] for r in replies] == ["250", "250", "354", "250", "221"], replies
+    assert wire.closed_by_server()
+    [message] = stored(servers, "betty@stevenchoy.example")
+    assert message.endswith(b"This is the first line of testing message.\n")
+
+
+def test_input_ending_inside_data_delivers_nothing(servers: Servers) -> None:
+    wire = servers.wire(servers.mx().port("smtp"))
+    start_transaction(wire)
+    wire.send(b"half a message\r\n")
+    wire.sock.shutdown(socket.SHUT_WR)
+    assert wire.closed_by_server()
+    assert stored(servers, "betty@stevenchoy.example") == []
+
+
+def test_nothing_pipelined_after_quit_is_delivered(servers: Servers, mx: Wire) -> None:
+    mx.send(b"QUIT\r\nMAIL FROM:<andy@ouhk.example>\r\nRCPT TO:<betty@stevenchoy.example>\r\nDATA\r\nx\r\n.\r\n")
+    assert mx.reply() == "221 2.0.0 Bye"
+    assert mx.closed_by_server()
+    assert stored(servers, "betty@stevenchoy.example") == []
+
+
+def test_command_line_limit(mx: Wire) -> None:
+    at_limit = "NOOP " + "x" * (server.COMMAND_LINE_LIMIT - len("NOOP ") - 2)  # 512 octets with the CRLF
+    assert mx.command(at_limit) == "250 2.0.0 OK"
+    too_long = "500 5.5.2 Line too long (RFC 5321 4.5.3.1.4: 512 octets)"
+    assert mx.command(at_limit + "x") == too_long
+    assert mx.command("NOOP " + "x" * 5000) == too_long  # beyond the stream reader's own bound too
+    assert mx.command("NOOP") == "250 2.0.0 OK"
+
+
+def test_text_line_limit(servers: Servers, mx: Wire) -> None:
+    longest = b"x" * (server.TEXT_LINE_LIMIT - 2)  # 1000 octets with the CRLF
+    start_transaction(mx)
+    assert mx.command(longest + b"\r\n." + longest + b"\r\n.").startswith("250 2.0.0 ")  # a stuffed dot is extra
+    start_transaction(mx)
+    assert mx.command(longest + b"x\r\n.") == "500 5.5.2 Line too long (RFC 5321 4.5.3.1.6: 1000 octets)"
+    start_transaction(mx)
+    assert mx.command(b"y" * 100_000 + b"\r\n.") == "500 5.5.2 Line too long (RFC 5321 4.5.3.1.6: 1000 octets)"
+    assert mx.command("NOOP") == "250 2.0.0 OK"
+    [message] = stored(servers, "betty@stevenchoy.example")
+    assert message.endswith(b"\n" + longest + b"\n" + longest + b"\n")
+
+
+def test_size_limit(servers: Servers) -> None:
+    wire = servers.wire(servers.mx(size_limit=SMALL).port("smtp"))
+    wire.command("EHLO client.example")
+    assert wire.command(f"MAIL FROM:<andy@ouhk.example> SIZE={SMALL + 1}") == (
+        "552 5.3.4 Message size exceeds fixed maximum message size")
+    start_transaction(wire)
+    assert wire.command((b"z" * 98 + b"\r\n") * 21 + b".") == (  # 2100 octets
+        "552 5.3.4 Message size exceeds fixed maximum message size")
+    start_transaction(wire)
+    assert wire.command((b"z" * 98 + b"\r\n") * 20 + b".").startswith("250 2.0.0 ")  # 2000 octets
+    assert len(stored(servers, "betty@stevenchoy.example")) == 1
+
+
+@pytest.mark.parametrize("fake_end", [b"\n.\n", b"\n.\r\n", b"\r\n.\n", b"\r.\r\n"],
+                         ids=["LF.LF", "LF.CRLF", "CRLF.LF", "CR.CRLF"])
+def test_smuggling_a_second_message_behind_a_fake_end_fails(servers: Servers, mx: Wire, fake_end: bytes) -> None:
+    start_transaction(mx)
+    # A server that ended the data at the fake end would take what follows as a second message
+    # from mallory, ending at the real end below, and answer five times where we answer once.
+    smuggled = (b"MAIL FROM:<mallory@evil.example>\r\nRCPT TO:<betty@stevenchoy.example>\r\nDATA\r\n"
+                b"Subject: smuggled\r\n\r\nI am not from andy.\r\n")
+    mx.send(b"Subject: innocent\r\n\r\nhello" + fake_end + smuggled)
+    assert mx.command(b".") == str(server.BARE_NEWLINE)  # one message, refused whole for its bare CR/LF
+    assert mx.command("NOOP") == "250 2.0.0 OK"  # the very next reply: no other was queued before it
+    assert stored(servers, "betty@stevenchoy.example") == []
+
+
+def test_a_bare_lf_inside_a_line_is_refused_never_an_end(servers: Servers, mx: Wire) -> None:
+    start_transaction(mx)
+    assert mx.command(b"one\ntwo\r\n.") == str(server.BARE_NEWLINE)
+    start_transaction(mx)
+    assert mx.command(b"one\r\ntwo\r\n.").startswith("250 2.0.0 ")
+    assert [m.split(b"\n")[-3:] for m in stored(servers, "betty@stevenchoy.example")] == [[b"one", b"two", b""]]
+
+
+@pytest.mark.parametrize("aiosmtpd_says", [*server.REWORDED, '500 Error: command "XYZZY" not recognized',
+                                           "502 5.5.1 Too many unrecognized commands, goodbye.",
+                                           "500 Error: (KeyError) 'secret'"])
+def test_aiosmtpd_s_own_wordings_are_replaced(aiosmtpd_says: str) -> None:
+    ours = server.reword(aiosmtpd_says, "mail.stevenchoy.example")
+    assert ENHANCED.match(ours) and ours != aiosmtpd_says
+    assert "Error: (" not in ours
+
+
+def test_data_reader_core_ends_only_at_crlf_dot_crlf() -> None:
+    reader = DataReader(size_limit=1000)
+    for piece in [b"a\r\n", b".\n", b"b\n", b".\r\n", b"..c\r\n"]:
+        assert reader.feed(piece) is False
+    assert reader.feed(b".\r\n") is True
+    assert reader.outcome() == server.BARE_NEWLINE
+    reader = DataReader(size_limit=1000)
+    for piece in [b"a\r\n", b"..b\r\n", b"x" * 600, b"y" * 300, b"\r", b"\n"]:
+        assert reader.feed(piece) is False
+    assert reader.feed(b".\r\n") is True
+    assert reader.outcome() == b"a\r\n.b\r\n" + b"x" * 600 + b"y" * 300 + b"\r\n"
+
+
+# -- the MX stores mail for its own users only ----------------------------------------------------------
+
+
+def test_mx_delivers_into_the_maildir_with_trace_headers(servers: Servers) -> None:
+    client = servers.smtp(servers.mx().port("smtp"))
+    client.ehlo()
+    client.mail("andy@ouhk.example")
+    assert client.rcpt("betty@stevenchoy.example") == (250, b"2.1.5 <betty@stevenchoy.example>... Recipient ok")
+    assert client.rcpt("nobody@stevenchoy.example") == (550, b"5.1.1 <nobody@stevenchoy.example>... User unknown")
+    assert client.rcpt("andy@ouhk.example") == (550, b"5.7.1 <andy@ouhk.example>... Relaying denied")
+    code, text = client.data(MESSAGE)
+    assert code == 250
+    queue_id = text.decode().split()[1]
+    [raw] = stored(servers, "betty@stevenchoy.example")
+    msg = email.message_from_bytes(raw, policy=email.policy.default)
+    assert list(msg.keys())[:3] == ["Return-Path", "Received", "From"]
+    assert msg["Return-Path"] == "<andy@ouhk.example>"
+    received = " ".join(str(msg["Received"]).split())
+    assert received.startswith("from client.example (smtp.ouhk.example [127.0.0.1]) by mail.stevenchoy.example "
+                               f"(maillab) with ESMTP id {queue_id} for <betty@stevenchoy.example>; ")
+    assert raw.endswith(MESSAGE.replace(b"\r\n", b"\n"))  # smtplib's stuffed dot is gone again
+    assert stored(servers, "andy@ouhk.example") == []
+
+
+def test_mx_takes_bounces_from_the_null_sender(servers: Servers) -> None:
+    client = servers.smtp(servers.mx().port("smtp"))
+    assert client.sendmail("<>", ["betty@stevenchoy.example"], b"Subject: bounce\r\n\r\nsorry\r\n") == {}
+    [raw] = stored(servers, "betty@stevenchoy.example")
+    assert raw.startswith(b"Return-Path: <>\n")
+
+
+def test_mx_answers_451_and_keeps_nothing_when_the_disk_fails(servers: Servers) -> None:
+    not_a_directory = servers.root / "file"
+    not_a_directory.write_bytes(b"")
+    wire = servers.wire(servers.mx(mail_root=not_a_directory).port("smtp"))
+    start_transaction(wire)
+    assert wire.command(b"Subject: x\r\n\r\ny\r\n.") == "451 4.3.0 Local error, try again later"
+    assert wire.command("NOOP") == "250 2.0.0 OK"
+    assert str(server.storage_failure(OSError(errno.ENOSPC, "No space left on device"), "test")) == (
+        "452 4.3.1 Insufficient system storage")
+
+
+@dataclass
+class Broken:
+    """A role with a bug: its delivery raises."""
+
+    def check_sender(self, client: Client, sender: SmtpPath) -> Reply:
+        return Reply(250, "2.1.0", "ok")
+
+    def check_recipient(self, client: Client, recipient: SmtpPath) -> Reply:
+        return Reply(250, "2.1.5", "ok")
+
+    async def accept_message(self, client: Client, sender: str, recipients: Sequence[str], message: bytes) -> Reply:
+        raise ValueError("the secret internals of the bug")
+
+
+def test_our_bug_is_a_451_on_the_wire_and_a_traceback_in_the_log(
+    servers: Servers, caplog: pytest.LogCaptureFixture
+) -> None:
+    wire = servers.wire(servers.listen(Broken()))
+    start_transaction(wire)
+    with caplog.at_level(logging.ERROR, logger="services.smtp"):
+        assert wire.command(b"hello\r\n.") == "451 4.3.0 Local error, try again later"
+    assert wire.command("NOOP") == "250 2.0.0 OK"
+    [record] = [r for r in caplog.records if r.name == "services.smtp"]
+    assert record.exc_info is not None and "the secret internals" in str(record.exc_info[1])
+
+
+# -- the MTA relays for its own clients only ----------------------------------------------------------
+
+
+def test_mta_refuses_to_relay_for_a_client_outside_its_lan(servers: Servers) -> None:
+    spool = Spool(servers.root / "spool")
+    # The tests connect from 127.0.0.1, which the lab trusts as the MTA host itself; here it
+    # stands for a host on the Internet, as andy's MUA host (10.89.0.10) is elsewhere.
+    mta = servers.mta(spool, relay_client=lambda ip: ip == "10.89.0.10")
+    wire = servers.wire(mta.port("smtp"))
+    assert wire.command("EHLO mail.stevenchoy.example").startswith("250-")
+    assert wire.command("MAIL FROM:<betty@stevenchoy.example>").startswith("250 2.1.0")
+    assert wire.command("RCPT TO:<carol@elsewhere.example>") == "550 5.7.1 <carol@elsewhere.example>... Relaying denied"
+    assert wire.command("RCPT TO:<andy@ouhk.example>") == "250 2.1.5 <andy@ouhk.example>... Recipient ok"
+    assert wire.command("AUTH PLAIN AGFuZHlAb3Voay5leGFtcGxlAGFuZHktc2VjcmV0") == (
+        "502 5.5.1 AUTH is offered on the submission port only")
+    submission = servers.wire(mta.port("submission"))
+    submission.command("EHLO laptop.example")
+    assert submission.command("MAIL FROM:<andy@ouhk.example>") == "530 5.7.0 Authentication required"
+    assert spool.entries() == []
+
+
+def test_mta_relays_from_its_own_host_by_default(servers: Servers) -> None:
+    spool = Spool(servers.root / "spool")
+    client = servers.smtp(servers.mta(spool).port("smtp"))
+    assert client.sendmail("andy@ouhk.example", ["carol@elsewhere.example"], MESSAGE) == {}
+    [entry] = spool.entries()
+    assert [r.address for r in entry.recipients] == ["carol@elsewhere.example"]
+
+
+def test_mta_relays_after_auth_on_the_submission_port(servers: Servers) -> None:
+    spool = Spool(servers.root / "spool")
+    woken: list[bool] = []
+    mta = servers.mta(spool, on_enqueued=lambda: woken.append(True), relay_client=lambda ip: False)
+    client = servers.smtp(mta.port("submission"))
+    client.ehlo()
+    with pytest.raises(smtplib.SMTPAuthenticationError) as refused:
+        client.login("andy@ouhk.example", "wrong")
+    assert (refused.value.smtp_code, refused.value.smtp_error) == (535, b"5.7.8 Authentication credentials invalid")
+    for mechanism in ("LOGIN", "PLAIN"):
+        client = servers.smtp(mta.port("submission"))
+        client.ehlo()
+        client.user, client.password = "andy", PASSWORDS["andy@ouhk.example"]
+        assert client.auth(mechanism, getattr(client, f"auth_{mechanism.lower()}"))[0] == 235
+    assert client.mail("andy@ouhk.example")[0] == 250
+    assert client.rcpt("carol@elsewhere.example")[0] == 250
+    code, text = client.data(MESSAGE)
+    queue_id = re.fullmatch(rb"2\.0\.0 (\w+) Message accepted for delivery", text)
+    assert code == 250 and queue_id is not None
+    entry = spool.entry(queue_id.group(1).decode())
+    assert [r.address for r in entry.recipients] == ["carol@elsewhere.example"]
+    data = spool.read(entry.id)
+    assert data.startswith(b"Received: from client.example (smtp.ouhk.example [127.0.0.1])\r\n"
+                           b"\tby smtp.ouhk.example (maillab) with ESMTPA id ")
+    assert data.endswith(MESSAGE)
+    assert woken == [True]
+
+
+# -- the article, end to end ----------------------------------------------------------------------------
+
+
+class LabDns:
+    """The lab DNS, for the delivery worker: stevenchoy.example's MX is the MX under test."""
+
+    def resolve_mx(self, domain: str) -> MxAnswer:
+        assert domain == "stevenchoy.example"
+        return MxRecords((MxHost(10, "mail.stevenchoy.example", ("127.0.0.1",)),))
+
+
+class WatchedSpool(Spool):
+    """The real spool, telling the test when a message has left the queue (delivered)."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.emptied = threading.Event()
+
+    def remove(self, queue_id: str) -> None:
+        super().remove(queue_id)
+        self.emptied.set()
+
+
+def test_andy_to_betty_through_the_mta_and_the_mx(servers: Servers) -> None:
+    mx = servers.mx()
+    spool = WatchedSpool(servers.root / "spool")
+    worker = DeliveryWorker(MTA_CFG, spool, local_delivery=local_delivery(servers.mail_root), resolver=LabDns(),
+                            smtp_port=mx.port("smtp"))
+
+    async def start_worker() -> None:
+        asyncio.get_running_loop().create_task(worker.run())  # cancelled at teardown
+
+    servers.run(start_worker())
+    mta = servers.mta(spool, on_enqueued=worker.wake, relay_client=lambda ip: False)
+
+    andy = servers.smtp(mta.port("submission"))
+    andy.login("andy@ouhk.example", PASSWORDS["andy@ouhk.example"])
+    assert andy.sendmail("andy@ouhk.example", ["betty@stevenchoy.example", "andy@ouhk.example"], MESSAGE) == {}
+    assert spool.emptied.wait(TIMEOUT), "the message never left the MTA's queue"
+
+    betty = poplib.POP3("127.0.0.1", mx.port("pop3"), timeout=TIMEOUT)
+    servers.opened.append(betty)
+    betty.user("betty")
+    betty.pass_(PASSWORDS["betty@stevenchoy.example"])
+    _, lines, _ = betty.retr(1)
+    msg = email.message_from_bytes(b"\r\n".join(lines), policy=email.policy.default)
+    assert msg["Return-Path"] == "<andy@ouhk.example>"
+    hops = [" ".join(str(h).split()) for h in msg.get_all("Received", [])]
+    assert len(hops) == 2
+    assert re.match(r"from smtp\.ouhk\.example \(smtp\.ouhk\.example \[127\.0\.0\.1\]\) by mail\.stevenchoy\.example "
+                    r"\(maillab\) with ESMTP id \w+ for <betty@stevenchoy\.example>; ", hops[0]), hops[0]
+    assert re.match(r"from client\.example \(smtp\.ouhk\.example \[127\.0\.0\.1\]\) by smtp\.ouhk\.example "
+                    r"\(maillab\) with ESMTPA id \w+; ", hops[1]), hops[1]  # two recipients: no "for"
+    assert msg["Subject"] == "lunch" and msg.get_content().startswith("Shall we?")
+
+    [copy] = stored(servers, "andy@ouhk.example")  # andy's own copy stayed on the MTA host
+    assert copy.startswith(b"Return-Path: <andy@ouhk.example>\nReceived: from client.example ")
