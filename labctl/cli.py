@@ -169,6 +169,15 @@ def cmd_queue(args: argparse.Namespace) -> int:
     return _print_outcome(mail.queue(_lab(args), flush=args.flush, as_json=args.json))
 
 
+def cmd_host_state(args: argparse.Namespace) -> int:
+    lab = _lab(args)
+    action = {"stop": lab.stop, "start": lab.start, "kill": lab.kill}[args.command]
+    for host in args.hosts:
+        h = action(host)
+        out.print(f"{h.name} ({h.fqdn}): {h.state}")
+    return 0
+
+
 def cmd_image_build(args: argparse.Namespace) -> int:
     client = engine.connect()
     started = time.monotonic()
@@ -227,6 +236,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("shell", cmd_shell, "an interactive shell on a lab host")
     p.add_argument("host")
+
+    for verb, text in (("stop", "stop hosts (SIGTERM); their queue and mailboxes are kept"),
+                       ("start", "start stopped hosts and wait until their services answer"),
+                       ("kill", "kill hosts (SIGKILL), as a crash would")):
+        p = add(verb, cmd_host_state, text)
+        p.add_argument("hosts", nargs="+", metavar="HOST")
 
     p = add("send", cmd_send, "send a message from a user's MUA host (SMTP submission to the MTA)")
     p.add_argument("--from", dest="sender", required=True, help="the sending user: host name or address (andy)")

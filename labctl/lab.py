@@ -174,11 +174,12 @@ class Lab:
         def start(host: HostSpec) -> None:
             if host.name not in existing:
                 self._create_host(topo, host, image, configs[host.name], digests[host.name])
-            self.start_host(container_name(self.name, host.name))
+            self.api.start(container_name(self.name, host.name))
 
         parallel(start, todo)
-        self.wait_ready(topo)
-        return self.status()
+        hosts = self.status()
+        self.wait_ready(hosts)
+        return hosts
 
     def _network(self) -> dict[str, Any] | None:
         nets = self.api.networks(filters=self._filters())
@@ -289,19 +290,23 @@ class Lab:
         # Before start, so each service reads a complete configuration on its first line of code.
         self.api.put_archive(name, "/etc", _tar(files))
 
-    def start_host(self, container: str) -> None:
-        self.api.start(container)
-
-    def wait_ready(self, topo: Topology) -> None:
-        """Ask every service, over the lab network, until it answers its protocol."""
+    def wait_ready(self, hosts: list[HostStatus]) -> None:
+        """Ask every service of ``hosts``, over the lab network, until it answers its protocol."""
         targets: list[str] = []
-        zone = zonefiles.zone_names(topo)[0]
-        for h in topo.hosts:
+        for h in hosts:
             for proto, port in ROLE_SERVICES[h.role]:
-                targets.append(f"{proto}:{h.address}:{port}" + (f":{zone}" if proto == "dns" else ""))
+                # The name server's own parent domain is always one of the zones it serves.
+                zone = f":{h.fqdn.partition('.')[2]}" if proto == "dns" else ""
+                targets.append(f"{proto}:{h.address}:{port}{zone}")
+        if not targets:
+            return
+        nameserver = next((h for h in self.status() if h.role == "dns" and h.state == "running"), None)
+        if nameserver is None:
+            raise ReadinessError(f"lab {self.name!r} has no running name server to probe from; "
+                                 f"see `labctl logs ns --lab {self.name}`")
         started = time.monotonic()
-        result = self.exec(topo.nameserver.name, ["python3", "-m", "services", "probe",
-                                                 "--timeout", str(READY_TIMEOUT), *targets])
+        result = self.exec(nameserver.name, ["python3", "-m", "services", "probe",
+                                             "--timeout", str(READY_TIMEOUT), *targets])
         if result.exit_code != 0:
             lines = [json.loads(line) for line in result.stdout.decode().splitlines() if line.startswith("{")]
             failed = [f"{r['target']}: {r['detail']}" for r in lines if not r["ready"]]
@@ -316,6 +321,28 @@ class Lab:
                 f"See `labctl logs HOST --lab {self.name}`."
             )
         self.report(Step("ready", f"every service answered ({time.monotonic() - started:.2f} s)"))
+
+    # -- one host ----------------------------------------------------------------------------
+
+    def stop(self, host: str) -> HostStatus:
+        """Stop one host (SIGTERM): its mail stays in its volumes; the others keep running."""
+        h = self.find(host)
+        self.api.stop(h.container, timeout=STOP_TIMEOUT)
+        return self.find(host)
+
+    def kill(self, host: str) -> HostStatus:
+        """SIGKILL one host: a crash, with no chance to finish anything."""
+        h = self.find(host)
+        self.api.kill(h.container)
+        return self.find(host)
+
+    def start(self, host: str) -> HostStatus:
+        """Start a stopped host again and wait until its services answer."""
+        h = self.find(host)
+        self.api.start(h.container)
+        h = self.find(host)
+        self.wait_ready([h])
+        return h
 
     # -- down --------------------------------------------------------------------------------
 

@@ -110,6 +110,19 @@ def headers(msg: Message) -> dict[str, str]:
     return {name: value for name, value in found.items() if value is not None}
 
 
+def all_headers(msg: Message) -> list[tuple[str, str]]:
+    """Every header field in order, decoded: the Received chain and Return-Path included."""
+    out: list[tuple[str, str]] = []
+    for name, raw in msg.raw_items():
+        raw = re.sub(r"\r?\n[ \t]+", " ", str(raw))  # unfold (RFC 5322 §2.2.3)
+        try:
+            value = _clean(str(make_header(decode_header(raw))))
+        except Exception:  # noqa: BLE001 - a header is peer data; show it raw
+            value = _clean(str(raw))
+        out.append((name, value))
+    return out
+
+
 def _safe(call: Callable[[], T], default: D) -> T | D:
     try:
         return call()
@@ -307,6 +320,7 @@ def render_message(msg: EmailMessage) -> str:
 def message_json(msg: EmailMessage) -> dict[str, Any]:
     return {
         "headers": headers(msg),
+        "all_headers": [list(pair) for pair in all_headers(msg)],
         "text": body_text(msg),
         "parts": [asdict(p) for p in tree(msg)],
     }

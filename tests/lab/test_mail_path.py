@@ -1,0 +1,239 @@
+"""The article's journey on a real lab: submit, MX lookup, relay, store, retrieve; and its failures."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from labctl import mail
+from labctl.lab import Lab
+from tests.lab.conftest import RunningLab, labctl
+
+DELIVERY_TIMEOUT = 30.0  # generous: a loaded CI machine; a delivery takes milliseconds here
+
+# Raw lines over a socket, as a student types them into telnet: one line, then wait for the reply.
+DIALOGUE = r"""
+import json, socket, sys
+host, port, lines = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
+pop3 = port == 110
+s = socket.create_connection((host, port), timeout=10)
+f = s.makefile("rb")
+
+def multiline(command):  # RFC 1939: these answer +OK with lines ending in "."
+    words = command.split()
+    verb = words[0].upper() if words else ""
+    return verb in ("CAPA", "RETR", "TOP") or (verb in ("LIST", "UIDL") and len(words) == 1)
+
+def reply(command):
+    out = [f.readline().decode()]
+    if pop3:
+        if out[0].startswith("+OK") and multiline(command):
+            while out[-1] not in (".\r\n", ""):
+                out.append(f.readline().decode())
+    else:  # SMTP: "250-..." lines continue a reply (RFC 5321 4.2.1)
+        while out[-1][3:4] == "-":
+            out.append(f.readline().decode())
+    return "".join(out)
+
+log = [["", reply("")]]
+for line in lines:
+    s.sendall(line.encode() + b"\r\n")
+    log.append([line, reply(line)])
+print(json.dumps(log))
+"""
+
+
+def dialogue(lab: Lab, host: str, server: str, port: int, lines: list[str]) -> list[tuple[str, str]]:
+    ran = lab.exec(host, ["python3", "-c", DIALOGUE, server, str(port), json.dumps(lines)])
+    assert ran.exit_code == 0, ran.stderr.decode()
+    return [(sent, got) for sent, got in json.loads(ran.output)]
+
+
+def unique(text: str) -> str:
+    return f"{text} {uuid.uuid4().hex[:8]}"
+
+
+def wait_for_mail(lab: Lab, user: str, subject: str) -> dict[str, Any]:
+    """Fetch ``user``'s mail until a message with ``subject`` arrives; return its list entry."""
+    deadline = time.monotonic() + DELIVERY_TIMEOUT
+    while True:
+        assert mail.fetch(lab, user).ok
+        for entry in mail.parse_json(mail.mailbox(lab, user, as_json=True)):
+            if entry["subject"] == subject:
+                return dict(entry)
+        assert time.monotonic() < deadline, f"no message {subject!r} for {user} within {DELIVERY_TIMEOUT} s"
+        time.sleep(0.2)
+
+
+def read(lab: Lab, user: str, number: int) -> dict[str, Any]:
+    return dict(mail.parse_json(mail.mailbox(lab, user, number, as_json=True)))
+
+
+def header_values(message: dict[str, Any], name: str) -> list[str]:
+    return [v for k, v in message["all_headers"] if k.lower() == name.lower()]
+
+
+def test_andy_sends_betty_fetches_with_the_received_chain(running_lab: RunningLab) -> None:
+    lab = running_lab.lab
+    subject = unique("Hello Betty")
+    sent = labctl("send", "--lab", lab.name, "--from", "andy", "--to", "betty@stevenchoy.example",
+                  "--subject", subject, "--body", "This is the first line of testing message.")
+    assert "250 2.0.0 " in sent.stdout and "Message accepted for delivery" in sent.stdout
+    entry = wait_for_mail(lab, "betty", subject)
+    message = read(lab, "betty", entry["number"])
+    received = header_values(message, "Received")
+    assert len(received) == 2, received
+    # newest first: the MX's own hop, then the MTA's, each naming where it came from
+    assert "from smtp.ouhk.example" in received[0] and "by mail.stevenchoy.example" in received[0]
+    assert "from andy.ouhk.example" in received[1] and "by smtp.ouhk.example" in received[1]
+    assert header_values(message, "Return-Path") == ["<andy@ouhk.example>"]
+    assert "This is the first line of testing message." in message["text"]
+
+
+def test_activity_1_typed_by_hand_from_andy_s_host(running_lab: RunningLab) -> None:
+    lab = running_lab.lab
+    subject = unique("Activity 1")
+    log = dialogue(lab, "andy", "smtp.ouhk.example", 25, [
+        "MAIL FROM: andy@ouhk.example",
+        "RCPT TO: betty@stevenchoy.example",
+        "DATA",
+        f"Subject: {subject}\r\n\r\nThis is the first line of testing message.\r\n"
+        "This is the second line of testing message.\r\n.",
+        "QUIT",
+    ])
+    replies = [got.strip() for _, got in log]
+    assert replies[0].startswith("220 smtp.ouhk.example ESMTP")
+    assert replies[1] == "250 2.1.0 andy@ouhk.example... Sender ok"
+    assert replies[2] == "250 2.1.5 betty@stevenchoy.example... Recipient ok"
+    assert replies[3] == '354 Enter mail, end with "." on a line by itself'
+    assert replies[4].startswith("250 2.0.0 ") and replies[4].endswith(" Message accepted for delivery")
+    assert replies[5] == "221 2.0.0 Bye"
+    entry = wait_for_mail(lab, "betty", subject)
+    assert "This is the second line of testing message." in read(lab, "betty", entry["number"])["text"]
+
+
+def test_activity_2_pop3_by_hand_gives_the_right_counts_and_sizes(running_lab: RunningLab) -> None:
+    lab = running_lab.lab
+    # an empty maildrop first, then exactly two messages
+    assert mail.fetch(lab, "betty", delete=True).ok
+    subjects = [unique("first"), unique("second")]
+    for subject in subjects:
+        labctl("send", "--lab", lab.name, "--from", "andy", "--to", "betty@stevenchoy.example",
+               "--subject", subject, "--body", "two messages for Activity 2")
+    deadline = time.monotonic() + DELIVERY_TIMEOUT
+    while True:
+        stat = dialogue(lab, "betty", "mail.stevenchoy.example", 110,
+                        ["USER betty", "PASS betty-secret", "STAT", "QUIT"])
+        if stat[3][1].startswith("+OK 2 "):
+            break
+        assert time.monotonic() < deadline, stat
+        time.sleep(0.2)
+
+    log = dialogue(lab, "betty", "mail.stevenchoy.example", 110, [
+        "USER betty", "PASS betty-secret", "STAT", "LIST", "RETR 1", "DELE 1", "QUIT",
+    ])
+    got = {sent.split()[0]: reply for sent, reply in log if sent}
+    assert log[0][1].startswith("+OK mail.stevenchoy.example POP3 server ready")
+    assert got["USER"].startswith("+OK")
+    assert got["PASS"].startswith("+OK")
+    _, count, total = got["STAT"].split()
+    assert count == "2"
+    listing = got["LIST"].split("\r\n")
+    assert listing[0] == f"+OK 2 messages ({total} octets)"
+    sizes = [int(line.split()[1]) for line in listing[1:3]]
+    assert [line.split()[0] for line in listing[1:3]] == ["1", "2"] and sum(sizes) == int(total)
+    retr = got["RETR"]
+    assert retr.startswith(f"+OK {sizes[0]} octets\r\n")
+    body = retr.split("\r\n", 1)[1]
+    assert body.endswith("\r\n.\r\n")
+    content = body[: -len(".\r\n")]
+    # the octet count is the message as sent on the wire, before dot-stuffing
+    unstuffed = "\r\n".join(line[1:] if line.startswith(".") else line for line in content.split("\r\n"))
+    assert len(unstuffed.encode()) == sizes[0]
+    assert got["DELE"] == "+OK message 1 deleted\r\n"
+    assert got["QUIT"].startswith("+OK")
+    after = dialogue(lab, "betty", "mail.stevenchoy.example", 110, ["USER betty", "PASS betty-secret", "STAT", "QUIT"])
+    assert after[3][1].strip() == f"+OK 1 {sizes[1]}"
+
+
+def test_mx_down_the_message_waits_in_the_queue_then_arrives(running_lab: RunningLab) -> None:
+    lab = running_lab.lab
+    subject = unique("while the MX was down")
+    lab.stop("mail")
+    try:
+        labctl("send", "--lab", lab.name, "--from", "andy", "--to", "betty@stevenchoy.example",
+               "--subject", subject, "--body", "queued, retried, delivered")
+        deadline = time.monotonic() + DELIVERY_TIMEOUT
+        while True:
+            entries = mail.parse_json(mail.queue(lab, as_json=True))["entries"]
+            tried = [e for e in entries for r in e["recipients"]
+                     if r["address"] == "betty@stevenchoy.example" and r["attempts"] >= 1 and r["last_error"]]
+            if tried:
+                break
+            assert time.monotonic() < deadline, entries
+            time.sleep(0.2)
+        recipient = next(r for r in tried[0]["recipients"] if r["address"] == "betty@stevenchoy.example")
+        assert recipient["status"] == "pending"
+        shown = labctl("queue", "--lab", lab.name).stdout
+        assert tried[0]["id"] in shown and "betty@stevenchoy.example" in shown
+    finally:
+        lab.start("mail")
+    labctl("queue", "--lab", lab.name, "--flush")
+    wait_for_mail(lab, "betty", subject)
+    assert mail.parse_json(mail.queue(lab, as_json=True))["entries"] == []
+
+
+def test_unknown_user_bounces_to_andy(running_lab: RunningLab) -> None:
+    lab = running_lab.lab
+    nobody = f"nobody-{uuid.uuid4().hex[:6]}@stevenchoy.example"
+    labctl("send", "--lab", lab.name, "--from", "andy", "--to", nobody,
+           "--subject", "to nobody", "--body", "there is no such user")
+    deadline = time.monotonic() + DELIVERY_TIMEOUT
+    while True:
+        assert mail.fetch(lab, "andy").ok
+        bounces = [e for e in mail.parse_json(mail.mailbox(lab, "andy", as_json=True))
+                   if nobody in json.dumps(read(lab, "andy", e["number"]))]
+        if bounces:
+            break
+        assert time.monotonic() < deadline, "no bounce reached andy"
+        time.sleep(0.3)
+    bounce = read(lab, "andy", bounces[0]["number"])
+    types = [p["content_type"] for p in bounce["parts"]]
+    assert types[0] == "multipart/report" and "message/delivery-status" in types
+    assert header_values(bounce, "Return-Path") == ["<>"]  # no bounce for a bounce
+    assert "550 5.1.1" in json.dumps(bounce)
+
+
+def test_relaying_from_outside_is_refused(running_lab: RunningLab) -> None:
+    # The MX is another server on "the Internet": not one of the MTA's own clients.
+    log = dialogue(running_lab.lab, "mail", "smtp.ouhk.example", 25, [
+        "EHLO mail.stevenchoy.example",
+        "MAIL FROM:<spammer@stevenchoy.example>",
+        "RCPT TO:<victim@elsewhere.example>",
+        "RCPT TO:<andy@ouhk.example>",
+        "QUIT",
+    ])
+    assert log[3][1].startswith("550 5.7.1"), log[3]
+    assert log[4][1].startswith("250 2.1.5"), log[4]  # mail for the MTA's own domain is welcome
+
+
+def test_a_binary_attachment_arrives_byte_identical(running_lab: RunningLab, tmp_path: Path) -> None:
+    lab = running_lab.lab
+    blob = os.urandom(150_000) + bytes(range(256)) + b"\r\n.\r\n\x00"
+    attachment = tmp_path / "photo.bin"
+    attachment.write_bytes(blob)
+    subject = unique("Ünïcödé and a binary attachment")
+    labctl("send", "--lab", lab.name, "--from", "andy", "--to", "betty@stevenchoy.example",
+           "--subject", subject, "--body", "see attached", "--attach", str(attachment))
+    entry = wait_for_mail(lab, "betty", subject)
+    message = read(lab, "betty", entry["number"])
+    parts = {p["filename"]: p for p in message["parts"] if p.get("filename")}
+    assert parts["photo.bin"]["encoding"] == "base64" and parts["photo.bin"]["size"] == len(blob)
+    out_dir = f"/tmp/saved-{uuid.uuid4().hex[:6]}"
+    saved = lab.exec("betty", ["python3", "-m", "services", "mail", "save", str(entry["number"]), "--dir", out_dir])
+    assert saved.exit_code == 0, saved.stderr
+    assert lab.exec("betty", ["cat", f"{out_dir}/photo.bin"]).stdout == blob
