@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from services.config import LabConfig
@@ -29,6 +30,10 @@ def setup_logging(role: str) -> None:
         format=f"%(asctime)s {role} %(levelname)s %(message)s",
         datefmt="%H:%M:%S",
     )
+    # aiosmtpd logs every command line at INFO: at a few hundred messages a second that is most
+    # of the MTA's CPU (and of dockerd's, which stores each line). Our handlers log one line per
+    # message; the dialogue itself is on the wire, for the capture to show.
+    logging.getLogger("mail.log").setLevel(logging.WARNING)
 
 
 def join_lab(cfg: LabConfig) -> None:
@@ -71,8 +76,15 @@ def point_resolver_at_lab_dns(cfg: LabConfig, path: Path = RESOLV_CONF) -> None:
         log.warning("could not point %s at the lab DNS: %s", path, exc)
 
 
+# Threads for blocking work (fsync'd writes, smtplib sessions) across all of a role's clients.
+# asyncio's default is min(32, CPUs + 4): 6 on a 2-core lab machine, fewer than the MTA's
+# concurrent deliveries plus the sessions writing to its queue.
+BLOCKING_THREADS = 32
+
+
 async def _run_until_signalled(main: Callable[[], Awaitable[None]]) -> None:
     loop = asyncio.get_running_loop()
+    loop.set_default_executor(ThreadPoolExecutor(max_workers=BLOCKING_THREADS, thread_name_prefix="blocking"))
     task = asyncio.ensure_future(main())
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, task.cancel)

@@ -70,6 +70,9 @@ DNS_TIMEOUT = 2.0  # one query to the lab DNS server
 DNS_LIFETIME = 5.0  # a whole lookup, retries included; past it, a temporary DNS failure
 ADDRESS_TYPES = ("A", "AAAA")  # RFC 5321 §5.1: an MX host is reached by either
 
+# Messages delivered at once, each on its own SMTP session (Postfix's default per destination is
+# 20, RFC 5321 §4.5.4.1 asks for "some" limit); small, since the lab has one MX per domain.
+DELIVERY_CONCURRENCY = 8
 IDLE_POLL = 30.0  # longest sleep without wake(): a safety net if a wake-up is missed
 ERROR_HOLD = 30.0  # a message whose failure could not even be recorded rests this long
 
@@ -251,7 +254,7 @@ class Connections:
     def __init__(self, helo_name: str, port: int) -> None:
         self._helo = helo_name
         self._port = port
-        self._open: dict[str, smtplib.SMTP] = {}
+        self._open: dict[str, list[smtplib.SMTP]] = {}  # idle sessions by server address
         self._lock = threading.Lock()
         self._aborted = False
 
@@ -276,7 +279,8 @@ class Connections:
 
     def _reused(self, address: str) -> smtplib.SMTP | None:
         with self._lock:
-            smtp = self._open.pop(address, None)
+            idle = self._open.get(address)
+            smtp = idle.pop() if idle else None
         if smtp is None:
             return None
         try:
@@ -305,7 +309,7 @@ class Connections:
             return out
         with self._lock:
             if reusable and not self._aborted:
-                self._open[target.address] = smtp
+                self._open.setdefault(target.address, []).append(smtp)
                 smtp = None
         if smtp is not None:
             _close(smtp)
@@ -313,7 +317,7 @@ class Connections:
 
     def _take_all(self) -> list[smtplib.SMTP]:
         with self._lock:
-            sessions = list(self._open.values())
+            sessions = [smtp for idle in self._open.values() for smtp in idle]
             self._open.clear()
             return sessions
 
@@ -422,6 +426,14 @@ class DeliveryWorker:
             log.info("queue flushed: %d recipient(s) due now", count)
         connections = Connections(self._fqdn, self._smtp_port)
         seen: set[str] = set()
+        # Several messages in flight at once, each on its own session: one slow or dead MX no
+        # longer holds up the rest, and the disk writes of different messages overlap.
+        slots = asyncio.Semaphore(DELIVERY_CONCURRENCY)
+
+        async def attempt(entry: QueueEntry, now: float) -> None:
+            async with slots:
+                await self._attempt(entry, now, connections)
+
         try:
             while True:
                 now = self._clock()
@@ -432,9 +444,8 @@ class DeliveryWorker:
                 ]
                 if not due:
                     break
-                for entry in due:
-                    seen.add(entry.id)
-                    await self._attempt(entry, now, connections)
+                seen.update(e.id for e in due)
+                await asyncio.gather(*(attempt(e, now) for e in due))
             await asyncio.to_thread(connections.close)
         except BaseException:  # cancelled: the threads may run on, but keep no session
             connections.abort()
@@ -524,10 +535,14 @@ class DeliveryWorker:
                                   reporting_mta=self._fqdn, queue_id=entry.id, arrival=entry.queued_at, now=end)
             bounce_id = await asyncio.to_thread(self._spool.enqueue, "", [entry.sender], bounce, now=end)
             log.info("%s: sender non-delivery notification: %s", entry.id, bounce_id)
-        updated = await asyncio.to_thread(self._spool.record, entry.id, [d.state for d in decisions])
-        if updated.done:
+        states = {d.state.address: d.state for d in decisions}
+        if replace(entry, recipients=tuple(states.get(r.address, r) for r in entry.recipients)).done:
+            # Nothing left to try: forget the message at once rather than first writing (and
+            # fsyncing) a state that says so. A crash in between means, at worst, a duplicate.
             await asyncio.to_thread(self._spool.remove, entry.id)
             log.info("%s: removed", entry.id)
+        else:
+            await asyncio.to_thread(self._spool.record, entry.id, list(states.values()))
 
     def _log_attempt(self, entry: QueueEntry, rcpt: str, outcome: Outcome, d: relay.Decision, now: float) -> None:
         via = f"{outcome.relay}:{self._smtp_port}" if outcome.remote_mta else outcome.relay or "none"

@@ -42,6 +42,7 @@ log = logging.getLogger("services.smtp.spool")
 # The MTA main and `python3 -m services queue` both open this spool.
 DEFAULT_SPOOL = config.SPOOL_DIR / "queue"
 
+ENTRY_LOCK_STRIPES = 64  # locks shared by hash of the queue id: bounded, and rarely contended
 STATE_VERSION = 1  # bump when the state file format changes incompatibly
 
 _ID_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
@@ -163,7 +164,7 @@ class Spool:
         self._corrupt = root / "corrupt"
         for d in (root, self._data, self._state, self._tmp, self._corrupt):
             d.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self._thread_lock = threading.Lock()
+        self._entry_locks = [threading.Lock() for _ in range(ENTRY_LOCK_STRIPES)]
         self._lock_path = root / "lock"
         if recover:
             self.recover()
@@ -171,15 +172,24 @@ class Spool:
     # -- locking ---------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        """Exclusive against other threads (the lock) and the queue CLI (flock on a file)."""
-        with self._thread_lock:
-            fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
+    def _locked(self, queue_id: str | None = None) -> Iterator[None]:
+        """Exclusive for one entry (``queue_id``), or for the whole spool (flush, recovery).
+
+        Work on different entries proceeds in parallel, so their fsyncs overlap: one lock over
+        the whole spool made every message wait for every other's disk writes. The flock on a
+        file (shared for one entry, exclusive for the spool) holds against the queue CLI in
+        another process as well as against other threads here (each call opens its own file).
+        """
+        fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH if queue_id is not None else fcntl.LOCK_EX)
+            if queue_id is None:
                 yield
-            finally:
-                os.close(fd)  # releases the flock
+            else:
+                with self._entry_locks[hash(queue_id) % ENTRY_LOCK_STRIPES]:
+                    yield
+        finally:
+            os.close(fd)  # releases the flock
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -234,14 +244,14 @@ class Spool:
             size=len(data),
             recipients=tuple(RecipientState(address=r, next_attempt=now) for r in unique),
         )
-        with self._locked():
+        with self._locked(queue_id):
             self._commit_state(entry)
         return queue_id
 
     def record(self, queue_id: str, updates: Iterable[RecipientState]) -> QueueEntry:
         """Replace the state of the named recipients (matched by address); return the entry."""
         by_address = {u.address: u for u in updates}
-        with self._locked():
+        with self._locked(queue_id):
             entry = self._load(queue_id)
             unknown = set(by_address) - {r.address for r in entry.recipients}
             if unknown:
@@ -253,13 +263,18 @@ class Spool:
             return entry
 
     def remove(self, queue_id: str) -> None:
-        """Forget a message: its state first (the commit), then its data."""
-        with self._locked():
+        """Forget a message: its state first (the commit), then its data.
+
+        No fsync here: a removal that a crash undoes only means the message is delivered once
+        more, a duplicate (which RFC 5321 §6.1 prefers to a loss, and the only risk); waiting for
+        the disk would cost every message one more fsync. A state left without its data after
+        such a crash is set aside by :meth:`recover`.
+        """
+        with self._locked(queue_id):
             try:
                 (self._state / queue_id).unlink()
             except FileNotFoundError:
                 raise SpoolError(f"no queue entry {queue_id}") from None
-            _fsync_dir(self._state)
             with contextlib.suppress(FileNotFoundError):
                 (self._data / queue_id).unlink()
 
