@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from services import config
 from services.config import LabConfig
 
 log = logging.getLogger("services")
@@ -34,6 +35,22 @@ def setup_logging(role: str) -> None:
     # of the MTA's CPU (and of dockerd's, which stores each line). Our handlers log one line per
     # message; the dialogue itself is on the wire, for the capture to show.
     logging.getLogger("mail.log").setLevel(logging.WARNING)
+
+
+def start_role(role: str) -> LabConfig | None:
+    """What every long-running role does first: log, read the lab config, join the lab.
+
+    Returns None (after logging why) when the configuration cannot be read; the role then
+    exits with status 1.
+    """
+    setup_logging(role)
+    try:
+        cfg = config.load()
+    except config.ConfigError as exc:
+        log.error("%s", exc)
+        return None
+    join_lab(cfg)
+    return cfg
 
 
 def join_lab(cfg: LabConfig) -> None:

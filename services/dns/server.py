@@ -179,13 +179,9 @@ def main(argv: list[str]) -> int:
     """``python3 -m services dns``: serve the zones in config.ZONES_DIR until SIGTERM."""
     argparse.ArgumentParser(prog="python3 -m services dns", description="The lab's authoritative DNS server.",
                             epilog=f"Zone files: {config.ZONES_DIR}/*.zone").parse_args(argv)
-    runtime.setup_logging("dns")
-    try:
-        cfg = config.load()
-    except config.ConfigError as exc:
-        log.error("%s", exc)
+    cfg = runtime.start_role("dns")
+    if cfg is None:
         return 1
-    runtime.join_lab(cfg)
     try:
         zones = load_dir(config.ZONES_DIR)
     except ZoneError as exc:

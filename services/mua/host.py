@@ -6,12 +6,12 @@ until `labctl down`.
 
 from __future__ import annotations
 
-from services import config, runtime
+from services import runtime
 
 
 def main(argv: list[str]) -> int:
-    runtime.setup_logging("mua")
-    cfg = config.load()
-    runtime.join_lab(cfg)
+    cfg = runtime.start_role("mua")
+    if cfg is None:
+        return 1
     runtime.log.info("mail user agent host %s ready", cfg.this.fqdn)
     return runtime.serve(runtime.forever)

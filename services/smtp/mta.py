@@ -149,13 +149,9 @@ async def start_mta(
 
 def main(argv: list[str]) -> int:
     argparse.ArgumentParser(prog="python3 -m services mta", description=__doc__.splitlines()[0]).parse_args(argv)
-    runtime.setup_logging("mta")
-    try:
-        cfg = config.load()
-    except config.ConfigError as exc:
-        log.error("%s", exc)
+    cfg = runtime.start_role("mta")
+    if cfg is None:
         return 1
-    runtime.join_lab(cfg)
 
     async def serve() -> None:
         spool = Spool(DEFAULT_SPOOL)

@@ -89,13 +89,9 @@ async def start_mx(
 
 def main(argv: list[str]) -> int:
     argparse.ArgumentParser(prog="python3 -m services mx", description=__doc__.splitlines()[0]).parse_args(argv)
-    runtime.setup_logging("mx")
-    try:
-        cfg = config.load()
-    except config.ConfigError as exc:
-        log.error("%s", exc)
+    cfg = runtime.start_role("mx")
+    if cfg is None:
         return 1
-    runtime.join_lab(cfg)
 
     async def serve() -> None:
         listeners = await start_mx(cfg)
