@@ -12,6 +12,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import docker.errors
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -284,6 +285,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except LabctlError as exc:
         err.print(Text.assemble(("labctl: ", "bold red"), str(exc)), soft_wrap=True)
+        return 1
+    except docker.errors.APIError as exc:
+        # Not a user error, but the engine said why: that helps more than a traceback.
+        err.print(Text.assemble(("labctl: the Docker engine refused: ", "bold red"),
+                                str(exc.explanation or exc)), soft_wrap=True)
         return 1
     except KeyboardInterrupt:
         err.print("interrupted")

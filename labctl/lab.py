@@ -6,6 +6,7 @@ label, so `down` is idempotent, a crashed run can be cleaned up, and two labs li
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import ipaddress
@@ -357,6 +358,11 @@ class Lab:
                 self.api.remove_container(c["Id"], v=True, force=True)
             except docker.errors.NotFound:
                 pass  # removed by someone else meanwhile: that is what we wanted
+            except docker.errors.APIError as exc:
+                if exc.status_code != 409:  # 409: another `down` is removing it right now
+                    raise
+                with contextlib.suppress(docker.errors.NotFound):
+                    self.api.wait(c["Id"], condition="removed", timeout=STOP_TIMEOUT * 10)
 
         parallel(remove, containers)
         for net in self.api.networks(filters=self._filters()):

@@ -16,6 +16,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 # What each role serves, as (protocol, port): the probe targets and the `labctl status` table.
@@ -26,7 +27,7 @@ ROLE_SERVICES: dict[str, tuple[tuple[str, int], ...]] = {
     "mua": (),
 }
 
-ATTEMPT_TIMEOUT = 1.0  # one connect or query; the whole probe has its own deadline
+ATTEMPT_TIMEOUT = 0.5  # one connect or query; the whole probe has its own deadline
 POLL_INTERVAL = 0.05  # a service that is still starting gets asked again this soon
 
 
@@ -79,27 +80,25 @@ CHECKS: dict[str, Callable[[Target], str]] = {
 }
 
 
-def probe(targets: list[Target], timeout: float) -> list[dict[str, object]]:
-    deadline = time.monotonic() + timeout
-    pending = list(targets)
-    results: dict[Target, dict[str, object]] = {}
-    started = time.monotonic()
-    while pending:
-        still: list[Target] = []
-        for t in pending:
-            try:
-                detail = CHECKS[t.kind](t)
-                results[t] = {"target": str(t), "ready": True, "detail": detail,
-                              "after": round(time.monotonic() - started, 3)}
-            except Exception as exc:  # noqa: BLE001 - any failure means "not ready yet"
-                results[t] = {"target": str(t), "ready": False, "detail": str(exc) or type(exc).__name__}
-                still.append(t)
-        pending = still
-        if pending:
+def _poll(target: Target, started: float, deadline: float) -> dict[str, object]:
+    """Ask one target until it answers or the deadline passes."""
+    while True:
+        try:
+            detail = CHECKS[target.kind](target)
+            return {"target": str(target), "ready": True, "detail": detail,
+                    "after": round(time.monotonic() - started, 3)}
+        except Exception as exc:  # noqa: BLE001 - any failure means "not ready yet"
             if time.monotonic() >= deadline:
-                break
-            time.sleep(POLL_INTERVAL)
-    return [results[t] for t in targets]
+                return {"target": str(target), "ready": False, "detail": str(exc) or type(exc).__name__}
+        time.sleep(POLL_INTERVAL)
+
+
+def probe(targets: list[Target], timeout: float) -> list[dict[str, object]]:
+    """Poll every target at once: a host still starting (its address not yet answering ARP, so a
+    connect waits out its timeout) must not hold up the answer of the others."""
+    started = time.monotonic()
+    with ThreadPoolExecutor(max_workers=max(len(targets), 1)) as pool:
+        return list(pool.map(lambda t: _poll(t, started, started + timeout), targets))
 
 
 def main(argv: list[str]) -> int:
