@@ -237,3 +237,31 @@ def test_a_binary_attachment_arrives_byte_identical(running_lab: RunningLab, tmp
     saved = lab.exec("betty", ["python3", "-m", "services", "mail", "save", str(entry["number"]), "--dir", out_dir])
     assert saved.exit_code == 0, saved.stderr
     assert lab.exec("betty", ["cat", f"{out_dir}/photo.bin"]).stdout == blob
+
+
+def test_real_clients_swaks_and_curl(running_lab: RunningLab) -> None:
+    """Debian's swaks (SMTP, with AUTH on 587) and curl (pop3://) accept our servers as they are."""
+    lab = running_lab.lab
+    subject = unique("via swaks")
+    sent = lab.exec("andy", ["swaks", "--server", "smtp.ouhk.example:587", "--auth", "PLAIN",
+                             "--auth-user", "andy@ouhk.example", "--auth-password", "andy-secret",
+                             "--from", "andy@ouhk.example", "--to", "betty@stevenchoy.example",
+                             "--header", f"Subject: {subject}", "--body", "sent by swaks"])
+    assert sent.exit_code == 0, sent.output
+    assert "<-  235 2.7.0 Authentication successful" in sent.output
+    assert "Message accepted for delivery" in sent.output
+    wrong = lab.exec("andy", ["swaks", "--server", "smtp.ouhk.example:587", "--auth", "PLAIN",
+                              "--auth-user", "andy@ouhk.example", "--auth-password", "wrong",
+                              "--from", "andy@ouhk.example", "--to", "betty@stevenchoy.example"])
+    assert wrong.exit_code != 0 and "535" in wrong.output
+    wait_for_mail(lab, "betty", subject)
+
+    listing = lab.exec("betty", ["curl", "-sS", "--user", "betty:betty-secret", "pop3://mail.stevenchoy.example/"])
+    assert listing.exit_code == 0, listing.stderr
+    numbers = [line.split()[0] for line in listing.output.splitlines() if line.strip()]
+    assert numbers and numbers == [str(n) for n in range(1, len(numbers) + 1)]
+    bodies = [lab.exec("betty", ["curl", "-sS", "--user", "betty:betty-secret",
+                                 f"pop3://mail.stevenchoy.example/{n}"]).output for n in numbers]
+    assert any(subject in b and "sent by swaks" in b for b in bodies)
+    refused = lab.exec("betty", ["curl", "-sS", "--user", "betty:nope", "pop3://mail.stevenchoy.example/"])
+    assert refused.exit_code != 0
