@@ -12,7 +12,6 @@ import json
 import os
 import poplib
 import socket
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from email import policy
@@ -31,6 +30,7 @@ from services.mua.cli import main
 from services.mua.local import SEEN_FILE
 from services.pop3 import server as pop3_server
 from services.pop3.core import Limits
+from tests.support import BackgroundLoop, server_closer
 
 ANDY, ANDY_PW = "andy@ouhk.example", "andy-secret"
 BETTY, BETTY_PW = "betty@stevenchoy.example", "betty-secret"
@@ -153,27 +153,13 @@ class Pop3:
 
 @pytest.fixture
 def pop3(tmp_path: Path) -> Iterator[Pop3]:
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
+    background = BackgroundLoop()
     root = tmp_path / "mail"
     coro = pop3_server.start(config(me="mail"), mail_root=root, host="127.0.0.1", port=0,
                              limits=Limits(auth_delay_first=0.01, auth_delay_max=0.01))
-    server = asyncio.run_coroutine_threadsafe(coro, loop).result(TIMEOUT)
+    server = background.run(coro)
     yield Pop3(server.sockets[0].getsockname()[1], root)
-
-    async def stop() -> None:
-        server.close()
-        await server.wait_closed()
-        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-    asyncio.run_coroutine_threadsafe(stop(), loop).result(TIMEOUT)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(TIMEOUT)
-    loop.close()
+    background.close([server_closer(server)])
 
 
 @pytest.fixture

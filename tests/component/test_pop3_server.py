@@ -6,7 +6,6 @@ import asyncio
 import logging
 import poplib
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from services.config import Account, Domain, Host, LabConfig
 from services.mailstore import Maildir, deliver, mailbox_dir
 from services.pop3 import server as pop3_server
 from services.pop3.core import MAX_BAD_COMMANDS, Limits
+from tests.support import BackgroundLoop, server_closer
 
 PASSWORD = "s3cret pw"
 AUTH_DELAY = 0.2  # the first failed login's delay in these tests (the real default is longer)
@@ -92,39 +92,23 @@ Serve = Callable[[Limits], Pop3]
 
 @pytest.fixture
 def serve(tmp_path: Path) -> Iterator[Serve]:
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
+    background = BackgroundLoop()
     servers: list[asyncio.Server] = []
     labs: list[Pop3] = []
 
     def start(limits: Limits) -> Pop3:
         coro = pop3_server.start(CONFIG, mail_root=tmp_path, host="127.0.0.1", port=0, limits=limits)
-        server = asyncio.run_coroutine_threadsafe(coro, loop).result(TIMEOUT)
+        server = background.run(coro)
         servers.append(server)
         port = server.sockets[0].getsockname()[1]
         labs.append(Pop3(port, mailbox_dir(tmp_path, "betty@stevenchoy.example")))
         return labs[-1]
 
     yield start
-
     for lab in labs:
         for opened in lab.opened:
             opened.close()
-
-    async def stop() -> None:
-        for server in servers:
-            server.close()
-            await server.wait_closed()
-        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-    asyncio.run_coroutine_threadsafe(stop(), loop).result(TIMEOUT)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(TIMEOUT)
-    loop.close()
+    background.close([server_closer(s) for s in servers])
 
 
 @pytest.fixture

@@ -37,6 +37,7 @@ from services.smtp.policy import Reply
 from services.smtp.relay import MxAnswer, MxHost, MxRecords
 from services.smtp.server import Client, DataReader, Listeners
 from services.smtp.spool import Spool
+from tests.support import BackgroundLoop
 
 T = TypeVar("T")
 TIMEOUT = 10.0  # the longest any reply may take
@@ -173,26 +174,12 @@ class Servers:
 
 @pytest.fixture
 def servers(tmp_path: Path) -> Iterator[Servers]:
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    s = Servers(loop, tmp_path)
+    background = BackgroundLoop()
+    s = Servers(background.loop, tmp_path)
     yield s
     for opened in s.opened:
         opened.close()
-
-    async def stop() -> None:
-        for listeners in s.started:
-            await listeners.close()
-        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-    s.run(stop())
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(TIMEOUT)
-    loop.close()
+    background.close([listeners.close for listeners in s.started])
 
 
 @pytest.fixture
