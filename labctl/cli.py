@@ -54,7 +54,8 @@ def _lab(args: argparse.Namespace) -> Lab:
 def _hosts_table(hosts: Sequence[HostStatus], title: str) -> Table:
     table = Table(title=title, title_justify="left")
     for col in ("host", "name", "role", "address", "ports", "state"):
-        table.add_column(col)
+        # Names and addresses are what a student types next: never cut them short.
+        table.add_column(col, no_wrap=col in ("name", "address"), min_width=24 if col == "name" else None)
     for h in hosts:
         state = f"[green]{h.state}[/]" if h.state == "running" else f"[red]{h.state}[/]"
         table.add_row(h.name, h.fqdn, h.role, h.address, h.ports, state)
