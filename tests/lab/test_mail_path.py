@@ -265,3 +265,24 @@ def test_real_clients_swaks_and_curl(running_lab: RunningLab) -> None:
     assert any(subject in b and "sent by swaks" in b for b in bodies)
     refused = lab.exec("betty", ["curl", "-sS", "--user", "betty:nope", "pop3://mail.stevenchoy.example/"])
     assert refused.exit_code != 0
+
+
+def test_acknowledged_mail_survives_the_mta_being_killed(running_lab: RunningLab) -> None:
+    """250 means fsync'd: SIGKILL the MTA with mail queued, start it again, nothing is lost."""
+    lab = running_lab.lab
+    subjects = [unique("survives a crash") for _ in range(3)]
+    lab.stop("mail")  # keep the mail queued at the MTA
+    try:
+        for subject in subjects:
+            sent = labctl("send", "--lab", lab.name, "--from", "andy", "--to", "betty@stevenchoy.example",
+                          "--subject", subject, "--body", "acknowledged, then the MTA crashed")
+            assert "Message accepted for delivery" in sent.stdout
+        assert lab.kill("smtp").state == "exited"
+        lab.start("smtp")
+        queued = mail.parse_json(mail.queue(lab, as_json=True))["entries"]
+        assert len(queued) >= len(subjects)
+    finally:
+        lab.start("mail")
+    labctl("queue", "--lab", lab.name, "--flush")
+    for subject in subjects:
+        wait_for_mail(lab, "betty", subject)
