@@ -8,8 +8,9 @@ state is; the worker records it, enqueues a bounce if one is due, and removes fi
 messages. Connections stay open for the rest of a pass, so several messages for one MX share
 a session (RFC 5321 §4.5.4.1 encourages it; the transaction is reset with RSET between).
 
-Messages are delivered one after another: simple to follow in a capture, and with the lab's
-short timeouts a dead MX holds the others up for seconds, not minutes.
+A pass delivers up to DELIVERY_CONCURRENCY messages at once, as a pipeline: a message queued
+during the pass starts as soon as a slot is free. The messages of a pass share one MX lookup per
+domain (renewed after MX_ANSWER_REUSE seconds), so a capture shows the lookup once per burst.
 
 A failure of one message (a peer's misbehaviour, or a bug of ours) never stops the worker:
 peer trouble is an outcome like any other; a bug is logged with its traceback and the
@@ -19,6 +20,7 @@ message is retried on the normal schedule.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import random
@@ -75,6 +77,10 @@ ADDRESS_TYPES = ("A", "AAAA")  # RFC 5321 §5.1: an MX host is reached by either
 DELIVERY_CONCURRENCY = 8
 IDLE_POLL = 30.0  # longest sleep without wake(): a safety net if a wake-up is missed
 ERROR_HOLD = 30.0  # a message whose failure could not even be recorded rests this long
+# One MX lookup per domain serves the messages of a pass for this long; then the next message asks
+# again. Per message, the lookup (MX, then A and AAAA of each host) was the largest CPU cost of a
+# relayed message; a pass still shows its lookup in a capture, and the lab's zones rarely change.
+MX_ANSWER_REUSE = 5.0
 
 LocalDelivery = Callable[[str, str, bytes], None]  # (envelope sender, recipient, data)
 
@@ -170,6 +176,7 @@ class HostResult:
     replies: dict[str, SmtpReply] = field(default_factory=dict)
     error: str = ""
     error_status: str = "4.4.1"  # RFC 3463: no answer from host; 4.4.2 once the session broke
+    mail_code: int | None = None  # the reply to MAIL; None: the session failed before it
 
 
 class _Unavailable(Exception):
@@ -217,6 +224,7 @@ def _transaction(smtp: smtplib.SMTP, sender: str, recipients: Sequence[str], dat
         if smtp.has_extn("smtputf8"):
             options.append("SMTPUTF8")
     code, msg = smtp.mail(sender, options)
+    out.mail_code = code
     if code != 250:
         out.replies.update({r: _reply(code, msg) for r in recipients})
         return code != 421
@@ -277,30 +285,33 @@ class Connections:
             raise _Unavailable(_describe(exc)) from exc
         return smtp
 
-    def _reused(self, address: str) -> smtplib.SMTP | None:
+    def _idle(self, address: str) -> smtplib.SMTP | None:
         with self._lock:
             idle = self._open.get(address)
-            smtp = idle.pop() if idle else None
-        if smtp is None:
-            return None
-        try:
-            if smtp.rset()[0] == 250:
-                return smtp
-        except OSError:
-            pass  # the server timed us out in between; a new session will do
-        _close(smtp)
-        return None
+            return idle.pop() if idle else None
 
     def transact(self, target: Target, sender: str, data: bytes) -> HostResult:
         """Offer the message to ``target`` for ``target.recipients``. Blocking."""
-        out = HostResult()
-        smtp = self._reused(target.address)
-        if smtp is None:
-            try:
-                smtp = self._connect(target.address)
-            except _Unavailable as exc:
-                out.error = str(exc)
+        smtp = self._idle(target.address)
+        if smtp is not None:
+            # No RSET first: a transaction ended by the reply to the data leaves the session
+            # ready for the next MAIL (RFC 5321 §4.1.1.4). A probe per message cost a round
+            # trip on both sides. If the server has dropped the idle session meanwhile (no
+            # reply to MAIL, or 421), nothing was accepted: a fresh session takes the message.
+            out = self._offer(smtp, target, sender, data)
+            if out.mail_code not in (None, 421):
                 return out
+        out = HostResult()
+        try:
+            smtp = self._connect(target.address)
+        except _Unavailable as exc:
+            out.error = str(exc)
+            return out
+        return self._offer(smtp, target, sender, data)
+
+    def _offer(self, smtp: smtplib.SMTP, target: Target, sender: str, data: bytes) -> HostResult:
+        """One transaction on an open session, which is kept for the next if still good."""
+        out = HostResult()
         try:
             reusable = _transaction(smtp, sender, target.recipients, data, out)
         except OSError as exc:  # smtplib's errors are OSErrors too
@@ -308,10 +319,10 @@ class Connections:
             out.error, out.error_status = _describe(exc), "4.4.2"
             return out
         with self._lock:
-            if reusable and not self._aborted:
+            kept = reusable and not self._aborted
+            if kept:
                 self._open.setdefault(target.address, []).append(smtp)
-                smtp = None
-        if smtp is not None:
+        if not kept:
             _close(smtp)
         return out
 
@@ -337,6 +348,15 @@ class Connections:
 
 
 # -- the worker ----------------------------------------------------------------------------
+
+
+@dataclass
+class _Pass:
+    """What the messages of one delivery pass share: SMTP sessions and MX answers."""
+
+    connections: Connections
+    # domain -> (when asked, the lookup): in flight or done, so concurrent messages ask once
+    answers: dict[str, tuple[float, asyncio.Future[MxAnswer]]] = field(default_factory=dict)
 
 
 def _by_domain(recipients: Iterable[RecipientState]) -> dict[str, list[RecipientState]]:
@@ -401,7 +421,8 @@ class DeliveryWorker:
             self._wakeup.clear()  # a wake() during the pass makes the next wait return at once
             try:
                 await self.run_once()
-                delay = await self._idle_delay()
+                # A flush during the pass found its messages already tried in it: pass again now.
+                delay = 0.0 if self._flush_requested else await self._idle_delay()
             except Exception:  # our bug (or a broken spool): log it, keep the worker alive
                 log.exception("delivery pass failed; next pass in %g s", ERROR_HOLD)
                 delay = ERROR_HOLD
@@ -409,7 +430,7 @@ class DeliveryWorker:
                 await asyncio.wait_for(self._wakeup.wait(), delay)
 
     async def _idle_delay(self) -> float:
-        entries = await asyncio.to_thread(self._spool.entries)
+        entries = self._spool.queued()  # from memory: the MTA's spool keeps an index
         times = [
             max(t, self._held.get(e.id, t)) for e in entries if (t := e.next_attempt) is not None
         ]
@@ -424,40 +445,66 @@ class DeliveryWorker:
             self._held.clear()
             count = await asyncio.to_thread(self._spool.flush, self._clock())
             log.info("queue flushed: %d recipient(s) due now", count)
-        connections = Connections(self._fqdn, self._smtp_port)
+        work = _Pass(Connections(self._fqdn, self._smtp_port))
         seen: set[str] = set()
         # Several messages in flight at once, each on its own session: one slow or dead MX no
-        # longer holds up the rest, and the disk writes of different messages overlap.
-        slots = asyncio.Semaphore(DELIVERY_CONCURRENCY)
-
-        async def attempt(entry: QueueEntry, now: float) -> None:
-            async with slots:
-                await self._attempt(entry, now, connections)
-
+        # longer holds up the rest, and the disk writes of different messages overlap. The rest
+        # wait here, not as tasks: a backlog of tasks made every wake-up cost as much as the queue.
+        waiting: collections.deque[tuple[QueueEntry, float]] = collections.deque()
+        running: set[asyncio.Task[None]] = set()
+        scan = True
         try:
             while True:
-                now = self._clock()
-                self._held = {q: t for q, t in self._held.items() if t > now}
-                due = [
-                    e for e in await asyncio.to_thread(self._spool.due, now)
-                    if e.id not in seen and e.id not in self._held
-                ]
-                if not due:
-                    break
-                seen.update(e.id for e in due)
-                await asyncio.gather(*(attempt(e, now) for e in due))
-            await asyncio.to_thread(connections.close)
+                # A pipeline, not batches: mail queued (or a bounce made) while others are in
+                # flight starts as soon as a slot is free. Waiting for a whole batch to finish
+                # before looking again left slots idle behind the slowest message of each batch.
+                if scan:
+                    self._wakeup.clear()  # before due(): a wake-up after it is seen below
+                    now = self._clock()
+                    self._held = {q: t for q, t in self._held.items() if t > now}
+                    for e in self._spool.due(now):  # from the spool's memory: no disk read
+                        if e.id not in seen and e.id not in self._held:
+                            seen.add(e.id)
+                            waiting.append((e, now))
+                while waiting and len(running) < DELIVERY_CONCURRENCY:
+                    task = asyncio.create_task(self._attempt(*waiting.popleft(), work))
+                    running.add(task)
+                    task.add_done_callback(running.discard)
+                if not running:
+                    if scan:
+                        break
+                    scan = True  # all done: one last look before the pass ends
+                    continue
+                if waiting:
+                    # Every slot busy and more known work behind it: a wake-up can wait until that
+                    # drains (it stays set), or under load every new message would scan the queue.
+                    await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                    scan = False
+                    continue
+                woken = asyncio.ensure_future(self._wakeup.wait())
+                try:
+                    await asyncio.wait({woken, *running}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    woken.cancel()
+                # Look at the queue again only when told something changed (new mail, a bounce),
+                # not after every message, which would scan the queue once per message.
+                scan = self._wakeup.is_set()
+            await asyncio.to_thread(work.connections.close)
         except BaseException:  # cancelled: the threads may run on, but keep no session
-            connections.abort()
+            for task in running:
+                task.cancel()
+            work.connections.abort()
             raise
         return len(seen)
 
     # -- one message -----------------------------------------------------------------------
 
-    async def _attempt(self, entry: QueueEntry, now: float, connections: Connections) -> None:
+    async def _attempt(self, entry: QueueEntry, now: float, work: _Pass) -> None:
         due = entry.due_recipients(now)
         try:
-            data = await asyncio.to_thread(self._spool.read, entry.id)
+            data = self._spool.take_recent(entry.id)  # just queued: still in memory, no disk read
+            if data is None:
+                data = await asyncio.to_thread(self._spool.read, entry.id)
             outcomes: dict[str, Outcome] = {}
             for domain, rcpts in _by_domain(due).items():
                 if not domain:
@@ -466,7 +513,7 @@ class DeliveryWorker:
                 elif domain in self._local_domains:
                     outcomes.update(await self._deliver_local(entry, rcpts, data))
                 else:
-                    outcomes.update(await self._deliver_remote(entry, domain, rcpts, data, connections))
+                    outcomes.update(await self._deliver_remote(entry, domain, rcpts, data, work))
             await self._settle(entry, due, outcomes, data)
         except Exception:
             log.exception("%s: internal error during delivery", entry.id)
@@ -494,18 +541,25 @@ class DeliveryWorker:
             outcomes[r.address] = replace(outcome, relay="local")
         return outcomes
 
-    async def _route(self, domain: str) -> Route | Outcome:
+    async def _route(self, domain: str, work: _Pass) -> Route | Outcome:
         literal = relay.address_literal(domain)
         if literal is not None:
             return Route(domain, (MxHost(0, domain, (literal,)),))
-        answer = await asyncio.to_thread(self._resolver.resolve_mx, domain)
+        now = self._clock()
+        asked = work.answers.get(domain)
+        if asked is None or now - asked[0] >= MX_ANSWER_REUSE:
+            asked = now, asyncio.ensure_future(asyncio.to_thread(self._resolver.resolve_mx, domain))
+            work.answers[domain] = asked
+        # shield: one message being cancelled must not cancel the lookup the others wait for
+        answer = await asyncio.shield(asked[1])
+        # Planned per message: hosts of equal preference are shuffled each time (RFC 5321 §5.1).
         return relay.plan_route(domain, answer, self._rng, local_names={self._fqdn})
 
     async def _deliver_remote(
-        self, entry: QueueEntry, domain: str, rcpts: Sequence[RecipientState], data: bytes,
-        connections: Connections,
+        self, entry: QueueEntry, domain: str, rcpts: Sequence[RecipientState], data: bytes, work: _Pass
     ) -> dict[str, Outcome]:
-        route = await self._route(domain)
+        connections = work.connections
+        route = await self._route(domain, work)
         if isinstance(route, Outcome):
             return {r.address: route for r in rcpts}
         attempt = DeliveryAttempt(route, [r.address for r in rcpts])
@@ -535,6 +589,7 @@ class DeliveryWorker:
                                   reporting_mta=self._fqdn, queue_id=entry.id, arrival=entry.queued_at, now=end)
             bounce_id = await asyncio.to_thread(self._spool.enqueue, "", [entry.sender], bounce, now=end)
             log.info("%s: sender non-delivery notification: %s", entry.id, bounce_id)
+            self.wake()  # the bounce is due now: deliver it in this pass
         states = {d.state.address: d.state for d in decisions}
         if replace(entry, recipients=tuple(states.get(r.address, r) for r in entry.recipients)).done:
             # Nothing left to try: forget the message at once rather than first writing (and

@@ -41,6 +41,7 @@ from services.smtp.relay import (
     MxRecords,
     NoSuchDomain,
     NullMx,
+    Target,
 )
 from services.smtp.spool import Spool, Status
 
@@ -530,3 +531,37 @@ def test_dns_resolver_reports_a_silent_server_as_temporary() -> None:
     finally:
         stub.close()
     assert isinstance(answer, DnsTemporaryFailure) and "timeout" in answer.reason.lower()
+
+
+# -- throughput: what the messages of a pass share ------------------------------------------
+
+
+def test_one_mx_lookup_serves_the_messages_of_a_pass(tmp_path: Path, mx: tuple[ScriptedMx, int]) -> None:
+    handler, port = mx
+    lab = make_lab(tmp_path, port)
+    count = delivery.DELIVERY_CONCURRENCY * 2
+    for i in range(count):
+        lab.enqueue("andy@ouhk.test", ["betty@stevenchoy.test"], MESSAGE + f"{i}\r\n".encode())
+    assert lab.run_once() == count
+    assert len(handler.received) == count
+    assert lab.resolver.asked == ["stevenchoy.test"]  # concurrent messages waited for one lookup
+    lab.enqueue("andy@ouhk.test", ["betty@stevenchoy.test"])
+    assert lab.run_once() == 1
+    assert lab.resolver.asked == ["stevenchoy.test"] * 2  # a new pass asks again: visible in a capture
+
+
+def test_an_idle_session_the_server_dropped_is_replaced_without_a_deferral(mx: tuple[ScriptedMx, int]) -> None:
+    handler, port = mx
+    connections = delivery.Connections("smtp.ouhk.test", port)
+    target = Target(MxHost(10, "mail.stevenchoy.test", ("127.0.0.1",)), "127.0.0.1", ("betty@stevenchoy.test",))
+    try:
+        assert connections.transact(target, "andy@ouhk.test", MESSAGE).replies["betty@stevenchoy.test"].code == 250
+        # The next MAIL on the kept session is the first command of the next message (no RSET
+        # probe): a server that has given up on the idle session answers it 421 (RFC 5321 §3.8).
+        handler.mail_replies.append("421 4.4.2 mail.stevenchoy.test idle too long, closing")
+        result = connections.transact(target, "carol@ouhk.test", MESSAGE)
+    finally:
+        connections.close()
+    assert result.error == "" and result.replies["betty@stevenchoy.test"].code == 250
+    assert [r.mail_from for r in handler.received] == ["andy@ouhk.test", "carol@ouhk.test"]
+    assert handler.sessions == 2 and handler.received[1].session == 2

@@ -312,3 +312,45 @@ def test_relative_times() -> None:
 
 def test_default_spool_is_under_the_lab_spool_dir() -> None:
     assert DEFAULT_SPOOL.name == "queue" and DEFAULT_SPOOL.parent.name == "maillab"
+
+
+# -- the owner's in-memory index -----------------------------------------------------------
+
+
+def test_the_index_follows_every_change_without_reading_the_disk(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    a = spool.enqueue("andy@ouhk.test", ["betty@stevenchoy.test"], MESSAGE, now=T0)
+    b = spool.enqueue("andy@ouhk.test", ["carol@stevenchoy.test"], MESSAGE, now=T0 + 1)
+    # Proof that due() answers from memory: a state file changed behind its back is not seen.
+    (tmp_path / "state" / a).write_bytes(b"not json")
+    assert [e.id for e in spool.due(T0 + 1)] == [a, b]
+    spool.record(b, [RecipientState("carol@stevenchoy.test", attempts=1, next_attempt=T0 + 60)])
+    assert [e.id for e in spool.due(T0 + 1)] == [a]
+    assert spool.next_due() == T0
+    spool.remove(a)
+    assert spool.due(T0 + 1) == [] and spool.next_due() == T0 + 60
+    assert [e.id for e in spool.queued()] == [b]
+
+
+def test_the_disk_is_the_truth_at_start_up_and_after_an_outside_flush(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    qid = spool.enqueue("andy@ouhk.test", ["betty@stevenchoy.test"], MESSAGE, now=T0)
+    spool.record(qid, [RecipientState("betty@stevenchoy.test", attempts=1, next_attempt=T0 + 60)])
+    assert [e.id for e in Spool(tmp_path).due(T0 + 60)] == [qid]  # a restart rebuilds it from the disk
+    cli = Spool(tmp_path, recover=False)  # `queue --flush` in another process
+    assert cli.flush(T0 + 5) == 1
+    assert spool.due(T0 + 5) == []  # the MTA has not looked yet
+    assert spool.flush(T0 + 5) == 0  # what SIGUSR1 makes it do: nothing left to change, but it reloads
+    assert [e.id for e in spool.due(T0 + 5)] == [qid]
+
+
+def test_data_just_queued_is_handed_over_once_from_memory(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    qid = spool.enqueue("andy@ouhk.test", ["betty@stevenchoy.test"], MESSAGE, now=T0)
+    assert spool.take_recent(qid) == MESSAGE
+    assert spool.take_recent(qid) is None  # a retry reads the file
+    assert spool.read(qid) == MESSAGE
+    other = spool.enqueue("andy@ouhk.test", ["betty@stevenchoy.test"], MESSAGE, now=T0)
+    spool.remove(other)
+    assert spool.take_recent(other) is None  # removal frees it
+    assert Spool(tmp_path, recover=False).take_recent(qid) is None  # only the owner keeps data
