@@ -13,7 +13,6 @@ import ipaddress
 import json
 import socket
 import struct
-import tarfile
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -248,14 +247,20 @@ class Lab:
         taken += [(n, "this machine's network") for n in host_networks()]
         return taken
 
-    def _host_files(self, topo: Topology, host: HostSpec) -> dict[str, bytes]:
-        files = {"maillab/lab.json": topo.lab_config(self.name, host).to_json().encode()}
+    def _host_files(self, topo: Topology, host: HostSpec) -> dict[str, str]:
+        """The files a host's services read under /etc: its lab.json, and zone files on the DNS host.
+
+        They travel in the container's environment and the role writes them at start
+        (services.config.materialize_files): copying them in with the Engine's archive upload
+        mounted each container's file system and cost about 0.15 s on the way to `up`.
+        """
+        files = {"maillab/lab.json": topo.lab_config(self.name, host).to_json()}
         if host.role == "dns":
             for fname, text in zonefiles.render(topo).items():
-                files[f"maillab/zones/{fname}"] = text.encode()
+                files[f"maillab/zones/{fname}"] = text
         return files
 
-    def _create_host(self, topo: Topology, host: HostSpec, image: str, files: dict[str, bytes], digest: str) -> None:
+    def _create_host(self, topo: Topology, host: HostSpec, image: str, files: dict[str, str], digest: str) -> None:
         name = container_name(self.name, host.name)
         labels = dict(host.labels)
         labels.update({
@@ -285,11 +290,10 @@ class Lab:
         })
         self.api.create_container(
             image, command=[host.role], name=name, hostname=host.fqdn, labels=labels,
-            environment=dict(host.environment), host_config=host_config, networking_config=networking,
+            environment={**dict(host.environment), svc.FILES_ENV: svc.encode_files(files)},
+            host_config=host_config, networking_config=networking,
             stop_signal="SIGTERM", stop_timeout=STOP_TIMEOUT, detach=True,
         )
-        # Before start, so each service reads a complete configuration on its first line of code.
-        self.api.put_archive(name, "/etc", _tar(files))
 
     def wait_ready(self, hosts: list[HostStatus]) -> None:
         """Ask every service of ``hosts``, over the lab network, until it answers its protocol."""
@@ -467,31 +471,11 @@ def host_networks(route_table: Path = Path("/proc/net/route"),
     return nets
 
 
-def _digest(image: str, files: dict[str, bytes]) -> str:
+def _digest(image: str, files: dict[str, str]) -> str:
     h = hashlib.sha256(image.encode())
     for name in sorted(files):
-        h.update(name.encode() + b"\0" + files[name])
+        h.update(name.encode() + b"\0" + files[name].encode())
     return h.hexdigest()[:16]
-
-
-def _tar(files: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    now = int(time.time())
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        dirs = sorted({str(Path(n).parent) for n in files} | {"maillab"})
-        for d in dirs:
-            info = tarfile.TarInfo(d)
-            info.type = tarfile.DIRTYPE
-            info.mode = 0o755
-            info.mtime = now
-            tar.addfile(info)
-        for name, data in sorted(files.items()):
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            info.mode = 0o644
-            info.mtime = now
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
 
 
 def _demux(sock: socket.socket) -> Iterator[tuple[int, bytes]]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,11 @@ SPOOL_DIR = Path("/var/spool/maillab")
 MAIL_DIR = Path("/var/mail/maillab")
 
 ROLES = ("dns", "mta", "mx", "mua")
+
+# labctl hands each host its files under /etc (lab.json, zone files) in this environment
+# variable, as JSON {relative path: text}; the role writes them at start (materialize_files).
+FILES_ENV = "MAILLAB_FILES"
+ETC = Path("/etc")
 
 
 class ConfigError(Exception):
@@ -165,6 +171,39 @@ class LabConfig:
             )
         except (KeyError, TypeError) as exc:
             raise ConfigError(f"lab configuration is incomplete or malformed: {exc}") from exc
+
+
+def encode_files(files: dict[str, str]) -> str:
+    return json.dumps(files, sort_keys=True)
+
+
+def materialize_files(environ: dict[str, str] | None = None, root: Path = ETC) -> list[Path]:
+    """Write the files labctl passed in the environment; return their paths.
+
+    Only paths under ``maillab/`` are accepted: the variable comes from labctl, but a file
+    outside the lab's own folder is never what it meant.
+    """
+    raw = (environ if environ is not None else dict(os.environ)).get(FILES_ENV)
+    if raw is None:
+        return []
+    try:
+        files = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{FILES_ENV} is not valid JSON: {exc.msg}") from exc
+    if not isinstance(files, dict):
+        raise ConfigError(f"{FILES_ENV} must map paths to file contents")
+    written = []
+    for rel, text in sorted(files.items()):
+        parts = Path(rel).parts
+        if not isinstance(text, str) or not parts or parts[0] != "maillab" or ".." in parts or Path(rel).is_absolute():
+            raise ConfigError(f"{FILES_ENV}: refusing to write {rel!r} (only files under maillab/)")
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)  # a tool reading it at this moment sees the old file or the new one
+        written.append(path)
+    return written
 
 
 def load(path: Path = CONFIG_PATH) -> LabConfig:

@@ -45,6 +45,7 @@ def start_role(role: str) -> LabConfig | None:
     """
     setup_logging(role)
     try:
+        config.materialize_files()
         cfg = config.load()
     except config.ConfigError as exc:
         log.error("%s", exc)

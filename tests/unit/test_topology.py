@@ -161,3 +161,18 @@ def test_environment_as_list_is_compose_compatible() -> None:
 def test_missing_file_is_a_source_error(tmp_path: Path) -> None:
     with pytest.raises(SourceError, match="cannot read the file"):
         topology.load(tmp_path / "nope.yml")
+
+
+def test_files_travel_in_the_environment_and_only_under_maillab(tmp_path: Path) -> None:
+    from services import config as svc
+
+    files = {"maillab/lab.json": '{"x": 1}', "maillab/zones/a.zone": "$ORIGIN a.\n"}
+    written = svc.materialize_files({svc.FILES_ENV: svc.encode_files(files)}, root=tmp_path)
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in written) == sorted(files)
+    assert (tmp_path / "maillab/zones/a.zone").read_text() == "$ORIGIN a.\n"
+    assert svc.materialize_files({}, root=tmp_path) == []
+    for bad in ("passwd", "maillab/../passwd", "/etc/maillab/x"):
+        with pytest.raises(svc.ConfigError, match="only files under maillab/"):
+            svc.materialize_files({svc.FILES_ENV: svc.encode_files({bad: "x"})}, root=tmp_path)
+    with pytest.raises(svc.ConfigError, match="not valid JSON"):
+        svc.materialize_files({svc.FILES_ENV: "{"}, root=tmp_path)
