@@ -314,7 +314,20 @@ def render_message(msg: EmailMessage) -> str:
     """What `mail read` shows: the main headers, the text, then the MIME tree."""
     head = [f"{name}: {value}" for name, value in headers(msg).items()]
     text = body_text(msg).rstrip("\n") or "(no text part; the MIME tree below shows what there is)"
-    return "\n".join([*head, "", text, "", "MIME tree:", render_tree(tree(msg))]) + "\n"
+    return "\n".join([*head, "", text, "", "MIME tree:", render_tree(tree(msg)), *render_path(msg)]) + "\n"
+
+
+def render_path(msg: Message) -> list[str]:
+    """The way the message came, oldest hop first, from its trace fields (RFC 5321 §4.4)."""
+    hops = [value for name, value in all_headers(msg) if name.lower() == "received"]
+    if not hops:
+        return []
+    lines = ["", "Path (Received headers, oldest first):"]
+    lines += [f"  {i}. {hop}" for i, hop in enumerate(reversed(hops), 1)]
+    return_path = next((v for n, v in all_headers(msg) if n.lower() == "return-path"), None)
+    if return_path is not None:
+        lines.append(f"  Return-Path: {return_path}")
+    return lines
 
 
 def message_json(msg: EmailMessage) -> dict[str, Any]:

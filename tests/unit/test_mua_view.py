@@ -239,3 +239,18 @@ def test_viewing_never_raises_on_garbage(chunks: list[bytes]) -> None:
     view.summarize(1, "k", data)
     for p, content in view.attachments(msg):
         assert p.size == len(content)
+
+
+def test_read_shows_the_path_oldest_hop_first() -> None:
+    raw = (b"Return-Path: <andy@ouhk.example>\r\n"
+           b"Received: from smtp.ouhk.example (smtp.ouhk.example [10.89.0.25])\r\n"
+           b"\tby mail.stevenchoy.example (maillab) with ESMTP id B; Sun, 29 Nov 2026 05:16:42 +0000\r\n"
+           b"Received: from andy.ouhk.example (andy.ouhk.example [10.89.0.10])\r\n"
+           b"\tby smtp.ouhk.example (maillab) with ESMTP id A; Sun, 29 Nov 2026 05:16:42 +0000\r\n"
+           b"Subject: hi\r\n\r\nbody\r\n")
+    shown = view.render_message(view.parse(raw))
+    path = shown.split("Path (Received headers, oldest first):\n")[1].splitlines()
+    assert path[0].startswith("  1. from andy.ouhk.example") and "by smtp.ouhk.example" in path[0]
+    assert path[1].startswith("  2. from smtp.ouhk.example") and "by mail.stevenchoy.example" in path[1]
+    assert path[2] == "  Return-Path: <andy@ouhk.example>"
+    assert "Path" not in view.render_message(view.parse(b"Subject: no trace\r\n\r\nx\r\n"))
