@@ -534,14 +534,18 @@ class Session:
         count, octets = self._totals()
         return _Reply(True, f"{count} {octets}")
 
-    def _list(self, args: list[bytes], rest: bytes) -> _Reply:
-        self._arity("LIST", args, 0, 1)
+    def _scan_listing(self, verb: str, args: list[bytes], value: Callable[[int], object], heading: str) -> _Reply:
+        """LIST and UIDL: ``n value`` for message n, or for every live message (RFC 1939 §5, §7)."""
+        self._arity(verb, args, 0, 1)
         if args:
             index = self._message(args[0])
-            return _Reply(True, f"{index + 1} {self._messages[index].size}")
+            return _Reply(True, f"{index + 1} {value(index)}")
+        return _Reply(True, heading, lines=[f"{i + 1} {value(i)}".encode() for i in self._live()])
+
+    def _list(self, args: list[bytes], rest: bytes) -> _Reply:
         count, octets = self._totals()
-        lines = [f"{i + 1} {self._messages[i].size}".encode() for i in self._live()]
-        return _Reply(True, f"{_plural(count, 'message')} ({octets} octets)", lines=lines)
+        return self._scan_listing("LIST", args, lambda i: self._messages[i].size,
+                                  f"{_plural(count, 'message')} ({octets} octets)")
 
     def _retr(self, args: list[bytes], rest: bytes) -> _Reply:
         self._arity("RETR", args, 1, 1)
@@ -572,9 +576,4 @@ class Session:
         return _Reply(True, f"maildrop has {_plural(count, 'message')} ({octets} octets)")
 
     def _uidl(self, args: list[bytes], rest: bytes) -> _Reply:
-        self._arity("UIDL", args, 0, 1)
-        if args:
-            index = self._message(args[0])
-            return _Reply(True, f"{index + 1} {self._messages[index].uid}")
-        lines = [f"{i + 1} {self._messages[i].uid}".encode() for i in self._live()]
-        return _Reply(True, "unique-id listing follows", lines=lines)
+        return self._scan_listing("UIDL", args, lambda i: self._messages[i].uid, "unique-id listing follows")
