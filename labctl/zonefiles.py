@@ -31,8 +31,12 @@ def _owner(fqdn: str, zones: list[str]) -> str:
     return max((z for z in zones if fqdn == z or fqdn.endswith("." + z)), key=len)
 
 
-def render(topo: Topology) -> dict[str, str]:
-    """Zone file name -> contents, including the reverse zones of the lab subnet."""
+def render(topo: Topology, serial: int = 1) -> dict[str, str]:
+    """Zone file name -> contents, including the reverse zones of the lab subnet.
+
+    ``serial`` goes into every SOA: a live change (a scenario's DNS fault) writes a higher one, so
+    ``dig SOA`` shows when the server has reloaded.
+    """
     zones = zone_names(topo)
     ns = topo.nameserver.fqdn
     body: dict[str, list[str]] = defaultdict(list)
@@ -47,27 +51,27 @@ def render(topo: Topology) -> dict[str, str]:
         zone = _owner(h.fqdn, zones)
         rel = "@" if h.fqdn == zone else h.fqdn[: -len(zone) - 1]
         body[zone].append(f"{rel}\tIN\tA\t{h.address}")
-    files = {f"{z}.zone": _zone_text(z, ns, body[z]) for z in zones}
-    files.update(_reverse_zones(topo.hosts, ns))
+    files = {f"{z}.zone": _zone_text(z, ns, body[z], serial) for z in zones}
+    files.update(_reverse_zones(topo.hosts, ns, serial))
     return files
 
 
-def _zone_text(zone: str, ns: str, lines: list[str]) -> str:
+def _zone_text(zone: str, ns: str, lines: list[str], serial: int) -> str:
     head = [
         f"; zone {zone}, written by labctl from the lab topology",
         f"$ORIGIN {zone}.",
         f"$TTL {TTL}",
-        f"@\tIN\tSOA\t{ns}. hostmaster.{zone}. (1 {SOA_TIMERS})",
+        f"@\tIN\tSOA\t{ns}. hostmaster.{zone}. ({serial} {SOA_TIMERS})",
         f"@\tIN\tNS\t{ns}.",
     ]
     return "\n".join(head + lines) + "\n"
 
 
-def _reverse_zones(hosts: tuple[HostSpec, ...], ns: str) -> dict[str, str]:
+def _reverse_zones(hosts: tuple[HostSpec, ...], ns: str, serial: int) -> dict[str, str]:
     """PTR records so a Received: header can name the connecting host (RFC 5321 §4.4)."""
     by_zone: dict[str, list[str]] = defaultdict(list)
     for h in hosts:
         net = ipaddress.IPv4Network(f"{h.address}/24", strict=False)
         zone = ".".join(reversed(str(net.network_address).split(".")[:3])) + ".in-addr.arpa"
         by_zone[zone].append(f"{str(h.address).split('.')[3]}\tIN\tPTR\t{h.fqdn}.")
-    return {f"{z}.zone": _zone_text(z, ns, lines) for z, lines in sorted(by_zone.items())}
+    return {f"{z}.zone": _zone_text(z, ns, lines, serial) for z, lines in sorted(by_zone.items())}

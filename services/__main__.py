@@ -23,6 +23,8 @@ tools:
   probe   readiness probe of lab services (used by labctl up)
   mail    the mail client (send, fetch, list, read, save)
   queue   show the MTA queue, or --flush it
+  store   a user's mailbox as the server keeps it (read-only)
+  talk    a raw SMTP or POP3 dialogue, lines as JSON on stdin (scenarios)
 """
 
 # Imported lazily: a host only loads the code of its own role, and starts faster for it.
@@ -34,6 +36,8 @@ ENTRY_POINTS: dict[str, str] = {
     "probe": "services.probe:main",
     "mail": "services.mua.cli:main",
     "queue": "services.smtp.queuecli:main",
+    "store": "services.storecli:main",
+    "talk": "services.talk:main",
 }
 
 

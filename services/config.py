@@ -57,6 +57,10 @@ class Domain:
     name: str
     mail_host: str  # short name of the host that keeps this domain's mailboxes
     accounts: tuple[Account, ...] = ()
+    # Short names of the other lab hosts listed as MX of this domain: backup MX hosts (role mta)
+    # that take the domain's mail while the mail host is down, queue it and relay it on
+    # (RFC 5321 §5.1: a lower-preference MX "relays" for the best one).
+    backup_mx: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -111,6 +115,11 @@ class LabConfig:
                 return d
         return None
 
+    def is_backup_mx(self, domain: str) -> bool:
+        """Is this host a backup MX of ``domain`` (it takes the mail and relays it on)?"""
+        d = self.domain(domain)
+        return d is not None and self.me in d.backup_mx
+
     @property
     def local_domains(self) -> tuple[Domain, ...]:
         """The domains whose mailboxes live on this host."""
@@ -160,6 +169,7 @@ class LabConfig:
                         name=d["name"],
                         mail_host=d["mail_host"],
                         accounts=tuple(Account(**a) for a in d.get("accounts", ())),
+                        backup_mx=tuple(d.get("backup_mx", ())),
                     )
                     for d in data["domains"]
                 ),

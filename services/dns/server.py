@@ -14,12 +14,16 @@ import argparse
 import asyncio
 import errno
 import logging
+import signal
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, cast
+
+import dns.rdatatype
 
 from services import config, runtime
 from services.dns.answer import Reply, respond
-from services.dns.zones import ZoneError, Zones, load_dir
+from services.dns.zones import Zone, ZoneError, Zones, load_dir
 
 log = logging.getLogger("services.dns")
 
@@ -137,8 +141,21 @@ class DnsServer:
 
     port: int
     _udp: asyncio.DatagramTransport
+    _udp_protocol: _Udp
     _tcp_server: asyncio.Server
     _tcp: _Tcp
+
+    @property
+    def zones(self) -> Zones:
+        return self._tcp.zones
+
+    def replace_zones(self, zones: Zones) -> None:
+        """Serve ``zones`` from the next query on (a zone changed live: a scenario's DNS fault).
+
+        A query being answered keeps the zones it started with: ``respond`` gets one object.
+        """
+        self._udp_protocol.zones = zones
+        self._tcp.zones = zones
 
     async def close(self) -> None:
         self._udp.close()
@@ -160,7 +177,7 @@ async def start(
     tcp = _Tcp(zones, idle_timeout, max_tcp_connections)
     attempts = PORT_ATTEMPTS if port == 0 else 1
     for attempt in range(1, attempts + 1):
-        udp, _ = await loop.create_datagram_endpoint(lambda: _Udp(zones), local_addr=(host, port))
+        udp, protocol = await loop.create_datagram_endpoint(lambda: _Udp(zones), local_addr=(host, port))
         bound: int = udp.get_extra_info("sockname")[1]
         try:
             tcp_server = await asyncio.start_server(tcp.serve, host, bound)
@@ -171,14 +188,37 @@ async def start(
             continue
         log.info("DNS server listening on %s port %d (udp, tcp) for %s", host, bound,
                  ", ".join(z.origin.to_text(omit_final_dot=True) for z in zones))
-        return DnsServer(bound, udp, tcp_server, tcp)
+        return DnsServer(bound, udp, protocol, tcp_server, tcp)
     raise AssertionError("unreachable: the last attempt returns or raises")
 
 
+def reload(server: DnsServer, directory: Path) -> bool:
+    """Read the zone files again and serve them; on any error keep serving the old ones.
+
+    ``labctl`` rewrites a zone file and sends SIGHUP (like ``rndc reload`` or NSD's SIGHUP) when a
+    scenario changes a record live. A broken file must not take the lab's DNS down: the log says
+    what is wrong and the previous zones stay.
+    """
+    try:
+        zones = load_dir(directory)
+    except ZoneError as exc:
+        log.error("reload refused, still serving the previous zones: %s", exc)
+        return False
+    server.replace_zones(zones)
+    serials = ", ".join(f"{z.origin.to_text(omit_final_dot=True)} {_serial(z)}" for z in zones)
+    log.info("reloaded %d zones from %s (serials: %s)", len(zones), directory, serials)
+    return True
+
+
+def _serial(zone: Zone) -> int:
+    soa = zone.rdataset(zone.origin, dns.rdatatype.SOA)
+    return int(soa[0].serial) if soa else 0
+
+
 def main(argv: list[str]) -> int:
-    """``python3 -m services dns``: serve the zones in config.ZONES_DIR until SIGTERM."""
+    """``python3 -m services dns``: serve the zones in config.ZONES_DIR until SIGTERM; SIGHUP reloads."""
     argparse.ArgumentParser(prog="python3 -m services dns", description="The lab's authoritative DNS server.",
-                            epilog=f"Zone files: {config.ZONES_DIR}/*.zone").parse_args(argv)
+                            epilog=f"Zone files: {config.ZONES_DIR}/*.zone; SIGHUP reloads them").parse_args(argv)
     cfg = runtime.start_role("dns")
     if cfg is None:
         return 1
@@ -199,6 +239,7 @@ def main(argv: list[str]) -> int:
             log.error("cannot listen on port %d: %s", DNS_PORT, exc.strerror or exc)
             status = 1
             return
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload, server, config.ZONES_DIR)
         try:
             await runtime.forever()
         finally:

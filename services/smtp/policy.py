@@ -278,4 +278,10 @@ def recipient(cfg: LabConfig, rcpt: Path, *, relay: bool) -> Reply:
         return Reply(250, "2.1.5", f"{rcpt.echo}... Recipient ok")
     if relay:
         return Reply(250, "2.1.5", f"{rcpt.echo}... Recipient ok")
+    if cfg.is_backup_mx(rcpt.mailbox.domain):
+        # A backup MX knows the domain's accounts: refusing an unknown user now, rather than
+        # bouncing it later, sends no bounce to a forged sender (backscatter).
+        if cfg.account(address) is None:
+            return Reply(550, "5.1.1", f"{rcpt.echo}... User unknown")
+        return Reply(250, "2.1.5", f"{rcpt.echo}... Recipient ok (backup MX, will relay)")
     return Reply(550, "5.7.1", f"{rcpt.echo}... Relaying denied")

@@ -271,3 +271,33 @@ def test_udp_and_tcp_share_the_port_and_close_ends_open_connections(loop: Loop) 
         assert read_frame(sock) == b""
     with pytest.raises(OSError), socket.create_connection((HOST, srv.port), timeout=TIMEOUT):
         pass
+
+
+# -- reload (SIGHUP): a scenario changes a record live ------------------------------------------
+
+
+def test_reload_serves_the_changed_zone_and_keeps_the_old_one_when_broken(loop: Loop, tmp_path: Path) -> None:
+    from services.dns.server import reload
+
+    zone = tmp_path / "live.example.zone"
+    head = ("$ORIGIN live.example.\n$TTL 300\n@ IN SOA ns.live.example. h.live.example. (1 3600 600 86400 300)\n"
+            "@ IN NS ns.live.example.\nns IN A 10.89.0.53\n")
+    zone.write_text(head + "@ IN MX 10 mail.live.example.\n")
+    srv = loop.run(start(load_dir(tmp_path), HOST, 0))
+    try:
+        before = udp(srv, query("live.example", "MX"))
+        assert [r.to_text() for r in before.answer[0]] == ["10 mail.live.example."]
+
+        zone.write_text(head.replace("(1 ", "(2 ") + "@ IN MX 0 .\n")
+        assert loop.run(asyncio.to_thread(reload, srv, tmp_path)) is True
+        after = udp(srv, query("live.example", "MX"))
+        assert [r.to_text() for r in after.answer[0]] == ["0 ."]
+        over_tcp = dns.query.tcp(query("live.example", "MX"), HOST, port=srv.port, timeout=TIMEOUT)
+        assert [r.to_text() for r in over_tcp.answer[0]] == ["0 ."]
+
+        zone.write_text(head + "@ IN MX ten mail.live.example.\n")  # broken: the old zones stay
+        assert loop.run(asyncio.to_thread(reload, srv, tmp_path)) is False
+        kept = udp(srv, query("live.example", "MX"))
+        assert [r.to_text() for r in kept.answer[0]] == ["0 ."]
+    finally:
+        loop.run(srv.close())

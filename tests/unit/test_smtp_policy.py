@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -183,6 +184,22 @@ def test_malformed_rcpt_to(arg: str | None, expected: str) -> None:
 )
 def test_recipient_decisions(cfg: LabConfig, rcpt: str, relay: bool, expected: str) -> None:
     assert str(policy.recipient(cfg, path(parse_rcpt(f"TO:{rcpt}")), relay=relay)) == expected
+
+
+def test_a_backup_mx_takes_its_domain_s_known_users_from_anyone() -> None:
+    from dataclasses import replace
+
+    backup = replace(lab("smtp"), domains=tuple(
+        replace(d, backup_mx=("smtp",)) if d.name == "stevenchoy.example" else d for d in MTA.domains))
+    def decide(rcpt: str) -> str:
+        return str(policy.recipient(backup, path(parse_rcpt(f"TO:{rcpt}")), relay=False))
+
+    assert decide("<betty@stevenchoy.example>") == \
+        "250 2.1.5 <betty@stevenchoy.example>... Recipient ok (backup MX, will relay)"
+    assert decide("<carol@stevenchoy.example>") == "550 5.1.1 <carol@stevenchoy.example>... User unknown"
+    assert decide("<x@elsewhere.example>") == "550 5.7.1 <x@elsewhere.example>... Relaying denied"
+    assert MTA.is_backup_mx("stevenchoy.example") is False and backup.is_backup_mx("StevenChoy.example.")
+    assert LabConfig.from_dict(json.loads(backup.to_json())) == backup
 
 
 def test_submission_wants_auth_from_outside_the_lan() -> None:

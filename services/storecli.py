@@ -1,0 +1,53 @@
+"""``python3 -m services store ADDRESS [--json]``: a user's mailbox as the server keeps it.
+
+Read-only: it lists what the MX (or the MTA, for its own domains) has stored in the Maildir of
+``ADDRESS``, with each message's headers, text and MIME tree, without a POP3 session (which would
+show in the capture and take the mailbox lock). labctl's scenarios check mailboxes with it; a
+student can run it on the mail host to see what `fetch` will find.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from services import config, mailstore
+from services.mua import view
+
+
+def messages(root: Path, address: str) -> list[dict[str, Any]]:
+    box = mailstore.Maildir(mailstore.mailbox_dir(root, address))
+    out: list[dict[str, Any]] = []
+    for number, stored in enumerate(box.messages(), start=1):
+        try:
+            data = box.read(stored.key)
+        except FileNotFoundError:  # deleted by a POP3 QUIT while we looked
+            continue
+        entry: dict[str, Any] = {"number": number, "key": stored.key, "size": stored.size}
+        entry.update(view.message_json(view.parse(data)))
+        out.append(entry)
+    return out
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python3 -m services store", description=__doc__.splitlines()[0])
+    parser.add_argument("address", help="user@domain")
+    parser.add_argument("--json", action="store_true", help="print a JSON list")
+    parser.add_argument("--root", type=Path, default=config.MAIL_DIR, help=f"mail root (default {config.MAIL_DIR})")
+    args = parser.parse_args(argv)
+    try:
+        found = messages(args.root, args.address)
+    except mailstore.BadMailboxName as exc:
+        print(f"store: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(found, ensure_ascii=False, indent=2))
+        return 0
+    if not found:
+        print(f"no messages stored for {args.address}")
+    for m in found:
+        print(f"{m['number']:>3}  {m['size']:>8}  {m['headers'].get('from', '')}  {m['headers'].get('subject', '')}")
+    return 0

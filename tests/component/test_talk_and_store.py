@@ -1,0 +1,68 @@
+"""The scenario tools on real servers on 127.0.0.1: `talk` (raw dialogues) and `store` (mailbox view)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from services import storecli, talk
+from services.config import Account, Domain, Host, LabConfig
+from services.mailstore import deliver, mailbox_dir
+from services.smtp.mx import start_mx
+from tests.support import BackgroundLoop
+
+CONFIG = LabConfig(
+    lab="test", me="mail", subnet="127.0.0.0/8", nameserver="127.0.0.1",
+    hosts=(Host("mail", "mail.stevenchoy.example", "mx", "127.0.0.1"),),
+    domains=(Domain("stevenchoy.example", "mail", (Account("betty", "stevenchoy.example", "pw"),)),),
+)
+MESSAGE = "Subject: =?utf-8?q?Gr=C3=BC=C3=9Fe?=\nFrom: andy@ouhk.example\n\n.dot first\nline two\n"
+
+
+@pytest.fixture
+def servers(tmp_path: Path) -> Iterator[tuple[int, int]]:
+    background = BackgroundLoop()
+    listeners = background.run(start_mx(CONFIG, mail_root=tmp_path, host="127.0.0.1", smtp_port=0, pop3_port=0))
+    yield listeners.port("smtp"), listeners.port("pop3")
+    background.close([listeners.close])
+
+
+def test_smtp_by_hand_one_reply_per_line_and_a_message_block(servers: tuple[int, int], tmp_path: Path) -> None:
+    smtp, _ = servers
+    log = talk.talk("127.0.0.1", smtp, "smtp", [
+        "EHLO andy", "MAIL FROM: andy@ouhk.example", "RCPT TO: betty@stevenchoy.example", "DATA",
+        "Subject: by hand\n\nfirst line\n.", "QUIT",
+    ], 5.0)
+    replies = [str(e["reply"]) for e in log]
+    assert replies[0].startswith("220 ")
+    assert replies[1].startswith("250-") and replies[1].rstrip().splitlines()[-1].startswith("250 ")
+    assert [r[:3] for r in replies[2:]] == ["250", "250", "354", "250", "221"]
+    stored = storecli.messages(tmp_path, "betty@stevenchoy.example")
+    assert [m["headers"]["Subject"] for m in stored] == ["by hand"]
+    assert "Received" in [name for name, _ in stored[0]["all_headers"]]
+
+
+def test_pop3_multiline_answers_end_at_the_dot_and_a_drop_keeps_the_mail(servers: tuple[int, int],
+                                                                         tmp_path: Path) -> None:
+    _, pop3 = servers
+    deliver(mailbox_dir(tmp_path, "betty@stevenchoy.example"), MESSAGE.encode())
+    log = talk.talk("127.0.0.1", pop3, "pop3",
+                    ["USER betty", "PASS pw", "LIST", "RETR 1", "LIST 1", "DELE 1"], 5.0)  # no QUIT
+    replies = {e["sent"]: str(e["reply"]) for e in log}
+    assert replies["LIST"].startswith("+OK") and replies["LIST"].endswith("\r\n.\r\n")
+    assert replies["LIST 1"] == "+OK 1 87\r\n"  # with an argument: one line
+    assert replies["RETR 1"].endswith("..dot first\r\nline two\r\n.\r\n")  # dot-stuffed on the wire
+    assert replies["DELE 1"].startswith("+OK")
+    stored = storecli.messages(tmp_path, "betty@stevenchoy.example")
+    assert len(stored) == 1 and stored[0]["headers"]["Subject"] == "Grüße"  # no QUIT: nothing deleted
+
+
+def test_a_refused_connection_is_reported_not_raised() -> None:
+    log = talk.talk("127.0.0.1", 1, "smtp", ["QUIT"], 2.0)
+    assert len(log) == 1 and "cannot connect" in str(log[0]["error"])
+
+
+def test_store_of_an_empty_or_missing_mailbox(tmp_path: Path) -> None:
+    assert storecli.messages(tmp_path, "nobody@stevenchoy.example") == []
