@@ -68,6 +68,8 @@ def _hosts_table(hosts: Sequence[HostStatus], title: str) -> Table:
 def cmd_up(args: argparse.Namespace) -> int:
     started = time.monotonic()
     topo = topology.load(args.topology)
+    for overlay in args.overlay:
+        topo = topology.load_overlay(topo, overlay)
     lab = _lab(args)
     image = ImageBuilder(lab.client, lab.report).ensure(base=args.base, mirror=args.mirror)
     hosts = lab.up(topo, image, subnet=args.subnet)
@@ -216,6 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("up", cmd_up, "build the image if needed, start the lab, wait until every service answers")
     p.add_argument("--topology", type=Path, default=topology.DEFAULT_TOPOLOGY, help="topology file")
+    p.add_argument("--overlay", type=Path, action="append", default=[], metavar="FILE",
+                   help="changes on top of the topology: extra hosts, domains, MX, users, retry "
+                        "(scenarios/README.md; repeatable)")
     p.add_argument("--subnet", type=_subnet, help="lab subnet (default: the topology's, or a free one)")
     p.add_argument("-v", "--verbose", action="store_true", help="show the image build output")
     image_options(p)

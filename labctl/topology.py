@@ -110,6 +110,11 @@ class Topology:
         )
         return replace(self, subnet=subnet, hosts=hosts)
 
+    def backup_mx(self, domain: DomainSpec) -> tuple[str, ...]:
+        """The lab hosts listed as MX of ``domain`` that do not keep its mailboxes: they relay."""
+        names = {m.exchange for m in domain.mx}
+        return tuple(h.name for h in self.hosts if h.fqdn in names and h.name != domain.mail_host)
+
     def lab_config(self, lab: str, host: HostSpec) -> svc.LabConfig:
         """What labctl writes to /etc/maillab/lab.json on ``host``."""
         mua = None
@@ -127,6 +132,7 @@ class Topology:
                     name=d.name,
                     mail_host=d.mail_host,
                     accounts=tuple(svc.Account(u, d.name, p) for u, p in d.users),
+                    backup_mx=self.backup_mx(d),
                 )
                 for d in self.domains
             ),
@@ -207,6 +213,8 @@ class _Parser:
         retry = self.retry(ext.get("retry"))
         domains = self.domains(ext.get("domains"), hosts)
         self.check_mua_settings(hosts, domains)
+        for d in domains:
+            self.check_mx_hosts(d, hosts, ("x-maillab", "domains", d.name, "mx"))
         return Topology(self.doc.path, name, network, subnet, hosts, domains, retry)
 
     def network(self, value: Any) -> tuple[str, ipaddress.IPv4Network]:
@@ -317,8 +325,7 @@ class _Parser:
                 raise self.fail(at, f"environment variable name {key!r} is not valid")
         return env
 
-    def retry(self, value: Any) -> svc.Retry:
-        at: PathKey = ("x-maillab", "retry")
+    def retry(self, value: Any, at: PathKey = ("x-maillab", "retry")) -> svc.Retry:
         if value is None:
             return svc.Retry()
         spec = self.mapping(value, at, RETRY_KEYS, "retry")
@@ -386,6 +393,23 @@ class _Parser:
             out.append((user, str(password)))
         return tuple(out)
 
+    def check_mx_hosts(self, domain: DomainSpec, hosts: tuple[HostSpec, ...], at: PathKey) -> None:
+        """A lab host named as MX must be able to take the mail: its mail host, or an MTA that relays.
+
+        A name that is no lab host is fine (an MX pointing nowhere is a lesson of its own).
+        """
+        by_fqdn = {h.fqdn: h for h in hosts}
+        for mx in domain.mx:
+            h = by_fqdn.get(mx.exchange)
+            if h is None or h.name == domain.mail_host or h.role == "mta":
+                continue
+            if h.role == "mx":
+                raise self.fail(at, f"MX {mx.exchange} of {domain.name} is host {h.name!r}, an mx that keeps only "
+                                    f"its own domains' mail; make it the domain's mail_host, or give it role mta "
+                                    "to make it a backup MX that queues and relays")
+            raise self.fail(at, f"MX {mx.exchange} of {domain.name} is host {h.name!r} (role {h.role}), "
+                                "which runs no SMTP server; an MX must be an mta or mx host")
+
     def check_mua_settings(self, hosts: tuple[HostSpec, ...], domains: tuple[DomainSpec, ...]) -> None:
         accounts = {f"{u}@{d.name}" for d in domains for u, _ in d.users}
         fqdns = {h.fqdn for h in hosts}
@@ -408,6 +432,203 @@ class _Parser:
                 if env[key] not in fqdns:
                     hosts_list = ", ".join(sorted(fqdns))
                     raise self.fail(at + (key,), f"{key} {env[key]!r} is not a lab host; hosts: {hosts_list}")
+
+
+# -- overlays: a scenario's changes on top of a topology ------------------------------------------
+
+OVERLAY_KEYS = ("hosts", "domains", "retry")
+OVERLAY_HOST_KEYS = ("hostname", "role", "address", "user")
+OVERLAY_ROLES = ("mta", "mx", "mua")  # the lab has one name server; a scenario adds mail hosts
+FIRST_EXTRA_HOST = 100  # added hosts get .100, .101, ... unless they say otherwise
+
+
+def load_overlay(base: Topology, path: Path, text: str | None = None) -> Topology:
+    """``base`` with the changes of an overlay file (``labctl up --overlay FILE``)."""
+    return apply_overlay(base, yamlsource.load(path, text), ())
+
+
+def apply_overlay(base: Topology, doc: Document, at: PathKey) -> Topology:
+    """``base`` with the overlay found at ``at`` in ``doc`` (a scenario's ``topology:`` section).
+
+    Errors point into ``doc``. The overlay may add hosts (mta, mx or mua), add domains, change
+    a domain (``mx``, ``address``, ``mail_host`` replace; ``users`` and ``records`` add), and
+    replace the retry schedule.
+    """
+    return _OverlayParser(doc, base, at).topology()
+
+
+def change_domain(topo: Topology, doc: Document, at: PathKey) -> Topology:
+    """``topo`` with one domain changed as the mapping at ``at`` says (a live DNS change).
+
+    The mapping is an overlay domain entry plus ``domain: NAME``.
+    """
+    return _OverlayParser(doc, topo, at).domain_change()
+
+
+class _OverlayParser(_Parser):
+    def __init__(self, doc: Document, base: Topology, at: PathKey) -> None:
+        super().__init__(doc)
+        self.base = base
+        self.at = at
+
+    def value_at(self, at: PathKey) -> Any:
+        value = self.doc.value
+        for key in at:
+            value = value[key]
+        return value
+
+    def topology(self) -> Topology:
+        spec = self.mapping(self.value_at(self.at), self.at, OVERLAY_KEYS, "topology changes")
+        hosts = self.base.hosts + self.extra_hosts(spec.get("hosts"))
+        retry = self.base.retry
+        if "retry" in spec:
+            retry = self.retry(spec["retry"], self.at + ("retry",))
+        topo = replace(self.base, hosts=hosts, retry=retry)
+        raw = self.mapping(spec.get("domains"), self.at + ("domains",), None, "domains")
+        domains = list(topo.domains)
+        for name in raw:
+            self.one_domain(name, raw[name], self.at + ("domains", name), topo.hosts, domains)
+        topo = replace(topo, domains=tuple(domains))
+        accounts = {f"{u}@{d.name}" for d in topo.domains for u, _ in d.users}
+        for h in hosts[len(self.base.hosts):]:
+            if h.role == "mua" and h.env["MAIL_USER"] not in accounts:
+                raise self.fail(self.at + ("hosts", h.name, "user"),
+                                f"user {h.env['MAIL_USER']!r} is not a lab account; accounts: {', '.join(sorted(accounts))}"
+                                " (add it under domains: DOMAIN: users:)")
+        self.check_mua_settings(topo.hosts, topo.domains)
+        for name in raw:
+            d = next(d for d in topo.domains if d.name == name.lower().rstrip("."))
+            self.check_mx_hosts(d, topo.hosts, self.at + ("domains", name, "mx"))
+        return topo
+
+    def domain_change(self) -> Topology:
+        spec = self.mapping(self.value_at(self.at), self.at, ("domain", *DOMAIN_KEYS), "a DNS change")
+        if "domain" not in spec:
+            raise self.fail(self.at, "say which domain changes: domain: NAME")
+        name = spec.pop("domain")
+        choices = ", ".join(d.name for d in self.base.domains)
+        if not isinstance(name, str) or name.lower().rstrip(".") not in {d.name for d in self.base.domains}:
+            raise self.fail(self.at + ("domain",), f"domain {name!r} is not a lab domain; valid choices: {choices}")
+        if "users" in spec or "mail_host" in spec:
+            raise self.fail(self.at, "a live DNS change can set mx, address and records; users and mail_host "
+                                     "are the servers' configuration: change them in the topology section")
+        domains = list(self.base.domains)
+        self.one_domain(name, spec, self.at, self.base.hosts, domains)
+        topo = replace(self.base, domains=tuple(domains))
+        d = next(d for d in topo.domains if d.name == name.lower().rstrip("."))
+        self.check_mx_hosts(d, topo.hosts, self.at + ("mx",))
+        return topo
+
+    def extra_hosts(self, value: Any) -> tuple[HostSpec, ...]:
+        at0 = self.at + ("hosts",)
+        raw = self.mapping(value, at0, None, "hosts")
+        taken = {h.address for h in self.base.hosts}
+        names = {h.name for h in self.base.hosts}
+        fqdns = {h.fqdn for h in self.base.hosts}
+        gateway = next(self.base.subnet.hosts())
+        out: list[HostSpec] = []
+        for name, spec in raw.items():
+            at = at0 + (name,)
+            if not LABEL.match(str(name)):
+                raise self.fail(at, f"host name {name!r}: use lower-case letters, digits and '-'")
+            if name in names:
+                raise self.fail(at, f"host {name!r} is already in the lab; hosts: {', '.join(sorted(names))}")
+            spec = self.mapping(spec, at, OVERLAY_HOST_KEYS, f"host {name!r}")
+            for required in ("hostname", "role"):
+                if required not in spec:
+                    raise self.fail(at, f"host {name!r} has no {required!r}")
+            fqdn = self.fqdn(spec["hostname"], at + ("hostname",), "hostname")
+            if fqdn in fqdns:
+                raise self.fail(at + ("hostname",), f"hostname {fqdn} is already used in the lab")
+            role = spec["role"]
+            if role not in OVERLAY_ROLES:
+                raise self.fail(at + ("role",),
+                                f"role {role!r} cannot be added; valid roles: {', '.join(OVERLAY_ROLES)}")
+            address = self.host_address(spec.get("address"), at + ("address",), taken, gateway)
+            env: tuple[tuple[str, str], ...] = ()
+            if role == "mua":
+                env = self.mua_environment(spec.get("user"), at + ("user",))
+            elif "user" in spec:
+                raise self.fail(at + ("user",), "only a mua host has a user")
+            taken.add(address)
+            names.add(name)
+            fqdns.add(fqdn)
+            out.append(HostSpec(name=name, fqdn=fqdn, role=role, address=address, environment=env, labels=()))
+        return tuple(out)
+
+    def host_address(self, value: Any, at: PathKey, taken: set[ipaddress.IPv4Address],
+                     gateway: ipaddress.IPv4Address) -> ipaddress.IPv4Address:
+        subnet = self.base.subnet
+        if value is None:
+            for n in range(FIRST_EXTRA_HOST, subnet.num_addresses - 1):
+                candidate = subnet.network_address + n
+                if candidate not in taken and candidate != gateway:
+                    return candidate
+            raise self.fail(at, f"no free address left in {subnet}")
+        try:
+            if isinstance(value, int) and not isinstance(value, bool):
+                address = subnet.network_address + value
+            else:
+                address = ipaddress.IPv4Address(self.text(value, at, "address"))
+        except (ValueError, ipaddress.AddressValueError) as exc:
+            raise self.fail(at, f"address {value!r}: a host number like 111 or an address in {subnet}") from exc
+        if address not in subnet or address in (subnet.network_address, subnet.broadcast_address, gateway):
+            raise self.fail(at, f"address {address} is not a free host address in {subnet}")
+        if address in taken:
+            raise self.fail(at, f"address {address} is already used in the lab")
+        return address
+
+    def mua_environment(self, value: Any, at: PathKey) -> tuple[tuple[str, str], ...]:
+        """A new MUA host sends through the lab's MTA and fetches from its domain's mail host."""
+        user = self.text(value, at, "user (the mail address of the host's user)").lower()
+        domain_name = user.rpartition("@")[2]
+        domain = next((d for d in self.base.domains if d.name == domain_name), None)
+        # A user added in this same overlay is checked by check_mua_settings afterwards.
+        mta = next((h for h in self.base.hosts if h.role == "mta"), None)
+        if mta is None:
+            raise self.fail(at, "the lab has no mta host to send through")
+        pop3 = mta.fqdn
+        if domain is not None:
+            pop3 = self.base.host(domain.mail_host).fqdn
+        return (("MAIL_POP3", pop3), ("MAIL_SMTP", mta.fqdn), ("MAIL_USER", user))
+
+    def one_domain(self, raw_name: Any, value: Any, at: PathKey, hosts: tuple[HostSpec, ...],
+                   domains: list[DomainSpec]) -> DomainSpec:
+        name = self.fqdn(raw_name, at, "domain")
+        spec = self.mapping(value, at, DOMAIN_KEYS, f"domain {name!r}")
+        by_name = {h.name: h for h in hosts}
+        index = next((i for i, d in enumerate(domains) if d.name == name), None)
+        old = domains[index] if index is not None else None
+        if old is None and "mail_host" not in spec:
+            choices = ", ".join(h.name for h in hosts if h.role in ("mta", "mx"))
+            raise self.fail(at, f"new domain {name!r} needs a mail_host (the host keeping its mailboxes): {choices}")
+        mail_host = spec.get("mail_host", old.mail_host if old else None)
+        if mail_host not in by_name or by_name[mail_host].role not in ("mta", "mx"):
+            choices = ", ".join(h.name for h in hosts if h.role in ("mta", "mx"))
+            raise self.fail(at + ("mail_host",),
+                            f"mail_host {mail_host!r} must name an mta or mx host; valid choices: {choices}")
+        if "mx" in spec or old is None:
+            mx = self.mx_records(spec.get("mx"), at + ("mx",), by_name[mail_host].fqdn)
+        else:
+            mx = old.mx
+        users = dict(old.users) if old else {}
+        users.update(self.users(spec.get("users"), at + ("users",)))
+        address = old.address if old else None
+        if "address" in spec:
+            address = spec["address"]
+            if address is not None and address not in by_name:
+                raise self.fail(at + ("address",), f"address {address!r} must name a host: {', '.join(by_name)}"
+                                                   " (or null for no address record)")
+        records = spec.get("records", [])
+        if not isinstance(records, list) or not all(isinstance(r, str) for r in records):
+            raise self.fail(at + ("records",), "records must be a list of zone-file lines")
+        new = DomainSpec(name, mail_host, mx, tuple(users.items()), address,
+                         (old.records if old else ()) + tuple(records))
+        if index is None:
+            domains.append(new)
+        else:
+            domains[index] = new
+        return new
 
 
 def _kind(value: Any) -> str:
