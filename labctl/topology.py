@@ -492,9 +492,10 @@ class _OverlayParser(_Parser):
         accounts = {f"{u}@{d.name}" for d in topo.domains for u, _ in d.users}
         for h in hosts[len(self.base.hosts):]:
             if h.role == "mua" and h.env["MAIL_USER"] not in accounts:
+                known = ", ".join(sorted(accounts))
                 raise self.fail(self.at + ("hosts", h.name, "user"),
-                                f"user {h.env['MAIL_USER']!r} is not a lab account; accounts: {', '.join(sorted(accounts))}"
-                                " (add it under domains: DOMAIN: users:)")
+                                f"user {h.env['MAIL_USER']!r} is not a lab account; accounts: {known} "
+                                "(add it under domains: DOMAIN: users:)")
         self.check_mua_settings(topo.hosts, topo.domains)
         for name in raw:
             d = next(d for d in topo.domains if d.name == name.lower().rstrip("."))
