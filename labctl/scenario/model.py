@@ -1,0 +1,250 @@
+"""What a scenario file says, checked and resolved: frozen dataclasses, no Docker, no I/O.
+
+:mod:`labctl.scenario.parse` builds these from YAML (every value's line is kept for messages);
+:mod:`labctl.scenario.runner` executes them. Host and user references are resolved against the
+scenario's topology at parse time, so a typo is a ``file:line`` error before any lab starts.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from labctl.topology import Topology
+
+# -- actions ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Attachment:
+    filename: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Send:
+    """Compose and submit a message with the MUA on the sender's host (``mail send``)."""
+
+    sender: str  # MUA host name
+    to: tuple[str, ...]
+    subject: str
+    body: str
+    attachments: tuple[Attachment, ...] = ()
+    submission: bool = False  # port 587 with AUTH instead of 25
+
+
+@dataclass(frozen=True)
+class Fetch:
+    """Fetch a user's new mail by POP3 into the MUA's local mailbox (``mail fetch``)."""
+
+    user: str  # MUA host name
+    delete: bool = False
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """One line (or block) sent, and what its reply must look like."""
+
+    line: int | None
+    send: str | None  # None: only read (the greeting)
+    expect: str | None  # a prefix of the reply's first line: "250", "250 2.1.5", "+OK", "-ERR"
+    match: re.Pattern[str] | None  # searched in the whole reply
+
+
+@dataclass(frozen=True)
+class Dialogue:
+    """Raw protocol lines typed from a lab host, as in the article's activities."""
+
+    proto: str  # "smtp" or "pop3"
+    host: str  # where the client runs
+    server: str  # FQDN or address it connects to
+    port: int
+    exchanges: tuple[Exchange, ...]
+
+
+# -- conditions (wait) and expectations ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Delivered:
+    """At least ``count`` messages (with ``subject``) in the server-side mailbox of ``to``."""
+
+    to: str
+    subject: str | None = None
+    count: int = 1
+
+
+@dataclass(frozen=True)
+class Queued:
+    """``to`` is pending in ``host``'s queue after at least ``attempts`` tries."""
+
+    host: str
+    to: str
+    attempts: int = 1
+
+
+@dataclass(frozen=True)
+class Bounced:
+    """A delivery-status report in the server-side mailbox of ``to``, about ``about``."""
+
+    to: str
+    about: str | None = None
+    status: str | None = None  # RFC 3463 code that must appear, e.g. "5.1.1"
+
+
+@dataclass(frozen=True)
+class QueueEmpty:
+    host: str
+
+
+@dataclass(frozen=True)
+class Seconds:
+    seconds: float
+
+
+Condition = Delivered | Queued | Bounced | QueueEmpty | Seconds
+
+
+@dataclass(frozen=True)
+class Wait:
+    until: Condition
+    timeout: float
+
+
+@dataclass(frozen=True)
+class MailboxExpect:
+    """The messages of a mailbox that match ``subject``/``sender``, and what must hold for each."""
+
+    user: str  # address
+    on: str  # "server": the mail host's store; "client": the MUA's local mailbox (after fetch)
+    subject: str | None = None
+    sender: str | None = None
+    count: int | None = None  # exact number of matching messages; None: at least one
+    headers: tuple[tuple[str, re.Pattern[str]], ...] = ()
+    body: re.Pattern[str] | None = None
+    received_via: tuple[str, ...] = ()  # FQDNs that must appear as "by HOST", oldest hop first
+    attachments: tuple[str, ...] = ()  # file names
+
+
+@dataclass(frozen=True)
+class QueueExpect:
+    host: str
+    empty: bool | None = None
+    to: str | None = None
+    status: str | None = None  # pending, delivered, bounced
+    attempts: int | None = None  # at least
+    error: re.Pattern[str] | None = None  # searched in the last error
+
+
+@dataclass(frozen=True)
+class MxQueried:
+    """Host ``host`` asked the lab DNS for the MX records of ``domain``."""
+
+    host: str
+    domain: str
+
+
+@dataclass(frozen=True)
+class ConnectionRefused:
+    """A TCP connection to ``host`` port ``port`` was refused (answered by a reset)."""
+
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class Cleartext:
+    """The ``command`` (e.g. PASS, AUTH) of ``proto`` crossed the wire readable by anyone."""
+
+    proto: str
+    command: str
+
+
+@dataclass(frozen=True)
+class Connected:
+    """``source`` opened a ``proto`` session to ``target``."""
+
+    source: str
+    target: str
+    port: int
+
+
+Fact = MxQueried | ConnectionRefused | Cleartext | Connected
+
+
+@dataclass(frozen=True)
+class TrafficExpect:
+    facts: tuple[Fact, ...]
+
+
+Expectation = MailboxExpect | QueueExpect | Bounced | TrafficExpect
+
+
+@dataclass(frozen=True)
+class Expect:
+    checks: tuple[Expectation, ...]
+
+
+# -- faults ----------------------------------------------------------------------------------------
+
+HOST_ACTIONS = ("stop", "start", "kill", "restart", "disconnect", "reconnect", "unshape")
+
+
+@dataclass(frozen=True)
+class HostFault:
+    action: str  # one of HOST_ACTIONS
+    host: str
+
+
+@dataclass(frozen=True)
+class Shape:
+    """Make a host's link slow or lossy: netem where the kernel has it (see faults.py)."""
+
+    host: str
+    delay_ms: float | None = None
+    loss_percent: float | None = None
+    rate_kbit: float | None = None
+
+
+@dataclass(frozen=True)
+class Block:
+    """Refuse (TCP reset) or silently drop connections to ``port`` on ``host``; unblock undoes it."""
+
+    host: str
+    port: int
+    how: str = "refuse"  # or "drop"
+    undo: bool = False
+
+
+@dataclass(frozen=True)
+class DnsChange:
+    """Records of ``domain`` change while the lab runs: new zone files, then the server reloads."""
+
+    domain: str
+    topology: Topology  # the lab's topology after the change (before moving to the lab's subnet)
+
+
+Fault = HostFault | Shape | Block | DnsChange
+
+Action = Send | Fetch | Dialogue | Wait | Expect | Fault
+
+
+@dataclass(frozen=True)
+class Step:
+    number: int  # 1-based
+    line: int | None
+    kind: str  # the key in the file: send, fetch, smtp, pop3, wait, fault, expect
+    title: str  # a one-line summary for the progress line and the report
+    action: Action
+    note: str = ""  # what a student should notice, shown when the step runs
+
+
+@dataclass(frozen=True)
+class Scenario:
+    source: Path
+    name: str
+    description: str
+    goal: str
+    topology: Topology
+    steps: tuple[Step, ...] = field(default_factory=tuple)
