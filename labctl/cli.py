@@ -182,6 +182,53 @@ def cmd_host_state(args: argparse.Namespace) -> int:
     return 0
 
 
+def _since(text: str | None) -> float | None:
+    from labctl.capture import parse_since
+
+    if text is None:
+        return None
+    try:
+        return parse_since(text, time.time())
+    except ValueError as exc:
+        raise LabctlError(str(exc)) from exc
+
+
+def _size(octets: int) -> str:
+    return f"{octets / 1e6:.1f} MB" if octets >= 100_000 else f"{octets / 1e3:.1f} kB"
+
+
+def cmd_capture_status(args: argparse.Namespace) -> int:
+    from labctl.capture import Capture
+    from services.capture import CAPTURE_DIR
+
+    hosts = Capture(_lab(args)).status(args.host)
+    if args.json:
+        print(json.dumps([{"host": c.host.name, "container": c.host.container, "state": c.host.state,
+                           "recording": c.recording, "directory": str(CAPTURE_DIR), "bytes": c.size,
+                           "files": [vars(f) for f in c.files]} for c in hosts], indent=2))
+        return 0
+    table = Table(title=f"capture of lab {args.lab} (in each host, {CAPTURE_DIR})", title_justify="left")
+    for col in ("host", "recording", "files", "size", "last packet"):
+        table.add_column(col)
+    for c in hosts:
+        last = max((f.modified for f in c.files), default=None)
+        when = time.strftime("%H:%M:%S", time.localtime(last)) if last else "-"
+        table.add_row(c.host.name, "[green]yes[/]" if c.recording else f"[red]no[/] ({c.host.state})",
+                      str(len(c.files)), _size(c.size), when)
+    out.print(table)
+    return 0
+
+
+def cmd_capture_export(args: argparse.Namespace) -> int:
+    from labctl.capture import Capture
+
+    since = _since(args.since)
+    with open(args.output, "wb") as fh:
+        count = Capture(_lab(args)).export(fh, host=args.host, since=since)
+    err.print(f"{count} packets written to {args.output} (pcapng, one interface per host)")
+    return 0
+
+
 def cmd_image_build(args: argparse.Namespace) -> int:
     client = engine.connect()
     started = time.monotonic()
@@ -273,6 +320,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("queue", cmd_queue, "the sender MTA's queue: messages, recipients, attempts, next try, last error")
     p.add_argument("--flush", action="store_true", help="retry every queued message now")
     p.add_argument("--json", action="store_true")
+
+    capture = sub.add_parser("capture", help="the always-on packet capture of every host")
+    capture_sub = capture.add_subparsers(dest="capture_command", required=True)
+    p = capture_sub.add_parser("status", help="what each host has captured, and how much")
+    p.set_defaults(func=cmd_capture_status)
+    p.add_argument("--lab", default=None, help=f"lab name (default: {DEFAULT_LAB}, or $LABCTL_LAB)")
+    p.add_argument("--host", help="only this host")
+    p.add_argument("--json", action="store_true")
+    p = capture_sub.add_parser("export", help="write the capture as one pcapng file Wireshark opens")
+    p.set_defaults(func=cmd_capture_export)
+    p.add_argument("--lab", default=None, help=f"lab name (default: {DEFAULT_LAB}, or $LABCTL_LAB)")
+    p.add_argument("--host", help="only what this host captured")
+    p.add_argument("--since", help="only packets since: an age (10m), a time (14:05) or a date-time")
+    p.add_argument("-o", "--output", type=Path, required=True, help="the pcapng file to write")
 
     image = sub.add_parser("image", help="the lab image").add_subparsers(dest="image_command", required=True)
     p = image.add_parser("build", help="build the lab image (bootstrapping a base if needed)")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -16,12 +17,13 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from services import config
+from services import capture, config
 from services.config import LabConfig
 
 log = logging.getLogger("services")
 
 RESOLV_CONF = Path("/etc/resolv.conf")
+CAPTURE_ENV = "MAILLAB_CAPTURE"  # "off" turns the always-on capture off (labctl up --no-capture)
 
 
 def setup_logging(role: str) -> None:
@@ -51,6 +53,8 @@ def start_role(role: str) -> LabConfig | None:
         log.error("%s", exc)
         return None
     join_lab(cfg)
+    if os.environ.get(CAPTURE_ENV, "on") != "off":
+        capture.Recorder().start()
     return cfg
 
 
