@@ -9,7 +9,7 @@ with CRLF after reading the previous reply, and prints the whole exchange as JSO
 A line holding several lines (a message typed after DATA, ended by ".") is sent as one block and
 gets one reply. Where a reply ends is protocol knowledge: SMTP continues a reply with "250-"
 (RFC 5321 §4.2.1); a POP3 ``+OK`` to CAPA, RETR, TOP, and LIST or UIDL without argument runs until
-"." (:func:`services.pop3.core.answers_multiline`). When the server closes the connection, the
+"." (:func:`services.pop3.core.multiline_answer`). When the server closes the connection, the
 dialogue stops there. When the list ends without QUIT, the connection is simply closed: a dropped
 session, which is what some scenarios want.
 """
@@ -22,7 +22,7 @@ import socket
 import sys
 from typing import BinaryIO
 
-from services.pop3.core import answers_multiline
+from services.pop3.core import multiline_answer
 
 DEFAULT_TIMEOUT = 10.0  # seconds for a connection or one reply; the lab answers in milliseconds
 
@@ -40,7 +40,8 @@ def _read_reply(stream: BinaryIO, proto: str, command: str | None) -> tuple[str,
             if line[3:4] != "-":  # "250-..." continues, "250 ..." ends the reply
                 return "".join(lines), False
         elif len(lines) == 1:
-            if not (line.startswith("+OK") and command is not None and answers_multiline(command)):
+            words = (command or "").split()
+            if not (line.startswith("+OK") and words and multiline_answer(words[0], words[1:])):
                 return line, False
         elif line == ".\r\n":
             return "".join(lines), False

@@ -170,20 +170,6 @@ CAPABILITIES = (
 )
 
 
-MULTILINE_ALWAYS = frozenset({"CAPA", "RETR", "TOP"})  # a +OK answer always has a body
-MULTILINE_WITHOUT_ARGUMENT = frozenset({"LIST", "UIDL"})  # with a message number: one line
-
-
-def answers_multiline(command: str) -> bool:
-    """Is a ``+OK`` answer to ``command`` a multi-line one, ended by "." (RFC 1939 §5-7, RFC 2449 §5)?
-
-    For clients and decoders that must know where an answer ends (labctl's raw dialogues).
-    """
-    words = command.split()
-    verb = words[0].upper() if words else ""
-    return verb in MULTILINE_ALWAYS or (verb in MULTILINE_WITHOUT_ARGUMENT and len(words) == 1)
-
-
 # -- messages on the wire -----------------------------------------------------------------------
 
 
