@@ -14,6 +14,7 @@ from pathlib import Path
 
 import docker.errors
 from rich.console import Console
+from rich.status import Status
 from rich.table import Table
 from rich.text import Text
 
@@ -22,6 +23,11 @@ from labctl.errors import LabctlError
 from labctl.events import BuildOutput, Event, Notice, Step
 from labctl.image import ImageBuilder
 from labctl.lab import HostStatus, Lab, list_labs
+from labctl.scenario import junit
+from labctl.scenario import parse as scenario_parse
+from labctl.scenario.model import Scenario
+from labctl.scenario.model import Step as ScenarioStep
+from labctl.scenario.runner import Runner, ScenarioResult, StepResult
 
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
@@ -229,6 +235,96 @@ def cmd_capture_export(args: argparse.Namespace) -> int:
     return 0
 
 
+class RunProgress:
+    """`labctl run`'s live view: a spinner line for the running step, then one line per step."""
+
+    MARKS = {"passed": ("✓", "green"), "failed": ("✗", "red"), "error": ("!", "red"), "skipped": ("-", "dim")}
+
+    def __init__(self, verbose: bool) -> None:
+        self.verbose = verbose
+        self.status: Status | None = None
+        self.total = 0
+
+    def _stop(self) -> None:
+        if self.status is not None:
+            self.status.stop()
+            self.status = None
+
+    def scenario_started(self, scenario: Scenario, lab: str) -> None:
+        self.total = len(scenario.steps)
+        err.rule(Text(f"{scenario.name}  ({scenario.source})", style="bold"))
+        err.print(Text(scenario.goal, style="italic"), soft_wrap=True)
+        self.status = err.status(f"bringing up lab {lab} ...")
+        self.status.start()
+
+    def lab_ready(self, seconds: float) -> None:
+        self._stop()
+        err.print(Text.assemble(("✓ ", "green"), f"lab up ({seconds:.1f} s)"))
+
+    def step_started(self, step: ScenarioStep) -> None:
+        self._stop()
+        if step.note:
+            err.print(Text(f"  » {step.note}", style="yellow"), soft_wrap=True)
+        self.status = err.status(f"[{step.number}/{self.total}] {step.title}")
+        self.status.start()
+
+    def step_finished(self, step: ScenarioStep, result: StepResult) -> None:
+        self._stop()
+        mark, style = self.MARKS[result.status]
+        err.print(Text.assemble((f"{mark} ", style), f"[{step.number}/{self.total}] {step.title} ",
+                                (f"({result.seconds:.1f} s)", "dim")), soft_wrap=True)
+        if result.status == "passed" and result.detail and self.verbose:
+            err.print(Text(f"    {result.detail}", style="dim"), soft_wrap=True)
+        if result.status != "passed":
+            err.print(Text(f"    expected: {result.expected}\n    saw:      {result.seen}", style=style),
+                      soft_wrap=True)
+            for line in result.transcript[-20:]:
+                err.print(Text(f"    | {line}", style="dim"), soft_wrap=True)
+
+    def scenario_finished(self, result: ScenarioResult) -> None:
+        self._stop()
+        done = sum(s.status == "passed" for s in result.steps)
+        verdict = Text(" PASSED ", style="bold white on green") if result.ok else \
+            Text(f" {result.status.upper()} ", style="bold white on red")
+        err.print(Text.assemble(verdict, f" {result.name}: {done}/{len(result.steps)} steps in {result.seconds:.1f} s"))
+        if result.status == "error":
+            err.print(Text(result.message, style="red"), soft_wrap=True)
+        if result.kept:
+            err.print(f"lab kept: labctl status --lab {result.lab}; remove it with labctl down --lab {result.lab}")
+        if result.report:
+            err.print(f"report: {result.report}")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    base = topology.load(args.topology)
+    scenarios: list[Scenario] = []
+    problems: list[str] = []
+    for path in args.files:
+        try:
+            scenarios.append(scenario_parse.load(path, base=base))
+        except LabctlError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise LabctlError("\n".join(problems) + f"\n{len(problems)} scenario file(s) have errors; nothing was run")
+    client = engine.connect()
+    runner = Runner(client, progress=RunProgress(args.verbose), report_dir=args.report, keep=args.keep,
+                    reporter=Reporter(args.verbose))
+    results: list[ScenarioResult] = []
+    try:
+        for sc in scenarios:
+            results.append(runner.run(sc))
+    finally:
+        if args.junit:
+            junit.write(results, args.junit)
+        if args.json:
+            out.print_json(json.dumps([r.to_json() for r in results]))
+    failed = [r for r in results if not r.ok]
+    err.print(Text.assemble((f"{len(results) - len(failed)} passed", "green"), ", ",
+                            (f"{len(failed)} failed", "red" if failed else "green"),
+                            f" ({sum(r.seconds for r in results):.1f} s)"))
+    return 1 if failed else 0
+
+
 def cmd_image_build(args: argparse.Namespace) -> int:
     client = engine.connect()
     started = time.monotonic()
@@ -334,6 +430,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", help="only what this host captured")
     p.add_argument("--since", help="only packets since: an age (10m), a time (14:05) or a date-time")
     p.add_argument("-o", "--output", type=Path, required=True, help="the pcapng file to write")
+
+    p = sub.add_parser("run", help="run scenarios: each in a fresh lab, step by step, with a report",
+                       description="Run scenario files (scenarios/README.md): a fresh lab per scenario, steps "
+                                   "shown live, stop at the first failed step, tear down; exit 1 if any failed.")
+    p.set_defaults(func=cmd_run)
+    p.add_argument("files", nargs="+", type=Path, metavar="FILE", help="scenario files (YAML)")
+    p.add_argument("--keep", action="store_true", help="leave each lab up afterwards (to look around)")
+    p.add_argument("--report", type=Path, metavar="DIR",
+                   help="save per scenario: result.json, host logs, the capture")
+    p.add_argument("--junit", type=Path, metavar="FILE", help="write JUnit XML for a CI or grading system")
+    p.add_argument("--json", action="store_true", help="print the results as JSON on standard output")
+    p.add_argument("--topology", type=Path, default=topology.DEFAULT_TOPOLOGY, help="base topology file")
+    p.add_argument("-v", "--verbose", action="store_true", help="show what each step saw, and image builds")
 
     image = sub.add_parser("image", help="the lab image").add_subparsers(dest="image_command", required=True)
     p = image.add_parser("build", help="build the lab image (bootstrapping a base if needed)")

@@ -37,7 +37,7 @@ SHAPE_KEYS = ("host", "delay", "loss", "rate")
 BLOCK_KEYS = ("host", "port", "how")
 BLOCK_HOW = ("refuse", "drop")
 EXPECT_KINDS = ("mailbox", "queue", "bounce", "traffic")
-MAILBOX_KEYS = ("user", "on", "subject", "from", "count", "headers", "body", "received_via", "attachments")
+MAILBOX_KEYS = ("user", "where", "subject", "from", "count", "headers", "body", "received_via", "attachments")
 MAILBOX_ON = ("server", "client")
 QUEUE_KEYS = ("host", "empty", "to", "status", "attempts", "error")
 QUEUE_STATUS = ("pending", "delivered", "bounced")
@@ -436,9 +436,9 @@ class _Parser:
 
     def mailbox(self, value: Any, at: PathKey) -> m.MailboxExpect:
         s = self.mapping(value, at, MAILBOX_KEYS, "mailbox")
-        on = s.get("on", "server")
+        on = s.get("where", "server")
         if on not in MAILBOX_ON:
-            raise self.fail(at + ("on",), f"on {on!r}: valid choices: {', '.join(MAILBOX_ON)}")
+            raise self.fail(at + ("where",), f"where {on!r}: valid choices: {', '.join(MAILBOX_ON)}")
         user = self.address(self.require(s, at, "user", "mailbox"), at + ("user",))
         if on == "client":
             self.mua(user, at + ("user",))  # the local mailbox is on the user's MUA host

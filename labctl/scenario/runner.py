@@ -1,0 +1,235 @@
+"""``labctl run``: each scenario in a fresh lab of its own, step by step, then a report.
+
+One scenario = one lab with a unique name, built from the scenario's topology. Steps run in order;
+the first one that fails ends the scenario with what it expected and what it saw. Whatever
+happens (a failure, an exception, Ctrl-C), the lab is removed afterwards unless ``keep``; the
+report directory then holds, per scenario, ``result.json``, each host's log, and the lab's
+capture (``capture.pcapng``) where the capture can be exported.
+
+The runner prints nothing: it tells a :class:`Progress` (the CLI draws it with rich).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+import time
+import traceback
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import docker
+
+from labctl.errors import LabctlError
+from labctl.events import Reporter, ignore
+from labctl.image import ImageBuilder
+from labctl.lab import Lab
+from labctl.scenario import facts
+from labctl.scenario import model as m
+from labctl.scenario.faults import run_fault
+from labctl.scenario.steps import (
+    Context,
+    StepFailed,
+    check_bounce,
+    check_mailbox,
+    check_queue,
+    run_dialogue,
+    run_fetch,
+    run_send,
+    run_wait,
+)
+
+PASSED, FAILED, ERROR, SKIPPED = "passed", "failed", "error", "skipped"
+
+
+@dataclass
+class StepResult:
+    number: int
+    kind: str
+    title: str
+    line: int | None
+    status: str  # passed, failed, error (the runner or the lab broke), skipped (after a failure)
+    seconds: float = 0.0
+    detail: str = ""  # what happened, on success
+    expected: str = ""
+    seen: str = ""
+    transcript: list[str] = field(default_factory=list)
+    note: str = ""
+
+
+@dataclass
+class ScenarioResult:
+    name: str
+    file: str
+    lab: str
+    status: str = PASSED
+    seconds: float = 0.0
+    started: float = 0.0  # epoch seconds
+    message: str = ""  # the failure, in one paragraph
+    steps: list[StepResult] = field(default_factory=list)
+    report: str = ""  # the scenario's report folder
+    artifacts: list[str] = field(default_factory=list)
+    kept: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.status == PASSED
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Progress(Protocol):
+    def scenario_started(self, scenario: m.Scenario, lab: str) -> None: ...
+    def lab_ready(self, seconds: float) -> None: ...
+    def step_started(self, step: m.Step) -> None: ...
+    def step_finished(self, step: m.Step, result: StepResult) -> None: ...
+    def scenario_finished(self, result: ScenarioResult) -> None: ...
+
+
+class Silent:
+    def scenario_started(self, scenario: m.Scenario, lab: str) -> None:
+        pass
+
+    def lab_ready(self, seconds: float) -> None:
+        pass
+
+    def step_started(self, step: m.Step) -> None:
+        pass
+
+    def step_finished(self, step: m.Step, result: StepResult) -> None:
+        pass
+
+    def scenario_finished(self, result: ScenarioResult) -> None:
+        pass
+
+
+def lab_name(scenario: m.Scenario) -> str:
+    """A name no other lab has: the scenario's file, shortened, and a random suffix."""
+    slug = re.sub(r"[^a-z0-9]+", "-", scenario.source.stem.lower()).strip("-")[:24] or "scenario"
+    return f"sc-{slug}-{uuid.uuid4().hex[:6]}"
+
+
+def slug(scenario: m.Scenario) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", scenario.source.stem).strip("-") or "scenario"
+
+
+class Runner:
+    def __init__(self, client: docker.DockerClient, *, progress: Progress | None = None, report_dir: Path | None = None,
+                 keep: bool = False, reporter: Reporter = ignore, image: str | None = None) -> None:
+        self.client = client
+        self.progress = progress or Silent()
+        self.report_dir = report_dir
+        self.keep = keep
+        self.reporter = reporter
+        self._image = image
+
+    def image(self) -> str:
+        if self._image is None:
+            self._image = ImageBuilder(self.client, self.reporter).ensure()
+        return self._image
+
+    def run(self, scenario: m.Scenario) -> ScenarioResult:
+        lab = Lab(self.client, lab_name(scenario), self.reporter)
+        result = ScenarioResult(scenario.name, str(scenario.source), lab.name, started=time.time())
+        result.steps = [StepResult(s.number, s.kind, s.title, s.line, SKIPPED, note=s.note) for s in scenario.steps]
+        self.progress.scenario_started(scenario, lab.name)
+        started = time.monotonic()
+        try:
+            try:
+                ctx = self._bring_up(lab, scenario)
+                self.progress.lab_ready(time.monotonic() - started)
+                for step, step_result in zip(scenario.steps, result.steps, strict=True):
+                    if not self._step(ctx, step, step_result):
+                        result.status = step_result.status
+                        where = f"{scenario.source.name}:{step.line}" if step.line else scenario.source.name
+                        result.message = (f"step {step.number} ({where}) {step.title}: "
+                                          f"expected {step_result.expected}; saw {step_result.seen}")
+                        break
+            except LabctlError as exc:
+                result.status, result.message = ERROR, f"the lab could not be used: {exc}"
+            except Exception as exc:  # noqa: BLE001 - a bug or an engine failure: report it, then clean up
+                result.status = ERROR
+                result.message = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=8)}"
+            result.seconds = time.monotonic() - started
+            self._save(lab, scenario, result)
+        finally:
+            # Ctrl-C lands here too: the lab goes, then the interrupt goes on up.
+            if self.keep:
+                result.kept = True
+            else:
+                lab.down()
+        self.progress.scenario_finished(result)
+        return result
+
+    def _bring_up(self, lab: Lab, scenario: m.Scenario) -> Context:
+        topo = scenario.topology
+        hosts = lab.up(topo, self.image())
+        # The lab may have moved to a free subnet (another lab holds the topology's): every host
+        # keeps its host number, so the name server's address tells where the lab is.
+        ns = next(h for h in hosts if h.role == "dns")
+        offset = int(ipaddress.IPv4Address(ns.address)) - int(topo.nameserver.address)
+        subnet = ipaddress.IPv4Network((int(topo.subnet.network_address) + offset, topo.subnet.prefixlen))
+        return Context(lab, topo.with_subnet(subnet))
+
+    def _step(self, ctx: Context, step: m.Step, out: StepResult) -> bool:
+        self.progress.step_started(step)
+        started = time.monotonic()
+        ctx.transcript = []
+        try:
+            out.detail = self._act(ctx, step.action)
+            out.status = PASSED
+        except StepFailed as exc:
+            out.status, out.expected, out.seen = FAILED, exc.expected, exc.seen
+        except LabctlError as exc:
+            out.status, out.expected, out.seen = ERROR, "the step to run", str(exc)
+        out.seconds = time.monotonic() - started
+        out.transcript = list(ctx.transcript)
+        self.progress.step_finished(step, out)
+        return out.status == PASSED
+
+    def _act(self, ctx: Context, action: m.Action) -> str:
+        if isinstance(action, m.Send):
+            return run_send(ctx, action)
+        if isinstance(action, m.Fetch):
+            return run_fetch(ctx, action)
+        if isinstance(action, m.Dialogue):
+            return run_dialogue(ctx, action)
+        if isinstance(action, m.Wait):
+            return run_wait(ctx, action)
+        if isinstance(action, m.Expect):
+            seen = []
+            for check in action.checks:
+                if isinstance(check, m.MailboxExpect):
+                    seen.append(check_mailbox(ctx, check))
+                elif isinstance(check, m.QueueExpect):
+                    seen.append(check_queue(ctx, check))
+                elif isinstance(check, m.Bounced):
+                    seen.append(check_bounce(ctx, check))
+                else:
+                    seen.append(facts.check(ctx, check))
+            return "; ".join(seen)
+        return run_fault(ctx, action)
+
+    # -- the report ---------------------------------------------------------------------------
+
+    def _save(self, lab: Lab, scenario: m.Scenario, result: ScenarioResult) -> None:
+        if self.report_dir is None:
+            return
+        folder = self.report_dir / slug(scenario)
+        (folder / "logs").mkdir(parents=True, exist_ok=True)
+        result.report = str(folder)
+        for host in lab.status():
+            try:
+                text = b"".join(lab.logs(host.name)).decode("utf-8", "replace")
+            except (LabctlError, docker.errors.APIError) as exc:
+                text = f"(no log: {exc})\n"
+            path = folder / "logs" / f"{host.name}.log"
+            path.write_text(text, encoding="utf-8")
+            result.artifacts.append(str(path.relative_to(folder)))
+        result.artifacts += facts.save_capture(lab, folder, since=result.started)
+        (folder / "result.json").write_text(json.dumps(result.to_json(), indent=2, ensure_ascii=False) + "\n",
+                                            encoding="utf-8")
