@@ -244,6 +244,7 @@ class RunProgress:
         self.verbose = verbose
         self.status: Status | None = None
         self.total = 0
+        self.lab = ""
 
     def _stop(self) -> None:
         if self.status is not None:
@@ -252,6 +253,7 @@ class RunProgress:
 
     def scenario_started(self, scenario: Scenario, lab: str) -> None:
         self.total = len(scenario.steps)
+        self.lab = lab
         err.rule(Text(f"{scenario.name}  ({scenario.source})", style="bold"))
         err.print(Text(scenario.goal, style="italic"), soft_wrap=True)
         self.status = err.status(f"bringing up lab {lab} ...")
@@ -259,7 +261,7 @@ class RunProgress:
 
     def lab_ready(self, seconds: float) -> None:
         self._stop()
-        err.print(Text.assemble(("✓ ", "green"), f"lab up ({seconds:.1f} s)"))
+        err.print(Text.assemble(("✓ ", "green"), f"lab {self.lab} up ({seconds:.1f} s)"))
 
     def step_started(self, step: ScenarioStep) -> None:
         self._stop()

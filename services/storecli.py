@@ -11,11 +11,25 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from email.message import Message
 from pathlib import Path
 from typing import Any
 
 from services import config, mailstore
 from services.mua import view
+
+
+def delivery_status(msg: Message) -> list[dict[str, str]]:
+    """The per-recipient fields of a bounce's message/delivery-status part (RFC 3464 §2.3)."""
+    found: list[dict[str, str]] = []
+    for part in msg.walk():
+        if part.get_content_type() != "message/delivery-status":
+            continue
+        blocks = part.get_payload()
+        for block in blocks[1:] if isinstance(blocks, list) else []:  # the first block is per-message
+            if isinstance(block, Message):
+                found.append({k: str(v) for k, v in block.items()})
+    return found
 
 
 def messages(root: Path, address: str) -> list[dict[str, Any]]:
@@ -27,7 +41,9 @@ def messages(root: Path, address: str) -> list[dict[str, Any]]:
         except FileNotFoundError:  # deleted by a POP3 QUIT while we looked
             continue
         entry: dict[str, Any] = {"number": number, "key": stored.key, "size": stored.size}
-        entry.update(view.message_json(view.parse(data)))
+        msg = view.parse(data)
+        entry.update(view.message_json(msg))
+        entry["delivery_status"] = delivery_status(msg)
         out.append(entry)
     return out
 

@@ -189,7 +189,10 @@ def check_condition(ctx: Context, cond: m.Condition) -> tuple[bool, str]:
     if isinstance(cond, m.Bounced):
         found = server_mailbox(ctx, cond.to)
         bounces = [x for x in found if is_bounce(x) and _bounce_matches(x, cond)]
-        return bool(bounces), f"{cond.to}'s mailbox holds {summary(found)}"
+        reports = [f"{f.get('Final-Recipient', '?')} {f.get('Status', '?')}" for x in found
+                   for f in x.get("delivery_status", [])]
+        seen = f"{cond.to}'s mailbox holds {summary(found)}"
+        return bool(bounces), seen + (f"; bounce reports: {', '.join(reports)}" if reports else "")
     if isinstance(cond, m.QueueEmpty):
         entries = queue_of(ctx, cond.host)
         left = [f"{e['id']} to {', '.join(r['address'] for r in e['recipients'])}" for e in entries]
@@ -198,8 +201,14 @@ def check_condition(ctx: Context, cond: m.Condition) -> tuple[bool, str]:
 
 
 def _bounce_matches(message: dict[str, Any], cond: m.Bounced) -> bool:
-    dump = json.dumps(message, ensure_ascii=False)
-    return (cond.about is None or cond.about.lower() in dump.lower()) and (cond.status is None or cond.status in dump)
+    """Does the report name ``cond.about`` as a failed recipient, with ``cond.status``?"""
+    for fields in message.get("delivery_status", []):
+        recipient = fields.get("Final-Recipient", "").rpartition(";")[2].strip().lower()
+        if cond.about is not None and recipient != cond.about.lower():
+            continue
+        if cond.status is None or fields.get("Status", "").strip() == cond.status:
+            return True
+    return False
 
 
 def describe(cond: m.Condition) -> str:

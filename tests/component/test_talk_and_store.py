@@ -66,3 +66,18 @@ def test_a_refused_connection_is_reported_not_raised() -> None:
 
 def test_store_of_an_empty_or_missing_mailbox(tmp_path: Path) -> None:
     assert storecli.messages(tmp_path, "nobody@stevenchoy.example") == []
+
+
+def test_store_shows_a_bounce_s_delivery_status_fields(tmp_path: Path) -> None:
+    from services.smtp.bounce import build_bounce
+    from services.smtp.spool import RecipientState, Status
+
+    failed = RecipientState("nobody@stevenchoy.example", status=Status.BOUNCED, attempts=1,
+                            dsn_status="5.1.1", remote_mta="mail.stevenchoy.example",
+                            diagnostic="550 5.1.1 <nobody@stevenchoy.example>... User unknown")
+    bounce = build_bounce(original=MESSAGE.encode(), sender="andy@ouhk.example", failed=[failed],
+                          reporting_mta="smtp.ouhk.example", queue_id="Q1", arrival=1.0e9, now=1.0e9 + 5)
+    deliver(mailbox_dir(tmp_path, "andy@ouhk.example"), bounce)
+    (stored,) = storecli.messages(tmp_path, "andy@ouhk.example")
+    (fields,) = stored["delivery_status"]
+    assert fields["Final-Recipient"] == "rfc822; nobody@stevenchoy.example" and fields["Status"] == "5.1.1"
