@@ -1,10 +1,11 @@
 """JUnit XML for grading systems and CI: one ``<testsuite>`` per scenario file, one ``<testcase>`` per scenario.
 
-The shape is the one CI systems read (the Jenkins/Ant JUnit schema, which GitLab, GitHub actions
-and most graders accept): ``<testsuites>`` holding ``<testsuite name tests failures errors skipped
-time timestamp hostname>`` with ``<testcase name classname time>``, a failed scenario carrying
-``<failure message type>`` (the step, what was expected, what was seen) and a broken run
-``<error>``; the step log goes to ``<system-out>``.
+The shape is the one CI systems and graders read (Jenkins' JUnit schema, which GitLab and GitHub
+actions follow; under ``<testsuites>`` also the stricter Ant JUnit.xsd): ``<testsuite name package
+id tests failures errors skipped time timestamp hostname>`` holding ``<properties>``, then
+``<testcase name classname time>`` (a failed scenario carries ``<failure message type>``: the step,
+what was expected, what was seen; a broken run ``<error>``), then ``<system-out>`` (the step log)
+and ``<system-err>``, in the order the strict schema wants.
 """
 
 from __future__ import annotations
@@ -46,9 +47,11 @@ def document(results: Sequence[ScenarioResult]) -> ET.Element:
     for r in results:
         by_file.setdefault(r.file, []).append(r)
     host = socket.gethostname()
-    for file, group in by_file.items():
+    for number, (file, group) in enumerate(by_file.items()):
         suite = ET.SubElement(root, "testsuite", {
             "name": Path(file).stem,
+            "package": "scenarios",
+            "id": str(number),
             "tests": str(len(group)),
             "failures": str(sum(r.status == FAILED for r in group)),
             "errors": str(sum(r.status == ERROR for r in group)),
@@ -56,12 +59,16 @@ def document(results: Sequence[ScenarioResult]) -> ET.Element:
             "time": f"{sum(r.seconds for r in group):.3f}",
             "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(min(r.started for r in group))),
             "hostname": host,
-            "file": file,
         })
+        properties = ET.SubElement(suite, "properties")
+        ET.SubElement(properties, "property", {"name": "file", "value": file})
+        for r in group:
+            ET.SubElement(properties, "property", {"name": f"{r.name}: lab", "value": r.lab})
+            if r.report:
+                ET.SubElement(properties, "property", {"name": f"{r.name}: report", "value": r.report})
         for r in group:
             case = ET.SubElement(suite, "testcase", {
                 "name": r.name, "classname": f"scenarios.{Path(file).stem}", "time": f"{r.seconds:.3f}",
-                "file": file,
             })
             if r.status in (FAILED, ERROR):
                 tag = "failure" if r.status == FAILED else "error"
@@ -70,8 +77,9 @@ def document(results: Sequence[ScenarioResult]) -> ET.Element:
                     "type": "ScenarioFailed" if r.status == FAILED else "ScenarioError",
                 })
                 node.text = r.message
-            out = ET.SubElement(case, "system-out")
-            out.text = step_log(r)
+        # The strict JUnit schema has the output per suite: here, one step log per scenario.
+        ET.SubElement(suite, "system-out").text = "".join(f"== {r.name}\n{step_log(r)}" for r in group)
+        ET.SubElement(suite, "system-err").text = "".join(r.message + "\n" for r in group if r.status == ERROR)
     return root
 
 
