@@ -1,0 +1,119 @@
+"""`labctl run` on the real engine: every shipped scenario passes; failures and Ctrl-C clean up.
+
+Each scenario brings up its own lab (a few seconds) and its retry schedule is seconds, so the whole
+module runs in a few minutes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+import docker
+import pytest
+
+from labctl.lab import LABEL_LAB
+from tests.lab.conftest import labctl
+
+ROOT = Path(__file__).resolve().parents[2]
+SHIPPED = sorted((ROOT / "scenarios").glob("*.yml"))
+TESTS = ROOT / "tests" / "scenarios"
+
+
+def leftovers(client: docker.DockerClient, lab: str) -> list[str]:
+    """Whatever of lab ``lab`` still exists on the engine."""
+    label = {"label": f"{LABEL_LAB}={lab}"}
+    found = [c["Names"][0] for c in client.api.containers(all=True, filters=label)]
+    found += [n["Name"] for n in client.api.networks(filters=label)]
+    found += [v["Name"] for v in client.api.volumes(filters=label).get("Volumes") or []]
+    return found
+
+
+def run(*args: str) -> tuple[subprocess.CompletedProcess[str], list[dict[str, Any]]]:
+    proc = labctl("run", "--json", *args, check=False)
+    return proc, json.loads(proc.stdout) if proc.stdout.strip() else []
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
+def test_every_shipped_scenario_passes(path: Path, client: docker.DockerClient, image: str, tmp_path: Path) -> None:
+    proc, results = run(str(path), "--report", str(tmp_path))
+    (result,) = results
+    assert proc.returncode == 0 and result["status"] == "passed", f"{result['message']}\n{proc.stderr[-3000:]}"
+    assert all(s["status"] == "passed" for s in result["steps"])
+    saved = json.loads((tmp_path / path.stem / "result.json").read_text())
+    assert saved["name"] == result["name"] and (tmp_path / path.stem / "logs" / "smtp.log").stat().st_size > 0
+    assert leftovers(client, result["lab"]) == []
+
+
+def test_a_failing_scenario_says_what_it_expected_and_saw(client: docker.DockerClient, image: str,
+                                                          tmp_path: Path) -> None:
+    junit = tmp_path / "junit.xml"
+    proc, results = run(str(TESTS / "failing.yml"), "--junit", str(junit))
+    assert proc.returncode == 1
+    (result,) = results
+    assert result["status"] == "failed"
+    assert result["message"] == (
+        "step 3 (failing.yml:11) wait until betty@stevenchoy.example has a message 'Never sent' (at most 3 s): "
+        "expected 1 message(s) with 'Never sent' delivered to betty@stevenchoy.example within 3 s; "
+        "saw betty@stevenchoy.example's mailbox holds 1 message(s): 'Hello'")
+    assert [s["status"] for s in result["steps"]] == ["passed", "passed", "failed", "skipped"]
+    assert "expected: 1 message(s) with 'Never sent'" in proc.stderr and "1 failed" in proc.stderr
+    suite = ET.parse(junit).getroot().find("testsuite")
+    assert suite is not None and suite.get("failures") == "1"
+    failure = suite.find("testcase/failure")
+    assert failure is not None and failure.get("message") == result["message"]
+    assert leftovers(client, result["lab"]) == []  # a failure leaves nothing behind
+
+
+def test_every_fault_takes_effect_and_is_undone(client: docker.DockerClient, image: str) -> None:
+    proc, results = run(str(TESTS / "faults.yml"))
+    (result,) = results
+    assert proc.returncode == 0, f"{result['message']}\n{proc.stderr[-3000:]}"
+    errors = {s["number"]: s["detail"] for s in result["steps"] if s["kind"] == "expect"}
+    assert "refused" in errors[4] and "timed out" in errors[10]
+
+
+def test_a_delay_needs_netem_and_says_so_when_the_kernel_has_none(client: docker.DockerClient, image: str) -> None:
+    proc, results = run(str(TESTS / "delay.yml"))
+    (result,) = results
+    if result["status"] == "passed":  # a kernel with sch_netem
+        assert "netem on mail" in result["steps"][0]["detail"] and proc.returncode == 0
+    else:
+        assert result["steps"][0]["seen"].startswith("this kernel has no netem (sch_netem)") and proc.returncode == 1
+
+
+def test_keep_leaves_the_lab_up(client: docker.DockerClient, image: str) -> None:
+    proc, results = run(str(ROOT / "scenarios" / "implicit-mx.yml"), "--keep")
+    (result,) = results
+    try:
+        assert proc.returncode == 0 and result["kept"]
+        assert f"labctl down --lab {result['lab']}" in proc.stderr
+        assert len([x for x in leftovers(client, result["lab"]) if x.startswith("/")]) == 5
+    finally:
+        labctl("down", "--lab", result["lab"])
+
+
+def test_ctrl_c_removes_the_lab(client: docker.DockerClient, image: str) -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "labctl", "run", str(TESTS / "interrupted.yml")],
+                            stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "COLUMNS": "200"})
+    assert proc.stderr is not None
+    lab = ""
+    deadline = time.monotonic() + 120
+    for line in proc.stderr:
+        if " up (" in line and "lab sc-" in line:
+            lab = line.split("lab ", 1)[1].split()[0]
+            break
+        assert time.monotonic() < deadline
+    assert lab and leftovers(client, lab)
+    time.sleep(1)  # inside the wait step now
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 130
+    assert leftovers(client, lab) == []
