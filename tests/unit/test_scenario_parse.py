@@ -243,3 +243,21 @@ def test_the_yaml_1_1_booleans_do_not_bite_keys() -> None:
     words = {"on", "off", "yes", "no", "y", "n", "true", "false"}
     keys = {k for name in dir(parse) if name.endswith("_KEYS") for k in getattr(parse, name)}
     assert not keys & words
+
+
+def test_the_readme_examples_are_valid() -> None:
+    """scenarios/README.md: its full example and its topology section parse; every step example too."""
+    import re as _re
+
+    readme_path = Path(__file__).resolve().parents[2] / "scenarios" / "README.md"
+    readme = readme_path.read_text()
+    blocks = _re.findall(r"```yaml\n(.*?)```", readme, _re.DOTALL)
+    full, topo, *steps = blocks
+    here = readme_path.parent / "example.yml"  # files named in the examples are relative to scenarios/
+    assert load(full, here).name == "The MX is down, then back"
+    sc = load(HEAD + topo + "steps: [{fetch: {user: carol}}]\n", here)
+    assert {h.name for h in sc.topology.hosts} >= {"mx2", "carol"}
+    for block in steps:
+        # the step examples may use the hosts the topology example adds
+        indented = "".join("  " + line + "\n" for line in block.splitlines())
+        assert load(HEAD + topo + "steps:\n" + indented, here).steps
