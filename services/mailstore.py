@@ -21,6 +21,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.durable import DirectorySync, fsync_dir
+
 SUBDIRS = ("tmp", "new", "cur")
 LOCK_NAME = ".lock"  # a dot name: Maildir readers skip it, and it is no valid message name
 DIR_MODE = 0o700
@@ -83,15 +85,6 @@ def _unique_name() -> str:
     return f"{seconds}.M{micros}P{os.getpid()}Q{counter}.{_HOSTNAME}"
 
 
-def _fsync_dir(path: Path) -> None:
-    # A rename or unlink is durable only once the directory holding the entry is synced.
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _make_dir(path: Path) -> None:
     """Create ``path`` and any missing parents, each entry synced into its parent directory."""
     missing: list[Path] = []
@@ -106,7 +99,7 @@ def _make_dir(path: Path) -> None:
             directory.mkdir(mode=DIR_MODE)
         except FileExistsError:
             pass  # another delivery thread got there first; it syncs too, and so do we
-        _fsync_dir(directory.parent)
+        fsync_dir(directory.parent)
 
 
 def _ensure_maildir(mailbox: Path) -> None:
@@ -150,8 +143,20 @@ def deliver(mailbox: Path, message: bytes) -> str:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(mailbox / "new")
+    _new_dir_sync(mailbox).sync()  # shared with the deliveries to this mailbox in flight
     return key
+
+
+_dir_syncs: dict[Path, DirectorySync] = {}
+_dir_syncs_lock = threading.Lock()
+
+
+def _new_dir_sync(mailbox: Path) -> DirectorySync:
+    with _dir_syncs_lock:
+        sync = _dir_syncs.get(mailbox)
+        if sync is None:
+            sync = _dir_syncs[mailbox] = DirectorySync(mailbox / "new")
+        return sync
 
 
 # -- reading, deleting, locking ----------------------------------------------------------------
@@ -276,7 +281,7 @@ class Maildir:
             except FileNotFoundError:
                 continue
             self._paths.pop(key, None)
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
             return
 
     def try_lock(self) -> bool:

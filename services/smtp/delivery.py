@@ -223,6 +223,8 @@ def _transaction(smtp: smtplib.SMTP, sender: str, recipients: Sequence[str], dat
         smtp.command_encoding = "utf-8"  # RFC 6531; the server refuses if it does not do it
         if smtp.has_extn("smtputf8"):
             options.append("SMTPUTF8")
+    if smtp.has_extn("pipelining"):
+        return _pipelined(smtp, sender, options, recipients, data, out)
     code, msg = smtp.mail(sender, options)
     out.mail_code = code
     if code != 250:
@@ -242,14 +244,62 @@ def _transaction(smtp: smtplib.SMTP, sender: str, recipients: Sequence[str], dat
         return True
     smtp.sock.settimeout(DATA_TIMEOUT)
     try:
-        # Data leave in canonical form: CRLF only, never a bare CR or LF (the smuggling
-        # vector, RFC 5321 §2.3.8); smtplib adds the dot-stuffing and the final ".".
-        code, msg = smtp.data(_EOL.sub(b"\r\n", data))
+        code, msg = smtp.data(_canonical(data))
         final = _reply(code, msg)
     except smtplib.SMTPDataError as exc:  # the DATA command itself was refused
         final = _reply(exc.smtp_code, exc.smtp_error)
     out.replies.update({r: final for r in accepted})
     return final.code != 421
+
+
+_LEADING_DOT = re.compile(rb"^\.", re.MULTILINE)
+
+
+def _canonical(data: bytes) -> bytes:
+    # Data leave in canonical form: CRLF only, never a bare CR or LF (the smuggling vector,
+    # RFC 5321 §2.3.8); smtplib adds the dot-stuffing and the final ".".
+    return _EOL.sub(b"\r\n", data)
+
+
+def _pipelined(smtp: smtplib.SMTP, sender: str, options: Sequence[str], recipients: Sequence[str], data: bytes,
+               out: HostResult) -> bool:
+    """The transaction with PIPELINING (RFC 2920): MAIL, every RCPT and DATA in one write.
+
+    Two round trips instead of one per command: the replies come back in order, and the data
+    follow only after a 354 and only if some recipient was accepted (§3.1). A 354 with no
+    recipient accepted (a server may give it) gets an empty message ended at once, as the RFC
+    says, and its reply is ignored.
+    """
+    assert smtp.sock is not None
+    mail = f"MAIL FROM:{smtplib.quoteaddr(sender)}" + "".join(f" {o}" for o in options)
+    commands = [mail] + [f"RCPT TO:{smtplib.quoteaddr(r)}" for r in recipients] + ["DATA"]
+    smtp.send("".join(f"{c}\r\n" for c in commands))
+    code, msg = smtp.getreply()
+    out.mail_code = code
+    accepted = []
+    closing = code == 421
+    for rcpt in recipients:
+        rcode, rmsg = smtp.getreply()
+        if code != 250:
+            out.replies[rcpt] = _reply(code, msg)  # the sender was refused: that is every recipient's answer
+        elif rcode in (250, 251):
+            accepted.append(rcpt)  # not settled yet: the reply after the data decides
+        else:
+            out.replies[rcpt] = _reply(rcode, rmsg)
+        closing = closing or rcode == 421
+    dcode, dmsg = smtp.getreply()
+    closing = closing or dcode == 421
+    if dcode != 354:
+        out.replies.update({r: _reply(dcode, dmsg) for r in accepted})
+        return not closing
+    smtp.sock.settimeout(DATA_TIMEOUT)
+    body = _LEADING_DOT.sub(b"..", _canonical(data)) if accepted else b""  # §4.5.2 transparency
+    if body and not body.endswith(b"\r\n"):
+        body += b"\r\n"
+    smtp.send(body + b".\r\n")
+    final = _reply(*smtp.getreply())
+    out.replies.update({r: final for r in accepted})
+    return not closing and final.code != 421
 
 
 class Connections:

@@ -1,19 +1,23 @@
 """The sender MTA's durable queue: what has been accepted with ``250`` and is not yet delivered.
 
-Layout under the spool root (like sendmail's ``df``/``qf`` pair, one directory each)::
+Layout under the spool root::
 
-    data/<id>    the message, exactly as received; written once, never changed
-    state/<id>   JSON: envelope sender, queue time, and per recipient its delivery state
+    msg/<id>     one line of JSON (envelope sender, queue time, the recipients' first state), a
+                 LF, then the message exactly as received; written once, never changed
+    state/<id>   JSON: the recipients' state once an attempt changed it (absent until then)
     tmp/         files being written; never read, emptied at start-up
-    corrupt/     state files that could not be read, kept for a human, never delivered
+    corrupt/     entries that could not be read, kept for a human, never delivered
     lock         flock(2) target so `queue --flush` and the MTA do not lose each other's update
 
-Crash safety (design decision 8: nothing is acknowledged before it is durable). Every file is
-written in ``tmp/``, fsync'd, then renamed (or hard-linked) into place, and the directory is
-fsync'd. The rename of ``state/<id>`` is the commit point of an enqueue; removing ``state/<id>``
-is the commit point of a removal. So after a crash at any instant a message is either absent
-or complete; a ``data/<id>`` without its state is a half-done enqueue or removal, and
-:meth:`Spool.recover` deletes it.
+Crash safety (design decision 8: nothing is acknowledged before it is durable). A message is
+written in ``tmp/``, fsync'd, linked into ``msg/``, and ``msg/`` is fsync'd: that link is the
+commit point of an enqueue, and costs two fsyncs, the second shared by every enqueue in flight
+(:class:`services.durable.DirectorySync`). Envelope and data in one file, the state file only
+when an attempt fails: a message delivered at the first attempt never costs a second file.
+A state change is written in ``tmp/``, fsync'd, renamed over ``state/<id>``, and ``state/``
+is fsync'd. Unlinking ``msg/<id>`` is the commit point of a removal; a ``state/<id>`` without its
+message is what a crash in a removal leaves, and :meth:`Spool.recover` deletes it. After a crash
+at any instant a message is either absent or complete.
 
 Only one process enqueues and delivers (the MTA). ``python3 -m services queue`` opens the
 same spool with ``recover=False`` and only reads it or rewrites states under the lock.
@@ -43,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from services import config
+from services.durable import DirectorySync, fsync_dir
 
 log = logging.getLogger("services.smtp.spool")
 
@@ -54,6 +59,7 @@ DEFAULT_SPOOL = config.SPOOL_DIR / "queue"
 RECENT_DATA_LIMIT = 16 * 1024 * 1024
 ENTRY_LOCK_STRIPES = 64  # locks shared by hash of the queue id: bounded, and rarely contended
 STATE_VERSION = 1  # bump when the state file format changes incompatibly
+MAX_HEADER = 1 << 20  # the envelope line of msg/<id>; a message has at most a few thousand recipients
 
 _ID_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 _ID_TIME_DIGITS = 6  # 62**6 seconds is ~1800 years: ids sort by queue time, like sendmail's
@@ -138,21 +144,14 @@ def _valid_id(name: str) -> bool:
     return len(name) == _ID_TIME_DIGITS + _ID_RANDOM_DIGITS and all(c in _ID_ALPHABET for c in name)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _entry_to_json(entry: QueueEntry) -> bytes:
+def _entry_to_json(entry: QueueEntry, *, indent: int | None = 1) -> bytes:
     # By hand, not dataclasses.asdict: its recursive deep copy showed up in the profile of every enqueue and record.
     doc: dict[str, Any] = {
         "version": STATE_VERSION, "id": entry.id, "sender": entry.sender, "queued_at": entry.queued_at,
         "size": entry.size, "recipients": [vars(r).copy() for r in entry.recipients],
     }
-    return json.dumps(doc, indent=1, sort_keys=True).encode("utf-8")
+    # indent=None gives one line (JSON escapes every LF inside strings): the header of msg/<id>.
+    return json.dumps(doc, indent=indent, sort_keys=True).encode("utf-8")
 
 
 def _entry_from_json(raw: bytes) -> QueueEntry:
@@ -176,12 +175,13 @@ class Spool:
 
     def __init__(self, root: Path, *, recover: bool = True) -> None:
         self.root = root
-        self._data = root / "data"
+        self._msg = root / "msg"
         self._state = root / "state"
         self._tmp = root / "tmp"
         self._corrupt = root / "corrupt"
-        for d in (root, self._data, self._state, self._tmp, self._corrupt):
+        for d in (root, self._msg, self._state, self._tmp, self._corrupt):
             d.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._msg_sync = DirectorySync(self._msg)
         self._entry_locks = [threading.Lock() for _ in range(ENTRY_LOCK_STRIPES)]
         self._lock_path = root / "lock"
         # id -> entry, in queue order; None until recover(): then every read goes to the disk.
@@ -234,7 +234,7 @@ class Spool:
     def _commit_state(self, entry: QueueEntry) -> None:
         tmp = self._write_tmp(_entry_to_json(entry))
         os.replace(tmp, self._state / entry.id)  # atomic: readers see the old or the new state
-        _fsync_dir(self._state)
+        fsync_dir(self._state)
 
     def enqueue(
         self, sender: str, recipients: Sequence[str], data: bytes, *, now: float, queue_id: str | None = None
@@ -248,31 +248,30 @@ class Spool:
             raise ValueError("a message needs at least one recipient")
         if queue_id is not None and not _valid_id(queue_id):
             raise ValueError(f"not a queue id: {queue_id!r}")
-        wanted = queue_id
-        tmp = self._write_tmp(data)
-        try:
-            while True:
-                queue_id, wanted = wanted or new_queue_id(now), None
-                try:
-                    # link(2) fails if the name exists: an atomic claim of the id.
-                    os.link(tmp, self._data / queue_id)
-                    break
-                except FileExistsError:
-                    continue
-        finally:
-            tmp.unlink()
-        _fsync_dir(self._data)
         unique = list(dict.fromkeys(recipients))  # RCPT twice is one delivery
-        entry = QueueEntry(
-            id=queue_id,
-            sender="" if is_null_sender(sender) else sender,
-            queued_at=now,
-            size=len(data),
-            recipients=tuple(RecipientState(address=r, next_attempt=now) for r in unique),
-        )
-        with self._locked(queue_id):
-            self._commit_state(entry)
-            self._remember(entry)
+        wanted = queue_id
+        while True:
+            queue_id, wanted = wanted or new_queue_id(now), None
+            entry = QueueEntry(
+                id=queue_id,
+                sender="" if is_null_sender(sender) else sender,
+                queued_at=now,
+                size=len(data),
+                recipients=tuple(RecipientState(address=r, next_attempt=now) for r in unique),
+            )
+            tmp = self._write_tmp(_entry_to_json(entry, indent=None) + b"\n" + data)
+            try:
+                with self._locked(queue_id):
+                    try:
+                        # link(2) fails if the name exists: an atomic claim of the id.
+                        os.link(tmp, self._msg / queue_id)
+                    except FileExistsError:
+                        continue  # the id is taken: draw another (the header names the id)
+                    self._remember(entry)
+            finally:
+                tmp.unlink()
+            break
+        self._msg_sync.sync()  # the commit point: from here on a crash keeps the message
         with self._index_lock:
             if self._index is not None and self._recent_size + len(data) <= RECENT_DATA_LIMIT:
                 self._recent[queue_id] = data
@@ -295,7 +294,7 @@ class Spool:
             return entry
 
     def remove(self, queue_id: str) -> None:
-        """Forget a message: its state first (the commit), then its data.
+        """Forget a message: the message file (the commit), then its state file if it has one.
 
         No fsync here: a removal that a crash undoes only means the message is delivered once
         more, a duplicate (which RFC 5321 §6.1 prefers to a loss, and the only risk); waiting for
@@ -304,11 +303,11 @@ class Spool:
         """
         with self._locked(queue_id):
             try:
-                (self._state / queue_id).unlink()
+                (self._msg / queue_id).unlink()
             except FileNotFoundError:
                 raise SpoolError(f"no queue entry {queue_id}") from None
             with contextlib.suppress(FileNotFoundError):
-                (self._data / queue_id).unlink()
+                (self._state / queue_id).unlink()
             self._forget(queue_id)
 
     def flush(self, now: float) -> int:
@@ -368,18 +367,26 @@ class Spool:
     # -- reading ---------------------------------------------------------------------------
 
     def _load(self, queue_id: str) -> QueueEntry:
+        """The entry's latest state: its state file if an attempt wrote one, else its header."""
         try:
             raw = (self._state / queue_id).read_bytes()
         except FileNotFoundError:
-            raise SpoolError(f"no queue entry {queue_id}") from None
+            try:
+                with open(self._msg / queue_id, "rb") as f:
+                    raw = f.readline(MAX_HEADER)
+            except FileNotFoundError:
+                raise SpoolError(f"no queue entry {queue_id}") from None
         try:
-            return _entry_from_json(raw)
+            entry = _entry_from_json(raw)
         except (ValueError, KeyError, TypeError) as exc:
             raise SpoolError(f"{queue_id}: unreadable state: {exc}") from exc
+        if entry.id != queue_id:
+            raise SpoolError(f"{queue_id}: the state names another entry, {entry.id}")
+        return entry
 
     def _scan(self) -> list[QueueEntry]:
         entries = []
-        for path in sorted(self._state.iterdir()):
+        for path in sorted(self._msg.iterdir()):
             try:
                 entries.append(self._load(path.name))
             except SpoolError as exc:
@@ -406,9 +413,13 @@ class Spool:
     def read(self, queue_id: str) -> bytes:
         """The message data as received."""
         try:
-            return (self._data / queue_id).read_bytes()
+            raw = (self._msg / queue_id).read_bytes()
         except FileNotFoundError:
             raise SpoolError(f"{queue_id}: message data missing") from None
+        header_end = raw.find(b"\n")
+        if header_end < 0:
+            raise SpoolError(f"{queue_id}: message file has no envelope line")
+        return raw[header_end + 1:]
 
     # -- start-up --------------------------------------------------------------------------
 
@@ -423,29 +434,29 @@ class Spool:
                 log.info("spool: discarding unfinished write %s", path.name)
                 path.unlink()
             kept: list[QueueEntry] = []
-            for path in sorted(self._state.iterdir()):
+            for path in sorted(self._msg.iterdir()):
                 qid = path.name
                 try:
-                    entry = self._load(qid) if _valid_id(qid) else None
-                    if entry is None or not (self._data / qid).exists():
-                        raise SpoolError(f"{qid}: not a queue entry or its data is missing")
+                    if not _valid_id(qid):
+                        raise SpoolError(f"{qid}: not a queue id")
+                    entry = self._load(qid)
                 except SpoolError as exc:
                     log.error("spool: moving %s aside to %s: %s", qid, self._corrupt, exc)
                     os.replace(path, self._corrupt / qid)
-                    if (self._data / qid).exists():
-                        os.replace(self._data / qid, self._corrupt / f"{qid}.data")
+                    if (self._state / qid).exists():
+                        os.replace(self._state / qid, self._corrupt / f"{qid}.state")
                     continue
                 if entry.done:  # crashed between the last record() and remove()
                     path.unlink()
-                    (self._data / qid).unlink()
+                    (self._state / qid).unlink(missing_ok=True)
                     continue
                 kept.append(entry)
-            _fsync_dir(self._state)
+            fsync_dir(self._msg)
             kept_ids = {e.id for e in kept}
-            for path in self._data.iterdir():
+            for path in self._state.iterdir():
                 if path.name not in kept_ids:
-                    log.info("spool: discarding %s, an enqueue that never committed", path.name)
+                    log.info("spool: discarding the state of %s, a removal a crash interrupted", path.name)
                     path.unlink()
-            _fsync_dir(self._data)
+            fsync_dir(self._state)
             self._reindex(kept)
             return sorted(kept_ids)

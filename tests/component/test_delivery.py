@@ -77,8 +77,13 @@ class Received:
 
 @dataclass
 class ScriptedMx:
-    """An aiosmtpd handler: replies come from the scripts (consumed in order), else 250."""
+    """An aiosmtpd handler: replies come from the scripts (consumed in order), else 250.
 
+    With ``pipelining`` it offers PIPELINING (RFC 2920), as the lab's MX does, and the client
+    sends MAIL, RCPT and DATA in one write: aiosmtpd then reads them from its buffer in turn.
+    """
+
+    pipelining: bool = False
     mail_replies: list[str] = field(default_factory=list)
     rcpt_replies: dict[str, list[str]] = field(default_factory=dict)
     received: list[Received] = field(default_factory=list)
@@ -91,6 +96,8 @@ class ScriptedMx:
         self.sessions += 1
         session.host_name = hostname
         session.number = self.sessions
+        if self.pipelining:
+            responses.insert(-1, "250-PIPELINING")
         return responses
 
     async def handle_MAIL(self, server: Any, session: Any, envelope: Any, address: str,
@@ -136,9 +143,9 @@ def running_mx(handler: ScriptedMx, port: int = 0) -> Iterator[int]:
         controller.stop()
 
 
-@pytest.fixture
-def mx() -> Iterator[tuple[ScriptedMx, int]]:
-    handler = ScriptedMx()
+@pytest.fixture(params=[False, True], ids=["one-command-at-a-time", "pipelining"])
+def mx(request: pytest.FixtureRequest) -> Iterator[tuple[ScriptedMx, int]]:
+    handler = ScriptedMx(pipelining=request.param)
     with running_mx(handler) as port:
         yield handler, port
 
@@ -565,3 +572,41 @@ def test_an_idle_session_the_server_dropped_is_replaced_without_a_deferral(mx: t
     assert result.error == "" and result.replies["betty@stevenchoy.test"].code == 250
     assert [r.mail_from for r in handler.received] == ["andy@ouhk.test", "carol@ouhk.test"]
     assert handler.sessions == 2 and handler.received[1].session == 2
+
+
+def test_with_pipelining_mail_rcpt_and_data_leave_in_one_write(tmp_path: Path) -> None:
+    """A server that answers nothing until it holds MAIL, both RCPTs and DATA: only a
+    pipelining client gets through (one command at a time would wait for the MAIL reply)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    port = listener.getsockname()[1]
+    seen: list[bytes] = []
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn, conn.makefile("rb") as reader:
+            conn.sendall(b"220 mail.stevenchoy.test ESMTP\r\n")
+            reader.readline()  # EHLO
+            conn.sendall(b"250-mail.stevenchoy.test\r\n250-PIPELINING\r\n250 8BITMIME\r\n")
+            batch = [reader.readline() for _ in range(4)]  # no reply before all four are in
+            seen.extend(batch)
+            conn.sendall(b"250 2.1.0 ok\r\n250 2.1.5 ok\r\n550 5.1.1 no such user\r\n354 go ahead\r\n")
+            while (line := reader.readline()) != b".\r\n":
+                seen.append(line)
+            conn.sendall(b"250 2.0.0 queued\r\n")
+            reader.readline()  # QUIT, or the connection closes
+            conn.sendall(b"221 bye\r\n")
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    lab = make_lab(tmp_path, port)
+    lab.enqueue("andy@ouhk.test", ["betty@stevenchoy.test", "nobody@stevenchoy.test"])
+    lab.run_once()
+    server.join(timeout=10)
+    listener.close()
+    assert seen[:4] == [b"MAIL FROM:<andy@ouhk.test>\r\n",  # no SIZE: this server does not offer it
+                        b"RCPT TO:<betty@stevenchoy.test>\r\n", b"RCPT TO:<nobody@stevenchoy.test>\r\n",
+                        b"DATA\r\n"]
+    assert b"".join(seen[4:]) == MESSAGE.replace(b"\r\n.A line", b"\r\n..A line")  # dot-stuffed on the wire
+    assert lab.spool.entries() == []  # betty delivered, nobody bounced (the bounce went to andy, locally)

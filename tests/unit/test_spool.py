@@ -138,9 +138,18 @@ def test_ids_are_unique_under_concurrent_enqueue(spool: Spool) -> None:
 # -- state changes -------------------------------------------------------------------------
 
 
+def test_a_message_has_one_file_until_an_attempt_changes_its_state(spool: Spool) -> None:
+    qid = spool.enqueue("andy@ouhk.test", ["betty@stevenchoy.test"], MESSAGE, now=T0)
+    assert files(spool.root / "msg") == [qid] and files(spool.root / "state") == []
+    header, _, data = (spool.root / "msg" / qid).read_bytes().partition(b"\n")
+    assert json.loads(header)["recipients"][0]["address"] == "betty@stevenchoy.test"
+    assert data == MESSAGE
+
+
 def test_record_rewrites_the_state_by_rename(spool: Spool) -> None:
     qid = spool.enqueue("andy@ouhk.test", ["betty@stevenchoy.test", "carol@stevenchoy.test"], MESSAGE, now=T0)
     state_file = spool.root / "state" / qid
+    spool.record(qid, [RecipientState("carol@stevenchoy.test", attempts=1, next_attempt=T0 + 5)])
     inode_before = state_file.stat().st_ino
     betty = RecipientState("betty@stevenchoy.test", Status.DELIVERED, attempts=1, last_attempt=T0 + 1,
                            dsn_status="2.0.0", remote_mta="mail.stevenchoy.test")
@@ -164,9 +173,10 @@ def test_record_of_an_unknown_recipient_or_entry_fails(spool: Spool) -> None:
 
 def test_remove_deletes_state_and_data(spool: Spool) -> None:
     qid = spool.enqueue("andy@ouhk.test", ["betty@stevenchoy.test"], MESSAGE, now=T0)
+    spool.record(qid, [RecipientState("betty@stevenchoy.test", attempts=1, next_attempt=T0 + 5)])
     spool.remove(qid)
     assert spool.entries() == []
-    assert files(spool.root / "data") == [] and files(spool.root / "state") == []
+    assert files(spool.root / "msg") == [] and files(spool.root / "state") == []
     with pytest.raises(SpoolError):
         spool.remove(qid)
     with pytest.raises(SpoolError):
@@ -205,13 +215,15 @@ def test_a_tmp_file_without_its_rename_is_ignored_and_cleaned(tmp_path: Path) ->
     assert files(tmp_path / "tmp") == []
 
 
-def test_data_without_state_is_an_enqueue_that_never_committed(tmp_path: Path) -> None:
+def test_a_state_without_its_message_is_a_removal_a_crash_interrupted(tmp_path: Path) -> None:
     spool = Spool(tmp_path)
     kept = spool.enqueue("andy@ouhk.test", ["betty@stevenchoy.test"], MESSAGE, now=T0)
-    (tmp_path / "data" / "ABCDEFabcdef").write_bytes(b"half a message")
+    gone = spool.enqueue("andy@ouhk.test", ["carol@stevenchoy.test"], MESSAGE, now=T0)
+    spool.record(gone, [RecipientState("carol@stevenchoy.test", attempts=1, next_attempt=T0 + 5)])
+    (tmp_path / "msg" / gone).unlink()  # the commit of the removal happened, the state's unlink did not
     reopened = Spool(tmp_path)
     assert [e.id for e in reopened.entries()] == [kept]
-    assert files(tmp_path / "data") == [kept]
+    assert files(tmp_path / "state") == []
 
 
 def test_unreadable_state_is_set_aside_never_delivered(tmp_path: Path) -> None:
@@ -219,11 +231,13 @@ def test_unreadable_state_is_set_aside_never_delivered(tmp_path: Path) -> None:
     good = spool.enqueue("andy@ouhk.test", ["betty@stevenchoy.test"], MESSAGE, now=T0)
     bad = spool.enqueue("andy@ouhk.test", ["carol@stevenchoy.test"], MESSAGE, now=T0)
     (tmp_path / "state" / bad).write_bytes(b"{ not json")
-    orphan = spool.enqueue("andy@ouhk.test", ["dave@stevenchoy.test"], MESSAGE, now=T0)
-    (tmp_path / "data" / orphan).unlink()
+    headless = spool.enqueue("andy@ouhk.test", ["dave@stevenchoy.test"], MESSAGE, now=T0)
+    (tmp_path / "msg" / headless).write_bytes(b'{"version": 1, "id": "' + headless.encode() + b'", "rec')
+    misnamed = spool.enqueue("andy@ouhk.test", ["erin@stevenchoy.test"], MESSAGE, now=T0)
+    os.rename(tmp_path / "msg" / misnamed, tmp_path / "msg" / "ABCDEFabcdef")
     reopened = Spool(tmp_path)
     assert [e.id for e in reopened.entries()] == [good]
-    assert files(tmp_path / "corrupt") == sorted([bad, f"{bad}.data", orphan])
+    assert files(tmp_path / "corrupt") == sorted([bad, f"{bad}.state", headless, "ABCDEFabcdef"])
 
 
 def test_finished_entry_left_by_a_crash_is_removed(tmp_path: Path) -> None:
@@ -231,7 +245,7 @@ def test_finished_entry_left_by_a_crash_is_removed(tmp_path: Path) -> None:
     qid = spool.enqueue("andy@ouhk.test", ["betty@stevenchoy.test"], MESSAGE, now=T0)
     spool.record(qid, [RecipientState("betty@stevenchoy.test", Status.DELIVERED, attempts=1)])
     assert Spool(tmp_path).entries() == []
-    assert files(tmp_path / "data") == []
+    assert files(tmp_path / "msg") == [] and files(tmp_path / "state") == []
 
 
 def test_opening_without_recovery_touches_nothing(tmp_path: Path) -> None:
@@ -255,9 +269,11 @@ def test_files_are_fsynced_on_enqueue(tmp_path: Path, monkeypatch: pytest.Monkey
     spool = Spool(tmp_path)
     monkeypatch.setattr(os, "fsync", spy)
     qid = spool.enqueue("andy@ouhk.test", ["betty@stevenchoy.test"], MESSAGE, now=T0)
-    assert str(tmp_path / "data") in synced and str(tmp_path / "state") in synced
-    assert sum(1 for s in synced if "/tmp/" in s.removeprefix(str(tmp_path))) == 2  # data and state
-    assert qid
+    # Two fsyncs: the message file (envelope and data in one) while in tmp/, then msg/ once
+    # it is linked there under its id.
+    [file_synced, dir_synced] = synced
+    assert file_synced.startswith(str(tmp_path / "tmp") + "/") and dir_synced == str(tmp_path / "msg")
+    assert files(tmp_path / "msg") == [qid] and files(tmp_path / "tmp") == []
 
 
 # -- the queue command ---------------------------------------------------------------------
