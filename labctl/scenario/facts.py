@@ -54,6 +54,9 @@ class ConversationLike(Protocol):
     def events(self) -> Sequence[EventLike]: ...
 
 
+CAPTURE_LAG = 5.0  # seconds a fact may take to show in the capture files
+POLL = 0.5
+
 UNAVAILABLE = ("this labctl cannot decode the capture: labctl.capture and labctl.traffic (issue 4) "
                "are needed for traffic facts")
 
@@ -71,9 +74,18 @@ def conversations(lab: Lab, since: float | None = None) -> Sequence[Conversation
 
 
 def check(ctx: Context, exp: m.TrafficExpect) -> str:
-    convs = conversations(ctx.lab)
+    """Every fact of ``exp``, looking again for a few seconds: the capture lags the wire a little
+    (tcpdump gets packets from the kernel in blocks, up to about a second late)."""
     addresses = {h.name: str(h.address) for h in ctx.topology.hosts}
-    return "; ".join(check_fact(fact, convs, addresses) for fact in exp.facts)
+    deadline = ctx.clock() + CAPTURE_LAG
+    while True:
+        convs = conversations(ctx.lab)
+        try:
+            return "; ".join(check_fact(fact, convs, addresses) for fact in exp.facts)
+        except StepFailed:
+            if ctx.clock() >= deadline:
+                raise
+        ctx.sleep(POLL)
 
 
 def check_fact(fact: m.Fact, convs: Sequence[ConversationLike], addresses: Mapping[str, str]) -> str:
@@ -111,8 +123,11 @@ def check_fact(fact: m.Fact, convs: Sequence[ConversationLike], addresses: Mappi
                      f"{', '.join(c.state for c in sessions)}" if sessions else "none")
 
 
-def save_capture(lab: Lab, folder: Path, since: float | None = None) -> list[str]:
-    """Write the lab's capture as ``capture.pcapng`` in ``folder``; the names written, or a note why not."""
+def save_traffic(lab: Lab, folder: Path, *, since: float | None = None, subjects: Sequence[str] = ()) -> list[str]:
+    """Write the lab's capture (``capture.pcapng``) and the journey of each sent message (``trace.txt``).
+
+    Returns what was written; where this build cannot export or decode, a note saying so instead.
+    """
     try:
         from labctl.capture import Capture
 
@@ -124,4 +139,15 @@ def save_capture(lab: Lab, folder: Path, since: float | None = None) -> list[str
         return [note.name]
     path = folder / "capture.pcapng"
     path.write_bytes(buf.getvalue())
-    return [f"{path.name} ({count} packets)"]
+    written = [f"{path.name} ({count} packets)"]
+    if not subjects:
+        return written
+    try:
+        from labctl.traffic.decode import decode_captures
+        from labctl.traffic.journey import timeline, trace
+    except ImportError as exc:
+        return [*written, f"no trace: {UNAVAILABLE} ({exc})"]
+    convs, _ = decode_captures(buf.getvalue(), {h.address: h.fqdn for h in lab.status()})
+    text = "\n\n".join(timeline(trace(convs, subject=subject)) for subject in dict.fromkeys(subjects))
+    (folder / "trace.txt").write_text(text + "\n", encoding="utf-8")
+    return [*written, "trace.txt"]

@@ -230,6 +230,7 @@ class Runner:
             path = folder / "logs" / f"{host.name}.log"
             path.write_text(text, encoding="utf-8")
             result.artifacts.append(str(path.relative_to(folder)))
-        result.artifacts += facts.save_capture(lab, folder, since=result.started)
+        subjects = [s.action.subject for s in scenario.steps if isinstance(s.action, m.Send)]
+        result.artifacts += facts.save_traffic(lab, folder, since=result.started - 1, subjects=subjects)
         (folder / "result.json").write_text(json.dumps(result.to_json(), indent=2, ensure_ascii=False) + "\n",
                                             encoding="utf-8")

@@ -6,6 +6,7 @@ module runs in a few minutes.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -117,3 +118,21 @@ def test_ctrl_c_removes_the_lab(client: docker.DockerClient, image: str) -> None
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=60) == 130
     assert leftovers(client, lab) == []
+
+
+def test_traffic_facts_are_read_from_the_capture(client: docker.DockerClient, image: str, tmp_path: Path) -> None:
+    proc, results = run(str(TESTS / "traffic-facts.yml"), "--report", str(tmp_path))
+    (result,) = results
+    facts = result["steps"][-1]
+    if importlib.util.find_spec("labctl.traffic") is None:  # the decoder of issue 4 is not in this build
+        assert proc.returncode == 1 and facts["status"] == "failed"
+        assert facts["seen"].startswith("this labctl cannot decode the capture")
+        return
+    assert proc.returncode == 0, f"{result['message']}\n{proc.stderr[-3000:]}"
+    assert facts["detail"].split("; ") == [
+        "smtp asked MX? stevenchoy.example", "a connection to mail:25 was refused", "smtp talked to mx2:25",
+        "mx2 talked to mail:25", facts["detail"].split("; ")[4]]
+    assert facts["detail"].split("; ")[4].startswith("PASS crossed the wire in clear: 'PASS betty-secret")
+    folder = tmp_path / "traffic-facts"
+    assert (folder / "capture.pcapng").stat().st_size > 0
+    assert '"facts"' in (folder / "trace.txt").read_text()
