@@ -21,7 +21,7 @@ import docker
 import pytest
 
 from labctl.lab import LABEL_LAB
-from tests.lab.conftest import labctl
+from tests.lab.conftest import labctl, unique_lab
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = sorted((ROOT / "scenarios").glob("*.yml"))
@@ -136,3 +136,25 @@ def test_traffic_facts_are_read_from_the_capture(client: docker.DockerClient, im
     folder = tmp_path / "traffic-facts"
     assert (folder / "capture.pcapng").stat().st_size > 0
     assert '"facts"' in (folder / "trace.txt").read_text()
+
+
+def test_up_with_an_overlay_starts_the_extra_host_and_publishes_its_mx(client: docker.DockerClient, image: str,
+                                                                       tmp_path: Path) -> None:
+    overlay = tmp_path / "backup.yml"
+    overlay.write_text("hosts:\n  mx2: {hostname: mx2.stevenchoy.example, role: mta}\n"
+                       "domains:\n  stevenchoy.example:\n"
+                       "    mx: ['10 mail.stevenchoy.example', '20 mx2.stevenchoy.example']\n")
+    lab = unique_lab("ov")
+    try:
+        labctl("up", "--lab", lab, "--overlay", str(overlay))
+        hosts = {h["name"]: h for h in json.loads(labctl("status", "--lab", lab, "--json").stdout)[lab]}
+        assert hosts["mx2"]["state"] == "running" and hosts["mx2"]["address"].endswith(".100")
+        mx = labctl("exec", "--lab", lab, "andy", "--", "dig", "+short", "MX", "stevenchoy.example").stdout.split("\n")
+        assert sorted(x for x in mx if x) == ["10 mail.stevenchoy.example.", "20 mx2.stevenchoy.example."]
+    finally:
+        labctl("down", "--lab", lab, check=False)
+    bad = tmp_path / "bad.yml"
+    bad.write_text("hosts:\n  mx2: {hostname: mx2.stevenchoy.example, role: router}\n")
+    refused = labctl("up", "--lab", lab, "--overlay", str(bad), check=False)
+    assert refused.returncode == 1 and f"{bad}:2: role 'router' cannot be added" in refused.stderr
+    assert leftovers(client, lab) == []
