@@ -22,6 +22,7 @@ from labctl.errors import LabctlError
 from labctl.events import BuildOutput, Event, Notice, Step
 from labctl.image import ImageBuilder
 from labctl.lab import HostStatus, Lab, list_labs
+from labctl.traffic import cli as traffic_cli
 
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
@@ -268,6 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("queue", cmd_queue, "the sender MTA's queue: messages, recipients, attempts, next try, last error")
     p.add_argument("--flush", action="store_true", help="retry every queued message now")
     p.add_argument("--json", action="store_true")
+
+    traffic_cli.register(add)
 
     image = sub.add_parser("image", help="the lab image").add_subparsers(dest="image_command", required=True)
     p = image.add_parser("build", help="build the lab image (bootstrapping a base if needed)")

@@ -36,17 +36,7 @@ from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword, Session
 from services.config import LabConfig
 from services.smtp import trace
 from services.smtp.policy import Path, Reply, parse_mail, parse_rcpt
-from services.smtp.wire import (  # noqa: F401  (re-exported: the tests and role modules use them here)
-    BARE_NEWLINE,
-    COMMAND_LINE_LIMIT,
-    CRLF,
-    LINE_TOO_LONG,
-    MESSAGE_SIZE_LIMIT,
-    MESSAGE_TOO_BIG,
-    TEXT_LINE_LIMIT,
-    WIRE_LINE_LIMIT,
-    DataReader,
-)
+from services.smtp.wire import COMMAND_LINE_LIMIT, CRLF, MESSAGE_SIZE_LIMIT, WIRE_LINE_LIMIT, DataReader
 
 log = logging.getLogger("services.smtp")
 
