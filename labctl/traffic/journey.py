@@ -169,12 +169,14 @@ def trace(conversations: Sequence[Conversation], message_id: str | None = None,
     attempts: list[str] = []
     if mta is not None:
         until = relay.conv.start if relay and accepted else float("inf")
+        carried = {id(t.conv) for t in relays}  # described below, with the reply to the message
         for conv in conversations:
-            if (conv.client.ip == mta.ip and conv.protocol == "smtp" and conv.start >= after
-                    and conv.start < until and (relay is None or conv is not relay.conv)):
+            if (conv.client.ip == mta.ip and conv.protocol == "smtp" and after <= conv.start < until
+                    and id(conv) not in carried):
                 attempts.append(_describe(conv))
         attempts += [f"{clock(t.msg.time)} {t.conv.client.host} -> {t.conv.server.host}: message refused: "
                      f"{t.msg.reply_code} {t.msg.reply_text}" for t in relays if t is not relay]
+        attempts.sort()  # each starts with its time of day
     if relay is not None:
         m = relay.msg
         steps.append(Step(4, STEP_NAMES[3], True, m.time, relay.conv.client.host, relay.conv.server.host,

@@ -33,6 +33,10 @@ from services.smtp.wire import (
 # A command verb is a word of letters (RFC 5321 §4.1.1); anything else opening the client's
 # stream means it is not speaking SMTP.
 MAX_VERB = 10
+# The verbs a client sends (RFC 5321 §4.1, 3030, 3207, 4954): after joining mid-way, the first
+# line that starts with one is where the commands resume; lines before a lone "." are a message.
+VERBS = frozenset({b"HELO", b"EHLO", b"MAIL", b"RCPT", b"DATA", b"BDAT", b"RSET", b"VRFY", b"EXPN", b"HELP",
+                   b"NOOP", b"QUIT", b"AUTH", b"STARTTLS"})
 
 
 class _Reply:
@@ -53,8 +57,10 @@ class _Replies:
 
     def __init__(self, view: StreamView, midway: bool) -> None:
         self.reader = LineReader(view)
-        if midway:
-            self.reader.skip_partial()
+        first = self.reader.next()
+        self.reader.pos = 0
+        if midway and first is not None and parse_reply_line(first.text) is None:
+            self.reader.skip_partial()  # the capture began inside a reply line
         self.broken: Line | None = None  # the first line that was not a reply line
 
     def next(self) -> _Reply | None:
@@ -150,7 +156,10 @@ class SmtpDecoder:
     def _resync(self) -> None:
         """Joined mid-way: skip to a line boundary; client lines before a "." may be a message's tail."""
         client = self.client
-        client.skip_partial()
+        first = client.next()
+        client.pos = 0
+        if first is not None and first.text.split(b" ", 1)[0].upper() in VERBS:
+            return  # the capture began at a command
         start = client.pos
         probe = LineReader(client.view, start)
         looks_like_body = False
@@ -158,9 +167,8 @@ class SmtpDecoder:
             if line.text == b".":
                 looks_like_body = True
                 break
-            if not _is_command(line.text):
-                continue
-            break
+            if line.text.split(b" ", 1)[0].upper() in VERBS:
+                break
         if looks_like_body and probe.pos > start:
             body = client.data[start:probe.pos - 3] if probe.pos - start >= 3 else b""
             lines = body.count(b"\n")
