@@ -130,3 +130,19 @@ def test_refused_and_unanswered_connections() -> None:
     assert refused.refused and not refused.unanswered
     silent, = _reassemble(Tcp(SMTP, 40001, "10.89.0.110", 25).unanswered(4).packets)
     assert silent.unanswered and silent.syn_attempts == 4
+
+
+def test_follow_feeds_more_packets_later_and_prints_each_event_once() -> None:
+    from labctl.traffic.decode import TrafficDecoder
+    from labctl.traffic.follow import Follower
+
+    t = Tcp(ANDY, 41234, SMTP, 25).handshake().s(b"220 ready\r\n").c(b"EHLO a\r\n").s(b"250 hi\r\n")
+    t.c(b"QUIT\r\n").s(b"221 bye\r\n").close()
+    frames = [Frame(round(p.time * 1e9), 1, p.frame, "h", len(p.frame)) for p in t.packets]
+    decoder, follower = TrafficDecoder(), Follower()
+    polls: list[list[str]] = []
+    for cut in (5, 6, len(frames)):  # the capture grows: to EHLO, to its reply, to the end
+        decoder.feed_frames(frames[decoder.frames:cut])
+        polls.append([e.text for _conv, events in follower.poll(decoder.conversations()) for e in events])
+    # The last event of an open connection waits until something follows it (it may still grow).
+    assert polls == [["220 ready"], ["EHLO a"], ["250 hi", "QUIT", "221 bye"]]
