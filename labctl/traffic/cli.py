@@ -22,7 +22,6 @@ from labctl.errors import LabctlError
 from labctl.traffic import diagram, journey, render
 from labctl.traffic.decode import TrafficDecoder
 from labctl.traffic.model import CLIENT, NOTE, Conversation
-from labctl.traffic.pcap import merge_frames
 
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
@@ -68,9 +67,9 @@ def decode_args(args: argparse.Namespace, live: LiveSource | None) -> tuple[list
         raise LabctlError("say which capture to read: --pcap FILE (a pcap or pcapng, e.g. written by "
                           "tcpdump -w on a lab host)")
     decoder = TrafficDecoder(names, show_bodies=getattr(args, "bodies", False))
-    decoder.feed_frames(merge_frames(sources))
-    if decoder.truncated:
-        err.print("» a capture ends inside a packet (still being written?); read up to there", style="yellow")
+    decoder.feed_captures(sources)
+    for problem in decoder.problems:
+        err.print(Text.assemble(("» ", "yellow"), problem), soft_wrap=True)
     decoder.tcp.finish()
     return decoder.conversations(), decoder
 

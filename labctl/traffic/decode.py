@@ -22,7 +22,7 @@ from labctl.traffic import dns as dns_decoder
 from labctl.traffic import pop3, smtp
 from labctl.traffic.model import CLIENT, NOTE, SERVER, Conversation, Endpoint, Event, MailMessage
 from labctl.traffic.packet import Datagram, Segment, parse_frame
-from labctl.traffic.pcap import CaptureReader, Frame
+from labctl.traffic.pcap import CaptureReader, Frame, merge_frames
 from labctl.traffic.tcp import Connection, Reassembler, StreamView
 
 Decoder = Callable[..., tuple[list[Event], list[MailMessage], bool]]
@@ -54,7 +54,7 @@ class TrafficDecoder:
         self._udp_order: list[_UdpFlow] = []
         self._cache: dict[int, tuple[int, Conversation]] = {}
         self.frames = 0
-        self.truncated = False  # a capture fed so far ended inside a record
+        self.problems: list[str] = []  # why a capture fed so far was read only up to some point
 
     # -- input --------------------------------------------------------------------------------------
 
@@ -62,8 +62,13 @@ class TrafficDecoder:
         """Feed one pcap/pcapng file's bytes; the number of frames read."""
         reader = CaptureReader(data, source)
         count = self.feed_frames(reader)
-        self.truncated = self.truncated or reader.truncated
+        if reader.problem is not None:
+            self.problems.append(reader.problem)
         return count
+
+    def feed_captures(self, sources: Mapping[str, Iterable[bytes]], since: float | None = None) -> int:
+        """Feed several hosts' capture files ({host: [file bytes, ...]}), merged in time order."""
+        return self.feed_frames(merge_frames(sources, since, self.problems))
 
     def feed_frames(self, frames: Iterable[Frame]) -> int:
         count = 0
@@ -209,12 +214,10 @@ def _dns_tcp(to_server: StreamView, to_client: StreamView) -> list[Event]:
 def decode_captures(captures: Mapping[str, bytes] | bytes, names: Mapping[str, str] | None = None, *,
                     show_bodies: bool = False) -> tuple[list[Conversation], TrafficDecoder]:
     """Decode whole capture files: one (merged pcapng, or a pcap), or {host: pcap bytes} merged by time."""
-    from labctl.traffic.pcap import merge_frames
-
     decoder = TrafficDecoder(names, show_bodies=show_bodies)
     if isinstance(captures, bytes):
         decoder.feed_capture(captures)
     else:
-        decoder.feed_frames(merge_frames({host: [data] for host, data in captures.items()}))
+        decoder.feed_captures({host: [data] for host, data in captures.items()})
     decoder.tcp.finish()
     return decoder.conversations(), decoder

@@ -10,7 +10,7 @@ Measured (best of 3, counting the frames of the 76.1 MB, 4,456-packet merged lab
 dpkt 1.9.8 93 ms, scapy 2.8.0 916 ms (it dissects every packet into objects). dpkt's pcapng
 reader also yields no interface per packet (we need the host a packet was captured on) and raises
 ``NeedData`` on a pcapng cut mid-block, while a capture still being written ends in half a record,
-which must end the reading quietly (:attr:`CaptureReader.truncated`). tshark is the baseline the
+which must end the reading quietly (:attr:`CaptureReader.problem`). tshark is the baseline the
 benchmark compares against, not a dependency: most student machines lack it. Frames are views
 into the file's bytes (``memoryview``), not copies.
 
@@ -77,7 +77,7 @@ class Frame:
 
 
 class CaptureError(LabctlError):
-    """The bytes are no capture file at all (a truncated end is not an error: see ``truncated``)."""
+    """The bytes are no capture file at all (a cut or corrupt end is not an error: see ``problem``)."""
 
 
 @dataclass
@@ -92,14 +92,16 @@ class CaptureReader:
     """Iterate the frames of one capture file given as bytes (classic pcap or pcapng).
 
     ``source`` names the frames of a classic pcap (it has no interface names): the lab passes the
-    host the file was captured on. After iterating, :attr:`truncated` tells whether the file ended
-    in the middle of a record (a capture still being written), and :attr:`format` which format it was.
+    host the file was captured on. After iterating, :attr:`problem` says why the reading stopped
+    before the end of the bytes, if it did: the file ends inside a record (a capture still being
+    written) or a record is corrupt. The frames before it are all given; nothing raises once the
+    file is known to be a capture.
     """
 
     def __init__(self, data: bytes, source: str = "") -> None:
         self.data = data
         self.source = source
-        self.truncated = False
+        self.problem: str | None = None
         self.format = self._sniff()
         self.interfaces: list[str] = []
 
@@ -117,6 +119,13 @@ class CaptureReader:
         raise CaptureError(f"{self.source or 'capture'}: not a pcap or pcapng file "
                            f"(it starts with {head.hex()}; write captures with tcpdump -w)")
 
+    @property
+    def truncated(self) -> bool:
+        return self.problem is not None
+
+    def _stop(self, pos: int, why: str = "ends inside a record (a capture still being written?)") -> None:
+        self.problem = f"{self.source or 'capture'}: {why} at octet {pos}; read up to there"
+
     def __iter__(self) -> Iterator[Frame]:
         if self.format == "pcap":
             return self._pcap()
@@ -129,7 +138,7 @@ class CaptureReader:
     def _pcap(self) -> Iterator[Frame]:
         data = self.data
         if len(data) < _PCAP_HEADER:
-            self.truncated = True
+            self._stop(0)
             return
         order = "<" if struct.unpack("<I", data[:4])[0] in (PCAP_MAGIC_US, PCAP_MAGIC_NS) else ">"
         magic, _major, _minor, _zone, _sigfigs, _snaplen, network = struct.unpack(order + "IHHiIII", data[:24])
@@ -144,12 +153,15 @@ class CaptureReader:
         pos, end = _PCAP_HEADER, len(data)
         while pos < end:
             if pos + _PCAP_RECORD > end:
-                self.truncated = True
+                self._stop(pos)
                 return
             sec, frac, caplen, origlen = unpack(data, pos)
             pos += _PCAP_RECORD
-            if caplen > MAX_RECORD or pos + caplen > end:
-                self.truncated = True  # half a record at the end, or a corrupt length: stop here
+            if caplen > MAX_RECORD:
+                self._stop(pos - _PCAP_RECORD, f"a record claims {caplen} octets (corrupt)")
+                return
+            if pos + caplen > end:
+                self._stop(pos - _PCAP_RECORD)
                 return
             yield Frame(sec * 1_000_000_000 + frac * scale, linktype, view[pos:pos + caplen], name, origlen)
             pos += caplen
@@ -164,7 +176,7 @@ class CaptureReader:
         interfaces: list[_Interface] = []
         while pos < end:
             if pos + 12 > end:
-                self.truncated = True
+                self._stop(pos)
                 return
             btype = struct.unpack_from(order + "I", data, pos)[0]
             if btype == BLOCK_SHB:
@@ -174,16 +186,15 @@ class CaptureReader:
                 elif struct.unpack(">I", bom)[0] == BYTE_ORDER_MAGIC:
                     order = ">"
                 else:
-                    raise CaptureError(f"{self.source or 'capture'}: pcapng section at {pos} has no byte-order magic")
+                    self._stop(pos, "a pcapng section without its byte-order magic (corrupt)")
+                    return
                 interfaces = []  # interface ids are numbered per section
             blen = struct.unpack_from(order + "I", data, pos + 4)[0]
             if blen < 12 or blen % 4 or blen > MAX_BLOCK:
-                if pos + blen > end or blen > MAX_BLOCK:
-                    self.truncated = True
-                    return
-                raise CaptureError(f"{self.source or 'capture'}: pcapng block at {pos} has a bad length {blen}")
+                self._stop(pos, f"a pcapng block of length {blen} (corrupt)")
+                return
             if pos + blen > end:
-                self.truncated = True
+                self._stop(pos)
                 return
             body = pos + 8
             if btype == BLOCK_IDB:
@@ -259,25 +270,29 @@ def epb(if_id: int, frame: Frame) -> bytes:
                                          frame.orig_len) + frame.data)
 
 
-def merge_frames(sources: Mapping[str, Iterable[bytes]], since: float | None = None) -> Iterator[Frame]:
+def merge_frames(sources: Mapping[str, Iterable[bytes]], since: float | None = None,
+                 problems: list[str] | None = None) -> Iterator[Frame]:
     """The frames of several hosts' capture files, in timestamp order, each named after its host.
 
     ``sources`` maps a host to the contents of its capture files (rotated files, any order).
     Each file is in time order already, so a heap merge of the files is enough (and keeps memory
     at one pending frame per file). Frames before ``since`` (seconds since the epoch) are left out.
+    A file that ends early (see :attr:`CaptureReader.problem`) adds its problem to ``problems``.
     """
     floor = int(since * 1e9) if since is not None else None
     streams: list[Iterator[Frame]] = []
     for host, files in sources.items():
         for data in files:
-            streams.append(_renamed(read_frames(data, host), host, floor))
+            streams.append(_renamed(CaptureReader(data, host), host, floor, problems))
     return heapq.merge(*streams, key=lambda f: f.ts_ns)
 
 
-def _renamed(frames: Iterator[Frame], host: str, floor: int | None) -> Iterator[Frame]:
-    for f in frames:
+def _renamed(reader: CaptureReader, host: str, floor: int | None, problems: list[str] | None) -> Iterator[Frame]:
+    for f in reader:
         if floor is None or f.ts_ns >= floor:
             yield f if f.interface == host else Frame(f.ts_ns, f.linktype, f.data, host, f.orig_len)
+    if reader.problem is not None and problems is not None:
+        problems.append(reader.problem)
 
 
 def write_pcapng(frames: Iterable[Frame], out: BinaryIO) -> int:
@@ -301,10 +316,11 @@ def write_pcapng(frames: Iterable[Frame], out: BinaryIO) -> int:
     return count
 
 
-def write_merged_pcapng(sources: Mapping[str, Iterable[bytes]], out: BinaryIO, since: float | None = None) -> int:
+def write_merged_pcapng(sources: Mapping[str, Iterable[bytes]], out: BinaryIO, since: float | None = None, *,
+                        problems: list[str] | None = None) -> int:
     """Merge per-host capture files into one pcapng on ``out``; the number of packets written.
 
     One interface per host, named after the host, so the per-host origin is kept; packets in
-    timestamp order. See :func:`merge_frames` for ``sources`` and ``since``.
+    timestamp order. See :func:`merge_frames` for ``sources``, ``since`` and ``problems``.
     """
-    return write_pcapng(merge_frames(sources, since), out)
+    return write_pcapng(merge_frames(sources, since, problems), out)

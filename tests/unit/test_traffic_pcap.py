@@ -99,6 +99,20 @@ def test_truncated_final_record_ends_quietly(cut: int) -> None:
         assert [f.data for f in frames] == [p.frame for p in packets[:-1]]
 
 
+def test_a_corrupt_record_stops_the_reading_there_and_keeps_what_came_before() -> None:
+    packets = _session()
+    data = bytearray(pcap(packets))
+    third = 24 + sum(16 + len(p.frame) for p in packets[:2])
+    struct.pack_into("<I", data, third + 8, 10**7)  # the third record claims 10 MB
+    reader = CaptureReader(bytes(data), source="andy.pcap")
+    assert [f.data for f in reader] == [p.frame for p in packets[:2]]
+    assert reader.problem == f"andy.pcap: a record claims 10000000 octets (corrupt) at octet {third}; read up to there"
+    problems: list[str] = []
+    merged = io.BytesIO()
+    assert write_merged_pcapng({"andy": [bytes(data)]}, merged, problems=problems) == 2
+    assert problems == [reader.problem.replace("andy.pcap", "andy")]
+
+
 def test_not_a_capture_is_a_clear_error() -> None:
     with pytest.raises(CaptureError, match="not a pcap or pcapng file"):
         CaptureReader(b"GET / HTTP/1.1\r\n", source="x.pcap")
