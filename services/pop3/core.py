@@ -139,6 +139,25 @@ LEGAL_STATES: dict[str, frozenset[State]] = {
     "UIDL": _TRANS,
 }
 
+# RFC 1939 §3: which positive answers are multi-line. True: always; "no args": only without an
+# argument (LIST and UIDL of one message answer on one line, of the whole maildrop on several).
+# The session answers by this table (see Session._answer) and labctl's traffic decoder reads
+# captured answers by it: both take their framing from here.
+MULTILINE_ANSWERS: dict[str, bool | str] = {
+    "CAPA": True,  # RFC 2449 §5
+    "LIST": "no args",
+    "UIDL": "no args",
+    "RETR": True,
+    "TOP": True,
+}
+
+
+def multiline_answer(command: str, args: Sequence[bytes | str]) -> bool:
+    """Whether a ``+OK`` answer to ``command args`` goes on with lines ended by ``.`` (RFC 1939 §3)."""
+    rule = MULTILINE_ANSWERS.get(command.upper(), False)
+    return rule is True or (rule == "no args" and not args)
+
+
 # RFC 2449 §6: only what this module implements. IN-USE and AUTH response codes are sent.
 CAPABILITIES = (
     "TOP",
@@ -376,7 +395,7 @@ class Session:
             reply = self._handlers[verb](rest.split(), rest)
         except _Refusal as refusal:
             reply = self._bad(refusal.text) if refusal.bad else _Reply(False, refusal.text)
-        return self._answer(shown, reply)
+        return self._answer(shown, reply, multiline_answer(verb, rest.split()))
 
     def _bad(self, text: str) -> _Reply:
         self._bad_commands += 1
@@ -385,7 +404,10 @@ class Session:
             return _Reply(False, "too many bad commands, closing connection", close=True)
         return _Reply(False, text)
 
-    def _answer(self, shown: str, reply: _Reply) -> list[Action]:
+    def _answer(self, shown: str, reply: _Reply, multiline_expected: bool | None = None) -> list[Action]:
+        if multiline_expected is not None and reply.ok and multiline_expected != (reply.lines is not None):
+            # A bug of ours: the client (and the traffic decoder) would frame this answer wrongly.
+            raise AssertionError(f"{shown}: answer framing disagrees with MULTILINE_ANSWERS")
         status = "+OK" if reply.ok else "-ERR"
         if reply.text:
             status += " " + reply.text

@@ -10,7 +10,7 @@ changed, and says why each time:
 * MAIL and RCPT parse their paths with :mod:`services.smtp.policy` (RFC 5321 §4.1.2, plus the
   article's hand-typed ``MAIL FROM: andy@ouhk.example``), and are accepted before HELO, as by
   sendmail, because the article never sends one;
-* DATA reads the message with :class:`DataReader`, which ends it only at ``<CRLF>.<CRLF>``:
+* DATA reads the message with :class:`~services.smtp.wire.DataReader`, which ends it only at ``<CRLF>.<CRLF>``:
   aiosmtpd 1.4.3 also ends it at ``<LF>.<CRLF>``, the SMTP smuggling hole (CVE-2024-27305);
 * a budget of bad commands (:data:`MAX_BAD_COMMANDS`) ends with ``421``, and a bug of ours
   answers ``451 4.3.0`` with the traceback in the log, never on the wire.
@@ -36,18 +36,12 @@ from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword, Session
 from services.config import LabConfig
 from services.smtp import trace
 from services.smtp.policy import Path, Reply, parse_mail, parse_rcpt
+from services.smtp.wire import COMMAND_LINE_LIMIT, CRLF, MESSAGE_SIZE_LIMIT, WIRE_LINE_LIMIT, DataReader
 
 log = logging.getLogger("services.smtp")
 
-CRLF = b"\r\n"
-
-# -- limits ------------------------------------------------------------------------------------
-COMMAND_LINE_LIMIT = 512  # RFC 5321 §4.5.3.1.4: a command line, CRLF included
-TEXT_LINE_LIMIT = 1000  # RFC 5321 §4.5.3.1.6: a line of the message, CRLF included
-# On the wire a text line may carry one octet more: the dot added by transparency (§4.5.2).
-WIRE_LINE_LIMIT = TEXT_LINE_LIMIT + 1
+# -- limits (the wire-level ones live in services.smtp.wire, shared with the traffic decoder) ----
 SIZE_PARAM_ALLOWANCE = 26  # RFC 1870 §3: " SIZE=" and 20 digits lengthen MAIL when SIZE is offered
-MESSAGE_SIZE_LIMIT = 10 * 1024 * 1024  # advertised with SIZE (RFC 1870); ample for lab attachments
 MAX_RECIPIENTS = 100  # RFC 5321 §4.5.3.1.8: the least a server must take; more get 452 (§4.5.3.1.10)
 IDLE_TIMEOUT = 300.0  # RFC 5321 §4.5.3.2.7: a server waits at least 5 minutes for the next command
 # Syntax and sequence errors one session may make before it is closed with 421 (sendmail counts
@@ -61,9 +55,6 @@ DATA_GO_AHEAD = '354 Enter mail, end with "." on a line by itself'
 BYE = "221 2.0.0 Bye"
 LOCAL_ERROR = Reply(451, "4.3.0", "Local error, try again later")
 NO_STORAGE = Reply(452, "4.3.1", "Insufficient system storage")
-LINE_TOO_LONG = Reply(500, "5.5.2", f"Line too long (RFC 5321 4.5.3.1.6: {TEXT_LINE_LIMIT} octets)")
-MESSAGE_TOO_BIG = Reply(552, "5.3.4", "Message size exceeds fixed maximum message size")  # RFC 1870 §6.1
-BARE_NEWLINE = Reply(554, "5.6.0", "Bare CR or LF in the message; lines must end with CRLF (RFC 5321 2.3.8)")
 
 # aiosmtpd 1.4.3 words these replies itself, without enhanced status codes. Its wording on the
 # left, ours on the right; every other reply is written by this module or the role handlers.
@@ -120,63 +111,6 @@ def reword(line: str, hostname: str) -> str:
 def _code(line: str) -> int:
     head = line[:3]
     return int(head) if head.isdigit() else 0
-
-
-# -- the message after DATA ----------------------------------------------------------------------
-
-
-class DataReader:
-    """The text after DATA, fed a line at a time; a pure core with no socket.
-
-    ``feed`` takes what the stream reader gives: a line ending in LF, or a fragment of an
-    over-long line. The data ends only at a line ``.<CRLF>`` that follows a CRLF (RFC 5321
-    §4.1.1.4), so ``<LF>.<LF>`` and ``<LF>.<CRLF>`` are text, never an end: the SMTP smuggling
-    attack hides a second message behind them for a server that ends there. A bare CR or LF
-    makes the whole message refused (§2.3.8), after its real end.
-    """
-
-    def __init__(self, size_limit: int) -> None:
-        self._size_limit = size_limit
-        self._lines: list[bytes] = []
-        self._line = bytearray()  # the line being assembled from fragments
-        self._after_crlf = True  # the DATA command's own CRLF comes before the first line
-        self._size = 0
-        self._error: Reply | None = None
-
-    def feed(self, piece: bytes) -> bool:
-        """Take the next piece; True once it was the end-of-data line."""
-        if not self._line and self._after_crlf and piece == b".\r\n":
-            return True
-        # RFC 1870 counts the message; the transparency dots counted here err on the safe side.
-        self._size += len(piece)
-        if self._size > self._size_limit:
-            self._fail(MESSAGE_TOO_BIG)
-        self._line += piece
-        if not piece.endswith(b"\n"):
-            if len(self._line) > WIRE_LINE_LIMIT:
-                self._fail(LINE_TOO_LONG)
-                del self._line[:-1]  # bounded memory; the last octet may be the CR of a CRLF
-            return False
-        line = bytes(self._line)
-        self._line.clear()
-        self._after_crlf = line.endswith(CRLF)
-        text = line[1:] if line.startswith(b".") else line  # §4.5.2: the client's transparency dot
-        if len(text) > TEXT_LINE_LIMIT:
-            self._fail(LINE_TOO_LONG)
-        elif not self._after_crlf or b"\r" in line[:-2]:
-            self._fail(BARE_NEWLINE)
-        if self._error is None:
-            self._lines.append(text)
-        return False
-
-    def _fail(self, reply: Reply) -> None:
-        if self._error is None:
-            self._error = reply
-            self._lines.clear()  # a refused message is not kept in memory while the rest arrives
-
-    def outcome(self) -> bytes | Reply:
-        """The message (dots unstuffed, CRLF line ends), or the reply refusing it."""
-        return self._error if self._error is not None else b"".join(self._lines)
 
 
 # -- the role's part -------------------------------------------------------------------------------
