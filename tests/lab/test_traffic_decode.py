@@ -6,6 +6,7 @@ Everything goes through labctl as a student runs it: `capture status`, `send`, `
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 import shutil
@@ -13,6 +14,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from labctl.capture import outside_addresses
 from labctl.traffic.pcap import read_frames
 from tests.lab.conftest import RunningLab, labctl
 
@@ -97,3 +99,21 @@ def test_the_exported_capture_reads_back_in_tshark(running_lab: RunningLab, tmp_
     one = tmp_path / "mail.pcapng"
     labctl("capture", "export", "--lab", lab.name, "--host", "mail", "--since", "10m", "-o", str(one))
     assert {f.interface for f in read_frames(one.read_bytes())} == {"mail"}
+
+
+def test_the_capture_shows_the_seal(running_lab: RunningLab, tmp_path: Path) -> None:
+    """No packet of the lab carries an address outside it, even when a host tries to reach out."""
+    lab = running_lab.lab
+    tried = lab.exec("andy", ["python3", "-c",
+                              "import socket\ntry:\n socket.create_connection(('198.51.100.1', 25), timeout=2)\n"
+                              "except OSError as e:\n print(e.strerror)"])
+    assert "unreachable" in tried.output.lower()  # refused inside andy: no route, no packet
+    lab.exec("andy", ["dig", "+time=1", "+tries=1", "MX", "gmail.com"])  # asked of the lab DNS: REFUSED
+    merged = tmp_path / "all.pcapng"
+    labctl("capture", "export", "--lab", lab.name, "-o", str(merged))
+    frames = list(read_frames(merged.read_bytes()))
+    assert frames
+    subnet = ipaddress.IPv4Network(f"{lab.find('ns').address}/24", strict=False)
+    assert outside_addresses(frames, subnet) == {}
+    refused = json.loads(labctl("traffic", "--lab", lab.name, "--json", "--proto", "dns", "--host", "andy").stdout)
+    assert any("REFUSED" in e["text"] for c in refused for e in c["events"])
