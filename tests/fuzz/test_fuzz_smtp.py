@@ -138,7 +138,9 @@ SMUGGLERS = [b"\n.\n", b"\r.\r", b"\n.\r\n", b"\r\n.\n", b"\r.\r\n", b"\r\n.\r",
              b"\r\n.\x00\r\n", b"\r\n.\r\r\n", b"\r\n\x00.\r\n"]
 SMUGGLED = b"MAIL FROM:<mallory@ouhk.example>\r\nRCPT TO:<betty@stevenchoy.example>\r\nDATA\r\n" \
            b"From: andy@ouhk.example\r\nSubject: smuggled\r\n\r\nsecond message\r\n"
-text_line = st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=60).map(lambda s: s.encode())
+# Message lines as a client sends them: dot-stuffed (RFC 5321 4.5.2), so "." alone is never one.
+text_line = st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=60).map(
+    lambda s: ("." + s if s.startswith(".") else s).encode())
 
 
 @FUZZ
