@@ -1,4 +1,4 @@
-"""Fuzzing the SMTP servers (the MX on 25, the MTA's submission port with AUTH) over real sockets.
+"""Fuzzing the SMTP servers (the MX's and the MTA's port 25, the MTA's submission port with AUTH).
 
 Each case reaches a state (just connected, after HELO/EHLO, after MAIL, after RCPT, inside DATA),
 throws input at the server (random bytes, over-long lines, NUL and 8-bit bytes, pipelined bursts of
@@ -109,14 +109,16 @@ def check(servers: Servers, watch: LogWatch, port: int, stored_before: int, stor
 
 
 @FUZZ
-@given(state=st.sampled_from(sorted(STATES)), payload=attack, ending=endings)
-def test_mx_survives_anything_in_any_state(servers: Servers, watch: LogWatch, state: str, payload: bytes,
-                                           ending: bytes) -> None:
-    count("smtp mx (25)")
-    port = servers.ports["mx"]
-    before = servers.mx_stored()
+@given(target=st.sampled_from(["mx", "mta"]), state=st.sampled_from(sorted(STATES)), payload=attack,
+       ending=endings)
+def test_port_25_survives_anything_in_any_state(servers: Servers, watch: LogWatch, target: str, state: str,
+                                                payload: bytes, ending: bytes) -> None:
+    count(f"smtp {target} (25)")
+    port = servers.ports[target]
+    stored = servers.mx_stored if target == "mx" else servers.mta_queued
+    before = stored()
     wire = converse(port, STATES[state] + payload + (ending if state == "data" else b""))
-    check(servers, watch, port, before, servers.mx_stored(), wire)
+    check(servers, watch, port, before, stored(), wire)
 
 
 @FUZZ

@@ -259,7 +259,7 @@ def test_the_lab_is_sealed(running_lab: RunningLab) -> None:
 def test_no_container_publishes_a_port_beyond_loopback(running_lab: RunningLab) -> None:
     lab = running_lab.lab
     containers = lab.containers()
-    assert len(containers) == len(HOSTS)
+    assert len(containers) >= len(HOSTS)  # the hosts, and any helper the lab runs (capture, say)
     for c in containers:
         info = lab.api.inspect_container(c["Id"])
         bindings = [b for bs in (info["HostConfig"].get("PortBindings") or {}).values() for b in bs or []]
