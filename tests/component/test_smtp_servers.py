@@ -331,6 +331,52 @@ def test_malformed_commands_end_with_421(mx: Wire) -> None:
     assert mx.closed_by_server()
 
 
+# nmap's smtp-open-relay script: 16 relay tricks, RSET between them, all in one session.
+RELAY_AUDIT = [
+    ("", "relaytest@elsewhere.example"), ("antispam@elsewhere.example", "relaytest@elsewhere.example"),
+    ("antispam@[127.0.0.1]", "relaytest%elsewhere.example@[127.0.0.1]"),
+    ("antispam@[127.0.0.1]", "relaytest%elsewhere.example@mail.stevenchoy.example"),
+    ("antispam@[127.0.0.1]", '"relaytest@elsewhere.example"'),
+    ("antispam@[127.0.0.1]", '"relaytest%elsewhere.example"'),
+    ("antispam@[127.0.0.1]", "relaytest@elsewhere.example@[127.0.0.1]"),
+    ("antispam@[127.0.0.1]", '"relaytest@elsewhere.example"@[127.0.0.1]'),
+    ("antispam@[127.0.0.1]", "relaytest@elsewhere.example@mail.stevenchoy.example"),
+    ("antispam@[127.0.0.1]", "@[127.0.0.1]:relaytest@elsewhere.example"),
+    ("antispam@[127.0.0.1]", "@mail.stevenchoy.example:relaytest@elsewhere.example"),
+    ("antispam@[127.0.0.1]", "elsewhere.example!relaytest"),
+    ("antispam@[127.0.0.1]", "elsewhere.example!relaytest@[127.0.0.1]"),
+    ("antispam@[127.0.0.1]", "elsewhere.example!relaytest@mail.stevenchoy.example"),
+    ("antispam@mail.stevenchoy.example", "relaytest@elsewhere.example"),
+    ("antispam@[127.0.0.1]", "relaytest@elsewhere.example"),
+]
+
+
+def test_a_relay_audit_in_one_session_is_refused_to_the_end_not_cut_off(mx: Wire) -> None:
+    """Every trick refused with a 5xx, and the session lasts: the bad-command budget is not spent."""
+    for sender, rcpt in RELAY_AUDIT:
+        assert mx.command("RSET") == "250 2.0.0 OK"
+        assert mx.command(f"MAIL FROM:<{sender}>").startswith("250 2.1.0")
+        code = mx.command(f"RCPT TO:<{rcpt}>")[:3]
+        assert code.startswith("5"), (rcpt, code)
+    assert mx.command("QUIT") == "221 2.0.0 Bye"
+
+
+@pytest.mark.parametrize("command", ["EHLO client.example", "HELP"])
+def test_a_multi_line_reply_leaves_in_one_write(servers: Servers, command: str) -> None:
+    """One recv() gets the whole reply, as from Postfix: nmap's smtp library reads a reply with one
+    read, and with our EHLO split over four segments it fell out of step and called us an open relay."""
+    sock = socket.create_connection(("127.0.0.1", servers.mx().port("smtp")), timeout=TIMEOUT)
+    try:
+        assert sock.recv(4096).startswith(b"220 ")
+        sock.sendall(command.encode() + b"\r\n")
+        first_read = sock.recv(4096).decode("ascii")
+    finally:
+        sock.close()
+    lines = first_read.split("\r\n")
+    assert lines[-1] == "" and len(lines) >= 4, first_read
+    assert all(line[3] == "-" for line in lines[:-2]) and lines[-2][3] == " ", first_read
+
+
 def test_a_whole_session_sent_at_once_then_half_closed_is_served(servers: Servers) -> None:
     # `printf '...' | nc host 25`: the client sends everything and shuts its side down at once.
     wire = servers.wire(servers.mx().port("smtp"))
