@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -117,3 +120,25 @@ def test_the_capture_shows_the_seal(running_lab: RunningLab, tmp_path: Path) -> 
     assert outside_addresses(frames, subnet) == {}
     refused = json.loads(labctl("traffic", "--lab", lab.name, "--json", "--proto", "dns", "--host", "andy").stdout)
     assert any("REFUSED" in e["text"] for c in refused for e in c["events"])
+
+
+def test_follow_prints_a_dialogue_as_it_happens(running_lab: RunningLab) -> None:
+    lab = running_lab.lab
+    follower = subprocess.Popen([sys.executable, "-m", "labctl", "traffic", "--lab", lab.name, "--follow",
+                                 "--proto", "smtp", "--host", "andy"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, "COLUMNS": "200"})
+    try:
+        time.sleep(2)  # its first look: what was there before
+        subject = f"Follow {time.time_ns()}"
+        labctl("send", "--lab", lab.name, "--from", "andy", "--to", "betty@stevenchoy.example",
+               "--subject", subject, "--body", "watch this")
+        time.sleep(4)  # a few looks later
+    finally:
+        follower.send_signal(signal.SIGINT)
+        out, err = follower.communicate(timeout=30)
+    assert follower.returncode == 0, err
+    assert "following the lab's capture" in err
+    assert "250 2.0.0" in out and "Message accepted for delivery" in out
+    accepted = re.findall(r"S: 250 2\.0\.0 (\w+) Message accepted", out)
+    assert accepted and len(accepted) == len(set(accepted))  # every event printed once, however many looks
