@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 LAB    ?= maillab
 
-.PHONY: up down status test test-unit test-lab image bench lint engine clean
+.PHONY: up down status test test-unit test-lab fuzz image bench lint engine clean
 
 $(BIN)/labctl: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ test: $(BIN)/labctl engine
 
 test-unit: $(BIN)/labctl
 	$(BIN)/pytest -q tests/unit tests/component
+
+# The fuzz suite alone, with more cases than CI runs: `make fuzz FUZZ_EXAMPLES=20000`.
+FUZZ_EXAMPLES ?= 5000
+fuzz: $(BIN)/labctl
+	MAILLAB_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest -q tests/fuzz
 
 bench: $(BIN)/labctl engine
 	$(BIN)/python bench/bench_up.py

@@ -8,14 +8,18 @@ works on a stopped or killed host too: its files stay in its container until `la
 from __future__ import annotations
 
 import io
+import ipaddress
 import tarfile
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
 import docker.errors
 
 from labctl.lab import HostStatus, Lab
+from labctl.traffic.packet import network_payload
+from labctl.traffic.pcap import Frame, write_merged_pcapng
 from services.capture import CAPTURE_DIR
 
 PCAP_MAGICS = (b"\xd4\xc3\xb2\xa1", b"\xa1\xb2\xc3\xd4", b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d")
@@ -61,10 +65,11 @@ class Capture:
         Each host is its own interface in the file, named after the host, so Wireshark shows
         where each packet was seen; packets are in timestamp order across hosts.
         """
-        from labctl.traffic.pcap import write_merged_pcapng  # the decoding side, only when exporting
+        return write_merged_pcapng(self.sources(host), out, since=since)
 
-        sources = {h.name: [data for _, data in self._files(h, with_data=True)] for h in self._hosts(host)}
-        return write_merged_pcapng(sources, out, since=since)
+    def sources(self, host: str | None = None) -> dict[str, list[bytes]]:
+        """Each host's capture files, oldest first: what labctl.traffic decodes."""
+        return {h.name: [data for _, data in self._files(h, with_data=True)] for h in self._hosts(host)}
 
     def pcap_bytes(self, *, host: str | None = None, since: float | None = None) -> bytes:
         buf = io.BytesIO()
@@ -94,26 +99,31 @@ class Capture:
         yield from found
 
 
-def parse_since(text: str, now: float) -> float:
-    """``--since``: an age (``90s``, ``10m``, ``2h``), a clock time today (``14:05``, ``14:05:30``),
-    an ISO date-time (``2026-11-29T14:05``) or epoch seconds; returns epoch seconds."""
-    import datetime as dt
-    import re
 
-    value = text.strip()
-    age = re.fullmatch(r"(\d+(?:\.\d+)?)\s*(s|m|h|d)", value)
-    if age:
-        return now - float(age.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[age.group(2)]
-    if re.fullmatch(r"\d+(?:\.\d+)?", value) and float(value) > 1e9:
-        return float(value)
-    try:
-        if re.fullmatch(r"\d{1,2}:\d{2}(:\d{2})?", value):
-            today = dt.datetime.fromtimestamp(now).date()
-            hours, _, rest = value.partition(":")
-            clock = dt.time.fromisoformat(f"{int(hours):02d}:{rest}")
-            return dt.datetime.combine(today, clock).timestamp()
-        return dt.datetime.fromisoformat(value).timestamp()
-    except ValueError:
-        pass
-    raise ValueError(f"--since {text!r}: give an age (90s, 10m, 2h), a time today (14:05), "
-                     "an ISO date-time (2026-11-29T14:05) or epoch seconds")
+def outside_addresses(frames: Iterable[Frame], lab: ipaddress.IPv4Network) -> Counter[str]:
+    """Addresses outside the lab (and outside each host's loopback) that captured IP packets carry.
+
+    The seal, shown from the packets: in a sealed lab this is empty, however hard a host tried
+    to reach out (a connect to an outside address fails inside the host, before any packet).
+    """
+    seen: Counter[str] = Counter()
+    for frame in frames:
+        where = network_payload(frame.linktype, frame.data)
+        if where is None:
+            continue  # ARP and other link-layer frames carry no IP address
+        version, off = where
+        data = bytes(frame.data[off:off + 40])
+        if version == 4 and len(data) >= 20:
+            pair = (ipaddress.IPv4Address(data[12:16]), ipaddress.IPv4Address(data[16:20]))
+            outside: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = [
+                a for a in pair if a not in lab and not a.is_loopback]
+        elif version == 6 and len(data) >= 40:
+            pair6 = (ipaddress.IPv6Address(data[8:24]), ipaddress.IPv6Address(data[24:40]))
+            # Link-local, multicast and the unspecified source of duplicate address detection:
+            # the neighbour discovery of an interface coming up, which never leaves the bridge.
+            outside = [a for a in pair6 if not (a.is_loopback or a.is_link_local or a.is_multicast
+                                                or a.is_unspecified)]
+        else:
+            continue
+        seen.update(str(a) for a in outside)
+    return seen

@@ -19,6 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from labctl import engine, mail, topology
+from labctl.capture import Capture
 from labctl.errors import LabctlError
 from labctl.events import BuildOutput, Event, Notice, Step
 from labctl.image import ImageBuilder
@@ -28,6 +29,9 @@ from labctl.scenario import parse as scenario_parse
 from labctl.scenario.model import Scenario
 from labctl.scenario.model import Step as ScenarioStep
 from labctl.scenario.runner import Runner, ScenarioResult, StepResult
+from labctl.traffic import cli as traffic_cli
+from labctl.traffic import render
+from services.capture import CAPTURE_DIR
 
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
@@ -188,15 +192,14 @@ def cmd_host_state(args: argparse.Namespace) -> int:
     return 0
 
 
-def _since(text: str | None) -> float | None:
-    from labctl.capture import parse_since
-
-    if text is None:
-        return None
-    try:
-        return parse_since(text, time.time())
-    except ValueError as exc:
-        raise LabctlError(str(exc)) from exc
+def _live_capture(args: argparse.Namespace) -> tuple[dict[str, list[bytes]], list[traffic_cli.HostInfo]]:
+    """The live lab's capture for `labctl traffic` and `labctl trace`: every host's files, and its hosts."""
+    lab = _lab(args)
+    hosts = lab.status()
+    if not hosts:
+        raise LabctlError(f"lab {lab.name!r} is not up; start it with `labctl up --lab {lab.name}`, "
+                          "or read a saved capture with --pcap FILE")
+    return Capture(lab).sources(), [(h.name, h.fqdn, h.role, h.address) for h in hosts]
 
 
 def _size(octets: int) -> str:
@@ -204,9 +207,6 @@ def _size(octets: int) -> str:
 
 
 def cmd_capture_status(args: argparse.Namespace) -> int:
-    from labctl.capture import Capture
-    from services.capture import CAPTURE_DIR
-
     hosts = Capture(_lab(args)).status(args.host)
     if args.json:
         print(json.dumps([{"host": c.host.name, "container": c.host.container, "state": c.host.state,
@@ -226,9 +226,7 @@ def cmd_capture_status(args: argparse.Namespace) -> int:
 
 
 def cmd_capture_export(args: argparse.Namespace) -> int:
-    from labctl.capture import Capture
-
-    since = _since(args.since)
+    since = render.parse_since(args.since) if args.since else None
     with open(args.output, "wb") as fh:
         count = Capture(_lab(args)).export(fh, host=args.host, since=since)
     err.print(f"{count} packets written to {args.output} (pcapng, one interface per host)")
@@ -432,6 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", help="only what this host captured")
     p.add_argument("--since", help="only packets since: an age (10m), a time (14:05) or a date-time")
     p.add_argument("-o", "--output", type=Path, required=True, help="the pcapng file to write")
+    traffic_cli.register(add, live=_live_capture)
 
     p = sub.add_parser("run", help="run scenarios: each in a fresh lab, step by step, with a report",
                        description="Run scenario files (scenarios/README.md): a fresh lab per scenario, steps "

@@ -158,7 +158,9 @@ class Lab:
             topo = topo.with_subnet(self._choose_subnet(topo, subnet))
 
         configs = {h.name: self._host_files(topo, h) for h in topo.hosts}
-        digests = {name: _digest(image, files) for name, files in configs.items()}
+        # A host's tmpfs is part of what it was created from (absent: the digest is as before).
+        digests = {h.name: _digest(image, {**configs[h.name], **({"tmpfs": repr(h.tmpfs)} if h.tmpfs else {})})
+                   for h in topo.hosts}
         stale = [n for n, c in existing.items() if c["Labels"].get(LABEL_CONFIG) != digests.get(n)]
         if stale:
             raise LabctlError(
@@ -270,13 +272,17 @@ class Lab:
         if "MAIL_USER" in host.env:
             labels[LABEL_USER] = host.env["MAIL_USER"]
         binds = {}
+        tmpfs = dict(host.tmpfs)  # topology `tmpfs:`: a small RAM disk replaces that volume
         if host.role in ("mta", "mx"):
             for kind, path in MAIL_VOLUMES.items():
+                if path in tmpfs:
+                    continue
                 volume = f"{name}-{kind}"
                 self.api.create_volume(volume, labels={LABEL_LAB: self.name, LABEL_HOST: host.name})
                 binds[volume] = {"bind": path, "mode": "rw"}
         host_config = self.api.create_host_config(
             binds=binds,
+            tmpfs=tmpfs or None,
             # NET_ADMIN lets the host drop the default route Docker gives it (the seal, see
             # services.runtime.join_lab) and lets fault scenarios shape traffic with tc/iptables
             # inside the host's own namespace; the host's own interface is all it can touch.

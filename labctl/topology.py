@@ -40,9 +40,15 @@ RETRY_KEYS = ("schedule", "give_up")
 NETWORK_KEYS = ("internal", "driver", "ipam")
 IPAM_KEYS = ("config",)
 IPAM_CONFIG_KEYS = ("subnet",)
-SERVICE_KEYS = ("hostname", "command", "networks", "environment", "labels")
+SERVICE_KEYS = ("hostname", "command", "networks", "environment", "labels", "tmpfs")
 SERVICE_NETWORK_KEYS = ("ipv4_address",)
 MUA_ENV = ("MAIL_USER", "MAIL_SMTP", "MAIL_POP3")
+# `tmpfs:` gives a mail server a small disk of its own for a mail directory, so that a lab (or a
+# fault test) can fill it up and watch the server answer 452. Only these directories, only on the
+# roles that have them, and always with a size: a tmpfs without one may take half the machine's RAM.
+TMPFS_PATHS = (str(svc.MAIL_DIR), str(svc.SPOOL_DIR))
+TMPFS_ROLES = ("mta", "mx")
+TMPFS_SIZE = re.compile(r"^size=[1-9][0-9]{0,9}[kmg]?$")
 
 
 @dataclass(frozen=True)
@@ -69,6 +75,7 @@ class HostSpec:
     address: ipaddress.IPv4Address
     environment: tuple[tuple[str, str], ...]
     labels: tuple[tuple[str, str], ...]
+    tmpfs: tuple[tuple[str, str], ...] = ()  # (directory, "size=..."): a RAM disk instead of a volume
 
     @property
     def env(self) -> dict[str, str]:
@@ -295,6 +302,7 @@ class _Parser:
             seen_addr[address] = name
             env = self.environment(spec.get("environment"), at + ("environment",))
             labels = self.mapping(spec.get("labels"), at + ("labels",), None, "labels")
+            tmpfs = self.tmpfs(spec.get("tmpfs"), at + ("tmpfs",), role)
             hosts.append(
                 HostSpec(
                     name=name,
@@ -303,6 +311,7 @@ class _Parser:
                     address=address,
                     environment=tuple(sorted(env.items())),
                     labels=tuple(sorted((str(k), str(v)) for k, v in labels.items())),
+                    tmpfs=tmpfs,
                 )
             )
         dns = [h.name for h in hosts if h.role == "dns"]
@@ -324,6 +333,31 @@ class _Parser:
             if not ENV_NAME.match(key):
                 raise self.fail(at, f"environment variable name {key!r} is not valid")
         return env
+
+    def tmpfs(self, value: Any, at: PathKey, role: str) -> tuple[tuple[str, str], ...]:
+        """Compose's ``tmpfs: [/var/mail/maillab:size=2m]`` (a list, or one string), narrowed as
+        :data:`TMPFS_PATHS` says."""
+        if value is None:
+            return ()
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list):
+            raise self.fail(at, f"tmpfs must be a list like ['{TMPFS_PATHS[0]}:size=2m'], not {_kind(value)}")
+        if items and role not in TMPFS_ROLES:
+            raise self.fail(at, f"tmpfs is for the mail servers' directories; a {role} host has none")
+        out: dict[str, str] = {}
+        for i, item in enumerate(items):
+            where = at if isinstance(value, str) else at + (i,)
+            path, _, options = str(item).partition(":")
+            if path not in TMPFS_PATHS:
+                raise self.fail(where, f"tmpfs {path!r}: only the mail directories may be a tmpfs: "
+                                       f"{', '.join(TMPFS_PATHS)}")
+            if not TMPFS_SIZE.match(options):
+                raise self.fail(where, f"tmpfs {item!r} needs a size and nothing else, e.g. '{path}:size=2m' "
+                                       "(k, m or g)")
+            if path in out:
+                raise self.fail(where, f"tmpfs {path} is given twice")
+            out[path] = options
+        return tuple(sorted(out.items()))
 
     def retry(self, value: Any, at: PathKey = ("x-maillab", "retry")) -> svc.Retry:
         if value is None:

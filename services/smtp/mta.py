@@ -28,7 +28,6 @@ from services.smtp import policy, trace
 from services.smtp.delivery import DeliveryWorker, LocalDelivery
 from services.smtp.policy import Reply
 from services.smtp.server import (
-    MESSAGE_SIZE_LIMIT,
     Client,
     Listeners,
     accepted,
@@ -37,6 +36,7 @@ from services.smtp.server import (
     storage_failure,
 )
 from services.smtp.spool import DEFAULT_SPOOL, Spool, new_queue_id
+from services.smtp.wire import MESSAGE_SIZE_LIMIT
 
 log = logging.getLogger("services.smtp.mta")
 

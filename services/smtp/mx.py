@@ -21,7 +21,6 @@ from services.pop3 import server as pop3_server
 from services.smtp import policy, trace
 from services.smtp.policy import Reply
 from services.smtp.server import (
-    MESSAGE_SIZE_LIMIT,
     Client,
     Listeners,
     accepted,
@@ -30,6 +29,7 @@ from services.smtp.server import (
     storage_failure,
 )
 from services.smtp.spool import new_queue_id
+from services.smtp.wire import MESSAGE_SIZE_LIMIT
 
 log = logging.getLogger("services.smtp.mx")
 

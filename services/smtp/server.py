@@ -36,17 +36,7 @@ from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword, Session
 from services.config import LabConfig
 from services.smtp import trace
 from services.smtp.policy import Path, Reply, parse_mail, parse_rcpt
-from services.smtp.wire import (  # noqa: F401  (re-exported: the tests and role modules use them here)
-    BARE_NEWLINE,
-    COMMAND_LINE_LIMIT,
-    CRLF,
-    LINE_TOO_LONG,
-    MESSAGE_SIZE_LIMIT,
-    MESSAGE_TOO_BIG,
-    TEXT_LINE_LIMIT,
-    WIRE_LINE_LIMIT,
-    DataReader,
-)
+from services.smtp.wire import COMMAND_LINE_LIMIT, CRLF, MESSAGE_SIZE_LIMIT, WIRE_LINE_LIMIT, DataReader
 
 log = logging.getLogger("services.smtp")
 
@@ -54,10 +44,12 @@ log = logging.getLogger("services.smtp")
 SIZE_PARAM_ALLOWANCE = 26  # RFC 1870 §3: " SIZE=" and 20 digits lengthen MAIL when SIZE is offered
 MAX_RECIPIENTS = 100  # RFC 5321 §4.5.3.1.8: the least a server must take; more get 452 (§4.5.3.1.10)
 IDLE_TIMEOUT = 300.0  # RFC 5321 §4.5.3.2.7: a server waits at least 5 minutes for the next command
-# Syntax and sequence errors one session may make before it is closed with 421 (sendmail counts
-# the same, MAXBADCOMMANDS; Postfix has smtpd_hard_error_limit). Unknown verbs alone run out
-# sooner: aiosmtpd gives up at its fifth (its BOGUS_LIMIT), which REWORDED turns into our 421.
-MAX_BAD_COMMANDS = 10
+# Syntax and sequence errors one session may make before it is closed with 421: Postfix's
+# smtpd_hard_error_limit (20; sendmail's MAXBADCOMMANDS is 25). Fewer cut off nmap's
+# smtp-open-relay audit, whose 16 relay tricks in one session are mostly malformed addresses.
+# Unknown verbs alone run out sooner: aiosmtpd gives up at its fifth (its BOGUS_LIMIT), which
+# REWORDED turns into our 421.
+MAX_BAD_COMMANDS = 20
 BAD_COMMAND_CODES = frozenset({500, 501, 502, 503, 504, 553, 555})
 
 # -- replies -----------------------------------------------------------------------------------
@@ -314,6 +306,17 @@ class LabSMTP(SMTP):
     async def _reply(self, reply: Reply | str) -> None:
         await self.push(str(reply))
 
+    async def _multiline(self, code: int, texts: Sequence[str]) -> None:
+        """A multi-line reply (RFC 5321 §4.2.1) in one write, so in one TCP segment.
+
+        Line by line, each would leave in a segment of its own (asyncio sets TCP_NODELAY), and a
+        client that takes whatever one read returns for the whole reply falls out of step: nmap's
+        smtp-open-relay then reads a later line of our EHLO reply as the answer to its RCPT and
+        reports an open relay. Postfix and sendmail write a reply whole, too.
+        """
+        last = len(texts) - 1
+        await self._reply("\r\n".join(f"{code}{'-' if i < last else ' '}{text}" for i, text in enumerate(texts)))
+
     # -- greetings ------------------------------------------------------------------------------
 
     def _greeted(self, hostname: str, *, esmtp: bool) -> None:
@@ -344,8 +347,7 @@ class LabSMTP(SMTP):
         ]
         if self._check_login is not None:
             lines.append("AUTH " + " ".join(sorted(self._auth_methods)))
-        for i, text in enumerate(lines):
-            await self._reply(f"250{'-' if i < len(lines) - 1 else ' '}{text}")
+        await self._multiline(250, lines)
 
     # -- the transaction --------------------------------------------------------------------------
 
@@ -417,9 +419,9 @@ class LabSMTP(SMTP):
         if arg:
             usage = topics.get(arg.strip().upper())
             return await self._reply(f"214 2.0.0 {usage}" if usage else "504 5.5.4 HELP topic unknown")
-        await self._reply("214-2.0.0 Commands: " + " ".join(topics))
-        await self._reply("214-2.0.0 For more, HELP <command>; the protocol is RFC 5321")
-        await self._reply("214 2.0.0 End of HELP info")
+        await self._multiline(214, ["2.0.0 Commands: " + " ".join(topics),
+                                    "2.0.0 For more, HELP <command>; the protocol is RFC 5321",
+                                    "2.0.0 End of HELP info"])
 
     async def smtp_AUTH(self, arg: str | None) -> None:
         if self._check_login is None:

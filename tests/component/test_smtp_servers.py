@@ -28,15 +28,16 @@ import pytest
 
 from services.config import Account, Domain, Host, LabConfig
 from services.mailstore import Maildir, mailbox_dir
-from services.smtp import server
+from services.smtp import server, wire
 from services.smtp.delivery import DeliveryWorker
 from services.smtp.mta import local_delivery, start_mta
 from services.smtp.mx import start_mx
 from services.smtp.policy import Path as SmtpPath
 from services.smtp.policy import Reply
 from services.smtp.relay import MxAnswer, MxHost, MxRecords
-from services.smtp.server import Client, DataReader, Listeners
+from services.smtp.server import Client, Listeners
 from services.smtp.spool import Spool
+from services.smtp.wire import DataReader
 from tests.support import BackgroundLoop
 
 T = TypeVar("T")
@@ -260,7 +261,7 @@ def features(servers: Servers, port: int) -> dict[str, str]:
 
 
 def test_ehlo_lists_only_what_is_implemented(servers: Servers) -> None:
-    plain = {"size": str(server.MESSAGE_SIZE_LIMIT), "8bitmime": "", "pipelining": "", "enhancedstatuscodes": ""}
+    plain = {"size": str(wire.MESSAGE_SIZE_LIMIT), "8bitmime": "", "pipelining": "", "enhancedstatuscodes": ""}
     assert features(servers, servers.mx().port("smtp")) == plain
     mta = servers.mta(Spool(servers.root / "spool"))
     assert features(servers, mta.port("smtp")) == plain
@@ -330,6 +331,52 @@ def test_malformed_commands_end_with_421(mx: Wire) -> None:
     assert mx.closed_by_server()
 
 
+# nmap's smtp-open-relay script: 16 relay tricks, RSET between them, all in one session.
+RELAY_AUDIT = [
+    ("", "relaytest@elsewhere.example"), ("antispam@elsewhere.example", "relaytest@elsewhere.example"),
+    ("antispam@[127.0.0.1]", "relaytest%elsewhere.example@[127.0.0.1]"),
+    ("antispam@[127.0.0.1]", "relaytest%elsewhere.example@mail.stevenchoy.example"),
+    ("antispam@[127.0.0.1]", '"relaytest@elsewhere.example"'),
+    ("antispam@[127.0.0.1]", '"relaytest%elsewhere.example"'),
+    ("antispam@[127.0.0.1]", "relaytest@elsewhere.example@[127.0.0.1]"),
+    ("antispam@[127.0.0.1]", '"relaytest@elsewhere.example"@[127.0.0.1]'),
+    ("antispam@[127.0.0.1]", "relaytest@elsewhere.example@mail.stevenchoy.example"),
+    ("antispam@[127.0.0.1]", "@[127.0.0.1]:relaytest@elsewhere.example"),
+    ("antispam@[127.0.0.1]", "@mail.stevenchoy.example:relaytest@elsewhere.example"),
+    ("antispam@[127.0.0.1]", "elsewhere.example!relaytest"),
+    ("antispam@[127.0.0.1]", "elsewhere.example!relaytest@[127.0.0.1]"),
+    ("antispam@[127.0.0.1]", "elsewhere.example!relaytest@mail.stevenchoy.example"),
+    ("antispam@mail.stevenchoy.example", "relaytest@elsewhere.example"),
+    ("antispam@[127.0.0.1]", "relaytest@elsewhere.example"),
+]
+
+
+def test_a_relay_audit_in_one_session_is_refused_to_the_end_not_cut_off(mx: Wire) -> None:
+    """Every trick refused with a 5xx, and the session lasts: the bad-command budget is not spent."""
+    for sender, rcpt in RELAY_AUDIT:
+        assert mx.command("RSET") == "250 2.0.0 OK"
+        assert mx.command(f"MAIL FROM:<{sender}>").startswith("250 2.1.0")
+        code = mx.command(f"RCPT TO:<{rcpt}>")[:3]
+        assert code.startswith("5"), (rcpt, code)
+    assert mx.command("QUIT") == "221 2.0.0 Bye"
+
+
+@pytest.mark.parametrize("command", ["EHLO client.example", "HELP"])
+def test_a_multi_line_reply_leaves_in_one_write(servers: Servers, command: str) -> None:
+    """One recv() gets the whole reply, as from Postfix: nmap's smtp library reads a reply with one
+    read, and with our EHLO split over four segments it fell out of step and called us an open relay."""
+    sock = socket.create_connection(("127.0.0.1", servers.mx().port("smtp")), timeout=TIMEOUT)
+    try:
+        assert sock.recv(4096).startswith(b"220 ")
+        sock.sendall(command.encode() + b"\r\n")
+        first_read = sock.recv(4096).decode("ascii")
+    finally:
+        sock.close()
+    lines = first_read.split("\r\n")
+    assert lines[-1] == "" and len(lines) >= 4, first_read
+    assert all(line[3] == "-" for line in lines[:-2]) and lines[-2][3] == " ", first_read
+
+
 def test_a_whole_session_sent_at_once_then_half_closed_is_served(servers: Servers) -> None:
     # `printf '...' | nc host 25`: the client sends everything and shuts its side down at once.
     wire = servers.wire(servers.mx().port("smtp"))
@@ -360,7 +407,7 @@ def test_nothing_pipelined_after_quit_is_delivered(servers: Servers, mx: Wire) -
 
 
 def test_command_line_limit(mx: Wire) -> None:
-    at_limit = "NOOP " + "x" * (server.COMMAND_LINE_LIMIT - len("NOOP ") - 2)  # 512 octets with the CRLF
+    at_limit = "NOOP " + "x" * (wire.COMMAND_LINE_LIMIT - len("NOOP ") - 2)  # 512 octets with the CRLF
     assert mx.command(at_limit) == "250 2.0.0 OK"
     too_long = "500 5.5.2 Line too long (RFC 5321 4.5.3.1.4: 512 octets)"
     assert mx.command(at_limit + "x") == too_long
@@ -369,7 +416,7 @@ def test_command_line_limit(mx: Wire) -> None:
 
 
 def test_text_line_limit(servers: Servers, mx: Wire) -> None:
-    longest = b"x" * (server.TEXT_LINE_LIMIT - 2)  # 1000 octets with the CRLF
+    longest = b"x" * (wire.TEXT_LINE_LIMIT - 2)  # 1000 octets with the CRLF
     start_transaction(mx)
     assert mx.command(longest + b"\r\n." + longest + b"\r\n.").startswith("250 2.0.0 ")  # a stuffed dot is extra
     start_transaction(mx)
@@ -403,14 +450,14 @@ def test_smuggling_a_second_message_behind_a_fake_end_fails(servers: Servers, mx
     smuggled = (b"MAIL FROM:<mallory@evil.example>\r\nRCPT TO:<betty@stevenchoy.example>\r\nDATA\r\n"
                 b"Subject: smuggled\r\n\r\nI am not from andy.\r\n")
     mx.send(b"Subject: innocent\r\n\r\nhello" + fake_end + smuggled)
-    assert mx.command(b".") == str(server.BARE_NEWLINE)  # one message, refused whole for its bare CR/LF
+    assert mx.command(b".") == str(wire.BARE_NEWLINE)  # one message, refused whole for its bare CR/LF
     assert mx.command("NOOP") == "250 2.0.0 OK"  # the very next reply: no other was queued before it
     assert stored(servers, "betty@stevenchoy.example") == []
 
 
 def test_a_bare_lf_inside_a_line_is_refused_never_an_end(servers: Servers, mx: Wire) -> None:
     start_transaction(mx)
-    assert mx.command(b"one\ntwo\r\n.") == str(server.BARE_NEWLINE)
+    assert mx.command(b"one\ntwo\r\n.") == str(wire.BARE_NEWLINE)
     start_transaction(mx)
     assert mx.command(b"one\r\ntwo\r\n.").startswith("250 2.0.0 ")
     assert [m.split(b"\n")[-3:] for m in stored(servers, "betty@stevenchoy.example")] == [[b"one", b"two", b""]]
@@ -430,7 +477,7 @@ def test_data_reader_core_ends_only_at_crlf_dot_crlf() -> None:
     for piece in [b"a\r\n", b".\n", b"b\n", b".\r\n", b"..c\r\n"]:
         assert reader.feed(piece) is False
     assert reader.feed(b".\r\n") is True
-    assert reader.outcome() == server.BARE_NEWLINE
+    assert reader.outcome() == wire.BARE_NEWLINE
     reader = DataReader(size_limit=1000)
     for piece in [b"a\r\n", b"..b\r\n", b"x" * 600, b"y" * 300, b"\r", b"\n"]:
         assert reader.feed(piece) is False

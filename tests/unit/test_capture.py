@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from labctl.capture import parse_since
+from labctl.errors import LabctlError
+from labctl.traffic.render import parse_since
 from services import capture
 
 
@@ -61,5 +62,5 @@ def test_since_accepts_ages_times_and_dates(text: str, expected: float) -> None:
 
 @pytest.mark.parametrize("text", ["yesterday", "10 minutes", "25:00", "-5m", ""])
 def test_since_rejects_anything_else_saying_what_it_takes(text: str) -> None:
-    with pytest.raises(ValueError, match="give an age"):
+    with pytest.raises(LabctlError, match="give a duration ago"):
         parse_since(text, NOW)

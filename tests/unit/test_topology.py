@@ -176,3 +176,43 @@ def test_files_travel_in_the_environment_and_only_under_maillab(tmp_path: Path) 
             svc.materialize_files({svc.FILES_ENV: svc.encode_files({bad: "x"})}, root=tmp_path)
     with pytest.raises(svc.ConfigError, match="not valid JSON"):
         svc.materialize_files({svc.FILES_ENV: "{"}, root=tmp_path)
+
+
+MX_SERVICE = "    hostname: mail.stevenchoy.example\n    command: mx\n"
+
+
+def with_tmpfs(value: str, service: str = MX_SERVICE) -> str:
+    assert service in LAB_YML
+    return LAB_YML.replace(service, f"{service}    tmpfs: {value}\n", 1)
+
+
+def test_tmpfs_gives_a_mail_directory_a_small_disk() -> None:
+    topo = load_text(with_tmpfs("[/var/mail/maillab:size=2m]"))
+    assert topo.host("mail").tmpfs == (("/var/mail/maillab", "size=2m"),)
+    assert topo.host("smtp").tmpfs == ()
+    both = load_text(with_tmpfs('"/var/spool/maillab:size=512k"'))  # Compose also allows one string
+    assert both.host("mail").tmpfs == (("/var/spool/maillab", "size=512k"),)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("[/etc:size=1m]", "tmpfs '/etc': only the mail directories may be a tmpfs: /var/mail/maillab, "
+                           "/var/spool/maillab"),
+        ("[/var/mail/maillab]", "needs a size and nothing else, e.g. '/var/mail/maillab:size=2m'"),
+        ('["/var/mail/maillab:size=2m,exec"]', "needs a size and nothing else"),
+        ("[/var/mail/maillab:size=0]", "needs a size and nothing else"),
+        ("[/var/mail/maillab:size=1m, /var/mail/maillab:size=2m]", "tmpfs /var/mail/maillab is given twice"),
+        ("{size: 1m}", "tmpfs must be a list like ['/var/mail/maillab:size=2m'], not a mapping"),
+    ],
+)
+def test_bad_tmpfs_is_explained_with_its_line(value: str, message: str) -> None:
+    text = with_tmpfs(value)
+    err = error_of(text)
+    assert message in err.message, err.message
+    assert err.line == line_of("tmpfs:", text)
+
+
+def test_tmpfs_only_on_mail_servers() -> None:
+    text = with_tmpfs("[/var/mail/maillab:size=1m]", "    hostname: andy.ouhk.example\n    command: mua\n")
+    assert "tmpfs is for the mail servers' directories; a mua host has none" in error_of(text).message

@@ -1,0 +1,242 @@
+"""``labctl traffic`` and ``labctl trace``: a few lines each over :mod:`labctl.traffic`.
+
+Both read captures given with ``--pcap FILE`` (a pcap or pcapng; several are merged by time, a
+classic pcap's packets named after its file's stem). The live lab's captures come through
+:data:`LiveSource`, a function the lab part passes to :func:`register`: it returns each host's
+capture files as bytes ({host: [file bytes, ...]}), and its hosts for the address-to-name mapping.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.text import Text
+
+from labctl import topology
+from labctl.errors import LabctlError
+from labctl.traffic import diagram, journey, render
+from labctl.traffic.decode import TrafficDecoder
+from labctl.traffic.follow import Follower
+from labctl.traffic.follow import key as follow_key
+from labctl.traffic.model import CLIENT, NOTE, Conversation, Event
+
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+# (args) -> ({host: [capture file bytes, ...]}, {ip: host name}); raises LabctlError when there is no lab.
+# A lab host as the live source and the topology describe it: (name, FQDN, role, address).
+HostInfo = tuple[str, str, str, str]
+LiveSource = Callable[[argparse.Namespace], tuple[Mapping[str, Iterable[bytes]], Sequence[HostInfo]]]
+
+
+def probe_addresses(hosts: Iterable[HostInfo]) -> set[str]:
+    """Where labctl's readiness probe comes from: it runs on the name server (labctl up/start).
+
+    The name server never opens a connection or asks a question of its own (it resolves nothing),
+    so what it starts is lab machinery, not the lesson: `labctl traffic` shows it only with --all.
+    """
+    return {address for _, _, role, address in hosts if role == "dns"}
+
+
+def names_from_hosts(hosts: Iterable[tuple[str, str, str, str]]) -> dict[str, str]:
+    """{address: name} from (service name, FQDN, role, address): MUAs by their short name (andy),
+    servers by their FQDN (smtp.ouhk.example), as the reference article names them."""
+    return {address: (name if role == "mua" else fqdn) for name, fqdn, role, address in hosts}
+
+
+def hosts_from_topology(path: Path) -> list[HostInfo]:
+    topo = topology.load(path)
+    return [(h.name, h.fqdn, h.role, str(h.address)) for h in topo.hosts]
+
+
+def _read(paths: Sequence[Path]) -> dict[str, list[bytes]]:
+    sources: dict[str, list[bytes]] = {}
+    for path in paths:
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise LabctlError(f"{path}: cannot read the capture ({exc.strerror})") from exc
+        sources.setdefault(path.stem, []).append(data)
+    return sources
+
+
+def decode_args(args: argparse.Namespace, live: LiveSource | None, *, complete: bool = True,
+                reported: set[str] | None = None) -> tuple[list[Conversation], TrafficDecoder]:
+    """The conversations of the captures the command line names, decoded.
+
+    ``complete=False`` while following a live capture: connections still open stay open.
+    ``reported``: problems already printed (a follow loop prints each once).
+    """
+    hosts: Sequence[HostInfo] = ()
+    if args.pcap:
+        sources: Mapping[str, Iterable[bytes]] = _read(args.pcap)
+        if not args.no_names:
+            hosts = hosts_from_topology(args.topology)
+    elif live is not None:
+        sources, hosts = live(args)
+    else:
+        raise LabctlError("say which capture to read: --pcap FILE (a pcap or pcapng, e.g. written by "
+                          "tcpdump -w on a lab host)")
+    args.probe_addresses = probe_addresses(hosts)
+    names = {} if args.no_names else names_from_hosts(hosts)
+    decoder = TrafficDecoder(names, show_bodies=getattr(args, "bodies", False))
+    decoder.feed_captures(sources)
+    for problem in decoder.problems:
+        if reported is None or problem not in reported:
+            err.print(Text.assemble(("» ", "yellow"), problem), soft_wrap=True)
+            if reported is not None:
+                reported.add(problem)
+    if complete:
+        decoder.tcp.finish()
+    return decoder.conversations(), decoder
+
+
+# -- traffic -------------------------------------------------------------------------------------------
+
+_STYLE = {CLIENT: "cyan", NOTE: "yellow"}
+
+
+FOLLOW_INTERVAL = 1.0  # seconds between looks at the live capture
+
+
+def cmd_traffic(args: argparse.Namespace, live: LiveSource | None = None) -> int:
+    since = render.parse_since(args.since) if args.since else None
+    if args.follow:
+        if args.pcap or live is None:
+            raise LabctlError("--follow reads the live lab's capture; with --pcap the file is read once")
+        if args.json:
+            raise LabctlError("--follow prints dialogues as they grow; for JSON, run without --follow")
+        return follow(args, live, since)
+    convs, _ = decode_args(args, live)
+    convs = render.select(convs, proto=args.proto, host=args.host, since=since, decoded_only=not args.all,
+                              hide_clients=() if args.all else args.probe_addresses)
+    if args.json:
+        sys.stdout.write(render.to_json(convs, hide_secrets=args.hide_secrets) + "\n")
+        return 0
+    if not convs:
+        out.print("no conversation matches" + ("" if args.all else " (--all shows other TCP/UDP traffic too)"))
+        return 0
+    print_conversations(convs, hide_secrets=args.hide_secrets, times=args.times)
+    return 0
+
+
+def follow(args: argparse.Namespace, live: LiveSource, since: float | None) -> int:
+    """Print the dialogues, then what each adds as the capture grows, until Ctrl-C.
+
+    Every look re-reads the hosts' capture files and decodes them afresh (the decoder reads
+    100+ MB/s, a lab session's capture is a few MB); the follower prints each event once.
+    """
+    follower = Follower()
+    reported: set[str] = set()
+    last: Conversation | None = None
+    err.print("following the lab's capture; Ctrl-C to stop")
+    try:
+        while True:
+            convs, _ = decode_args(args, live, complete=False, reported=reported)
+            convs = render.select(convs, proto=args.proto, host=args.host, since=since, decoded_only=not args.all,
+                              hide_clients=() if args.all else args.probe_addresses)
+            for conv, events in follower.poll(convs):
+                if last is None or follow_key(last) != follow_key(conv):
+                    if last is not None:
+                        out.print()
+                    head = render.header(conv)
+                    out.print(Text((render.clock(conv.start) + "  " if args.times else "") + head, style="bold"),
+                              soft_wrap=True)
+                print_events(events, hide_secrets=args.hide_secrets, times=args.times)
+                last = conv
+            time.sleep(FOLLOW_INTERVAL)
+    except KeyboardInterrupt:
+        return 0
+
+
+def print_events(events: Sequence[Event], *, hide_secrets: bool, times: bool) -> None:
+    for event in events:
+        style = "red" if event.secrets and not hide_secrets else _STYLE.get(event.direction, "")
+        if event.kind == "undecodable":
+            style = "magenta"
+        for line in render.event_lines(event, hide_secrets=hide_secrets, times=times):
+            out.print(Text(line, style=style), soft_wrap=True)
+
+
+def print_conversations(convs: Sequence[Conversation], *, hide_secrets: bool, times: bool) -> None:
+    """The dialogues, coloured: client lines cyan, server lines plain, notes yellow, secrets red."""
+    for conv in convs:
+        if conv.protocol == "dns" and conv.decodable:
+            out.print(Text(render.dns_lines(conv, hide_secrets=hide_secrets, times=times)), soft_wrap=True)
+            continue
+        head = render.header(conv)
+        out.print(Text((render.clock(conv.start) + "  " if times else "") + head, style="bold"), soft_wrap=True)
+        print_events(conv.events, hide_secrets=hide_secrets, times=times)
+        out.print()
+
+
+# -- trace ----------------------------------------------------------------------------------------------
+
+
+def cmd_trace(args: argparse.Namespace, live: LiveSource | None = None) -> int:
+    if not args.message_id and not args.subject:
+        raise LabctlError("say which message: labctl trace MESSAGE-ID, or labctl trace --subject TEXT "
+                          "(labctl send prints the Message-ID)")
+    convs, _ = decode_args(args, live)
+    j = journey.trace(convs, message_id=args.message_id, subject=args.subject)
+    if args.mermaid:
+        sys.stdout.write(diagram.mermaid(j))
+    else:
+        sys.stdout.write(journey.timeline(j))
+    if args.output is not None:
+        try:
+            args.output.write_text(diagram.svg(j), encoding="utf-8")
+        except OSError as exc:
+            raise LabctlError(f"{args.output}: cannot write the diagram ({exc.strerror})") from exc
+        err.print(f"sequence diagram written to {args.output}")
+    return 0 if j.complete else 3
+
+
+# -- registration ---------------------------------------------------------------------------------------
+
+AddCommand = Callable[..., argparse.ArgumentParser]
+
+
+def _input_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pcap", type=Path, action="append", default=[], metavar="FILE",
+                   help="read this capture (pcap or pcapng; repeatable, merged by time)")
+    p.add_argument("--topology", type=Path, default=topology.DEFAULT_TOPOLOGY,
+                   help="with --pcap: name addresses after this topology's hosts (default: compose/lab.yml)")
+    p.add_argument("--no-names", action="store_true", help="show bare addresses, no host names")
+
+
+def register(add: AddCommand, live: LiveSource | None = None) -> None:
+    """Add ``traffic`` and ``trace`` with labctl's ``add(name, func, help)`` helper."""
+
+    def bind(func: Callable[[argparse.Namespace, LiveSource | None], int]) -> Callable[[argparse.Namespace], int]:
+        def run(args: argparse.Namespace) -> int:
+            return func(args, live)
+        return run
+
+    p: Any = add("traffic", bind(cmd_traffic), "the captured conversations, decoded: SMTP and POP3 dialogues, "
+                 "DNS queries and answers")
+    _input_options(p)
+    p.add_argument("--proto", choices=render.PROTOCOL_CHOICES, help="only this protocol")
+    p.add_argument("--host", help="only conversations of this host (name or address)")
+    p.add_argument("--since", help="only conversations after this: 10m (ago), 14:05:30 (today), ISO date-time")
+    p.add_argument("--all", action="store_true", help="also TCP/UDP traffic of other ports (summarised)")
+    p.add_argument("--bodies", action="store_true", help="show message bodies in full, not summarised")
+    p.add_argument("--times", action="store_true", help="show the capture time of every line")
+    p.add_argument("--hide-secrets", action="store_true", help="mask passwords sent in clear text")
+    p.add_argument("--follow", action="store_true", help="keep reading the live lab's capture")
+    p.add_argument("--json", action="store_true", help="a list of conversations with their events "
+                   "(structure: see labctl/traffic/render.py)")
+
+    p = add("trace", bind(cmd_trace), "the journey of one message from the packets: the article's six "
+            "steps as a timeline, Mermaid text or an SVG diagram (exit status 3 when a step is missing)")
+    _input_options(p)
+    p.add_argument("message_id", nargs="?", metavar="MESSAGE-ID", help="as labctl send printed it (<...>)")
+    p.add_argument("--subject", help="the first message whose Subject contains this text")
+    p.add_argument("--mermaid", action="store_true", help="print a Mermaid sequence diagram instead")
+    p.add_argument("-o", "--output", type=Path, metavar="FILE.svg", help="also write the diagram as SVG")

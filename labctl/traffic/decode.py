@@ -1,0 +1,223 @@
+"""From captured frames to conversations: the one entry point the CLI and the lab use.
+
+>>> decoder = TrafficDecoder(names={"10.89.0.10": "andy"})
+>>> decoder.feed_capture(pcap_bytes, source="smtp")     # or feed_frames(frames)
+>>> conversations = decoder.conversations()
+
+Which decoder a connection gets is decided by the server's port (:data:`PROTOCOLS`); traffic on
+that port that turns out not to be that protocol is kept, marked undecodable, with a preview.
+
+Incremental: ``feed_*`` may be called again later (``--follow``). TCP reassembly is incremental;
+the dialogue of a connection is re-decoded from its streams when it changed since the last call
+to :meth:`TrafficDecoder.conversations` (each dialogue decoder is one linear pass, and a lab's
+connections are short), and cached otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+from labctl.traffic import dns as dns_decoder
+from labctl.traffic import pop3, smtp
+from labctl.traffic.model import CLIENT, NOTE, SERVER, Conversation, Endpoint, Event, MailMessage
+from labctl.traffic.packet import Datagram, Segment, parse_frame
+from labctl.traffic.pcap import CaptureReader, Frame, merge_frames
+from labctl.traffic.tcp import Connection, Reassembler, StreamView
+
+Decoder = Callable[..., tuple[list[Event], list[MailMessage], bool]]
+
+# The protocol a server port speaks in the lab (SMTP relay 25 and submission 587, POP3 110, DNS 53).
+PROTOCOLS: Mapping[int, str] = {25: "smtp", 587: "smtp", 110: "pop3", 53: "dns"}
+TCP_DECODERS: Mapping[str, Decoder] = {"smtp": smtp.decode, "pop3": pop3.decode}
+
+
+@dataclass
+class _UdpFlow:
+    client: tuple[str, int]
+    server: tuple[str, int]
+    first_ns: int
+    last_ns: int = 0
+    datagrams: list[tuple[int, bool, bytes]] = field(default_factory=list)  # (ts, from client, payload)
+    seen: set[tuple[bool, bytes]] = field(default_factory=set)
+    vantages: set[str] = field(default_factory=set)
+
+
+class TrafficDecoder:
+    """Feed it frames (in capture order), ask it for conversations, as often as you like."""
+
+    def __init__(self, names: Mapping[str, str] | None = None, *, show_bodies: bool = False) -> None:
+        self.names = dict(names or {})
+        self.show_bodies = show_bodies
+        self.tcp = Reassembler()
+        self._udp: dict[tuple[tuple[str, int], tuple[str, int]], _UdpFlow] = {}
+        self._udp_order: list[_UdpFlow] = []
+        self._cache: dict[int, tuple[int, Conversation]] = {}
+        self.frames = 0
+        self.problems: list[str] = []  # why a capture fed so far was read only up to some point
+
+    # -- input --------------------------------------------------------------------------------------
+
+    def feed_capture(self, data: bytes, source: str = "") -> int:
+        """Feed one pcap/pcapng file's bytes; the number of frames read."""
+        reader = CaptureReader(data, source)
+        count = self.feed_frames(reader)
+        if reader.problem is not None:
+            self.problems.append(reader.problem)
+        return count
+
+    def feed_captures(self, sources: Mapping[str, Iterable[bytes]], since: float | None = None) -> int:
+        """Feed several hosts' capture files ({host: [file bytes, ...]}), merged in time order."""
+        return self.feed_frames(merge_frames(sources, since, self.problems))
+
+    def feed_frames(self, frames: Iterable[Frame]) -> int:
+        count = 0
+        add_tcp = self.tcp.add
+        for frame in frames:
+            count += 1
+            packet = parse_frame(frame)
+            if isinstance(packet, Segment):
+                add_tcp(packet)
+            elif isinstance(packet, Datagram):
+                self._add_udp(packet)
+        self.frames += count
+        return count
+
+    def _add_udp(self, d: Datagram) -> None:
+        src, dst = (d.src, d.sport), (d.dst, d.dport)
+        flow = self._udp.get((src, dst))
+        from_client = True
+        if flow is None:
+            flow = self._udp.get((dst, src))
+            from_client = False
+        if flow is None:
+            # The side on a known server port (53) is the server; else the receiver of the first datagram.
+            client, server = (dst, src) if d.sport in PROTOCOLS and d.dport not in PROTOCOLS else (src, dst)
+            from_client = client == src
+            flow = _UdpFlow(client, server, d.ts_ns)
+            self._udp[(client, server)] = flow
+            self._udp_order.append(flow)
+        # The same datagram captured on both hosts: keep the first copy (UDP has no sequence
+        # number to tell a copy from a resend; the lab's resolver never resends identical bytes
+        # within one flow, it changes the query id).
+        if (from_client, d.payload) in flow.seen:
+            return
+        flow.seen.add((from_client, d.payload))
+        flow.datagrams.append((d.ts_ns, from_client, d.payload))
+        flow.last_ns = max(flow.last_ns, d.ts_ns)
+        flow.vantages.add(d.vantage)
+
+    # -- output -------------------------------------------------------------------------------------
+
+    def endpoint(self, addr: tuple[str, int]) -> Endpoint:
+        return Endpoint(addr[0], addr[1], self.names.get(addr[0]))
+
+    def conversations(self) -> list[Conversation]:
+        """Every conversation so far, in order of their start."""
+        out = [self._tcp_conversation(c) for c in self.tcp.connections]
+        out += [self._udp_conversation(f) for f in self._udp_order]
+        out.sort(key=lambda c: c.start)
+        return out
+
+    def _tcp_conversation(self, conn: Connection) -> Conversation:
+        cached = self._cache.get(id(conn))
+        if cached is not None and cached[0] == conn.version:
+            return cached[1]
+        conv = decode_connection(conn, self.endpoint, show_bodies=self.show_bodies)
+        self._cache[id(conn)] = (conn.version, conv)
+        return conv
+
+    def _udp_conversation(self, flow: _UdpFlow) -> Conversation:
+        protocol = PROTOCOLS.get(flow.server[1], "udp")
+        events: list[Event] = []
+        decodable = True
+        for ts, from_client, payload in flow.datagrams:
+            if protocol == "dns":
+                event = dns_decoder.describe(payload, ts / 1e9, from_client)
+                decodable = decodable and event.kind != "undecodable"
+            else:
+                event = Event(ts / 1e9, CLIENT if from_client else SERVER, "data", f"<{len(payload)} octets>")
+            events.append(event)
+        return Conversation(protocol, "udp", self.endpoint(flow.client), self.endpoint(flow.server),
+                            flow.first_ns / 1e9, flow.last_ns / 1e9, events, [], tuple(sorted(flow.vantages)),
+                            decodable=decodable, state="closed")
+
+
+def _state(conn: Connection) -> str:
+    if conn.refused:
+        return "refused"
+    if conn.unanswered:
+        return "unanswered"
+    if conn.reset_ns is not None:
+        return "reset"
+    if conn.to_server.fin_ns is not None or conn.to_client.fin_ns is not None:
+        return "closed"
+    return "open"
+
+
+def decode_connection(conn: Connection, endpoint: Callable[[tuple[str, int]], Endpoint], *,
+                      show_bodies: bool = False) -> Conversation:
+    """The conversation of one TCP connection: its dialogue, framed by how it opened and closed."""
+    protocol = PROTOCOLS.get(conn.server[1], "tcp")
+    to_server, to_client = conn.to_server.view(), conn.to_client.view()
+    events: list[Event] = []
+    messages: list[MailMessage] = []
+    decodable = True
+    state = _state(conn)
+    t0 = conn.first_ns / 1e9
+    if state == "refused":
+        events.append(Event(t0, NOTE, "refused", f"connection refused: RST in answer to SYN "
+                            f"(nothing listens on port {conn.server[1]})"))
+    elif state == "unanswered":
+        tries = conn.syn_attempts
+        events.append(Event(t0, NOTE, "unanswered", f"connection attempt unanswered: {tries} SYN"
+                            f"{'s' if tries != 1 else ''}, no reply (host down or unreachable)",
+                            info={"syn": tries}))
+    elif conn.joined_midway:
+        events.append(Event(t0, NOTE, "connect", "capture joined the connection mid-way (no SYN seen)"))
+    if to_server.data or to_client.data:
+        decoder = TCP_DECODERS.get(protocol)
+        if protocol == "dns":
+            events += _dns_tcp(to_server, to_client)
+        elif decoder is not None:
+            dialogue, messages, decodable = decoder(to_server, to_client, midway=conn.joined_midway,
+                                                    show_bodies=show_bodies)
+            events += dialogue
+        else:
+            events += _summary(to_server, to_client)
+    for gap in to_server.gaps + to_client.gaps:
+        if protocol not in TCP_DECODERS:
+            events.append(Event(t0, NOTE, "gap", f"<{gap.missing} octets missing from the capture>"))
+    if conn.reset_ns is not None and state == "reset":
+        events.append(Event(conn.reset_ns / 1e9, NOTE, "reset", f"connection reset by the {conn.reset_by}"))
+    events.sort(key=lambda e: e.time)
+    return Conversation(protocol, "tcp", endpoint(conn.client), endpoint(conn.server), t0, conn.last_ns / 1e9,
+                        events, messages, tuple(sorted(conn.vantages)), conn.joined_midway, decodable, state)
+
+
+def _summary(to_server: StreamView, to_client: StreamView) -> list[Event]:
+    events = []
+    for view, direction in ((to_server, CLIENT), (to_client, SERVER)):
+        if view.data:
+            events.append(Event(view.time_at(0) / 1e9, direction, "data", f"<{len(view.data)} octets>"))
+    return events
+
+
+def _dns_tcp(to_server: StreamView, to_client: StreamView) -> list[Event]:
+    events = []
+    for view, from_client in ((to_server, True), (to_client, False)):
+        for offset, message in dns_decoder.tcp_messages(view.data):
+            events.append(dns_decoder.describe(message, view.time_at(offset) / 1e9, from_client))
+    return events
+
+
+def decode_captures(captures: Mapping[str, bytes] | bytes, names: Mapping[str, str] | None = None, *,
+                    show_bodies: bool = False) -> tuple[list[Conversation], TrafficDecoder]:
+    """Decode whole capture files: one (merged pcapng, or a pcap), or {host: pcap bytes} merged by time."""
+    decoder = TrafficDecoder(names, show_bodies=show_bodies)
+    if isinstance(captures, bytes):
+        decoder.feed_capture(captures)
+    else:
+        decoder.feed_captures({host: [data] for host, data in captures.items()})
+    decoder.tcp.finish()
+    return decoder.conversations(), decoder

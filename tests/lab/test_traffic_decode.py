@@ -1,0 +1,144 @@
+"""Capture and traffic on a real lab: the always-on capture, decoded dialogues, the six steps.
+
+Everything goes through labctl as a student runs it: `capture status`, `send`, `fetch`,
+`traffic --json`, `trace`, `capture export` (read back by tshark).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from labctl.capture import outside_addresses
+from labctl.traffic.pcap import read_frames
+from tests.lab.conftest import RunningLab, labctl
+
+
+def _send_and_fetch(lab_name: str, subject: str) -> str:
+    sent = labctl("send", "--lab", lab_name, "--from", "andy", "--to", "betty@stevenchoy.example",
+                  "--subject", subject, "--body", "This is the first line of testing message.")
+    message_id = re.search(r"Message-ID: (<[^>]+>)", sent.stdout)
+    assert message_id, sent.stdout
+    for _ in range(50):  # the relay is asynchronous: fetch until the message is there
+        fetched = labctl("fetch", "--lab", lab_name, "betty")
+        if "fetched 0 " not in fetched.stdout and "no new" not in fetched.stdout:
+            break
+        time.sleep(0.2)
+    return message_id.group(1)
+
+
+def test_every_host_records_from_the_start(running_lab: RunningLab) -> None:
+    status = json.loads(labctl("capture", "status", "--lab", running_lab.lab.name, "--json").stdout)
+    assert {h["host"] for h in status} == {"ns", "smtp", "mail", "andy", "betty"}
+    for host in status:
+        assert host["recording"] and host["files"], host
+        assert host["directory"] == "/var/lib/maillab/capture"
+    # Captured since before the services answered: the readiness probe's SMTP session is there.
+    everything = json.loads(labctl("traffic", "--lab", running_lab.lab.name, "--json", "--all").stdout)
+    assert any(c["protocol"] == "smtp" and c["client"]["name"] == "ns.lab.example" for c in everything)
+    shown = json.loads(labctl("traffic", "--lab", running_lab.lab.name, "--json").stdout)
+    assert not any(c["client"]["name"] == "ns.lab.example" for c in shown)  # the probe is lab machinery
+
+
+def test_dialogues_and_the_six_steps_from_the_live_capture(running_lab: RunningLab, tmp_path: Path) -> None:
+    lab = running_lab.lab
+    subject = f"Traffic {time.time_ns()}"
+    message_id = _send_and_fetch(lab.name, subject)
+    addr = {h.name: h.address for h in lab.status()}
+
+    convs = json.loads(labctl("traffic", "--lab", lab.name, "--json").stdout)
+    seen = []
+    for conv in convs:
+        c = conv["client"]["ip"]
+        for event in conv["events"]:
+            if conv["protocol"] != "dns":
+                continue
+            if event["kind"] == "query" and event["text"] == "MX? stevenchoy.example":
+                seen.append(("mx query", c, event["time"]))
+            if event["kind"] == "answer" and "MX 10 mail.stevenchoy.example" in event["text"]:
+                seen.append(("mx answer", c, event["time"]))
+        for m in conv["messages"]:
+            if m["message_id"] == message_id:
+                kind = "retrieval" if conv["protocol"] == "pop3" else "submission" if c == addr["andy"] else "relay"
+                seen.append((kind, c, m["time"]))
+    seen.sort(key=lambda x: x[2])
+    assert [(k, c) for k, c, _ in seen] == [
+        ("submission", addr["andy"]), ("mx query", addr["smtp"]), ("mx answer", addr["smtp"]),
+        ("relay", addr["smtp"]), ("retrieval", addr["betty"])]
+    pop3 = [c for c in convs if c["protocol"] == "pop3" and c["client"]["ip"] == addr["betty"]]
+    assert any("PASS betty-secret" in e["text"] for c in pop3 for e in c["events"])  # the lesson
+    hidden = json.loads(labctl("traffic", "--lab", lab.name, "--json", "--hide-secrets", "--proto", "pop3").stdout)
+    assert not any("betty-secret" in e["text"] for c in hidden for e in c["events"])
+
+    svg = tmp_path / "trace.svg"
+    trace = labctl("trace", "--lab", lab.name, message_id, "-o", str(svg))
+    assert "6 of 6 steps seen on the wire" in trace.stdout
+    assert svg.read_text().startswith("<svg") or "<svg" in svg.read_text()[:200]
+    mermaid = labctl("trace", "--lab", lab.name, "--subject", subject, "--mermaid").stdout
+    assert mermaid.startswith("sequenceDiagram")
+
+
+def test_the_exported_capture_reads_back_in_tshark(running_lab: RunningLab, tmp_path: Path) -> None:
+    lab = running_lab.lab
+    _send_and_fetch(lab.name, f"Export {time.time_ns()}")
+    merged = tmp_path / "lab.pcapng"
+    out = labctl("capture", "export", "--lab", lab.name, "-o", str(merged))
+    count = int(re.search(r"(\d+) packets written", out.stderr).group(1))  # type: ignore[union-attr]
+    assert count == len(list(read_frames(merged.read_bytes())))
+    tshark = shutil.which("tshark")
+    assert tshark, "tshark is installed by tools/ensure-host"
+    listed = subprocess.run([tshark, "-r", str(merged), "-T", "fields", "-e", "frame.interface_name"],
+                            capture_output=True, text=True, check=True).stdout.split()
+    assert len(listed) == count
+    assert set(listed) == {"ns", "smtp", "mail", "andy", "betty"}  # each packet keeps the host it was seen on
+    one = tmp_path / "mail.pcapng"
+    labctl("capture", "export", "--lab", lab.name, "--host", "mail", "--since", "10m", "-o", str(one))
+    assert {f.interface for f in read_frames(one.read_bytes())} == {"mail"}
+
+
+def test_the_capture_shows_the_seal(running_lab: RunningLab, tmp_path: Path) -> None:
+    """No packet of the lab carries an address outside it, even when a host tries to reach out."""
+    lab = running_lab.lab
+    tried = lab.exec("andy", ["python3", "-c",
+                              "import socket\ntry:\n socket.create_connection(('198.51.100.1', 25), timeout=2)\n"
+                              "except OSError as e:\n print(e.strerror)"])
+    assert "unreachable" in tried.output.lower()  # refused inside andy: no route, no packet
+    lab.exec("andy", ["dig", "+time=1", "+tries=1", "MX", "gmail.com"])  # asked of the lab DNS: REFUSED
+    merged = tmp_path / "all.pcapng"
+    labctl("capture", "export", "--lab", lab.name, "-o", str(merged))
+    frames = list(read_frames(merged.read_bytes()))
+    assert frames
+    subnet = ipaddress.IPv4Network(f"{lab.find('ns').address}/24", strict=False)
+    assert outside_addresses(frames, subnet) == {}
+    refused = json.loads(labctl("traffic", "--lab", lab.name, "--json", "--proto", "dns", "--host", "andy").stdout)
+    assert any("REFUSED" in e["text"] for c in refused for e in c["events"])
+
+
+def test_follow_prints_a_dialogue_as_it_happens(running_lab: RunningLab) -> None:
+    lab = running_lab.lab
+    follower = subprocess.Popen([sys.executable, "-m", "labctl", "traffic", "--lab", lab.name, "--follow",
+                                 "--proto", "smtp", "--host", "andy"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, "COLUMNS": "200"})
+    try:
+        time.sleep(2)  # its first look: what was there before
+        subject = f"Follow {time.time_ns()}"
+        labctl("send", "--lab", lab.name, "--from", "andy", "--to", "betty@stevenchoy.example",
+               "--subject", subject, "--body", "watch this")
+        time.sleep(4)  # a few looks later
+    finally:
+        follower.send_signal(signal.SIGINT)
+        out, err = follower.communicate(timeout=30)
+    assert follower.returncode == 0, err
+    assert "following the lab's capture" in err
+    assert "250 2.0.0" in out and "Message accepted for delivery" in out
+    accepted = re.findall(r"S: 250 2\.0\.0 (\w+) Message accepted", out)
+    assert accepted and len(accepted) == len(set(accepted))  # every event printed once, however many looks

@@ -1,0 +1,176 @@
+"""labctl trace: the six steps from synthetic and real captures; missing steps; the diagrams; the CLI."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import dns.message
+import dns.rrset
+import pytest
+
+from labctl import cli
+from labctl.errors import LabctlError
+from labctl.traffic import diagram, journey
+from labctl.traffic.decode import decode_captures
+from tests.unit.packets import ANDY, BETTY, MAIL, NAMES, NS, SMTP, T0, Packet, Tcp, pcap, pcapng, udp_packet
+
+DATA = Path(__file__).parent / "data" / "traffic"
+MID = "<trip.1@ouhk.example>"
+
+
+def _message(received: bool) -> bytes:
+    head = b"Received: from andy by smtp.ouhk.example\r\n" if received else b""
+    return head + (f"From: andy@ouhk.example\r\nTo: betty@stevenchoy.example\r\nSubject: Trip\r\n"
+                   f"Message-ID: {MID}\r\n\r\nSee you.\r\n").encode()
+
+
+def _smtp(client: str, server: str, port: int, t: float, message: bytes, host: str, final: bytes) -> list[Packet]:
+    s = Tcp(client, port, server, 25, t=t, host=host).handshake().s(b"220 ready\r\n")
+    s.c(b"MAIL FROM:<andy@ouhk.example>\r\n").s(b"250 2.1.0 ok\r\n")
+    s.c(b"RCPT TO:<betty@stevenchoy.example>\r\n").s(b"250 2.1.5 ok\r\n").c(b"DATA\r\n").s(b"354 go\r\n")
+    s.c(message + b".\r\n").s(final).c(b"QUIT\r\n").s(b"221 bye\r\n").close()
+    return s.packets
+
+
+def _dns(t: float) -> list[Packet]:
+    q = dns.message.make_query("stevenchoy.example", "MX")
+    r = dns.message.make_response(q)
+    r.answer.append(dns.rrset.from_text("stevenchoy.example.", 60, "IN", "MX", "10 mail.stevenchoy.example."))
+    return [udp_packet(t, SMTP, 40000, NS, 53, q.to_wire(), host="smtp"),
+            udp_packet(t + 0.001, NS, 53, SMTP, 40000, r.to_wire(), host="smtp")]
+
+
+def _pop3(t: float) -> list[Packet]:
+    p = Tcp(BETTY, 37000, MAIL, 110, t=t, host="betty").handshake().s(b"+OK ready\r\n")
+    p.c(b"USER betty\r\n").s(b"+OK\r\n").c(b"PASS pw\r\n").s(b"+OK\r\n").c(b"RETR 1\r\n")
+    p.s(b"+OK message follows\r\n" + _message(True) + b".\r\n").c(b"QUIT\r\n").s(b"+OK bye\r\n").close()
+    return p.packets
+
+
+def capture(*, mx: str = "up", fetched: bool = True) -> list[Packet]:
+    packets = _smtp(ANDY, SMTP, 41000, T0, _message(False), "andy", b"250 2.0.0 Q1 Message accepted for delivery\r\n")
+    packets += _dns(T0 + 1)
+    if mx == "down":
+        packets += Tcp(SMTP, 42000, MAIL, 25, t=T0 + 2, host="smtp").unanswered(3).packets
+    elif mx == "refusing":
+        packets += Tcp(SMTP, 42000, MAIL, 25, t=T0 + 2, host="smtp").refuse().packets
+        packets += _smtp(SMTP, MAIL, 42001, T0 + 3, _message(True), "smtp", b"451 4.3.0 try again later\r\n")
+    if mx != "down":
+        packets += _smtp(SMTP, MAIL, 42002, T0 + 4, _message(True), "smtp", b"250 2.0.0 M9 Message accepted\r\n")
+    if fetched:
+        packets += _pop3(T0 + 10)
+    return sorted(packets, key=lambda p: p.time)
+
+
+def _trace(packets: list[Packet], **kw: str) -> journey.Journey:
+    convs, _ = decode_captures(pcapng(packets), NAMES)
+    return journey.trace(convs, **kw)
+
+
+def test_the_six_steps_of_the_article() -> None:
+    j = _trace(capture(), message_id=MID)
+    assert j.complete
+    assert [(s.number, s.name, s.source, s.target) for s in j.steps] == [
+        (1, "submission", "andy", "smtp.ouhk.example"),
+        (2, "MX query", "smtp.ouhk.example", "ns.lab.example"),
+        (3, "MX answer", "ns.lab.example", "smtp.ouhk.example"),
+        (4, "relay", "smtp.ouhk.example", "mail.stevenchoy.example"),
+        (5, "storage acknowledgement", "mail.stevenchoy.example", "smtp.ouhk.example"),
+        (6, "retrieval", "mail.stevenchoy.example", "betty"),
+    ]
+    assert j.steps[1].summary == "MX? stevenchoy.example"
+    assert j.steps[2].summary == "MX 10 mail.stevenchoy.example"
+    assert j.steps[4].summary == "250 2.0.0 M9 Message accepted"
+    times = [s.time for s in j.steps]
+    assert times == sorted(times)  # type: ignore[type-var]
+    assert [h for h, _ in j.participants] == ["andy", "smtp.ouhk.example", "ns.lab.example",
+                                              "mail.stevenchoy.example", "betty"]
+    assert _trace(capture(), subject="trip").message_id == MID  # by subject, case-insensitive
+
+
+def test_mx_down_shows_the_relay_missing_and_the_unanswered_syns() -> None:
+    j = _trace(capture(mx="down", fetched=False), message_id=MID)
+    found = [s.found for s in j.steps]
+    assert found == [True, True, True, False, False, False]
+    assert "3 SYNs, no reply" in j.steps[3].instead[0]
+    text = journey.timeline(j)
+    assert "4. --            relay                    MISSING" in text
+    assert "3 of 6 steps seen on the wire" in text
+
+
+def test_a_refused_connection_and_a_4xx_before_the_retry_that_worked() -> None:
+    j = _trace(capture(mx="refusing"), message_id=MID)
+    assert j.complete
+    notes = j.steps[3].notes
+    assert any("connection refused (RST)" in n for n in notes)
+    assert any("451 4.3.0 try again later" in n for n in notes)
+
+
+def test_missing_retrieval() -> None:
+    j = _trace(capture(fetched=False), message_id=MID)
+    assert [s.found for s in j.steps] == [True] * 5 + [False]
+    assert "no POP3 retrieval" in j.steps[5].instead[0]
+
+
+def test_unknown_message_lists_what_was_seen() -> None:
+    with pytest.raises(LabctlError, match=r"messages seen:\n  <trip.1@ouhk.example>  Trip"):
+        _trace(capture(), message_id="<other@x>")
+
+
+def test_mermaid_and_svg() -> None:
+    j = _trace(capture(mx="down", fetched=False), message_id=MID)
+    text = diagram.mermaid(j)
+    assert text.startswith("sequenceDiagram\n")
+    assert "P0->>P1: 1. submission: #lt;message" in text
+    assert "P1--xP3: 4. relay: missing" in text and "Note over P1,P3: seen instead:" in text
+    svg = ET.fromstring(diagram.svg(j))
+    assert svg.tag == "{http://www.w3.org/2000/svg}svg"
+    words = " ".join(t.text or "" for t in svg.iter("{http://www.w3.org/2000/svg}text"))
+    assert "andy" in words and "4. relay: missing" in words and "seen instead" in words
+
+
+def test_real_lab_capture_all_six_steps() -> None:
+    """Captured with tcpdump in a real lab: labctl send (port 25, then 587 with AUTH), labctl fetch."""
+    caps = {h: (DATA / f"{h}.pcap").read_bytes() for h in ("andy", "smtp", "mail", "betty", "ns")}
+    convs, decoder = decode_captures(caps, NAMES)
+    assert decoder.problems == []
+    smtp = [c for c in convs if c.protocol == "smtp"]
+    assert len(smtp) == 4 and all(c.decodable and c.state == "closed" for c in smtp)
+    assert all(len(c.vantages) == 2 for c in smtp)  # each seen on both its hosts, shown once
+    for subject in ("hi", "second one"):
+        assert journey.trace(convs, subject=subject).complete
+
+
+def test_real_capture_with_the_mx_down_then_back() -> None:
+    caps = {h: (DATA / f"{h}.pcap").read_bytes() for h in ("down-smtp", "up-smtp")}
+    convs, _ = decode_captures(caps, NAMES)
+    j = journey.trace(convs, subject="while down")
+    assert [s.found for s in j.steps] == [True] * 5 + [False]
+    assert any("unanswered" in n for n in j.steps[3].notes)
+
+
+def test_cli_traffic_and_trace_on_a_pcap(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "lab.pcap"
+    path.write_bytes(pcap(capture()))
+    assert cli.main(["traffic", "--pcap", str(path), "--json", "--proto", "pop3", "--hide-secrets"]) == 0
+    [conv] = json.loads(capsys.readouterr().out)
+    assert conv["protocol"] == "pop3" and conv["client"] == {"ip": BETTY, "port": 37000, "name": "betty"}
+    assert [e["text"] for e in conv["events"]][3] == "PASS ********   (a password in clear text)"
+    assert conv["messages"][0]["message_id"] == MID
+
+    assert cli.main(["traffic", "--pcap", str(path), "--host", "ns"]) == 0
+    assert "smtp.ouhk.example -> ns.lab.example: MX? stevenchoy.example" in capsys.readouterr().out
+
+    svg = tmp_path / "trace.svg"
+    assert cli.main(["trace", MID, "--pcap", str(path), "-o", str(svg)]) == 0
+    assert "6 of 6 steps seen on the wire" in capsys.readouterr().out
+    ET.parse(svg)
+
+    path.write_bytes(pcap(capture(mx="down")))
+    assert cli.main(["trace", "--subject", "Trip", "--pcap", str(path), "--mermaid"]) == 3  # a step is missing
+    assert cli.main(["trace", "--pcap", str(path)]) == 1  # no message named
+    path.write_bytes(b"not a capture")
+    assert cli.main(["traffic", "--pcap", str(path)]) == 1
+    assert "not a pcap or pcapng file" in capsys.readouterr().err
