@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import docker.errors
 from rich.console import Console
@@ -24,14 +25,14 @@ from labctl.errors import LabctlError
 from labctl.events import BuildOutput, Event, Notice, Step
 from labctl.image import ImageBuilder
 from labctl.lab import HostStatus, Lab, list_labs
-from labctl.scenario import junit
-from labctl.scenario import parse as scenario_parse
-from labctl.scenario.model import Scenario
-from labctl.scenario.model import Step as ScenarioStep
-from labctl.scenario.runner import Runner, ScenarioResult, StepResult
 from labctl.traffic import cli as traffic_cli
 from labctl.traffic import render
 from services.capture import CAPTURE_DIR
+
+if TYPE_CHECKING:  # `labctl run` imports these itself: they load the traffic decoders, which other commands skip
+    from labctl.scenario.model import Scenario
+    from labctl.scenario.model import Step as ScenarioStep
+    from labctl.scenario.runner import ScenarioResult, StepResult
 
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
@@ -296,6 +297,10 @@ class RunProgress:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from labctl.scenario import junit
+    from labctl.scenario import parse as scenario_parse
+    from labctl.scenario.runner import Runner
+
     base = topology.load(args.topology)
     scenarios: list[Scenario] = []
     problems: list[str] = []

@@ -14,9 +14,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from labctl.capture import Capture
 from labctl.lab import Lab
 from labctl.scenario import model as m
 from labctl.scenario.steps import Context, StepFailed
+from labctl.traffic.decode import decode_captures
+from labctl.traffic.journey import timeline, trace
 
 
 class EndpointLike(Protocol):
@@ -57,17 +60,8 @@ class ConversationLike(Protocol):
 CAPTURE_LAG = 5.0  # seconds a fact may take to show in the capture files
 POLL = 0.5
 
-UNAVAILABLE = ("this labctl cannot decode the capture: labctl.capture and labctl.traffic (issue 4) "
-               "are needed for traffic facts")
-
-
 def conversations(lab: Lab, since: float | None = None) -> Sequence[ConversationLike]:
-    """The lab's traffic so far, decoded; StepFailed if this build has no decoder."""
-    try:
-        from labctl.capture import Capture
-        from labctl.traffic.decode import decode_captures
-    except ImportError as exc:
-        raise StepFailed("traffic facts from the lab's capture", f"{UNAVAILABLE} ({exc})") from None
+    """The lab's traffic so far, decoded."""
     names = {h.address: h.fqdn for h in lab.status()}
     found, _ = decode_captures(Capture(lab).pcap_bytes(since=since), names)
     return found
@@ -124,30 +118,15 @@ def check_fact(fact: m.Fact, convs: Sequence[ConversationLike], addresses: Mappi
 
 
 def save_traffic(lab: Lab, folder: Path, *, since: float | None = None, subjects: Sequence[str] = ()) -> list[str]:
-    """Write the lab's capture (``capture.pcapng``) and the journey of each sent message (``trace.txt``).
-
-    Returns what was written; where this build cannot export or decode, a note saying so instead.
-    """
-    try:
-        from labctl.capture import Capture
-
-        buf = io.BytesIO()
-        count = Capture(lab).export(buf, since=since)
-    except ImportError as exc:
-        note = folder / "capture-unavailable.txt"
-        note.write_text(f"{UNAVAILABLE} ({exc})\n", encoding="utf-8")
-        return [note.name]
+    """Write the lab's capture (``capture.pcapng``) and the journey of each sent message (``trace.txt``)."""
+    buf = io.BytesIO()
+    count = Capture(lab).export(buf, since=since)
     path = folder / "capture.pcapng"
     path.write_bytes(buf.getvalue())
     written = [f"{path.name} ({count} packets)"]
-    if not subjects:
-        return written
-    try:
-        from labctl.traffic.decode import decode_captures
-        from labctl.traffic.journey import timeline, trace
-    except ImportError as exc:
-        return [*written, f"no trace: {UNAVAILABLE} ({exc})"]
-    convs, _ = decode_captures(buf.getvalue(), {h.address: h.fqdn for h in lab.status()})
-    text = "\n\n".join(timeline(trace(convs, subject=subject)) for subject in dict.fromkeys(subjects))
-    (folder / "trace.txt").write_text(text + "\n", encoding="utf-8")
-    return [*written, "trace.txt"]
+    if subjects:
+        convs, _ = decode_captures(buf.getvalue(), {h.address: h.fqdn for h in lab.status()})
+        text = "\n\n".join(timeline(trace(convs, subject=subject)) for subject in dict.fromkeys(subjects))
+        (folder / "trace.txt").write_text(text + "\n", encoding="utf-8")
+        written.append("trace.txt")
+    return written
