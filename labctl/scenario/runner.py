@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import docker
+import docker.errors
 
 from labctl.errors import LabctlError
 from labctl.events import Reporter, ignore
@@ -155,7 +156,11 @@ class Runner:
                 result.status = ERROR
                 result.message = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=8)}"
             result.seconds = time.monotonic() - started
-            self._save(lab, scenario, result)
+            try:
+                self._save(lab, scenario, result)
+            except (LabctlError, docker.errors.APIError, OSError) as exc:
+                # The verdict stands; a report that could not be completed must not hide it.
+                result.artifacts.append(f"the report is incomplete: {exc}")
         finally:
             # Ctrl-C lands here too: the lab goes, then the interrupt goes on up.
             if self.keep:
