@@ -34,7 +34,9 @@ RESTART_DELAY = 1.0  # seconds between restarts of a recorder that died (say, a 
 
 def tcpdump_command(directory: Path, run: str) -> list[str]:
     return [
-        "tcpdump", "-i", "any", "-n", "-U", "-s", "0",
+        # --immediate-mode: each packet reaches the file at once, not in the kernel's batches of up
+        # to a second, so `labctl traffic --follow` and a scenario's traffic facts see it now.
+        "tcpdump", "-i", "any", "-n", "-U", "--immediate-mode", "-s", "0",
         "-Z", "root",  # write the files as root: the directory is root's, and no other user exists to matter
         "-C", str(FILE_MB), "-W", str(FILES_PER_RUN),
         "-w", str(directory / f"{run}.pcap"),
