@@ -2,7 +2,7 @@
 
 labctl renders the same zone files for it as for ours (labctl/zonefiles.py, under
 /etc/maillab/zones); this writes nsd.conf naming each of them and runs ``nsd -d``. NSD keeps its
-defaults (one server process, as ours is one asyncio process).
+defaults (one server process, as ours is one asyncio process) apart from response rate limiting.
 """
 
 from __future__ import annotations
@@ -31,6 +31,11 @@ def nsd_conf(zone_files: Sequence[str], zones_dir: Path = config.ZONES_DIR, run_
         "  verbosity: 1",
         '  logfile: ""',  # with -d NSD logs to stderr: the container's log
         '  database: ""',  # zones are read from the zone files; no nsd.db to keep in sync
+        # Response rate limiting is an anti-abuse default (200 answers/s per client /24, the rest
+        # dropped or truncated). In a lab every query comes from a handful of hosts, so it would
+        # throttle a benchmark's single client, which our server (no RRL) does not; it is off.
+        "  rrl-ratelimit: 0",
+        "  rrl-whitelist-ratelimit: 0",
         f"  zonesdir: {json.dumps(str(zones_dir))}",
         f"  zonelistfile: {json.dumps(str(run_dir / 'zone.list'))}",
         f"  xfrdfile: {json.dumps(str(run_dir / 'xfrd.state'))}",

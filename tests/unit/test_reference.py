@@ -176,3 +176,4 @@ def test_nsd_serves_every_rendered_zone() -> None:
     assert names == sorted(f'"{f.removesuffix(".zone")}"' for f in files)
     assert '"stevenchoy.example"' in names and '"0.89.10.in-addr.arpa"' in names
     assert 'zonesdir: "/etc/maillab/zones"' in conf
+    assert "rrl-ratelimit: 0" in conf  # a lab's few clients must not be throttled as an attacker
