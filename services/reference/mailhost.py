@@ -17,6 +17,10 @@ from services import config, runtime
 from services.config import LabConfig
 from services.reference import dovecot, postfix, supervise
 
+# Left behind by a killed container (`labctl kill`); in the restarted one the recorded PID may belong
+# to another process, and Dovecot then refuses to start ("already running").
+PID_FILES = (Path("/run/dovecot/master.pid"), Path("/var/spool/postfix/pid/master.pid"))
+
 
 def write_files(cfg: LabConfig, *, mta: bool) -> None:
     files = {
@@ -48,6 +52,7 @@ def main_for(role: str, argv: list[str]) -> int:
     if cfg is None:
         return 1
     write_files(cfg, mta=role == "postfix-mta")
+    supervise.remove_stale(PID_FILES)
     return supervise.run([["postfix", "start-fg"], ["dovecot", "-F"]])
 
 

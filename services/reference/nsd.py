@@ -61,4 +61,5 @@ def main(argv: list[str]) -> int:
         return 1
     RUN_DIR.mkdir(parents=True, exist_ok=True)
     NSD_CONF.write_text(nsd_conf(zones))
+    supervise.remove_stale([RUN_DIR / "nsd.pid"])
     return supervise.run([["nsd", "-d", "-c", str(NSD_CONF)]])

@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 log = logging.getLogger("services.reference")
 
@@ -55,6 +56,12 @@ async def supervise(commands: Sequence[Sequence[str]]) -> int:
         await asyncio.gather(*(p.wait() for p in procs))
     stopping.cancel()
     return 0 if signalled else 1
+
+
+def remove_stale(pid_files: Iterable[Path]) -> None:
+    """Remove the PID files of daemons that cannot be running: this container has just started."""
+    for path in pid_files:
+        path.unlink(missing_ok=True)
 
 
 def run(commands: Sequence[Sequence[str]]) -> int:

@@ -212,3 +212,13 @@ def test_nsd_serves_the_lab_zones_and_the_journey_works(nsd_dns: RunningLab) -> 
     subject = unique("resolved by nsd")
     assert mail.send(lab, "andy", ["betty@stevenchoy.example"], subject, "x", []).ok
     wait_for_mail(lab, "betty", subject)
+
+
+def test_a_killed_postfix_host_starts_again_and_delivers(postfix_mta: RunningLab) -> None:
+    """SIGKILL leaves Postfix's and Dovecot's PID files behind; the role starts anyway."""
+    lab = postfix_mta.lab
+    assert lab.kill("smtp").state == "exited"
+    assert lab.start("smtp").state == "running"  # waits until SMTP, submission and POP3 answer
+    subject = unique("after the restart")
+    assert mail.send(lab, "andy", ["betty@stevenchoy.example"], subject, "x", []).ok
+    wait_for_mail(lab, "betty", subject)
