@@ -222,3 +222,11 @@ def test_a_killed_postfix_host_starts_again_and_delivers(postfix_mta: RunningLab
     subject = unique("after the restart")
     assert mail.send(lab, "andy", ["betty@stevenchoy.example"], subject, "x", []).ok
     wait_for_mail(lab, "betty", subject)
+
+
+def test_the_queue_of_a_postfix_mta_is_postfix_s(postfix_mta: RunningLab) -> None:
+    lab = postfix_mta.lab
+    proc = labctl("queue", "--lab", postfix_mta.name, check=False)
+    assert proc.returncode == 1 and "postqueue -p" in proc.stderr
+    shown = lab.exec("smtp", ["mailq"])  # Postfix's, not the lab image's wrapper of our queue tool
+    assert shown.exit_code == 0 and "Mail queue is empty" in shown.output, shown.output
