@@ -19,117 +19,16 @@ they must be equal. Targets (issue 3): median latency under 50 ms, throughput at
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.mailload import run_once  # noqa: E402
 from labctl import engine, topology  # noqa: E402
 from labctl.image import ImageBuilder  # noqa: E402
 from labctl.lab import Lab  # noqa: E402
-
-MAILDIR = "/var/mail/maillab/stevenchoy.example/betty"
-
-# Runs on the MX host: waits for `count` messages tagged with `run` and prints when each appeared.
-WATCHER = r"""
-import ctypes, json, os, select, sys, time
-maildir, run, count, timeout = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
-new = os.path.join(maildir, "new")
-os.makedirs(new, exist_ok=True)
-# inotify, not polling: a polling loop would take CPU from the servers it measures.
-libc = ctypes.CDLL("libc.so.6", use_errno=True)
-IN_MOVED_TO, IN_CREATE = 0x80, 0x100
-fd = libc.inotify_init1(os.O_NONBLOCK)
-if fd < 0 or libc.inotify_add_watch(fd, new.encode(), IN_MOVED_TO | IN_CREATE) < 0:
-    sys.exit("inotify: " + os.strerror(ctypes.get_errno()))
-tag = ("X-Bench: " + run + " ").encode()
-arrived = {}
-deadline = time.time() + timeout
-print("ready", flush=True)
-while len(arrived) < count and time.time() < deadline:
-    if not select.select([fd], [], [], 1.0)[0]:
-        continue
-    buf, now = os.read(fd, 1 << 20), time.time()
-    names, i = [], 0
-    while i < len(buf):
-        _wd, _mask, _cookie, size = __import__("struct").unpack_from("iIII", buf, i)
-        names.append(buf[i + 16:i + 16 + size].rstrip(b"\0").decode())
-        i += 16 + size
-    for name in names:
-        try:
-            with open(os.path.join(new, name), "rb") as f:
-                head = f.read(4096)
-        except FileNotFoundError:
-            continue
-        at = head.find(tag)
-        if at >= 0:
-            arrived[head[at + len(tag):].split(b"\n", 1)[0].strip().decode()] = now
-print(json.dumps(arrived))
-"""
-
-# Runs on andy: submits messages, prints when each submission started.
-SENDER = r"""
-import json, smtplib, sys, threading, time
-host, run, count, clients, pace = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
-body = ("x" * 70 + "\r\n") * 14  # 1 kB in lines a mail body really has
-started, errors = {}, []
-lock = threading.Lock()
-def client(k):
-    s = smtplib.SMTP(host, 25, local_hostname="andy.ouhk.example", timeout=30)
-    for i in range(k, count, clients):
-        ident = f"{i}"
-        msg = (f"From: andy@ouhk.example\r\nTo: betty@stevenchoy.example\r\nSubject: bench {i}\r\n"
-               f"X-Bench: {run} {ident}\r\n\r\n{body}\r\n")
-        t = time.time()
-        try:
-            s.sendmail("andy@ouhk.example", ["betty@stevenchoy.example"], msg)
-        except Exception as e:
-            with lock:
-                errors.append(repr(e))
-            continue
-        with lock:
-            started[ident] = t
-        if pace:
-            time.sleep(pace)
-    s.quit()
-threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
-for t in threads: t.start()
-for t in threads: t.join()
-print(json.dumps({"started": started, "errors": errors}))
-"""
-
-
-def run_once(lab: Lab, target: str, run: str, count: int, clients: int, pace: float) -> dict[str, Any]:
-    """Send ``count`` messages to ``target`` and watch them arrive; return the measurements."""
-    result: dict[str, Any] = {}
-
-    def watch() -> None:
-        out = lab.exec("mail", ["python3", "-c", WATCHER, MAILDIR, run, str(count), "300"])
-        result["arrived"] = json.loads(out.output.splitlines()[-1])
-
-    watcher = threading.Thread(target=watch)
-    watcher.start()
-    # Let the watcher take its first look before anything is sent.
-    import time
-
-    time.sleep(0.5)
-    sent = lab.exec("andy", ["python3", "-c", SENDER, target, run, str(count), str(clients), str(pace)])
-    watcher.join()
-    report = json.loads(sent.output)
-    started: dict[str, float] = report["started"]
-    arrived: dict[str, float] = result["arrived"]
-    latencies = sorted((arrived[i] - started[i]) * 1000 for i in started if i in arrived)
-    span = max(arrived.values()) - min(started.values()) if arrived and started else float("nan")
-    return {
-        "sent": len(started), "delivered": len(arrived), "errors": report["errors"][:3],
-        "median_ms": statistics.median(latencies) if latencies else float("nan"),
-        "p95_ms": latencies[int(len(latencies) * 0.95) - 1] if latencies else float("nan"),
-        "per_s": len(arrived) / span if span == span and span > 0 else float("nan"),
-    }
 
 
 def main() -> int:

@@ -66,7 +66,7 @@ def _hosts_table(hosts: Sequence[HostStatus], title: str) -> Table:
     table = Table(title=title, title_justify="left")
     for col in ("host", "name", "role", "address", "ports", "state"):
         # Names and addresses are what a student types next: never cut them short.
-        table.add_column(col, no_wrap=col in ("name", "address"), min_width=24 if col == "name" else None)
+        table.add_column(col, no_wrap=col in ("name", "address", "role"), min_width=24 if col == "name" else None)
     for h in hosts:
         state = f"[green]{h.state}[/]" if h.state == "running" else f"[red]{h.state}[/]"
         table.add_row(h.name, h.fqdn, h.role, h.address, h.ports, state)
@@ -82,8 +82,11 @@ def cmd_up(args: argparse.Namespace) -> int:
     for overlay in args.overlay:
         topo = topology.load_overlay(topo, overlay)
     lab = _lab(args)
-    image = ImageBuilder(lab.client, lab.report).ensure(base=args.base, mirror=args.mirror)
-    hosts = lab.up(topo, image, subnet=args.subnet)
+    # The reference image (Postfix, Dovecot, NSD) only when a host of this topology runs it.
+    images = ImageBuilder(lab.client, lab.report).images({h.image for h in topo.hosts}, base=args.base,
+                                                          mirror=args.mirror)
+    image = ", ".join(images.values())
+    hosts = lab.up(topo, images, subnet=args.subnet)
     out.print(_hosts_table(hosts, f"lab {lab.name} is up ({time.monotonic() - started:.1f} s, image {image})"))
     shell_host = next((h.name for h in hosts if h.role == "mua"), hosts[0].name)
     out.print(f"Try: [bold]labctl shell {shell_host}[/]" + (f" --lab {lab.name}" if lab.name != DEFAULT_LAB else "")
@@ -333,8 +336,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_image_build(args: argparse.Namespace) -> int:
     client = engine.connect()
     started = time.monotonic()
-    tag = ImageBuilder(client, Reporter(verbose=True)).ensure(base=args.base, mirror=args.mirror, rebuild=args.rebuild)
+    builder = ImageBuilder(client, Reporter(verbose=True))
+    tag = builder.ensure(base=args.base, mirror=args.mirror, rebuild=args.rebuild)
     out.print(f"lab image: {tag} ({time.monotonic() - started:.1f} s)")
+    if args.reference:
+        tag = builder.ensure_reference(base=args.base, mirror=args.mirror, rebuild=args.rebuild)
+        out.print(f"reference image: {tag} ({time.monotonic() - started:.1f} s)")
     return 0
 
 
@@ -454,6 +461,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = image.add_parser("build", help="build the lab image (bootstrapping a base if needed)")
     p.set_defaults(func=cmd_image_build)
     p.add_argument("--rebuild", action="store_true", help="build even if an image with this hash exists")
+    p.add_argument("--reference", action="store_true",
+                   help="also the reference image (Postfix, Dovecot, NSD, fetchmail, dnsperf) for comparisons")
     image_options(p)
     return parser
 

@@ -31,6 +31,9 @@ from labctl.events import BuildOutput, Notice, Reporter, ignore
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = REPO_ROOT / "compose" / "Dockerfile"
+# The reference image (issue 6): FROM the lab image, plus Postfix, Dovecot, NSD, fetchmail, dnsperf.
+REFERENCE_DOCKERFILE = REPO_ROOT / "compose" / "reference" / "Dockerfile"
+REFERENCE_REPOSITORY = "maillab-reference"
 SERVICES_DIR = Path(services.__file__).resolve().parent
 
 IMAGE_REPOSITORY = "maillab"
@@ -121,8 +124,33 @@ class ImageBuilder:
         if not rebuild and self._exists(tag):
             return tag
         self.report(Notice(f"building the lab image {tag} from {base_ref}"))
-        self._build(tag, base_ref, files)
+        self._build(tag, files, {"BASE": base_ref})
         return tag
+
+    def ensure_reference(self, *, base: str | None = None, mirror: str | None = None, rebuild: bool = False) -> str:
+        """Return the tag of an up-to-date reference image, building it (and the lab image) when needed.
+
+        ``maillab-reference:<hash>``, the hash covering its Dockerfile and the lab image's ID: a
+        change to services/ rebuilds both, and the apt layer of each stays cached.
+        """
+        lab = self.ensure(base=base, mirror=mirror)
+        lab_id = self._image_id(lab)
+        assert lab_id is not None
+        files = [ContextFile("Dockerfile", REFERENCE_DOCKERFILE.read_bytes())]
+        tag = f"{REFERENCE_REPOSITORY}:{input_hash(files, lab_id)}"
+        if not rebuild and self._exists(tag):
+            return tag
+        self.report(Notice(f"building the reference image {tag} from {lab}"))
+        self._build(tag, files, {"LAB_IMAGE": lab})
+        return tag
+
+    def images(self, names: Iterable[str], *, base: str | None = None, mirror: str | None = None) -> dict[str, str]:
+        """Image name of a topology (labctl.topology.IMAGES) -> an up-to-date tag, for those named."""
+        wanted = set(names) | {"lab"}
+        tags = {"lab": self.ensure(base=base, mirror=mirror)}
+        if "reference" in wanted:
+            tags["reference"] = self.ensure_reference(base=base, mirror=mirror)
+        return tags
 
     def current_tag(self) -> str | None:
         """The tag `ensure` would return, or None when the base is not there (no build done)."""
@@ -219,12 +247,12 @@ class ImageBuilder:
 
     # -- the lab image -----------------------------------------------------------------------
 
-    def _build(self, tag: str, base_ref: str, files: list[ContextFile]) -> None:
+    def _build(self, tag: str, files: list[ContextFile], buildargs: dict[str, str]) -> None:
         stream = self.client.api.build(
             fileobj=io.BytesIO(context_tar(files)),
             custom_context=True,
             tag=tag,
-            buildargs={"BASE": base_ref},
+            buildargs=buildargs,
             labels={LABEL: "1"},
             rm=True,
             forcerm=True,
@@ -241,7 +269,7 @@ class ImageBuilder:
                 tail = (tail + [text])[-20:]
         if not self._exists(tag):
             raise ImageError(f"the build finished but {tag} is missing; output:\n" + "\n".join(tail))
-        self.client.api.tag(tag, IMAGE_REPOSITORY, "latest")
+        self.client.api.tag(tag, tag.partition(":")[0], "latest")
 
     def _image_id(self, ref: str) -> str | None:
         try:

@@ -14,7 +14,7 @@ import json
 import socket
 import struct
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,7 +125,7 @@ class Lab:
                 )
             )
         order = {role: i for i, role in enumerate(svc.ROLES)}
-        return sorted(out, key=lambda h: (order.get(h.role, 99), h.name))
+        return sorted(out, key=lambda h: (order.get(svc.role_kind(h.role), 99), h.name))
 
     def find(self, host: str) -> HostStatus:
         """A host of this lab by short name or FQDN."""
@@ -139,11 +139,15 @@ class Lab:
 
     # -- up ----------------------------------------------------------------------------------
 
-    def up(self, topo: Topology, image: str, *, subnet: ipaddress.IPv4Network | None = None) -> list[HostStatus]:
+    def up(self, topo: Topology, image: str | Mapping[str, str], *,
+           subnet: ipaddress.IPv4Network | None = None) -> list[HostStatus]:
         """Create what is missing, start what is stopped, wait until every service answers.
 
-        Running it on a lab that is already up changes nothing.
+        ``image`` is the lab image's tag, or a tag per image name (labctl.topology.IMAGES) when
+        some hosts run another one (the reference peers). Running it on a lab that is already up
+        changes nothing.
         """
+        images = host_images(topo, image)
         existing = {c["Labels"].get(LABEL_HOST): c for c in self.containers()}
         net = self._network()
         if net is not None:
@@ -159,7 +163,7 @@ class Lab:
 
         configs = {h.name: self._host_files(topo, h) for h in topo.hosts}
         # A host's tmpfs is part of what it was created from (absent: the digest is as before).
-        digests = {h.name: _digest(image, {**configs[h.name], **({"tmpfs": repr(h.tmpfs)} if h.tmpfs else {})})
+        digests = {h.name: _digest(images[h.name], {**configs[h.name], **({"tmpfs": repr(h.tmpfs)} if h.tmpfs else {})})
                    for h in topo.hosts}
         stale = [n for n, c in existing.items() if c["Labels"].get(LABEL_CONFIG) != digests.get(n)]
         if stale:
@@ -175,7 +179,7 @@ class Lab:
 
         def start(host: HostSpec) -> None:
             if host.name not in existing:
-                self._create_host(topo, host, image, configs[host.name], digests[host.name])
+                self._create_host(topo, host, images[host.name], configs[host.name], digests[host.name])
             self.api.start(container_name(self.name, host.name))
 
         parallel(start, todo)
@@ -257,7 +261,7 @@ class Lab:
         mounted each container's file system and cost about 0.15 s on the way to `up`.
         """
         files = {"maillab/lab.json": topo.lab_config(self.name, host).to_json()}
-        if host.role == "dns":
+        if host.kind == "dns":
             for fname, text in zonefiles.render(topo).items():
                 files[f"maillab/zones/{fname}"] = text
         return files
@@ -273,7 +277,7 @@ class Lab:
             labels[LABEL_USER] = host.env["MAIL_USER"]
         binds = {}
         tmpfs = dict(host.tmpfs)  # topology `tmpfs:`: a small RAM disk replaces that volume
-        if host.role in ("mta", "mx"):
+        if host.kind in ("mta", "mx"):
             for kind, path in MAIL_VOLUMES.items():
                 if path in tmpfs:
                     continue
@@ -311,7 +315,7 @@ class Lab:
                 targets.append(f"{proto}:{h.address}:{port}{zone}")
         if not targets:
             return
-        nameserver = next((h for h in self.status() if h.role == "dns" and h.state == "running"), None)
+        nameserver = next((h for h in self.status() if svc.role_kind(h.role) == "dns" and h.state == "running"), None)
         if nameserver is None:
             raise ReadinessError(f"lab {self.name!r} has no running name server to probe from; "
                                  f"see `labctl logs ns --lab {self.name}`")
@@ -434,6 +438,17 @@ class Lab:
             yield from self.api.logs(h.container, stream=True, follow=True, tail=tail)
         else:
             yield self.api.logs(h.container, tail=tail)
+
+
+def host_images(topo: Topology, image: str | Mapping[str, str]) -> dict[str, str]:
+    """Host name -> the tag of the image it runs."""
+    tags = {"lab": image} if isinstance(image, str) else dict(image)
+    missing = sorted({h.image for h in topo.hosts} - set(tags))
+    if missing:
+        users = ", ".join(h.name for h in topo.hosts if h.image in missing)
+        raise LabctlError(f"hosts {users} run the {' and '.join(missing)} image, which was not given; "
+                          "`labctl up` builds it, or run `labctl image build --reference`")
+    return {h.name: tags[h.image] for h in topo.hosts}
 
 
 def list_labs(client: docker.DockerClient) -> list[str]:

@@ -47,9 +47,14 @@ def mua_host(lab: Lab, who: str) -> HostStatus:
 
 
 def mta_host(lab: Lab) -> HostStatus:
-    for h in lab.status():
+    hosts = lab.status()
+    for h in hosts:
         if h.role == "mta":
             return h
+    for h in hosts:
+        if h.role == "postfix-mta":  # a reference peer: its queue is Postfix's, not our spool
+            raise LabctlError(f"the MTA of lab {lab.name!r} is Postfix; see its queue with "
+                              f"`labctl exec {h.name} --lab {lab.name} -- postqueue -p`, flush it with `postqueue -f`")
     raise LabctlError(f"lab {lab.name!r} has no MTA host")
 
 

@@ -40,7 +40,7 @@ RETRY_KEYS = ("schedule", "give_up")
 NETWORK_KEYS = ("internal", "driver", "ipam")
 IPAM_KEYS = ("config",)
 IPAM_CONFIG_KEYS = ("subnet",)
-SERVICE_KEYS = ("hostname", "command", "networks", "environment", "labels", "tmpfs")
+SERVICE_KEYS = ("hostname", "command", "networks", "environment", "labels", "tmpfs", "image")
 SERVICE_NETWORK_KEYS = ("ipv4_address",)
 MUA_ENV = ("MAIL_USER", "MAIL_SMTP", "MAIL_POP3")
 # `tmpfs:` gives a mail server a small disk of its own for a mail directory, so that a lab (or a
@@ -49,6 +49,14 @@ MUA_ENV = ("MAIL_USER", "MAIL_SMTP", "MAIL_POP3")
 TMPFS_PATHS = (str(svc.MAIL_DIR), str(svc.SPOOL_DIR))
 TMPFS_ROLES = ("mta", "mx")
 TMPFS_SIZE = re.compile(r"^size=[1-9][0-9]{0,9}[kmg]?$")
+
+# The images a host can run (`image:` of a service), by the name a topology uses. `lab` is the
+# one image of design decision 3; `reference` adds Postfix, Dovecot, NSD, fetchmail and dnsperf
+# for the side-by-side comparisons (compose/reference/Dockerfile). The reference roles need it.
+IMAGES = {
+    "lab": "our services and the student's tools (the default)",
+    "reference": "the lab image plus Postfix, Dovecot, NSD, fetchmail and dnsperf",
+}
 
 
 @dataclass(frozen=True)
@@ -76,10 +84,16 @@ class HostSpec:
     environment: tuple[tuple[str, str], ...]
     labels: tuple[tuple[str, str], ...]
     tmpfs: tuple[tuple[str, str], ...] = ()  # (directory, "size=..."): a RAM disk instead of a volume
+    image: str = "lab"  # a key of IMAGES
 
     @property
     def env(self) -> dict[str, str]:
         return dict(self.environment)
+
+    @property
+    def kind(self) -> str:
+        """The job the host does (dns, mta, mx, mua), whoever's software does it."""
+        return svc.role_kind(self.role)
 
 
 @dataclass(frozen=True)
@@ -101,7 +115,7 @@ class Topology:
 
     @property
     def nameserver(self) -> HostSpec:
-        return next(h for h in self.hosts if h.role == "dns")
+        return next(h for h in self.hosts if h.kind == "dns")
 
     def with_subnet(self, subnet: ipaddress.IPv4Network) -> Topology:
         """The same lab moved to ``subnet``: every host keeps its host number (.25 stays .25)."""
@@ -277,10 +291,11 @@ class _Parser:
             role = spec["command"]
             if isinstance(role, list) and len(role) == 1:
                 role = role[0]
-            if role not in svc.ROLES:
+            if role not in svc.ALL_ROLES:
                 raise self.fail(
-                    at + ("command",), f"command {role!r} is not a lab role; valid roles: {', '.join(svc.ROLES)}"
+                    at + ("command",), f"command {role!r} is not a lab role; valid roles: {', '.join(svc.ALL_ROLES)}"
                 )
+            image = self.image(spec, at, role)
             nets = self.mapping(spec["networks"], at + ("networks",), (network,), f"{name}.networks")
             if network not in nets:
                 raise self.fail(at + ("networks",), f"service {name!r} is not on network {network!r}")
@@ -312,12 +327,25 @@ class _Parser:
                     environment=tuple(sorted(env.items())),
                     labels=tuple(sorted((str(k), str(v)) for k, v in labels.items())),
                     tmpfs=tmpfs,
+                    image=image,
                 )
             )
-        dns = [h.name for h in hosts if h.role == "dns"]
+        dns = [h.name for h in hosts if h.kind == "dns"]
         if len(dns) != 1:
-            raise self.fail(("services",), f"the lab needs exactly one host with command: dns, not {len(dns)}")
+            raise self.fail(("services",), "the lab needs exactly one host with command: dns (or nsd-dns), "
+                            f"not {len(dns)}" + (f": {', '.join(dns)}" if dns else ""))
         return tuple(hosts)
+
+    def image(self, spec: dict[str, Any], at: PathKey, role: str) -> str:
+        reference = role in svc.REFERENCE_ROLES
+        image = spec.get("image", "reference" if reference else "lab")
+        if image not in IMAGES:
+            valid = "; ".join(f"{name}: {what}" for name, what in IMAGES.items())
+            raise self.fail(at + ("image",), f"image {image!r} is not a lab image; valid images: {valid}")
+        if reference and image != "reference":
+            raise self.fail(at + ("image",), f"command {role!r} runs on the reference image; "
+                            "set image: reference or leave image: out")
+        return str(image)
 
     def environment(self, value: Any, at: PathKey) -> dict[str, str]:
         if isinstance(value, list):  # Compose also allows ["KEY=value", ...]
@@ -342,7 +370,7 @@ class _Parser:
         items = [value] if isinstance(value, str) else value
         if not isinstance(items, list):
             raise self.fail(at, f"tmpfs must be a list like ['{TMPFS_PATHS[0]}:size=2m'], not {_kind(value)}")
-        if items and role not in TMPFS_ROLES:
+        if items and svc.role_kind(role) not in TMPFS_ROLES:
             raise self.fail(at, f"tmpfs is for the mail servers' directories; a {role} host has none")
         out: dict[str, str] = {}
         for i, item in enumerate(items):
@@ -380,8 +408,8 @@ class _Parser:
             name = self.fqdn(dname, at, "domain")
             spec = self.mapping(spec, at, DOMAIN_KEYS, f"domain {name!r}")
             mail_host = spec.get("mail_host")
-            if mail_host not in by_name or by_name[mail_host].role not in ("mta", "mx"):
-                choices = ", ".join(h.name for h in hosts if h.role in ("mta", "mx")) or "none defined"
+            if mail_host not in by_name or by_name[mail_host].kind not in ("mta", "mx"):
+                choices = ", ".join(h.name for h in hosts if h.kind in ("mta", "mx")) or "none defined"
                 raise self.fail(
                     at + ("mail_host",),
                     f"mail_host {mail_host!r} must name an mta or mx service; valid choices: {choices}",

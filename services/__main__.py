@@ -19,6 +19,11 @@ roles (long-running, one per lab host):
   mx      the recipient MX: SMTP in, mailboxes, POP3
   mua     a mail user agent host (waits for a student or labctl)
 
+reference peers (on the reference image, for comparisons):
+  postfix-mta  Postfix + Dovecot in place of mta
+  postfix-mx   Postfix + Dovecot in place of mx
+  nsd-dns      NSD in place of dns
+
 tools:
   probe   readiness probe of lab services (used by labctl up)
   mail    the mail client (send, fetch, list, read, save)
@@ -33,6 +38,9 @@ ENTRY_POINTS: dict[str, str] = {
     "mta": "services.smtp.mta:main",
     "mx": "services.smtp.mx:main",
     "mua": "services.mua.host:main",
+    "postfix-mta": "services.reference.mailhost:main_mta",
+    "postfix-mx": "services.reference.mailhost:main_mx",
+    "nsd-dns": "services.reference.nsd:main",
     "probe": "services.probe:main",
     "mail": "services.mua.cli:main",
     "queue": "services.smtp.queuecli:main",

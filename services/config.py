@@ -23,6 +23,18 @@ MAIL_DIR = Path("/var/mail/maillab")
 
 ROLES = ("dns", "mta", "mx", "mua")
 
+# The reference peers (issue 6): the same jobs done by the servers people run in production, so a
+# lab can put ours and theirs side by side. Each does the job of one of our roles (its kind: the
+# same ports, the same place in the topology) and runs on the reference image.
+REFERENCE_ROLES = {"nsd-dns": "dns", "postfix-mta": "mta", "postfix-mx": "mx"}
+ALL_ROLES = ROLES + tuple(REFERENCE_ROLES)
+
+
+def role_kind(role: str) -> str:
+    """The job a role does: ``postfix-mx`` is an ``mx``; our own roles are their own kind."""
+    return REFERENCE_ROLES.get(role, role)
+
+
 # labctl hands each host its files under /etc (lab.json, zone files) in this environment
 # variable, as JSON {relative path: text}; the role writes them at start (materialize_files).
 FILES_ENV = "MAILLAB_FILES"
@@ -37,7 +49,7 @@ class ConfigError(Exception):
 class Host:
     name: str  # short name in the topology ("smtp", "andy")
     fqdn: str  # the host's DNS name ("smtp.ouhk.example")
-    role: str  # one of ROLES
+    role: str  # one of ALL_ROLES
     address: str  # IPv4 address on the lab network
 
 

@@ -17,7 +17,9 @@ from tests.fuzz import harness
 from tests.fuzz.harness import BETTY, BETTY_PASSWORD, HOST, TIMEOUT, LogWatch, Servers
 
 
-@pytest.fixture(scope="session")
+# Package scope: torn down (and checked) when the fuzz tests end, before other packages' tests
+# log errors of their own on purpose.
+@pytest.fixture(scope="package")
 def watch() -> Iterator[LogWatch]:
     handler = LogWatch()
     root = logging.getLogger()
@@ -26,7 +28,7 @@ def watch() -> Iterator[LogWatch]:
     root.removeHandler(handler)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def servers(tmp_path_factory: pytest.TempPathFactory, watch: LogWatch) -> Iterator[Servers]:
     s = Servers(Path(tmp_path_factory.mktemp("fuzz")))
     s.background.loop.set_exception_handler(watch.loop_exception)

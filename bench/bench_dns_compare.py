@@ -1,0 +1,112 @@
+"""Benchmark: DNS queries per second with dnsperf, our lab DNS server vs NSD on the same zones.
+
+Two labs up side by side: compose/lab.yml (our DNS on ns.lab.example) and compose/reference-dns.yml
+(NSD there instead, serving the very zone files labctl writes for ours). dnsperf runs on andy's
+host (the reference image, in both labs, for dnsperf) with its defaults (one client socket, up to
+100 queries outstanding) for a fixed time, over a query mix of every name the lab publishes: A of
+each host, MX, SOA and NS of each zone, PTR of each address, and a name that does not exist.
+Runs alternate between the two labs. Target (issue 6): ours within 2x of NSD.
+
+    python bench/bench_dns_compare.py [--seconds 10] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import re
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from labctl import engine, topology, zonefiles  # noqa: E402
+from labctl.image import ImageBuilder  # noqa: E402
+from labctl.lab import Lab  # noqa: E402
+
+REFERENCE = topology.DEFAULT_TOPOLOGY.parent / "reference-dns.yml"
+SIDES = ("ours", "nsd")
+
+
+def queries(topo: topology.Topology) -> str:
+    """dnsperf's input: one "name type" per line, every record the lab publishes."""
+    lines = [f"{h.fqdn} A" for h in topo.hosts]
+    lines += [f"{d.name} MX" for d in topo.domains]
+    for zone in zonefiles.zone_names(topo):
+        lines += [f"{zone} SOA", f"{zone} NS"]
+    lines += [f"{'.'.join(reversed(str(h.address).split('.')))}.in-addr.arpa PTR" for h in topo.hosts]
+    lines.append(f"nobody.{topo.domains[0].name} A")  # NXDOMAIN, answered with the SOA
+    return "\n".join(lines) + "\n"
+
+
+def with_dnsperf(topo: topology.Topology) -> topology.Topology:
+    """The same lab with andy's host on the reference image, where dnsperf is."""
+    hosts = tuple(dataclasses.replace(h, image="reference") if h.name == "andy" else h for h in topo.hosts)
+    return dataclasses.replace(topo, hosts=hosts)
+
+
+def dnsperf(lab: Lab, seconds: int) -> dict[str, float]:
+    ns = lab.find("ns").address
+    ran = lab.exec("andy", ["dnsperf", "-s", ns, "-d", "/tmp/queries", "-l", str(seconds)])
+    if ran.exit_code != 0:
+        raise SystemExit(f"{lab.name}: dnsperf failed: {ran.output}{ran.stderr.decode()}")
+    text = ran.output
+
+    def field(label: str) -> float:
+        m = re.search(label + r":\s+([\d.]+)", text)
+        if m is None:
+            raise SystemExit(f"{lab.name}: no {label!r} in dnsperf's output:\n{text}")
+        return float(m.group(1))
+
+    return {"qps": field("Queries per second"), "sent": field("Queries sent"),
+            "completed": field("Queries completed"), "lost": field("Queries lost"),
+            "latency_ms": field("Average Latency \\(s\\)") * 1000}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=int, default=10, help="length of each dnsperf run")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+
+    client = engine.connect()
+    images = ImageBuilder(client).images({"lab", "reference"})
+    labs = {"ours": Lab(client, "bench-dns-ours"), "nsd": Lab(client, "bench-dns-nsd")}
+    topos = {"ours": with_dnsperf(topology.load()), "nsd": topology.load(REFERENCE)}
+    runs: dict[str, list[dict[str, float]]] = {side: [] for side in SIDES}
+    try:
+        for side in SIDES:
+            labs[side].down()
+            labs[side].up(topos[side], images)
+            labs[side].exec("andy", ["sh", "-c", "cat > /tmp/queries"], stdin=queries(topos[side]).encode())
+        for _ in range(args.rounds):
+            for side in SIDES:
+                runs[side].append(dnsperf(labs[side], args.seconds))
+        version = labs["nsd"].exec("ns", ["nsd", "-v"]).stderr.decode().split("\n")[0]
+    finally:
+        for side in SIDES:
+            labs[side].down()
+
+    def median(side: str, key: str) -> float:
+        return statistics.median(r[key] for r in runs[side])
+
+    n_queries = len(queries(topos["ours"]).splitlines())
+    print(f"images {images['lab']} (ours), {images['reference']} "
+          f"({version}, stock settings but response rate limiting off)")
+    print(f"dnsperf from andy's host, {args.seconds} s per run, median of {args.rounds}, "
+          f"a mix of {n_queries} queries (A, MX, SOA, NS, PTR, one NXDOMAIN):")
+    a, b = median("ours", "qps"), median("nsd", "qps")
+    print(f"  queries/s:       ours {a:8.0f}   NSD {b:8.0f}   ours/NSD {a / b:.2f}x")
+    la, lb = median("ours", "latency_ms"), median("nsd", "latency_ms")
+    print(f"  average latency: ours {la:8.2f} ms NSD {lb:8.2f} ms")
+    for side in SIDES:
+        sent = sum(r["sent"] for r in runs[side])
+        lost = sum(r["lost"] for r in runs[side])
+        print(f"  {side}: {sent:.0f} queries sent, {lost:.0f} lost")
+    print("target: ours within 2x of NSD (ratio >= 0.50x)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

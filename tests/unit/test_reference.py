@@ -1,0 +1,179 @@
+"""The reference peers' side of the topology, and the Postfix, Dovecot and NSD files they write."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from labctl import topology, zonefiles
+from labctl.errors import LabctlError, SourceError
+from labctl.lab import host_images
+from services.config import Account, Domain, LabConfig
+from services.reference import dovecot, nsd, postfix
+
+LAB_YML = topology.DEFAULT_TOPOLOGY.read_text()
+COMPOSE = topology.DEFAULT_TOPOLOGY.parent
+SWAPS = {
+    "reference-mx.yml": {"mail": "postfix-mx"},
+    "reference-mta.yml": {"smtp": "postfix-mta"},
+    "reference-mail.yml": {"smtp": "postfix-mta", "mail": "postfix-mx"},
+    "reference-dns.yml": {"ns": "nsd-dns"},
+}
+
+
+def error_of(text: str) -> SourceError:
+    with pytest.raises(SourceError) as info:
+        topology.load(Path("lab.yml"), text)
+    return info.value
+
+
+def line_of(needle: str, text: str) -> int:
+    return next(i + 1 for i, line in enumerate(text.splitlines()) if needle in line)
+
+
+@pytest.mark.parametrize("fname", sorted(SWAPS))
+def test_reference_topologies_are_the_lab_with_only_the_roles_swapped(fname: str) -> None:
+    ours, theirs = topology.load(), topology.load(COMPOSE / fname)
+    assert theirs.domains == ours.domains and theirs.subnet == ours.subnet and theirs.retry == ours.retry
+    for a, b in zip(ours.hosts, theirs.hosts, strict=True):
+        want_role = SWAPS[fname].get(a.name, a.role)
+        # Reference roles need the reference image; the MUA hosts take it for fetchmail and dnsperf.
+        want_image = "reference" if b.role != a.role or a.role == "mua" else "lab"
+        assert (b.name, b.fqdn, b.address, b.role, b.image) == (a.name, a.fqdn, a.address, want_role, want_image)
+        assert b.kind == a.role  # a postfix-mx does the job of an mx
+    assert theirs.nameserver.name == "ns"
+    # The zones NSD serves are the very files our DNS server loads.
+    assert zonefiles.render(theirs) == zonefiles.render(ours)
+
+
+def test_our_lab_runs_on_the_lab_image_only() -> None:
+    assert {h.image for h in topology.load().hosts} == {"lab"}
+
+
+def test_unknown_image_is_refused_with_its_line() -> None:
+    text = LAB_YML.replace("    command: mx\n", "    command: mx\n    image: postfix:latest\n")
+    err = error_of(text)
+    assert err.line == line_of("image: postfix:latest", text)
+    assert "image 'postfix:latest' is not a lab image; valid images: lab" in err.message and "reference" in err.message
+
+
+def test_reference_role_on_the_lab_image_is_refused() -> None:
+    text = LAB_YML.replace("    command: mx\n", "    command: postfix-mx\n    image: lab\n")
+    err = error_of(text)
+    assert err.line == line_of("image: lab", text)
+    assert "'postfix-mx' runs on the reference image" in err.message
+
+
+def test_unknown_role_lists_the_reference_roles() -> None:
+    text = LAB_YML.replace("    command: mx\n", "    command: exim-mx\n")
+    err = error_of(text)
+    assert err.line == line_of("exim-mx", text)
+    assert "postfix-mta, postfix-mx" in err.message and "nsd-dns" in err.message
+
+
+def test_two_name_servers_are_refused() -> None:
+    text = LAB_YML.replace("    command: mx\n", "    command: nsd-dns\n")
+    assert "exactly one host with command: dns (or nsd-dns), not 2: ns, mail" in error_of(text).message
+
+
+def test_a_postfix_host_may_keep_a_domains_mailboxes() -> None:
+    topo = topology.load(COMPOSE / "reference-mail.yml")
+    assert {d.mail_host for d in topo.domains} == {"smtp", "mail"}
+
+
+def test_host_images_needs_every_image_the_topology_names() -> None:
+    topo = topology.load(COMPOSE / "reference-mx.yml")
+    with pytest.raises(LabctlError, match="hosts mail, andy, betty run the reference image"):
+        host_images(topo, "maillab:1")
+    tags = host_images(topo, {"lab": "maillab:1", "reference": "maillab-reference:2"})
+    assert tags == {"ns": "maillab:1", "smtp": "maillab:1", "mail": "maillab-reference:2",
+                    "andy": "maillab-reference:2", "betty": "maillab-reference:2"}
+    assert set(host_images(topology.load(), "maillab:1").values()) == {"maillab:1"}
+
+
+# -- the files the roles write -----------------------------------------------------------------
+
+
+def config_for(fname: str, host: str) -> LabConfig:
+    topo = topology.load(COMPOSE / fname)
+    return topo.lab_config("t", topo.host(host))
+
+
+def settings(main_cf: str) -> dict[str, str]:
+    pairs = [line.partition("=") for line in main_cf.splitlines() if line and not line.startswith("#")]
+    assert all(eq for _, eq, _ in pairs)
+    keys = [key.strip() for key, _, _ in pairs]
+    assert len(keys) == len(set(keys)), "a setting written twice: Postfix would take the last silently"
+    return {key.strip(): value.strip() for key, _, value in pairs}
+
+
+def test_postfix_mx_takes_its_domain_and_relays_for_nobody() -> None:
+    cf = settings(postfix.main_cf(config_for("reference-mail.yml", "mail"), mta=False))
+    assert cf["myhostname"] == "mail.stevenchoy.example"
+    assert cf["virtual_mailbox_domains"] == "stevenchoy.example"
+    assert cf["mynetworks"] == "127.0.0.0/8"
+    assert cf["virtual_mailbox_base"] == "/var/mail/maillab"
+    assert cf["smtpd_relay_restrictions"].endswith("reject_unauth_destination")
+
+
+def test_postfix_mta_relays_for_the_mua_hosts_and_follows_the_lab_retry_schedule() -> None:
+    cf = settings(postfix.main_cf(config_for("reference-mail.yml", "smtp"), mta=True))
+    assert cf["virtual_mailbox_domains"] == "ouhk.example"
+    assert cf["mynetworks"] == "127.0.0.0/8 10.89.0.10/32 10.89.0.20/32"
+    # compose/lab.yml: schedule [5, 10, 20, 40], give_up 600
+    assert (cf["minimal_backoff_time"], cf["maximal_backoff_time"], cf["maximal_queue_lifetime"]) == ("5s", "40s",
+                                                                                                     "600s")
+    assert cf["smtpd_sasl_type"] == "dovecot"
+
+
+def test_postfix_keeps_its_durability_defaults() -> None:
+    text = postfix.main_cf(config_for("reference-mail.yml", "smtp"), mta=True)
+    # Nothing that would trade safety for speed: fsync stays on, as in our queue.
+    for risky in ("fsync", "sync_", "lmtp_", "in_flow_delay", "destination_concurrency"):
+        assert risky not in text
+
+
+def test_virtual_mailboxes_map_each_account_to_its_maildir() -> None:
+    assert postfix.virtual_mailboxes(config_for("reference-mx.yml", "mail")) == (
+        "betty@stevenchoy.example stevenchoy.example/betty/\n"
+    )
+
+
+def two_domain_config() -> LabConfig:
+    cfg = config_for("reference-mail.yml", "mail")
+    return dataclasses.replace(cfg, domains=(
+        Domain("a.example", "mail", (Account("jo", "a.example", "p:w\nx"), Account("al", "a.example", "s"))),
+        Domain("b.example", "mail", (Account("jo", "b.example", "q"),)),
+    ))
+
+
+def test_dovecot_users_log_in_as_our_pop3_accepts() -> None:
+    lines = dovecot.users_file(two_domain_config()).splitlines()
+    logins = [line.split(":", 1)[0] for line in lines]
+    # "jo" is in two local domains: only the full addresses; "al" is unique: both forms.
+    assert logins == ["jo@a.example", "al@a.example", "al", "jo@b.example"]
+    fields = lines[0].split(":")
+    assert len(fields) == 8  # user:password:uid:gid:gecos:home:shell:extra, whatever the password holds
+    assert base64.b64decode(fields[1].removeprefix("{PLAIN.b64}")) == b"p:w\nx"
+    assert fields[2:4] == ["5000", "5000"] and fields[5] == "/var/mail/maillab/a.example/jo"
+
+
+def test_dovecot_is_postfix_sasl_backend_on_the_mta_only() -> None:
+    cfg = config_for("reference-mail.yml", "smtp")
+    assert "unix_listener /var/spool/postfix/private/auth" in dovecot.dovecot_conf(cfg, sasl_for_postfix=True)
+    conf = dovecot.dovecot_conf(cfg, sasl_for_postfix=False)
+    assert "unix_listener" not in conf
+    assert "protocols = pop3" in conf and "disable_plaintext_auth = no" in conf
+
+
+def test_nsd_serves_every_rendered_zone() -> None:
+    files = list(zonefiles.render(topology.load(COMPOSE / "reference-dns.yml")))
+    conf = nsd.nsd_conf([*files, "README"])
+    names = [line.split(": ", 1)[1] for line in conf.splitlines() if line.startswith("  name: ")]
+    assert names == sorted(f'"{f.removesuffix(".zone")}"' for f in files)
+    assert '"stevenchoy.example"' in names and '"0.89.10.in-addr.arpa"' in names
+    assert 'zonesdir: "/etc/maillab/zones"' in conf
+    assert "rrl-ratelimit: 0" in conf  # a lab's few clients must not be throttled as an attacker
