@@ -1,6 +1,7 @@
 """Benchmark: DNS queries per second with dnsperf, our lab DNS server vs NSD on the same zones.
 
-Two labs up side by side: compose/lab.yml (our DNS on ns.lab.example) and compose/reference-dns.yml
+Two labs up side by side: compose/lab.yml (our DNS on ns.lab.example) and that lab with
+overlay compose/reference/dns.yml
 (NSD there instead, serving the very zone files labctl writes for ours). dnsperf runs on andy's
 host (the reference image, in both labs, for dnsperf) with its defaults (one client socket, up to
 100 queries outstanding) for a fixed time, over a query mix of every name the lab publishes: A of
@@ -25,7 +26,7 @@ from labctl import engine, topology, zonefiles  # noqa: E402
 from labctl.image import ImageBuilder  # noqa: E402
 from labctl.lab import Lab  # noqa: E402
 
-REFERENCE = topology.DEFAULT_TOPOLOGY.parent / "reference-dns.yml"
+REFERENCE = topology.DEFAULT_TOPOLOGY.parent / "reference" / "dns.yml"  # an overlay
 SIDES = ("ours", "nsd")
 
 
@@ -73,7 +74,7 @@ def main() -> int:
     client = engine.connect()
     images = ImageBuilder(client).images({"lab", "reference"})
     labs = {"ours": Lab(client, "bench-dns-ours"), "nsd": Lab(client, "bench-dns-nsd")}
-    topos = {"ours": with_dnsperf(topology.load()), "nsd": topology.load(REFERENCE)}
+    topos = {"ours": with_dnsperf(topology.load()), "nsd": topology.load_overlay(topology.load(), REFERENCE)}
     runs: dict[str, list[dict[str, float]]] = {side: [] for side in SIDES}
     try:
         for side in SIDES:

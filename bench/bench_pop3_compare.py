@@ -1,6 +1,7 @@
 """Benchmark: POP3 retrieval, our POP3 server vs Dovecot, from a mailbox of 1,000 messages.
 
-Two labs up side by side: compose/lab.yml (our MX serves POP3) and compose/reference-mx.yml
+Two labs up side by side: compose/lab.yml (our MX serves POP3) and that lab with
+overlay compose/reference/mx.yml
 (Postfix delivers, Dovecot serves POP3). In each, andy's host fills betty's mailbox over SMTP with
 the same N messages (waiting until every one is in the Maildir); then a poplib client on betty's
 host logs in, STATs and RETRs every message, and QUITs without DELE (nothing changes between
@@ -29,7 +30,7 @@ from labctl import engine, topology  # noqa: E402
 from labctl.image import ImageBuilder  # noqa: E402
 from labctl.lab import Lab  # noqa: E402
 
-REFERENCE = topology.DEFAULT_TOPOLOGY.parent / "reference-mx.yml"
+REFERENCE = topology.DEFAULT_TOPOLOGY.parent / "reference" / "mx.yml"  # an overlay
 MX = "mail.stevenchoy.example"
 SIDES = ("ours", "dovecot")
 
@@ -95,7 +96,7 @@ def main() -> int:
     client = engine.connect()
     images = ImageBuilder(client).images({"lab", "reference"})
     labs = {"ours": Lab(client, "bench-pop3-ours"), "dovecot": Lab(client, "bench-pop3-dovecot")}
-    topos = {"ours": topology.load(), "dovecot": topology.load(REFERENCE)}
+    topos = {"ours": topology.load(), "dovecot": topology.load_overlay(topology.load(), REFERENCE)}
     sessions: dict[str, list[dict[str, Any]]] = {side: [] for side in SIDES}
     fills = {}
     try:

@@ -1,6 +1,7 @@
 """Benchmark: relay throughput and end-to-end latency, our MTA -> our MX vs Postfix -> Postfix MX.
 
-Two labs up side by side: compose/lab.yml (ours) and compose/reference-mail.yml (Postfix as the
+Two labs up side by side: compose/lab.yml (ours) and that lab with
+overlay compose/reference/mail.yml (Postfix as the
 sender MTA and as the MX, Dovecot behind it), same hosts, same lab DNS, same load from andy's host:
 
 - latency: one client submits one message at a time to smtp.ouhk.example:25, paced so the MTA is
@@ -33,7 +34,7 @@ from labctl import engine, topology  # noqa: E402
 from labctl.image import ImageBuilder  # noqa: E402
 from labctl.lab import Lab  # noqa: E402
 
-REFERENCE = topology.DEFAULT_TOPOLOGY.parent / "reference-mail.yml"
+REFERENCE = topology.DEFAULT_TOPOLOGY.parent / "reference" / "mail.yml"  # an overlay
 MTA = "smtp.ouhk.example"
 SIDES = ("ours", "postfix")
 
@@ -50,7 +51,7 @@ def main() -> int:
     client = engine.connect()
     images = ImageBuilder(client).images({"lab", "reference"})
     labs = {"ours": Lab(client, "bench-relay-ours"), "postfix": Lab(client, "bench-relay-postfix")}
-    topos = {"ours": topology.load(), "postfix": topology.load(REFERENCE)}
+    topos = {"ours": topology.load(), "postfix": topology.load_overlay(topology.load(), REFERENCE)}
     for side in SIDES:
         labs[side].down()
         labs[side].up(topos[side], images)

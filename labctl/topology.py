@@ -498,7 +498,8 @@ class _Parser:
 
 # -- overlays: a scenario's changes on top of a topology ------------------------------------------
 
-OVERLAY_KEYS = ("hosts", "domains", "retry")
+OVERLAY_KEYS = ("hosts", "swap", "domains", "retry")
+SWAP_KEYS = ("command", "image")
 OVERLAY_HOST_KEYS = ("hostname", "role", "address", "user")
 OVERLAY_ROLES = ("mta", "mx", "mua")  # the lab has one name server; a scenario adds mail hosts
 FIRST_EXTRA_HOST = 100  # added hosts get .100, .101, ... unless they say otherwise
@@ -541,7 +542,8 @@ class _OverlayParser(_Parser):
 
     def topology(self) -> Topology:
         spec = self.mapping(self.value_at(self.at), self.at, OVERLAY_KEYS, "topology changes")
-        hosts = self.base.hosts + self.extra_hosts(spec.get("hosts"))
+        base_hosts = self.swapped(spec.get("swap"))
+        hosts = base_hosts + self.extra_hosts(spec.get("hosts"))
         retry = self.base.retry
         if "retry" in spec:
             retry = self.retry(spec["retry"], self.at + ("retry",))
@@ -552,7 +554,7 @@ class _OverlayParser(_Parser):
             self.one_domain(name, raw[name], self.at + ("domains", name), topo.hosts, domains)
         topo = replace(topo, domains=tuple(domains))
         accounts = {f"{u}@{d.name}" for d in topo.domains for u, _ in d.users}
-        for h in hosts[len(self.base.hosts):]:
+        for h in hosts[len(base_hosts):]:
             if h.role == "mua" and h.env["MAIL_USER"] not in accounts:
                 known = ", ".join(sorted(accounts))
                 raise self.fail(self.at + ("hosts", h.name, "user"),
@@ -581,6 +583,35 @@ class _OverlayParser(_Parser):
         d = next(d for d in topo.domains if d.name == name.lower().rstrip("."))
         self.check_mx_hosts(d, topo.hosts, self.at + ("mx",))
         return topo
+
+    def swapped(self, value: Any) -> tuple[HostSpec, ...]:
+        """The base's hosts with ``swap:`` applied: another program for the same job on a host.
+
+        ``swap: {mail: postfix-mx}`` runs Postfix + Dovecot on the MX host (same name, address,
+        domains and accounts), ``swap: {andy: {image: reference}}`` gives a MUA host the reference
+        image's tools; the same lab, load and capture then run against the reference peers.
+        """
+        at0 = self.at + ("swap",)
+        raw = self.mapping(value, at0, None, "swap")
+        by_name = {h.name: h for h in self.base.hosts}
+        changed = dict(by_name)
+        for name, change in raw.items():
+            at = at0 + (name,)
+            host = by_name.get(name)
+            if host is None:
+                raise self.fail(at, f"host {name!r} is not in the lab; hosts: {', '.join(sorted(by_name))}")
+            spec = {"command": change} if isinstance(change, str) else self.mapping(change, at, SWAP_KEYS,
+                                                                                   f"swap of {name!r}")
+            role = spec.get("command", host.role)
+            if role not in svc.ALL_ROLES:
+                raise self.fail(at + ("command",) if not isinstance(change, str) else at,
+                                f"command {role!r} is not a lab role; valid roles: {', '.join(svc.ALL_ROLES)}")
+            if svc.role_kind(role) != host.kind:
+                same = ", ".join(r for r in svc.ALL_ROLES if svc.role_kind(r) == host.kind)
+                raise self.fail(at, f"{name} is the lab's {host.kind} host; it can run {same}, not {role}")
+            image = self.image({"image": spec["image"]} if "image" in spec else {}, at, role)
+            changed[name] = replace(host, role=role, image=image)
+        return tuple(changed[h.name] for h in self.base.hosts)
 
     def extra_hosts(self, value: Any) -> tuple[HostSpec, ...]:
         at0 = self.at + ("hosts",)

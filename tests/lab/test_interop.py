@@ -1,10 +1,10 @@
 """Interoperability with the servers people run: Postfix, Dovecot and NSD in the same lab as ours.
 
-Three labs, each compose/lab.yml with one swap (compose/reference-*.yml):
+Three labs, each compose/lab.yml with one overlay of compose/reference/ (a `swap:` of one host):
 
-- reference-mx: our MTA relays to a Postfix MX; the message lands in the Maildir Dovecot serves;
-- reference-mta: Postfix as the sender MTA relays to our MX; fetchmail and curl read our POP3;
-- reference-dns: NSD serves the zones labctl writes; our MTA finds the MX through it.
+- mx.yml: our MTA relays to a Postfix MX; the message lands in the Maildir Dovecot serves;
+- mta.yml: Postfix as the sender MTA relays to our MX; fetchmail and curl read our POP3;
+- dns.yml: NSD serves the zones labctl writes; our MTA finds the MX through it.
 
 Every client runs inside the lab, on andy's or betty's host (the lab is sealed): our MUA, swaks,
 curl (pop3://) and fetchmail from Debian.
@@ -27,9 +27,9 @@ COMPOSE = topology.DEFAULT_TOPOLOGY.parent
 BETTY_MAILDIR = "/var/mail/maillab/stevenchoy.example/betty"
 
 
-def _lab(client: docker.DockerClient, topology_file: str) -> Iterator[RunningLab]:
+def _lab(client: docker.DockerClient, overlay: str) -> Iterator[RunningLab]:
     name = unique_lab("ref")
-    proc = labctl("up", "--lab", name, "--topology", str(COMPOSE / topology_file))
+    proc = labctl("up", "--lab", name, "--overlay", str(COMPOSE / "reference" / overlay))
     try:
         yield RunningLab(name, client, proc.stdout + proc.stderr)
     finally:
@@ -38,17 +38,17 @@ def _lab(client: docker.DockerClient, topology_file: str) -> Iterator[RunningLab
 
 @pytest.fixture(scope="module")
 def postfix_mx(client: docker.DockerClient, image: str) -> Iterator[RunningLab]:
-    yield from _lab(client, "reference-mx.yml")
+    yield from _lab(client, "mx.yml")
 
 
 @pytest.fixture(scope="module")
 def postfix_mta(client: docker.DockerClient, image: str) -> Iterator[RunningLab]:
-    yield from _lab(client, "reference-mta.yml")
+    yield from _lab(client, "mta.yml")
 
 
 @pytest.fixture(scope="module")
 def nsd_dns(client: docker.DockerClient, image: str) -> Iterator[RunningLab]:
-    yield from _lab(client, "reference-dns.yml")
+    yield from _lab(client, "dns.yml")
 
 
 # -- clients, as run on a MUA host -------------------------------------------------------------

@@ -87,7 +87,7 @@ def test_a_live_dns_change_replaces_mx_and_keeps_the_rest() -> None:
 
 
 @pytest.mark.parametrize(("text", "line", "message"), [
-    ("hostz: {}\n", 1, "unknown key 'hostz' in topology changes; valid keys: hosts, domains, retry"),
+    ("hostz: {}\n", 1, "unknown key 'hostz' in topology changes; valid keys: hosts, swap, domains, retry"),
     ("hosts:\n  mx2:\n    hostname: mx2.stevenchoy.example\n    role: dns\n", 4,
      "role 'dns' cannot be added; valid roles: mta, mx, mua"),
     ("hosts:\n  mx2:\n    hostname: mx2.stevenchoy.example\n    rol: mx\n", 4,

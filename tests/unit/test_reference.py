@@ -17,11 +17,16 @@ from services.reference import dovecot, nsd, postfix
 LAB_YML = topology.DEFAULT_TOPOLOGY.read_text()
 COMPOSE = topology.DEFAULT_TOPOLOGY.parent
 SWAPS = {
-    "reference-mx.yml": {"mail": "postfix-mx"},
-    "reference-mta.yml": {"smtp": "postfix-mta"},
-    "reference-mail.yml": {"smtp": "postfix-mta", "mail": "postfix-mx"},
-    "reference-dns.yml": {"ns": "nsd-dns"},
+    "mx.yml": {"mail": "postfix-mx"},
+    "mta.yml": {"smtp": "postfix-mta"},
+    "mail.yml": {"smtp": "postfix-mta", "mail": "postfix-mx"},
+    "dns.yml": {"ns": "nsd-dns"},
 }
+
+
+def reference(overlay: str) -> topology.Topology:
+    """compose/lab.yml with one of the reference overlays (compose/reference/*.yml)."""
+    return topology.load_overlay(topology.load(), COMPOSE / "reference" / overlay)
 
 
 def error_of(text: str) -> SourceError:
@@ -36,7 +41,7 @@ def line_of(needle: str, text: str) -> int:
 
 @pytest.mark.parametrize("fname", sorted(SWAPS))
 def test_reference_topologies_are_the_lab_with_only_the_roles_swapped(fname: str) -> None:
-    ours, theirs = topology.load(), topology.load(COMPOSE / fname)
+    ours, theirs = topology.load(), reference(fname)
     assert theirs.domains == ours.domains and theirs.subnet == ours.subnet and theirs.retry == ours.retry
     for a, b in zip(ours.hosts, theirs.hosts, strict=True):
         want_role = SWAPS[fname].get(a.name, a.role)
@@ -80,12 +85,12 @@ def test_two_name_servers_are_refused() -> None:
 
 
 def test_a_postfix_host_may_keep_a_domains_mailboxes() -> None:
-    topo = topology.load(COMPOSE / "reference-mail.yml")
+    topo = reference("mail.yml")
     assert {d.mail_host for d in topo.domains} == {"smtp", "mail"}
 
 
 def test_host_images_needs_every_image_the_topology_names() -> None:
-    topo = topology.load(COMPOSE / "reference-mx.yml")
+    topo = reference("mx.yml")
     with pytest.raises(LabctlError, match="hosts mail, andy, betty run the reference image"):
         host_images(topo, "maillab:1")
     tags = host_images(topo, {"lab": "maillab:1", "reference": "maillab-reference:2"})
@@ -98,7 +103,7 @@ def test_host_images_needs_every_image_the_topology_names() -> None:
 
 
 def config_for(fname: str, host: str) -> LabConfig:
-    topo = topology.load(COMPOSE / fname)
+    topo = reference(fname)
     return topo.lab_config("t", topo.host(host))
 
 
@@ -111,7 +116,7 @@ def settings(main_cf: str) -> dict[str, str]:
 
 
 def test_postfix_mx_takes_its_domain_and_relays_for_nobody() -> None:
-    cf = settings(postfix.main_cf(config_for("reference-mail.yml", "mail"), mta=False))
+    cf = settings(postfix.main_cf(config_for("mail.yml", "mail"), mta=False))
     assert cf["myhostname"] == "mail.stevenchoy.example"
     assert cf["virtual_mailbox_domains"] == "stevenchoy.example"
     assert cf["mynetworks"] == "127.0.0.0/8"
@@ -120,7 +125,7 @@ def test_postfix_mx_takes_its_domain_and_relays_for_nobody() -> None:
 
 
 def test_postfix_mta_relays_for_the_mua_hosts_and_follows_the_lab_retry_schedule() -> None:
-    cf = settings(postfix.main_cf(config_for("reference-mail.yml", "smtp"), mta=True))
+    cf = settings(postfix.main_cf(config_for("mail.yml", "smtp"), mta=True))
     assert cf["virtual_mailbox_domains"] == "ouhk.example"
     assert cf["mynetworks"] == "127.0.0.0/8 10.89.0.10/32 10.89.0.20/32"
     # compose/lab.yml: schedule [5, 10, 20, 40], give_up 600
@@ -130,20 +135,20 @@ def test_postfix_mta_relays_for_the_mua_hosts_and_follows_the_lab_retry_schedule
 
 
 def test_postfix_keeps_its_durability_defaults() -> None:
-    text = postfix.main_cf(config_for("reference-mail.yml", "smtp"), mta=True)
+    text = postfix.main_cf(config_for("mail.yml", "smtp"), mta=True)
     # Nothing that would trade safety for speed: fsync stays on, as in our queue.
     for risky in ("fsync", "sync_", "lmtp_", "in_flow_delay", "destination_concurrency"):
         assert risky not in text
 
 
 def test_virtual_mailboxes_map_each_account_to_its_maildir() -> None:
-    assert postfix.virtual_mailboxes(config_for("reference-mx.yml", "mail")) == (
+    assert postfix.virtual_mailboxes(config_for("mx.yml", "mail")) == (
         "betty@stevenchoy.example stevenchoy.example/betty/\n"
     )
 
 
 def two_domain_config() -> LabConfig:
-    cfg = config_for("reference-mail.yml", "mail")
+    cfg = config_for("mail.yml", "mail")
     return dataclasses.replace(cfg, domains=(
         Domain("a.example", "mail", (Account("jo", "a.example", "p:w\nx"), Account("al", "a.example", "s"))),
         Domain("b.example", "mail", (Account("jo", "b.example", "q"),)),
@@ -162,7 +167,7 @@ def test_dovecot_users_log_in_as_our_pop3_accepts() -> None:
 
 
 def test_dovecot_is_postfix_sasl_backend_on_the_mta_only() -> None:
-    cfg = config_for("reference-mail.yml", "smtp")
+    cfg = config_for("mail.yml", "smtp")
     assert "unix_listener /var/spool/postfix/private/auth" in dovecot.dovecot_conf(cfg, sasl_for_postfix=True)
     conf = dovecot.dovecot_conf(cfg, sasl_for_postfix=False)
     assert "unix_listener" not in conf
@@ -170,10 +175,41 @@ def test_dovecot_is_postfix_sasl_backend_on_the_mta_only() -> None:
 
 
 def test_nsd_serves_every_rendered_zone() -> None:
-    files = list(zonefiles.render(topology.load(COMPOSE / "reference-dns.yml")))
+    files = list(zonefiles.render(reference("dns.yml")))
     conf = nsd.nsd_conf([*files, "README"])
     names = [line.split(": ", 1)[1] for line in conf.splitlines() if line.startswith("  name: ")]
     assert names == sorted(f'"{f.removesuffix(".zone")}"' for f in files)
     assert '"stevenchoy.example"' in names and '"0.89.10.in-addr.arpa"' in names
     assert 'zonesdir: "/etc/maillab/zones"' in conf
     assert "rrl-ratelimit: 0" in conf  # a lab's few clients must not be throttled as an attacker
+
+
+# -- the swap overlay ------------------------------------------------------------------------------
+
+
+def overlay_error(text: str) -> SourceError:
+    with pytest.raises(SourceError) as info:
+        topology.load_overlay(topology.load(), Path("swap.yml"), text)
+    return info.value
+
+
+def test_swap_refuses_a_host_the_lab_does_not_have() -> None:
+    err = overlay_error("swap:\n  mailx: postfix-mx\n")
+    assert err.line == 2 and "host 'mailx' is not in the lab" in str(err) and "mail" in str(err)
+
+
+def test_swap_refuses_a_program_for_another_job() -> None:
+    err = overlay_error("swap:\n  smtp: postfix-mx\n")
+    assert err.line == 2 and "smtp is the lab's mta host; it can run mta, postfix-mta, not postfix-mx" in str(err)
+
+
+def test_swap_refuses_an_unknown_role_or_key() -> None:
+    err = overlay_error("swap:\n  mail:\n    command: exim\n")
+    assert err.line == 3 and "command 'exim' is not a lab role" in str(err)
+    err = overlay_error("swap:\n  mail:\n    kommand: postfix-mx\n")
+    assert err.line == 3 and "command" in str(err) and "image" in str(err)
+
+
+def test_swap_back_to_our_own_role() -> None:
+    topo = topology.load_overlay(reference("mx.yml"), Path("back.yml"), "swap:\n  mail: mx\n")
+    assert (topo.host("mail").role, topo.host("mail").image) == ("mx", "lab")

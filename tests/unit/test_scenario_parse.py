@@ -116,7 +116,7 @@ CASES = [
             "steps: [{fetch: {user: betty}}]\n",
      6, "role 'dns' cannot be added; valid roles: mta, mx, mua"),
     (HEAD + "topology:\n  retries: {}\nsteps: [{fetch: {user: betty}}]\n", 5,
-     "unknown key 'retries' in topology changes; valid keys: hosts, domains, retry"),
+     "unknown key 'retries' in topology changes; valid keys: hosts, swap, domains, retry"),
     # steps
     (HEAD + "steps:\n  - fetch: {user: betty}\n  - sned: {}\n", 6,
      "unknown step kind 'sned'; valid kinds: send, fetch, smtp, pop3, wait, fault, expect"),
