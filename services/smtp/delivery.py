@@ -2,11 +2,11 @@
 
 Each pass takes the due messages from the spool, one at a time, and for each domain of their
 due recipients either hands them to the local mailbox writer or looks up the MX, asks
-:mod:`services.smtp.relay` which host to try, runs an SMTP client session (smtplib in a
-thread) and feeds the replies back. :func:`relay.decide` then says what each recipient's new
-state is; the worker records it, enqueues a bounce if one is due, and removes finished
-messages. Connections stay open for the rest of a pass, so several messages for one MX share
-a session (RFC 5321 §4.5.4.1 encourages it; the transaction is reset with RSET between).
+:mod:`services.smtp.relay` which host to try, runs an SMTP client session
+(:mod:`services.smtp.client`, on the event loop) and feeds the replies back.
+:func:`relay.decide` then says what each recipient's new state is; the worker records it,
+enqueues a bounce if one is due, and removes finished messages. Connections stay open for the
+rest of a pass, so several messages for one MX share a session (RFC 5321 §4.5.4.1 encourages it).
 
 A pass delivers up to DELIVERY_CONCURRENCY messages at once, as a pipeline: a message queued
 during the pass starts as soon as a slot is free. The messages of a pass share one MX lookup per
@@ -24,9 +24,6 @@ import collections
 import contextlib
 import logging
 import random
-import re
-import smtplib
-import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -39,6 +36,7 @@ import dns.resolver
 from services.config import LabConfig
 from services.smtp import relay
 from services.smtp.bounce import build_bounce
+from services.smtp.client import Connections, describe
 from services.smtp.relay import (
     Action,
     DeliveryAttempt,
@@ -52,21 +50,12 @@ from services.smtp.relay import (
     NullMx,
     Outcome,
     Route,
-    SmtpReply,
-    Target,
 )
 from services.smtp.spool import QueueEntry, RecipientState, Spool
 
 log = logging.getLogger("services.smtp.delivery")
 
 __all__ = ["DeliveryWorker", "DnsMxResolver", "LocalDelivery", "MxResolver"]
-
-# RFC 5321 §4.5.3.2 gives the real client timeouts: 5 minutes for the greeting, MAIL and
-# RCPT, 2 for the DATA command, 3 per data block and 10 for the final reply. A lab wants a
-# dead MX noticed while the student watches, so ours are seconds; nothing in the lab is slow.
-CONNECT_TIMEOUT = 5.0  # TCP connect and the 220 greeting (§4.5.3.2.1)
-COMMAND_TIMEOUT = 10.0  # EHLO, MAIL, RCPT, DATA, RSET (§4.5.3.2.2-4)
-DATA_TIMEOUT = 30.0  # sending the message and waiting for its final reply (§4.5.3.2.5-6)
 
 DNS_TIMEOUT = 2.0  # one query to the lab DNS server
 DNS_LIFETIME = 5.0  # a whole lookup, retries included; past it, a temporary DNS failure
@@ -83,9 +72,6 @@ ERROR_HOLD = 30.0  # a message whose failure could not even be recorded rests th
 MX_ANSWER_REUSE = 5.0
 
 LocalDelivery = Callable[[str, str, bytes], None]  # (envelope sender, recipient, data)
-
-_EOL = re.compile(rb"\r\n|\r|\n")
-
 
 # -- DNS -----------------------------------------------------------------------------------
 
@@ -164,237 +150,6 @@ class DnsMxResolver:
             return NoSuchDomain()
         except dns.exception.DNSException as exc:
             return DnsTemporaryFailure(_dns_error(exc))
-
-
-# -- SMTP client ---------------------------------------------------------------------------
-
-
-@dataclass
-class HostResult:
-    """What one SMTP session did: each recipient's deciding reply, or why there was none."""
-
-    replies: dict[str, SmtpReply] = field(default_factory=dict)
-    error: str = ""
-    error_status: str = "4.4.1"  # RFC 3463: no answer from host; 4.4.2 once the session broke
-    mail_code: int | None = None  # the reply to MAIL; None: the session failed before it
-
-
-class _Unavailable(Exception):
-    """The host could not be talked to at all (refused, timed out, bad greeting)."""
-
-
-def _reply(code: int, msg: bytes | str) -> SmtpReply:
-    text = msg.decode("utf-8", "replace") if isinstance(msg, bytes) else msg
-    return SmtpReply(code, " ".join(text.split()))
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, ConnectionRefusedError):
-        return "connection refused"
-    if isinstance(exc, TimeoutError):
-        return "timed out"
-    if isinstance(exc, smtplib.SMTPServerDisconnected):
-        # smtplib turns a read timeout or reset into this; the original is the context.
-        cause = exc.__context__
-        return _describe(cause) if isinstance(cause, OSError) else "connection closed by the server"
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror.lower()
-    return str(exc) or type(exc).__name__
-
-
-def _close(smtp: smtplib.SMTP) -> None:
-    with contextlib.suppress(Exception):
-        smtp.close()
-
-
-def _transaction(smtp: smtplib.SMTP, sender: str, recipients: Sequence[str], data: bytes, out: HostResult) -> bool:
-    """MAIL, RCPT..., DATA on an open session, filling ``out.replies``.
-
-    Returns whether the session may carry another message (no 421, RFC 5321 §3.8).
-    """
-    assert smtp.sock is not None
-    smtp.sock.settimeout(COMMAND_TIMEOUT)
-    options: list[str] = []
-    if smtp.has_extn("size"):
-        options.append(f"SIZE={len(data)}")  # RFC 1870: lets the server refuse before DATA
-    if not data.isascii() and smtp.has_extn("8bitmime"):
-        options.append("BODY=8BITMIME")  # RFC 6152
-    if not all(a.isascii() for a in (sender, *recipients)):
-        smtp.command_encoding = "utf-8"  # RFC 6531; the server refuses if it does not do it
-        if smtp.has_extn("smtputf8"):
-            options.append("SMTPUTF8")
-    if smtp.has_extn("pipelining"):
-        return _pipelined(smtp, sender, options, recipients, data, out)
-    code, msg = smtp.mail(sender, options)
-    out.mail_code = code
-    if code != 250:
-        out.replies.update({r: _reply(code, msg) for r in recipients})
-        return code != 421
-    accepted = []
-    for rcpt in recipients:
-        code, msg = smtp.rcpt(rcpt)
-        if code in (250, 251):
-            accepted.append(rcpt)  # not settled yet: the reply after the data decides
-        else:
-            out.replies[rcpt] = _reply(code, msg)
-            if code == 421:
-                return False
-    if not accepted:
-        smtp.rset()
-        return True
-    smtp.sock.settimeout(DATA_TIMEOUT)
-    try:
-        code, msg = smtp.data(_canonical(data))
-        final = _reply(code, msg)
-    except smtplib.SMTPDataError as exc:  # the DATA command itself was refused
-        final = _reply(exc.smtp_code, exc.smtp_error)
-    out.replies.update({r: final for r in accepted})
-    return final.code != 421
-
-
-_LEADING_DOT = re.compile(rb"^\.", re.MULTILINE)
-
-
-def _canonical(data: bytes) -> bytes:
-    # Data leave in canonical form: CRLF only, never a bare CR or LF (the smuggling vector,
-    # RFC 5321 §2.3.8); smtplib adds the dot-stuffing and the final ".".
-    return _EOL.sub(b"\r\n", data)
-
-
-def _pipelined(smtp: smtplib.SMTP, sender: str, options: Sequence[str], recipients: Sequence[str], data: bytes,
-               out: HostResult) -> bool:
-    """The transaction with PIPELINING (RFC 2920): MAIL, every RCPT and DATA in one write.
-
-    Two round trips instead of one per command: the replies come back in order, and the data
-    follow only after a 354 and only if some recipient was accepted (§3.1). A 354 with no
-    recipient accepted (a server may give it) gets an empty message ended at once, as the RFC
-    says, and its reply is ignored.
-    """
-    assert smtp.sock is not None
-    mail = f"MAIL FROM:{smtplib.quoteaddr(sender)}" + "".join(f" {o}" for o in options)
-    commands = [mail] + [f"RCPT TO:{smtplib.quoteaddr(r)}" for r in recipients] + ["DATA"]
-    smtp.send("".join(f"{c}\r\n" for c in commands))
-    code, msg = smtp.getreply()
-    out.mail_code = code
-    accepted = []
-    closing = code == 421
-    for rcpt in recipients:
-        rcode, rmsg = smtp.getreply()
-        if code != 250:
-            out.replies[rcpt] = _reply(code, msg)  # the sender was refused: that is every recipient's answer
-        elif rcode in (250, 251):
-            accepted.append(rcpt)  # not settled yet: the reply after the data decides
-        else:
-            out.replies[rcpt] = _reply(rcode, rmsg)
-        closing = closing or rcode == 421
-    dcode, dmsg = smtp.getreply()
-    closing = closing or dcode == 421
-    if dcode != 354:
-        out.replies.update({r: _reply(dcode, dmsg) for r in accepted})
-        return not closing
-    smtp.sock.settimeout(DATA_TIMEOUT)
-    body = _LEADING_DOT.sub(b"..", _canonical(data)) if accepted else b""  # §4.5.2 transparency
-    if body and not body.endswith(b"\r\n"):
-        body += b"\r\n"
-    smtp.send(body + b".\r\n")
-    final = _reply(*smtp.getreply())
-    out.replies.update({r: final for r in accepted})
-    return not closing and final.code != 421
-
-
-class Connections:
-    """SMTP client sessions, kept open across the messages of one delivery pass.
-
-    ``transact`` and ``close`` run in worker threads; ``abort`` may come from the event loop
-    meanwhile (the worker is cancelled), hence the lock.
-    """
-
-    def __init__(self, helo_name: str, port: int) -> None:
-        self._helo = helo_name
-        self._port = port
-        self._open: dict[str, list[smtplib.SMTP]] = {}  # idle sessions by server address
-        self._lock = threading.Lock()
-        self._aborted = False
-
-    def _connect(self, address: str) -> smtplib.SMTP:
-        smtp = smtplib.SMTP(local_hostname=self._helo, timeout=CONNECT_TIMEOUT)
-        try:
-            code, msg = smtp.connect(address, self._port)
-            if code != 220:
-                # 554 here means "no SMTP service" (RFC 5321 §3.1): try the next MX.
-                raise _Unavailable(f"greeted with {_reply(code, msg)}")
-            assert smtp.sock is not None
-            smtp.sock.settimeout(COMMAND_TIMEOUT)
-            code, msg = smtp.ehlo()
-            if code != 250:
-                code, msg = smtp.helo()  # RFC 5321 §3.2: an old server may know only HELO
-                if code != 250:
-                    raise _Unavailable(f"refused HELO: {_reply(code, msg)}")
-        except (OSError, _Unavailable) as exc:
-            _close(smtp)
-            raise _Unavailable(_describe(exc)) from exc
-        return smtp
-
-    def _idle(self, address: str) -> smtplib.SMTP | None:
-        with self._lock:
-            idle = self._open.get(address)
-            return idle.pop() if idle else None
-
-    def transact(self, target: Target, sender: str, data: bytes) -> HostResult:
-        """Offer the message to ``target`` for ``target.recipients``. Blocking."""
-        smtp = self._idle(target.address)
-        if smtp is not None:
-            # No RSET first: a transaction ended by the reply to the data leaves the session
-            # ready for the next MAIL (RFC 5321 §4.1.1.4). A probe per message cost a round
-            # trip on both sides. If the server has dropped the idle session meanwhile (no
-            # reply to MAIL, or 421), nothing was accepted: a fresh session takes the message.
-            out = self._offer(smtp, target, sender, data)
-            if out.mail_code not in (None, 421):
-                return out
-        out = HostResult()
-        try:
-            smtp = self._connect(target.address)
-        except _Unavailable as exc:
-            out.error = str(exc)
-            return out
-        return self._offer(smtp, target, sender, data)
-
-    def _offer(self, smtp: smtplib.SMTP, target: Target, sender: str, data: bytes) -> HostResult:
-        """One transaction on an open session, which is kept for the next if still good."""
-        out = HostResult()
-        try:
-            reusable = _transaction(smtp, sender, target.recipients, data, out)
-        except OSError as exc:  # smtplib's errors are OSErrors too
-            _close(smtp)
-            out.error, out.error_status = _describe(exc), "4.4.2"
-            return out
-        with self._lock:
-            kept = reusable and not self._aborted
-            if kept:
-                self._open.setdefault(target.address, []).append(smtp)
-        if not kept:
-            _close(smtp)
-        return out
-
-    def _take_all(self) -> list[smtplib.SMTP]:
-        with self._lock:
-            sessions = [smtp for idle in self._open.values() for smtp in idle]
-            self._open.clear()
-            return sessions
-
-    def close(self) -> None:
-        """QUIT every open session. Blocking."""
-        for smtp in self._take_all():
-            with contextlib.suppress(OSError):
-                smtp.quit()
-            _close(smtp)
-
-    def abort(self) -> None:
-        """Drop every session without a word (the worker is being cancelled)."""
-        with self._lock:
-            self._aborted = True
-        for smtp in self._take_all():
-            _close(smtp)
 
 
 # -- the worker ----------------------------------------------------------------------------
@@ -539,8 +294,8 @@ class DeliveryWorker:
                 # Look at the queue again only when told something changed (new mail, a bounce),
                 # not after every message, which would scan the queue once per message.
                 scan = self._wakeup.is_set()
-            await asyncio.to_thread(work.connections.close)
-        except BaseException:  # cancelled: the threads may run on, but keep no session
+            await work.connections.close()
+        except BaseException:  # cancelled: keep no session
             for task in running:
                 task.cancel()
             work.connections.abort()
@@ -585,7 +340,7 @@ class DeliveryWorker:
                 try:
                     await asyncio.to_thread(self._local_delivery, entry.sender, r.address, data)
                 except OSError as exc:  # disk full, permissions: the mailbox may work later
-                    outcome = relay.transient("4.3.0", f"cannot write the mailbox: {_describe(exc)}")
+                    outcome = relay.transient("4.3.0", f"cannot write the mailbox: {describe(exc)}")
                 else:
                     outcome = relay.delivered("delivered to the local mailbox")
             outcomes[r.address] = replace(outcome, relay="local")
@@ -614,7 +369,7 @@ class DeliveryWorker:
             return {r.address: route for r in rcpts}
         attempt = DeliveryAttempt(route, [r.address for r in rcpts])
         while (target := attempt.next_target()) is not None:
-            result = await asyncio.to_thread(connections.transact, target, entry.sender, data)
+            result = await connections.transact(target, entry.sender, data)
             attempt.host_result(target, result.replies, result.error, error_status=result.error_status)
         return attempt.outcomes()
 

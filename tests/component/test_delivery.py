@@ -31,7 +31,7 @@ import pytest
 from aiosmtpd.controller import Controller
 
 from services.config import Account, Domain, Host, LabConfig, Retry
-from services.smtp import delivery
+from services.smtp import client, delivery
 from services.smtp.delivery import DeliveryWorker, DnsMxResolver
 from services.smtp.relay import (
     DnsTemporaryFailure,
@@ -380,7 +380,7 @@ def test_give_up_after_the_retry_period_bounces_with_4_4_7(tmp_path: Path) -> No
 
 
 def test_a_silent_mx_times_out_and_is_retried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(delivery, "CONNECT_TIMEOUT", 0.3)  # the lab's 5 s would slow the suite
+    monkeypatch.setattr(client, "CONNECT_TIMEOUT", 0.3)  # the lab's 5 s would slow the suite
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
     silent.listen()  # the kernel completes the handshake; nobody ever says 220
@@ -559,16 +559,21 @@ def test_one_mx_lookup_serves_the_messages_of_a_pass(tmp_path: Path, mx: tuple[S
 
 def test_an_idle_session_the_server_dropped_is_replaced_without_a_deferral(mx: tuple[ScriptedMx, int]) -> None:
     handler, port = mx
-    connections = delivery.Connections("smtp.ouhk.test", port)
+    connections = client.Connections("smtp.ouhk.test", port)
     target = Target(MxHost(10, "mail.stevenchoy.test", ("127.0.0.1",)), "127.0.0.1", ("betty@stevenchoy.test",))
-    try:
-        assert connections.transact(target, "andy@ouhk.test", MESSAGE).replies["betty@stevenchoy.test"].code == 250
-        # The next MAIL on the kept session is the first command of the next message (no RSET
-        # probe): a server that has given up on the idle session answers it 421 (RFC 5321 §3.8).
-        handler.mail_replies.append("421 4.4.2 mail.stevenchoy.test idle too long, closing")
-        result = connections.transact(target, "carol@ouhk.test", MESSAGE)
-    finally:
-        connections.close()
+
+    async def two_messages() -> client.HostResult:
+        try:
+            first = await connections.transact(target, "andy@ouhk.test", MESSAGE)
+            assert first.replies["betty@stevenchoy.test"].code == 250
+            # The next MAIL on the kept session is the first command of the next message (no RSET
+            # probe): a server that has given up on the idle session answers it 421 (RFC 5321 §3.8).
+            handler.mail_replies.append("421 4.4.2 mail.stevenchoy.test idle too long, closing")
+            return await connections.transact(target, "carol@ouhk.test", MESSAGE)
+        finally:
+            await connections.close()
+
+    result = asyncio.run(two_messages())
     assert result.error == "" and result.replies["betty@stevenchoy.test"].code == 250
     assert [r.mail_from for r in handler.received] == ["andy@ouhk.test", "carol@ouhk.test"]
     assert handler.sessions == 2 and handler.received[1].session == 2
