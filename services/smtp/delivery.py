@@ -392,14 +392,14 @@ class DeliveryWorker:
             original = data if data is not None else await asyncio.to_thread(self._spool.read, entry.id)
             bounce = build_bounce(original=original, sender=entry.sender, failed=failed,
                                   reporting_mta=self._fqdn, queue_id=entry.id, arrival=entry.queued_at, now=end)
-            bounce_id = await asyncio.to_thread(self._spool.enqueue, "", [entry.sender], bounce, now=end)
+            bounce_id = await self._spool.enqueue_async("", [entry.sender], bounce, now=end)
             log.info("%s: sender non-delivery notification: %s", entry.id, bounce_id)
             self.wake()  # the bounce is due now: deliver it in this pass
         states = {d.state.address: d.state for d in decisions}
         if replace(entry, recipients=tuple(states.get(r.address, r) for r in entry.recipients)).done:
             # Nothing left to try: forget the message at once rather than first writing (and
             # fsyncing) a state that says so. A crash in between means, at worst, a duplicate.
-            await asyncio.to_thread(self._spool.remove, entry.id)
+            self._spool.remove(entry.id)  # two unlinks, no fsync: not worth a thread hand-off
             log.info("%s: removed", entry.id)
         else:
             await asyncio.to_thread(self._spool.record, entry.id, list(states.values()))

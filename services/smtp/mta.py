@@ -82,9 +82,7 @@ class MtaHandler:
         received = received_header(self._cfg, client, queue_id=wanted_id, recipients=recipients, when=now)
         data = trace.prepend(message, received)
         try:
-            queue_id = await asyncio.to_thread(
-                self._spool.enqueue, sender, recipients, data, now=now, queue_id=wanted_id
-            )
+            queue_id = await self._spool.enqueue_async(sender, recipients, data, now=now, queue_id=wanted_id)
         except OSError as exc:
             return storage_failure(exc, "cannot queue the message")
         who = f" (AUTH {client.login})" if client.login else ""

@@ -32,6 +32,7 @@ the index from the disk.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import json
@@ -170,6 +171,16 @@ def _entry_from_json(raw: bytes) -> QueueEntry:
     )
 
 
+@dataclass
+class Staged:
+    """A message written to ``tmp/`` and not yet committed (see :meth:`Spool.commit`)."""
+
+    entry: QueueEntry  # its id may change once, if the one drawn is taken
+    tmp: Path
+    fd: int  # still open, for its fsync
+    data: bytes
+
+
 class Spool:
     """The queue on disk. Thread-safe; every method does its own (short, fsync'd) disk I/O."""
 
@@ -189,6 +200,9 @@ class Spool:
         self._index_lock = threading.Lock()
         self._recent: dict[str, bytes] = {}  # id -> data, for the owner's first delivery attempt
         self._recent_size = 0
+        # enqueue_async's group commit, on the event loop that calls it
+        self._batch: list[tuple[Staged, asyncio.Future[str]]] = []
+        self._committing = False
         if recover:
             self.recover()
 
@@ -215,6 +229,19 @@ class Spool:
             os.close(fd)  # releases the flock
 
     # -- writing ---------------------------------------------------------------------------
+
+    def _write_unsynced(self, content: bytes) -> tuple[int, Path]:
+        """A new file in ``tmp/`` with ``content``, still open (for the fsync) and not yet synced."""
+        fd, name = tempfile.mkstemp(dir=self._tmp)
+        try:
+            view = memoryview(content)
+            while view:  # raw os.write, no buffered file object: this runs once per message
+                view = view[os.write(fd, view):]
+        except BaseException:
+            os.close(fd)
+            os.unlink(name)
+            raise
+        return fd, Path(name)
 
     def _write_tmp(self, content: bytes) -> Path:
         fd, name = tempfile.mkstemp(dir=self._tmp)
@@ -244,39 +271,121 @@ class Spool:
         ``queue_id`` (from :func:`new_queue_id`) is used if it is still free, so a Received
         header written before the enqueue can name the id the queue will show.
         """
+        [result] = self.commit([self.stage(sender, recipients, data, now=now, queue_id=queue_id)])
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    async def enqueue_async(
+        self, sender: str, recipients: Sequence[str], data: bytes, *, now: float, queue_id: str | None = None
+    ) -> str:
+        """:meth:`enqueue` for the event loop, with group commit.
+
+        The message is written on the loop (into the page cache: fast), and one thread makes the
+        messages staged meanwhile durable together: their fsyncs back to back, one sync of
+        ``msg/``, one wake-up of the loop for the batch. A thread hand-off per message (eight
+        sessions enqueuing at once, each thread fighting the loop for the GIL) cost the MTA more
+        CPU than receiving the message.
+        """
+        staged = self.stage(sender, recipients, data, now=now, queue_id=queue_id)
+        done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._batch.append((staged, done))
+        if not self._committing:
+            self._committing = True
+            asyncio.ensure_future(self._commit_batches())
+        return await done
+
+    async def _commit_batches(self) -> None:
+        try:
+            while self._batch:
+                batch, self._batch = self._batch, []
+                results: Sequence[str | BaseException]
+                try:
+                    results = await asyncio.to_thread(self.commit, [staged for staged, _ in batch])
+                except Exception as exc:  # a bug of ours: every message of the batch gets a 451
+                    log.exception("spool: committing a batch failed")
+                    results = [exc] * len(batch)
+                for (_, done), result in zip(batch, results, strict=True):
+                    if done.done():  # the session went away meanwhile; the message is queued anyway
+                        continue
+                    if isinstance(result, BaseException):
+                        done.set_exception(result)
+                    else:
+                        done.set_result(result)
+        finally:
+            self._committing = False
+
+    def stage(
+        self, sender: str, recipients: Sequence[str], data: bytes, *, now: float, queue_id: str | None = None
+    ) -> Staged:
+        """Write a message to ``tmp/``, not yet synced nor queued: :meth:`commit` does that."""
         if not recipients:
             raise ValueError("a message needs at least one recipient")
         if queue_id is not None and not _valid_id(queue_id):
             raise ValueError(f"not a queue id: {queue_id!r}")
         unique = list(dict.fromkeys(recipients))  # RCPT twice is one delivery
-        wanted = queue_id
-        while True:
-            queue_id, wanted = wanted or new_queue_id(now), None
-            entry = QueueEntry(
-                id=queue_id,
-                sender="" if is_null_sender(sender) else sender,
-                queued_at=now,
-                size=len(data),
-                recipients=tuple(RecipientState(address=r, next_attempt=now) for r in unique),
-            )
-            tmp = self._write_tmp(_entry_to_json(entry, indent=None) + b"\n" + data)
+        entry = QueueEntry(
+            id=queue_id or new_queue_id(now),
+            sender="" if is_null_sender(sender) else sender,
+            queued_at=now,
+            size=len(data),
+            recipients=tuple(RecipientState(address=r, next_attempt=now) for r in unique),
+        )
+        fd, tmp = self._write_unsynced(_entry_to_json(entry, indent=None) + b"\n" + data)
+        return Staged(entry, tmp, fd, data)
+
+    def commit(self, batch: Sequence[Staged]) -> list[str | OSError]:
+        """Make staged messages durable and queued: each one's queue id, or why it failed.
+
+        Each file is fsync'd and linked into ``msg/`` under its id; then one sync of ``msg/``
+        covers every link: the commit point of them all.
+        """
+        results: list[str | OSError] = []
+        committed: list[Staged] = []
+        for staged in batch:
             try:
-                with self._locked(queue_id):
-                    try:
-                        # link(2) fails if the name exists: an atomic claim of the id.
-                        os.link(tmp, self._msg / queue_id)
-                    except FileExistsError:
-                        continue  # the id is taken: draw another (the header names the id)
-                    self._remember(entry)
+                try:
+                    os.fsync(staged.fd)
+                finally:
+                    os.close(staged.fd)
+                self._claim(staged)
+                committed.append(staged)
+                results.append(staged.entry.id)
+            except OSError as exc:
+                results.append(exc)
             finally:
-                tmp.unlink()
-            break
-        self._msg_sync.sync()  # the commit point: from here on a crash keeps the message
+                staged.tmp.unlink(missing_ok=True)
+        if committed:
+            try:
+                self._msg_sync.sync()  # the commit point: from here on a crash keeps the messages
+            except OSError as exc:
+                # Linked but maybe not durable: the clients get a 4xx and may send again; the
+                # messages stay queued and are delivered (a duplicate at worst, never a loss).
+                return [exc if isinstance(r, str) else r for r in results]
         with self._index_lock:
-            if self._index is not None and self._recent_size + len(data) <= RECENT_DATA_LIMIT:
-                self._recent[queue_id] = data
-                self._recent_size += len(data)
-        return queue_id
+            for staged in committed:
+                if self._index is not None and self._recent_size + len(staged.data) <= RECENT_DATA_LIMIT:
+                    self._recent[staged.entry.id] = staged.data
+                    self._recent_size += len(staged.data)
+        return results
+
+    def _claim(self, staged: Staged) -> None:
+        """Link the staged file into ``msg/`` under its id, drawing another id if it is taken."""
+        while True:
+            with self._locked(staged.entry.id):
+                try:
+                    # link(2) fails if the name exists: an atomic claim of the id.
+                    os.link(staged.tmp, self._msg / staged.entry.id)
+                except FileExistsError:
+                    pass
+                else:
+                    self._remember(staged.entry)
+                    return
+            # Taken (a clash of random ids, or a chosen id reused): the header names the id, so
+            # the file is written again under a new one.
+            staged.entry = replace(staged.entry, id=new_queue_id(staged.entry.queued_at))
+            staged.tmp.unlink(missing_ok=True)
+            staged.tmp = self._write_tmp(_entry_to_json(staged.entry, indent=None) + b"\n" + staged.data)
 
     def record(self, queue_id: str, updates: Iterable[RecipientState]) -> QueueEntry:
         """Replace the state of the named recipients (matched by address); return the entry."""

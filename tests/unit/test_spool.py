@@ -7,6 +7,7 @@ import os
 import re
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -370,3 +371,69 @@ def test_data_just_queued_is_handed_over_once_from_memory(tmp_path: Path) -> Non
     spool.remove(other)
     assert spool.take_recent(other) is None  # removal frees it
     assert Spool(tmp_path, recover=False).take_recent(qid) is None  # only the owner keeps data
+
+
+# -- group commit from the event loop ------------------------------------------------------
+
+
+def test_concurrent_async_enqueues_share_their_commits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    spool = Spool(tmp_path)
+    batches: list[int] = []
+    real_commit = spool.commit
+
+    def counting_commit(batch: list[Any]) -> list[Any]:
+        batches.append(len(batch))
+        return real_commit(batch)
+
+    monkeypatch.setattr(spool, "commit", counting_commit)
+
+    async def many() -> list[str]:
+        return await asyncio.gather(*(
+            spool.enqueue_async("andy@ouhk.test", [f"u{i}@stevenchoy.test"], MESSAGE + b"%d\r\n" % i, now=T0)
+            for i in range(20)))
+
+    ids = asyncio.run(many())
+    assert len(set(ids)) == 20 and sum(batches) == 20
+    assert len(batches) < 20  # the messages staged while a batch was syncing went in the next one
+    reopened = Spool(tmp_path)  # all of it durable and complete, as after a crash
+    assert sorted(e.id for e in reopened.entries()) == sorted(ids)
+    assert {reopened.read(i) for i in ids} == {MESSAGE + b"%d\r\n" % i for i in range(20)}
+    assert files(tmp_path / "tmp") == []
+
+
+def test_an_async_enqueue_that_cannot_be_synced_fails_and_the_others_succeed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    spool = Spool(tmp_path)
+    real_fsync = os.fsync
+    calls = 0
+
+    def fsync_failing_second(fd: int) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise OSError(28, "No space left on device")
+        real_fsync(fd)
+
+    async def three() -> list[Any]:
+        return await asyncio.gather(*(
+            spool.enqueue_async("andy@ouhk.test", ["betty@stevenchoy.test"], MESSAGE, now=T0) for _ in range(3)),
+            return_exceptions=True)
+
+    monkeypatch.setattr(os, "fsync", fsync_failing_second)
+    results = asyncio.run(three())
+    failed = [r for r in results if isinstance(r, OSError)]
+    assert len(failed) == 1 and failed[0].errno == 28
+    assert sorted(e.id for e in Spool(tmp_path).entries()) == sorted(r for r in results if isinstance(r, str))
+
+
+def test_a_taken_id_is_replaced_and_the_header_names_the_new_one(spool: Spool) -> None:
+    chosen = new_queue_id(T0)
+    assert spool.enqueue("andy@ouhk.test", ["betty@stevenchoy.test"], MESSAGE, now=T0, queue_id=chosen) == chosen
+    other = spool.enqueue("andy@ouhk.test", ["carol@stevenchoy.test"], b"second\r\n", now=T0, queue_id=chosen)
+    assert other != chosen
+    header = (spool.root / "msg" / other).read_bytes().partition(b"\n")[0]
+    assert json.loads(header)["id"] == other and spool.read(other) == b"second\r\n"
