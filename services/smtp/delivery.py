@@ -295,6 +295,7 @@ class DeliveryWorker:
                 # not after every message, which would scan the queue once per message.
                 scan = self._wakeup.is_set()
             await work.connections.close()
+            await self._spool.settled()  # the pass's removals are on disk when it ends
         except BaseException:  # cancelled: keep no session
             for task in running:
                 task.cancel()
@@ -399,7 +400,7 @@ class DeliveryWorker:
         if replace(entry, recipients=tuple(states.get(r.address, r) for r in entry.recipients)).done:
             # Nothing left to try: forget the message at once rather than first writing (and
             # fsyncing) a state that says so. A crash in between means, at worst, a duplicate.
-            self._spool.remove(entry.id)  # two unlinks, no fsync: not worth a thread hand-off
+            self._spool.remove_soon(entry.id)
             log.info("%s: removed", entry.id)
         else:
             await asyncio.to_thread(self._spool.record, entry.id, list(states.values()))

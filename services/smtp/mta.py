@@ -167,6 +167,7 @@ def main(argv: list[str]) -> int:
             loop.remove_signal_handler(signal.SIGUSR1)
             delivering.cancel()
             await asyncio.gather(delivering, return_exceptions=True)
+            await spool.settled()  # removals still queued for the disk: or a restart delivers them again
 
     return runtime.serve(serve)
 

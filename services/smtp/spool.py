@@ -202,7 +202,9 @@ class Spool:
         self._recent_size = 0
         # enqueue_async's group commit, on the event loop that calls it
         self._batch: list[tuple[Staged, asyncio.Future[str]]] = []
+        self._unlinks: list[str] = []  # remove_soon's queue ids, for the same thread
         self._committing = False
+        self._committer: asyncio.Future[None] | None = None
         if recover:
             self.recover()
 
@@ -290,18 +292,45 @@ class Spool:
         staged = self.stage(sender, recipients, data, now=now, queue_id=queue_id)
         done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._batch.append((staged, done))
+        self._kick()
+        return await done
+
+    def remove_soon(self, queue_id: str) -> None:
+        """:meth:`remove` for the event loop: forgotten at once, its files unlinked by the thread
+        that commits (unlinking cost the loop a tenth of its time under load). No durability is
+        lost: a removal was never synced; a crash before it means a duplicate, never a loss."""
+        self._forget(queue_id)
+        self._unlinks.append(queue_id)
+        self._kick()
+
+    def _kick(self) -> None:
         if not self._committing:
             self._committing = True
-            asyncio.ensure_future(self._commit_batches())
-        return await done
+            self._committer = asyncio.ensure_future(self._commit_batches())
+
+    async def settled(self) -> None:
+        """Wait until every enqueue and removal handed to the loop so far is done on disk."""
+        while self._committer is not None and not self._committer.done():
+            await asyncio.shield(self._committer)
+
+    def _commit_and_unlink(self, batch: Sequence[Staged], unlinks: Sequence[str]) -> list[str | OSError]:
+        for queue_id in unlinks:
+            with self._locked(queue_id):
+                for path in (self._msg / queue_id, self._state / queue_id):
+                    try:
+                        path.unlink(missing_ok=True)
+                    except OSError as exc:
+                        log.error("spool: cannot remove %s: %s", path, exc)
+        return self.commit(batch) if batch else []
 
     async def _commit_batches(self) -> None:
         try:
-            while self._batch:
+            while self._batch or self._unlinks:
                 batch, self._batch = self._batch, []
+                unlinks, self._unlinks = self._unlinks, []
                 results: Sequence[str | BaseException]
                 try:
-                    results = await asyncio.to_thread(self.commit, [staged for staged, _ in batch])
+                    results = await asyncio.to_thread(self._commit_and_unlink, [staged for staged, _ in batch], unlinks)
                 except Exception as exc:  # a bug of ours: every message of the batch gets a 451
                     log.exception("spool: committing a batch failed")
                     results = [exc] * len(batch)

@@ -628,8 +628,8 @@ class WatchedSpool(Spool):
         super().__init__(root)
         self.emptied = threading.Event()
 
-    def remove(self, queue_id: str) -> None:
-        super().remove(queue_id)
+    def remove_soon(self, queue_id: str) -> None:
+        super().remove_soon(queue_id)
         self.emptied.set()
 
 
