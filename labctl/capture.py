@@ -115,8 +115,11 @@ def outside_addresses(frames: Iterable[Frame], lab: ipaddress.IPv4Network) -> Co
         data = bytes(frame.data[off:off + 40])
         if version == 4 and len(data) >= 20:
             pair = (ipaddress.IPv4Address(data[12:16]), ipaddress.IPv4Address(data[16:20]))
+            # Multicast (an interface joining IGMP groups as it comes up) and the limited broadcast
+            # stay on the lab's own bridge: no router forwards them.
             outside: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = [
-                a for a in pair if a not in lab and not a.is_loopback]
+                a for a in pair if a not in lab and not (a.is_loopback or a.is_multicast or a.is_link_local
+                                                         or a == ipaddress.IPv4Address("255.255.255.255"))]
         elif version == 6 and len(data) >= 40:
             pair6 = (ipaddress.IPv6Address(data[8:24]), ipaddress.IPv6Address(data[24:40]))
             # Link-local, multicast and the unspecified source of duplicate address detection:
