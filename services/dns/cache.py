@@ -9,7 +9,6 @@ reply under the new ID, without parsing or looking anything up: about a tenth of
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import replace
 from typing import Literal
 
 from services.dns.answer import HEADER_LEN, Reply, respond
@@ -37,7 +36,9 @@ class Answerer:
         hit = self._replies.get(key)
         if hit is not None and hit.wire is not None:
             self._replies.move_to_end(key)
-            return replace(hit, wire=query[:2] + hit.wire[2:])
+            # Built directly: dataclasses.replace inspects the fields on every call, a cost that
+            # shows at thousands of queries a second.
+            return Reply(query[:2] + hit.wire[2:], hit.qname, hit.qtype, hit.rcode)
         reply = respond(query, self.zones, transport=transport)
         # Malformed queries are not kept: random garbage must not push the real questions out.
         if reply.wire is not None and reply.bug is None and reply.rcode in CACHED_RCODES and not reply.note:

@@ -51,7 +51,7 @@ class _QueryLog:
         self._logged = 0
         self._unlogged = 0
 
-    def __call__(self, transport: str, client: str, reply: Reply) -> None:
+    def __call__(self, transport: str, addr: Any, reply: Reply) -> None:
         second = int(self._clock())
         if second != self._second:
             if self._unlogged:
@@ -59,11 +59,11 @@ class _QueryLog:
                          self._unlogged, QUERY_LOG_PER_SECOND)
             self._second, self._logged, self._unlogged = second, 0, 0
         if reply.bug is not None:
-            log.error("internal error answering %s from %s:\n%s", reply.qname, client, reply.bug.rstrip())
+            log.error("internal error answering %s from %s:\n%s", reply.qname, _client(addr), reply.bug.rstrip())
         if self._logged < QUERY_LOG_PER_SECOND:
             self._logged += 1
             note = f" ({reply.note})" if reply.note else ""
-            log.info("%s %s %s %s %s%s", transport, client, reply.qname, reply.qtype, reply.rcode, note)
+            log.info("%s %s %s %s %s%s", transport, _client(addr), reply.qname, reply.qtype, reply.rcode, note)
         else:
             self._unlogged += 1
 
@@ -87,7 +87,7 @@ class _Udp(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
         try:
             reply = self.answerer.respond(data, transport="udp")
-            _log_reply("udp", _client(addr), reply)
+            _log_reply("udp", addr, reply)
             if reply.wire is not None and self.transport is not None:
                 self.transport.sendto(reply.wire, addr)
         except Exception:  # an exception here would close the endpoint: log it, keep serving
@@ -117,7 +117,7 @@ class _Tcp:
         try:
             while (message := await self._read(reader, client)) is not None:
                 reply = self.answerer.respond(message, transport="tcp")
-                _log_reply("tcp", client, reply)
+                _log_reply("tcp", client, reply)  # already "ip:port"
                 if reply.wire is None:
                     break
                 writer.write(len(reply.wire).to_bytes(LENGTH_PREFIX, "big") + reply.wire)

@@ -80,9 +80,9 @@ def test_the_query_log_counts_what_it_does_not_show(caplog: pytest.LogCaptureFix
     reply = respond(query("stevenchoy.example", "MX", 1), zones(), transport="udp")
     with caplog.at_level(logging.INFO, "services.dns"):
         for _ in range(server.QUERY_LOG_PER_SECOND + 30):
-            qlog("udp", "10.89.0.25:5353", reply)
+            qlog("udp", ("10.89.0.25", 5353), reply)
         now[0] = 101.2
-        qlog("udp", "10.89.0.25:5353", reply)
+        qlog("udp", ("10.89.0.25", 5353), reply)
     lines = [r.getMessage() for r in caplog.records]
     assert sum("stevenchoy.example. MX NOERROR" in line for line in lines) == server.QUERY_LOG_PER_SECOND + 1
     assert f"... and 30 more queries in that second (the log shows at most {server.QUERY_LOG_PER_SECOND}" in lines[-2]
