@@ -147,6 +147,37 @@ def deliver(mailbox: Path, message: bytes) -> str:
     return key
 
 
+def deliver_batch(items: list[tuple[Path, bytes]]) -> list[str | OSError]:
+    """:func:`deliver` for several messages: each one's key, or why it could not be stored.
+
+    The files are written and fsync'd one after the other, renamed into ``new/``, and each
+    mailbox's ``new/`` is synced once for the batch. Nothing is reported stored before that.
+    """
+    results: list[str | OSError] = []
+    moved: set[Path] = set()
+    for mailbox, message in items:
+        try:
+            _ensure_maildir(mailbox)
+            key = _write_new_tmp(mailbox, message.replace(b"\r\n", b"\n"))
+            tmp = mailbox / "tmp" / key
+            try:
+                os.rename(tmp, mailbox / "new" / key)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+            moved.add(mailbox)
+            results.append(key)
+        except OSError as exc:
+            results.append(exc)
+    for mailbox in moved:
+        try:
+            _new_dir_sync(mailbox).sync()
+        except OSError as exc:  # renamed but maybe not durable: report it, the client retries
+            results = [exc if isinstance(r, str) and m == mailbox else r
+                       for (m, _), r in zip(items, results, strict=True)]
+    return results
+
+
 _dir_syncs: dict[Path, DirectorySync] = {}
 _dir_syncs_lock = threading.Lock()
 

@@ -9,7 +9,6 @@ loses nothing (design decision 8). POP3 on port 110 lets the users fetch it.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -17,6 +16,7 @@ from pathlib import Path
 
 from services import config, mailstore, runtime
 from services.config import LabConfig
+from services.durable import Batcher
 from services.pop3 import server as pop3_server
 from services.smtp import policy, trace
 from services.smtp.policy import Reply
@@ -41,6 +41,8 @@ class MxHandler:
         self._cfg = cfg
         self._mail_root = mail_root
         self._clock = clock
+        # Maildir writes in batches on one thread: one loop wake-up and one sync of new/ per batch.
+        self._store: Batcher[tuple[Path, bytes], str] = Batcher(mailstore.deliver_batch)
 
     def check_sender(self, client: Client, sender: policy.Path) -> Reply:
         return policy.sender_ok(sender)  # anyone may write to our users; <> too (bounces)
@@ -56,7 +58,7 @@ class MxHandler:
                 received = received_header(self._cfg, client, queue_id=queue_id, recipients=(rcpt,), when=now)
                 copy = trace.prepend(message, trace.return_path(sender), received)
                 mailbox = mailstore.mailbox_dir(self._mail_root, rcpt)
-                key = await asyncio.to_thread(mailstore.deliver, mailbox, copy)
+                key = await self._store.submit((mailbox, copy))
                 log.info("%s: from <%s> delivered to %s (%d octets, %s)", queue_id, sender, rcpt, len(copy), key)
         except OSError as exc:
             # Copies stored for earlier recipients stay; the client retries all, and those users get

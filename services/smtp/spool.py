@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from services import config
-from services.durable import DirectorySync, fsync_dir
+from services.durable import Batcher, DirectorySync, fsync_dir
 
 log = logging.getLogger("services.smtp.spool")
 
@@ -171,6 +171,11 @@ def _entry_from_json(raw: bytes) -> QueueEntry:
     )
 
 
+@dataclass(frozen=True)
+class _Unlink:
+    queue_id: str
+
+
 @dataclass
 class Staged:
     """A message written to ``tmp/`` and not yet committed (see :meth:`Spool.commit`)."""
@@ -200,11 +205,9 @@ class Spool:
         self._index_lock = threading.Lock()
         self._recent: dict[str, bytes] = {}  # id -> data, for the owner's first delivery attempt
         self._recent_size = 0
-        # enqueue_async's group commit, on the event loop that calls it
-        self._batch: list[tuple[Staged, asyncio.Future[str]]] = []
-        self._unlinks: list[str] = []  # remove_soon's queue ids, for the same thread
-        self._committing = False
-        self._committer: asyncio.Future[None] | None = None
+        # enqueue_async's group commit and remove_soon's unlinks, on one thread, in batches
+        self._background: Batcher[Staged | _Unlink, str | None] = Batcher(self._commit_and_unlink)
+        self._removals: list[asyncio.Future[str | None]] = []  # referenced until done
         if recover:
             self.recover()
 
@@ -290,59 +293,34 @@ class Spool:
         CPU than receiving the message.
         """
         staged = self.stage(sender, recipients, data, now=now, queue_id=queue_id)
-        done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self._batch.append((staged, done))
-        self._kick()
-        return await done
+        queue_id = await self._background.submit(staged)
+        assert queue_id is not None  # a staged message's result is its id
+        return queue_id
 
     def remove_soon(self, queue_id: str) -> None:
         """:meth:`remove` for the event loop: forgotten at once, its files unlinked by the thread
         that commits (unlinking cost the loop a tenth of its time under load). No durability is
         lost: a removal was never synced; a crash before it means a duplicate, never a loss."""
         self._forget(queue_id)
-        self._unlinks.append(queue_id)
-        self._kick()
-
-    def _kick(self) -> None:
-        if not self._committing:
-            self._committing = True
-            self._committer = asyncio.ensure_future(self._commit_batches())
+        self._removals.append(asyncio.ensure_future(self._background.submit(_Unlink(queue_id))))
+        self._removals = [r for r in self._removals if not r.done()]
 
     async def settled(self) -> None:
         """Wait until every enqueue and removal handed to the loop so far is done on disk."""
-        while self._committer is not None and not self._committer.done():
-            await asyncio.shield(self._committer)
+        await self._background.settled()
 
-    def _commit_and_unlink(self, batch: Sequence[Staged], unlinks: Sequence[str]) -> list[str | OSError]:
-        for queue_id in unlinks:
-            with self._locked(queue_id):
-                for path in (self._msg / queue_id, self._state / queue_id):
-                    try:
-                        path.unlink(missing_ok=True)
-                    except OSError as exc:
-                        log.error("spool: cannot remove %s: %s", path, exc)
-        return self.commit(batch) if batch else []
-
-    async def _commit_batches(self) -> None:
-        try:
-            while self._batch or self._unlinks:
-                batch, self._batch = self._batch, []
-                unlinks, self._unlinks = self._unlinks, []
-                results: Sequence[str | BaseException]
-                try:
-                    results = await asyncio.to_thread(self._commit_and_unlink, [staged for staged, _ in batch], unlinks)
-                except Exception as exc:  # a bug of ours: every message of the batch gets a 451
-                    log.exception("spool: committing a batch failed")
-                    results = [exc] * len(batch)
-                for (_, done), result in zip(batch, results, strict=True):
-                    if done.done():  # the session went away meanwhile; the message is queued anyway
-                        continue
-                    if isinstance(result, BaseException):
-                        done.set_exception(result)
-                    else:
-                        done.set_result(result)
-        finally:
-            self._committing = False
+    def _commit_and_unlink(self, items: list[Staged | _Unlink]) -> list[str | None | OSError]:
+        """The background thread's batch: removals first, then the commits (ids in their places)."""
+        for item in items:
+            if isinstance(item, _Unlink):
+                with self._locked(item.queue_id):
+                    for path in (self._msg / item.queue_id, self._state / item.queue_id):
+                        try:
+                            path.unlink(missing_ok=True)
+                        except OSError as exc:
+                            log.error("spool: cannot remove %s: %s", path, exc)
+        committed = iter(self.commit([item for item in items if isinstance(item, Staged)]))
+        return [None if isinstance(item, _Unlink) else next(committed) for item in items]
 
     def stage(
         self, sender: str, recipients: Sequence[str], data: bytes, *, now: float, queue_id: str | None = None

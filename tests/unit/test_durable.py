@@ -76,3 +76,27 @@ def test_fsync_dir_syncs_a_real_directory(tmp_path: Path) -> None:
     with pytest.raises(NotADirectoryError):
         durable.fsync_dir(tmp_path / "f")
     assert os.path.exists(tmp_path / "f")
+
+
+def test_the_batcher_runs_what_arrives_meanwhile_as_one_batch_and_fails_items_alone() -> None:
+    import asyncio
+
+    from services.durable import Batcher
+
+    batches: list[list[int]] = []
+
+    def work(items: list[int]) -> list[int | BaseException]:
+        batches.append(items)
+        time.sleep(0.02)  # a disk sync, say
+        return [ValueError(f"odd {i}") if i % 2 else i * 10 for i in items]
+
+    async def run() -> list[int | BaseException]:
+        batcher: Batcher[int, int] = Batcher(work)
+        results = await asyncio.gather(*(batcher.submit(i) for i in range(8)), return_exceptions=True)
+        await batcher.settled()
+        return list(results)
+
+    results = asyncio.run(run())
+    assert [r for r in results if not isinstance(r, BaseException)] == [0, 20, 40, 60]
+    assert [str(r) for r in results if isinstance(r, BaseException)] == ["odd 1", "odd 3", "odd 5", "odd 7"]
+    assert sorted(i for b in batches for i in b) == list(range(8)) and len(batches) < 8

@@ -181,3 +181,18 @@ def test_lock_excludes_another_process(tmp_path: Path) -> None:
     assert ours.acquire() and ours.held
     ours.release()
     assert not ours.held
+
+
+def test_deliver_batch_stores_each_message_and_reports_each_failure(tmp_path: Path) -> None:
+    from services.mailstore import deliver_batch
+
+    betty, carol = tmp_path / "betty", tmp_path / "carol"
+    blocked = tmp_path / "blocked"
+    blocked.write_bytes(b"a file where a mailbox should be")
+    results = deliver_batch([(betty, b"one\r\n"), (blocked, b"two\r\n"), (carol, b"three\r\n"), (betty, b"four\r\n")])
+    assert isinstance(results[1], OSError)
+    keys = [r for r in results if isinstance(r, str)]
+    assert len(keys) == 3
+    assert sorted(p.read_bytes() for p in (betty / "new").iterdir()) == [b"four\n", b"one\n"]
+    assert [p.read_bytes() for p in (carol / "new").iterdir()] == [b"three\n"]
+    assert list((betty / "tmp").iterdir()) == []
