@@ -20,7 +20,6 @@ from rich.table import Table
 from rich.text import Text
 
 from labctl import engine, mail, topology
-from labctl.capture import Capture
 from labctl.errors import LabctlError
 from labctl.events import BuildOutput, Event, Notice, Step
 from labctl.image import ImageBuilder
@@ -203,6 +202,8 @@ def _live_capture(args: argparse.Namespace) -> tuple[dict[str, list[bytes]], lis
     if not hosts:
         raise LabctlError(f"lab {lab.name!r} is not up; start it with `labctl up --lab {lab.name}`, "
                           "or read a saved capture with --pcap FILE")
+    from labctl.capture import Capture
+
     return Capture(lab).sources(), [(h.name, h.fqdn, h.role, h.address) for h in hosts]
 
 
@@ -211,6 +212,8 @@ def _size(octets: int) -> str:
 
 
 def cmd_capture_status(args: argparse.Namespace) -> int:
+    from labctl.capture import Capture
+
     hosts = Capture(_lab(args)).status(args.host)
     if args.json:
         print(json.dumps([{"host": c.host.name, "container": c.host.container, "state": c.host.state,
@@ -230,6 +233,8 @@ def cmd_capture_status(args: argparse.Namespace) -> int:
 
 
 def cmd_capture_export(args: argparse.Namespace) -> int:
+    from labctl.capture import Capture
+
     since = render.parse_since(args.since) if args.since else None
     with open(args.output, "wb") as fh:
         count = Capture(_lab(args)).export(fh, host=args.host, since=since)

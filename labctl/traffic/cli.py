@@ -13,18 +13,21 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.text import Text
 
 from labctl import topology
 from labctl.errors import LabctlError
-from labctl.traffic import diagram, journey, render
-from labctl.traffic.decode import TrafficDecoder
-from labctl.traffic.follow import Follower
-from labctl.traffic.follow import key as follow_key
+from labctl.traffic import render
 from labctl.traffic.model import CLIENT, NOTE, Conversation, Event
+
+if TYPE_CHECKING:
+    from labctl.traffic.decode import TrafficDecoder
+
+# The decoders (and dnspython under them) are imported when a command runs, not when labctl
+# starts: every other command, `labctl up` first, would pay for them.
 
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
@@ -85,6 +88,8 @@ def decode_args(args: argparse.Namespace, live: LiveSource | None, *, complete: 
                           "tcpdump -w on a lab host)")
     args.probe_addresses = probe_addresses(hosts)
     names = {} if args.no_names else names_from_hosts(hosts)
+    from labctl.traffic.decode import TrafficDecoder
+
     decoder = TrafficDecoder(names, show_bodies=getattr(args, "bodies", False))
     decoder.feed_captures(sources)
     for problem in decoder.problems:
@@ -132,6 +137,9 @@ def follow(args: argparse.Namespace, live: LiveSource, since: float | None) -> i
     Every look re-reads the hosts' capture files and decodes them afresh (the decoder reads
     100+ MB/s, a lab session's capture is a few MB); the follower prints each event once.
     """
+    from labctl.traffic.follow import Follower
+    from labctl.traffic.follow import key as follow_key
+
     follower = Follower()
     reported: set[str] = set()
     last: Conversation | None = None
@@ -184,6 +192,8 @@ def cmd_trace(args: argparse.Namespace, live: LiveSource | None = None) -> int:
         raise LabctlError("say which message: labctl trace MESSAGE-ID, or labctl trace --subject TEXT "
                           "(labctl send prints the Message-ID)")
     convs, _ = decode_args(args, live)
+    from labctl.traffic import diagram, journey
+
     j = journey.trace(convs, message_id=args.message_id, subject=args.subject)
     if args.mermaid:
         sys.stdout.write(diagram.mermaid(j))
