@@ -135,16 +135,10 @@ def deliver(mailbox: Path, message: bytes) -> str:
     (with that reply it takes responsibility for the message, RFC 5321 §6.1). Raises ``OSError``.
     Safe to call from several threads and processes at once.
     """
-    _ensure_maildir(mailbox)
-    key = _write_new_tmp(mailbox, message.replace(b"\r\n", b"\n"))
-    tmp = mailbox / "tmp" / key
-    try:
-        os.rename(tmp, mailbox / "new" / key)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _new_dir_sync(mailbox).sync()  # shared with the deliveries to this mailbox in flight
-    return key
+    [result] = deliver_batch([(mailbox, message)])
+    if isinstance(result, OSError):
+        raise result
+    return result
 
 
 def deliver_batch(items: list[tuple[Path, bytes]]) -> list[str | OSError]:
@@ -171,7 +165,7 @@ def deliver_batch(items: list[tuple[Path, bytes]]) -> list[str | OSError]:
             results.append(exc)
     for mailbox in moved:
         try:
-            _new_dir_sync(mailbox).sync()
+            _new_dir_sync(mailbox).sync()  # shared with other threads delivering to this mailbox
         except OSError as exc:  # renamed but maybe not durable: report it, the client retries
             results = [exc if isinstance(r, str) and m == mailbox else r
                        for (m, _), r in zip(items, results, strict=True)]
