@@ -111,14 +111,17 @@ class DataReader:
         self._size += len(piece)
         if self._size > self._size_limit:
             self._fail(MESSAGE_TOO_BIG)
-        self._line += piece
-        if not piece.endswith(b"\n"):
-            if len(self._line) > WIRE_LINE_LIMIT:
-                self._fail(LINE_TOO_LONG)
-                del self._line[:-1]  # bounded memory; the last octet may be the CR of a CRLF
-            return False
-        line = bytes(self._line)
-        self._line.clear()
+        if not self._line and piece.endswith(b"\n"):
+            line = piece  # a whole line at once, the usual case: no copy through the buffer
+        else:
+            self._line += piece
+            if not piece.endswith(b"\n"):
+                if len(self._line) > WIRE_LINE_LIMIT:
+                    self._fail(LINE_TOO_LONG)
+                    del self._line[:-1]  # bounded memory; the last octet may be the CR of a CRLF
+                return False
+            line = bytes(self._line)
+            self._line.clear()
         self._after_crlf = line.endswith(CRLF)
         text = line[1:] if line.startswith(b".") else line  # §4.5.2: the client's transparency dot
         if len(text) > TEXT_LINE_LIMIT:
