@@ -22,8 +22,6 @@ from labctl.traffic.packet import network_payload
 from labctl.traffic.pcap import Frame, write_merged_pcapng
 from services.capture import CAPTURE_DIR
 
-PCAP_MAGICS = (b"\xd4\xc3\xb2\xa1", b"\xa1\xb2\xc3\xd4", b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d")
-
 
 @dataclass(frozen=True)
 class CaptureFile:
@@ -91,9 +89,7 @@ class Capture:
                 data = b""
                 if with_data:
                     extracted = tar.extractfile(member)
-                    data = extracted.read() if extracted else b""
-                    if data[:4] not in PCAP_MAGICS:
-                        continue  # a file still empty (tcpdump not yet flushed its header) or foreign
+                    data = extracted.read() if extracted else b""  # an empty file reads as no frames
                 found.append((CaptureFile(member.name.rpartition("/")[2], member.size, float(member.mtime)), data))
         found.sort(key=lambda item: (item[0].modified, item[0].name))
         yield from found

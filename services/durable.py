@@ -83,11 +83,16 @@ class Batcher(Generic[T, R]):
         self._running: asyncio.Future[None] | None = None
 
     async def submit(self, item: T) -> R:
+        return await self.put(item)
+
+    def put(self, item: T) -> asyncio.Future[R]:
+        """Hand ``item`` over without waiting; the future (held here until its batch is done)
+        gets its result. For work nobody needs to wait for, such as a removal."""
         done: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._pending.append((item, done))
         if self._running is None or self._running.done():
             self._running = asyncio.ensure_future(self._drain())
-        return await done
+        return done
 
     async def settled(self) -> None:
         """Wait until everything submitted so far is done."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -26,9 +25,6 @@ COMMAND_TIMEOUT = 10.0  # EHLO, MAIL, RCPT, DATA, RSET (§4.5.3.2.2-4)
 DATA_TIMEOUT = 30.0  # sending the message and waiting for its final reply (§4.5.3.2.5-6)
 QUIT_TIMEOUT = 2.0  # the goodbye is a courtesy: nobody waits long for it
 REPLY_LINE_LIMIT = 64 * 1024  # far past §4.5.3.1.5's 512; a longer line is a broken server
-
-_EOL = re.compile(rb"\r\n|\r|\n")
-_LEADING_DOT = re.compile(rb"^\.", re.MULTILINE)
 
 
 @dataclass
@@ -60,15 +56,6 @@ def describe(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror.lower()
     return str(exc) or type(exc).__name__
-
-
-def canonical(data: bytes) -> bytes:
-    """The message as it leaves: CRLF only, never a bare CR or LF (the smuggling vector, RFC 5321
-    §2.3.8), dot-stuffed (§4.5.2), ending with CRLF, then the end-of-data line."""
-    body = _LEADING_DOT.sub(b"..", _EOL.sub(b"\r\n", data))
-    if body and not body.endswith(b"\r\n"):
-        body += b"\r\n"
-    return body + b".\r\n"
 
 
 def _reply(code: int, text: str) -> SmtpReply:
@@ -211,7 +198,7 @@ class Session:
         return await self._data(data, accepted, out) and not closing
 
     async def _data(self, data: bytes, accepted: Sequence[str], out: HostResult) -> bool:
-        await self._send(canonical(data), DATA_TIMEOUT)
+        await self._send(wire.stuff(data), DATA_TIMEOUT)
         code, text = await self.reply(DATA_TIMEOUT)
         final = _reply(code, text)
         out.replies.update({r: final for r in accepted})

@@ -32,7 +32,6 @@ the index from the disk.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import fcntl
 import json
@@ -207,7 +206,6 @@ class Spool:
         self._recent_size = 0
         # enqueue_async's group commit and remove_soon's unlinks, on one thread, in batches
         self._background: Batcher[Staged | _Unlink, str | None] = Batcher(self._commit_and_unlink)
-        self._removals: list[asyncio.Future[str | None]] = []  # referenced until done
         if recover:
             self.recover()
 
@@ -249,19 +247,17 @@ class Spool:
         return fd, Path(name)
 
     def _write_tmp(self, content: bytes) -> Path:
-        fd, name = tempfile.mkstemp(dir=self._tmp)
+        """A new file in ``tmp/`` with ``content``, synced and closed."""
+        fd, path = self._write_unsynced(content)
         try:
             try:
-                view = memoryview(content)
-                while view:  # raw os.write, no buffered file object: this runs once per write
-                    view = view[os.write(fd, view):]
                 os.fsync(fd)
             finally:
                 os.close(fd)
         except BaseException:
-            os.unlink(name)
+            path.unlink()
             raise
-        return Path(name)
+        return path
 
     def _commit_state(self, entry: QueueEntry) -> None:
         tmp = self._write_tmp(_entry_to_json(entry))
@@ -302,8 +298,7 @@ class Spool:
         that commits (unlinking cost the loop a tenth of its time under load). No durability is
         lost: a removal was never synced; a crash before it means a duplicate, never a loss."""
         self._forget(queue_id)
-        self._removals.append(asyncio.ensure_future(self._background.submit(_Unlink(queue_id))))
-        self._removals = [r for r in self._removals if not r.done()]
+        self._background.put(_Unlink(queue_id))  # nobody waits: errors are logged by the thread
 
     async def settled(self) -> None:
         """Wait until every enqueue and removal handed to the loop so far is done on disk."""

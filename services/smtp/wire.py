@@ -52,6 +52,19 @@ def find_data_end(stream: bytes, start: int) -> int:
     return -1 if at < 0 else at + 2
 
 
+_EOL = re.compile(rb"\r\n|\r|\n")
+_LEADING_DOT = re.compile(rb"^\.", re.MULTILINE)
+
+
+def stuff(data: bytes) -> bytes:
+    """The message in its wire form after DATA: CRLF only, never a bare CR or LF (the smuggling
+    vector, RFC 5321 §2.3.8), dot-stuffed (§4.5.2), ending with CRLF, then the end-of-data line."""
+    body = _LEADING_DOT.sub(b"..", _EOL.sub(b"\r\n", data))
+    if body and not body.endswith(b"\r\n"):
+        body += b"\r\n"
+    return body + b".\r\n"
+
+
 def unstuff(data: bytes) -> bytes:
     """The message from its wire form: a leading dot removed from every line (RFC 5321 §4.5.2)."""
     if b"\n." not in data and not data.startswith(b"."):
