@@ -34,9 +34,11 @@ RESTART_DELAY = 1.0  # seconds between restarts of a recorder that died (say, a 
 
 def tcpdump_command(directory: Path, run: str) -> list[str]:
     return [
-        # --immediate-mode: each packet reaches the file at once, not in the kernel's batches of up
-        # to a second, so `labctl traffic --follow` and a scenario's traffic facts see it now.
-        "tcpdump", "-i", "any", "-n", "-U", "--immediate-mode", "-s", "0",
+        # Not --immediate-mode: it makes libpcap use a ring of fixed slots sized by the snap length
+        # (256 KiB each), so the default buffer held about eight packets and a busy machine lost
+        # whole stretches of a session. Without it, packets reach the file in blocks, up to about a
+        # second late; readers that need them (traffic --follow, scenario facts) look again.
+        "tcpdump", "-i", "any", "-n", "-U", "-s", "0",
         "-Z", "root",  # write the files as root: the directory is root's, and no other user exists to matter
         "-C", str(FILE_MB), "-W", str(FILES_PER_RUN),
         "-w", str(directory / f"{run}.pcap"),
