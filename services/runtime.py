@@ -19,6 +19,7 @@ from pathlib import Path
 
 from services import capture, config
 from services.config import LabConfig
+from services.logbuffer import CoalescingHandler
 
 log = logging.getLogger("services")
 
@@ -28,7 +29,7 @@ CAPTURE_ENV = "MAILLAB_CAPTURE"  # "off" turns the always-on capture off (labctl
 
 def setup_logging(role: str) -> None:
     logging.basicConfig(
-        stream=sys.stderr,
+        handlers=[CoalescingHandler(sys.stderr)],  # batched writes: dockerd's cost is per write
         level=logging.INFO,
         format=f"%(asctime)s {role} %(levelname)s %(message)s",
         datefmt="%H:%M:%S",

@@ -111,6 +111,9 @@ def reword(line: str, hostname: str) -> str:
 
 
 TIMEOUT_RESET_INTERVAL = 1.0  # seconds: how often a message still flowing re-arms the idle timeout
+# Replies held for commands pipelined behind them (RFC 2920 §3.2) are written out at once past
+# this much, whatever is still to come: a client that never reads cannot make us hoard them.
+HELD_REPLIES_LIMIT = 64 * 1024
 
 
 def _code(line: str) -> int:
@@ -231,6 +234,9 @@ class LabSMTP(SMTP):
         self._txn = _Transaction()
         self._bad_commands = 0
         self._closing = False
+        self._held: list[bytes] = []  # replies not yet written (see _send_reply)
+        self._held_size = 0
+        self._flush_handle: asyncio.Handle | None = None
         super().__init__(
             role,
             hostname=hostname,
@@ -276,13 +282,42 @@ class LabSMTP(SMTP):
                 log.warning("%s: %d bad commands, closing", self.peer_ip, self._bad_commands)
                 line = too_many_errors(self.hostname)
                 hang_up = True
-        await super().push(line)
-        if line.startswith(("221 ", "421 ")):
+        closing = line.startswith(("221 ", "421 "))
+        await self._send_reply(line, now=closing)  # aiosmtpd closes the connection after these
+        if closing:
             self._closing = True
         if hang_up:
             this: Any = self  # aiosmtpd declares these attributes as None
             this._handler_coroutine.cancel()  # as aiosmtpd's QUIT does
             this.transport.close()
+
+    async def _send_reply(self, line: str, *, now: bool = False) -> None:
+        """aiosmtpd's push, except that the replies to pipelined commands leave together.
+
+        RFC 2920 §3.2: a server should keep the replies to a group of commands and send them when
+        no more input is waiting. Commands already received are handled without the session's
+        task giving way to the event loop, so a flush queued with call_soon runs only once the
+        task waits for input (or for the disk): the MAIL, RCPT and DATA that a pipelining client
+        sends in one segment get their three replies in one segment too, where each in its own
+        cost a write, a packet and a wake-up of the client per reply.
+        """
+        data = line.encode("utf-8" if self.enable_SMTPUTF8 else "ascii", "replace") + CRLF
+        self._held.append(data)
+        self._held_size += len(data)
+        if now or self._held_size > HELD_REPLIES_LIMIT:
+            self._flush_replies()
+        elif self._flush_handle is None:
+            self._flush_handle = self.loop.call_soon(self._flush_replies)
+        await self._writer.drain()  # the transport's own back-pressure, as aiosmtpd's push has
+
+    def _flush_replies(self) -> None:
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        held, self._held, self._held_size = self._held, [], 0
+        this: Any = self
+        if held and this.transport is not None and not this.transport.is_closing():
+            self._writer.write(b"".join(held))
 
     def eof_received(self) -> bool:
         # A client may send its whole session at once and half-close (`printf ... | nc host 25`):
@@ -298,6 +333,7 @@ class LabSMTP(SMTP):
             # End the session as aiosmtpd does when a connection is lost: by cancellation (its loop
             # would otherwise read the spent stream again and again without ever yielding).
             self._closing = True
+            self._flush_replies()  # the answers to what the client sent before it stopped
             this: Any = self
             if this.transport is not None:
                 this.transport.close()

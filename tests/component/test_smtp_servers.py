@@ -17,6 +17,8 @@ import poplib
 import re
 import smtplib
 import socket
+import struct
+import sys
 import threading
 import time
 from collections.abc import Coroutine, Iterator, Sequence
@@ -375,6 +377,36 @@ def test_a_multi_line_reply_leaves_in_one_write(servers: Servers, command: str) 
     lines = first_read.split("\r\n")
     assert lines[-1] == "" and len(lines) >= 4, first_read
     assert all(line[3] == "-" for line in lines[:-2]) and lines[-2][3] == " ", first_read
+
+
+def data_segments_received(sock: socket.socket) -> int:
+    """tcpi_data_segs_in of Linux's struct tcp_info (since 4.6): TCP segments with data received."""
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 160)
+    return int(struct.unpack_from("I", info, 152)[0])
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="counts segments with Linux's TCP_INFO")
+def test_the_replies_to_a_pipelined_group_leave_in_one_segment(servers: Servers) -> None:
+    """RFC 2920 §3.2: MAIL, RCPT and DATA sent together are answered together, as by Postfix
+    (the MTA's relay client sends exactly this group): one segment, not one per reply."""
+    sock = socket.create_connection(("127.0.0.1", servers.mx().port("smtp")), timeout=TIMEOUT)
+    try:
+        assert sock.recv(4096).startswith(b"220 ")
+        sock.sendall(b"EHLO client.example\r\n")
+        assert sock.recv(4096).endswith(b"250 ENHANCEDSTATUSCODES\r\n")
+        before = data_segments_received(sock)
+        sock.sendall(b"MAIL FROM:<andy@ouhk.example>\r\nRCPT TO:<betty@stevenchoy.example>\r\nDATA\r\n")
+        replies = b""
+        while replies.count(b"\r\n") < 3:
+            replies += sock.recv(4096)
+        segments = data_segments_received(sock) - before
+        sock.sendall(b"Subject: x\r\n\r\ny\r\n.\r\n")
+        final = sock.recv(4096).decode("ascii")
+    finally:
+        sock.close()
+    assert [line[:9] for line in replies.decode().split("\r\n")] == ["250 2.1.0", "250 2.1.5", "354 Enter", ""]
+    assert segments == 1, f"{segments} segments for three replies"
+    assert final.startswith("250 2.0.0 ") and final.endswith("\r\n"), final
 
 
 def test_a_whole_session_sent_at_once_then_half_closed_is_served(servers: Servers) -> None:
