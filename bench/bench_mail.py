@@ -13,6 +13,10 @@ The baseline, in the same run, is one hop: the same clients submitting straight 
 second hop (the MTA's queue, its MX lookup and its relay) costs. Sent and delivered are counted;
 they must be equal. Targets (issue 3): median latency under 50 ms, throughput at least 300 msg/s.
 
+On ext4 without a journal (this project's build machines), a run started within a minute or two
+of removing a lab (the previous run's `down` deletes thousands of Maildir files) measures less:
+every new Maildir file then pays ext4's scan of those freshly freed inodes (README, Benchmarks).
+
     python bench/bench_mail.py [--latency-messages 200] [--messages 2000] [--clients 8]
 """
 

@@ -2,8 +2,8 @@
 
 A container's stderr is a pipe to containerd's shim, which hands each read on to dockerd, which
 stores each line. The cost there is per write far more than per line: 20,000 lines written one at
-a time cost dockerd 2.06 s of CPU, written ten at a time 0.41 s (the lab image, `docker run` with
-the json-file driver, dockerd's utime + stime from /proc). Under a relay load the MTA and the MX
+a time cost dockerd 1.88 s of CPU, written ten at a time 0.48 s (``python bench/bench_logwrites.py``:
+the lab image, the json-file driver, dockerd's utime + stime from /proc). Under a relay load the MTA and the MX
 write four lines per message, so dockerd and the shim spent about 0.5 ms of CPU per message on
 logs: a tenth of what the whole lab spent.
 
