@@ -74,8 +74,10 @@ def main() -> int:
     floors, ups_cli, ups_lib, downs_cli = [], [], [], []
     for i in range(args.rounds):
         name = f"bench-{i}"
-        # Free subnet for the floor: the default one, as no lab is up during the benchmark.
-        floors.append(floor_up(client, image, topo, name))
+        # The floor's network on a subnet no other lab holds, chosen as `labctl up` chooses (the
+        # default one unless another lab is up meanwhile).
+        free = topo.with_subnet(Lab(client, name)._choose_subnet(topo, None))
+        floors.append(floor_up(client, image, free, name))
         floor_down(client, name)
 
         ups_cli.append(timed([*labctl, "up", "--lab", name]))

@@ -350,6 +350,13 @@ def cmd_image_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_image_prune(args: argparse.Namespace) -> int:
+    removed = ImageBuilder(engine.connect(), Reporter(verbose=True)).prune(dry_run=args.dry_run)
+    verb = "would remove" if args.dry_run else "removed"
+    out.print(f"{verb} {len(removed)} old image tag(s)" + "".join(f"\n  {ref}" for ref in removed))
+    return 0
+
+
 # -- parsing -----------------------------------------------------------------------------------
 
 
@@ -463,6 +470,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="show what each step saw, and image builds")
 
     image = sub.add_parser("image", help="the lab image").add_subparsers(dest="image_command", required=True)
+    p = image.add_parser("prune", help="remove old lab images that no container uses (keeps the current ones)")
+    p.set_defaults(func=cmd_image_prune)
+    p.add_argument("--dry-run", action="store_true", help="only list what would be removed")
     p = image.add_parser("build", help="build the lab image (bootstrapping a base if needed)")
     p.set_defaults(func=cmd_image_build)
     p.add_argument("--rebuild", action="store_true", help="build even if an image with this hash exists")

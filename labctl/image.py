@@ -37,6 +37,8 @@ REFERENCE_REPOSITORY = "maillab-reference"
 SERVICES_DIR = Path(services.__file__).resolve().parent
 
 IMAGE_REPOSITORY = "maillab"
+# The lab image plus nmap, for the open-relay audit of tests/lab/test_security.py.
+NMAP_REPOSITORY = "maillab-nmap"
 DEFAULT_BASE = "debian:bookworm-slim"
 BOOTSTRAP_BASE = "maillab/base:bookworm"
 SUITE = "bookworm"
@@ -136,7 +138,7 @@ class ImageBuilder:
         lab = self.ensure(base=base, mirror=mirror)
         lab_id = self._image_id(lab)
         assert lab_id is not None
-        files = [ContextFile("Dockerfile", REFERENCE_DOCKERFILE.read_bytes())]
+        files = _reference_files()
         tag = f"{REFERENCE_REPOSITORY}:{input_hash(files, lab_id)}"
         if not rebuild and self._exists(tag):
             return tag
@@ -159,6 +161,44 @@ class ImageBuilder:
             if base_id:
                 return f"{IMAGE_REPOSITORY}:{input_hash(context_files(), base_id)}"
         return None
+
+    def current_reference_tag(self, lab_tag: str) -> str | None:
+        """The reference image tag `ensure_reference` would give for ``lab_tag``, or None."""
+        lab_id = self._image_id(lab_tag)
+        if lab_id is None:
+            return None
+        return f"{REFERENCE_REPOSITORY}:{input_hash(_reference_files(), lab_id)}"
+
+    def prune(self, *, dry_run: bool = False) -> list[str]:
+        """Remove the lab's images that are neither current nor used by a container; their tags.
+
+        Every change to services/ builds a new ``maillab:<hash>`` (and a reference image on top of
+        it), and nothing removed the old ones: a few hundred MB a day of work. Kept: the current
+        lab image and the reference and nmap images built on it, the bases, and any image a
+        container (running or not) was created from.
+        """
+        keep: set[str] = set()
+        current = self.current_tag()
+        if current is not None:
+            reference = self.current_reference_tag(current)
+            nmap = f"{NMAP_REPOSITORY}:{current.rpartition(':')[2]}"
+            keep = {i for ref in (current, reference, nmap) if ref and (i := self._image_id(ref))}
+        in_use = {str(c["ImageID"]) for c in self.client.api.containers(all=True)}
+        removed = []
+        for image in self.client.api.images():
+            if image["Id"] in keep or image["Id"] in in_use:
+                continue
+            for ref in image.get("RepoTags") or []:
+                if ref.rpartition(":")[0] not in (IMAGE_REPOSITORY, REFERENCE_REPOSITORY, NMAP_REPOSITORY):
+                    continue
+                if not dry_run:
+                    try:
+                        self.client.api.remove_image(ref)  # the image goes with its last tag
+                    except docker.errors.APIError as exc:  # made a container's meanwhile, or a parent
+                        self.report(Notice(f"kept {ref}: {_explain(exc)}"))
+                        continue
+                removed.append(ref)
+        return sorted(removed)
 
     # -- the base ----------------------------------------------------------------------------
 
@@ -279,6 +319,10 @@ class ImageBuilder:
 
     def _exists(self, ref: str) -> bool:
         return self._image_id(ref) is not None
+
+
+def _reference_files() -> list[ContextFile]:
+    return [ContextFile("Dockerfile", REFERENCE_DOCKERFILE.read_bytes())]
 
 
 def _chunk_text(chunk: dict[str, Any]) -> str:

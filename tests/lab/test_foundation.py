@@ -161,3 +161,31 @@ def test_two_labs_side_by_side_and_down_leaves_nothing(running_lab: RunningLab, 
     assert all(h.state == "running" for h in running_lab.lab.status())
     # down again is a no-op, not an error
     assert "removed 0 hosts" in labctl("down", "--lab", other).stdout
+
+
+def test_image_prune_removes_old_lab_images_and_keeps_current_and_used_ones(
+        running_lab: RunningLab, client: docker.DockerClient, image: str) -> None:
+    import io
+    import uuid
+
+    def old_image(tag: str) -> str:
+        # A stand-in for an earlier build: the lab image with one more label, a different image ID.
+        dockerfile = f"FROM {image}\nLABEL org.maillab.test-old={uuid.uuid4().hex}\n"
+        list(client.api.build(fileobj=io.BytesIO(dockerfile.encode()), tag=tag, rm=True, decode=True))
+        return tag
+
+    unused = old_image(f"maillab:old{uuid.uuid4().hex[:8]}")
+    used = old_image(f"maillab:old{uuid.uuid4().hex[:8]}")
+    container = client.api.create_container(used, command=["true"])  # created, never started
+    try:
+        listed = labctl("image", "prune", "--dry-run").stdout
+        assert unused in listed and used not in listed and f"{image}\n" not in listed + "\n", listed
+        client.api.inspect_image(unused)  # a dry run removes nothing
+        pruned = labctl("image", "prune").stdout
+        assert unused in pruned, pruned
+        images = {t for i in client.api.images() for t in (i.get("RepoTags") or [])}
+        assert unused not in images and used in images and image in images
+        assert all(h.state == "running" for h in running_lab.lab.status())  # the lab's image stays
+    finally:
+        client.api.remove_container(container["Id"], force=True)
+        client.api.remove_image(used, force=True)

@@ -26,6 +26,7 @@ import docker
 import docker.errors
 import pytest
 
+from labctl.image import NMAP_REPOSITORY
 from labctl.lab import LABEL_LAB, Lab
 from services.pop3.core import AUTH_DELAY_FIRST
 from tests.lab.conftest import RunningLab
@@ -103,7 +104,7 @@ STRANGER_HOST_NUMBER = 200  # no lab host uses .200
 @pytest.fixture(scope="module")
 def nmap_image(client: docker.DockerClient, image: str) -> str:
     """The lab image plus Debian's nmap, built once per lab image (the apt layer is then cached)."""
-    tag = f"maillab-nmap:{image.rpartition(':')[2]}"
+    tag = f"{NMAP_REPOSITORY}:{image.rpartition(':')[2]}"
     try:
         client.api.inspect_image(tag)
         return tag
