@@ -13,7 +13,7 @@ import tarfile
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import docker.errors
 
@@ -55,7 +55,7 @@ class Capture:
         return [self.lab.find(host)] if host else [h for h in self.lab.status()]
 
     def status(self, host: str | None = None) -> list[HostCapture]:
-        return [HostCapture(h, tuple(f for f, _ in self._files(h, with_data=False))) for h in self._hosts(host)]
+        return [HostCapture(h, tuple(self._listing(h))) for h in self._hosts(host)]
 
     def export(self, out: BinaryIO, *, host: str | None = None, since: float | None = None) -> int:
         """Write every host's capture (or one host's) as one pcapng; returns the packet count.
@@ -74,15 +74,35 @@ class Capture:
         self.export(buf, host=host, since=since)
         return buf.getvalue()
 
+    def _listing(self, host: HostStatus) -> list[CaptureFile]:
+        """The host's capture files, oldest first, without their contents.
+
+        A running host lists them itself: the archive download sends every byte of the ring (up
+        to 64 MB a host) only to have the names and sizes read. A stopped host cannot run a
+        command, so its archive is read, and its contents skipped.
+        """
+        if host.state == "running":
+            ran = self.lab.exec(host.name, ["find", str(CAPTURE_DIR), "-maxdepth", "1", "-type", "f",
+                                            "-printf", r"%f\t%s\t%T@\n"])
+            if ran.exit_code == 0:
+                files = []
+                for line in ran.output.splitlines():
+                    name, size, modified = line.rsplit("\t", 2)
+                    files.append(CaptureFile(name, int(size), float(modified)))
+                return sorted(files, key=lambda f: (f.modified, f.name))
+            if b"No such file" in ran.stderr:
+                return []  # no capture yet (or capture turned off for this lab)
+        return [f for f, _ in self._files(host, with_data=False)]
+
     def _files(self, host: HostStatus, *, with_data: bool) -> Iterator[tuple[CaptureFile, bytes]]:
         """The host's capture files, oldest first, read from its container's file system."""
         try:
             stream, _ = self.lab.api.get_archive(host.container, str(CAPTURE_DIR))
         except docker.errors.NotFound:
             return  # no capture yet (or capture turned off for this lab)
-        archive = io.BytesIO(b"".join(stream))
         found = []
-        with tarfile.open(fileobj=archive, mode="r:") as tar:
+        # Read as a stream: the archive is never held whole in memory besides the files' data.
+        with tarfile.open(fileobj=_ChunkReader(stream), mode="r|") as tar:
             for member in tar:
                 if not member.isfile():
                     continue
@@ -94,6 +114,29 @@ class Capture:
         found.sort(key=lambda item: (item[0].modified, item[0].name))
         yield from found
 
+
+
+class _ChunkReader(io.RawIOBase):
+    """A file over the chunks of an HTTP response (the Engine API's archive), for tarfile's stream mode."""
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self._chunks = iter(chunks)
+        self._chunk = memoryview(b"")
+        self._at = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while self._at >= len(self._chunk):
+            try:
+                self._chunk, self._at = memoryview(next(self._chunks)), 0
+            except StopIteration:
+                return 0
+        n = min(len(buffer), len(self._chunk) - self._at)
+        buffer[:n] = self._chunk[self._at:self._at + n]
+        self._at += n
+        return n
 
 
 def outside_addresses(frames: Iterable[Frame], lab: ipaddress.IPv4Network) -> Counter[str]:

@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from labctl.capture import outside_addresses
+from labctl.capture import Capture, outside_addresses
 from labctl.traffic.pcap import read_frames
 from tests.lab.conftest import RunningLab, labctl
 
@@ -41,6 +41,13 @@ def test_every_host_records_from_the_start(running_lab: RunningLab) -> None:
     for host in status:
         assert host["recording"] and host["files"], host
         assert host["directory"] == "/var/lib/maillab/capture"
+    # A running host lists its files itself (no download of the ring); they are the files the
+    # archive holds, each as large at least a moment later (files only grow until they rotate).
+    listed = {h.host.name: h.files for h in Capture(running_lab.lab).status()}
+    archived = Capture(running_lab.lab).sources()
+    for name, files in listed.items():
+        assert len(archived[name]) == len(files) and all(
+            f.size <= len(data) for f, data in zip(files, archived[name], strict=True)), (name, files)
     # Captured since before the services answered: the readiness probe's SMTP session is there.
     everything = json.loads(labctl("traffic", "--lab", running_lab.lab.name, "--json", "--all").stdout)
     assert any(c["protocol"] == "smtp" and c["client"]["name"] == "ns.lab.example" for c in everything)
