@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from services.durable import DirectorySync, fsync_dir
+from services.pop3.core import wire_size
 
 SUBDIRS = ("tmp", "new", "cur")
 LOCK_NAME = ".lock"  # a dot name: Maildir readers skip it, and it is no valid message name
@@ -31,8 +32,11 @@ FILE_MODE = 0o600
 # with a recycled pid, and the next counter value is free. More clashes than this is a bug.
 UNIQUE_ATTEMPTS = 8
 
-# Maildir's unique names, as we write them: "<seconds>.M<microseconds>P<pid>Q<counter>.<host>".
+# Maildir's unique names, as we write them: "<seconds>.M<microseconds>P<pid>Q<counter>.<host>",
+# then Maildir++'s ",S=<octets on disk>" and Dovecot's ",W=<octets with CRLF line ends>": the
+# size POP3's STAT and LIST report, known from the name without reading the file.
 _OUR_NAME = re.compile(r"(\d+)\.M(\d+)P(\d+)Q(\d+)\.")
+_WIRE_SIZE = re.compile(r",W=(\d+)(?:,|$)")
 _LEADING_SECONDS = re.compile(r"(\d+)\.")
 _BAD_NAME_CHARS = ("/", "\\", "\0")
 
@@ -109,8 +113,9 @@ def _ensure_maildir(mailbox: Path) -> None:
 
 
 def _write_new_tmp(mailbox: Path, data: bytes) -> str:
+    sizes = f",S={len(data)},W={wire_size(data)}"
     for _ in range(UNIQUE_ATTEMPTS):
-        key = _unique_name()
+        key = _unique_name() + sizes
         tmp = mailbox / "tmp" / key
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
@@ -276,6 +281,11 @@ class Maildir:
 
     def keys(self) -> list[str]:
         return [m.key for m in self.messages()]
+
+    def wire_size(self, key: str) -> int | None:
+        """The message's size with CRLF line ends from its name (``,W=``), or None: read it."""
+        found = _WIRE_SIZE.search(key)
+        return int(found.group(1)) if found else None
 
     def _path_of(self, key: str, *, fresh: bool) -> Path | None:
         _check_key(key)

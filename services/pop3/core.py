@@ -77,6 +77,10 @@ class Mailbox(Protocol):
 
     def read(self, key: str) -> bytes: ...
 
+    def wire_size(self, key: str) -> int | None:
+        """The message's octet count (:func:`wire_size`) if known without reading it, else None."""
+        ...
+
     def delete(self, key: str) -> None: ...
 
 
@@ -209,9 +213,11 @@ def top_lines(message: bytes, body_lines: int) -> list[bytes]:
 def uid_for_key(key: str) -> str:
     """A UIDL unique-id for a mailbox key, stable across sessions (RFC 1939 §7).
 
-    A Maildir name is already unique and permanent; it is used as it is when UIDL's character set
-    and length allow, else replaced by a digest of itself.
+    A Maildir name is already unique and permanent; its unique part (before Maildir++'s
+    ``,S=...,W=...`` size fields) is used as it is when UIDL's character set and length allow, else
+    replaced by a digest of itself.
     """
+    key = key.split(",", 1)[0] or key
     if 0 < len(key) <= MAX_UID_LENGTH and all(0x21 <= ord(c) <= 0x7E for c in key):
         return key
     return hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:MAX_UID_LENGTH]
@@ -510,7 +516,14 @@ class Session:
             raise _Refusal("[IN-USE] mailbox is already in use by another session")
         self._mailbox = mailbox  # from here on _end() releases the lock, even after a bug of ours
         try:
-            entries = [_Entry(key, wire_size(mailbox.read(key)), uid_for_key(key)) for key in mailbox.keys()]
+            # Sizes from the names where the mailbox has them: reading every message at login
+            # was most of the time a session with a thousand of them waited for its +OK.
+            entries = []
+            for key in mailbox.keys():
+                size = mailbox.wire_size(key)
+                if size is None:
+                    size = wire_size(mailbox.read(key))
+                entries.append(_Entry(key, size, uid_for_key(key)))
         except OSError as exc:
             self._mailbox = None
             mailbox.unlock()  # §4: release the lock before answering -ERR

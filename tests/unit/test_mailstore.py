@@ -196,3 +196,22 @@ def test_deliver_batch_stores_each_message_and_reports_each_failure(tmp_path: Pa
     assert sorted(p.read_bytes() for p in (betty / "new").iterdir()) == [b"four\n", b"one\n"]
     assert [p.read_bytes() for p in (carol / "new").iterdir()] == [b"three\n"]
     assert list((betty / "tmp").iterdir()) == []
+
+
+@pytest.mark.parametrize("message", [b"Subject: hi\r\n\r\nbody\r\n", b"no line end", b"bare\rcr\r\r\n.dot\r\n", b""])
+def test_a_delivered_name_carries_its_sizes_and_pop3_counts_the_same(tmp_path: Path, message: bytes) -> None:
+    from services.pop3.core import wire_size
+
+    box = tmp_path / "example" / "betty"
+    key = deliver(box, message)
+    stored = (box / "new" / key).read_bytes()
+    assert f",S={len(stored)},W={wire_size(stored)}" in key  # Maildir++ S=, Dovecot's W=
+    assert Maildir(box).wire_size(key) == wire_size(stored)
+
+
+def test_a_name_without_a_size_field_is_read_to_count(tmp_path: Path) -> None:
+    box = tmp_path / "example" / "betty"
+    deliver(box, b"x\r\n")
+    os.rename(box / "new" / os.listdir(box / "new")[0], box / "new" / "1796000000.V801I2M3.other-mda")
+    [key] = Maildir(box).keys()
+    assert Maildir(box).wire_size(key) is None

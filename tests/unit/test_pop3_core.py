@@ -46,6 +46,8 @@ class FakeStore:
         self.locked: set[str] = set()
         self.failing_deletes: set[str] = set()
         self.open_error: OSError | None = None
+        self.sizes: dict[str, int] = {}  # what the mailbox knows without reading (a Maildir's ,W=)
+        self.reads: list[str] = []
 
     def open(self, address: str) -> FakeMailbox:
         if self.open_error is not None:
@@ -70,7 +72,11 @@ class FakeMailbox:
     def keys(self) -> list[str]:
         return list(self.store.boxes.setdefault(self.address, {}))
 
+    def wire_size(self, key: str) -> int | None:
+        return self.store.sizes.get(key)  # None: the core reads the message to count
+
     def read(self, key: str) -> bytes:
+        self.store.reads.append(key)
         try:
             return self.store.boxes[self.address][key]
         except KeyError:
@@ -683,3 +689,19 @@ class Pop3Model(RuleBasedStateMachine):
 
 TestPop3Model = Pop3Model.TestCase
 TestPop3Model.settings = settings(stateful_step_count=25, deadline=None)
+
+
+def test_sizes_the_mailbox_knows_are_not_read_at_login() -> None:
+    store = article_store()
+    store.sizes = {"k1": 999, "k2": 1}  # as a Maildir's ",W=" would tell
+    session = logged_in(store)
+    assert store.reads == []  # a thousand messages no longer mean a thousand reads before +OK
+    assert say(session, "STAT") == b"+OK 2 1000\r\n"
+    assert say(session, "LIST 1") == b"+OK 1 999\r\n"
+    say(session, "RETR 2")
+    assert store.reads == ["k2"]  # the message itself is read when it is asked for
+
+
+def test_a_uid_is_the_unique_part_of_a_maildir_name() -> None:
+    assert uid_for_key("1796163944.M791731P30270Q1.mail.stevenchoy.example,S=80,W=85") == \
+        "1796163944.M791731P30270Q1.mail.stevenchoy.example"

@@ -121,6 +121,9 @@ def test_multiline_answer_agrees_with_the_servers_session(line: bytes, multi: bo
         def read(self, key: str) -> bytes:
             return MESSAGE
 
+        def wire_size(self, key: str) -> int | None:
+            return None
+
         def delete(self, key: str) -> None: ...
 
     class Auth:
