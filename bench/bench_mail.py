@@ -29,10 +29,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.mailload import run_once  # noqa: E402
-from labctl import engine, topology  # noqa: E402
-from labctl.image import ImageBuilder  # noqa: E402
-from labctl.lab import Lab  # noqa: E402
+from bench.mailload import fresh_lab, run_once  # noqa: E402
+from labctl import engine  # noqa: E402
 
 
 def main() -> int:
@@ -43,9 +41,7 @@ def main() -> int:
     args = parser.parse_args()
 
     client = engine.connect()
-    lab = Lab(client, "bench-mail")
-    lab.down()
-    lab.up(topology.load(), ImageBuilder(client).ensure())
+    lab = fresh_lab(client, "bench-mail")
     try:
         mta, mx = "smtp.ouhk.example", "mail.stevenchoy.example"
         lat_mta = run_once(lab, mta, "lat-mta", args.latency_messages, 1, 0.1)

@@ -32,9 +32,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from labctl import engine, topology  # noqa: E402
-from labctl.image import ImageBuilder  # noqa: E402
-from labctl.lab import Lab  # noqa: E402
+from bench.mailload import fresh_lab  # noqa: E402
+from labctl import engine  # noqa: E402
 from labctl.traffic.decode import TrafficDecoder  # noqa: E402
 from labctl.traffic.pcap import write_merged_pcapng  # noqa: E402
 
@@ -77,9 +76,7 @@ print("retrieved", n)
 
 def make_capture(messages: int, size_kb: int, out: Path) -> None:
     client = engine.connect()
-    lab = Lab(client, "bench-traffic")
-    lab.down()
-    lab.up(topology.load(), ImageBuilder(client).ensure())
+    lab = fresh_lab(client, "bench-traffic")
     try:
         for host in CAPTURED_HOSTS:
             ex = client.api.exec_create(lab.find(host).container,

@@ -24,10 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.mailload import run_once  # noqa: E402
-from labctl import engine, topology  # noqa: E402
-from labctl.image import ImageBuilder  # noqa: E402
-from labctl.lab import Lab  # noqa: E402
+from bench.mailload import fresh_lab, run_once  # noqa: E402
+from labctl import engine  # noqa: E402
 
 HZ = os.sysconf("SC_CLK_TCK")
 
@@ -62,9 +60,7 @@ def main() -> int:
     args = parser.parse_args()
 
     client = engine.connect()
-    lab = Lab(client, "bench-cpu")
-    lab.down()
-    lab.up(topology.load(), ImageBuilder(client).ensure())
+    lab = fresh_lab(client, "bench-cpu")
     perf = None
     try:
         run_once(lab, args.target, "warm", 200, args.clients, 0.0)

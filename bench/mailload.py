@@ -16,6 +16,8 @@ from typing import Any
 
 import docker
 
+from labctl import topology
+from labctl.image import ImageBuilder
 from labctl.lab import Lab
 
 MAILDIR = "/var/mail/maillab/stevenchoy.example/betty"
@@ -94,6 +96,14 @@ for t in threads: t.start()
 for t in threads: t.join()
 print(json.dumps({"started": started, "errors": errors}))
 """
+
+
+def fresh_lab(client: docker.DockerClient, name: str) -> Lab:
+    """The default lab, newly up under ``name`` (whatever a crashed run left under it removed first)."""
+    lab = Lab(client, name)
+    lab.down()
+    lab.up(topology.load(), ImageBuilder(client).ensure())
+    return lab
 
 
 def run_once(lab: Lab, target: str, run: str, count: int, clients: int, pace: float, size: int = 1024,

@@ -82,8 +82,8 @@ class Capture:
         command, so its archive is read, and its contents skipped.
         """
         if host.state == "running":
-            ran = self.lab.exec(host.name, ["find", str(CAPTURE_DIR), "-maxdepth", "1", "-type", "f",
-                                            "-printf", r"%f\t%s\t%T@\n"])
+            ran = self.lab.exec_in(host.container, ["find", str(CAPTURE_DIR), "-maxdepth", "1", "-type", "f",
+                                                    "-printf", r"%f\t%s\t%T@\n"])
             if ran.exit_code == 0:
                 files = []
                 for line in ran.output.splitlines():

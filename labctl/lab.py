@@ -397,11 +397,12 @@ class Lab:
     def exec(self, host: str, cmd: list[str], *, privileged: bool = False, stdin: bytes | None = None,
              environment: dict[str, str] | None = None) -> ExecResult:
         """Run ``cmd`` on ``host`` and collect its output."""
-        return self._exec_in(self.find(host).container, cmd, privileged=privileged, stdin=stdin,
+        return self.exec_in(self.find(host).container, cmd, privileged=privileged, stdin=stdin,
                              environment=environment)
 
-    def _exec_in(self, container: str, cmd: list[str], *, privileged: bool = False, stdin: bytes | None = None,
+    def exec_in(self, container: str, cmd: list[str], *, privileged: bool = False, stdin: bytes | None = None,
                  environment: dict[str, str] | None = None) -> ExecResult:
+        """:meth:`exec` in a container already found (no lookup of the host by name)."""
         stdout = io.BytesIO()
         stderr = io.BytesIO()
         code = self.exec_stream(container, cmd, stdout.write, stderr.write, privileged=privileged,
