@@ -5,30 +5,19 @@ Layout under the spool root::
     msg/<id>     one line of JSON (envelope sender, queue time, the recipients' first state), a
                  LF, then the message exactly as received; written once, never changed
     state/<id>   JSON: the recipients' state once an attempt changed it (absent until then)
-    free/        files of removed messages, kept to be written again; never read
-    tmp/         state files being written; never read, emptied at start-up
+    tmp/         files being written; never read, emptied at start-up
     corrupt/     entries that could not be read, kept for a human, never delivered
     lock         flock(2) target so `queue --flush` and the MTA do not lose each other's update
 
 Crash safety (design decision 8: nothing is acknowledged before it is durable). A message is
-written in ``free/``, fsync'd, renamed into ``msg/``, and ``msg/`` is fsync'd: that rename is the
+written in ``tmp/``, fsync'd, linked into ``msg/``, and ``msg/`` is fsync'd: that link is the
 commit point of an enqueue, and costs two fsyncs, the second shared by every enqueue in flight
 (:class:`services.durable.DirectorySync`). Envelope and data in one file, the state file only
 when an attempt fails: a message delivered at the first attempt never costs a second file.
 A state change is written in ``tmp/``, fsync'd, renamed over ``state/<id>``, and ``state/``
-is fsync'd. Moving ``msg/<id>`` out (to ``free/``) is the commit point of a removal; a
-``state/<id>`` without its message is what a crash in a removal leaves, and :meth:`Spool.recover`
-deletes it. After a crash at any instant a message is either absent or complete.
-
-Files are recycled, as PostgreSQL recycles its WAL segments: a removed message's file goes to
-``free/`` and the next message is written over it, so a steady flow of mail allocates and frees
-no inodes. Creating and deleting a file per message made every new file cost more than the one
-before: ext4 (without a journal, as on this project's build machines) skips each inode freed in
-the last minute when it allocates one, and under load that scan through thousands of fresh
-holes was a quarter of the lab's CPU (``perf record -a -g`` of a relay load: ``recently_deleted``
-under ``__ext4_new_inode``), in the MX's Maildir writes as well as here. A file is written again
-only once the ``msg/`` sync that follows its removal has finished: a crash can then not bring
-back the old name with the new content.
+is fsync'd. Unlinking ``msg/<id>`` is the commit point of a removal; a ``state/<id>`` without its
+message is what a crash in a removal leaves, and :meth:`Spool.recover` deletes it. After a crash
+at any instant a message is either absent or complete.
 
 Only one process enqueues and delivers (the MTA). ``python3 -m services queue`` opens the
 same spool with ``recover=False`` and only reads it or rewrites states under the lock.
@@ -45,7 +34,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import itertools
 import json
 import logging
 import os
@@ -72,12 +60,6 @@ RECENT_DATA_LIMIT = 16 * 1024 * 1024
 ENTRY_LOCK_STRIPES = 64  # locks shared by hash of the queue id: bounded, and rarely contended
 STATE_VERSION = 1  # bump when the state file format changes incompatibly
 MAX_HEADER = 1 << 20  # the envelope line of msg/<id>; a message has at most a few thousand recipients
-# Removed message files kept in free/ for reuse: enough for every message in flight under load
-# (sessions x pipeline) with room to spare; beyond it a removal deletes.
-RECYCLE_POOL = 512
-# A larger file is deleted, not kept: its data blocks, not its inode, are the cost then, and a
-# pool of big files would hold disk space that nothing is using.
-RECYCLE_MAX_SIZE = 256 * 1024
 
 _ID_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 _ID_TIME_DIGITS = 6  # 62**6 seconds is ~1800 years: ids sort by queue time, like sendmail's
@@ -191,15 +173,14 @@ def _entry_from_json(raw: bytes) -> QueueEntry:
 @dataclass(frozen=True)
 class _Unlink:
     queue_id: str
-    size: int  # of its message file, about: whether the file is worth keeping for reuse
 
 
 @dataclass
 class Staged:
-    """A message written to ``free/`` and not yet committed (see :meth:`Spool.commit`)."""
+    """A message written to ``tmp/`` and not yet committed (see :meth:`Spool.commit`)."""
 
     entry: QueueEntry  # its id may change once, if the one drawn is taken
-    path: Path
+    tmp: Path
     fd: int  # still open, for its fsync
     data: bytes
 
@@ -212,16 +193,9 @@ class Spool:
         self._msg = root / "msg"
         self._state = root / "state"
         self._tmp = root / "tmp"
-        self._free = root / "free"
         self._corrupt = root / "corrupt"
-        for d in (root, self._msg, self._state, self._free, self._tmp, self._corrupt):
+        for d in (root, self._msg, self._state, self._tmp, self._corrupt):
             d.mkdir(mode=0o700, parents=True, exist_ok=True)
-        # Names in free/ ready to be written over, and those whose removal from msg/ waits for
-        # the next sync of msg/ before they may be (see the module's docstring).
-        self._pool: list[str] = []
-        self._unsynced_free: list[str] = []
-        self._pool_lock = threading.Lock()
-        self._free_names = (f"{secrets.token_hex(4)}.{n}" for n in itertools.count())
         self._msg_sync = DirectorySync(self._msg)
         self._entry_locks = [threading.Lock() for _ in range(ENTRY_LOCK_STRIPES)]
         self._lock_path = root / "lock"
@@ -259,40 +233,22 @@ class Spool:
 
     # -- writing ---------------------------------------------------------------------------
 
-    def _write_unsynced(self, content: bytes, directory: Path) -> tuple[int, Path]:
-        """A file in ``directory`` holding ``content``, still open (for the fsync) and not yet
-        synced: in ``free/``, a recycled one written over where there is one."""
-        name = None
-        if directory == self._free:
-            with self._pool_lock:
-                name = self._pool.pop() if self._pool else None
-        if name is None:
-            fd, path = tempfile.mkstemp(dir=directory)
-            old_size = 0
-        else:
-            path = str(self._free / name)
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-            except FileNotFoundError:  # removed behind our back: take a new one
-                return self._write_unsynced(content, directory)
-            old_size = os.fstat(fd).st_size
+    def _write_unsynced(self, content: bytes) -> tuple[int, Path]:
+        """A new file in ``tmp/`` with ``content``, still open (for the fsync) and not yet synced."""
+        fd, name = tempfile.mkstemp(dir=self._tmp)
         try:
-            # Written over from the start, then cut to length: no O_TRUNC, which makes ext4 flush
-            # the old data first (auto_da_alloc) and frees blocks only to allocate them again.
-            view, offset = memoryview(content), 0
-            while offset < len(content):  # raw os.pwrite, no buffered file object: once per message
-                offset += os.pwrite(fd, view[offset:], offset)
-            if old_size > len(content):
-                os.ftruncate(fd, len(content))
+            view = memoryview(content)
+            while view:  # raw os.write, no buffered file object: this runs once per message
+                view = view[os.write(fd, view):]
         except BaseException:
             os.close(fd)
-            os.unlink(path)
+            os.unlink(name)
             raise
-        return fd, Path(path)
+        return fd, Path(name)
 
     def _write_tmp(self, content: bytes) -> Path:
         """A new file in ``tmp/`` with ``content``, synced and closed."""
-        fd, path = self._write_unsynced(content, self._tmp)
+        fd, path = self._write_unsynced(content)
         try:
             try:
                 os.fsync(fd)
@@ -338,56 +294,28 @@ class Spool:
         return queue_id
 
     def remove_soon(self, queue_id: str) -> None:
-        """:meth:`remove` for the event loop: forgotten at once, its file moved to ``free/`` by the
-        thread that commits (unlinking cost the loop a tenth of its time under load). No durability
-        is lost: a removal was never synced; a crash before it means a duplicate, never a loss."""
-        with self._index_lock:
-            entry = self._index.get(queue_id) if self._index is not None else None
+        """:meth:`remove` for the event loop: forgotten at once, its files unlinked by the thread
+        that commits (unlinking cost the loop a tenth of its time under load). No durability is
+        lost: a removal was never synced; a crash before it means a duplicate, never a loss."""
         self._forget(queue_id)
-        # nobody waits: errors are logged by the thread
-        self._background.put(_Unlink(queue_id, entry.size if entry else RECYCLE_MAX_SIZE + 1))
+        self._background.put(_Unlink(queue_id))  # nobody waits: errors are logged by the thread
 
     async def settled(self) -> None:
         """Wait until every enqueue and removal handed to the loop so far is done on disk."""
         await self._background.settled()
 
     def _commit_and_unlink(self, items: list[Staged | _Unlink]) -> list[str | None | OSError]:
-        """The background thread's batch: removals first, then the commits (ids in their places).
-        The commits' sync of ``msg/`` makes the removals durable too, and their files reusable."""
+        """The background thread's batch: removals first, then the commits (ids in their places)."""
         for item in items:
             if isinstance(item, _Unlink):
                 with self._locked(item.queue_id):
-                    self._recycle(item.queue_id, item.size)
-                    try:
-                        (self._state / item.queue_id).unlink(missing_ok=True)
-                    except OSError as exc:
-                        log.error("spool: cannot remove the state of %s: %s", item.queue_id, exc)
+                    for path in (self._msg / item.queue_id, self._state / item.queue_id):
+                        try:
+                            path.unlink(missing_ok=True)
+                        except OSError as exc:
+                            log.error("spool: cannot remove %s: %s", path, exc)
         committed = iter(self.commit([item for item in items if isinstance(item, Staged)]))
         return [None if isinstance(item, _Unlink) else next(committed) for item in items]
-
-    def _free_name(self) -> str:
-        # Never an id: a chosen id may come back while its old file still waits in free/.
-        with self._pool_lock:
-            return next(self._free_names)
-
-    def _recycle(self, queue_id: str, size: int) -> None:
-        """Take ``msg/<id>`` out of the queue: into ``free/`` for reuse, or deleted."""
-        path = self._msg / queue_id
-        try:
-            with self._pool_lock:
-                keep = size <= RECYCLE_MAX_SIZE and len(self._pool) + len(self._unsynced_free) < RECYCLE_POOL
-            if not keep:
-                path.unlink(missing_ok=True)
-                return
-            name = self._free_name()
-            try:
-                os.rename(path, self._free / name)
-            except FileNotFoundError:
-                return
-            with self._pool_lock:
-                self._unsynced_free.append(name)
-        except OSError as exc:
-            log.error("spool: cannot remove %s: %s", path, exc)
 
     def stage(
         self, sender: str, recipients: Sequence[str], data: bytes, *, now: float, queue_id: str | None = None
@@ -405,14 +333,14 @@ class Spool:
             size=len(data),
             recipients=tuple(RecipientState(address=r, next_attempt=now) for r in unique),
         )
-        fd, path = self._write_unsynced(_entry_to_json(entry, indent=None) + b"\n" + data, self._free)
-        return Staged(entry, path, fd, data)
+        fd, tmp = self._write_unsynced(_entry_to_json(entry, indent=None) + b"\n" + data)
+        return Staged(entry, tmp, fd, data)
 
     def commit(self, batch: Sequence[Staged]) -> list[str | OSError]:
         """Make staged messages durable and queued: each one's queue id, or why it failed.
 
-        Each file is fsync'd and renamed into ``msg/`` under its id; then one sync of ``msg/``
-        covers every rename: the commit point of them all.
+        Each file is fsync'd and linked into ``msg/`` under its id; then one sync of ``msg/``
+        covers every link: the commit point of them all.
         """
         results: list[str | OSError] = []
         committed: list[Staged] = []
@@ -426,24 +354,16 @@ class Spool:
                 committed.append(staged)
                 results.append(staged.entry.id)
             except OSError as exc:
-                # What failed to be written is not written over again: delete it.
-                staged.path.unlink(missing_ok=True)
                 results.append(exc)
+            finally:
+                staged.tmp.unlink(missing_ok=True)
         if committed:
-            with self._pool_lock:
-                # Removed from msg/ before the sync below starts: reusable once it has finished
-                # (no sync of its own: under load every batch has one, and idle needs none).
-                removed, self._unsynced_free = self._unsynced_free, []
             try:
                 self._msg_sync.sync()  # the commit point: from here on a crash keeps the messages
             except OSError as exc:
-                with self._pool_lock:
-                    self._unsynced_free.extend(removed)
-                # Renamed but maybe not durable: the clients get a 4xx and may send again; the
+                # Linked but maybe not durable: the clients get a 4xx and may send again; the
                 # messages stay queued and are delivered (a duplicate at worst, never a loss).
                 return [exc if isinstance(r, str) else r for r in results]
-            with self._pool_lock:
-                self._pool.extend(removed)
         with self._index_lock:
             for staged in committed:
                 if self._index is not None and self._recent_size + len(staged.data) <= RECENT_DATA_LIMIT:
@@ -452,26 +372,22 @@ class Spool:
         return results
 
     def _claim(self, staged: Staged) -> None:
-        """Rename the staged file into ``msg/`` under its id, drawing another id if it is taken."""
+        """Link the staged file into ``msg/`` under its id, drawing another id if it is taken."""
         while True:
-            target = self._msg / staged.entry.id
             with self._locked(staged.entry.id):
-                # Only the owning process puts names into msg/, and only here, under the entry's
-                # lock: looking first and then renaming cannot race another claim of the id.
-                if not os.path.lexists(target):
-                    os.rename(staged.path, target)
+                try:
+                    # link(2) fails if the name exists: an atomic claim of the id.
+                    os.link(staged.tmp, self._msg / staged.entry.id)
+                except FileExistsError:
+                    pass
+                else:
                     self._remember(staged.entry)
                     return
             # Taken (a clash of random ids, or a chosen id reused): the header names the id, so
             # the file is written again under a new one.
             staged.entry = replace(staged.entry, id=new_queue_id(staged.entry.queued_at))
-            staged.path.unlink(missing_ok=True)
-            fd, staged.path = self._write_unsynced(
-                _entry_to_json(staged.entry, indent=None) + b"\n" + staged.data, self._free)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            staged.tmp.unlink(missing_ok=True)
+            staged.tmp = self._write_tmp(_entry_to_json(staged.entry, indent=None) + b"\n" + staged.data)
 
     def record(self, queue_id: str, updates: Iterable[RecipientState]) -> QueueEntry:
         """Replace the state of the named recipients (matched by address); return the entry."""
@@ -490,7 +406,6 @@ class Spool:
 
     def remove(self, queue_id: str) -> None:
         """Forget a message: the message file (the commit), then its state file if it has one.
-        (The MTA removes with :meth:`remove_soon`, which recycles the file.)
 
         No fsync here: a removal that a crash undoes only means the message is delivered once
         more, a duplicate (which RFC 5321 §6.1 prefers to a loss, and the only risk); waiting for
@@ -629,13 +544,6 @@ class Spool:
             for path in self._tmp.iterdir():
                 log.info("spool: discarding unfinished write %s", path.name)
                 path.unlink()
-            # free/ is never read: whatever a crash left there (a message being written, one
-            # being removed) is only a file to write over.
-            names = sorted(p.name for p in self._free.iterdir())
-            for name in names[RECYCLE_POOL:]:
-                (self._free / name).unlink()
-            with self._pool_lock:
-                self._pool, self._unsynced_free = names[:RECYCLE_POOL], []
             kept: list[QueueEntry] = []
             for path in sorted(self._msg.iterdir()):
                 qid = path.name

@@ -270,11 +270,11 @@ def test_files_are_fsynced_on_enqueue(tmp_path: Path, monkeypatch: pytest.Monkey
     spool = Spool(tmp_path)
     monkeypatch.setattr(os, "fsync", spy)
     qid = spool.enqueue("andy@ouhk.test", ["betty@stevenchoy.test"], MESSAGE, now=T0)
-    # Two fsyncs: the message file (envelope and data in one) while in free/, then msg/ once
-    # it is renamed there under its id.
+    # Two fsyncs: the message file (envelope and data in one) while in tmp/, then msg/ once
+    # it is linked there under its id.
     [file_synced, dir_synced] = synced
-    assert file_synced.startswith(str(tmp_path / "free") + "/") and dir_synced == str(tmp_path / "msg")
-    assert files(tmp_path / "msg") == [qid] and files(tmp_path / "free") == []
+    assert file_synced.startswith(str(tmp_path / "tmp") + "/") and dir_synced == str(tmp_path / "msg")
+    assert files(tmp_path / "msg") == [qid] and files(tmp_path / "tmp") == []
 
 
 # -- the queue command ---------------------------------------------------------------------
@@ -437,84 +437,3 @@ def test_a_taken_id_is_replaced_and_the_header_names_the_new_one(spool: Spool) -
     assert other != chosen
     header = (spool.root / "msg" / other).read_bytes().partition(b"\n")[0]
     assert json.loads(header)["id"] == other and spool.read(other) == b"second\r\n"
-
-
-# -- recycled files ------------------------------------------------------------------------
-
-
-def _deliver_and_remove(spool: Spool, data: bytes) -> tuple[str, int]:
-    """Enqueue, then remove as the MTA does (remove_soon), waiting for the disk; the removed
-    file's inode."""
-    import asyncio
-
-    async def run() -> tuple[str, int]:
-        qid = await spool.enqueue_async("andy@ouhk.test", ["betty@stevenchoy.test"], data, now=T0)
-        inode = (spool.root / "msg" / qid).stat().st_ino
-        spool.remove_soon(qid)
-        await spool.settled()
-        return qid, inode
-
-    return asyncio.run(run())
-
-
-def test_a_removed_file_is_written_over_by_a_later_message_once_its_removal_is_synced(tmp_path: Path) -> None:
-    spool = Spool(tmp_path)
-    long = MESSAGE + b"x" * 5000 + b"\r\n"
-    first, inode = _deliver_and_remove(spool, long)
-    assert files(tmp_path / "msg") == [] and len(files(tmp_path / "free")) == 1
-    # Not yet: no sync of msg/ has followed the removal, so a crash could still bring the old
-    # name back. The next message takes a new file, and its commit's sync frees the old one.
-    second = spool.enqueue("andy@ouhk.test", ["carol@stevenchoy.test"], MESSAGE, now=T0)
-    assert (tmp_path / "msg" / second).stat().st_ino != inode
-    third = spool.enqueue("andy@ouhk.test", ["dave@stevenchoy.test"], b"short\r\n", now=T0)
-    path = tmp_path / "msg" / third
-    assert path.stat().st_ino == inode  # the same file, no inode allocated
-    assert spool.read(third) == b"short\r\n"  # written over and cut to length: nothing of the old one
-    assert {e.id for e in Spool(tmp_path).entries()} == {second, third}
-
-
-def test_a_steady_flow_of_mail_allocates_no_new_files(tmp_path: Path) -> None:
-    spool = Spool(tmp_path)
-    inodes = {_deliver_and_remove(spool, MESSAGE + b"%d\r\n" % i)[1] for i in range(50)}
-    assert len(inodes) <= 2  # one being removed, one being written
-    assert files(tmp_path / "msg") == [] and len(files(tmp_path / "free")) <= 2
-
-
-def test_large_files_are_deleted_not_kept(tmp_path: Path) -> None:
-    from services.smtp.spool import RECYCLE_MAX_SIZE
-
-    spool = Spool(tmp_path)
-    _deliver_and_remove(spool, b"x" * (RECYCLE_MAX_SIZE + 1))
-    assert files(tmp_path / "free") == [] and files(tmp_path / "msg") == []
-
-
-def test_the_pool_of_free_files_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import asyncio
-
-    from services.smtp import spool as spool_module
-
-    monkeypatch.setattr(spool_module, "RECYCLE_POOL", 3)
-    spool = Spool(tmp_path)
-
-    async def run() -> None:
-        ids = [await spool.enqueue_async("andy@ouhk.test", ["b@stevenchoy.test"], MESSAGE, now=T0) for _ in range(6)]
-        for qid in ids:
-            spool.remove_soon(qid)
-        await spool.settled()
-
-    asyncio.run(run())
-    assert files(tmp_path / "msg") == [] and len(files(tmp_path / "free")) == 3
-
-
-def test_what_a_crash_leaves_in_free_is_never_delivered_and_is_reused(tmp_path: Path) -> None:
-    spool = Spool(tmp_path)
-    kept = spool.enqueue("andy@ouhk.test", ["betty@stevenchoy.test"], MESSAGE, now=T0)
-    # A message half written over a recycled file, and a whole one whose rename never happened.
-    (tmp_path / "free" / "half").write_bytes(b'{"version": 1, "id": "AAAAAAAAAAAA", "rec')
-    (tmp_path / "free" / "whole").write_bytes((tmp_path / "msg" / kept).read_bytes())
-    reopened = Spool(tmp_path)
-    assert [e.id for e in reopened.entries()] == [kept]
-    inodes = {(tmp_path / "free" / n).stat().st_ino for n in ("half", "whole")}
-    qid = reopened.enqueue("andy@ouhk.test", ["carol@stevenchoy.test"], b"new\r\n", now=T0)
-    assert (tmp_path / "msg" / qid).stat().st_ino in inodes
-    assert reopened.read(qid) == b"new\r\n" and reopened.read(kept) == MESSAGE
