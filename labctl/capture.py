@@ -13,7 +13,7 @@ import tarfile
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 import docker.errors
 
@@ -100,9 +100,9 @@ class Capture:
             stream, _ = self.lab.api.get_archive(host.container, str(CAPTURE_DIR))
         except docker.errors.NotFound:
             return  # no capture yet (or capture turned off for this lab)
+        archive = io.BytesIO(b"".join(stream))
         found = []
-        # Read as a stream: the archive is never held whole in memory besides the files' data.
-        with tarfile.open(fileobj=_ChunkReader(stream), mode="r|") as tar:
+        with tarfile.open(fileobj=archive, mode="r:") as tar:
             for member in tar:
                 if not member.isfile():
                     continue
@@ -114,29 +114,6 @@ class Capture:
         found.sort(key=lambda item: (item[0].modified, item[0].name))
         yield from found
 
-
-
-class _ChunkReader(io.RawIOBase):
-    """A file over the chunks of an HTTP response (the Engine API's archive), for tarfile's stream mode."""
-
-    def __init__(self, chunks: Iterable[bytes]) -> None:
-        self._chunks = iter(chunks)
-        self._chunk = memoryview(b"")
-        self._at = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        while self._at >= len(self._chunk):
-            try:
-                self._chunk, self._at = memoryview(next(self._chunks)), 0
-            except StopIteration:
-                return 0
-        n = min(len(buffer), len(self._chunk) - self._at)
-        buffer[:n] = self._chunk[self._at:self._at + n]
-        self._at += n
-        return n
 
 
 def outside_addresses(frames: Iterable[Frame], lab: ipaddress.IPv4Network) -> Counter[str]:
