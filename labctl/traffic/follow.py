@@ -16,6 +16,10 @@ from dataclasses import dataclass, field
 from labctl.traffic.model import Conversation, Event
 
 ConversationKey = tuple[str, str, int, str, int, float]
+# A connection seen first on one host's capture and then on the other's (whose file reached us
+# later) starts a little earlier once both are merged: the same connection, not a new one. A
+# client port is not used again for the same server within this long (TIME_WAIT is a minute).
+SAME_CONNECTION_WINDOW = 2.0  # seconds
 
 
 def key(conv: Conversation) -> ConversationKey:
@@ -25,6 +29,16 @@ def key(conv: Conversation) -> ConversationKey:
 @dataclass
 class Follower:
     shown: dict[ConversationKey, int] = field(default_factory=dict)  # events printed per conversation
+    _latest: dict[tuple[str, str, int, str, int], ConversationKey] = field(default_factory=dict)  # per 5-tuple
+
+    def _key(self, conv: Conversation) -> ConversationKey:
+        k = key(conv)
+        if k not in self.shown:
+            before = self._latest.get(k[:5])
+            if before is not None and abs(before[5] - k[5]) < SAME_CONNECTION_WINDOW:
+                self.shown[k] = self.shown.pop(before)  # its start moved: what was printed stays printed
+        self._latest[k[:5]] = k
+        return k
 
     def poll(self, conversations: Sequence[Conversation], *,
              final: bool = False) -> list[tuple[Conversation, list[Event]]]:
@@ -34,7 +48,7 @@ class Follower:
         """
         out = []
         for conv in conversations:
-            k = key(conv)
+            k = self._key(conv)
             done = self.shown.get(k, 0)
             still_growing = not final and conv.state == "open" and conv.transport == "tcp"
             settled = len(conv.events) - 1 if still_growing else len(conv.events)
