@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from labctl.capture import Capture, outside_addresses
+from labctl.scenario.facts import CAPTURE_LAG
 from labctl.traffic.pcap import read_frames
 from tests.lab.conftest import RunningLab, labctl
 
@@ -61,25 +62,31 @@ def test_dialogues_and_the_six_steps_from_the_live_capture(running_lab: RunningL
     message_id = _send_and_fetch(lab.name, subject)
     addr = {h.name: h.address for h in lab.status()}
 
-    convs = json.loads(labctl("traffic", "--lab", lab.name, "--json").stdout)
-    seen = []
-    for conv in convs:
-        c = conv["client"]["ip"]
-        for event in conv["events"]:
-            if conv["protocol"] != "dns":
-                continue
-            if event["kind"] == "query" and event["text"] == "MX? stevenchoy.example":
-                seen.append(("mx query", c, event["time"]))
-            if event["kind"] == "answer" and "MX 10 mail.stevenchoy.example" in event["text"]:
-                seen.append(("mx answer", c, event["time"]))
-        for m in conv["messages"]:
-            if m["message_id"] == message_id:
-                kind = "retrieval" if conv["protocol"] == "pop3" else "submission" if c == addr["andy"] else "relay"
-                seen.append((kind, c, m["time"]))
-    seen.sort(key=lambda x: x[2])
-    assert [(k, c) for k, c, _ in seen] == [
-        ("submission", addr["andy"]), ("mx query", addr["smtp"]), ("mx answer", addr["smtp"]),
-        ("relay", addr["smtp"]), ("retrieval", addr["betty"])]
+    expected = [("submission", addr["andy"]), ("mx query", addr["smtp"]), ("mx answer", addr["smtp"]),
+                ("relay", addr["smtp"]), ("retrieval", addr["betty"])]
+    # The capture files lag the wire by up to a second or so (facts.CAPTURE_LAG): look again.
+    deadline = time.monotonic() + CAPTURE_LAG
+    while True:
+        convs = json.loads(labctl("traffic", "--lab", lab.name, "--json").stdout)
+        seen = []
+        for conv in convs:
+            c = conv["client"]["ip"]
+            for event in conv["events"]:
+                if conv["protocol"] != "dns":
+                    continue
+                if event["kind"] == "query" and event["text"] == "MX? stevenchoy.example":
+                    seen.append(("mx query", c, event["time"]))
+                if event["kind"] == "answer" and "MX 10 mail.stevenchoy.example" in event["text"]:
+                    seen.append(("mx answer", c, event["time"]))
+            for m in conv["messages"]:
+                if m["message_id"] == message_id:
+                    kind = "retrieval" if conv["protocol"] == "pop3" else "submission" if c == addr["andy"] else "relay"
+                    seen.append((kind, c, m["time"]))
+        seen.sort(key=lambda x: x[2])
+        if [(k, c) for k, c, _ in seen] == expected or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert [(k, c) for k, c, _ in seen] == expected
     pop3 = [c for c in convs if c["protocol"] == "pop3" and c["client"]["ip"] == addr["betty"]]
     assert any("PASS betty-secret" in e["text"] for c in pop3 for e in c["events"])  # the lesson
     hidden = json.loads(labctl("traffic", "--lab", lab.name, "--json", "--hide-secrets", "--proto", "pop3").stdout)
