@@ -10,11 +10,13 @@ so the checks are plain functions of decoded traffic, testable without a lab.
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 from labctl.capture import Capture
+from labctl.errors import LabctlError
 from labctl.lab import Lab
 from labctl.scenario import model as m
 from labctl.scenario.steps import Context, StepFailed
@@ -58,6 +60,9 @@ class ConversationLike(Protocol):
 
 
 CAPTURE_LAG = 5.0  # seconds a fact may take to show in the capture files
+# tcpdump asks libpcap for a 1 s timeout, so a captured packet is in the file at most about this
+# long after it crossed the wire (on a machine that is not starved of CPU).
+CAPTURE_SETTLE = 1.2
 POLL = 0.5
 
 def conversations(lab: Lab, since: float | None = None) -> Sequence[ConversationLike]:
@@ -117,16 +122,39 @@ def check_fact(fact: m.Fact, convs: Sequence[ConversationLike], addresses: Mappi
                      f"{', '.join(c.state for c in sessions)}" if sessions else "none")
 
 
-def save_traffic(lab: Lab, folder: Path, *, since: float | None = None, subjects: Sequence[str] = ()) -> list[str]:
-    """Write the lab's capture (``capture.pcapng``) and the journey of each sent message (``trace.txt``)."""
-    buf = io.BytesIO()
-    count = Capture(lab).export(buf, since=since)
+def save_traffic(lab: Lab, folder: Path, *, since: float | None = None, subjects: Sequence[str] = (),
+                 sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = time.monotonic) -> list[str]:
+    """Write the lab's capture (``capture.pcapng``) and the journey of each sent message (``trace.txt``).
+
+    Called right after the last step, when the newest packets may not be in the files yet: it
+    waits out the recorder's block timeout first, and looks again (up to :data:`CAPTURE_LAG`) while a
+    sent message is missing from the capture. A message still missing then is named in
+    ``trace.txt`` with what the capture did hold: a report says what it could not show.
+    """
+    deadline = clock() + CAPTURE_LAG
+    sleep(CAPTURE_SETTLE)
+    names = {h.address: h.fqdn for h in lab.status()}
+    while True:
+        buf = io.BytesIO()
+        count = Capture(lab).export(buf, since=since)
+        journeys: list[str] = []
+        missing = False
+        if subjects:
+            convs, _ = decode_captures(buf.getvalue(), names)
+            for subject in dict.fromkeys(subjects):
+                try:
+                    journeys.append(timeline(trace(convs, subject=subject)))
+                except LabctlError as exc:
+                    journeys.append(str(exc))
+                    missing = True
+        if not missing or clock() >= deadline:
+            break
+        sleep(POLL)
     path = folder / "capture.pcapng"
     path.write_bytes(buf.getvalue())
     written = [f"{path.name} ({count} packets)"]
     if subjects:
-        convs, _ = decode_captures(buf.getvalue(), {h.address: h.fqdn for h in lab.status()})
-        text = "\n\n".join(timeline(trace(convs, subject=subject)) for subject in dict.fromkeys(subjects))
-        (folder / "trace.txt").write_text(text + "\n", encoding="utf-8")
+        (folder / "trace.txt").write_text("\n\n".join(journeys) + "\n", encoding="utf-8")
         written.append("trace.txt")
     return written

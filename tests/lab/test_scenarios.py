@@ -47,8 +47,12 @@ def test_every_shipped_scenario_passes(path: Path, client: docker.DockerClient, 
     (result,) = results
     assert proc.returncode == 0 and result["status"] == "passed", f"{result['message']}\n{proc.stderr[-3000:]}"
     assert all(s["status"] == "passed" for s in result["steps"])
+    assert not any(a.startswith("the report is incomplete") for a in result["artifacts"]), result["artifacts"]
     saved = json.loads((tmp_path / path.stem / "result.json").read_text())
     assert saved["name"] == result["name"] and (tmp_path / path.stem / "logs" / "smtp.log").stat().st_size > 0
+    journeys = tmp_path / path.stem / "trace.txt"
+    if journeys.exists():  # every message the scenario sent is traced, none missing from the capture
+        assert "crossed the wire in this capture" not in journeys.read_text(), journeys.read_text()
     assert leftovers(client, result["lab"]) == []
 
 
