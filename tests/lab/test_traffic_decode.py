@@ -132,8 +132,14 @@ def test_the_capture_shows_the_seal(running_lab: RunningLab, tmp_path: Path) -> 
     assert frames
     subnet = ipaddress.IPv4Network(f"{lab.find('ns').address}/24", strict=False)
     assert outside_addresses(frames, subnet) == {}
-    refused = json.loads(labctl("traffic", "--lab", lab.name, "--json", "--proto", "dns", "--host", "andy").stdout)
-    assert any("REFUSED" in e["text"] for c in refused for e in c["events"])
+    deadline = time.monotonic() + CAPTURE_LAG  # the capture files lag the wire: look again
+    while True:
+        refused = json.loads(labctl("traffic", "--lab", lab.name, "--json", "--proto", "dns", "--host", "andy").stdout)
+        answers = [e["text"] for c in refused for e in c["events"]]
+        if any("REFUSED" in text for text in answers) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert any("REFUSED" in text for text in answers), answers
 
 
 def test_follow_prints_a_dialogue_as_it_happens(running_lab: RunningLab) -> None:
