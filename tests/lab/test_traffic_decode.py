@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -148,17 +149,29 @@ def test_follow_prints_a_dialogue_as_it_happens(running_lab: RunningLab) -> None
                                  "--proto", "smtp", "--host", "andy"],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 env={**os.environ, "COLUMNS": "200"})
+    assert follower.stdout is not None
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(follower.stdout.readline, "")), daemon=True)
+    reader.start()
     try:
         time.sleep(2)  # its first look: what was there before
-        subject = f"Follow {time.time_ns()}"
-        labctl("send", "--lab", lab.name, "--from", "andy", "--to", "betty@stevenchoy.example",
-               "--subject", subject, "--body", "watch this")
-        time.sleep(4)  # a few looks later
+        sent = labctl("send", "--lab", lab.name, "--from", "andy", "--to", "betty@stevenchoy.example",
+                      "--subject", f"Follow {time.time_ns()}", "--body", "watch this")
+        queue_id = re.search(r"250 2\.0\.0 (\w+) Message accepted", sent.stdout)
+        assert queue_id, sent.stdout
+        # A few looks later (the capture lags the wire; a busy machine makes each look slower).
+        deadline = time.monotonic() + 4 * CAPTURE_LAG
+        while not any(queue_id.group(1) in line for line in lines) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        time.sleep(2)  # more looks at the same dialogue: nothing of it may be printed again
     finally:
         follower.send_signal(signal.SIGINT)
-        out, err = follower.communicate(timeout=30)
+        follower.wait(timeout=30)  # stdout is the reader's; stderr holds a line or two
+        reader.join(timeout=10)
+        err = follower.stderr.read() if follower.stderr else ""
+    out = "".join(lines)
     assert follower.returncode == 0, err
     assert "following the lab's capture" in err
-    assert "250 2.0.0" in out and "Message accepted for delivery" in out
+    assert f"250 2.0.0 {queue_id.group(1)} Message accepted for delivery" in out, out[-3000:]
     accepted = re.findall(r"S: 250 2\.0\.0 (\w+) Message accepted", out)
     assert accepted and len(accepted) == len(set(accepted))  # every event printed once, however many looks
