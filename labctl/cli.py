@@ -326,11 +326,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         for sc in scenarios:
             results.append(runner.run(sc))
+            if runner.interrupted:
+                break
     finally:
         if args.junit:
             junit.write(results, args.junit)
         if args.json:
             out.print_json(json.dumps([r.to_json() for r in results]))
+    if runner.interrupted:
+        raise KeyboardInterrupt  # the scenarios so far are reported; main() says "interrupted", exit 130
     failed = [r for r in results if not r.ok]
     err.print(Text.assemble((f"{len(results) - len(failed)} passed", "green"), ", ",
                             (f"{len(failed)} failed", "red" if failed else "green"),

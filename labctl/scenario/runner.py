@@ -118,6 +118,17 @@ def slug(scenario: m.Scenario) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", scenario.source.stem).strip("-") or "scenario"
 
 
+def _where(scenario: m.Scenario, result: ScenarioResult, *, ready: bool) -> str:
+    """Where a run stopped: "during step N (file:line) title", or while its lab came up."""
+    if not ready:
+        return "while the lab came up"
+    step = next((s for s, r in zip(scenario.steps, result.steps, strict=True) if r.status == SKIPPED), None)
+    if step is None:
+        return "after the last step"
+    where = f"{scenario.source.name}:{step.line}" if step.line else scenario.source.name
+    return f"during step {step.number} ({where}) {step.title}"
+
+
 class Runner:
     def __init__(self, client: docker.DockerClient, *, progress: Progress | None = None, report_dir: Path | None = None,
                  keep: bool = False, reporter: Reporter = ignore, image: str | None = None) -> None:
@@ -127,6 +138,7 @@ class Runner:
         self.keep = keep
         self.reporter = reporter
         self._image = image
+        self.interrupted = False  # set by a Ctrl-C inside run(): the caller runs no more scenarios
 
     def image(self) -> str:
         if self._image is None:
@@ -139,9 +151,11 @@ class Runner:
         result.steps = [StepResult(s.number, s.kind, s.title, s.line, SKIPPED, note=s.note) for s in scenario.steps]
         self.progress.scenario_started(scenario, lab.name)
         started = time.monotonic()
+        ready = False
         try:
             try:
                 ctx = self._bring_up(lab, scenario)
+                ready = True
                 self.progress.lab_ready(time.monotonic() - started)
                 for step, step_result in zip(scenario.steps, result.steps, strict=True):
                     if not self._step(ctx, step, step_result):
@@ -150,6 +164,14 @@ class Runner:
                         result.message = (f"step {step.number} ({where}) {step.title}: "
                                           f"expected {step_result.expected}; saw {step_result.seen}")
                         break
+            except KeyboardInterrupt:
+                # Ctrl-C: the scenario ends as an error whose report is still written; the caller
+                # learns of the interrupt from `interrupted` and stops there.
+                self.interrupted = True
+                result.status, result.message = ERROR, f"interrupted (Ctrl-C) {_where(scenario, result, ready=ready)}"
+                running = next((r for r in result.steps if r.status == SKIPPED), None)
+                if running is not None and result.message.startswith("interrupted (Ctrl-C) during"):
+                    running.status, running.expected, running.seen = ERROR, "the step to run", "interrupted (Ctrl-C)"
             except LabctlError as exc:
                 result.status, result.message = ERROR, f"the lab could not be used: {exc}"
             except Exception as exc:  # noqa: BLE001 - a bug or an engine failure: report it, then clean up
@@ -161,8 +183,11 @@ class Runner:
             except (LabctlError, docker.errors.APIError, OSError) as exc:
                 # The verdict stands; a report that could not be completed must not hide it.
                 result.artifacts.append(f"the report is incomplete: {exc}")
+            except KeyboardInterrupt:  # a second Ctrl-C: no report, but the lab still goes
+                self.interrupted = True
+                result.artifacts.append("the report is incomplete: interrupted (Ctrl-C)")
         finally:
-            # Ctrl-C lands here too: the lab goes, then the interrupt goes on up.
+            # A second Ctrl-C lands here too: the lab goes, then the interrupt goes on up.
             if self.keep:
                 result.kept = True
             else:

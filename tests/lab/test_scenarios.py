@@ -104,11 +104,14 @@ def test_keep_leaves_the_lab_up(client: docker.DockerClient, image: str) -> None
         labctl("down", "--lab", result["lab"])
 
 
-def test_ctrl_c_removes_the_lab(client: docker.DockerClient, image: str) -> None:
-    proc = subprocess.Popen([sys.executable, "-m", "labctl", "run", str(TESTS / "interrupted.yml")],
+def test_ctrl_c_removes_the_lab_and_reports_where_it_stopped(client: docker.DockerClient, image: str,
+                                                              tmp_path: Path) -> None:
+    junit = tmp_path / "junit.xml"
+    proc = subprocess.Popen([sys.executable, "-m", "labctl", "run", "--json", "--report", str(tmp_path),
+                             "--junit", str(junit), str(TESTS / "interrupted.yml"), str(TESTS / "failing.yml")],
                             stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                             env={**os.environ, "COLUMNS": "200"})
-    assert proc.stderr is not None
+    assert proc.stderr is not None and proc.stdout is not None
     lab = ""
     deadline = time.monotonic() + 120
     for line in proc.stderr:
@@ -119,8 +122,21 @@ def test_ctrl_c_removes_the_lab(client: docker.DockerClient, image: str) -> None
     assert lab and leftovers(client, lab)
     time.sleep(1)  # inside the wait step now
     proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=60) == 130
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
     assert leftovers(client, lab) == []
+    # The interrupted scenario is reported as an error, with the step it stopped in; the next
+    # scenario never ran.
+    (result,) = json.loads(stdout)
+    assert result["status"] == "error"
+    assert result["message"] == "interrupted (Ctrl-C) during step 1 (interrupted.yml:6) wait 120 s"
+    assert result["steps"][0]["status"] == "error" and result["steps"][0]["seen"] == "interrupted (Ctrl-C)"
+    saved = json.loads((tmp_path / "interrupted" / "result.json").read_text())
+    assert saved["message"] == result["message"]
+    assert not (tmp_path / "failing").exists()
+    suite = ET.parse(junit).getroot().find("testsuite")
+    assert suite is not None and suite.get("errors") == "1" and suite.get("tests") == "1"
+    assert "interrupted" in stderr
 
 
 def test_traffic_facts_are_read_from_the_capture(client: docker.DockerClient, image: str, tmp_path: Path) -> None:
