@@ -9,7 +9,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -205,6 +205,17 @@ def _live_capture(args: argparse.Namespace) -> tuple[dict[str, list[bytes]], lis
     from labctl.capture import Capture
 
     return Capture(lab).sources(), [(h.name, h.fqdn, h.role, h.address) for h in hosts]
+
+
+def _live_feed(args: argparse.Namespace) -> tuple[Callable[[], dict[str, list[bytes]]], list[traffic_cli.HostInfo]]:
+    """`labctl traffic --follow`: what the live lab's hosts captured since the last look, and its hosts."""
+    lab = _lab(args)
+    hosts = lab.status()
+    if not hosts:
+        raise LabctlError(f"lab {lab.name!r} is not up; start it with `labctl up --lab {lab.name}`")
+    from labctl.capture import CaptureTail
+
+    return CaptureTail(lab).poll, [(h.name, h.fqdn, h.role, h.address) for h in hosts]
 
 
 def _size(octets: int) -> str:
@@ -458,7 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", help="only what this host captured")
     p.add_argument("--since", help="only packets since: an age (10m), a time (14:05) or a date-time")
     p.add_argument("-o", "--output", type=Path, required=True, help="the pcapng file to write")
-    traffic_cli.register(add, live=_live_capture)
+    traffic_cli.register(add, live=_live_capture, feed=_live_feed)
 
     p = sub.add_parser("run", help="run scenarios: each in a fresh lab, step by step, with a report",
                        description="Run scenario files (scenarios/README.md): a fresh lab per scenario, steps "

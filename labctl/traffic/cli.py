@@ -36,6 +36,9 @@ err = Console(stderr=True, highlight=False)
 # A lab host as the live source and the topology describe it: (name, FQDN, role, address).
 HostInfo = tuple[str, str, str, str]
 LiveSource = Callable[[argparse.Namespace], tuple[Mapping[str, Iterable[bytes]], Sequence[HostInfo]]]
+# (args) -> (poll, hosts) for --follow: each poll() gives what the hosts captured since the last one,
+# as capture files of their own ({host: [pcap bytes, ...]}); the first gives everything so far.
+LiveFeed = Callable[[argparse.Namespace], tuple[Callable[[], Mapping[str, Iterable[bytes]]], Sequence[HostInfo]]]
 
 
 def probe_addresses(hosts: Iterable[HostInfo]) -> set[str]:
@@ -69,13 +72,8 @@ def _read(paths: Sequence[Path]) -> dict[str, list[bytes]]:
     return sources
 
 
-def decode_args(args: argparse.Namespace, live: LiveSource | None, *, complete: bool = True,
-                reported: set[str] | None = None) -> tuple[list[Conversation], TrafficDecoder]:
-    """The conversations of the captures the command line names, decoded.
-
-    ``complete=False`` while following a live capture: connections still open stay open.
-    ``reported``: problems already printed (a follow loop prints each once).
-    """
+def decode_args(args: argparse.Namespace, live: LiveSource | None) -> tuple[list[Conversation], TrafficDecoder]:
+    """The conversations of the captures the command line names, decoded."""
     hosts: Sequence[HostInfo] = ()
     if args.pcap:
         sources: Mapping[str, Iterable[bytes]] = _read(args.pcap)
@@ -86,20 +84,27 @@ def decode_args(args: argparse.Namespace, live: LiveSource | None, *, complete: 
     else:
         raise LabctlError("say which capture to read: --pcap FILE (a pcap or pcapng, e.g. written by "
                           "tcpdump -w on a lab host)")
-    args.probe_addresses = probe_addresses(hosts)
-    names = {} if args.no_names else names_from_hosts(hosts)
+    decoder = _decoder(args, hosts)
+    decoder.feed_captures(sources)
+    _print_problems(decoder, set())
+    decoder.tcp.finish()
+    return decoder.conversations(), decoder
+
+
+def _decoder(args: argparse.Namespace, hosts: Sequence[HostInfo]) -> TrafficDecoder:
     from labctl.traffic.decode import TrafficDecoder
 
-    decoder = TrafficDecoder(names, show_bodies=getattr(args, "bodies", False))
-    decoder.feed_captures(sources)
+    args.probe_addresses = probe_addresses(hosts)
+    names = {} if args.no_names else names_from_hosts(hosts)
+    return TrafficDecoder(names, show_bodies=getattr(args, "bodies", False))
+
+
+def _print_problems(decoder: TrafficDecoder, reported: set[str]) -> None:
+    """Why a capture could be read only so far; each problem once (a follow loop sees them again)."""
     for problem in decoder.problems:
-        if reported is None or problem not in reported:
+        if problem not in reported:
             err.print(Text.assemble(("» ", "yellow"), problem), soft_wrap=True)
-            if reported is not None:
-                reported.add(problem)
-    if complete:
-        decoder.tcp.finish()
-    return decoder.conversations(), decoder
+            reported.add(problem)
 
 
 # -- traffic -------------------------------------------------------------------------------------------
@@ -110,14 +115,14 @@ _STYLE = {CLIENT: "cyan", NOTE: "yellow"}
 FOLLOW_INTERVAL = 1.0  # seconds between looks at the live capture
 
 
-def cmd_traffic(args: argparse.Namespace, live: LiveSource | None = None) -> int:
+def cmd_traffic(args: argparse.Namespace, live: LiveSource | None = None, feed: LiveFeed | None = None) -> int:
     since = render.parse_since(args.since) if args.since else None
     if args.follow:
-        if args.pcap or live is None:
+        if args.pcap or feed is None:
             raise LabctlError("--follow reads the live lab's capture; with --pcap the file is read once")
         if args.json:
             raise LabctlError("--follow prints dialogues as they grow; for JSON, run without --follow")
-        return follow(args, live, since)
+        return follow(args, feed, since)
     convs, _ = decode_args(args, live)
     convs = render.select(convs, proto=args.proto, host=args.host, since=since, decoded_only=not args.all,
                               hide_clients=() if args.all else args.probe_addresses)
@@ -131,24 +136,28 @@ def cmd_traffic(args: argparse.Namespace, live: LiveSource | None = None) -> int
     return 0
 
 
-def follow(args: argparse.Namespace, live: LiveSource, since: float | None) -> int:
+def follow(args: argparse.Namespace, feed: LiveFeed, since: float | None) -> int:
     """Print the dialogues, then what each adds as the capture grows, until Ctrl-C.
 
-    Every look re-reads the hosts' capture files and decodes them afresh (the decoder reads
-    100+ MB/s, a lab session's capture is a few MB); the follower prints each event once.
+    One decoder is fed what the hosts captured since the last look (a look moves only new
+    packets, however large the capture has grown); the follower prints each event once.
     """
     from labctl.traffic.follow import Follower
     from labctl.traffic.follow import key as follow_key
 
+    poll, hosts = feed(args)
+    decoder = _decoder(args, hosts)
     follower = Follower()
     reported: set[str] = set()
     last: Conversation | None = None
     err.print("following the lab's capture; Ctrl-C to stop")
     try:
         while True:
-            convs, _ = decode_args(args, live, complete=False, reported=reported)
-            convs = render.select(convs, proto=args.proto, host=args.host, since=since, decoded_only=not args.all,
-                              hide_clients=() if args.all else args.probe_addresses)
+            decoder.feed_captures(poll())
+            _print_problems(decoder, reported)
+            convs = render.select(decoder.conversations(), proto=args.proto, host=args.host, since=since,
+                                  decoded_only=not args.all,
+                                  hide_clients=() if args.all else args.probe_addresses)
             for conv, events in follower.poll(convs):
                 if last is None or follow_key(last) != follow_key(conv):
                     if last is not None:
@@ -221,7 +230,7 @@ def _input_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-names", action="store_true", help="show bare addresses, no host names")
 
 
-def register(add: AddCommand, live: LiveSource | None = None) -> None:
+def register(add: AddCommand, live: LiveSource | None = None, feed: LiveFeed | None = None) -> None:
     """Add ``traffic`` and ``trace`` with labctl's ``add(name, func, help)`` helper."""
 
     def bind(func: Callable[[argparse.Namespace, LiveSource | None], int]) -> Callable[[argparse.Namespace], int]:
@@ -229,7 +238,10 @@ def register(add: AddCommand, live: LiveSource | None = None) -> None:
             return func(args, live)
         return run
 
-    p: Any = add("traffic", bind(cmd_traffic), "the captured conversations, decoded: SMTP and POP3 dialogues, "
+    def traffic(args: argparse.Namespace) -> int:
+        return cmd_traffic(args, live, feed)
+
+    p: Any = add("traffic", traffic, "the captured conversations, decoded: SMTP and POP3 dialogues, "
                  "DNS queries and answers")
     _input_options(p)
     p.add_argument("--proto", choices=render.PROTOCOL_CHOICES, help="only this protocol")

@@ -227,6 +227,30 @@ class CaptureReader:
             pos += blen
 
 
+def pcap_records_end(data: bytes | memoryview) -> int | None:
+    """Where the last whole record of a classic pcap ends: the part of a file still being written
+    that can be read now (its header's end if no record is whole yet, 0 if the header is not
+    complete). None when ``data`` is not a classic pcap. A corrupt record ends the readable part.
+    """
+    if len(data) < _PCAP_HEADER:
+        return 0
+    magic = bytes(data[:4])
+    order = next((o for o in "<>" if struct.unpack(o + "I", magic)[0] in (PCAP_MAGIC_US, PCAP_MAGIC_NS)), None)
+    if order is None:
+        return None
+    caplen_at = struct.Struct(order + "I").unpack_from
+    pos, end = _PCAP_HEADER, len(data)
+    while pos + _PCAP_RECORD <= end:
+        caplen = caplen_at(data, pos + 8)[0]
+        if caplen > MAX_RECORD or pos + _PCAP_RECORD + caplen > end:
+            break
+        pos += _PCAP_RECORD + caplen
+    return pos
+
+
+PCAP_HEADER_SIZE = _PCAP_HEADER
+
+
 def _options(data: bytes, pos: int, end: int, order: str) -> Iterator[tuple[int, bytes]]:
     while pos + 4 <= end:
         code, length = struct.unpack_from(order + "HH", data, pos)

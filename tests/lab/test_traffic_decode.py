@@ -18,8 +18,9 @@ import threading
 import time
 from pathlib import Path
 
-from labctl.capture import Capture, outside_addresses
+from labctl.capture import Capture, CaptureTail, outside_addresses
 from labctl.scenario.facts import CAPTURE_LAG
+from labctl.traffic.decode import TrafficDecoder
 from labctl.traffic.pcap import read_frames
 from tests.lab.conftest import RunningLab, labctl
 
@@ -175,3 +176,65 @@ def test_follow_prints_a_dialogue_as_it_happens(running_lab: RunningLab) -> None
     assert f"250 2.0.0 {queue_id.group(1)} Message accepted for delivery" in out, out[-3000:]
     accepted = re.findall(r"S: 250 2\.0\.0 (\w+) Message accepted", out)
     assert accepted and len(accepted) == len(set(accepted))  # every event printed once, however many looks
+
+
+FrameKey = tuple[str, int, bytes]
+
+
+def _look(tail: CaptureTail, seen: set[FrameKey]) -> tuple[dict[str, list[bytes]], int]:
+    """One look of the tail; every packet it gives must be new. Returns the pieces and their octets."""
+    pieces = tail.poll()
+    moved = 0
+    for host, files in pieces.items():
+        for p in files:
+            moved += len(p)
+            for f in read_frames(p):
+                key = (host, f.ts_ns, bytes(f.data))
+                assert key not in seen, f"a packet of {host} given twice"
+                seen.add(key)
+    return pieces, moved
+
+
+def test_a_follow_look_moves_only_what_the_capture_gained(running_lab: RunningLab) -> None:
+    lab = running_lab.lab
+    tail = CaptureTail(lab)
+    seen: set[FrameKey] = set()
+    first, _ = _look(tail, seen)
+    assert set(first) == {"ns", "smtp", "mail", "andy", "betty"} and all(first.values())
+    decoder = TrafficDecoder()
+    decoder.feed_captures(first)
+    subject = f"Tail {time.time_ns()}"
+    labctl("send", "--lab", lab.name, "--from", "andy", "--to", "betty@stevenchoy.example",
+           "--subject", subject, "--body", "only the new packets")
+    moved = 0
+    deadline = time.monotonic() + 4 * CAPTURE_LAG
+    while time.monotonic() < deadline:
+        pieces, octets = _look(tail, seen)
+        moved += octets
+        decoder.feed_captures(pieces)
+        if any(m.subject == subject for c in decoder.conversations() for m in c.messages):
+            break
+        time.sleep(0.5)
+    assert any(m.subject == subject for c in decoder.conversations() for m in c.messages)
+    assert 0 < moved < 1_000_000  # the new session's packets, not the rings again
+
+
+def test_a_follow_reads_a_stopped_host_once_and_its_new_run_after_a_start(running_lab: RunningLab) -> None:
+    lab = running_lab.lab
+    tail = CaptureTail(lab)
+    seen: set[FrameKey] = set()
+    _look(tail, seen)
+    lab.stop("betty")
+    try:
+        _look(tail, seen)  # through the archive: what betty wrote until she stopped
+        again, _ = _look(tail, seen)
+        assert again["betty"] == []  # a stopped host's files do not change: not read again
+    finally:
+        lab.start("betty")
+    deadline = time.monotonic() + 4 * CAPTURE_LAG
+    while time.monotonic() < deadline:  # the recorder's new run, with its first packets
+        started, _ = _look(tail, seen)
+        if started["betty"]:
+            break
+        time.sleep(0.5)
+    assert started["betty"]
