@@ -31,6 +31,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, AnyStr, Protocol
 
+import aiosmtpd.smtp
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword, Session
 
 from services.config import LabConfig
@@ -47,10 +48,14 @@ IDLE_TIMEOUT = 300.0  # RFC 5321 §4.5.3.2.7: a server waits at least 5 minutes 
 # Syntax and sequence errors one session may make before it is closed with 421: Postfix's
 # smtpd_hard_error_limit (20; sendmail's MAXBADCOMMANDS is 25). Fewer cut off nmap's
 # smtp-open-relay audit, whose 16 relay tricks in one session are mostly malformed addresses.
-# Unknown verbs alone run out sooner: aiosmtpd gives up at its fifth (its BOGUS_LIMIT), which
-# REWORDED turns into our 421.
 MAX_BAD_COMMANDS = 20
 BAD_COMMAND_CODES = frozenset({500, 501, 502, 503, 504, 553, 555})
+
+# aiosmtpd closes a session at its fifth unknown verb (its module constant BOGUS_LIMIT, read at
+# every connection, with no parameter): five typos at a telnet prompt, and a student is cut off.
+# Unknown verbs count against the same budget as every other bad command here, as in Postfix;
+# aiosmtpd's own limit is set no lower, so ours is the one that ends the session.
+aiosmtpd.smtp.BOGUS_LIMIT = MAX_BAD_COMMANDS
 
 # -- replies -----------------------------------------------------------------------------------
 DATA_GO_AHEAD = '354 Enter mail, end with "." on a line by itself'
