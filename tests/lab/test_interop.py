@@ -1,17 +1,19 @@
 """Interoperability with the servers people run: Postfix, Dovecot and NSD in the same lab as ours.
 
-Three labs, each compose/lab.yml with one overlay of compose/reference/ (a `swap:` of one host):
+Four labs, each compose/lab.yml with one overlay of compose/reference/ (a `swap:` of hosts):
 
 - mx.yml: our MTA relays to a Postfix MX; the message lands in the Maildir Dovecot serves;
 - mta.yml: Postfix as the sender MTA relays to our MX; fetchmail and curl read our POP3;
-- dns.yml: NSD serves the zones labctl writes; our MTA finds the MX through it.
+- dns.yml: NSD serves the zones labctl writes; our MTA finds the MX through it;
+- clients.yml: our servers everywhere; Debian's mutt sends through our MTA and reads our POP3.
 
 Every client runs inside the lab, on andy's or betty's host (the lab is sealed): our MUA, swaks,
-curl (pop3://) and fetchmail from Debian.
+curl (pop3://), fetchmail and mutt from Debian.
 """
 
 from __future__ import annotations
 
+import re
 import shlex
 from collections.abc import Iterator
 
@@ -51,6 +53,11 @@ def nsd_dns(client: docker.DockerClient, image: str) -> Iterator[RunningLab]:
     yield from _lab(client, "dns.yml")
 
 
+@pytest.fixture(scope="module")
+def debian_clients(client: docker.DockerClient, image: str) -> Iterator[RunningLab]:
+    yield from _lab(client, "clients.yml")
+
+
 # -- clients, as run on a MUA host -------------------------------------------------------------
 
 
@@ -87,6 +94,36 @@ def fetchmail(lab: Lab, host: str, user: str, password: str, server: str) -> tup
     ran = lab.exec(host, ["sh", "-c", script])
     log, _, delivered = ran.output.partition("--- delivered ---\n")
     return ran.exit_code, log, delivered
+
+
+# mutt as a student would set it up for the lab: plain SMTP and POP3 (no TLS in the lab), no
+# local folders to create. -n: no system muttrc.
+MUTTRC = "set ssl_starttls=no\nset ssl_force_tls=no\nset folder=/tmp\nset spoolfile=/tmp/spool\n" \
+         "set record=\nset mbox=/tmp/mbox\nset delete=yes\nset quit=yes\nset confirmcreate=no\n"
+
+
+def mutt_send(lab: Lab, host: str, smtp_url: str, password: str, to: str, subject: str, body: str) -> tuple[int, str]:
+    """mutt in batch mode (no terminal: it sends what stdin holds) through ``smtp_url``."""
+    settings = f"set from={host}@ouhk.example; set smtp_url={smtp_url}; set smtp_pass={password}"
+    script = (f"printf %s {shlex.quote(MUTTRC)} > /tmp/muttrc; printf '%s\n' {shlex.quote(body)} | "
+              f"mutt -n -F /tmp/muttrc -e {shlex.quote(settings)} -s {shlex.quote(subject)} {shlex.quote(to)} 2>&1")
+    ran = lab.exec(host, ["sh", "-c", script])
+    return ran.exit_code, ran.output
+
+
+def mutt_move_first(lab: Lab, host: str, mailbox: str, password: str) -> tuple[str, str]:
+    """Open ``mailbox`` (pop://user@server/) in mutt on a terminal (script(1)) and save its first
+    message to a local mbox, which moves it (RETR, then DELE at QUIT). (The screen's text, escape
+    sequences blanked; the saved mbox.)"""
+    rc = MUTTRC + f"set pop_pass={password}\n"
+    keys = "push <save-message><kill-line>/tmp/saved.mbox<enter><quit>"
+    command = f"mutt -n -F /tmp/muttrc -f {mailbox} -e {shlex.quote(keys)}"
+    script = (f"printf %s {shlex.quote(rc)} > /tmp/muttrc; rm -f /tmp/saved.mbox; TERM=xterm timeout 30 script -qec "
+              f"{shlex.quote(command)} /dev/null; code=$?; echo '--- saved ---'; cat /tmp/saved.mbox; exit $code")
+    ran = lab.exec(host, ["sh", "-c", script])
+    assert ran.exit_code == 0, ran.output
+    screen, _, saved = ran.output.partition("--- saved ---\n")
+    return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][0-9A-Za-z]|\x1b[=>]", " ", screen), saved
 
 
 # -- our MTA -> Postfix MX, read from Dovecot --------------------------------------------------
@@ -230,3 +267,35 @@ def test_the_queue_of_a_postfix_mta_is_postfix_s(postfix_mta: RunningLab) -> Non
     assert proc.returncode == 1 and "postqueue -p" in proc.stderr
     shown = lab.exec("smtp", ["mailq"])  # Postfix's, not the lab image's wrapper of our queue tool
     assert shown.exit_code == 0 and "Mail queue is empty" in shown.output, shown.output
+
+
+# -- mutt against our servers ------------------------------------------------------------------
+
+
+def test_mutt_submits_through_our_mta_and_reads_and_deletes_on_our_pop3(debian_clients: RunningLab) -> None:
+    lab = debian_clients.lab
+    by_auth, from_lan = unique("mutt via 587"), unique("mutt via 25")
+    code, out = mutt_send(lab, "andy", "smtp://andy@smtp.ouhk.example:587/", "andy-secret",
+                          "betty@stevenchoy.example", by_auth, "Sent by mutt after AUTH.")
+    assert code == 0, out
+    code, out = mutt_send(lab, "andy", "smtp://smtp.ouhk.example:25/", "", "betty@stevenchoy.example",
+                          from_lan, "Sent by mutt from the lab LAN.")
+    assert code == 0, out
+    wait_for_mail(lab, "betty", by_auth)
+    wait_for_mail(lab, "betty", from_lan)
+    assert "AUTH PLAIN as andy" in b"".join(lab.logs("smtp")).decode()
+
+    # Open the mailbox (CAPA, USER/PASS, STAT, UIDL, LIST, TOP), move the first message to a
+    # local mbox (RETR, DELE) and quit (QUIT: the deletion takes effect).
+    screen, saved = mutt_move_first(lab, "betty", "pop://betty@mail.stevenchoy.example/", "betty-secret")
+    assert by_auth in screen and from_lan in screen  # the index: both messages
+    assert "1 kept, 1 deleted" in screen, screen[-500:]
+    bodies = {by_auth: "Sent by mutt after AUTH.", from_lan: "Sent by mutt from the lab LAN."}
+    (moved,) = [subject for subject, body in bodies.items() if f"Subject: {subject}" in saved and body in saved]
+    assert saved.count("\nReturn-Path: <andy@ouhk.example>") == 1 and "by mail.stevenchoy.example" in saved
+    log = b"".join(lab.logs("mail")).decode()
+    for command in ("CAPA", "UIDL", "TOP 1 0", "RETR ", "DELE ", "QUIT -> +OK Bye-bye (UPDATE: 1 message removed)"):
+        assert f"betty@stevenchoy.example {command}" in log, command
+    (left,) = curl_messages(lab, "betty", "betty", "betty-secret", "mail.stevenchoy.example")
+    (kept,) = set(bodies) - {moved}
+    assert kept in left and moved not in left
