@@ -247,8 +247,14 @@ def cmd_capture_export(args: argparse.Namespace) -> int:
     from labctl.capture import Capture
 
     since = render.parse_since(args.since) if args.since else None
-    with open(args.output, "wb") as fh:
-        count = Capture(_lab(args)).export(fh, host=args.host, since=since)
+    capture = Capture(_lab(args))
+    try:
+        fh = open(args.output, "wb")  # noqa: SIM115 - closed below; only the open's error is the user's
+    except OSError as exc:
+        raise LabctlError(f"{args.output}: cannot write the capture ({exc.strerror}); "
+                          "give -o a path in a directory that exists") from exc
+    with fh:
+        count = capture.export(fh, host=args.host, since=since)
     err.print(f"{count} packets written to {args.output} (pcapng, one interface per host)")
     return 0
 

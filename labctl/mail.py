@@ -18,6 +18,7 @@ from typing import Any
 
 from labctl.errors import LabctlError
 from labctl.lab import ExecResult, HostStatus, Lab
+from services.mua import PROG as MUA_PROG
 
 MAIL = ["python3", "-m", "services", "mail"]
 QUEUE = ["python3", "-m", "services", "queue"]
@@ -59,7 +60,12 @@ def mta_host(lab: Lab) -> HostStatus:
 
 
 def _outcome(host: HostStatus, result: ExecResult) -> Outcome:
-    return Outcome(host.name, result.exit_code == 0, result.output, result.stderr.decode("utf-8", "replace"))
+    errors = result.stderr.decode("utf-8", "replace")
+    # The MUA advises the user at its host's prompt (`mail fetch`); through labctl, the same advice
+    # is a labctl command, and the error says which host it came from.
+    errors = errors.replace(f"{MUA_PROG}: error: ", f"labctl: {host.name}: ")
+    errors = errors.replace(f"`{MUA_PROG} fetch`", f"`labctl fetch {host.name}`")
+    return Outcome(host.name, result.exit_code == 0, result.output, errors)
 
 
 def upload(lab: Lab, host: HostStatus, files: list[Path]) -> list[str]:

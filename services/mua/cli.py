@@ -24,13 +24,12 @@ from pathlib import Path
 from typing import Literal
 
 from services import config
-from services.mua import compose, view
+from services.mua import PROG, compose, view
 from services.mua.errors import MuaError
 from services.mua.local import LocalMailbox
 from services.mua.retrieve import POP3_PORT, fetch
 from services.mua.submit import SMTP_PORT, SUBMISSION_PORT, Login, submit
 
-PROG = "python3 -m services mail"
 DEFAULT_MAILDIR = Path.home() / "Maildir"
 
 

@@ -131,6 +131,15 @@ def test_user_errors_are_one_clear_line_without_traceback(running_lab: RunningLa
     proc = labctl("exec", "--lab", running_lab.name, "carol", "--", "true", check=False)
     assert proc.returncode == 1 and "has no host 'carol'" in proc.stderr
 
+    proc = labctl("mailbox", "--lab", running_lab.name, "betty", "999", check=False)
+    assert proc.returncode == 1 and proc.stderr.startswith("labctl: betty: no message 999 in /root/Maildir")
+    assert "`mail fetch`" not in proc.stderr  # the MUA's advice, put as a labctl command
+
+    missing = tmp_path / "no-such-dir" / "lab.pcapng"
+    proc = labctl("capture", "export", "--lab", running_lab.name, "-o", str(missing), check=False)
+    assert proc.returncode == 1 and f"{missing}: cannot write the capture" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
     proc = labctl("status", check=False, env={"DOCKER_HOST": "unix:///nonexistent/docker.sock"})
     assert proc.returncode == 1
     assert "cannot reach the Docker engine" in proc.stderr and "Start it" in proc.stderr
