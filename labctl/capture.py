@@ -54,7 +54,7 @@ class Capture:
         self.lab = lab
 
     def _hosts(self, host: str | None) -> list[HostStatus]:
-        return [self.lab.find(host)] if host else [h for h in self.lab.status()]
+        return [self.lab.find(host)] if host else self.lab.hosts()
 
     def status(self, host: str | None = None) -> list[HostCapture]:
         return [HostCapture(h, tuple(self._listing(h))) for h in self._hosts(host)]

@@ -20,10 +20,10 @@ from rich.table import Table
 from rich.text import Text
 
 from labctl import engine, mail, topology
-from labctl.errors import LabctlError
+from labctl.errors import LabctlError, LabNotRunning
 from labctl.events import BuildOutput, Event, Notice, Step
 from labctl.image import ImageBuilder
-from labctl.lab import HostStatus, Lab, list_labs
+from labctl.lab import HostStatus, Lab, check_lab_name, list_labs
 from labctl.traffic import cli as traffic_cli
 from labctl.traffic import render
 from services.capture import CAPTURE_DIR
@@ -77,6 +77,7 @@ def _hosts_table(hosts: Sequence[HostStatus], title: str) -> Table:
 
 def cmd_up(args: argparse.Namespace) -> int:
     started = time.monotonic()
+    check_lab_name(args.lab)  # before the image is built: the name is what Docker refuses last
     topo = topology.load(args.topology)
     for overlay in args.overlay:
         topo = topology.load_overlay(topo, overlay)
@@ -198,10 +199,10 @@ def cmd_host_state(args: argparse.Namespace) -> int:
 def _live_capture(args: argparse.Namespace) -> tuple[dict[str, list[bytes]], list[traffic_cli.HostInfo]]:
     """The live lab's capture for `labctl traffic` and `labctl trace`: every host's files, and its hosts."""
     lab = _lab(args)
-    hosts = lab.status()
-    if not hosts:
-        raise LabctlError(f"lab {lab.name!r} is not up; start it with `labctl up --lab {lab.name}`, "
-                          "or read a saved capture with --pcap FILE")
+    try:
+        hosts = lab.hosts()
+    except LabNotRunning as exc:
+        raise LabNotRunning(f"{exc}, or read a saved capture with --pcap FILE") from exc
     from labctl.capture import Capture
 
     return Capture(lab).sources(), [(h.name, h.fqdn, h.role, h.address) for h in hosts]
@@ -210,9 +211,7 @@ def _live_capture(args: argparse.Namespace) -> tuple[dict[str, list[bytes]], lis
 def _live_feed(args: argparse.Namespace) -> tuple[Callable[[], dict[str, list[bytes]]], list[traffic_cli.HostInfo]]:
     """`labctl traffic --follow`: what the live lab's hosts captured since the last look, and its hosts."""
     lab = _lab(args)
-    hosts = lab.status()
-    if not hosts:
-        raise LabctlError(f"lab {lab.name!r} is not up; start it with `labctl up --lab {lab.name}`")
+    hosts = lab.hosts()
     from labctl.capture import CaptureTail
 
     return CaptureTail(lab).poll, [(h.name, h.fqdn, h.role, h.address) for h in hosts]

@@ -11,6 +11,7 @@ import hashlib
 import io
 import ipaddress
 import json
+import re
 import socket
 import struct
 import time
@@ -78,6 +79,16 @@ class ExecResult:
         return self.stdout.decode("utf-8", "replace")
 
 
+# The lab's name begins its containers', network's and volumes' names: what Docker allows there.
+LAB_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,47}")
+
+
+def check_lab_name(name: str) -> None:
+    if not LAB_NAME.fullmatch(name):
+        raise LabctlError(f"lab name {name!r}: use up to 48 letters, digits, '-', '_' or '.', beginning with a "
+                          "letter or digit (it names the lab's containers, network and volumes)")
+
+
 def container_name(lab: str, host: str) -> str:
     return f"{lab}-{host}"
 
@@ -127,11 +138,16 @@ class Lab:
         order = {role: i for i, role in enumerate(svc.ROLES)}
         return sorted(out, key=lambda h: (order.get(svc.role_kind(h.role), 99), h.name))
 
-    def find(self, host: str) -> HostStatus:
-        """A host of this lab by short name or FQDN."""
+    def hosts(self) -> list[HostStatus]:
+        """:meth:`status`, for a command that needs the lab: LabNotRunning when it has no host."""
         hosts = self.status()
         if not hosts:
             raise LabNotRunning(f"lab {self.name!r} is not up; start it with `labctl up --lab {self.name}`")
+        return hosts
+
+    def find(self, host: str) -> HostStatus:
+        """A host of this lab by short name or FQDN."""
+        hosts = self.hosts()
         for h in hosts:
             if host in (h.name, h.fqdn):
                 return h
@@ -147,6 +163,7 @@ class Lab:
         some hosts run another one (the reference peers). Running it on a lab that is already up
         changes nothing.
         """
+        check_lab_name(self.name)
         images = host_images(topo, image)
         existing = {c["Labels"].get(LABEL_HOST): c for c in self.containers()}
         net = self._network()

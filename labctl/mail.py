@@ -37,9 +37,7 @@ class Outcome:
 
 def mua_host(lab: Lab, who: str) -> HostStatus:
     """The MUA host of ``who``: a host name (andy), its FQDN, or the user's address."""
-    hosts = lab.status()
-    if not hosts:
-        lab.find(who)  # raises the "lab is not up" error
+    hosts = lab.hosts()
     for h in hosts:
         if h.role == "mua" and (who in (h.name, h.fqdn) or who == h.user):
             return h
@@ -48,7 +46,7 @@ def mua_host(lab: Lab, who: str) -> HostStatus:
 
 
 def mta_host(lab: Lab) -> HostStatus:
-    hosts = lab.status()
+    hosts = lab.hosts()
     for h in hosts:
         if h.role == "mta":
             return h

@@ -135,6 +135,10 @@ def test_user_errors_are_one_clear_line_without_traceback(running_lab: RunningLa
     assert proc.returncode == 1 and proc.stderr.startswith("labctl: betty: no message 999 in /root/Maildir")
     assert "`mail fetch`" not in proc.stderr  # the MUA's advice, put as a labctl command
 
+    for command in (["capture", "export", "-o", str(tmp_path / "x.pcapng")], ["queue"], ["traffic"]):
+        proc = labctl(*command, "--lab", "never-up", check=False)
+        assert proc.returncode == 1 and "lab 'never-up' is not up" in proc.stderr, (command, proc.stderr)
+
     missing = tmp_path / "no-such-dir" / "lab.pcapng"
     proc = labctl("capture", "export", "--lab", running_lab.name, "-o", str(missing), check=False)
     assert proc.returncode == 1 and f"{missing}: cannot write the capture" in proc.stderr

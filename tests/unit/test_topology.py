@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from labctl import topology
-from labctl.errors import SourceError
+from labctl.errors import LabctlError, SourceError
+from labctl.lab import check_lab_name
 
 LAB_YML = topology.DEFAULT_TOPOLOGY.read_text()
 
@@ -216,3 +217,14 @@ def test_bad_tmpfs_is_explained_with_its_line(value: str, message: str) -> None:
 def test_tmpfs_only_on_mail_servers() -> None:
     text = with_tmpfs("[/var/mail/maillab:size=1m]", "    hostname: andy.ouhk.example\n    command: mua\n")
     assert "tmpfs is for the mail servers' directories; a mua host has none" in error_of(text).message
+
+
+@pytest.mark.parametrize("name", ["maillab", "sc-journey-4f2a1c", "Lab_2.b", "x" * 48])
+def test_lab_names_docker_accepts(name: str) -> None:
+    check_lab_name(name)
+
+
+@pytest.mark.parametrize("name", ["Bad_Name!", "-lab", ".lab", "", "x" * 49, "lab name", "lab/1", "läb"])
+def test_lab_names_docker_refuses_are_refused_first(name: str) -> None:
+    with pytest.raises(LabctlError, match="letters, digits, '-', '_' or '.'"):
+        check_lab_name(name)
