@@ -124,6 +124,7 @@ class Capture:
 # [offset, head]: head is the hex of the file's first octets (its header and its first record's
 # header) when labctl read them; the file is the same one while they still begin it. Out: per
 # file a JSON line {"name", "from", "head", "length"}, then that many octets.
+HEAD_OCTETS = 40  # what TAIL_SCRIPT compares: the pcap header and the first record's header
 TAIL_SCRIPT = """
 import json, os, sys
 directory, known = sys.argv[1], json.loads(sys.argv[2])
@@ -138,7 +139,7 @@ for name in names:
     except OSError:
         continue
     with f:
-        head = f.read(40).hex()
+        head = f.read(HEAD_OCTETS).hex()
         offset, before = known.get(name, (0, ""))
         if not head.startswith(before) or offset > os.fstat(f.fileno()).st_size:
             offset = 0
@@ -146,8 +147,7 @@ for name in names:
         data = f.read()
     out.write(json.dumps({"name": name, "from": offset, "head": head, "length": len(data)}).encode() + b"\\n")
     out.write(data)
-"""
-HEAD_OCTETS = 40  # what TAIL_SCRIPT compares: the pcap header and the first record's header
+""".replace("HEAD_OCTETS", str(HEAD_OCTETS))
 
 
 def parse_tail(output: bytes) -> list[tuple[str, int, str, bytes]]:
