@@ -233,7 +233,7 @@ class CaptureTail:
 
     def poll(self) -> dict[str, list[bytes]]:
         """{host: [pcap bytes, ...]}: the records each host captured since the last call."""
-        hosts = self.lab.status()
+        hosts = self.lab.hosts()  # a lab removed while followed ends the follow, saying so
         return dict(zip((h.name for h in hosts), parallel(self._host, hosts), strict=True))
 
     def _host(self, host: HostStatus) -> list[bytes]:

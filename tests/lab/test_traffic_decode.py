@@ -22,7 +22,7 @@ from labctl.capture import Capture, CaptureTail, outside_addresses
 from labctl.scenario.facts import CAPTURE_LAG
 from labctl.traffic.decode import TrafficDecoder
 from labctl.traffic.pcap import read_frames
-from tests.lab.conftest import RunningLab, labctl
+from tests.lab.conftest import RunningLab, labctl, unique_lab
 
 
 def _send_and_fetch(lab_name: str, subject: str) -> str:
@@ -238,3 +238,17 @@ def test_a_follow_reads_a_stopped_host_once_and_its_new_run_after_a_start(runnin
             break
         time.sleep(0.5)
     assert started["betty"]
+
+
+def test_follow_ends_saying_so_when_its_lab_is_removed(image: str) -> None:
+    name = unique_lab("fol")
+    labctl("up", "--lab", name)
+    follower = subprocess.Popen([sys.executable, "-m", "labctl", "traffic", "--lab", name, "--follow"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(2)  # following
+    finally:
+        labctl("down", "--lab", name)
+    _, err = follower.communicate(timeout=30)
+    assert follower.returncode == 1
+    assert f"lab {name!r} is not up" in err and "Traceback" not in err
