@@ -11,17 +11,18 @@ from __future__ import annotations
 
 import io
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from labctl.capture import Capture
+from labctl.capture import Capture, CaptureTail
 from labctl.errors import LabctlError
 from labctl.lab import Lab
 from labctl.scenario import model as m
 from labctl.scenario.steps import Context, StepFailed
 from labctl.traffic.decode import decode_captures
 from labctl.traffic.journey import timeline, trace
+from labctl.traffic.pcap import write_merged_pcapng
 
 
 class EndpointLike(Protocol):
@@ -122,22 +123,25 @@ def check_fact(fact: m.Fact, convs: Sequence[ConversationLike], addresses: Mappi
                      f"{', '.join(c.state for c in sessions)}" if sessions else "none")
 
 
-def save_traffic(lab: Lab, folder: Path, *, since: float | None = None, subjects: Sequence[str] = (),
-                 sleep: Callable[[float], None] = time.sleep,
-                 clock: Callable[[], float] = time.monotonic) -> list[str]:
+def save_traffic(lab: Lab, folder: Path, *, since: float | None = None, subjects: Sequence[str] = ()) -> list[str]:
     """Write the lab's capture (``capture.pcapng``) and the journey of each sent message (``trace.txt``).
 
     Called right after the last step, when the newest packets may not be in the files yet: it
     waits out the recorder's block timeout first, and looks again (up to :data:`CAPTURE_LAG`) while a
-    sent message is missing from the capture. A message still missing then is named in
-    ``trace.txt`` with what the capture did hold: a report says what it could not show.
+    sent message is missing from the capture, each look fetching only what the hosts captured
+    since the last (:class:`~labctl.capture.CaptureTail`). A message still missing then is named
+    in ``trace.txt`` with what the capture did hold: a report says what it could not show.
     """
-    deadline = clock() + CAPTURE_LAG
-    sleep(CAPTURE_SETTLE)
+    deadline = time.monotonic() + CAPTURE_LAG
+    time.sleep(CAPTURE_SETTLE)
     names = {h.address: h.fqdn for h in lab.status()}
+    tail = CaptureTail(lab)
+    sources: dict[str, list[bytes]] = {}
     while True:
+        for host, pieces in tail.poll().items():
+            sources.setdefault(host, []).extend(pieces)
         buf = io.BytesIO()
-        count = Capture(lab).export(buf, since=since)
+        count = write_merged_pcapng(sources, buf, since=since)
         journeys: list[str] = []
         missing = False
         if subjects:
@@ -148,9 +152,9 @@ def save_traffic(lab: Lab, folder: Path, *, since: float | None = None, subjects
                 except LabctlError as exc:
                     journeys.append(str(exc))
                     missing = True
-        if not missing or clock() >= deadline:
+        if not missing or time.monotonic() >= deadline:
             break
-        sleep(POLL)
+        time.sleep(POLL)
     path = folder / "capture.pcapng"
     path.write_bytes(buf.getvalue())
     written = [f"{path.name} ({count} packets)"]

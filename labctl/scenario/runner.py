@@ -118,15 +118,9 @@ def slug(scenario: m.Scenario) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", scenario.source.stem).strip("-") or "scenario"
 
 
-def _where(scenario: m.Scenario, result: ScenarioResult, *, ready: bool) -> str:
-    """Where a run stopped: "during step N (file:line) title", or while its lab came up."""
-    if not ready:
-        return "while the lab came up"
-    step = next((s for s, r in zip(scenario.steps, result.steps, strict=True) if r.status == SKIPPED), None)
-    if step is None:
-        return "after the last step"
-    where = f"{scenario.source.name}:{step.line}" if step.line else scenario.source.name
-    return f"during step {step.number} ({where}) {step.title}"
+def _place(scenario: m.Scenario, step: m.Step) -> str:
+    """Where a step is written: file:line."""
+    return f"{scenario.source.name}:{step.line}" if step.line else scenario.source.name
 
 
 class Runner:
@@ -151,27 +145,29 @@ class Runner:
         result.steps = [StepResult(s.number, s.kind, s.title, s.line, SKIPPED, note=s.note) for s in scenario.steps]
         self.progress.scenario_started(scenario, lab.name)
         started = time.monotonic()
-        ready = False
+        running: tuple[m.Step, StepResult] | None = None  # the step under way; None while the lab comes up
         try:
             try:
                 ctx = self._bring_up(lab, scenario)
-                ready = True
                 self.progress.lab_ready(time.monotonic() - started)
                 for step, step_result in zip(scenario.steps, result.steps, strict=True):
+                    running = step, step_result
                     if not self._step(ctx, step, step_result):
                         result.status = step_result.status
-                        where = f"{scenario.source.name}:{step.line}" if step.line else scenario.source.name
-                        result.message = (f"step {step.number} ({where}) {step.title}: "
+                        result.message = (f"step {step.number} ({_place(scenario, step)}) {step.title}: "
                                           f"expected {step_result.expected}; saw {step_result.seen}")
                         break
             except KeyboardInterrupt:
                 # Ctrl-C: the scenario ends as an error whose report is still written; the caller
                 # learns of the interrupt from `interrupted` and stops there.
                 self.interrupted = True
-                result.status, result.message = ERROR, f"interrupted (Ctrl-C) {_where(scenario, result, ready=ready)}"
-                running = next((r for r in result.steps if r.status == SKIPPED), None)
-                if running is not None and result.message.startswith("interrupted (Ctrl-C) during"):
-                    running.status, running.expected, running.seen = ERROR, "the step to run", "interrupted (Ctrl-C)"
+                result.status, result.message = ERROR, "interrupted (Ctrl-C) while the lab came up"
+                if running is not None:
+                    step, step_result = running
+                    result.message = (f"interrupted (Ctrl-C) during step {step.number} ({_place(scenario, step)}) "
+                                      f"{step.title}")
+                    step_result.status, step_result.expected = ERROR, "the step to run"
+                    step_result.seen = "interrupted (Ctrl-C)"
             except LabctlError as exc:
                 result.status, result.message = ERROR, f"the lab could not be used: {exc}"
             except Exception as exc:  # noqa: BLE001 - a bug or an engine failure: report it, then clean up
