@@ -151,14 +151,19 @@ def follow(args: argparse.Namespace, feed: LiveFeed, since: float | None) -> int
     reported: set[str] = set()
     last: Conversation | None = None
     err.print("following the lab's capture; Ctrl-C to stop")
+    # The capture clock, run on by the wall clock while the capture is silent: an unanswered SYN
+    # settles even when nothing else is captured (read on the engine's clock, whatever ours says).
+    newest, seen_at = 0.0, time.monotonic()
     try:
         while True:
             decoder.feed_captures(poll())
+            if decoder.latest != newest:
+                newest, seen_at = decoder.latest, time.monotonic()
             _print_problems(decoder, reported)
             convs = render.select(decoder.conversations(), proto=args.proto, host=args.host, since=since,
                                   decoded_only=not args.all,
                                   hide_clients=() if args.all else args.probe_addresses)
-            for conv, events in follower.poll(convs):
+            for conv, events in follower.poll(convs, now=newest + (time.monotonic() - seen_at)):
                 if last is None or follow_key(last) != follow_key(conv):
                     if last is not None:
                         out.print()

@@ -54,6 +54,7 @@ class TrafficDecoder:
         self._udp_order: list[_UdpFlow] = []
         self._cache: dict[int, tuple[int, Conversation]] = {}
         self.frames = 0
+        self.latest_ns = 0  # the capture time of the newest frame fed so far
         self.problems: list[str] = []  # why a capture fed so far was read only up to some point
 
     # -- input --------------------------------------------------------------------------------------
@@ -72,16 +73,25 @@ class TrafficDecoder:
 
     def feed_frames(self, frames: Iterable[Frame]) -> int:
         count = 0
+        latest = self.latest_ns
         add_tcp = self.tcp.add
         for frame in frames:
             count += 1
+            if frame.ts_ns > latest:
+                latest = frame.ts_ns
             packet = parse_frame(frame)
             if isinstance(packet, Segment):
                 add_tcp(packet)
             elif isinstance(packet, Datagram):
                 self._add_udp(packet)
         self.frames += count
+        self.latest_ns = latest
         return count
+
+    @property
+    def latest(self) -> float:
+        """The capture time of the newest frame fed so far (seconds since the epoch; 0: none yet)."""
+        return self.latest_ns / 1e9
 
     def _add_udp(self, d: Datagram) -> None:
         src, dst = (d.src, d.sport), (d.dst, d.dport)
@@ -199,7 +209,8 @@ def _summary(to_server: StreamView, to_client: StreamView) -> list[Event]:
     events = []
     for view, direction in ((to_server, CLIENT), (to_client, SERVER)):
         if view.data:
-            events.append(Event(view.time_at(0) / 1e9, direction, "data", f"<{len(view.data)} octets>"))
+            events.append(Event(view.time_at(0) / 1e9, direction, "data", f"<{len(view.data)} octets>",
+                                complete=False))  # the count grows with the connection
     return events
 
 

@@ -64,6 +64,9 @@ class Event:
     text: str  # as on the wire for commands and replies (several lines for a multi-line reply)
     secrets: tuple[str, ...] = ()  # substrings of text that are credentials sent in clear text
     info: Mapping[str, Any] = field(default_factory=dict)  # kind-specific details (see to_json)
+    # False: more of the stream may still change it (a line without its end yet, a multi-line reply
+    # or a message not yet ended, a count of octets still growing); ``--follow`` waits for it.
+    complete: bool = True
 
     def shown(self, hide_secrets: bool) -> str:
         text = self.text
@@ -78,6 +81,8 @@ class Event:
                                "text": self.shown(hide_secrets)}
         if self.secrets:
             out["clear_text_secret"] = True
+        if not self.complete:
+            out["partial"] = True
         if self.info:
             info = dict(self.info)
             if hide_secrets:

@@ -77,7 +77,7 @@ class Pop3Decoder:
         rest = reader.data[reader.pos:]
         if rest:
             self.events.append(Event(reader.time(reader.pos), direction, "undecodable", f"<{why}: {preview(rest)}>",
-                                     info={"octets": len(rest)}))
+                                     info={"octets": len(rest)}, complete=False))
         reader.pos = len(reader.data)
 
     def _commands(self) -> None:
@@ -93,15 +93,16 @@ class Pop3Decoder:
             verb, _, arg = text.partition(" ")
             verb = verb.upper()
             args = arg.split()
+            whole = line.complete
             if verb == "PASS":
                 self.events.append(Event(line.time, CLIENT, "auth", text + "   (a password in clear text)",
-                                         (arg,) if arg else (), {"password": arg}))
+                                         (arg,) if arg else (), {"password": arg}, complete=whole))
             elif verb == "USER":
-                self.events.append(Event(line.time, CLIENT, "auth", text, (), {"user": arg}))
+                self.events.append(Event(line.time, CLIENT, "auth", text, (), {"user": arg}, complete=whole))
             elif verb == "AUTH":
-                self.events.append(Event(line.time, CLIENT, "auth", text, (), {"mechanism": arg}))
+                self.events.append(Event(line.time, CLIENT, "auth", text, (), {"mechanism": arg}, complete=whole))
             else:
-                self.events.append(Event(line.time, CLIENT, "command", text))
+                self.events.append(Event(line.time, CLIENT, "command", text, complete=whole))
             self._gap(line)
             status = self._response(verb, args)
             while status == "+":  # SASL: the next client line answers the challenge
@@ -128,7 +129,7 @@ class Pop3Decoder:
             secrets, note = (raw, password), f'   (base64 of user "{user}", password "{password}": clear text)'
         elif decoded is not None and raw != "*":
             secrets, note = (raw, decoded), f'   (base64 of "{decoded}": clear text)'
-        self.events.append(Event(line.time, CLIENT, "auth", raw + note, secrets))
+        self.events.append(Event(line.time, CLIENT, "auth", raw + note, secrets, complete=line.complete))
 
     def _gap(self, line: Line) -> None:
         if line.missing:
@@ -147,7 +148,8 @@ class Pop3Decoder:
             return None
         text = printable(line.text)
         if status != "+OK" or not multiline_answer(verb, args):
-            self.events.append(Event(line.time, SERVER, "reply", text, info={"status": status}))
+            self.events.append(Event(line.time, SERVER, "reply", text, info={"status": status},
+                                     complete=line.complete))
             self._gap(line)
             return status
         start = server.pos
@@ -164,7 +166,7 @@ class Pop3Decoder:
                 shown += "\n" + body.decode("utf-8", "backslashreplace").rstrip("\r\n")
             info = {"status": status, "message_id": summary.message_id, "subject": summary.subject,
                     "lines": summary.lines, "octets": summary.octets}
-            self.events.append(Event(line.time, SERVER, "reply", text + "\n" + shown, info=info))
+            self.events.append(Event(line.time, SERVER, "reply", text + "\n" + shown, info=info, complete=complete))
             self.messages.append(MailMessage(
                 time=line.time, message_id=summary.message_id, subject=summary.subject, lines=summary.lines,
                 octets=summary.octets, complete=complete, command=" ".join([verb, *args])))
@@ -173,7 +175,7 @@ class Pop3Decoder:
             if len(lines) > SHOWN_LINES:
                 lines = [*lines[:SHOWN_LINES], f"... ({len(lines) - SHOWN_LINES} more lines)"]
             self.events.append(Event(line.time, SERVER, "reply", "\n".join([text, *lines, "." if complete else ""]),
-                                     info={"status": status}))
+                                     info={"status": status}, complete=complete))
         if missing:
             self.events.append(Event(line.time, NOTE, "gap", f"<{missing} octets missing from the capture>"))
         return status

@@ -16,11 +16,12 @@ JSON (``labctl traffic --json``) is a list of conversations, each::
      "state": "closed"|"open"|"reset"|"refused"|"unanswered",
      "joined_midway": bool, "decodable": bool, "vantages": [host captured on, ...],
      "events": [{"time", "direction": "C"|"S"|"-", "kind", "text",
-                 "clear_text_secret"?: true, "info"?: {...}}],
+                 "clear_text_secret"?: true, "partial"?: true, "info"?: {...}}],
      "messages": [{"time", "message_id", "subject", "lines", "octets", "complete",
                    "sender", "recipients", "reply_code", "reply_text", "reply_time", "command"}]}
 
-``kind`` is one of :data:`labctl.traffic.model.KINDS`. Fields are only ever added.
+``kind`` is one of :data:`labctl.traffic.model.KINDS`; ``partial``: the connection is still open and
+more of it may change that event (a line, reply or message not yet ended). Fields are only ever added.
 """
 
 from __future__ import annotations

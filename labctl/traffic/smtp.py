@@ -40,8 +40,9 @@ VERBS = frozenset({b"HELO", b"EHLO", b"MAIL", b"RCPT", b"DATA", b"BDAT", b"RSET"
 
 
 class _Reply:
-    def __init__(self, time: float, code: int, lines: list[str], missing: int) -> None:
+    def __init__(self, time: float, code: int, lines: list[str], missing: int, complete: bool = False) -> None:
         self.time, self.code, self.lines, self.missing = time, code, lines, missing
+        self.complete = complete  # its last line (code and space) was read, up to its LF
 
     @property
     def text(self) -> str:
@@ -79,7 +80,7 @@ class _Replies:
             missing += line.missing
             lines.append(printable(line.text))
             if parsed.last:
-                return _Reply(first.time, parsed.code, lines, missing)
+                return _Reply(first.time, parsed.code, lines, missing, line.complete)
         return _Reply(first.time, int(lines[0][:3]), lines, missing) if first else None
 
 
@@ -117,7 +118,8 @@ class SmtpDecoder:
 
     def _reply(self, reply: _Reply | None) -> _Reply | None:
         if reply is not None:
-            self.events.append(Event(reply.time, SERVER, "reply", reply.text, info={"code": reply.code}))
+            self.events.append(Event(reply.time, SERVER, "reply", reply.text, info={"code": reply.code},
+                                     complete=reply.complete))
             if reply.missing:
                 self.events.append(Event(reply.time, NOTE, "gap", f"<{reply.missing} octets missing from the capture>"))
         return reply
@@ -126,7 +128,7 @@ class SmtpDecoder:
         rest = view_reader.data[at:]
         if rest:
             self.events.append(Event(view_reader.time(at), direction, "undecodable",
-                                     f"<{why}: {preview(rest)}>", info={"octets": len(rest)}))
+                                     f"<{why}: {preview(rest)}>", info={"octets": len(rest)}, complete=False))
         view_reader.pos = len(view_reader.data)
 
     # -- the dialogue -------------------------------------------------------------------------------
@@ -191,7 +193,7 @@ class SmtpDecoder:
             if verb_u == "AUTH":
                 self._auth(line, arg)
                 continue
-            self.events.append(Event(line.time, CLIENT, "command", printable(line.text)))
+            self.events.append(Event(line.time, CLIENT, "command", printable(line.text), complete=line.complete))
             if line.missing:
                 self.events.append(Event(line.time, NOTE, "gap", f"<{line.missing} octets missing from the capture>"))
             if verb_u == "BDAT":
@@ -205,12 +207,12 @@ class SmtpDecoder:
             elif verb_u in ("RSET", "HELO", "EHLO"):
                 self.sender, self.recipients = None, []
             elif verb_u == "DATA" and reply is not None and reply.code == DATA_GO_AHEAD_CODE:
-                self._data()
+                self._data(reply)
             elif verb_u == "STARTTLS" and reply is not None and reply.code == TLS_GO_AHEAD_CODE:
                 self._tls()
                 return
 
-    def _data(self) -> None:
+    def _data(self, go_ahead: _Reply) -> None:
         client = self.client
         start = client.pos
         end = find_data_end(client.data, start)
@@ -218,7 +220,9 @@ class SmtpDecoder:
         stop = end if complete else len(client.data)
         wire = client.data[start:stop]
         client.pos = end + 3 if complete else stop
-        self._message(start, wire, complete, dotted=True)
+        # No octet of it captured yet: it begins no earlier than the 354 that let it begin.
+        when = client.time(start) if stop > start else go_ahead.time
+        self._message(start, wire, complete, dotted=True, when=when)
 
     def _bdat(self, line: Line, arg: str) -> None:
         """BDAT n [LAST]: exactly n octets follow, no dot-stuffing (RFC 3030 §2)."""
@@ -231,9 +235,10 @@ class SmtpDecoder:
         chunk = client.take(int(size_text))
         reply = self._reply(self.replies.next())
         done = last.strip().upper() == "LAST"
-        self._message(start, chunk, len(chunk) == int(size_text), dotted=False, reply=reply, last=done)
+        self._message(start, chunk, len(chunk) == int(size_text), dotted=False, reply=reply, last=done,
+                      when=client.time(start) if chunk else line.time)
 
-    def _message(self, start: int, wire: bytes, complete: bool, *, dotted: bool,
+    def _message(self, start: int, wire: bytes, complete: bool, *, dotted: bool, when: float,
                  reply: _Reply | None = None, last: bool = True) -> None:
         client = self.client
         message = unstuff(wire) if dotted else wire
@@ -246,8 +251,7 @@ class SmtpDecoder:
             text += "\n" + message.decode("utf-8", "backslashreplace").rstrip("\r\n")
         info = {"message_id": summary.message_id, "subject": summary.subject,
                 "lines": summary.lines, "octets": summary.octets}
-        when = client.time(start)
-        self.events.append(Event(when, CLIENT, "message", text, info=info))
+        self.events.append(Event(when, CLIENT, "message", text, info=info, complete=complete))
         if dotted and complete:
             reply = self._reply(self.replies.next())
         if last:
@@ -263,7 +267,8 @@ class SmtpDecoder:
         rest = len(client.data) - client.pos
         server_rest = len(self.replies.reader.data) - self.replies.reader.pos
         self.events.append(Event(client.time(client.pos) if rest else self.events[-1].time, NOTE, "tls",
-                                 f"<TLS from here on: {rest} octets to the server, {server_rest} to the client>"))
+                                 f"<TLS from here on: {rest} octets to the server, {server_rest} to the client>",
+                                 complete=False))  # the counts grow with the connection
         client.pos = len(client.data)
         self.replies.reader.pos = len(self.replies.reader.data)
 
@@ -277,7 +282,7 @@ class SmtpDecoder:
         if mech == "PLAIN" and initial:
             secrets, note = _plain(initial, info)
             text += note
-        self.events.append(Event(line.time, CLIENT, "auth", text, tuple(secrets), info))
+        self.events.append(Event(line.time, CLIENT, "auth", text, tuple(secrets), info, complete=line.complete))
         reply = self._reply(self.replies.next())
         step = 0
         while reply is not None and reply.code == AUTH_CONTINUE_CODE:
@@ -302,7 +307,8 @@ class SmtpDecoder:
                 else:
                     info["user"] = decoded
                     secrets, note = [], f'   (base64 of "{decoded}")'
-            self.events.append(Event(answer.time, CLIENT, "auth", raw + note, tuple(secrets), info))
+            self.events.append(Event(answer.time, CLIENT, "auth", raw + note, tuple(secrets), info,
+                                     complete=answer.complete))
             step += 1
             reply = self._reply(self.replies.next())
 

@@ -178,6 +178,74 @@ def test_follow_prints_a_dialogue_as_it_happens(running_lab: RunningLab) -> None
     assert accepted and len(accepted) == len(set(accepted))  # every event printed once, however many looks
 
 
+def _follow_blocks(out: str, of: str) -> list[str]:
+    """The lines a follow printed for the connection whose lines include ``of`` (in every block of it)."""
+    blocks: dict[str, list[str]] = {}
+    header = ""
+    for line in out.splitlines():
+        if " -> " in line and not line.startswith(("C:", "S:", "-")):
+            header = line.split("  ")[0]  # "andy (10.89.0.10:59254) -> smtp.ouhk.example (10.89.0.25:25)"
+        elif line:
+            blocks.setdefault(header, []).append(line)
+    return next((lines for lines in blocks.values() if of in lines), [])
+
+
+# The article's Activity 1 as a student types it at a telnet prompt: a line, a pause, the next line.
+ACTIVITY_1 = r"""
+import socket, sys, time
+s = socket.create_connection(("smtp.ouhk.example", 25))
+f = s.makefile("rb")
+print(f.readline().decode().rstrip(), flush=True)
+for line in ["HELO andy", "MAIL FROM: andy@ouhk.example", "RCPT TO: betty@stevenchoy.example", "DATA",
+             "This is the first line of testing message.", "This is the second line of testing message.",
+             ".", "QUIT"]:
+    time.sleep(float(sys.argv[1]))
+    s.sendall(line.encode() + b"\r\n")
+    if line not in ("This is the first line of testing message.", "This is the second line of testing message."):
+        print(f.readline().decode().rstrip(), flush=True)
+"""
+
+
+def test_follow_prints_activity_1_typed_by_hand_line_by_line(running_lab: RunningLab) -> None:
+    # Defect 11: the greeting in one look, HELO in the next, a look inside DATA: the follow
+    # crashed (KeyError) or printed a 0-line message. Each line typed must come out once, whole.
+    lab = running_lab.lab
+    follower = subprocess.Popen([sys.executable, "-m", "labctl", "traffic", "--lab", lab.name, "--follow",
+                                 "--proto", "smtp", "--host", "andy"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, "COLUMNS": "200"})
+    assert follower.stdout is not None
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(follower.stdout.readline, "")), daemon=True)
+    reader.start()
+    try:
+        time.sleep(2)
+        typed = lab.exec("andy", ["python3", "-c", ACTIVITY_1, "1.3"])  # slower than a look (1 s)
+        assert typed.exit_code == 0, typed.output + typed.stderr.decode()
+        queue_id = re.search(r"250 2\.0\.0 (\w+) Message accepted", typed.output)
+        assert queue_id, typed.output
+        qid = queue_id.group(1)
+        deadline = time.monotonic() + 4 * CAPTURE_LAG
+        while not any("221" in line for line in lines) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        time.sleep(2)
+    finally:
+        follower.send_signal(signal.SIGINT)
+        follower.wait(timeout=30)
+        reader.join(timeout=10)
+        err = follower.stderr.read() if follower.stderr else ""
+    out = "".join(lines)
+    assert follower.returncode == 0, err
+    assert "Traceback" not in err, err
+    ours = "\n".join(_follow_blocks(out, of="C: HELO andy"))
+    for expected in ("S: 220 ", "C: HELO andy", "C: MAIL FROM: andy@ouhk.example", "S: 250 2.1.0",
+                     "C: RCPT TO: betty@stevenchoy.example", "S: 250 2.1.5", "C: DATA", "S: 354 ",
+                     f"S: 250 2.0.0 {qid} Message accepted for delivery", "C: QUIT", "S: 221 "):
+        assert ours.count(expected) == 1, (expected, out[-3000:])
+    messages = re.findall(r"<message, (\d+) lines?[^>]*>", ours)
+    assert messages == ["2"], out[-3000:]  # never a 0-line message first, never twice
+
+
 FrameKey = tuple[str, int, bytes]
 
 
