@@ -100,7 +100,7 @@ def main() -> int:
             for k in range(args.rounds):
                 name = f"bench-growth-{size}-{k}"
                 # The floor's network on a subnet no other lab holds, chosen as `labctl up` chooses.
-                free = topo.with_subnet(Lab(client, name)._choose_subnet(topo, None))
+                free = topo.with_subnet(Lab(client, name).choose_subnet(topo, None))
                 floors.append(floor_up(client, image, free, name))
                 floor_down(client, name)
                 ups.append(timed([*labctl, "up", "--lab", name, "--topology", str(path)]))

@@ -54,8 +54,8 @@ def main() -> int:
     parser.add_argument("--lines", type=int, default=20000)
     parser.add_argument("--batch", type=int, default=10)
     args = parser.parse_args()
-    client = engine.connect()
-    image = ImageBuilder(client).ensure()
+    image = ImageBuilder(engine.connect()).ensure()
+    client = docker.from_env()  # a bare container of the lab image, outside any lab: the SDK itself
     single = run(client, image, args.lines, 1)
     batched = run(client, image, args.lines, args.batch)
     print(f"dockerd CPU for {args.lines} log lines (json-file driver):")

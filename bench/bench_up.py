@@ -25,13 +25,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import docker.types  # noqa: E402
 
 from labctl import engine, topology  # noqa: E402
+from labctl.backend.docker_engine import DockerEngine
 from labctl.image import ImageBuilder  # noqa: E402
 from labctl.lab import Lab, parallel  # noqa: E402
 
 FLOOR_LABEL = "org.maillab.bench-floor"
 
 
-def floor_up(client: docker.DockerClient, image: str, topo: topology.Topology, name: str) -> float:
+def floor_up(client: DockerEngine, image: str, topo: topology.Topology, name: str) -> float:
     api = client.api
     started = time.perf_counter()
     net = f"{name}-net"
@@ -48,7 +49,7 @@ def floor_up(client: docker.DockerClient, image: str, topo: topology.Topology, n
     return time.perf_counter() - started
 
 
-def floor_down(client: docker.DockerClient, name: str) -> None:
+def floor_down(client: DockerEngine, name: str) -> None:
     api = client.api
     for c in api.containers(all=True, filters={"label": f"{FLOOR_LABEL}={name}"}):
         api.remove_container(c["Id"], force=True)
@@ -76,7 +77,7 @@ def main() -> int:
         name = f"bench-{i}"
         # The floor's network on a subnet no other lab holds, chosen as `labctl up` chooses (the
         # default one unless another lab is up meanwhile).
-        free = topo.with_subnet(Lab(client, name)._choose_subnet(topo, None))
+        free = topo.with_subnet(Lab(client, name).choose_subnet(topo, None))
         floors.append(floor_up(client, image, free, name))
         floor_down(client, name)
 

@@ -14,9 +14,8 @@ import threading
 import time
 from typing import Any
 
-import docker
-
 from labctl import topology
+from labctl.backend.docker_engine import DockerEngine
 from labctl.image import ImageBuilder
 from labctl.lab import Lab
 
@@ -98,7 +97,7 @@ print(json.dumps({"started": started, "errors": errors}))
 """
 
 
-def fresh_lab(client: docker.DockerClient, name: str) -> Lab:
+def fresh_lab(client: DockerEngine, name: str) -> Lab:
     """The default lab, newly up under ``name`` (whatever a crashed run left under it removed first)."""
     lab = Lab(client, name)
     lab.down()
@@ -135,7 +134,7 @@ def run_once(lab: Lab, target: str, run: str, count: int, clients: int, pace: fl
     }
 
 
-def memory_mib(client: docker.DockerClient, lab: Lab, hosts: list[str] | None = None) -> dict[str, float]:
+def memory_mib(client: DockerEngine, lab: Lab, hosts: list[str] | None = None) -> dict[str, float]:
     """Memory in use per host of ``lab`` (MiB), as `docker stats` counts it: the cgroup's usage less
     the page cache it could drop (inactive files)."""
     out: dict[str, float] = {}

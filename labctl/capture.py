@@ -10,13 +10,10 @@ from __future__ import annotations
 import io
 import ipaddress
 import json
-import tarfile
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
-
-import docker.errors
 
 from labctl.errors import LabctlError
 from labctl.lab import HostStatus, Lab, parallel
@@ -84,7 +81,7 @@ class Capture:
         command, so its archive is read, and its contents skipped.
         """
         if host.state == "running":
-            ran = self.lab.exec_in(host.container, ["find", str(CAPTURE_DIR), "-maxdepth", "1", "-type", "f",
+            ran = self.lab.exec_in(host, ["find", str(CAPTURE_DIR), "-maxdepth", "1", "-type", "f",
                                                     "-printf", r"%f\t%s\t%T@\n"])
             if ran.exit_code == 0:
                 files = []
@@ -98,21 +95,8 @@ class Capture:
 
     def _files(self, host: HostStatus, *, with_data: bool) -> Iterator[tuple[CaptureFile, bytes]]:
         """The host's capture files, oldest first, read from its container's file system."""
-        try:
-            stream, _ = self.lab.api.get_archive(host.container, str(CAPTURE_DIR))
-        except docker.errors.NotFound:
-            return  # no capture yet (or capture turned off for this lab)
-        archive = io.BytesIO(b"".join(stream))
-        found = []
-        with tarfile.open(fileobj=archive, mode="r:") as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                data = b""
-                if with_data:
-                    extracted = tar.extractfile(member)
-                    data = extracted.read() if extracted else b""  # an empty file reads as no frames
-                found.append((CaptureFile(member.name.rpartition("/")[2], member.size, float(member.mtime)), data))
+        found = [(CaptureFile(f.name, f.size, f.mtime), f.data)
+                 for f in self.lab.read_files(host, str(CAPTURE_DIR), with_data=with_data)]
         found.sort(key=lambda item: (item[0].modified, item[0].name))
         yield from found
 
@@ -241,7 +225,7 @@ class CaptureTail:
         was, self._state[host.name] = self._state.get(host.name), host.state
         if host.state == "running":
             try:
-                ran = self.lab.exec_in(host.container, ["python3", "-c", TAIL_SCRIPT, str(CAPTURE_DIR),
+                ran = self.lab.exec_in(host, ["python3", "-c", TAIL_SCRIPT, str(CAPTURE_DIR),
                                                         json.dumps(tail.want())])
             except LabctlError:
                 ran = None

@@ -13,7 +13,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import docker.errors
 from rich.console import Console
 from rich.status import Status
 from rich.table import Table
@@ -83,10 +82,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         topo = topology.load_overlay(topo, overlay)
     lab = _lab(args)
     # The reference image (Postfix, Dovecot, NSD) only when a host of this topology runs it.
-    images = ImageBuilder(lab.client, lab.report).images({h.image for h in topo.hosts}, base=args.base,
+    images = ImageBuilder(lab.engine, lab.report).images({h.image for h in topo.hosts}, base=args.base,
                                                           mirror=args.mirror)
     image = ", ".join(images.values())
-    hosts = lab.up(topo, images, subnet=args.subnet)
+    hosts = lab.up(topo, images, subnet=args.subnet).hosts
     out.print(_hosts_table(hosts, f"lab {lab.name} is up ({time.monotonic() - started:.1f} s, image {image})"))
     shell_host = next((h.name for h in hosts if h.role == "mua"), hosts[0].name)
     out.print(f"Try: [bold]labctl shell {shell_host}[/]" + (f" --lab {lab.name}" if lab.name != DEFAULT_LAB else "")
@@ -95,11 +94,11 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_down(args: argparse.Namespace) -> int:
-    client = engine.connect()
-    names = list_labs(client) if args.all else [args.lab]
+    where = engine.connect()
+    names = list_labs(where) if args.all else [args.lab]
     for name in names:
         started = time.monotonic()
-        removed = Lab(client, name).down()
+        removed = Lab(where, name).down()
         out.print(f"lab {name}: removed {removed} hosts, its network and volumes "
                   f"({time.monotonic() - started:.1f} s)")
     if not names:
@@ -108,9 +107,9 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    client = engine.connect()
-    names = [args.lab] if args.lab_given else list_labs(client)
-    labs = {name: Lab(client, name).status() for name in names}
+    where = engine.connect()
+    names = [args.lab] if args.lab_given else list_labs(where)
+    labs = {name: Lab(where, name).status() for name in names}
     if args.json:
         out.print_json(json.dumps({n: [h.__dict__ | {"ports": h.ports} for h in hs] for n, hs in labs.items()}))
         return 0
@@ -145,7 +144,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
             os.write(stream, data)
         return w
 
-    return lab.exec_stream(host.container, cmd, write(1), write(2), privileged=args.privileged)  # type: ignore[arg-type]
+    return lab.exec_stream(host, cmd, write(1), write(2), privileged=args.privileged)  # type: ignore[arg-type]
 
 
 def cmd_shell(args: argparse.Namespace) -> int:
@@ -157,7 +156,8 @@ def cmd_shell(args: argparse.Namespace) -> int:
                           "(Debian: apt-get install docker.io) or use `labctl exec HOST -- CMD`")
     tty = ["-it"] if sys.stdin.isatty() else ["-i"]
     # An interactive terminal is the docker CLI's craft (raw mode, resize, detach keys).
-    os.execv(docker_cli, ["docker", "exec", *tty, "-e", f"PS1={host.name}:\\w# ", host.container, "bash", "-i"])
+    os.execv(docker_cli, ["docker", "-H", lab.engine_of(host).where, "exec", *tty, "-e", f"PS1={host.name}:\\w# ",
+                          host.container, "bash", "-i"])
     return 0  # not reached
 
 
@@ -335,8 +335,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             problems.append(str(exc))
     if problems:
         raise LabctlError("\n".join(problems) + f"\n{len(problems)} scenario file(s) have errors; nothing was run")
-    client = engine.connect()
-    runner = Runner(client, progress=RunProgress(args.verbose), report_dir=args.report, keep=args.keep,
+    runner = Runner(engine.connect(), progress=RunProgress(args.verbose), report_dir=args.report, keep=args.keep,
                     reporter=Reporter(args.verbose))
     results: list[ScenarioResult] = []
     try:
@@ -359,9 +358,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_image_build(args: argparse.Namespace) -> int:
-    client = engine.connect()
     started = time.monotonic()
-    builder = ImageBuilder(client, Reporter(verbose=True))
+    builder = ImageBuilder(engine.connect(), Reporter(verbose=True))
     tag = builder.ensure(base=args.base, mirror=args.mirror, rebuild=args.rebuild)
     out.print(f"lab image: {tag} ({time.monotonic() - started:.1f} s)")
     if args.reference:
@@ -511,11 +509,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except LabctlError as exc:
         err.print(Text.assemble(("labctl: ", "bold red"), str(exc)), soft_wrap=True)
-        return 1
-    except docker.errors.APIError as exc:
-        # Not a user error, but the engine said why: that helps more than a traceback.
-        err.print(Text.assemble(("labctl: the Docker engine refused: ", "bold red"),
-                                str(exc.explanation or exc)), soft_wrap=True)
         return 1
     except KeyboardInterrupt:
         err.print("interrupted")

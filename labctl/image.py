@@ -22,10 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import docker
-import docker.errors
-
 import services
+from labctl.backend import Engine, EngineError
 from labctl.errors import ImageError
 from labctl.events import BuildOutput, Notice, Reporter, ignore
 
@@ -114,8 +112,8 @@ def find_mirror(text: str) -> str | None:
 class ImageBuilder:
     """Finds or makes the base, then builds ``maillab:<hash>`` if it is not there yet."""
 
-    def __init__(self, client: docker.DockerClient, report: Reporter = ignore) -> None:
-        self.client = client
+    def __init__(self, engine: Engine, report: Reporter = ignore) -> None:
+        self.engine = engine
         self.report = report
 
     def ensure(self, *, base: str | None = None, mirror: str | None = None, rebuild: bool = False) -> str:
@@ -183,19 +181,19 @@ class ImageBuilder:
             reference = self.current_reference_tag(current)
             nmap = f"{NMAP_REPOSITORY}:{current.rpartition(':')[2]}"
             keep = {i for ref in (current, reference, nmap) if ref and (i := self._image_id(ref))}
-        in_use = {str(c["ImageID"]) for c in self.client.api.containers(all=True)}
+        in_use = {c.image_id for c in self.engine.containers()}
         removed = []
-        for image in self.client.api.images():
-            if image["Id"] in keep or image["Id"] in in_use:
+        for image in self.engine.images():
+            if image.id in keep or image.id in in_use:
                 continue
-            for ref in image.get("RepoTags") or []:
+            for ref in image.tags:
                 if ref.rpartition(":")[0] not in (IMAGE_REPOSITORY, REFERENCE_REPOSITORY, NMAP_REPOSITORY):
                     continue
                 if not dry_run:
                     try:
-                        self.client.api.remove_image(ref)  # the image goes with its last tag
-                    except docker.errors.APIError as exc:  # made a container's meanwhile, or a parent
-                        self.report(Notice(f"kept {ref}: {_explain(exc)}"))
+                        self.engine.remove_image(ref)  # the image goes with its last tag
+                    except EngineError as exc:  # made a container's meanwhile, or a parent
+                        self.report(Notice(f"kept {ref}: {exc}"))
                         continue
                 removed.append(ref)
         return sorted(removed)
@@ -211,13 +209,11 @@ class ImageBuilder:
                 return ref, image_id
         try:
             self.report(Notice(f"pulling {wanted}"))
-            repo, _, tag = wanted.partition(":")
-            image = self.client.images.pull(repo, tag=tag or "latest")
-            return wanted, str(image.id)
-        except docker.errors.APIError as exc:
+            return wanted, self.engine.pull(wanted)
+        except EngineError as exc:
             if base:
-                raise ImageError(f"base image {base} is not present and cannot be pulled: {_explain(exc)}") from exc
-            self.report(Notice(f"{wanted} cannot be pulled ({_explain(exc)}); "
+                raise ImageError(f"base image {base} is not present and cannot be pulled: {exc}") from exc
+            self.report(Notice(f"{wanted} cannot be pulled ({exc}); "
                                f"bootstrapping an equivalent base with debootstrap instead"))
         return BOOTSTRAP_BASE, self.bootstrap(mirror)
 
@@ -241,10 +237,9 @@ class ImageBuilder:
             self._run(["tar", "-C", str(root), "--numeric-owner", "-cf", str(tarball), "."])
             self.report(Notice(f"importing the base as {BOOTSTRAP_BASE}"))
             repo, _, tag = BOOTSTRAP_BASE.partition(":")
-            self.client.api.import_image_from_file(
-                str(tarball), repository=repo, tag=tag,
-                changes=['CMD ["/bin/bash"]',
-                         "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+            self.engine.import_image(
+                str(tarball), repo, tag,
+                ['CMD ["/bin/bash"]', "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
             )
         image_id = self._image_id(BOOTSTRAP_BASE)
         if not image_id:
@@ -288,16 +283,7 @@ class ImageBuilder:
     # -- the lab image -----------------------------------------------------------------------
 
     def _build(self, tag: str, files: list[ContextFile], buildargs: dict[str, str]) -> None:
-        stream = self.client.api.build(
-            fileobj=io.BytesIO(context_tar(files)),
-            custom_context=True,
-            tag=tag,
-            buildargs=buildargs,
-            labels={LABEL: "1"},
-            rm=True,
-            forcerm=True,
-            decode=True,
-        )
+        stream = self.engine.build(context_tar(files), tag, buildargs, {LABEL: "1"})
         tail: list[str] = []
         for chunk in stream:
             text = _chunk_text(chunk)
@@ -309,13 +295,10 @@ class ImageBuilder:
                 tail = (tail + [text])[-20:]
         if not self._exists(tag):
             raise ImageError(f"the build finished but {tag} is missing; output:\n" + "\n".join(tail))
-        self.client.api.tag(tag, tag.partition(":")[0], "latest")
+        self.engine.tag(tag, tag.partition(":")[0], "latest")
 
     def _image_id(self, ref: str) -> str | None:
-        try:
-            return str(self.client.api.inspect_image(ref)["Id"])
-        except docker.errors.ImageNotFound:
-            return None
+        return self.engine.image_id(ref)
 
     def _exists(self, ref: str) -> bool:
         return self._image_id(ref) is not None
@@ -328,7 +311,3 @@ def _reference_files() -> list[ContextFile]:
 def _chunk_text(chunk: dict[str, Any]) -> str:
     return str(chunk.get("stream") or chunk.get("status") or "").rstrip()
 
-
-def _explain(exc: docker.errors.APIError) -> str:
-    text = str(getattr(exc, "explanation", None) or exc)
-    return text.splitlines()[0][:200]

@@ -1,51 +1,47 @@
-"""Bringing a lab up and down on the Docker Engine, and finding its parts again.
+"""Bringing a lab up and down, and finding its parts again: the one door to the engine.
 
 Everything created carries labels (design decision 2): lab name, host, role. Every lookup goes by
 label, so `down` is idempotent, a crashed run can be cleaned up, and two labs live side by side.
+Every engine request of labctl goes through a :class:`Lab` to its :class:`~labctl.backend.Engine`;
+what a host is made of is planned beforehand (:mod:`labctl.plan`), where its network goes chosen
+purely (:mod:`labctl.subnets`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import io
 import ipaddress
 import json
 import re
-import socket
-import struct
+import tarfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypeVar
 
-import docker
-import docker.errors
-import docker.types
-
-from labctl import zonefiles
+from labctl import subnets
+from labctl.backend import ArchivedFile, ContainerInfo, Engine, EngineError, NetworkInfo, NotFound
 from labctl.errors import AddressClash, LabctlError, LabNotRunning, ReadinessError
 from labctl.events import Notice, Reporter, Step, ignore
+from labctl.plan import (
+    LABEL_ADDRESS,
+    LABEL_CONFIG,
+    LABEL_FQDN,
+    LABEL_HOST,
+    LABEL_LAB,
+    LABEL_ROLE,
+    LABEL_USER,
+    STOP_TIMEOUT,
+    HostPlan,
+    network_name,
+    plan,
+)
 from labctl.topology import HostSpec, Topology
 from services import config as svc
 from services.probe import ROLE_SERVICES
 
-LABEL_LAB = "org.maillab.lab"
-LABEL_HOST = "org.maillab.host"
-LABEL_ROLE = "org.maillab.role"
-LABEL_FQDN = "org.maillab.fqdn"
-LABEL_ADDRESS = "org.maillab.address"
-LABEL_USER = "org.maillab.user"  # on MUA hosts: the mail address of the host's user
-LABEL_CONFIG = "org.maillab.config"  # hash of everything a host was created from
-
-STOP_TIMEOUT = 3  # seconds; services exit on SIGTERM in milliseconds, this is for a stuck one
 READY_TIMEOUT = 30.0  # seconds for every service to answer its readiness probe
-SUBNET_SEARCH = ipaddress.IPv4Network("10.89.0.0/16")  # where another lab's subnet is looked for
-
-# Volumes keep the MTA queue and the mailboxes across a container restart until `down`.
-MAIL_VOLUMES = {"spool": str(svc.SPOOL_DIR), "mail": str(svc.MAIL_DIR)}
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -69,6 +65,14 @@ class HostStatus:
 
 
 @dataclass(frozen=True)
+class PlacedLab:
+    """A lab that is up: its topology on the subnet it really has, and its hosts."""
+
+    topology: Topology
+    hosts: list[HostStatus]
+
+
+@dataclass(frozen=True)
 class ExecResult:
     exit_code: int
     stdout: bytes
@@ -89,10 +93,6 @@ def check_lab_name(name: str) -> None:
                           "letter or digit (it names the lab's containers, network and volumes)")
 
 
-def container_name(lab: str, host: str) -> str:
-    return f"{lab}-{host}"
-
-
 def parallel(func: Callable[[T], R], items: list[T]) -> list[R]:
     """Run ``func`` over ``items`` at once; the Engine does the work, we only wait on it."""
     if not items:
@@ -101,40 +101,46 @@ def parallel(func: Callable[[T], R], items: list[T]) -> list[R]:
         return list(pool.map(func, items))
 
 
-class Lab:
-    """One lab (one ``--lab NAME``) on one Docker engine."""
+def tar_of(files: Mapping[str, bytes], mtime: float) -> bytes:
+    """An uncompressed tar of ``files`` (path inside the archive -> contents), each 0644."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name.lstrip("/"))
+            info.size, info.mode, info.mtime = len(data), 0o644, int(mtime)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
 
-    def __init__(self, client: docker.DockerClient, name: str, report: Reporter = ignore) -> None:
-        self.client = client
-        self.api = client.api
+
+def host_status(lab: str, c: ContainerInfo) -> HostStatus:
+    labels = c.labels
+    return HostStatus(lab=lab, name=labels.get(LABEL_HOST, "?"), fqdn=labels.get(LABEL_FQDN, "?"),
+                      role=labels.get(LABEL_ROLE, "?"), address=labels.get(LABEL_ADDRESS, "?"), state=c.state,
+                      container=c.name, user=labels.get(LABEL_USER, ""))
+
+
+class Lab:
+    """One lab (one ``--lab NAME``): every host of it on an engine (today one engine for all)."""
+
+    def __init__(self, engine: Engine, name: str, report: Reporter = ignore) -> None:
+        self.engine = engine
         self.name = name
         self.report = report
 
+    def engine_of(self, host: HostStatus | HostSpec | None = None) -> Engine:
+        """The engine ``host`` lives on (None: the lab's own, where its network is made)."""
+        return self.engine
+
     # -- looking things up -------------------------------------------------------------------
 
-    def _filters(self, **extra: str) -> dict[str, list[str]]:
-        labels = [f"{LABEL_LAB}={self.name}"] + [f"{k}={v}" for k, v in extra.items()]
-        return {"label": labels}
+    def _labels(self, **extra: str) -> dict[str, str]:
+        return {LABEL_LAB: self.name, **extra}
 
-    def containers(self) -> list[dict[str, Any]]:
-        return list(self.api.containers(all=True, filters=self._filters()))
+    def containers(self) -> list[ContainerInfo]:
+        return self.engine.containers(self._labels())
 
     def status(self) -> list[HostStatus]:
-        out = []
-        for c in self.containers():
-            labels = c["Labels"]
-            out.append(
-                HostStatus(
-                    lab=self.name,
-                    name=labels.get(LABEL_HOST, "?"),
-                    fqdn=labels.get(LABEL_FQDN, "?"),
-                    role=labels.get(LABEL_ROLE, "?"),
-                    address=labels.get(LABEL_ADDRESS, "?"),
-                    state=c["State"],
-                    container=c["Names"][0].lstrip("/"),
-                    user=labels.get(LABEL_USER, ""),
-                )
-            )
+        out = [host_status(self.name, c) for c in self.containers()]
         order = {role: i for i, role in enumerate(svc.ROLES)}
         return sorted(out, key=lambda h: (order.get(svc.role_kind(h.role), 99), h.name))
 
@@ -153,22 +159,26 @@ class Lab:
                 return h
         raise LabctlError(f"lab {self.name!r} has no host {host!r}; hosts: {', '.join(h.name for h in hosts)}")
 
+    def network(self) -> NetworkInfo | None:
+        nets = self.engine.networks(self._labels())
+        return nets[0] if nets else None
+
     # -- up ----------------------------------------------------------------------------------
 
     def up(self, topo: Topology, image: str | Mapping[str, str], *,
-           subnet: ipaddress.IPv4Network | None = None) -> list[HostStatus]:
+           subnet: ipaddress.IPv4Network | None = None) -> PlacedLab:
         """Create what is missing, start what is stopped, wait until every service answers.
 
         ``image`` is the lab image's tag, or a tag per image name (labctl.topology.IMAGES) when
         some hosts run another one (the reference peers). Running it on a lab that is already up
-        changes nothing.
+        changes nothing. Returns the lab as placed: on the subnet it got, which may not be the
+        topology's when another network holds that.
         """
         check_lab_name(self.name)
-        images = host_images(topo, image)
-        existing = {c["Labels"].get(LABEL_HOST): c for c in self.containers()}
-        net = self._network()
+        existing = {c.labels.get(LABEL_HOST, c.name): c for c in self.containers()}
+        net = self.network()
         if net is not None:
-            current = ipaddress.IPv4Network(net["IPAM"]["Config"][0]["Subnet"])
+            current = next(n for n in net.subnets if isinstance(n, ipaddress.IPv4Network))
             if subnet is not None and subnet != current:
                 raise LabctlError(
                     f"lab {self.name!r} is up on {current}, not {subnet}; "
@@ -176,13 +186,10 @@ class Lab:
                 )
             topo = topo.with_subnet(current)
         else:
-            topo = topo.with_subnet(self._choose_subnet(topo, subnet))
+            topo = topo.with_subnet(self.choose_subnet(topo, subnet))
 
-        configs = {h.name: self._host_files(topo, h) for h in topo.hosts}
-        # A host's tmpfs is part of what it was created from (absent: the digest is as before).
-        digests = {h.name: _digest(images[h.name], {**configs[h.name], **({"tmpfs": repr(h.tmpfs)} if h.tmpfs else {})})
-                   for h in topo.hosts}
-        stale = [n for n, c in existing.items() if c["Labels"].get(LABEL_CONFIG) != digests.get(n)]
+        plans = plan(self.name, topo, image)
+        stale = [n for n, c in existing.items() if n not in plans or c.labels.get(LABEL_CONFIG) != plans[n].digest]
         if stale:
             raise LabctlError(
                 f"lab {self.name!r} is up with a different topology or image (hosts: {', '.join(sorted(stale))}); "
@@ -190,137 +197,44 @@ class Lab:
             )
         if net is None:
             self._create_network(topo)
-        todo = [h for h in topo.hosts if h.name not in existing or existing[h.name]["State"] != "running"]
+        todo = [plans[h.name] for h in topo.hosts if h.name not in existing or existing[h.name].state != "running"]
         if todo:
-            self.report(Step("hosts", f"starting {', '.join(h.name for h in todo)}"))
+            self.report(Step("hosts", f"starting {', '.join(p.host.name for p in todo)}"))
 
-        def start(host: HostSpec) -> None:
-            if host.name not in existing:
-                self._create_host(topo, host, images[host.name], configs[host.name], digests[host.name])
-            self.api.start(container_name(self.name, host.name))
+        def start(p: HostPlan) -> None:
+            engine = self.engine_of(p.host)
+            if p.host.name not in existing:
+                engine.create_container(p.container)
+            engine.start(p.container.name)
 
         parallel(start, todo)
         hosts = self.status()
         self.wait_ready(hosts)
-        return hosts
-
-    def _network(self) -> dict[str, Any] | None:
-        nets = self.api.networks(filters=self._filters())
-        return self.api.inspect_network(nets[0]["Id"]) if nets else None
+        return PlacedLab(topo, hosts)
 
     def _create_network(self, topo: Topology) -> None:
-        name = f"{self.name}-{topo.network}"
-        ipam = docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(subnet=str(topo.subnet))])
+        name = network_name(self.name, topo)
         try:
-            self.api.create_network(
-                name, driver="bridge", internal=True, ipam=ipam, labels={LABEL_LAB: self.name},
-                check_duplicate=True,
-            )
-        except docker.errors.APIError as exc:
-            raise AddressClash(
-                f"cannot create network {name} on {topo.subnet}: {exc.explanation}; "
-                "choose another subnet with --subnet"
-            ) from exc
+            self.engine.create_network(name, topo.subnet, self._labels())
+        except EngineError as exc:
+            raise AddressClash(f"cannot create network {name} on {topo.subnet}: {exc}; "
+                               "choose another subnet with --subnet") from exc
         self.report(Step("network", f"{name} {topo.subnet} (internal: no route out)"))
 
-    def _choose_subnet(self, topo: Topology, wanted: ipaddress.IPv4Network | None) -> ipaddress.IPv4Network:
-        taken = self._taken_networks()
+    def choose_subnet(self, topo: Topology, wanted: ipaddress.IPv4Network | None) -> ipaddress.IPv4Network:
+        """The subnet this lab gets (see :func:`labctl.subnets.choose_subnet`), said when it moves."""
+        choice = subnets.choose_subnet(topo.subnet, wanted, self.taken_networks())
+        if choice.moved_from is not None:
+            self.report(Notice(f"{topo.subnet} overlaps {choice.moved_from}; lab {self.name!r} uses "
+                               f"{choice.subnet} instead"))
+        return choice.subnet
 
-        def clash(net: ipaddress.IPv4Network) -> str | None:
-            for other, owner in taken:
-                if net.overlaps(other):
-                    return f"{other} ({owner})"
-            return None
-
-        if wanted is not None:
-            found = clash(wanted)
-            if found:
-                raise AddressClash(
-                    f"subnet {wanted} overlaps {found}; choose a free one with --subnet, "
-                    f"e.g. {self._free_subnet(topo, clash)}"
-                )
-            return wanted
-        found = clash(topo.subnet)
-        if found is None:
-            return topo.subnet
-        free = self._free_subnet(topo, clash)
-        self.report(Notice(f"{topo.subnet} overlaps {found}; lab {self.name!r} uses {free} instead"))
-        return free
-
-    def _free_subnet(
-        self, topo: Topology, clash: Callable[[ipaddress.IPv4Network], str | None]
-    ) -> ipaddress.IPv4Network:
-        for candidate in SUBNET_SEARCH.subnets(new_prefix=topo.subnet.prefixlen):
-            if clash(candidate) is None:
-                return candidate
-        raise AddressClash(f"no free /{topo.subnet.prefixlen} left in {SUBNET_SEARCH}; pass --subnet")
-
-    def _taken_networks(self) -> list[tuple[ipaddress.IPv4Network, str]]:
-        taken: list[tuple[ipaddress.IPv4Network, str]] = []
-        for net in self.api.networks():
-            for cfg in (net.get("IPAM") or {}).get("Config") or []:
-                try:
-                    sub = ipaddress.ip_network(cfg.get("Subnet", ""), strict=False)
-                except ValueError:
-                    continue
-                if isinstance(sub, ipaddress.IPv4Network):
-                    owner = net.get("Labels", {}) or {}
-                    what = f"lab {owner[LABEL_LAB]!r}" if LABEL_LAB in owner else f"docker network {net['Name']}"
-                    taken.append((sub, what))
-        taken += [(n, "this machine's network") for n in host_networks()]
-        return taken
-
-    def _host_files(self, topo: Topology, host: HostSpec) -> dict[str, str]:
-        """The files a host's services read under /etc: its lab.json, and zone files on the DNS host.
-
-        They travel in the container's environment and the role writes them at start
-        (services.config.materialize_files): copying them in with the Engine's archive upload
-        mounted each container's file system and cost about 0.15 s on the way to `up`.
-        """
-        files = {"maillab/lab.json": topo.lab_config(self.name, host).to_json()}
-        if host.kind == "dns":
-            for fname, text in zonefiles.render(topo).items():
-                files[f"maillab/zones/{fname}"] = text
-        return files
-
-    def _create_host(self, topo: Topology, host: HostSpec, image: str, files: dict[str, str], digest: str) -> None:
-        name = container_name(self.name, host.name)
-        labels = dict(host.labels)
-        labels.update({
-            LABEL_LAB: self.name, LABEL_HOST: host.name, LABEL_ROLE: host.role,
-            LABEL_FQDN: host.fqdn, LABEL_ADDRESS: str(host.address), LABEL_CONFIG: digest,
-        })
-        if "MAIL_USER" in host.env:
-            labels[LABEL_USER] = host.env["MAIL_USER"]
-        binds = {}
-        tmpfs = dict(host.tmpfs)  # topology `tmpfs:`: a small RAM disk replaces that volume
-        if host.kind in ("mta", "mx"):
-            for kind, path in MAIL_VOLUMES.items():
-                if path in tmpfs:
-                    continue
-                volume = f"{name}-{kind}"
-                self.api.create_volume(volume, labels={LABEL_LAB: self.name, LABEL_HOST: host.name})
-                binds[volume] = {"bind": path, "mode": "rw"}
-        host_config = self.api.create_host_config(
-            binds=binds,
-            tmpfs=tmpfs or None,
-            # NET_ADMIN lets the host drop the default route Docker gives it (the seal, see
-            # services.runtime.join_lab) and lets fault scenarios shape traffic with tc/iptables
-            # inside the host's own namespace; the host's own interface is all it can touch.
-            cap_add=["NET_ADMIN"],
-            dns=[str(topo.nameserver.address)],
-            dns_search=[host.fqdn.partition(".")[2]],
-        )
-        net = f"{self.name}-{topo.network}"
-        networking = self.api.create_networking_config({
-            net: self.api.create_endpoint_config(ipv4_address=str(host.address), aliases=[host.fqdn])
-        })
-        self.api.create_container(
-            image, command=[host.role], name=name, hostname=host.fqdn, labels=labels,
-            environment={**dict(host.environment), svc.FILES_ENV: svc.encode_files(files)},
-            host_config=host_config, networking_config=networking,
-            stop_signal="SIGTERM", stop_timeout=STOP_TIMEOUT, detach=True,
-        )
+    def taken_networks(self) -> list[subnets.Taken]:
+        taken = []
+        for net in self.engine.networks():
+            what = f"lab {net.labels[LABEL_LAB]!r}" if LABEL_LAB in net.labels else f"docker network {net.name}"
+            taken += [subnets.Taken(sub, what) for sub in net.subnets if isinstance(sub, ipaddress.IPv4Network)]
+        return taken + subnets.host_networks()
 
     def wait_ready(self, hosts: list[HostStatus]) -> None:
         """Ask every service of ``hosts``, over the lab network, until it answers its protocol."""
@@ -337,8 +251,8 @@ class Lab:
             raise ReadinessError(f"lab {self.name!r} has no running name server to probe from; "
                                  f"see `labctl logs ns --lab {self.name}`")
         started = time.monotonic()
-        result = self.exec(nameserver.name, ["python3", "-m", "services", "probe",
-                                             "--timeout", str(READY_TIMEOUT), *targets])
+        result = self.exec_in(nameserver, ["python3", "-m", "services", "probe",
+                                           "--timeout", str(READY_TIMEOUT), *targets])
         if result.exit_code != 0:
             lines = [json.loads(line) for line in result.stdout.decode().splitlines() if line.startswith("{")]
             failed = [f"{r['target']}: {r['detail']}" for r in lines if not r["ready"]]
@@ -346,7 +260,7 @@ class Lab:
             detail = "\n  ".join(failed or [result.stderr.decode(errors="replace").strip()])
             hint = ""
             if dead:
-                logs = self.api.logs(dead[0].container, tail=15).decode(errors="replace")
+                logs = b"".join(self.engine_of(dead[0]).logs(dead[0].container, tail=15)).decode(errors="replace")
                 hint = f"\nhost {dead[0].name} is {dead[0].state}; its last log lines:\n{logs}"
             raise ReadinessError(
                 f"lab {self.name!r} did not become ready within {READY_TIMEOUT:.0f} s:\n  {detail}{hint}\n"
@@ -359,54 +273,69 @@ class Lab:
     def stop(self, host: str) -> HostStatus:
         """Stop one host (SIGTERM): its mail stays in its volumes; the others keep running."""
         h = self.find(host)
-        self.api.stop(h.container, timeout=STOP_TIMEOUT)
+        self.engine_of(h).stop(h.container, timeout=STOP_TIMEOUT)
         return self.find(host)
 
     def kill(self, host: str) -> HostStatus:
         """SIGKILL one host: a crash, with no chance to finish anything."""
         h = self.find(host)
-        self.api.kill(h.container)
+        self.engine_of(h).signal(h.container, "SIGKILL")
         return self.find(host)
+
+    def signal(self, host: str, signal: str) -> None:
+        """Send ``signal`` (SIGHUP: the name server reloads its zones) to the host's first process."""
+        h = self.find(host)
+        self.engine_of(h).signal(h.container, signal)
 
     def start(self, host: str) -> HostStatus:
         """Start a stopped host again and wait until its services answer."""
         h = self.find(host)
-        self.api.start(h.container)
+        self.engine_of(h).start(h.container)
         h = self.find(host)
         self.wait_ready([h])
         return h
+
+    def disconnect(self, host: str) -> None:
+        """Pull the host's cable: off the lab network, still running."""
+        h, net = self.find(host), self._lab_network()
+        self.engine_of(h).disconnect(h.container, net.id)
+
+    def reconnect(self, host: str) -> None:
+        """Plug the cable back: on the lab network at the host's own address and name."""
+        h, net = self.find(host), self._lab_network()
+        self.engine_of(h).connect(h.container, net.id, h.address, [h.fqdn])
+
+    def _lab_network(self) -> NetworkInfo:
+        net = self.network()
+        if net is None:
+            raise LabNotRunning(f"lab {self.name!r} has no network; bring it up with `labctl up --lab {self.name}`")
+        return net
+
+    # -- files -------------------------------------------------------------------------------
+
+    def put_files(self, host: str | HostStatus, folder: str, files: Mapping[str, bytes], *,
+                  mtime: float | None = None) -> None:
+        """Write ``files`` (path under ``folder`` -> contents) into the host's file system."""
+        h = self.find(host) if isinstance(host, str) else host
+        self.engine_of(h).put_archive(h.container, folder, tar_of(files, time.time() if mtime is None else mtime))
+
+    def read_files(self, host: HostStatus, folder: str, *, with_data: bool = True) -> list[ArchivedFile]:
+        """The regular files in a folder of the host (running or stopped); none if it is missing."""
+        try:
+            return self.engine_of(host).read_files(host.container, folder, with_data=with_data)
+        except NotFound:
+            return []
 
     # -- down --------------------------------------------------------------------------------
 
     def down(self) -> int:
         """Remove every container, network and volume of this lab. Returns how many containers."""
         containers = self.containers()
-
-        def remove(c: dict[str, Any]) -> None:
-            try:
-                if c["State"] == "running":
-                    self.api.stop(c["Id"], timeout=STOP_TIMEOUT)
-                self.api.remove_container(c["Id"], v=True, force=True)
-            except docker.errors.NotFound:
-                pass  # removed by someone else meanwhile: that is what we wanted
-            except docker.errors.APIError as exc:
-                if exc.status_code != 409:  # 409: another `down` is removing it right now
-                    raise
-                with contextlib.suppress(docker.errors.NotFound):
-                    self.api.wait(c["Id"], condition="removed", timeout=STOP_TIMEOUT * 10)
-
-        parallel(remove, containers)
-        for net in self.api.networks(filters=self._filters()):
-            try:
-                self.api.remove_network(net["Id"])
-            except docker.errors.NotFound:
-                pass
-        volumes = self.api.volumes(filters=self._filters()).get("Volumes") or []
-        for vol in volumes:
-            try:
-                self.api.remove_volume(vol["Name"], force=True)
-            except docker.errors.NotFound:
-                pass
+        parallel(lambda c: self.engine.remove_container(c.id, stop_timeout=STOP_TIMEOUT), containers)
+        for net in self.engine.networks(self._labels()):
+            self.engine.remove_network(net.id)
+        for volume in self.engine.volumes(self._labels()):
+            self.engine.remove_volume(volume)
         return len(containers)
 
     # -- using a lab -------------------------------------------------------------------------
@@ -414,123 +343,32 @@ class Lab:
     def exec(self, host: str, cmd: list[str], *, privileged: bool = False, stdin: bytes | None = None,
              environment: dict[str, str] | None = None) -> ExecResult:
         """Run ``cmd`` on ``host`` and collect its output."""
-        return self.exec_in(self.find(host).container, cmd, privileged=privileged, stdin=stdin,
-                             environment=environment)
+        return self.exec_in(self.find(host), cmd, privileged=privileged, stdin=stdin, environment=environment)
 
-    def exec_in(self, container: str, cmd: list[str], *, privileged: bool = False, stdin: bytes | None = None,
-                 environment: dict[str, str] | None = None) -> ExecResult:
-        """:meth:`exec` in a container already found (no lookup of the host by name)."""
+    def exec_in(self, host: HostStatus, cmd: list[str], *, privileged: bool = False, stdin: bytes | None = None,
+                environment: dict[str, str] | None = None) -> ExecResult:
+        """:meth:`exec` on a host already found (no lookup by name)."""
         stdout = io.BytesIO()
         stderr = io.BytesIO()
-        code = self.exec_stream(container, cmd, stdout.write, stderr.write, privileged=privileged,
+        code = self.exec_stream(host, cmd, stdout.write, stderr.write, privileged=privileged,
                                 stdin=stdin, environment=environment)
         return ExecResult(code, stdout.getvalue(), stderr.getvalue())
 
-    def exec_stream(self, container: str, cmd: list[str], out: Callable[[bytes], Any],
+    def exec_stream(self, host: HostStatus, cmd: list[str], out: Callable[[bytes], Any],
                     err: Callable[[bytes], Any], *, privileged: bool = False, stdin: bytes | None = None,
                     environment: dict[str, str] | None = None) -> int:
         try:
-            ex = self.api.exec_create(container, cmd, stdout=True, stderr=True, stdin=stdin is not None,
-                                      privileged=privileged, environment=environment)
-        except docker.errors.APIError as exc:
-            raise LabctlError(f"cannot run {cmd[0]} on {container}: {exc.explanation}") from exc
-        if stdin is not None:
-            sock = self.api.exec_start(ex["Id"], socket=True)
-            raw = getattr(sock, "_sock", sock)
-            raw.sendall(stdin)
-            raw.shutdown(socket.SHUT_WR)
-            for stream, chunk in _demux(raw):
-                (out if stream == 1 else err)(chunk)
-            raw.close()
-        else:
-            for o, e in self.api.exec_start(ex["Id"], stream=True, demux=True):
-                if o:
-                    out(o)
-                if e:
-                    err(e)
-        return int(self.api.exec_inspect(ex["Id"])["ExitCode"] or 0)
+            return self.engine_of(host).exec(host.container, cmd, out, err, privileged=privileged, stdin=stdin,
+                                             environment=environment)
+        except EngineError as exc:
+            raise LabctlError(f"cannot run {cmd[0]} on {host.name}: {exc}") from exc
 
     def logs(self, host: str, *, follow: bool = False, tail: int | str = "all") -> Iterator[bytes]:
         h = self.find(host)
-        if follow:
-            yield from self.api.logs(h.container, stream=True, follow=True, tail=tail)
-        else:
-            yield self.api.logs(h.container, tail=tail)
+        yield from self.engine_of(h).logs(h.container, follow=follow, tail=tail)
 
 
-def host_images(topo: Topology, image: str | Mapping[str, str]) -> dict[str, str]:
-    """Host name -> the tag of the image it runs."""
-    tags = {"lab": image} if isinstance(image, str) else dict(image)
-    missing = sorted({h.image for h in topo.hosts} - set(tags))
-    if missing:
-        users = ", ".join(h.name for h in topo.hosts if h.image in missing)
-        raise LabctlError(f"hosts {users} run the {' and '.join(missing)} image, which was not given; "
-                          "`labctl up` builds it, or run `labctl image build --reference`")
-    return {h.name: tags[h.image] for h in topo.hosts}
-
-
-def list_labs(client: docker.DockerClient) -> list[str]:
-    names = {c["Labels"][LABEL_LAB] for c in client.api.containers(all=True, filters={"label": LABEL_LAB})}
-    names |= {n["Labels"][LABEL_LAB] for n in client.api.networks(filters={"label": LABEL_LAB})}
+def list_labs(engine: Engine) -> list[str]:
+    names = {c.labels[LABEL_LAB] for c in engine.containers({LABEL_LAB: ""})}
+    names |= {n.labels[LABEL_LAB] for n in engine.networks({LABEL_LAB: ""})}
     return sorted(names)
-
-
-def host_networks(route_table: Path = Path("/proc/net/route"),
-                  resolv_conf: Path = Path("/etc/resolv.conf")) -> list[ipaddress.IPv4Network]:
-    """Networks this machine routes to directly, and its name servers.
-
-    A lab subnet over one of them would hide it behind the lab bridge: the machine would lose its
-    own LAN or its DNS. (When the engine is remote this is merely conservative.)
-    """
-    nets: list[ipaddress.IPv4Network] = []
-    try:
-        lines = route_table.read_text().splitlines()[1:]
-    except OSError:
-        lines = []
-    for line in lines:
-        fields = line.split()
-        if len(fields) < 8 or fields[1] == "00000000":
-            continue  # the default route covers everything; it is not a clash
-        dest = ipaddress.IPv4Address(struct.pack("<I", int(fields[1], 16)))
-        mask = ipaddress.IPv4Address(struct.pack("<I", int(fields[7], 16)))
-        try:
-            nets.append(ipaddress.IPv4Network(f"{dest}/{mask}", strict=False))
-        except ValueError:
-            continue
-    try:
-        for line in resolv_conf.read_text().splitlines():
-            parts = line.split()
-            if len(parts) >= 2 and parts[0] == "nameserver":
-                try:
-                    nets.append(ipaddress.IPv4Network(f"{parts[1]}/32"))
-                except ValueError:
-                    continue
-    except OSError:
-        pass
-    return nets
-
-
-def _digest(image: str, files: dict[str, str]) -> str:
-    h = hashlib.sha256(image.encode())
-    for name in sorted(files):
-        h.update(name.encode() + b"\0" + files[name].encode())
-    return h.hexdigest()[:16]
-
-
-def _demux(sock: socket.socket) -> Iterator[tuple[int, bytes]]:
-    """Docker's multiplexed exec stream: 8-byte header (stream, 0, 0, 0, size) then the data."""
-    def read(n: int) -> bytes:
-        buf = b""
-        while len(buf) < n:
-            chunk = sock.recv(n - len(buf))
-            if not chunk:
-                return buf
-            buf += chunk
-        return buf
-
-    while True:
-        header = read(8)
-        if len(header) < 8:
-            return
-        stream, size = header[0], struct.unpack(">I", header[4:])[0]
-        yield stream, read(size)

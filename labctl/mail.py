@@ -7,10 +7,7 @@ files behind the servers' backs, so every step crosses the wire and shows in the
 
 from __future__ import annotations
 
-import io
 import json
-import tarfile
-import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,23 +66,15 @@ def _outcome(host: HostStatus, result: ExecResult) -> Outcome:
 def upload(lab: Lab, host: HostStatus, files: list[Path]) -> list[str]:
     """Copy local files into a fresh folder on ``host``; return their paths there."""
     folder = f"{UPLOAD_DIR}/{uuid.uuid4().hex[:8]}"
-    buf = io.BytesIO()
-    paths = []
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for f in files:
-            try:
-                data = f.read_bytes()
-            except OSError as exc:
-                raise LabctlError(f"cannot read {f}: {exc.strerror}") from exc
-            info = tarfile.TarInfo(f"{folder.lstrip('/')}/{f.name}")
-            info.size = len(data)
-            info.mode = 0o644
-            info.mtime = int(time.time())
-            tar.addfile(info, io.BytesIO(data))
-            paths.append(f"{folder}/{f.name}")
+    contents = {}
+    for f in files:
+        try:
+            contents[f.name] = f.read_bytes()
+        except OSError as exc:
+            raise LabctlError(f"cannot read {f}: {exc.strerror}") from exc
     lab.exec(host.name, ["mkdir", "-p", folder])
-    lab.api.put_archive(host.container, "/", buf.getvalue())
-    return paths
+    lab.put_files(host, folder, contents)
+    return [f"{folder}/{name}" for name in contents]
 
 
 def send(lab: Lab, sender: str, to: list[str], subject: str, body: str, attach: list[Path] | None = None,

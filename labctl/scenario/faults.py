@@ -14,15 +14,10 @@ there, and a scenario asking for it fails with a message saying so rather than p
 
 from __future__ import annotations
 
-import io
 import ipaddress
-import tarfile
-import time
-
-import docker.errors
 
 from labctl import zonefiles
-from labctl.lab import LABEL_LAB, Lab
+from labctl.backend import EngineError
 from labctl.scenario import model as m
 from labctl.scenario.steps import Context, StepFailed
 
@@ -67,29 +62,21 @@ def _host(ctx: Context, fault: m.HostFault) -> str:
         return f"{host} is {lab.start(host).state} again and its services answer"
     if fault.action == "unshape":
         return _unshape(ctx, host)
-    network, spec = _network(lab), ctx.topology.host(host)
-    container = lab.find(host).container
+    spec = ctx.topology.host(host)
     if fault.action == "disconnect":
         try:
-            lab.api.disconnect_container_from_network(container, network, force=True)
-        except docker.errors.APIError as exc:
-            raise StepFailed(f"{host} cut off the lab network", str(exc.explanation or exc)) from exc
+            lab.disconnect(host)
+        except EngineError as exc:
+            raise StepFailed(f"{host} cut off the lab network", str(exc)) from exc
         return f"{host} is cut off the lab network (its cable is pulled)"
     try:
-        lab.api.connect_container_to_network(container, network, ipv4_address=str(spec.address), aliases=[spec.fqdn])
-    except docker.errors.APIError as exc:
-        raise StepFailed(f"{host} back on the lab network", str(exc.explanation or exc)) from exc
+        lab.reconnect(host)
+    except EngineError as exc:
+        raise StepFailed(f"{host} back on the lab network", str(exc)) from exc
     # Connecting gives the host Docker's default route and resolver again: seal it as its role does.
     _sh(ctx, host, ["python3", "-c", "from services import config, runtime; runtime.join_lab(config.load())"],
         f"{host} sealed again after reconnecting")
     return f"{host} is back on the lab network at {spec.address}"
-
-
-def _network(lab: Lab) -> str:
-    nets = lab.api.networks(filters={"label": [f"{LABEL_LAB}={lab.name}"]})
-    if not nets:
-        raise StepFailed(f"lab {lab.name}'s network", "none")
-    return str(nets[0]["Id"])
 
 
 def _interface(ctx: Context, host: str) -> str:
@@ -176,16 +163,8 @@ def _dns(ctx: Context, fault: m.DnsChange) -> str:
     serial = ctx.serial + 1
     files = zonefiles.render(topo, serial=serial)
     ns = topo.nameserver
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, text in files.items():
-            data = text.encode()
-            info = tarfile.TarInfo(name)
-            info.size, info.mode, info.mtime = len(data), 0o644, int(time.time())
-            tar.addfile(info, io.BytesIO(data))
-    container = lab.find(ns.name).container
-    lab.api.put_archive(container, ZONES_DIR, buf.getvalue())
-    lab.api.kill(container, signal="SIGHUP")  # services.dns.server.reload
+    lab.put_files(ns.name, ZONES_DIR, {name: text.encode() for name, text in files.items()})
+    lab.signal(ns.name, "SIGHUP")  # services.dns.server.reload
     deadline = ctx.clock() + DNS_RELOAD_TIMEOUT
     seen = ""
     while ctx.clock() < deadline:

@@ -11,7 +11,6 @@ The runner prints nothing: it tells a :class:`Progress` (the CLI draws it with r
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import re
 import time
@@ -21,9 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-import docker
-import docker.errors
-
+from labctl.backend import Engine
 from labctl.errors import LabctlError
 from labctl.events import Reporter, ignore
 from labctl.image import ImageBuilder
@@ -124,9 +121,9 @@ def _place(scenario: m.Scenario, step: m.Step) -> str:
 
 
 class Runner:
-    def __init__(self, client: docker.DockerClient, *, progress: Progress | None = None, report_dir: Path | None = None,
+    def __init__(self, engine: Engine, *, progress: Progress | None = None, report_dir: Path | None = None,
                  keep: bool = False, reporter: Reporter = ignore, image: str | None = None) -> None:
-        self.client = client
+        self.engine = engine
         self.progress = progress or Silent()
         self.report_dir = report_dir
         self.keep = keep
@@ -136,11 +133,11 @@ class Runner:
 
     def image(self) -> str:
         if self._image is None:
-            self._image = ImageBuilder(self.client, self.reporter).ensure()
+            self._image = ImageBuilder(self.engine, self.reporter).ensure()
         return self._image
 
     def run(self, scenario: m.Scenario) -> ScenarioResult:
-        lab = Lab(self.client, lab_name(scenario), self.reporter)
+        lab = Lab(self.engine, lab_name(scenario), self.reporter)
         result = ScenarioResult(scenario.name, str(scenario.source), lab.name, started=time.time())
         result.steps = [StepResult(s.number, s.kind, s.title, s.line, SKIPPED, note=s.note) for s in scenario.steps]
         self.progress.scenario_started(scenario, lab.name)
@@ -176,7 +173,7 @@ class Runner:
             result.seconds = time.monotonic() - started
             try:
                 self._save(lab, scenario, result)
-            except (LabctlError, docker.errors.APIError, OSError) as exc:
+            except (LabctlError, OSError) as exc:
                 # The verdict stands; a report that could not be completed must not hide it.
                 result.artifacts.append(f"the report is incomplete: {exc}")
             except KeyboardInterrupt:  # a second Ctrl-C: no report, but the lab still goes
@@ -192,14 +189,9 @@ class Runner:
         return result
 
     def _bring_up(self, lab: Lab, scenario: m.Scenario) -> Context:
-        topo = scenario.topology
-        hosts = lab.up(topo, self.image())
-        # The lab may have moved to a free subnet (another lab holds the topology's): every host
-        # keeps its host number, so the name server's address tells where the lab is.
-        ns = next(h for h in hosts if h.role == "dns")
-        offset = int(ipaddress.IPv4Address(ns.address)) - int(topo.nameserver.address)
-        subnet = ipaddress.IPv4Network((int(topo.subnet.network_address) + offset, topo.subnet.prefixlen))
-        return Context(lab, topo.with_subnet(subnet))
+        # The lab may have moved to a free subnet (another lab holds the topology's): the placed
+        # topology is where it really is.
+        return Context(lab, lab.up(scenario.topology, self.image()).topology)
 
     def _step(self, ctx: Context, step: m.Step, out: StepResult) -> bool:
         self.progress.step_started(step)
@@ -251,7 +243,7 @@ class Runner:
         for host in lab.status():
             try:
                 text = b"".join(lab.logs(host.name)).decode("utf-8", "replace")
-            except (LabctlError, docker.errors.APIError) as exc:
+            except LabctlError as exc:
                 text = f"(no log: {exc})\n"
             path = folder / "logs" / f"{host.name}.log"
             path.write_text(text, encoding="utf-8")

@@ -18,9 +18,11 @@ import pytest
 import testinfra
 
 from labctl import engine
+from labctl.backend.docker_engine import DockerEngine
 from labctl.errors import DockerUnavailable
 from labctl.image import ImageBuilder
-from labctl.lab import Lab, container_name
+from labctl.lab import Lab
+from labctl.plan import container_name
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -32,7 +34,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(scope="session")
-def client() -> docker.DockerClient:
+def client() -> DockerEngine:
     try:
         return engine.connect()
     except DockerUnavailable as exc:
@@ -42,9 +44,14 @@ def client() -> docker.DockerClient:
 
 
 @pytest.fixture(scope="session")
-def image(client: docker.DockerClient) -> str:
+def image(client: DockerEngine) -> str:
     """The lab image for the code under test (built, or rebuilt after a change, if needed)."""
     return ImageBuilder(client).ensure()
+
+
+def raw_api() -> docker.APIClient:
+    """The Engine API itself, for what a test checks behind labctl's back (inspect a network, run a stranger)."""
+    return docker.from_env().api
 
 
 def labctl(*args: str, check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -61,7 +68,7 @@ def labctl(*args: str, check: bool = True, env: dict[str, str] | None = None) ->
 @dataclass
 class RunningLab:
     name: str
-    client: docker.DockerClient
+    client: DockerEngine
     up_output: str
 
     def host(self, name: str) -> testinfra.host.Host:
@@ -77,7 +84,7 @@ def unique_lab(prefix: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def running_lab(client: docker.DockerClient, image: str) -> Iterator[RunningLab]:
+def running_lab(client: DockerEngine, image: str) -> Iterator[RunningLab]:
     name = unique_lab("t")
     proc = labctl("up", "--lab", name)
     try:

@@ -21,10 +21,10 @@ import time
 import uuid
 from collections.abc import Iterator
 
-import docker
 import pytest
 
 from labctl import mail, topology
+from labctl.backend.docker_engine import DockerEngine
 from labctl.lab import Lab
 from tests.lab.conftest import labctl, unique_lab
 
@@ -111,7 +111,7 @@ print(json.dumps([code, text.decode()]))
 
 
 @pytest.fixture(scope="module")
-def lab(client: docker.DockerClient, image: str) -> Iterator[Lab]:
+def lab(client: DockerEngine, image: str) -> Iterator[Lab]:
     name = unique_lab("crash")
     labctl("up", "--lab", name)
     lab = Lab(client, name)
@@ -326,7 +326,7 @@ SMALL_DISK = "size=1m"
 
 
 @pytest.fixture
-def small_disk_lab(client: docker.DockerClient, image: str) -> Iterator[Lab]:
+def small_disk_lab(client: DockerEngine, image: str) -> Iterator[Lab]:
     """A lab whose MX keeps its mailboxes on a 1 MB tmpfs."""
     text = topology.DEFAULT_TOPOLOGY.read_text()
     service = "    hostname: mail.stevenchoy.example\n    command: mx\n"

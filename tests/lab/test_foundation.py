@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import json
 
-import docker
-
 from labctl import topology
+from labctl.backend.docker_engine import DockerEngine
 from labctl.lab import LABEL_LAB
 from tests.lab.conftest import RunningLab, labctl, unique_lab
 
@@ -90,9 +89,9 @@ def test_lab_hosts_are_sealed_from_the_outside(running_lab: RunningLab) -> None:
 
 
 def test_up_again_changes_nothing(running_lab: RunningLab) -> None:
-    before = {c["Id"]: c["State"] for c in running_lab.lab.containers()}
+    before = {c.id: c.state for c in running_lab.lab.containers()}
     labctl("up", "--lab", running_lab.name)
-    after = {c["Id"]: c["State"] for c in running_lab.lab.containers()}
+    after = {c.id: c.state for c in running_lab.lab.containers()}
     assert before == after
 
 
@@ -122,7 +121,9 @@ def test_user_errors_are_one_clear_line_without_traceback(running_lab: RunningLa
     assert "Traceback" not in proc.stderr + proc.stdout
 
     # the running lab's subnet, asked for by another lab
-    subnet = running_lab.lab._network()["IPAM"]["Config"][0]["Subnet"]  # noqa: SLF001
+    network = running_lab.lab.network()
+    assert network is not None
+    subnet = str(network.subnets[0])
     proc = labctl("up", "--lab", unique_lab("clash"), "--subnet", subnet, check=False)
     assert proc.returncode == 1
     assert f"subnet {subnet} overlaps {subnet} (lab '{running_lab.name}')" in proc.stderr
@@ -149,7 +150,7 @@ def test_user_errors_are_one_clear_line_without_traceback(running_lab: RunningLa
     assert "cannot reach the Docker engine" in proc.stderr and "Start it" in proc.stderr
 
 
-def test_two_labs_side_by_side_and_down_leaves_nothing(running_lab: RunningLab, client: docker.DockerClient) -> None:
+def test_two_labs_side_by_side_and_down_leaves_nothing(running_lab: RunningLab, client: DockerEngine) -> None:
     other = unique_lab("t2")
     try:
         labctl("up", "--lab", other)
@@ -177,7 +178,7 @@ def test_two_labs_side_by_side_and_down_leaves_nothing(running_lab: RunningLab, 
 
 
 def test_image_prune_removes_old_lab_images_and_keeps_current_and_used_ones(
-        running_lab: RunningLab, client: docker.DockerClient, image: str) -> None:
+        running_lab: RunningLab, client: DockerEngine, image: str) -> None:
     import io
     import uuid
 

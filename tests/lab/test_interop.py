@@ -17,10 +17,10 @@ import re
 import shlex
 from collections.abc import Iterator
 
-import docker
 import pytest
 
 from labctl import mail, topology
+from labctl.backend.docker_engine import DockerEngine
 from labctl.lab import Lab
 from tests.lab.conftest import RunningLab, labctl, unique_lab
 from tests.lab.test_mail_path import unique, wait_for_mail
@@ -29,7 +29,7 @@ COMPOSE = topology.DEFAULT_TOPOLOGY.parent
 BETTY_MAILDIR = "/var/mail/maillab/stevenchoy.example/betty"
 
 
-def _lab(client: docker.DockerClient, overlay: str) -> Iterator[RunningLab]:
+def _lab(client: DockerEngine, overlay: str) -> Iterator[RunningLab]:
     name = unique_lab("ref")
     proc = labctl("up", "--lab", name, "--overlay", str(COMPOSE / "reference" / overlay))
     try:
@@ -39,22 +39,22 @@ def _lab(client: docker.DockerClient, overlay: str) -> Iterator[RunningLab]:
 
 
 @pytest.fixture(scope="module")
-def postfix_mx(client: docker.DockerClient, image: str) -> Iterator[RunningLab]:
+def postfix_mx(client: DockerEngine, image: str) -> Iterator[RunningLab]:
     yield from _lab(client, "mx.yml")
 
 
 @pytest.fixture(scope="module")
-def postfix_mta(client: docker.DockerClient, image: str) -> Iterator[RunningLab]:
+def postfix_mta(client: DockerEngine, image: str) -> Iterator[RunningLab]:
     yield from _lab(client, "mta.yml")
 
 
 @pytest.fixture(scope="module")
-def nsd_dns(client: docker.DockerClient, image: str) -> Iterator[RunningLab]:
+def nsd_dns(client: DockerEngine, image: str) -> Iterator[RunningLab]:
     yield from _lab(client, "dns.yml")
 
 
 @pytest.fixture(scope="module")
-def debian_clients(client: docker.DockerClient, image: str) -> Iterator[RunningLab]:
+def debian_clients(client: DockerEngine, image: str) -> Iterator[RunningLab]:
     yield from _lab(client, "clients.yml")
 
 

@@ -16,9 +16,9 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
-import docker
 import pytest
 
+from labctl.backend.docker_engine import DockerEngine
 from labctl.lab import LABEL_LAB
 from tests.lab.conftest import labctl, unique_lab
 
@@ -27,7 +27,7 @@ SHIPPED = sorted((ROOT / "scenarios").glob("*.yml"))
 TESTS = ROOT / "tests" / "scenarios"
 
 
-def leftovers(client: docker.DockerClient, lab: str) -> list[str]:
+def leftovers(client: DockerEngine, lab: str) -> list[str]:
     """Whatever of lab ``lab`` still exists on the engine."""
     label = {"label": f"{LABEL_LAB}={lab}"}
     found = [c["Names"][0] for c in client.api.containers(all=True, filters=label)]
@@ -42,7 +42,7 @@ def run(*args: str) -> tuple[subprocess.CompletedProcess[str], list[dict[str, An
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
-def test_every_shipped_scenario_passes(path: Path, client: docker.DockerClient, image: str, tmp_path: Path) -> None:
+def test_every_shipped_scenario_passes(path: Path, client: DockerEngine, image: str, tmp_path: Path) -> None:
     proc, results = run(str(path), "--report", str(tmp_path))
     (result,) = results
     assert proc.returncode == 0 and result["status"] == "passed", f"{result['message']}\n{proc.stderr[-3000:]}"
@@ -56,7 +56,7 @@ def test_every_shipped_scenario_passes(path: Path, client: docker.DockerClient, 
     assert leftovers(client, result["lab"]) == []
 
 
-def test_a_failing_scenario_says_what_it_expected_and_saw(client: docker.DockerClient, image: str,
+def test_a_failing_scenario_says_what_it_expected_and_saw(client: DockerEngine, image: str,
                                                           tmp_path: Path) -> None:
     junit = tmp_path / "junit.xml"
     proc, results = run(str(TESTS / "failing.yml"), "--junit", str(junit))
@@ -76,7 +76,7 @@ def test_a_failing_scenario_says_what_it_expected_and_saw(client: docker.DockerC
     assert leftovers(client, result["lab"]) == []  # a failure leaves nothing behind
 
 
-def test_every_fault_takes_effect_and_is_undone(client: docker.DockerClient, image: str) -> None:
+def test_every_fault_takes_effect_and_is_undone(client: DockerEngine, image: str) -> None:
     proc, results = run(str(TESTS / "faults.yml"))
     (result,) = results
     assert proc.returncode == 0, f"{result['message']}\n{proc.stderr[-3000:]}"
@@ -84,7 +84,7 @@ def test_every_fault_takes_effect_and_is_undone(client: docker.DockerClient, ima
     assert "refused" in errors[4] and "timed out" in errors[10]
 
 
-def test_a_delay_needs_netem_and_says_so_when_the_kernel_has_none(client: docker.DockerClient, image: str) -> None:
+def test_a_delay_needs_netem_and_says_so_when_the_kernel_has_none(client: DockerEngine, image: str) -> None:
     proc, results = run(str(TESTS / "delay.yml"))
     (result,) = results
     if result["status"] == "passed":  # a kernel with sch_netem
@@ -93,7 +93,7 @@ def test_a_delay_needs_netem_and_says_so_when_the_kernel_has_none(client: docker
         assert result["steps"][0]["seen"].startswith("this kernel has no netem (sch_netem)") and proc.returncode == 1
 
 
-def test_keep_leaves_the_lab_up(client: docker.DockerClient, image: str) -> None:
+def test_keep_leaves_the_lab_up(client: DockerEngine, image: str) -> None:
     proc, results = run(str(ROOT / "scenarios" / "implicit-mx.yml"), "--keep")
     (result,) = results
     try:
@@ -104,7 +104,7 @@ def test_keep_leaves_the_lab_up(client: docker.DockerClient, image: str) -> None
         labctl("down", "--lab", result["lab"])
 
 
-def test_ctrl_c_removes_the_lab_and_reports_where_it_stopped(client: docker.DockerClient, image: str,
+def test_ctrl_c_removes_the_lab_and_reports_where_it_stopped(client: DockerEngine, image: str,
                                                               tmp_path: Path) -> None:
     junit = tmp_path / "junit.xml"
     proc = subprocess.Popen([sys.executable, "-m", "labctl", "run", "--json", "--report", str(tmp_path),
@@ -139,7 +139,7 @@ def test_ctrl_c_removes_the_lab_and_reports_where_it_stopped(client: docker.Dock
     assert "interrupted" in stderr
 
 
-def test_traffic_facts_are_read_from_the_capture(client: docker.DockerClient, image: str, tmp_path: Path) -> None:
+def test_traffic_facts_are_read_from_the_capture(client: DockerEngine, image: str, tmp_path: Path) -> None:
     proc, results = run(str(TESTS / "traffic-facts.yml"), "--report", str(tmp_path))
     (result,) = results
     facts = result["steps"][-1]
@@ -153,7 +153,7 @@ def test_traffic_facts_are_read_from_the_capture(client: docker.DockerClient, im
     assert '"facts"' in (folder / "trace.txt").read_text()
 
 
-def test_up_with_an_overlay_starts_the_extra_host_and_publishes_its_mx(client: docker.DockerClient, image: str,
+def test_up_with_an_overlay_starts_the_extra_host_and_publishes_its_mx(client: DockerEngine, image: str,
                                                                        tmp_path: Path) -> None:
     overlay = tmp_path / "backup.yml"
     overlay.write_text("hosts:\n  mx2: {hostname: mx2.stevenchoy.example, role: mta}\n"

@@ -26,10 +26,11 @@ import docker
 import docker.errors
 import pytest
 
+from labctl.backend.docker_engine import DockerEngine
 from labctl.image import NMAP_REPOSITORY
 from labctl.lab import LABEL_LAB, Lab
 from services.pop3.core import AUTH_DELAY_FIRST
-from tests.lab.conftest import RunningLab
+from tests.lab.conftest import RunningLab, raw_api
 
 HOSTS = ("ns", "smtp", "mail", "andy", "betty")
 OUTSIDE = "198.51.100.7"  # TEST-NET-2 (RFC 5737): no one's address, and never this machine's
@@ -102,7 +103,7 @@ STRANGER_HOST_NUMBER = 200  # no lab host uses .200
 
 
 @pytest.fixture(scope="module")
-def nmap_image(client: docker.DockerClient, image: str) -> str:
+def nmap_image(client: DockerEngine, image: str) -> str:
     """The lab image plus Debian's nmap, built once per lab image (the apt layer is then cached)."""
     tag = f"{NMAP_REPOSITORY}:{image.rpartition(':')[2]}"
     try:
@@ -131,9 +132,9 @@ class Stranger:
     def __init__(self, lab: Lab, image: str) -> None:
         self.lab = lab
         self.image = image
-        net = lab.api.networks(filters={"label": [f"{LABEL_LAB}={lab.name}"]})[0]
+        net = raw_api().networks(filters={"label": [f"{LABEL_LAB}={lab.name}"]})[0]
         self.network = net["Name"]
-        subnet = ipaddress.IPv4Network(lab.api.inspect_network(net["Id"])["IPAM"]["Config"][0]["Subnet"])
+        subnet = ipaddress.IPv4Network(raw_api().inspect_network(net["Id"])["IPAM"]["Config"][0]["Subnet"])
         self.address = str(subnet.network_address + STRANGER_HOST_NUMBER)
         self.subnet = subnet
 
@@ -142,7 +143,7 @@ class Stranger:
 
     def run(self, entrypoint: list[str], args: list[str]) -> str:
         """Run to completion; its output. Labelled with the lab, so `labctl down` removes it if we crash."""
-        api = self.lab.api
+        api = raw_api()
         name = f"{self.lab.name}-stranger-{uuid.uuid4().hex[:6]}"
         networking = api.create_networking_config({
             self.network: api.create_endpoint_config(ipv4_address=self.address)
@@ -247,8 +248,8 @@ print(json.dumps(out))
 
 def test_the_lab_is_sealed(running_lab: RunningLab) -> None:
     lab = running_lab.lab
-    net = lab.api.networks(filters={"label": [f"{LABEL_LAB}={lab.name}"]})
-    assert len(net) == 1 and lab.api.inspect_network(net[0]["Id"])["Internal"] is True
+    net = raw_api().networks(filters={"label": [f"{LABEL_LAB}={lab.name}"]})
+    assert len(net) == 1 and raw_api().inspect_network(net[0]["Id"])["Internal"] is True
     for host in HOSTS:
         routes = lab.exec(host, ["ip", "-4", "route", "show", "default"])
         assert routes.exit_code == 0 and routes.output.strip() == "", f"{host} has a default route: {routes.output}"
@@ -262,10 +263,10 @@ def test_no_container_publishes_a_port_beyond_loopback(running_lab: RunningLab) 
     containers = lab.containers()
     assert len(containers) >= len(HOSTS)  # the hosts, and any helper the lab runs (capture, say)
     for c in containers:
-        info = lab.api.inspect_container(c["Id"])
+        info = raw_api().inspect_container(c.id)
         bindings = [b for bs in (info["HostConfig"].get("PortBindings") or {}).values() for b in bs or []]
         published = [b for bs in (info["NetworkSettings"].get("Ports") or {}).values() for b in bs or []]
         for binding in bindings + published:
-            assert binding.get("HostIp") in ("127.0.0.1", "::1"), f"{c['Names'][0]} publishes {binding}"
-        assert info["HostConfig"]["NetworkMode"] != "host", c["Names"]
+            assert binding.get("HostIp") in ("127.0.0.1", "::1"), f"{c.name} publishes {binding}"
+        assert info["HostConfig"]["NetworkMode"] != "host", c.name
 

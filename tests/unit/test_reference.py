@@ -10,7 +10,7 @@ import pytest
 
 from labctl import topology, zonefiles
 from labctl.errors import LabctlError, SourceError
-from labctl.lab import host_images
+from labctl.plan import host_images
 from services.config import Account, Domain, LabConfig
 from services.reference import dovecot, nsd, postfix
 

@@ -1,0 +1,140 @@
+"""The one door from labctl to a container engine: an interface, and what crosses it.
+
+:class:`Engine` is everything labctl asks of an engine, in labctl's terms (a container to create
+is a :class:`ContainerSpec`, a network an internal bridge on a subnet); the Docker Engine API
+implementation is :class:`labctl.backend.docker.DockerEngine`, the only module of labctl that
+imports the docker SDK. :class:`labctl.lab.Lab` asks for each host's engine by host
+(:meth:`labctl.lab.Lab.engine_of`), so a lab whose hosts live on several engines (the
+multi-machine issue) is a second implementation of this interface, not a change to its users.
+
+Errors: an engine raises :class:`EngineError` (a :class:`~labctl.errors.LabctlError` whose text is
+the engine's own explanation) and :class:`NotFound` for a container, network, volume, image or
+path that is not there.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from labctl.errors import LabctlError
+
+
+class EngineError(LabctlError):
+    """The engine refused or failed a request; the text is its explanation."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status  # the engine's HTTP status, when it has one (409: conflict)
+
+
+class NotFound(EngineError):
+    """No such container, network, volume, image or path."""
+
+
+Labels = Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class ContainerInfo:
+    id: str
+    name: str
+    labels: Labels
+    state: str  # running, exited, created, ...
+    image_id: str
+
+
+@dataclass(frozen=True)
+class NetworkInfo:
+    id: str
+    name: str
+    labels: Labels
+    subnets: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+    internal: bool
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    id: str
+    tags: tuple[str, ...]
+    labels: Labels
+
+
+@dataclass(frozen=True)
+class ArchivedFile:
+    """A regular file read out of a container's file system."""
+
+    name: str  # its name, without the folder
+    size: int
+    mtime: float
+    data: bytes  # empty when only the listing was asked for
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    """One container to create: everything the engine needs, nothing it must look up."""
+
+    name: str
+    image: str
+    command: tuple[str, ...]
+    hostname: str
+    labels: Labels
+    environment: Mapping[str, str]
+    network: str  # the network (by name) it is attached to at creation
+    address: str  # its static IPv4 address there
+    aliases: tuple[str, ...] = ()
+    volumes: Mapping[str, str] = field(default_factory=dict)  # volume name -> mount path (created first)
+    volume_labels: Labels = field(default_factory=dict)
+    tmpfs: Mapping[str, str] = field(default_factory=dict)  # mount path -> options
+    cap_add: tuple[str, ...] = ()
+    dns: tuple[str, ...] = ()
+    dns_search: tuple[str, ...] = ()
+    stop_signal: str = "SIGTERM"
+    stop_timeout: int = 3
+
+
+Output = Callable[[bytes], Any]
+
+
+class Engine(Protocol):
+    """What labctl asks of a container engine."""
+
+    where: str  # for messages: the engine's address (unix:///var/run/docker.sock, tcp://node2:2375)
+
+    # -- looking things up ------------------------------------------------------------------------
+    def containers(self, labels: Labels | None = None) -> list[ContainerInfo]: ...
+    def networks(self, labels: Labels | None = None) -> list[NetworkInfo]: ...
+    def volumes(self, labels: Labels) -> list[str]: ...
+
+    # -- making and removing ----------------------------------------------------------------------
+    def create_network(self, name: str, subnet: ipaddress.IPv4Network, labels: Labels) -> None: ...
+    def remove_network(self, ident: str) -> None: ...
+    def create_container(self, spec: ContainerSpec) -> None: ...
+    def remove_container(self, ident: str, *, stop_timeout: int) -> None: ...
+    def remove_volume(self, name: str) -> None: ...
+
+    # -- running ----------------------------------------------------------------------------------
+    def start(self, container: str) -> None: ...
+    def stop(self, container: str, *, timeout: int) -> None: ...
+    def signal(self, container: str, signal: str) -> None: ...
+    def exec(self, container: str, cmd: Sequence[str], out: Output, err: Output, *, privileged: bool = False,
+             stdin: bytes | None = None, environment: Mapping[str, str] | None = None) -> int: ...
+    def logs(self, container: str, *, follow: bool = False, tail: int | str = "all") -> Iterator[bytes]: ...
+
+    # -- files and cables -------------------------------------------------------------------------
+    def read_files(self, container: str, folder: str, *, with_data: bool = True) -> list[ArchivedFile]: ...
+    def put_archive(self, container: str, folder: str, tar: bytes) -> None: ...
+    def disconnect(self, container: str, network: str) -> None: ...
+    def connect(self, container: str, network: str, address: str, aliases: Sequence[str]) -> None: ...
+
+    # -- images -----------------------------------------------------------------------------------
+    def image_id(self, ref: str) -> str | None: ...
+    def images(self) -> list[ImageInfo]: ...
+    def remove_image(self, ref: str) -> None: ...
+    def pull(self, ref: str) -> str: ...
+    def build(self, context_tar: bytes, tag: str, buildargs: Mapping[str, str],
+              labels: Labels) -> Iterator[dict[str, Any]]: ...
+    def import_image(self, tarball: str, repository: str, tag: str, changes: Sequence[str]) -> None: ...
+    def tag(self, ref: str, repository: str, tag: str) -> None: ...
