@@ -52,7 +52,7 @@ class QueuedRecipient:
     address: str
     status: str  # pending, delivered, bounced
     attempts: int
-    last_error: str | None
+    last_error: str  # "" before the first failure
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ def message_from_json(doc: Mapping[str, Any]) -> MessageView:
 
 def queue_from_json(doc: Mapping[str, Any]) -> list[QueuedMessage]:
     return [QueuedMessage(str(e["id"]), tuple(QueuedRecipient(str(r["address"]), str(r["status"]), int(r["attempts"]),
-                                                              r["last_error"]) for r in e["recipients"]))
+                                                              str(r.get("last_error") or "")) for r in e["recipients"]))
             for e in doc["entries"]]
 
 
