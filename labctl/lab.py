@@ -27,7 +27,7 @@ import docker.types
 
 from labctl import zonefiles
 from labctl.errors import AddressClash, LabctlError, LabNotRunning, ReadinessError
-from labctl.events import Notice, Reporter, Step, ignore
+from labctl.events import Notice, Reporter, Stage, ignore
 from labctl.topology import HostSpec, Topology
 from services import config as svc
 from services.probe import ROLE_SERVICES
@@ -192,7 +192,7 @@ class Lab:
             self._create_network(topo)
         todo = [h for h in topo.hosts if h.name not in existing or existing[h.name]["State"] != "running"]
         if todo:
-            self.report(Step("hosts", f"starting {', '.join(h.name for h in todo)}"))
+            self.report(Stage("hosts", f"starting {', '.join(h.name for h in todo)}"))
 
         def start(host: HostSpec) -> None:
             if host.name not in existing:
@@ -221,7 +221,7 @@ class Lab:
                 f"cannot create network {name} on {topo.subnet}: {exc.explanation}; "
                 "choose another subnet with --subnet"
             ) from exc
-        self.report(Step("network", f"{name} {topo.subnet} (internal: no route out)"))
+        self.report(Stage("network", f"{name} {topo.subnet} (internal: no route out)"))
 
     def _choose_subnet(self, topo: Topology, wanted: ipaddress.IPv4Network | None) -> ipaddress.IPv4Network:
         taken = self._taken_networks()
@@ -352,7 +352,7 @@ class Lab:
                 f"lab {self.name!r} did not become ready within {READY_TIMEOUT:.0f} s:\n  {detail}{hint}\n"
                 f"See `labctl logs HOST --lab {self.name}`."
             )
-        self.report(Step("ready", f"every service answered ({time.monotonic() - started:.2f} s)"))
+        self.report(Stage("ready", f"every service answered ({time.monotonic() - started:.2f} s)"))
 
     # -- one host ----------------------------------------------------------------------------
 
