@@ -20,7 +20,7 @@ from rich.text import Text
 
 from labctl import engine, mail, topology
 from labctl.errors import LabctlError, LabNotRunning
-from labctl.events import BuildOutput, Event, Notice, Step
+from labctl.events import BuildOutput, Event, Notice, Stage
 from labctl.image import ImageBuilder
 from labctl.lab import HostStatus, Lab, check_lab_name, list_labs
 from labctl.traffic import cli as traffic_cli
@@ -28,8 +28,7 @@ from labctl.traffic import render
 from services.capture import CAPTURE_DIR
 
 if TYPE_CHECKING:  # `labctl run` imports these itself: they load the traffic decoders, which other commands skip
-    from labctl.scenario.model import Scenario
-    from labctl.scenario.model import Step as ScenarioStep
+    from labctl.scenario.model import Scenario, Step
     from labctl.scenario.runner import ScenarioResult, StepResult
 
 out = Console(highlight=False)
@@ -49,7 +48,7 @@ class Reporter:
             # Text objects, not markup: build output and messages contain [brackets].
             case Notice(text):
                 err.print(Text.assemble(("» ", "yellow"), text), soft_wrap=True)
-            case Step(stage, text):
+            case Stage(stage, text):
                 err.print(Text.assemble(("✓ ", "green"), f"{stage}: {text}"), soft_wrap=True)
             case BuildOutput(text):
                 if self.verbose or text.startswith("Step "):
@@ -161,7 +160,7 @@ def cmd_shell(args: argparse.Namespace) -> int:
     return 0  # not reached
 
 
-def _print_outcome(outcome: mail.Outcome) -> int:
+def _print_outcome(outcome: mail.MailCommandResult) -> int:
     sys.stdout.write(outcome.output)
     if outcome.errors:
         sys.stderr.write(outcome.errors)
@@ -286,14 +285,14 @@ class RunProgress:
         self._stop()
         err.print(Text.assemble(("✓ ", "green"), f"lab {self.lab} up ({seconds:.1f} s)"))
 
-    def step_started(self, step: ScenarioStep) -> None:
+    def step_started(self, step: Step) -> None:
         self._stop()
         if step.note:
             err.print(Text(f"  » {step.note}", style="yellow"), soft_wrap=True)
         self.status = err.status(f"[{step.number}/{self.total}] {step.title}")
         self.status.start()
 
-    def step_finished(self, step: ScenarioStep, result: StepResult) -> None:
+    def step_finished(self, step: Step, result: StepResult) -> None:
         self._stop()
         mark, style = self.MARKS[result.status]
         err.print(Text.assemble((f"{mark} ", style), f"[{step.number}/{self.total}] {step.title} ",

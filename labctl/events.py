@@ -21,14 +21,14 @@ class BuildOutput:
 
 
 @dataclass(frozen=True)
-class Step:
-    """A stage of bringing a lab up or down, e.g. ("network", "created maillab-lab")."""
+class Stage:
+    """A stage of bringing a lab up or down reached, e.g. ("network", "created maillab-lab")."""
 
-    stage: str
+    name: str
     text: str
 
 
-Event = Notice | BuildOutput | Step
+Event = Notice | BuildOutput | Stage
 Reporter = Callable[[Event], None]
 
 

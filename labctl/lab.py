@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 from labctl import subnets
 from labctl.backend import ArchivedFile, ContainerInfo, Engine, EngineError, NetworkInfo, NotFound
 from labctl.errors import AddressClash, LabctlError, LabNotRunning, ReadinessError
-from labctl.events import Notice, Reporter, Step, ignore
+from labctl.events import Notice, Reporter, Stage, ignore
 from labctl.plan import (
     LABEL_ADDRESS,
     LABEL_CONFIG,
@@ -199,7 +199,7 @@ class Lab:
             self._create_network(topo)
         todo = [plans[h.name] for h in topo.hosts if h.name not in existing or existing[h.name].state != "running"]
         if todo:
-            self.report(Step("hosts", f"starting {', '.join(p.host.name for p in todo)}"))
+            self.report(Stage("hosts", f"starting {', '.join(p.host.name for p in todo)}"))
 
         def start(p: HostPlan) -> None:
             engine = self.engine_of(p.host)
@@ -219,7 +219,7 @@ class Lab:
         except EngineError as exc:
             raise AddressClash(f"cannot create network {name} on {topo.subnet}: {exc}; "
                                "choose another subnet with --subnet") from exc
-        self.report(Step("network", f"{name} {topo.subnet} (internal: no route out)"))
+        self.report(Stage("network", f"{name} {topo.subnet} (internal: no route out)"))
 
     def choose_subnet(self, topo: Topology, wanted: ipaddress.IPv4Network | None) -> ipaddress.IPv4Network:
         """The subnet this lab gets (see :func:`labctl.subnets.choose_subnet`), said when it moves."""
@@ -266,7 +266,7 @@ class Lab:
                 f"lab {self.name!r} did not become ready within {READY_TIMEOUT:.0f} s:\n  {detail}{hint}\n"
                 f"See `labctl logs HOST --lab {self.name}`."
             )
-        self.report(Step("ready", f"every service answered ({time.monotonic() - started:.2f} s)"))
+        self.report(Stage("ready", f"every service answered ({time.monotonic() - started:.2f} s)"))
 
     # -- one host ----------------------------------------------------------------------------
 

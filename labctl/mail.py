@@ -23,7 +23,7 @@ UPLOAD_DIR = "/tmp/labctl-upload"
 
 
 @dataclass(frozen=True)
-class Outcome:
+class MailCommandResult:
     """What a mail command printed, and whether it worked."""
 
     host: str
@@ -54,13 +54,13 @@ def mta_host(lab: Lab) -> HostStatus:
     raise LabctlError(f"lab {lab.name!r} has no MTA host")
 
 
-def _outcome(host: HostStatus, result: ExecResult) -> Outcome:
+def _outcome(host: HostStatus, result: ExecResult) -> MailCommandResult:
     errors = result.stderr.decode("utf-8", "replace")
     # The MUA advises the user at its host's prompt (`mail fetch`); through labctl, the same advice
     # is a labctl command, and the error says which host it came from.
     errors = errors.replace(f"{MUA_PROG}: error: ", f"labctl: {host.name}: ")
     errors = errors.replace(f"`{MUA_PROG} fetch`", f"`labctl fetch {host.name}`")
-    return Outcome(host.name, result.exit_code == 0, result.output, errors)
+    return MailCommandResult(host.name, result.exit_code == 0, result.output, errors)
 
 
 def upload(lab: Lab, host: HostStatus, files: list[Path]) -> list[str]:
@@ -78,7 +78,7 @@ def upload(lab: Lab, host: HostStatus, files: list[Path]) -> list[str]:
 
 
 def send(lab: Lab, sender: str, to: list[str], subject: str, body: str, attach: list[Path] | None = None,
-         *, submission: bool = False) -> Outcome:
+         *, submission: bool = False) -> MailCommandResult:
     host = mua_host(lab, sender)
     cmd = [*MAIL, "send", "--subject", subject, "--body", body]
     for rcpt in to:
@@ -90,12 +90,13 @@ def send(lab: Lab, sender: str, to: list[str], subject: str, body: str, attach: 
     return _outcome(host, lab.exec(host.name, cmd))
 
 
-def fetch(lab: Lab, user: str, *, delete: bool = False) -> Outcome:
+def fetch(lab: Lab, user: str, *, delete: bool = False) -> MailCommandResult:
     host = mua_host(lab, user)
     return _outcome(host, lab.exec(host.name, [*MAIL, "fetch", *(["--delete"] if delete else [])]))
 
 
-def mailbox(lab: Lab, user: str, number: int | None = None, *, view: str = "text", as_json: bool = False) -> Outcome:
+def mailbox(lab: Lab, user: str, number: int | None = None, *, view: str = "text",
+            as_json: bool = False) -> MailCommandResult:
     """The local mailbox of ``user`` (after `fetch`): the list, or message ``number``."""
     host = mua_host(lab, user)
     if number is None:
@@ -109,13 +110,13 @@ def mailbox(lab: Lab, user: str, number: int | None = None, *, view: str = "text
     return _outcome(host, lab.exec(host.name, cmd))
 
 
-def queue(lab: Lab, *, flush: bool = False, as_json: bool = False) -> Outcome:
+def queue(lab: Lab, *, flush: bool = False, as_json: bool = False) -> MailCommandResult:
     host = mta_host(lab)
     cmd = [*QUEUE, *(["--flush"] if flush else []), *(["--json"] if as_json else [])]
     return _outcome(host, lab.exec(host.name, cmd))
 
 
-def parse_json(outcome: Outcome) -> Any:
+def parse_json(outcome: MailCommandResult) -> Any:
     try:
         return json.loads(outcome.output)
     except json.JSONDecodeError as exc:

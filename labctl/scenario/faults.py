@@ -15,27 +15,20 @@ there, and a scenario asking for it fails with a message saying so rather than p
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 from labctl import zonefiles
 from labctl.backend import EngineError
 from labctl.scenario import model as m
-from labctl.scenario.steps import Context, StepFailed
+from labctl.scenario.context import Context, StepFailed
 
 COMMENT = ["-m", "comment", "--comment", "maillab-fault"]
 ZONES_DIR = "/etc/maillab/zones"
 DNS_RELOAD_TIMEOUT = 10.0  # seconds for the name server to serve the new serial
 TBF_BURST = "32kbit"  # tbf needs a bucket; a few packets' worth keeps the rate honest
 TBF_LATENCY = "2s"  # how long a packet may wait for tokens before tbf drops it
-
-
-def run_fault(ctx: Context, fault: m.Fault) -> str:
-    if isinstance(fault, m.HostFault):
-        return _host(ctx, fault)
-    if isinstance(fault, m.Shape):
-        return _shape(ctx, fault)
-    if isinstance(fault, m.Block):
-        return _block(ctx, fault)
-    return _dns(ctx, fault)
 
 
 def _sh(ctx: Context, host: str, cmd: list[str], what: str) -> str:
@@ -48,29 +41,36 @@ def _sh(ctx: Context, host: str, cmd: list[str], what: str) -> str:
 # -- hosts -----------------------------------------------------------------------------------------
 
 
-def _host(ctx: Context, fault: m.HostFault) -> str:
-    lab, host = ctx.lab, fault.host
-    if fault.action == "stop":
-        return f"{host} is {lab.stop(host).state}"
-    if fault.action == "kill":
-        return f"{host} is {lab.kill(host).state}"
-    if fault.action == "start":
-        return f"{host} is {lab.start(host).state} and its services answer"
-    if fault.action == "restart":
-        lab.stop(host)
-        ctx.undo.pop(host, None)  # a new start has a clean network namespace state
-        return f"{host} is {lab.start(host).state} again and its services answer"
-    if fault.action == "unshape":
-        return _unshape(ctx, host)
-    spec = ctx.topology.host(host)
-    if fault.action == "disconnect":
-        try:
-            lab.disconnect(host)
-        except EngineError as exc:
-            raise StepFailed(f"{host} cut off the lab network", str(exc)) from exc
-        return f"{host} is cut off the lab network (its cable is pulled)"
+def _stop(ctx: Context, host: str) -> str:
+    return f"{host} is {ctx.lab.stop(host).state}"
+
+
+def _kill(ctx: Context, host: str) -> str:
+    return f"{host} is {ctx.lab.kill(host).state}"
+
+
+def _start(ctx: Context, host: str) -> str:
+    return f"{host} is {ctx.lab.start(host).state} and its services answer"
+
+
+def _restart(ctx: Context, host: str) -> str:
+    ctx.lab.stop(host)
+    ctx.undo.pop(host, None)  # a new start has a clean network namespace state
+    return f"{host} is {ctx.lab.start(host).state} again and its services answer"
+
+
+def _disconnect(ctx: Context, host: str) -> str:
     try:
-        lab.reconnect(host)
+        ctx.lab.disconnect(host)
+    except EngineError as exc:
+        raise StepFailed(f"{host} cut off the lab network", str(exc)) from exc
+    return f"{host} is cut off the lab network (its cable is pulled)"
+
+
+def _reconnect(ctx: Context, host: str) -> str:
+    spec = ctx.topology.host(host)
+    try:
+        ctx.lab.reconnect(host)
     except EngineError as exc:
         raise StepFailed(f"{host} back on the lab network", str(exc)) from exc
     # Connecting gives the host Docker's default route and resolver again: seal it as its role does.
@@ -79,56 +79,107 @@ def _host(ctx: Context, fault: m.HostFault) -> str:
     return f"{host} is back on the lab network at {spec.address}"
 
 
-def _interface(ctx: Context, host: str) -> str:
-    """The host's interface on the lab network (eth0 unless it was reconnected)."""
-    address = ipaddress.IPv4Address(ctx.topology.host(host).address)
-    for line in _sh(ctx, host, ["ip", "-o", "-4", "addr", "show"], f"{host}'s interfaces").splitlines():
+def interface_with(addresses: str, address: ipaddress.IPv4Address) -> str | None:
+    """The interface holding ``address`` in ``ip -o -4 addr show`` output ("2: eth0@if9 inet 10.0.0.5/24 ...")."""
+    for line in addresses.splitlines():
         fields = line.split()
         if "inet" in fields and ipaddress.IPv4Interface(fields[fields.index("inet") + 1]).ip == address:
             return fields[1].split("@")[0]
-    raise StepFailed(f"{host} on the lab network at {address}", "no interface with that address (disconnected?)")
+    return None
+
+
+def _interface(ctx: Context, host: str) -> str:
+    """The host's interface on the lab network (eth0 unless it was reconnected)."""
+    address = ipaddress.IPv4Address(ctx.topology.host(host).address)
+    found = interface_with(_sh(ctx, host, ["ip", "-o", "-4", "addr", "show"], f"{host}'s interfaces"), address)
+    if found is None:
+        raise StepFailed(f"{host} on the lab network at {address}", "no interface with that address (disconnected?)")
+    return found
 
 
 # -- link shaping ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Command:
+    """One command of a fault, run on the faulty host, and the one that takes it back."""
+
+    argv: list[str]
+    undo: list[str]
+    what: str  # what it does, for the error when it fails: "a 10% loss rule on mx1"
+    effect: str  # what it did, for the report
+
+
+@dataclass(frozen=True)
+class ShapePlan:
+    commands: tuple[Command, ...]  # run in order on the host
+    summary: str  # the step's result once they all ran
+
+
+def shape_plan(fault: m.Shape, dev: str, *, netem: bool) -> ShapePlan:
+    """The commands shaping ``dev`` on ``fault.host``: one netem qdisc, or, where the kernel has no
+    netem, an iptables ``statistic`` drop rule for loss and a ``tbf`` qdisc for rate. A delay has
+    no substitute without netem: StepFailed saying so."""
+    host = fault.host
+    clear = ["tc", "qdisc", "del", "dev", dev, "root"]
+    if netem:
+        args: list[str] = []
+        if fault.delay_ms:
+            args += ["delay", f"{fault.delay_ms:g}ms"]
+        if fault.loss_percent:
+            args += ["loss", f"{fault.loss_percent:g}%"]
+        if fault.rate_kbit:
+            args += ["rate", f"{fault.rate_kbit:g}kbit"]
+        effect = " ".join(args)
+        command = Command(["tc", "qdisc", "replace", "dev", dev, "root", "netem", *args], clear,
+                          f"netem on {host}", effect)
+        return ShapePlan((command,), f"netem on {host} {dev}: {effect}")
+    if fault.delay_ms:
+        raise StepFailed(f"a {fault.delay_ms:g} ms delay on {host}'s link",
+                         "this kernel has no netem (sch_netem), the only way to delay packets; loss and rate "
+                         "work without it: drop the delay from the scenario or run it where netem exists")
+    commands = []
+    if fault.loss_percent:
+        # Dropping that share of the arriving packets: the sender retransmits, as on a lossy wire.
+        rule = ["INPUT", "-i", dev, "-m", "statistic", "--mode", "random", "--probability",
+                f"{fault.loss_percent / 100:.4f}", *COMMENT, "-j", "DROP"]
+        commands.append(Command(["iptables", "-A", *rule], ["iptables", "-D", *rule],
+                                f"a {fault.loss_percent:g}% loss rule on {host}",
+                                f"{fault.loss_percent:g}% of arriving packets dropped (iptables statistic)"))
+    if fault.rate_kbit:
+        tbf = ["tc", "qdisc", "replace", "dev", dev, "root", "tbf", "rate", f"{fault.rate_kbit:g}kbit",
+               "burst", TBF_BURST, "latency", TBF_LATENCY]
+        commands.append(Command(tbf, clear, f"a rate limit on {host}",
+                                f"sending limited to {fault.rate_kbit:g} kbit/s (tbf)"))
+    summary = f"{host} {dev}: " + "; ".join(c.effect for c in commands) + " (no netem in this kernel)"
+    return ShapePlan(tuple(commands), summary)
+
+
+def netem_missing(stderr: str) -> bool:
+    """Whether tc refused a netem qdisc because the kernel has none ("Specified qdisc kind is unknown")."""
+    return "unknown" in stderr.lower()
 
 
 def _shape(ctx: Context, fault: m.Shape) -> str:
     host = fault.host
     _unshape(ctx, host)
     dev = _interface(ctx, host)
-    netem = ["tc", "qdisc", "replace", "dev", dev, "root", "netem"]
-    if fault.delay_ms:
-        netem += ["delay", f"{fault.delay_ms:g}ms"]
-    if fault.loss_percent:
-        netem += ["loss", f"{fault.loss_percent:g}%"]
-    if fault.rate_kbit:
-        netem += ["rate", f"{fault.rate_kbit:g}kbit"]
-    tried = ctx.lab.exec(host, netem)
+    plan = shape_plan(fault, dev, netem=True)
+    (netem,) = plan.commands
+    tried = ctx.lab.exec(host, netem.argv)
     if tried.exit_code == 0:
-        ctx.undo[host] = [["tc", "qdisc", "del", "dev", dev, "root"]]
-        return f"netem on {host} {dev}: {' '.join(netem[7:])}"
+        ctx.undo[host] = [netem.undo]
+        return plan.summary
     error = tried.stderr.decode("utf-8", "replace").strip()
-    if "unknown" not in error.lower():
-        raise StepFailed(f"netem on {host}", error)
-    if fault.delay_ms:
-        raise StepFailed(f"a {fault.delay_ms:g} ms delay on {host}'s link",
-                         "this kernel has no netem (sch_netem), the only way to delay packets; loss and rate "
-                         "work without it: drop the delay from the scenario or run it where netem exists")
+    if not netem_missing(error):
+        raise StepFailed(netem.what, error)
+    plan = shape_plan(fault, dev, netem=False)
     undo: list[list[str]] = []
-    done = []
-    if fault.loss_percent:
-        rule = ["INPUT", "-i", dev, "-m", "statistic", "--mode", "random", "--probability",
-                f"{fault.loss_percent / 100:.4f}", *COMMENT, "-j", "DROP"]
-        _sh(ctx, host, ["iptables", "-A", *rule], f"a {fault.loss_percent:g}% loss rule on {host}")
-        undo.append(["iptables", "-D", *rule])
-        done.append(f"{fault.loss_percent:g}% of arriving packets dropped (iptables statistic)")
-    if fault.rate_kbit:
-        _sh(ctx, host, ["tc", "qdisc", "replace", "dev", dev, "root", "tbf", "rate", f"{fault.rate_kbit:g}kbit",
-                        "burst", TBF_BURST, "latency", TBF_LATENCY], f"a rate limit on {host}")
-        undo.append(["tc", "qdisc", "del", "dev", dev, "root"])
-        done.append(f"sending limited to {fault.rate_kbit:g} kbit/s (tbf)")
+    for command in plan.commands:
+        _sh(ctx, host, command.argv, command.what)
+        undo.append(command.undo)
     ctx.undo[host] = undo
-    return f"{host} {dev}: " + "; ".join(done) + " (no netem in this kernel)"
+    return plan.summary
 
 
 def _unshape(ctx: Context, host: str) -> str:
@@ -138,18 +189,40 @@ def _unshape(ctx: Context, host: str) -> str:
     return f"{host}'s link is back to normal" if commands else f"{host}'s link was not shaped"
 
 
+# What each host fault does to its host, by the action named in the scenario.
+HOST_FAULTS: Mapping[str, Callable[[Context, str], str]] = {
+    "stop": _stop,
+    "start": _start,
+    "kill": _kill,
+    "restart": _restart,
+    "disconnect": _disconnect,
+    "reconnect": _reconnect,
+    "unshape": _unshape,
+}
+
+
+def _host(ctx: Context, fault: m.HostFault) -> str:
+    return HOST_FAULTS[fault.action](ctx, fault.host)
+
+
+# -- ports -----------------------------------------------------------------------------------------
+
+
+def block_rules(port: int) -> Mapping[str, list[str]]:
+    """The iptables rule (without -I/-D) for each way of blocking TCP ``port``: refuse, drop."""
+    rule = ["INPUT", "-p", "tcp", "--dport", str(port), *COMMENT, "-j"]
+    return {"refuse": [*rule, "REJECT", "--reject-with", "tcp-reset"], "drop": [*rule, "DROP"]}
+
+
 def _block(ctx: Context, fault: m.Block) -> str:
-    rule = ["INPUT", "-p", "tcp", "--dport", str(fault.port), *COMMENT, "-j"]
-    refuse = [*rule, "REJECT", "--reject-with", "tcp-reset"]
-    drop = [*rule, "DROP"]
+    rules = block_rules(fault.port)
     if fault.undo:
         removed = 0
-        for spec in (refuse, drop):
+        for spec in rules.values():
             while ctx.lab.exec(fault.host, ["iptables", "-D", *spec]).exit_code == 0:
                 removed += 1
         return f"port {fault.port} on {fault.host} open again ({removed} rule(s) removed)"
-    _sh(ctx, fault.host, ["iptables", "-I", *(refuse if fault.how == "refuse" else drop)],
-        f"port {fault.port} blocked on {fault.host}")
+    _sh(ctx, fault.host, ["iptables", "-I", *rules[fault.how]], f"port {fault.port} blocked on {fault.host}")
     effect = "refused (TCP reset)" if fault.how == "refuse" else "silently dropped"
     return f"connections to {fault.host}:{fault.port} are {effect}"
 
@@ -178,3 +251,12 @@ def _dns(ctx: Context, fault: m.DnsChange) -> str:
         ctx.sleep(0.2)
     logs = b"".join(lab.logs(ns.name, tail=5)).decode("utf-8", "replace").strip()
     raise StepFailed(f"the name server to reload with serial {serial}", f"SOA {seen or 'no answer'}; its log: {logs}")
+
+
+# What each kind of fault does, by its type in the model (the runner's action table includes it).
+FAULTS: Mapping[type[m.Fault], Callable[[Context, Any], str]] = {
+    m.HostFault: _host,
+    m.Shape: _shape,
+    m.Block: _block,
+    m.DnsChange: _dns,
+}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,6 @@ from labctl.topology import Topology
 from labctl.yamlsource import Document, PathKey
 
 TOP_KEYS = ("name", "description", "goal", "topology", "steps")
-STEP_KINDS = ("send", "fetch", "smtp", "pop3", "wait", "fault", "expect")
 STEP_EXTRA_KEYS = ("name", "note")
 SEND_KEYS = ("from", "to", "subject", "body", "attach", "submission")
 ATTACH_KEYS = ("name", "text", "bytes", "file")
@@ -215,7 +214,7 @@ class _Parser:
             raise self.fail(at, f"a step does exactly one thing: one of {', '.join(STEP_KINDS)}, not {found}")
         kind = kinds[0]
         where = at + (kind,)
-        action, title = getattr(self, f"step_{kind}")(value[kind], where)
+        action, title = STEP_PARSERS[kind](self, value[kind], where)
         if "name" in value:
             title = self.text(value["name"], at + ("name",), "name").strip()
         note = self.text(value["note"], at + ("note",), "note").strip() if "note" in value else ""
@@ -521,6 +520,19 @@ class _Parser:
                 target = self.host(self.require(s, w, "to", kind), w + ("to",))
                 facts.append(m.Connected(source, target, self.port(s.get("port", 25), w + ("port",))))
         return m.TrafficExpect(tuple(facts))
+
+
+# Each step kind of a scenario file and the method reading it, in the order error messages list them.
+STEP_PARSERS: Mapping[str, Callable[[_Parser, Any, PathKey], tuple[m.Action, str]]] = {
+    "send": _Parser.step_send,
+    "fetch": _Parser.step_fetch,
+    "smtp": _Parser.step_smtp,
+    "pop3": _Parser.step_pop3,
+    "wait": _Parser.step_wait,
+    "fault": _Parser.step_fault,
+    "expect": _Parser.step_expect,
+}
+STEP_KINDS = tuple(STEP_PARSERS)
 
 
 def _about(subject: str | None) -> str:

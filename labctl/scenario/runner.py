@@ -16,6 +16,7 @@ import re
 import time
 import traceback
 import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -25,20 +26,9 @@ from labctl.errors import LabctlError
 from labctl.events import Reporter, ignore
 from labctl.image import ImageBuilder
 from labctl.lab import Lab
-from labctl.scenario import facts
+from labctl.scenario import facts, faults, steps
 from labctl.scenario import model as m
-from labctl.scenario.faults import run_fault
-from labctl.scenario.steps import (
-    Context,
-    StepFailed,
-    check_bounce,
-    check_mailbox,
-    check_queue,
-    run_dialogue,
-    run_fetch,
-    run_send,
-    run_wait,
-)
+from labctl.scenario.context import Context, StepFailed
 
 PASSED, FAILED, ERROR, SKIPPED = "passed", "failed", "error", "skipped"
 
@@ -120,6 +110,30 @@ def _place(scenario: m.Scenario, step: m.Step) -> str:
     return f"{scenario.source.name}:{step.line}" if step.line else scenario.source.name
 
 
+def _expect(ctx: Context, action: m.Expect) -> str:
+    return "; ".join(EXPECTATIONS[type(check)](ctx, check) for check in action.checks)
+
+
+# What each check of an expect step does, by its type in the model.
+EXPECTATIONS: Mapping[type[m.Expectation], Callable[[Context, Any], str]] = {
+    m.MailboxExpect: steps.check_mailbox,
+    m.QueueExpect: steps.check_queue,
+    m.Bounced: steps.check_bounce,
+    m.TrafficExpect: facts.check,
+}
+
+# What each step does, by the type of its action in the model (faults: the table of faults.py);
+# the step's result is what it returns.
+ACTIONS: Mapping[type[m.Action], Callable[[Context, Any], str]] = dict([
+    (m.Send, steps.run_send),
+    (m.Fetch, steps.run_fetch),
+    (m.Dialogue, steps.run_dialogue),
+    (m.Wait, steps.run_wait),
+    (m.Expect, _expect),
+    *faults.FAULTS.items(),
+])
+
+
 class Runner:
     def __init__(self, engine: Engine, *, progress: Progress | None = None, report_dir: Path | None = None,
                  keep: bool = False, reporter: Reporter = ignore, image: str | None = None) -> None:
@@ -198,7 +212,7 @@ class Runner:
         started = time.monotonic()
         ctx.transcript = []
         try:
-            out.detail = self._act(ctx, step.action)
+            out.detail = ACTIONS[type(step.action)](ctx, step.action)
             out.status = PASSED
         except StepFailed as exc:
             out.status, out.expected, out.seen = FAILED, exc.expected, exc.seen
@@ -208,29 +222,6 @@ class Runner:
         out.transcript = list(ctx.transcript)
         self.progress.step_finished(step, out)
         return out.status == PASSED
-
-    def _act(self, ctx: Context, action: m.Action) -> str:
-        if isinstance(action, m.Send):
-            return run_send(ctx, action)
-        if isinstance(action, m.Fetch):
-            return run_fetch(ctx, action)
-        if isinstance(action, m.Dialogue):
-            return run_dialogue(ctx, action)
-        if isinstance(action, m.Wait):
-            return run_wait(ctx, action)
-        if isinstance(action, m.Expect):
-            seen = []
-            for check in action.checks:
-                if isinstance(check, m.MailboxExpect):
-                    seen.append(check_mailbox(ctx, check))
-                elif isinstance(check, m.QueueExpect):
-                    seen.append(check_queue(ctx, check))
-                elif isinstance(check, m.Bounced):
-                    seen.append(check_bounce(ctx, check))
-                else:
-                    seen.append(facts.check(ctx, check))
-            return "; ".join(seen)
-        return run_fault(ctx, action)
 
     # -- the report ---------------------------------------------------------------------------
 

@@ -34,7 +34,9 @@ class Plan:
 
 
 @dataclass(frozen=True)
-class Outcome:
+class FetchResult:
+    """What a fetch did: the messages it stored locally, and the server's mailbox around it."""
+
     fetched: list[str]  # Maildir keys of the new messages
     on_server: int
     deleted: int
@@ -76,7 +78,7 @@ def account_key(user: str, host: str, port: int) -> str:
 
 
 def fetch(host: str, port: int, user: str, password: str, store: LocalMailbox, *,
-          delete: bool = False, timeout: float = TIMEOUT) -> Outcome:
+          delete: bool = False, timeout: float = TIMEOUT) -> FetchResult:
     where = f"{host}:{port}"
     try:
         pop = poplib.POP3(host, port, timeout=timeout)
@@ -98,7 +100,7 @@ def fetch(host: str, port: int, user: str, password: str, store: LocalMailbox, *
 
 
 def _session(pop: poplib.POP3, where: str, account: str, user: str, password: str, store: LocalMailbox,
-             delete: bool) -> Outcome:
+             delete: bool) -> FetchResult:
     try:
         pop.user(user)
         pop.pass_(password)
@@ -137,4 +139,4 @@ def _session(pop: poplib.POP3, where: str, account: str, user: str, password: st
     except poplib.error_proto as exc:
         raise FetchError(f"{where} could not finish the session: {_words(exc)}; the messages are "
                          "stored locally, and some may still be on the server") from exc
-    return Outcome(fetched=keys, on_server=len(listing), deleted=len(todo.delete))
+    return FetchResult(fetched=keys, on_server=len(listing), deleted=len(todo.delete))

@@ -1,0 +1,218 @@
+"""Judging what a look at the lab showed against what the scenario expects: pure functions.
+
+Each function takes a condition or an expectation of :mod:`labctl.scenario.model` and the views
+:mod:`labctl.scenario.observe` read from the lab, and returns a :class:`Verdict`: whether it holds,
+what was expected and what was seen, in the words the report shows. No lab, no exec, no clock:
+``tests/unit/test_scenario_judge.py`` checks them on hand-made views.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from labctl.scenario import model as m
+from labctl.scenario.observe import MessageView, QueuedMessage, QueuedRecipient, TalkLine
+
+SUMMARY_SHOWN = 6  # subjects listed when a mailbox is summarised
+
+
+@dataclass(frozen=True)
+class Verdict:
+    ok: bool
+    expected: str
+    seen: str  # on success, what the report says the step found
+
+
+def _passed(expected: str, seen: str) -> Verdict:
+    return Verdict(True, expected, seen)
+
+
+def _failed(expected: str, seen: str) -> Verdict:
+    return Verdict(False, expected, seen)
+
+
+# -- mailboxes and queues, in words ----------------------------------------------------------------
+
+
+def summary(messages: Sequence[MessageView]) -> str:
+    if not messages:
+        return "no messages"
+    shown = ", ".join(repr(x.subject) for x in messages[:SUMMARY_SHOWN])
+    return f"{len(messages)} message(s): {shown}{', ...' if len(messages) > SUMMARY_SHOWN else ''}"
+
+
+def _queue_listing(entries: Sequence[QueuedMessage]) -> list[str]:
+    return [f"{e.id} to {', '.join(r.address for r in e.recipients)}" for e in entries]
+
+
+def _recipients(entries: Sequence[QueuedMessage], address: str | None) -> list[QueuedRecipient]:
+    return [r for e in entries for r in e.recipients if address and r.address.lower() == address.lower()]
+
+
+def _matching(messages: Sequence[MessageView], subject_part: str | None) -> list[MessageView]:
+    return [x for x in messages if subject_part is None or subject_part in x.subject]
+
+
+def describe(cond: m.Condition) -> str:
+    match cond:
+        case m.Delivered(to=to, subject=subj, count=count):
+            return f"{count} message(s){f' with {subj!r}' if subj else ''} delivered to {to}"
+        case m.Queued(host=host, to=to, attempts=attempts):
+            return f"{to} pending in {host}'s queue after at least {attempts} attempt(s)"
+        case m.Bounced(to=to, about=about, status=status):
+            return f"a bounce to {to}" + (f" about {about}" if about else "") + (f" with {status}" if status else "")
+        case m.QueueEmpty(host=host):
+            return f"{host}'s queue empty"
+    return "time to pass"
+
+
+# -- conditions (what a wait waits for; a bounce is also an expectation) ---------------------------
+
+
+def delivered(cond: m.Delivered, mailbox: Sequence[MessageView]) -> Verdict:
+    hits = _matching([x for x in mailbox if not x.is_bounce], cond.subject)
+    return Verdict(len(hits) >= cond.count, describe(cond), f"{cond.to}'s mailbox holds {summary(mailbox)}")
+
+
+def queued(cond: m.Queued, entries: Sequence[QueuedMessage]) -> Verdict:
+    rcpts = _recipients(entries, cond.to)
+    ok = any(r.status == "pending" and r.attempts >= cond.attempts for r in rcpts)
+    seen = "; ".join(f"{r.address} {r.status} after {r.attempts} attempt(s)"
+                     + (f", last error: {r.last_error}" if r.last_error else "") for r in rcpts)
+    return Verdict(ok, describe(cond),
+                   seen or f"{cond.to} is not in {cond.host}'s queue ({len(entries)} message(s) queued)")
+
+
+def bounced(cond: m.Bounced, mailbox: Sequence[MessageView]) -> Verdict:
+    bounces = [x for x in mailbox if x.is_bounce and _bounce_matches(x, cond)]
+    reports = [f"{f.get('Final-Recipient', '?')} {f.get('Status', '?')}" for x in mailbox for f in x.delivery_status]
+    seen = f"{cond.to}'s mailbox holds {summary(mailbox)}"
+    return Verdict(bool(bounces), describe(cond), seen + (f"; bounce reports: {', '.join(reports)}" if reports else ""))
+
+
+def _bounce_matches(message: MessageView, cond: m.Bounced) -> bool:
+    """Does the report name ``cond.about`` as a failed recipient, with ``cond.status``?"""
+    for fields in message.delivery_status:
+        recipient = fields.get("Final-Recipient", "").rpartition(";")[2].strip().lower()
+        if cond.about is not None and recipient != cond.about.lower():
+            continue
+        if cond.status is None or fields.get("Status", "").strip() == cond.status:
+            return True
+    return False
+
+
+def queue_empty(cond: m.QueueEmpty, entries: Sequence[QueuedMessage]) -> Verdict:
+    left = _queue_listing(entries)
+    seen = f"{cond.host}'s queue holds " + ("; ".join(left) if left else "nothing")
+    return Verdict(not entries, describe(cond), seen)
+
+
+# -- expectations ----------------------------------------------------------------------------------
+
+
+def mailbox(exp: m.MailboxExpect, found: Sequence[MessageView]) -> Verdict:
+    where = f"{exp.user}'s {'local ' if exp.on == 'client' else ''}mailbox"
+    hits = [x for x in _matching(found, exp.subject)
+            if exp.sender is None or exp.sender.lower() in next(iter(x.header("From")), "").lower()]
+    wanted = (f"messages{f' with subject containing {exp.subject!r}' if exp.subject else ''}"
+              f"{f' from {exp.sender}' if exp.sender else ''} in {where}")
+    if exp.count is not None and len(hits) != exp.count:
+        return _failed(f"{exp.count} {wanted}", f"{len(hits)}; the mailbox holds {summary(found)}")
+    if exp.count is None and not hits:
+        return _failed(f"at least one of the {wanted}", f"none; the mailbox holds {summary(found)}")
+    for x in hits:
+        failed = _message(exp, x)
+        if failed is not None:
+            return failed
+    return _passed(wanted, f"{len(hits)} matching message(s) in {where}")
+
+
+def _message(exp: m.MailboxExpect, x: MessageView) -> Verdict | None:
+    """The first thing ``exp`` wants of each matching message that ``x`` lacks."""
+    label = f"message {x.subject!r}"
+    for name, pattern in exp.headers:
+        values = x.header(name)
+        if not any(pattern.search(v) for v in values):
+            return _failed(f"a {name} header matching /{pattern.pattern}/ in {label}",
+                           f"{name}: {values}" if values else f"no {name} header")
+    if exp.body is not None and not exp.body.search(x.text):
+        return _failed(f"text matching /{exp.body.pattern}/ in {label}", repr(x.text[:300]))
+    if exp.received_via:
+        chain = received_chain(x, exp.received_via, label)
+        if not chain.ok:
+            return chain
+    names = x.attachments
+    missing = [a for a in exp.attachments if a not in names]
+    if missing:
+        return _failed(f"attachment(s) {', '.join(missing)} in {label}",
+                       f"attachments: {', '.join(names) if names else 'none'}")
+    return None
+
+
+def received_chain(message: MessageView, via: Sequence[str], label: str) -> Verdict:
+    """Each host of ``via`` added a Received header ("by HOST"), in that order, oldest hop first."""
+    chain = list(reversed(message.header("Received")))  # a header is prepended at each hop (RFC 5321 §4.4)
+    hops = [_by(r) for r in chain]
+    expected = f"a Received chain through {' -> '.join(via)} in {label}"
+    seen = "hops (oldest first): " + (" -> ".join(h or "?" for h in hops) or "none")
+    position = 0
+    for host in via:
+        try:
+            position = hops.index(host, position) + 1
+        except ValueError:
+            return _failed(expected, seen)
+    return _passed(expected, seen)
+
+
+_BY = re.compile(r"\bby\s+([^\s;()]+)", re.IGNORECASE)
+
+
+def _by(received: str) -> str:
+    found = _BY.search(received)
+    return found[1].lower().rstrip(".") if found else ""
+
+
+def queue(exp: m.QueueExpect, entries: Sequence[QueuedMessage]) -> Verdict:
+    if exp.empty is not None:
+        if exp.empty and entries:
+            return _failed(f"{exp.host}'s queue empty", "; ".join(_queue_listing(entries)))
+        if not exp.empty and not entries:
+            return _failed(f"mail in {exp.host}'s queue", "an empty queue")
+        return _passed(f"{exp.host}'s queue {'empty' if exp.empty else 'holding mail'}",
+                       f"{exp.host}'s queue holds {len(entries)} message(s)")
+    rcpts = _recipients(entries, exp.to)
+    seen = "; ".join(f"{r.status} after {r.attempts} attempt(s), last error: {r.last_error or 'none'}"
+                     for r in rcpts) or f"{exp.to} not in {exp.host}'s queue"
+    wanted = [f"status {exp.status}" if exp.status else "", f"at least {exp.attempts} attempt(s)"
+              if exp.attempts is not None else "", f"an error matching /{exp.error.pattern}/" if exp.error else ""]
+    detail = ", ".join(w for w in wanted if w)
+    expected = f"{exp.to} in {exp.host}'s queue" + (f" with {detail}" if detail else "")
+    for r in rcpts:
+        if exp.status is not None and r.status != exp.status:
+            continue
+        if exp.attempts is not None and r.attempts < exp.attempts:
+            continue
+        if exp.error is not None and not exp.error.search(r.last_error or ""):
+            continue
+        return _passed(expected, seen)
+    return _failed(expected, seen)
+
+
+def dialogue(step: m.Dialogue, log: Sequence[TalkLine]) -> Verdict:
+    """Each reply of a raw dialogue against its exchange's ``expect`` (a prefix) and ``match``."""
+    replies = log if step.exchanges[0].send is None else log[1:]
+    for i, ex in enumerate(step.exchanges):
+        sent = f"after {ex.send.splitlines()[0]!r}" if ex.send else "as the greeting"
+        where = f" (line {ex.line})" if ex.line else ""
+        if i >= len(replies) or (not replies[i].reply and replies[i].error):
+            reason = next((e.error for e in log if e.error), "the server closed the connection")
+            return _failed(f"a reply {sent}{where}", reason)
+        reply = replies[i].reply
+        first = reply.split("\r\n", 1)[0].rstrip("\r\n")
+        if ex.expect is not None and not first.startswith(ex.expect):
+            return _failed(f"{ex.expect!r} {sent}{where}", repr(first) if first else "no reply (connection closed)")
+        if ex.match is not None and not ex.match.search(reply.replace("\r\n", "\n")):
+            return _failed(f"a reply matching /{ex.match.pattern}/ {sent}{where}", repr(first))
+    return _passed(f"{len(step.exchanges)} replies as expected", f"{len(step.exchanges)} replies as expected")
