@@ -88,7 +88,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     image = ", ".join(images.values())
     hosts = lab.up(topo, images, subnet=args.subnet)
     out.print(_hosts_table(hosts, f"lab {lab.name} is up ({time.monotonic() - started:.1f} s, image {image})"))
-    shell_host = next((h.name for h in hosts if h.role == "mua"), hosts[0].name)
+    shell_host = next((h.name for h in hosts if h.kind == "mua"), hosts[0].name)
     out.print(f"Try: [bold]labctl shell {shell_host}[/]" + (f" --lab {lab.name}" if lab.name != DEFAULT_LAB else "")
               + ", then `dig MX stevenchoy.example` or `telnet smtp.ouhk.example 25`")
     return 0
@@ -205,7 +205,7 @@ def _live_capture(args: argparse.Namespace) -> tuple[dict[str, list[bytes]], lis
         raise LabNotRunning(f"{exc}, or read a saved capture with --pcap FILE") from exc
     from labctl.capture import Capture
 
-    return Capture(lab).sources(), [(h.name, h.fqdn, h.role, h.address) for h in hosts]
+    return Capture(lab).sources(), [(h.name, h.fqdn, h.kind, h.address) for h in hosts]
 
 
 def _live_feed(args: argparse.Namespace) -> tuple[Callable[[], dict[str, list[bytes]]], list[traffic_cli.HostInfo]]:
@@ -214,7 +214,7 @@ def _live_feed(args: argparse.Namespace) -> tuple[Callable[[], dict[str, list[by
     hosts = lab.hosts()
     from labctl.capture import CaptureTail
 
-    return CaptureTail(lab).poll, [(h.name, h.fqdn, h.role, h.address) for h in hosts]
+    return CaptureTail(lab).poll, [(h.name, h.fqdn, h.kind, h.address) for h in hosts]
 
 
 def _size(octets: int) -> str:

@@ -144,7 +144,8 @@ class _Parser:
         if "@" not in text:
             raise self.r.fail(at, f"{text!r} is not a mail address (user@domain) or a MUA host name")
         if account and text.lower() not in accounts:
-            raise self.r.fail(at, f"{text!r} is not an account of this lab; valid choices: {', '.join(sorted(accounts))}")
+            raise self.r.fail(at, f"{text!r} is not an account of this lab; valid choices: "
+                                  f"{', '.join(sorted(accounts))}")
         return text
 
     def addresses(self, value: Any, at: PathKey) -> tuple[str, ...]:
@@ -471,7 +472,8 @@ class _Parser:
         attempts = self.count(s["attempts"], at + ("attempts",), "attempts") if "attempts" in s else None
         error = self.pattern(s["error"], at + ("error",), "error") if "error" in s else None
         if empty is None and to is None:
-            raise self.r.fail(at, "say what the queue holds: empty: true, or to: ADDRESS (with status, attempts, error)")
+            raise self.r.fail(at, "say what the queue holds: empty: true, or to: ADDRESS "
+                                  "(with status, attempts, error)")
         if empty and (to or status or attempts is not None or error):
             raise self.r.fail(at, "an empty queue holds no recipient; drop empty: or the recipient checks")
         return m.QueueExpect(host, empty, to, status, attempts, error)

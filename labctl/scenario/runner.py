@@ -196,7 +196,7 @@ class Runner:
         hosts = lab.up(topo, self.image())
         # The lab may have moved to a free subnet (another lab holds the topology's): every host
         # keeps its host number, so the name server's address tells where the lab is.
-        ns = next(h for h in hosts if h.role == "dns")
+        ns = next(h for h in hosts if h.kind == "dns")
         offset = int(ipaddress.IPv4Address(ns.address)) - int(topo.nameserver.address)
         subnet = ipaddress.IPv4Network((int(topo.subnet.network_address) + offset, topo.subnet.prefixlen))
         return Context(lab, topo.with_subnet(subnet))

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from labctl.errors import SourceError
-from labctl.topology.model import DNS, MTA, MUA, MUA_ENV, MX, DomainSpec, HostSpec, Topology
+from labctl.topology.model import DNS, MTA, MUA, MUA_ENV, MX, DomainSpec, Topology
 from labctl.yamlsource import PathKey
 
 # ("lab",) | ("domain", NAME, KEY) | ("host", NAME, KEY | ""): what a problem is about, in the
