@@ -123,7 +123,7 @@ class _Parser:
                 return h.name
         kind = f" {'/'.join(kinds)}" if kinds else ""
         raise self.r.fail(at, f"{name!r} is not a{kind} host of this lab; valid choices: "
-                              f"{', '.join(h.name for h in candidates)}")
+                          f"{', '.join(h.name for h in candidates)}")
 
     def mua(self, value: Any, at: PathKey) -> str:
         """A MUA host by name, FQDN or its user's address; returns the host name."""

@@ -42,6 +42,7 @@ from labctl.scenario.steps import (
     run_send,
     run_wait,
 )
+from labctl.topology import Topology
 
 PASSED, FAILED, ERROR, SKIPPED = "passed", "failed", "error", "skipped"
 
@@ -132,12 +133,18 @@ class Runner:
         self.keep = keep
         self.reporter = reporter
         self._image = image
+        self._images: dict[str, str] = {}  # image name (topology.IMAGES) -> tag, built once per run
         self.interrupted = False  # set by a Ctrl-C inside run(): the caller runs no more scenarios
 
-    def image(self) -> str:
-        if self._image is None:
-            self._image = ImageBuilder(self.client, self.reporter).ensure()
-        return self._image
+    def images(self, topo: Topology) -> str | dict[str, str]:
+        """The images ``topo``'s hosts run: the lab image, and the reference image when a host of
+        the scenario's lab runs a reference peer (``swap: {mail: postfix-mx}``), as `labctl up` does."""
+        if self._image is not None:
+            return self._image
+        wanted = {h.image for h in topo.hosts}
+        if not self._images or not wanted <= self._images.keys():
+            self._images.update(ImageBuilder(self.client, self.reporter).images(wanted))
+        return dict(self._images)
 
     def run(self, scenario: m.Scenario) -> ScenarioResult:
         lab = Lab(self.client, lab_name(scenario), self.reporter)
@@ -193,7 +200,7 @@ class Runner:
 
     def _bring_up(self, lab: Lab, scenario: m.Scenario) -> Context:
         topo = scenario.topology
-        hosts = lab.up(topo, self.image())
+        hosts = lab.up(topo, self.images(topo))
         # The lab may have moved to a free subnet (another lab holds the topology's): every host
         # keeps its host number, so the name server's address tells where the lab is.
         ns = next(h for h in hosts if h.kind == "dns")
