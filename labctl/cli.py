@@ -84,12 +84,23 @@ def cmd_up(args: argparse.Namespace) -> int:
     images = ImageBuilder(lab.engine, lab.report).images({h.image for h in topo.hosts}, base=args.base,
                                                           mirror=args.mirror)
     image = ", ".join(images.values())
-    hosts = lab.up(topo, images, subnet=args.subnet).hosts
-    out.print(_hosts_table(hosts, f"lab {lab.name} is up ({time.monotonic() - started:.1f} s, image {image})"))
-    shell_host = next((h.name for h in hosts if h.role == "mua"), hosts[0].name)
-    out.print(f"Try: [bold]labctl shell {shell_host}[/]" + (f" --lab {lab.name}" if lab.name != DEFAULT_LAB else "")
-              + ", then `dig MX stevenchoy.example` or `telnet smtp.ouhk.example 25`")
+    placed = lab.up(topo, images, subnet=args.subnet)
+    out.print(_hosts_table(placed.hosts, f"lab {lab.name} is up ({time.monotonic() - started:.1f} s, image {image})"))
+    out.print(_try_hint(placed.topology, lab.name))
     return 0
+
+
+def _try_hint(topo: topology.Topology, lab: str) -> str:
+    """What to type first, in this lab's own names: a shell on a user's host, its MX lookup, Activity 1."""
+    where = "" if lab == DEFAULT_LAB else f" --lab {lab}"
+    mua = next(iter(topo.mua_hosts), None)
+    if mua is None or mua.user is None:
+        return f"Try: [bold]labctl shell {topo.hosts[0].name}{where}[/]"
+    own = mua.user.rpartition("@")[2]
+    # The article's lookup is of the correspondent's domain: another domain than the user's own.
+    other = next((d.name for d in topo.domains if d.name != own), own)
+    return (f"Try: [bold]labctl shell {mua.name}{where}[/], then `dig MX {other}` or "
+            f"`telnet {mua.env['MAIL_SMTP']} 25`")
 
 
 def cmd_down(args: argparse.Namespace) -> int:
@@ -204,7 +215,7 @@ def _live_capture(args: argparse.Namespace) -> tuple[dict[str, list[bytes]], lis
         raise LabNotRunning(f"{exc}, or read a saved capture with --pcap FILE") from exc
     from labctl.capture import Capture
 
-    return Capture(lab).sources(), [(h.name, h.fqdn, h.role, h.address) for h in hosts]
+    return Capture(lab).sources(), [(h.name, h.fqdn, h.kind, h.address) for h in hosts]
 
 
 def _live_feed(args: argparse.Namespace) -> tuple[Callable[[], dict[str, list[bytes]]], list[traffic_cli.HostInfo]]:
@@ -213,7 +224,7 @@ def _live_feed(args: argparse.Namespace) -> tuple[Callable[[], dict[str, list[by
     hosts = lab.hosts()
     from labctl.capture import CaptureTail
 
-    return CaptureTail(lab).poll, [(h.name, h.fqdn, h.role, h.address) for h in hosts]
+    return CaptureTail(lab).poll, [(h.name, h.fqdn, h.kind, h.address) for h in hosts]
 
 
 def _size(octets: int) -> str:

@@ -37,7 +37,7 @@ from labctl.plan import (
     network_name,
     plan,
 )
-from labctl.topology import HostSpec, Topology
+from labctl.topology import HostSpec, Topology, is_reference
 from services import config as svc
 from services.probe import ROLE_SERVICES
 
@@ -57,6 +57,16 @@ class HostStatus:
     state: str  # Docker's: running, exited, ...
     container: str  # container name
     user: str = ""  # on MUA hosts: andy@ouhk.example
+
+    @property
+    def kind(self) -> str:
+        """The job the host does (dns, mta, mx, mua), whoever's software does it."""
+        return svc.role_kind(self.role)
+
+    @property
+    def is_reference(self) -> bool:
+        """Does a reference peer (Postfix, NSD) do this host's job, rather than our server?"""
+        return is_reference(self.role)
 
     @property
     def ports(self) -> str:
@@ -141,8 +151,8 @@ class Lab:
 
     def status(self) -> list[HostStatus]:
         out = [host_status(self.name, c) for c in self.containers()]
-        order = {role: i for i, role in enumerate(svc.ROLES)}
-        return sorted(out, key=lambda h: (order.get(svc.role_kind(h.role), 99), h.name))
+        order = {kind: i for i, kind in enumerate(svc.ROLES)}
+        return sorted(out, key=lambda h: (order.get(h.kind, 99), h.name))
 
     def hosts(self) -> list[HostStatus]:
         """:meth:`status`, for a command that needs the lab: LabNotRunning when it has no host."""
@@ -246,7 +256,7 @@ class Lab:
                 targets.append(f"{proto}:{h.address}:{port}{zone}")
         if not targets:
             return
-        nameserver = next((h for h in self.status() if svc.role_kind(h.role) == "dns" and h.state == "running"), None)
+        nameserver = next((h for h in self.status() if h.kind == "dns" and h.state == "running"), None)
         if nameserver is None:
             raise ReadinessError(f"lab {self.name!r} has no running name server to probe from; "
                                  f"see `labctl logs ns --lab {self.name}`")

@@ -36,21 +36,22 @@ def mua_host(lab: Lab, who: str) -> HostStatus:
     """The MUA host of ``who``: a host name (andy), its FQDN, or the user's address."""
     hosts = lab.hosts()
     for h in hosts:
-        if h.role == "mua" and (who in (h.name, h.fqdn) or who == h.user):
+        if h.kind == "mua" and (who in (h.name, h.fqdn) or who == h.user):
             return h
-    users = ", ".join(f"{h.name} ({h.user})" for h in hosts if h.role == "mua")
+    users = ", ".join(f"{h.name} ({h.user})" for h in hosts if h.kind == "mua")
     raise LabctlError(f"{who!r} is not a mail user of lab {lab.name!r}; users: {users}")
 
 
 def mta_host(lab: Lab) -> HostStatus:
-    hosts = lab.hosts()
-    for h in hosts:
-        if h.role == "mta":
+    """The MTA whose queue labctl reads: ours (a reference Postfix keeps its own queue)."""
+    mtas = [h for h in lab.hosts() if h.kind == "mta"]
+    for h in mtas:
+        if not h.is_reference:
             return h
-    for h in hosts:
-        if h.role == "postfix-mta":  # a reference peer: its queue is Postfix's, not our spool
-            raise LabctlError(f"the MTA of lab {lab.name!r} is Postfix; see its queue with "
-                              f"`labctl exec {h.name} --lab {lab.name} -- postqueue -p`, flush it with `postqueue -f`")
+    if mtas:
+        name = mtas[0].name
+        raise LabctlError(f"the MTA of lab {lab.name!r} is Postfix; see its queue with "
+                          f"`labctl exec {name} --lab {lab.name} -- postqueue -p`, flush it with `postqueue -f`")
     raise LabctlError(f"lab {lab.name!r} has no MTA host")
 
 

@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from labctl import topology, yamlsource
-from labctl.errors import SourceError
 from labctl.scenario import model as m
 from labctl.topology import Topology
+from labctl.topology.model import MAIL_KINDS, MTA
+from labctl.yamlreader import Reader
 from labctl.yamlsource import Document, PathKey
 
 TOP_KEYS = ("name", "description", "goal", "topology", "steps")
@@ -67,41 +68,27 @@ def load(path: Path, text: str | None = None, base: Topology | None = None) -> m
 class _Parser:
     def __init__(self, doc: Document, base: Topology) -> None:
         self.doc = doc
+        self.r = Reader(doc)  # the checked reading every labctl file shares
         self.topo = base  # the lab as the steps so far leave it (a DNS change alters it)
 
     # -- helpers ------------------------------------------------------------------------------
 
-    def fail(self, at: PathKey, message: str) -> SourceError:
-        return self.doc.error(at, message)
-
-    def mapping(self, value: Any, at: PathKey, allowed: tuple[str, ...], what: str) -> dict[str, Any]:
-        if not isinstance(value, Mapping):
-            raise self.fail(at, f"{what} must be a mapping (key: value), not {_kind(value)}")
-        for key in value:
-            if key not in allowed:
-                raise self.fail(at + (key,), f"unknown key {key!r} in {what}; valid keys: {', '.join(allowed)}")
-        return dict(value)
-
     def require(self, spec: dict[str, Any], at: PathKey, key: str, what: str) -> Any:
         if key not in spec or spec[key] is None:
-            raise self.fail(at, f"{what} needs {key!r}")
+            raise self.r.fail(at, f"{what} needs {key!r}")
         return spec[key]
 
     def text(self, value: Any, at: PathKey, what: str, *, empty: bool = False) -> str:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            value = str(value)  # a subject like 2024 is text to the author
-        if not isinstance(value, str) or (not empty and not value.strip()):
-            raise self.fail(at, f"{what} must be {'' if empty else 'non-empty '}text, not {_kind(value)}")
-        return value
+        return self.r.text(value, at, what, empty=empty, numbers=True)  # a subject like 2024 is text
 
     def flag(self, value: Any, at: PathKey, what: str) -> bool:
         if not isinstance(value, bool):
-            raise self.fail(at, f"{what} must be true or false, not {value!r}")
+            raise self.r.fail(at, f"{what} must be true or false, not {value!r}")
         return value
 
     def count(self, value: Any, at: PathKey, what: str, *, minimum: int = 0) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise self.fail(at, f"{what} must be a whole number of at least {minimum}, not {value!r}")
+            raise self.r.fail(at, f"{what} must be a whole number of at least {minimum}, not {value!r}")
         return value
 
     def seconds(self, value: Any, at: PathKey, what: str) -> float:
@@ -110,10 +97,10 @@ class _Parser:
         else:
             match = _DURATION.match(str(value)) if isinstance(value, str) else None
             if match is None:
-                raise self.fail(at, f"{what} must be seconds like 30, 2.5 or 500ms, not {value!r}")
+                raise self.r.fail(at, f"{what} must be seconds like 30, 2.5 or 500ms, not {value!r}")
             seconds = float(match[1]) / (1000 if match[2] == "ms" else 1)
         if not 0 < seconds <= MAX_WAIT:
-            raise self.fail(at, f"{what} must be more than 0 and at most {MAX_WAIT:.0f} seconds, not {value!r}")
+            raise self.r.fail(at, f"{what} must be more than 0 and at most {MAX_WAIT:.0f} seconds, not {value!r}")
         return seconds
 
     def pattern(self, value: Any, at: PathKey, what: str) -> re.Pattern[str]:
@@ -121,73 +108,74 @@ class _Parser:
         try:
             return re.compile(text, re.MULTILINE)
         except re.error as exc:
-            raise self.fail(at, f"{what} {text!r} is not a valid regular expression: {exc}") from exc
+            raise self.r.fail(at, f"{what} {text!r} is not a valid regular expression: {exc}") from exc
 
-    def port(self, value: Any, at: PathKey) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 65536:
-            raise self.fail(at, f"port must be a number from 1 to 65535, not {value!r}")
-        return value
-
-    def host(self, value: Any, at: PathKey, *, roles: tuple[str, ...] | None = None) -> str:
-        """A lab host by short name or FQDN; returns the short name."""
+    def host(self, value: Any, at: PathKey, *, kinds: tuple[str, ...] = (), ours: bool = False) -> str:
+        """A lab host by short name or FQDN, doing one of ``kinds`` if given (with ``ours``, with our
+        software rather than a reference peer's); returns the short name."""
         name = self.text(value, at, "host")
-        candidates = [h for h in self.topo.hosts if roles is None or h.role in roles]
+        candidates = self.topo.hosts_of(*kinds) if kinds else self.topo.hosts
+        if ours:
+            candidates = tuple(h for h in candidates if not h.is_reference)
         for h in candidates:
             if name.lower() in (h.name, h.fqdn):
                 return h.name
-        kind = f" {'/'.join(roles)}" if roles else ""
-        raise self.fail(at, f"{name!r} is not a{kind} host of this lab; valid choices: "
-                            f"{', '.join(h.name for h in candidates)}")
+        kind = f" {'/'.join(kinds)}" if kinds else ""
+        raise self.r.fail(at, f"{name!r} is not a{kind} host of this lab; valid choices: "
+                          f"{', '.join(h.name for h in candidates)}")
 
     def mua(self, value: Any, at: PathKey) -> str:
         """A MUA host by name, FQDN or its user's address; returns the host name."""
         who = self.text(value, at, "user").lower()
-        muas = [h for h in self.topo.hosts if h.role == "mua" and "MAIL_USER" in h.env]
-        for h in muas:
-            if who in (h.name, h.fqdn, h.env["MAIL_USER"]):
-                return h.name
-        choices = ", ".join(f"{h.name} ({h.env['MAIL_USER']})" for h in muas)
-        raise self.fail(at, f"{who!r} is not a mail user with a MUA host; valid choices: {choices}")
+        host = self.topo.mua_for(who)
+        if host is not None:
+            return host.name
+        choices = ", ".join(f"{h.name} ({h.user})" for h in self.topo.mua_hosts)
+        raise self.r.fail(at, f"{who!r} is not a mail user with a MUA host; valid choices: {choices}")
 
     def address(self, value: Any, at: PathKey, *, account: bool = True) -> str:
         """A mail address; with ``account``, one of the lab's (a MUA host name also names its user)."""
         text = self.text(value, at, "address").strip()
-        accounts = {f"{u}@{d.name}" for d in self.topo.domains for u, _ in d.users}
-        for h in self.topo.hosts:
-            if h.role == "mua" and text.lower() in (h.name, h.fqdn) and "MAIL_USER" in h.env:
-                return h.env["MAIL_USER"]
+        accounts = set(self.topo.accounts)
+        for h in self.topo.mua_hosts:
+            if text.lower() in (h.name, h.fqdn) and h.user is not None:
+                return h.user
         if "@" not in text:
-            raise self.fail(at, f"{text!r} is not a mail address (user@domain) or a MUA host name")
+            raise self.r.fail(at, f"{text!r} is not a mail address (user@domain) or a MUA host name")
         if account and text.lower() not in accounts:
-            raise self.fail(at, f"{text!r} is not an account of this lab; valid choices: {', '.join(sorted(accounts))}")
+            raise self.r.fail(at, f"{text!r} is not an account of this lab; valid choices: "
+                                  f"{', '.join(sorted(accounts))}")
         return text
 
     def addresses(self, value: Any, at: PathKey) -> tuple[str, ...]:
         items = value if isinstance(value, list) else [value]
         if not items:
-            raise self.fail(at, "give at least one recipient")
+            raise self.r.fail(at, "give at least one recipient")
         return tuple(self.address(v, at + (i,) if isinstance(value, list) else at, account=False)
                      for i, v in enumerate(items))
 
-    def mta_host(self, value: Any, at: PathKey) -> str:
+    def mta_host(self, value: Any, at: PathKey, *, queue: bool = False) -> str:
+        """An MTA host (the first one if ``value`` is None); with ``queue``, one whose queue labctl
+        reads: ours (a reference Postfix keeps its own, seen with ``postqueue -p``)."""
         if value is None:
-            mtas = [h.name for h in self.topo.hosts if h.role == "mta"]
+            mtas = [h for h in self.topo.hosts_of(MTA) if not (queue and h.is_reference)]
             if not mtas:
-                raise self.fail(at, "this lab has no mta host")
-            return mtas[0]
-        return self.host(value, at, roles=("mta",))
+                raise self.r.fail(at, "this lab has no mta host" + (" of ours (Postfix keeps its own queue)"
+                                                                    if queue and self.topo.hosts_of(MTA) else ""))
+            return mtas[0].name
+        return self.host(value, at, kinds=(MTA,), ours=queue)
 
     # -- the document -------------------------------------------------------------------------
 
     def scenario(self) -> m.Scenario:
-        top = self.mapping(self.doc.value if self.doc.value is not None else {}, (), TOP_KEYS, "the scenario")
+        top = self.r.mapping(self.doc.value if self.doc.value is not None else {}, (), TOP_KEYS, "the scenario")
         for required in ("name", "description", "goal", "steps"):
             if required not in top:
-                raise self.fail((), f"the scenario has no {required!r}; a scenario needs {', '.join(TOP_KEYS[:3])} "
+                raise self.r.fail((), f"the scenario has no {required!r}; a scenario needs {', '.join(TOP_KEYS[:3])} "
                                     "and steps")
         name = self.text(top["name"], ("name",), "name").strip()
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9 _.,:()'-]{0,79}", name):
-            raise self.fail(("name",), f"name {name!r}: one line of letters, digits, spaces and - _ . , : ( ) '")
+            raise self.r.fail(("name",), f"name {name!r}: one line of letters, digits, spaces and - _ . , : ( ) '")
         description = self.text(top["description"], ("description",), "description").strip()
         goal = self.text(top["goal"], ("goal",), "goal").strip()
         if "topology" in top:
@@ -195,7 +183,7 @@ class _Parser:
         lab_topology = self.topo
         steps = top["steps"]
         if not isinstance(steps, list) or not steps:
-            raise self.fail(("steps",), "steps must be a non-empty list (- send: ..., - expect: ...)")
+            raise self.r.fail(("steps",), "steps must be a non-empty list (- send: ..., - expect: ...)")
         parsed = tuple(self.step(i, s) for i, s in enumerate(steps))
         return m.Scenario(self.doc.path, name, description, goal, lab_topology, parsed)
 
@@ -203,15 +191,15 @@ class _Parser:
         at: PathKey = ("steps", index)
         line = self.doc.line(at)
         if not isinstance(value, Mapping):
-            raise self.fail(at, f"step {index + 1} must be a mapping with one of: {', '.join(STEP_KINDS)}")
+            raise self.r.fail(at, f"step {index + 1} must be a mapping with one of: {', '.join(STEP_KINDS)}")
         kinds = [k for k in value if k in STEP_KINDS]
         unknown = [k for k in value if k not in STEP_KINDS and k not in STEP_EXTRA_KEYS]
         if unknown:
-            raise self.fail(at + (unknown[0],), f"unknown step kind {unknown[0]!r}; valid kinds: "
+            raise self.r.fail(at + (unknown[0],), f"unknown step kind {unknown[0]!r}; valid kinds: "
                                                 f"{', '.join(STEP_KINDS)} (and {', '.join(STEP_EXTRA_KEYS)})")
         if len(kinds) != 1:
             found = f"{len(kinds)} ({', '.join(kinds)})" if kinds else "none"
-            raise self.fail(at, f"a step does exactly one thing: one of {', '.join(STEP_KINDS)}, not {found}")
+            raise self.r.fail(at, f"a step does exactly one thing: one of {', '.join(STEP_KINDS)}, not {found}")
         kind = kinds[0]
         where = at + (kind,)
         action, title = STEP_PARSERS[kind](self, value[kind], where)
@@ -223,14 +211,14 @@ class _Parser:
     # -- steps --------------------------------------------------------------------------------
 
     def step_send(self, value: Any, at: PathKey) -> tuple[m.Send, str]:
-        spec = self.mapping(value, at, SEND_KEYS, "send")
+        spec = self.r.mapping(value, at, SEND_KEYS, "send")
         sender = self.mua(self.require(spec, at, "from", "send"), at + ("from",))
         to = self.addresses(self.require(spec, at, "to", "send"), at + ("to",))
         subject = self.text(self.require(spec, at, "subject", "send"), at + ("subject",), "subject")
         body = self.text(spec.get("body", ""), at + ("body",), "body", empty=True)
         attach = spec.get("attach", [])
         if not isinstance(attach, list):
-            raise self.fail(at + ("attach",), "attach must be a list of {name: FILE, text|bytes|file: ...}")
+            raise self.r.fail(at + ("attach",), "attach must be a list of {name: FILE, text|bytes|file: ...}")
         files = tuple(self.attachment(a, at + ("attach", i)) for i, a in enumerate(attach))
         submission = self.flag(spec.get("submission", False), at + ("submission",), "submission")
         action = m.Send(sender, to, subject, body, files, submission)
@@ -238,13 +226,13 @@ class _Parser:
         return action, f"{sender} sends {subject!r} to {', '.join(to)}{extra}"
 
     def attachment(self, value: Any, at: PathKey) -> m.Attachment:
-        spec = self.mapping(value, at, ATTACH_KEYS, "an attachment")
+        spec = self.r.mapping(value, at, ATTACH_KEYS, "an attachment")
         name = self.text(self.require(spec, at, "name", "an attachment"), at + ("name",), "name").strip()
         if "/" in name or name in (".", ".."):
-            raise self.fail(at + ("name",), f"attachment name {name!r} must be a plain file name")
+            raise self.r.fail(at + ("name",), f"attachment name {name!r} must be a plain file name")
         sources = [k for k in ("text", "bytes", "file") if k in spec]
         if len(sources) != 1:
-            raise self.fail(at, "give the attachment's content in exactly one of: text, bytes (a size: random "
+            raise self.r.fail(at, "give the attachment's content in exactly one of: text, bytes (a size: random "
                                 "bytes), file (a path relative to the scenario)")
         key = sources[0]
         if key == "text":
@@ -252,7 +240,7 @@ class _Parser:
         elif key == "bytes":
             size = self.count(spec["bytes"], at + ("bytes",), "bytes", minimum=1)
             if size > MAX_ATTACHMENT:
-                raise self.fail(at + ("bytes",), f"bytes: at most {MAX_ATTACHMENT} (the MTA's size limit)")
+                raise self.r.fail(at + ("bytes",), f"bytes: at most {MAX_ATTACHMENT} (the MTA's size limit)")
             data = _pseudo_random(name, size)
         else:
             rel = self.text(spec["file"], at + ("file",), "file")
@@ -260,11 +248,11 @@ class _Parser:
             try:
                 data = path.read_bytes()
             except OSError as exc:
-                raise self.fail(at + ("file",), f"cannot read {path}: {exc.strerror}") from exc
+                raise self.r.fail(at + ("file",), f"cannot read {path}: {exc.strerror}") from exc
         return m.Attachment(name, data)
 
     def step_fetch(self, value: Any, at: PathKey) -> tuple[m.Fetch, str]:
-        spec = self.mapping(value, at, FETCH_KEYS, "fetch")
+        spec = self.r.mapping(value, at, FETCH_KEYS, "fetch")
         user = self.mua(self.require(spec, at, "user", "fetch"), at + ("user",))
         delete = self.flag(spec.get("delete", False), at + ("delete",), "delete")
         return m.Fetch(user, delete), f"{user} fetches by POP3 ({'delete' if delete else 'keep'} on the server)"
@@ -276,43 +264,43 @@ class _Parser:
         return self.dialogue("pop3", value, at)
 
     def dialogue(self, proto: str, value: Any, at: PathKey) -> tuple[m.Dialogue, str]:
-        spec = self.mapping(value, at, DIALOGUE_KEYS, proto)
+        spec = self.r.mapping(value, at, DIALOGUE_KEYS, proto)
         client = self.host(self.require(spec, at, "from", proto), at + ("from",))
-        roles = ("mta", "mx")
-        server = self.host(self.require(spec, at, "server", proto), at + ("server",), roles=roles)
+        # Any host running the protocol's server: ours or a reference peer swapped in (postfix-mx).
+        server = self.host(self.require(spec, at, "server", proto), at + ("server",), kinds=MAIL_KINDS)
         fqdn = self.topo.host(server).fqdn
-        port = self.port(spec.get("port", PROTO_PORTS[proto]), at + ("port",))
+        port = self.r.port(spec.get("port", PROTO_PORTS[proto]), at + ("port",))
         lines = spec.get("dialogue")
         if not isinstance(lines, list) or not lines:
-            raise self.fail(at + ("dialogue",), "dialogue must be a non-empty list of {send: LINE, expect: REPLY}")
+            raise self.r.fail(at + ("dialogue",), "dialogue must be a non-empty list of {send: LINE, expect: REPLY}")
         exchanges = tuple(self.exchange(proto, item, at + ("dialogue", i), first=i == 0)
                           for i, item in enumerate(lines))
         title = f"{proto.upper()} by hand from {client} to {fqdn}:{port}"
         return m.Dialogue(proto, client, fqdn, port, exchanges), title
 
     def exchange(self, proto: str, value: Any, at: PathKey, *, first: bool) -> m.Exchange:
-        spec = self.mapping(value, at, EXCHANGE_KEYS, "a dialogue line")
+        spec = self.r.mapping(value, at, EXCHANGE_KEYS, "a dialogue line")
         send = None
         if "send" in spec:
             send = self.text(spec["send"], at + ("send",), "send").rstrip("\n")
         elif not first:
-            raise self.fail(at, "only the first dialogue entry may have no 'send' (it reads the greeting)")
+            raise self.r.fail(at, "only the first dialogue entry may have no 'send' (it reads the greeting)")
         expect = None
         if "expect" in spec:
             expect = self.text(spec["expect"], at + ("expect",), "expect").strip()
             shape = _SMTP_EXPECT if proto == "smtp" else _POP3_EXPECT
             if not shape.match(expect):
                 example = "250, 354 or 250 2.1.5" if proto == "smtp" else "+OK or -ERR"
-                raise self.fail(at + ("expect",), f"expect {expect!r} is not the start of a {proto.upper()} reply, "
+                raise self.r.fail(at + ("expect",), f"expect {expect!r} is not the start of a {proto.upper()} reply, "
                                                   f"like {example} (use match: for a pattern)")
         match = self.pattern(spec["match"], at + ("match",), "match") if "match" in spec else None
         return m.Exchange(self.doc.line(at), send, expect, match)
 
     def step_wait(self, value: Any, at: PathKey) -> tuple[m.Wait, str]:
-        spec = self.mapping(value, at, WAIT_KEYS, "wait")
+        spec = self.r.mapping(value, at, WAIT_KEYS, "wait")
         kinds = [k for k in spec if k != "timeout"]
         if len(kinds) != 1:
-            raise self.fail(at, f"wait for exactly one of: {', '.join(WAIT_KEYS[:-1])} (and an optional timeout)")
+            raise self.r.fail(at, f"wait for exactly one of: {', '.join(WAIT_KEYS[:-1])} (and an optional timeout)")
         kind = kinds[0]
         where = at + (kind,)
         timeout = self.seconds(spec.get("timeout", DEFAULT_WAIT), at + ("timeout",), "timeout")
@@ -321,15 +309,15 @@ class _Parser:
             until = m.Seconds(self.seconds(spec[kind], where, "seconds"))
             return m.Wait(until, until.seconds), f"wait {until.seconds:g} s"
         if kind == "delivered":
-            s = self.mapping(spec[kind], where, DELIVERED_KEYS, "delivered")
+            s = self.r.mapping(spec[kind], where, DELIVERED_KEYS, "delivered")
             to = self.address(self.require(s, where, "to", "delivered"), where + ("to",))
             subject = self.text(s["subject"], where + ("subject",), "subject") if "subject" in s else None
             until = m.Delivered(to, subject, self.count(s.get("count", 1), where + ("count",), "count", minimum=1))
             title = f"until {to} has {_about(subject)}"
         elif kind == "queued":
-            s = self.mapping(spec[kind], where, QUEUED_KEYS, "queued")
+            s = self.r.mapping(spec[kind], where, QUEUED_KEYS, "queued")
             to = self.address(self.require(s, where, "to", "queued"), where + ("to",), account=False)
-            host = self.mta_host(s.get("host"), where + ("host",))
+            host = self.mta_host(s.get("host"), where + ("host",), queue=True)
             attempts = self.count(s.get("attempts", 1), where + ("attempts",), "attempts")
             until = m.Queued(host, to, attempts)
             title = f"until {host} queues {to} after {attempts} attempt(s)"
@@ -337,36 +325,36 @@ class _Parser:
             until = self.bounced(spec[kind], where)
             title = f"until {until.to} gets a bounce" + (f" about {until.about}" if until.about else "")
         else:
-            s = self.mapping(spec[kind] if spec[kind] is not None else {}, where, QUEUE_EMPTY_KEYS, "queue_empty")
-            until = m.QueueEmpty(self.mta_host(s.get("host"), where + ("host",)))
+            s = self.r.mapping(spec[kind] if spec[kind] is not None else {}, where, QUEUE_EMPTY_KEYS, "queue_empty")
+            until = m.QueueEmpty(self.mta_host(s.get("host"), where + ("host",), queue=True))
             title = f"until {until.host}'s queue is empty"
         return m.Wait(until, timeout), f"wait {title} (at most {timeout:g} s)"
 
     def bounced(self, value: Any, at: PathKey) -> m.Bounced:
-        s = self.mapping(value, at, BOUNCED_KEYS, "bounced")
+        s = self.r.mapping(value, at, BOUNCED_KEYS, "bounced")
         to = self.address(self.require(s, at, "to", "bounced"), at + ("to",))
         about = self.address(s["about"], at + ("about",), account=False) if "about" in s else None
         status = None
         if "status" in s:
             status = self.text(s["status"], at + ("status",), "status").strip()
             if not re.fullmatch(r"[245]\.\d{1,3}\.\d{1,3}", status):
-                raise self.fail(at + ("status",), f"status {status!r} is not an RFC 3463 code like 5.1.1")
+                raise self.r.fail(at + ("status",), f"status {status!r} is not an RFC 3463 code like 5.1.1")
         return m.Bounced(to, about, status)
 
     def step_fault(self, value: Any, at: PathKey) -> tuple[m.Fault, str]:
-        spec = self.mapping(value, at, FAULT_KINDS, "fault")
+        spec = self.r.mapping(value, at, FAULT_KINDS, "fault")
         if len(spec) != 1:
-            raise self.fail(at, f"a fault step does one of: {', '.join(FAULT_KINDS)}")
+            raise self.r.fail(at, f"a fault step does one of: {', '.join(FAULT_KINDS)}")
         (kind, arg), = spec.items()
         where = at + (kind,)
         if kind in m.HOST_ACTIONS:
             host = self.host(arg, where)
             return m.HostFault(kind, host), f"{kind} {host}"
         if kind == "shape":
-            s = self.mapping(arg, where, SHAPE_KEYS, "shape")
+            s = self.r.mapping(arg, where, SHAPE_KEYS, "shape")
             host = self.host(self.require(s, where, "host", "shape"), where + ("host",))
             if not any(k in s for k in ("delay", "loss", "rate")):
-                raise self.fail(where, "shape needs at least one of: delay (e.g. 200ms), loss (e.g. 10%), "
+                raise self.r.fail(where, "shape needs at least one of: delay (e.g. 200ms), loss (e.g. 10%), "
                                        "rate (e.g. 256kbit)")
             delay = self.seconds(s["delay"], where + ("delay",), "delay") * 1000 if "delay" in s else None
             loss = self.percent(s["loss"], where + ("loss",)) if "loss" in s else None
@@ -376,16 +364,16 @@ class _Parser:
                      f"rate {rate:g} kbit/s" if rate else ""]
             return shape, f"shape {host}'s link: {', '.join(p for p in parts if p)}"
         if kind in ("block", "unblock"):
-            s = self.mapping(arg, where, BLOCK_KEYS, kind)
+            s = self.r.mapping(arg, where, BLOCK_KEYS, kind)
             host = self.host(self.require(s, where, "host", kind), where + ("host",))
-            port = self.port(self.require(s, where, "port", kind), where + ("port",))
+            port = self.r.port(self.require(s, where, "port", kind), where + ("port",))
             how = s.get("how", "refuse")
             if how not in BLOCK_HOW:
-                raise self.fail(where + ("how",), f"how {how!r}: valid choices: {', '.join(BLOCK_HOW)}")
+                raise self.r.fail(where + ("how",), f"how {how!r}: valid choices: {', '.join(BLOCK_HOW)}")
             verb = "unblock" if kind == "unblock" else f"block ({how})"
             return m.Block(host, port, how, undo=kind == "unblock"), f"{verb} port {port} on {host}"
         if not isinstance(arg, Mapping):
-            raise self.fail(where, "dns needs a mapping: {domain: NAME, mx: [...], address: HOST, records: [...]}")
+            raise self.r.fail(where, "dns needs a mapping: {domain: NAME, mx: [...], address: HOST, records: [...]}")
         self.topo = topology.change_domain(self.topo, self.doc, where)
         domain = str(arg["domain"]).lower().rstrip(".")
         changed = next(d for d in self.topo.domains if d.name == domain)
@@ -396,19 +384,19 @@ class _Parser:
         match = _PERCENT.match(str(value)) if isinstance(value, str | int | float) and not isinstance(value, bool) \
             else None
         if match is None or not 0 < float(match[1]) < 100:
-            raise self.fail(at, f"loss must be a percentage above 0 and below 100, like 10%, not {value!r}")
+            raise self.r.fail(at, f"loss must be a percentage above 0 and below 100, like 10%, not {value!r}")
         return float(match[1])
 
     def rate(self, value: Any, at: PathKey) -> float:
         match = _RATE.match(value) if isinstance(value, str) else None
         if match is None or float(match[1]) <= 0:
-            raise self.fail(at, f"rate must be like 256kbit or 2mbit, not {value!r}")
+            raise self.r.fail(at, f"rate must be like 256kbit or 2mbit, not {value!r}")
         return float(match[1]) * (1000 if match[2].lower() == "mbit" else 1)
 
     def step_expect(self, value: Any, at: PathKey) -> tuple[m.Expect, str]:
-        spec = self.mapping(value, at, EXPECT_KINDS, "expect")
+        spec = self.r.mapping(value, at, EXPECT_KINDS, "expect")
         if not spec:
-            raise self.fail(at, f"expect what? one or more of: {', '.join(EXPECT_KINDS)}")
+            raise self.r.fail(at, f"expect what? one or more of: {', '.join(EXPECT_KINDS)}")
         checks: list[m.Expectation] = []
         titles: list[str] = []
         for kind, arg in spec.items():
@@ -434,10 +422,10 @@ class _Parser:
         return m.Expect(tuple(checks)), "expect " + "; ".join(titles)
 
     def mailbox(self, value: Any, at: PathKey) -> m.MailboxExpect:
-        s = self.mapping(value, at, MAILBOX_KEYS, "mailbox")
+        s = self.r.mapping(value, at, MAILBOX_KEYS, "mailbox")
         on = s.get("where", "server")
         if on not in MAILBOX_ON:
-            raise self.fail(at + ("where",), f"where {on!r}: valid choices: {', '.join(MAILBOX_ON)}")
+            raise self.r.fail(at + ("where",), f"where {on!r}: valid choices: {', '.join(MAILBOX_ON)}")
         user = self.address(self.require(s, at, "user", "mailbox"), at + ("user",))
         if on == "client":
             self.mua(user, at + ("user",))  # the local mailbox is on the user's MUA host
@@ -448,44 +436,45 @@ class _Parser:
         if "headers" in s:
             raw = s["headers"]
             if not isinstance(raw, Mapping) or not raw:
-                raise self.fail(at + ("headers",), "headers must map header names to patterns, e.g. "
+                raise self.r.fail(at + ("headers",), "headers must map header names to patterns, e.g. "
                                                    "{Return-Path: '<andy@ouhk.example>'}")
             for name, pat in raw.items():
                 if not isinstance(name, str) or not re.fullmatch(r"[!-9;-~]+", name):
-                    raise self.fail(at + ("headers", name), f"{name!r} is not a header field name")
+                    raise self.r.fail(at + ("headers", name), f"{name!r} is not a header field name")
                 headers.append((name, self.pattern(pat, at + ("headers", name), f"the pattern for {name}")))
         body = self.pattern(s["body"], at + ("body",), "body") if "body" in s else None
         via: tuple[str, ...] = ()
         if "received_via" in s:
             items = s["received_via"]
             if not isinstance(items, list) or not items:
-                raise self.fail(at + ("received_via",), "received_via must list hosts, oldest hop first")
-            via = tuple(self.topo.host(self.host(h, at + ("received_via", i), roles=("mta", "mx"))).fqdn
+                raise self.r.fail(at + ("received_via",), "received_via must list hosts, oldest hop first")
+            via = tuple(self.topo.host(self.host(h, at + ("received_via", i), kinds=MAIL_KINDS)).fqdn
                         for i, h in enumerate(items))
         attachments: tuple[str, ...] = ()
         if "attachments" in s:
             items = s["attachments"]
             if not isinstance(items, list) or not items:
-                raise self.fail(at + ("attachments",), "attachments must list file names")
+                raise self.r.fail(at + ("attachments",), "attachments must list file names")
             attachments = tuple(self.text(a, at + ("attachments", i), "a file name") for i, a in enumerate(items))
         if count == 0 and (headers or body or via or attachments):
-            raise self.fail(at + ("count",), "count: 0 expects no such message; there is nothing to check headers of")
+            raise self.r.fail(at + ("count",), "count: 0 expects no such message; there is nothing to check headers of")
         return m.MailboxExpect(user, on, subject, sender, count, tuple(headers), body, via, attachments)
 
     def queue(self, value: Any, at: PathKey) -> m.QueueExpect:
-        s = self.mapping(value, at, QUEUE_KEYS, "queue")
-        host = self.mta_host(s.get("host"), at + ("host",))
+        s = self.r.mapping(value, at, QUEUE_KEYS, "queue")
+        host = self.mta_host(s.get("host"), at + ("host",), queue=True)
         empty = self.flag(s["empty"], at + ("empty",), "empty") if "empty" in s else None
         to = self.address(s["to"], at + ("to",), account=False) if "to" in s else None
         status = s.get("status")
         if status is not None and status not in QUEUE_STATUS:
-            raise self.fail(at + ("status",), f"status {status!r}: valid choices: {', '.join(QUEUE_STATUS)}")
+            raise self.r.fail(at + ("status",), f"status {status!r}: valid choices: {', '.join(QUEUE_STATUS)}")
         attempts = self.count(s["attempts"], at + ("attempts",), "attempts") if "attempts" in s else None
         error = self.pattern(s["error"], at + ("error",), "error") if "error" in s else None
         if empty is None and to is None:
-            raise self.fail(at, "say what the queue holds: empty: true, or to: ADDRESS (with status, attempts, error)")
+            raise self.r.fail(at, "say what the queue holds: empty: true, or to: ADDRESS "
+                                  "(with status, attempts, error)")
         if empty and (to or status or attempts is not None or error):
-            raise self.fail(at, "an empty queue holds no recipient; drop empty: or the recipient checks")
+            raise self.r.fail(at, "an empty queue holds no recipient; drop empty: or the recipient checks")
         return m.QueueExpect(host, empty, to, status, attempts, error)
 
     def traffic(self, value: Any, at: PathKey) -> m.TrafficExpect:
@@ -493,32 +482,32 @@ class _Parser:
         facts: list[m.Fact] = []
         for i, item in enumerate(items):
             where = at + (i,) if isinstance(value, list) else at
-            spec = self.mapping(item, where, FACT_KINDS, "a traffic fact")
+            spec = self.r.mapping(item, where, FACT_KINDS, "a traffic fact")
             if len(spec) != 1:
-                raise self.fail(where, f"one fact per entry: one of {', '.join(FACT_KINDS)}")
+                raise self.r.fail(where, f"one fact per entry: one of {', '.join(FACT_KINDS)}")
             (kind, arg), = spec.items()
             w = where + (kind,)
             if kind == "mx_query":
-                s = self.mapping(arg, w, MX_QUERY_KEYS, kind)
+                s = self.r.mapping(arg, w, MX_QUERY_KEYS, kind)
                 host = self.host(s.get("from", self.mta_host(None, w)), w + ("from",))
                 domain = self.text(self.require(s, w, "domain", kind), w + ("domain",), "domain").lower().rstrip(".")
                 facts.append(m.MxQueried(host, domain))
             elif kind == "refused":
-                s = self.mapping(arg, w, REFUSED_KEYS, kind)
+                s = self.r.mapping(arg, w, REFUSED_KEYS, kind)
                 host = self.host(self.require(s, w, "host", kind), w + ("host",))
-                facts.append(m.ConnectionRefused(host, self.port(s.get("port", 25), w + ("port",))))
+                facts.append(m.ConnectionRefused(host, self.r.port(s.get("port", 25), w + ("port",))))
             elif kind == "cleartext":
-                s = self.mapping(arg, w, CLEARTEXT_KEYS, kind)
+                s = self.r.mapping(arg, w, CLEARTEXT_KEYS, kind)
                 proto = s.get("proto", "pop3")
                 if proto not in PROTO_PORTS:
-                    raise self.fail(w + ("proto",), f"proto {proto!r}: valid choices: {', '.join(PROTO_PORTS)}")
+                    raise self.r.fail(w + ("proto",), f"proto {proto!r}: valid choices: {', '.join(PROTO_PORTS)}")
                 command = self.text(self.require(s, w, "command", kind), w + ("command",), "command").upper()
                 facts.append(m.Cleartext(proto, command))
             else:
-                s = self.mapping(arg, w, CONNECTION_KEYS, kind)
+                s = self.r.mapping(arg, w, CONNECTION_KEYS, kind)
                 source = self.host(self.require(s, w, "from", kind), w + ("from",))
                 target = self.host(self.require(s, w, "to", kind), w + ("to",))
-                facts.append(m.Connected(source, target, self.port(s.get("port", 25), w + ("port",))))
+                facts.append(m.Connected(source, target, self.r.port(s.get("port", 25), w + ("port",))))
         return m.TrafficExpect(tuple(facts))
 
 
@@ -548,11 +537,4 @@ def _pseudo_random(name: str, size: int) -> bytes:
         out += hashlib.sha256(seed + counter.to_bytes(8, "big")).digest()
         counter += 1
     return bytes(out[:size])
-
-
-def _kind(value: Any) -> str:
-    if value is None:
-        return "nothing"
-    return {dict: "a mapping", list: "a list", str: "text", bool: "true/false", int: "a number",
-            float: "a number"}.get(type(value), type(value).__name__)
 

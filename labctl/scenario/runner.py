@@ -29,6 +29,7 @@ from labctl.lab import Lab
 from labctl.scenario import facts, faults, steps
 from labctl.scenario import model as m
 from labctl.scenario.context import Context, StepFailed
+from labctl.topology import Topology
 
 PASSED, FAILED, ERROR, SKIPPED = "passed", "failed", "error", "skipped"
 
@@ -143,12 +144,18 @@ class Runner:
         self.keep = keep
         self.reporter = reporter
         self._image = image
+        self._images: dict[str, str] = {}  # image name (topology.IMAGES) -> tag, built once per run
         self.interrupted = False  # set by a Ctrl-C inside run(): the caller runs no more scenarios
 
-    def image(self) -> str:
-        if self._image is None:
-            self._image = ImageBuilder(self.engine, self.reporter).ensure()
-        return self._image
+    def images(self, topo: Topology) -> str | dict[str, str]:
+        """The images ``topo``'s hosts run: the lab image, and the reference image when a host of
+        the scenario's lab runs a reference peer (``swap: {mail: postfix-mx}``), as `labctl up` does."""
+        if self._image is not None:
+            return self._image
+        wanted = {h.image for h in topo.hosts}
+        if not self._images or not wanted <= self._images.keys():
+            self._images.update(ImageBuilder(self.engine, self.reporter).images(wanted))
+        return dict(self._images)
 
     def run(self, scenario: m.Scenario) -> ScenarioResult:
         lab = Lab(self.engine, lab_name(scenario), self.reporter)
@@ -205,7 +212,7 @@ class Runner:
     def _bring_up(self, lab: Lab, scenario: m.Scenario) -> Context:
         # The lab may have moved to a free subnet (another lab holds the topology's): the placed
         # topology is where it really is.
-        return Context(lab, lab.up(scenario.topology, self.image()).topology)
+        return Context(lab, lab.up(scenario.topology, self.images(scenario.topology)).topology)
 
     def _step(self, ctx: Context, step: m.Step, out: StepResult) -> bool:
         self.progress.step_started(step)

@@ -33,7 +33,8 @@ out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 
 # (args) -> ({host: [capture file bytes, ...]}, {ip: host name}); raises LabctlError when there is no lab.
-# A lab host as the live source and the topology describe it: (name, FQDN, role, address).
+# A lab host as the live source and the topology describe it: (name, FQDN, kind, address); the kind
+# is the job it does (dns, mta, mx, mua: services.config.role_kind), whoever's software does it.
 HostInfo = tuple[str, str, str, str]
 LiveSource = Callable[[argparse.Namespace], tuple[Mapping[str, Iterable[bytes]], Sequence[HostInfo]]]
 # (args) -> (poll, hosts) for --follow: each poll() gives what the hosts captured since the last one,
@@ -47,18 +48,18 @@ def probe_addresses(hosts: Iterable[HostInfo]) -> set[str]:
     The name server never opens a connection or asks a question of its own (it resolves nothing),
     so what it starts is lab machinery, not the lesson: `labctl traffic` shows it only with --all.
     """
-    return {address for _, _, role, address in hosts if role == "dns"}
+    return {address for _, _, kind, address in hosts if kind == "dns"}
 
 
-def names_from_hosts(hosts: Iterable[tuple[str, str, str, str]]) -> dict[str, str]:
-    """{address: name} from (service name, FQDN, role, address): MUAs by their short name (andy),
+def names_from_hosts(hosts: Iterable[HostInfo]) -> dict[str, str]:
+    """{address: name} from (service name, FQDN, kind, address): MUAs by their short name (andy),
     servers by their FQDN (smtp.ouhk.example), as the reference article names them."""
-    return {address: (name if role == "mua" else fqdn) for name, fqdn, role, address in hosts}
+    return {address: (name if kind == "mua" else fqdn) for name, fqdn, kind, address in hosts}
 
 
 def hosts_from_topology(path: Path) -> list[HostInfo]:
     topo = topology.load(path)
-    return [(h.name, h.fqdn, h.role, str(h.address)) for h in topo.hosts]
+    return [(h.name, h.fqdn, h.kind, str(h.address)) for h in topo.hosts]
 
 
 def _read(paths: Sequence[Path]) -> dict[str, list[bytes]]:
