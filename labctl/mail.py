@@ -8,13 +8,11 @@ files behind the servers' backs, so every step crosses the wire and shows in the
 from __future__ import annotations
 
 import io
-import json
 import tarfile
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from labctl.errors import LabctlError
 from labctl.lab import ExecResult, HostStatus, Lab
@@ -124,10 +122,3 @@ def queue(lab: Lab, *, flush: bool = False, as_json: bool = False) -> Outcome:
     host = mta_host(lab)
     cmd = [*QUEUE, *(["--flush"] if flush else []), *(["--json"] if as_json else [])]
     return _outcome(host, lab.exec(host.name, cmd))
-
-
-def parse_json(outcome: Outcome) -> Any:
-    try:
-        return json.loads(outcome.output)
-    except json.JSONDecodeError as exc:
-        raise LabctlError(f"{outcome.host}: unexpected output: {outcome.output[:200]!r}{outcome.errors[:200]}") from exc

@@ -22,7 +22,7 @@ import pytest
 
 from labctl import mail, topology
 from labctl.lab import Lab
-from tests.lab.conftest import RunningLab, labctl, unique_lab
+from tests.lab.conftest import RunningLab, labctl, parse_json, unique_lab
 from tests.lab.test_mail_path import unique, wait_for_mail
 
 COMPOSE = topology.DEFAULT_TOPOLOGY.parent
@@ -136,7 +136,7 @@ def test_our_mta_delivers_to_a_postfix_mx_into_the_maildir_dovecot_serves(postfi
     sent = mail.send(lab, "andy", ["betty@stevenchoy.example"], subject, "relayed by our MTA", [])
     assert sent.ok and "Message accepted for delivery" in sent.output, sent.errors
     entry = wait_for_mail(lab, "betty", subject)  # our MUA, over POP3, from Dovecot
-    message = mail.parse_json(mail.mailbox(lab, "betty", entry["number"], as_json=True))
+    message = parse_json(mail.mailbox(lab, "betty", entry["number"], as_json=True))
     received = [v for k, v in message["all_headers"] if k.lower() == "received"]
     assert "by mail.stevenchoy.example (Postfix)" in received[0]
     assert "by smtp.ouhk.example" in received[1]
@@ -190,7 +190,7 @@ def test_postfix_delivers_to_our_mx(postfix_mta: RunningLab) -> None:
     sent = mail.send(lab, "andy", ["betty@stevenchoy.example"], subject, "relayed by Postfix", [])
     assert sent.ok and "queued as" in sent.output, sent.errors
     entry = wait_for_mail(lab, "betty", subject)
-    message = mail.parse_json(mail.mailbox(lab, "betty", entry["number"], as_json=True))
+    message = parse_json(mail.mailbox(lab, "betty", entry["number"], as_json=True))
     received = [v for k, v in message["all_headers"] if k.lower() == "received"]
     assert "by mail.stevenchoy.example" in received[0] and "smtp.ouhk.example" in received[0]
     assert "by smtp.ouhk.example (Postfix)" in received[1]
