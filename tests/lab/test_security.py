@@ -26,7 +26,6 @@ import docker
 import docker.errors
 import pytest
 
-from labctl.image import NMAP_REPOSITORY
 from labctl.lab import LABEL_LAB, Lab
 from services.pop3.core import AUTH_DELAY_FIRST
 from tests.lab.conftest import RunningLab
@@ -99,11 +98,16 @@ def test_no_open_relay_from_the_mx_host(running_lab: RunningLab) -> None:
 # -- a stranger on the lab network ------------------------------------------------------------------
 
 STRANGER_HOST_NUMBER = 200  # no lab host uses .200
+NMAP_REPOSITORY = "maillab-nmap"
 
 
 @pytest.fixture(scope="module")
 def nmap_image(client: docker.DockerClient, image: str) -> str:
-    """The lab image plus Debian's nmap, built once per lab image (the apt layer is then cached)."""
+    """The lab image plus Debian's nmap, built once per lab image (the apt layer is then cached).
+
+    Built FROM the lab image, it carries the lab image's labels: `labctl image prune` keeps it while
+    that lab image is current and removes it with it.
+    """
     tag = f"{NMAP_REPOSITORY}:{image.rpartition(':')[2]}"
     try:
         client.api.inspect_image(tag)
