@@ -166,7 +166,7 @@ def test_follow_prints_a_dialogue_as_it_happens(running_lab: RunningLab) -> None
     reader = threading.Thread(target=lambda: lines.extend(iter(follower.stdout.readline, "")), daemon=True)
     reader.start()
     try:
-        time.sleep(2)  # its first look: what was there before
+        time.sleep(2)  # its first look: what was there before (the follow says nothing when it has taken one)
         sent = labctl("send", "--lab", lab.name, "--from", "andy", "--to", "betty@stevenchoy.example",
                       "--subject", f"Follow {time.time_ns()}", "--body", "watch this")
         queue_id = re.search(r"250 2\.0\.0 (\w+) Message accepted", sent.stdout)
@@ -229,7 +229,7 @@ def test_follow_prints_activity_1_typed_by_hand_line_by_line(running_lab: Runnin
     reader = threading.Thread(target=lambda: lines.extend(iter(follower.stdout.readline, "")), daemon=True)
     reader.start()
     try:
-        time.sleep(2)
+        time.sleep(2)  # its first look (the follow says nothing when it has taken one)
         typed = lab.exec("andy", ["python3", "-c", ACTIVITY_1, "1.3"])  # slower than a look (1 s)
         assert typed.exit_code == 0, typed.output + typed.stderr.decode()
         queue_id = re.search(r"250 2\.0\.0 (\w+) Message accepted", typed.output)
