@@ -379,7 +379,8 @@ def cmd_image_build(args: argparse.Namespace) -> int:
 
 
 def cmd_image_prune(args: argparse.Namespace) -> int:
-    removed = ImageBuilder(engine.connect(), Reporter(verbose=True)).prune(dry_run=args.dry_run)
+    only = dict(args.label)
+    removed = ImageBuilder(engine.connect(), Reporter(verbose=True)).prune(dry_run=args.dry_run, only=only)
     verb = "would remove" if args.dry_run else "removed"
     out.print(f"{verb} {len(removed)} old image tag(s)" + "".join(f"\n  {ref}" for ref in removed))
     return 0
@@ -393,6 +394,13 @@ def _subnet(text: str) -> ipaddress.IPv4Network:
         return ipaddress.IPv4Network(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"{text!r} is not an IPv4 subnet like 10.90.0.0/24 ({exc})") from exc
+
+
+def _label(text: str) -> tuple[str, str]:
+    key, eq, value = text.partition("=")
+    if not key or not eq:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a label like org.example.owner=me (KEY=VALUE)")
+    return key, value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -501,6 +509,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = image.add_parser("prune", help="remove old lab images that no container uses (keeps the current ones)")
     p.set_defaults(func=cmd_image_prune)
     p.add_argument("--dry-run", action="store_true", help="only list what would be removed")
+    p.add_argument("--label", action="append", type=_label, default=[], metavar="KEY=VALUE",
+                   help="only images that also carry this label (repeatable), as `docker image prune --filter label=`")
     p = image.add_parser("build", help="build the lab image (bootstrapping a base if needed)")
     p.set_defaults(func=cmd_image_build)
     p.add_argument("--rebuild", action="store_true", help="build even if an image with this hash exists")

@@ -1,7 +1,8 @@
 """The lab image: tagged by a hash of its inputs, built offline when no registry answers.
 
-``maillab:<hash>`` where the hash covers the Dockerfile, every file of the ``services`` package and
-the base image's ID, so ``labctl up`` rebuilds exactly when one of them changed (design decision 3).
+``maillab:<hash>`` where the hash covers the Dockerfile, every file of the ``services`` package,
+the base image's ID and the names of the labels prune reads, so ``labctl up`` rebuilds exactly when
+one of them changed (design decision 3).
 When the base (``debian:bookworm-slim``) is neither present nor pullable, a base is bootstrapped
 with ``debootstrap --variant=minbase`` from the host's Debian mirror and ``docker import``-ed
 (design decision 4): classrooms behind firewalls need that, and so do our build machines.
@@ -17,13 +18,13 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import services
-from labctl.backend import Engine, EngineError
+from labctl.backend import Engine, EngineError, ImageInfo
 from labctl.errors import ImageError
 from labctl.events import BuildOutput, Notice, Reporter, ignore
 
@@ -35,14 +36,42 @@ REFERENCE_REPOSITORY = "maillab-reference"
 SERVICES_DIR = Path(services.__file__).resolve().parent
 
 IMAGE_REPOSITORY = "maillab"
-# The lab image plus nmap, for the open-relay audit of tests/lab/test_security.py.
-NMAP_REPOSITORY = "maillab-nmap"
 DEFAULT_BASE = "debian:bookworm-slim"
 BOOTSTRAP_BASE = "maillab/base:bookworm"
 SUITE = "bookworm"
+# The labels of the images labctl builds; `labctl image prune` decides by them alone, never by a
+# repository name. LABEL says what labctl built ("lab" or "reference"); LABEL_LAB_IMAGE is the
+# input hash of the lab image an image is built on (the lab image's own). Docker copies a parent's
+# labels to every image built FROM it, so the reference image, and any image someone builds on a
+# lab image (a test's, a teacher's), say which lab image they belong to.
 LABEL = "org.maillab.image"
+LABEL_LAB_IMAGE = "org.maillab.lab-image"
 
 APT_SOURCES = (Path("/etc/apt/sources.list.d"), Path("/etc/apt/sources.list"))
+
+
+def prunable(images: Iterable[ImageInfo], *, current: str | None, in_use: Collection[str],
+             only: Mapping[str, str] | None = None) -> list[str]:
+    """The tags prune removes: those of the images labctl built, or that were built on one of its
+    images, that belong to another lab image than ``current`` (an input hash; None: none is current)
+    and that no container was created from.
+
+    An image with :data:`LABEL` but no :data:`LABEL_LAB_IMAGE` was built by a labctl from before
+    that label: never current. Images without either (the bases, anyone else's) are not the lab's.
+    ``only``: consider only the images that carry these labels too (what one user or test made).
+    """
+    removed: list[str] = []
+    for image in images:
+        labels = image.labels
+        if LABEL not in labels and LABEL_LAB_IMAGE not in labels:
+            continue
+        built_on = labels.get(LABEL_LAB_IMAGE)
+        if (built_on is not None and built_on == current) or image.id in in_use:
+            continue
+        if any(labels.get(key) != value for key, value in (only or {}).items()):
+            continue
+        removed += image.tags
+    return sorted(removed)
 
 
 @dataclass(frozen=True)
@@ -61,7 +90,9 @@ def context_files(dockerfile: Path = DOCKERFILE, services_dir: Path = SERVICES_D
 
 
 def input_hash(files: Iterable[ContextFile], base_id: str) -> str:
-    h = hashlib.sha256(base_id.encode())
+    # The label names are inputs too: prune reads them, so an image an older labctl labelled
+    # otherwise never passes for the current one.
+    h = hashlib.sha256(base_id.encode() + b"\0" + f"{LABEL} {LABEL_LAB_IMAGE}".encode())
     for f in files:
         h.update(f.name.encode() + b"\0" + hashlib.sha256(f.data).digest())
     return h.hexdigest()[:12]
@@ -120,11 +151,12 @@ class ImageBuilder:
         """Return the tag of an up-to-date lab image, building it when needed."""
         base_ref, base_id = self.resolve_base(base, mirror)
         files = context_files()
-        tag = f"{IMAGE_REPOSITORY}:{input_hash(files, base_id)}"
+        digest = input_hash(files, base_id)
+        tag = f"{IMAGE_REPOSITORY}:{digest}"
         if not rebuild and self._exists(tag):
             return tag
         self.report(Notice(f"building the lab image {tag} from {base_ref}"))
-        self._build(tag, files, {"BASE": base_ref})
+        self._build(tag, files, {"BASE": base_ref}, {LABEL: "lab", LABEL_LAB_IMAGE: digest})
         return tag
 
     def ensure_reference(self, *, base: str | None = None, mirror: str | None = None, rebuild: bool = False) -> str:
@@ -141,7 +173,7 @@ class ImageBuilder:
         if not rebuild and self._exists(tag):
             return tag
         self.report(Notice(f"building the reference image {tag} from {lab}"))
-        self._build(tag, files, {"LAB_IMAGE": lab})
+        self._build(tag, files, {"LAB_IMAGE": lab}, {LABEL: "reference"})  # LABEL_LAB_IMAGE: the lab image's
         return tag
 
     def images(self, names: Iterable[str], *, base: str | None = None, mirror: str | None = None) -> dict[str, str]:
@@ -152,51 +184,33 @@ class ImageBuilder:
             tags["reference"] = self.ensure_reference(base=base, mirror=mirror)
         return tags
 
-    def current_tag(self) -> str | None:
-        """The tag `ensure` would return, or None when the base is not there (no build done)."""
+    def current_hash(self) -> str | None:
+        """The input hash `ensure` would tag the lab image with, or None when the base is not there."""
         for ref in (DEFAULT_BASE, BOOTSTRAP_BASE):
             base_id = self._image_id(ref)
             if base_id:
-                return f"{IMAGE_REPOSITORY}:{input_hash(context_files(), base_id)}"
+                return input_hash(context_files(), base_id)
         return None
 
-    def current_reference_tag(self, lab_tag: str) -> str | None:
-        """The reference image tag `ensure_reference` would give for ``lab_tag``, or None."""
-        lab_id = self._image_id(lab_tag)
-        if lab_id is None:
-            return None
-        return f"{REFERENCE_REPOSITORY}:{input_hash(_reference_files(), lab_id)}"
-
-    def prune(self, *, dry_run: bool = False) -> list[str]:
+    def prune(self, *, dry_run: bool = False, only: Mapping[str, str] | None = None) -> list[str]:
         """Remove the lab's images that are neither current nor used by a container; their tags.
 
         Every change to services/ builds a new ``maillab:<hash>`` (and a reference image on top of
         it), and nothing removed the old ones: a few hundred MB a day of work. Kept: the current
-        lab image and the reference and nmap images built on it, the bases, and any image a
-        container (running or not) was created from.
+        lab image and every image built on it (the reference image, a test's), the bases, and any
+        image a container (running or not) was created from; decided by label (:func:`prunable`).
         """
-        keep: set[str] = set()
-        current = self.current_tag()
-        if current is not None:
-            reference = self.current_reference_tag(current)
-            nmap = f"{NMAP_REPOSITORY}:{current.rpartition(':')[2]}"
-            keep = {i for ref in (current, reference, nmap) if ref and (i := self._image_id(ref))}
         in_use = {c.image_id for c in self.engine.containers()}
         removed = []
-        for image in self.engine.images():
-            if image.id in keep or image.id in in_use:
-                continue
-            for ref in image.tags:
-                if ref.rpartition(":")[0] not in (IMAGE_REPOSITORY, REFERENCE_REPOSITORY, NMAP_REPOSITORY):
+        for ref in prunable(self.engine.images(), current=self.current_hash(), in_use=in_use, only=only):
+            if not dry_run:
+                try:
+                    self.engine.remove_image(ref)  # the image goes with its last tag
+                except EngineError as exc:  # made a container's meanwhile, or a parent
+                    self.report(Notice(f"kept {ref}: {exc}"))
                     continue
-                if not dry_run:
-                    try:
-                        self.engine.remove_image(ref)  # the image goes with its last tag
-                    except EngineError as exc:  # made a container's meanwhile, or a parent
-                        self.report(Notice(f"kept {ref}: {exc}"))
-                        continue
-                removed.append(ref)
-        return sorted(removed)
+            removed.append(ref)
+        return removed
 
     # -- the base ----------------------------------------------------------------------------
 
@@ -282,8 +296,8 @@ class ImageBuilder:
 
     # -- the lab image -----------------------------------------------------------------------
 
-    def _build(self, tag: str, files: list[ContextFile], buildargs: dict[str, str]) -> None:
-        stream = self.engine.build(context_tar(files), tag, buildargs, {LABEL: "1"})
+    def _build(self, tag: str, files: list[ContextFile], buildargs: dict[str, str], labels: dict[str, str]) -> None:
+        stream = self.engine.build(context_tar(files), tag, buildargs, labels)
         tail: list[str] = []
         for chunk in stream:
             text = _chunk_text(chunk)

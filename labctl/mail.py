@@ -7,11 +7,9 @@ files behind the servers' backs, so every step crosses the wire and shows in the
 
 from __future__ import annotations
 
-import json
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from labctl.errors import LabctlError
 from labctl.lab import ExecResult, HostStatus, Lab
@@ -115,10 +113,3 @@ def queue(lab: Lab, *, flush: bool = False, as_json: bool = False) -> MailComman
     host = mta_host(lab)
     cmd = [*QUEUE, *(["--flush"] if flush else []), *(["--json"] if as_json else [])]
     return _outcome(host, lab.exec(host.name, cmd))
-
-
-def parse_json(outcome: MailCommandResult) -> Any:
-    try:
-        return json.loads(outcome.output)
-    except json.JSONDecodeError as exc:
-        raise LabctlError(f"{outcome.host}: unexpected output: {outcome.output[:200]!r}{outcome.errors[:200]}") from exc

@@ -30,7 +30,7 @@ import dns.rrset
 import pytest
 from aiosmtpd.controller import Controller
 
-from services.config import Account, Domain, Host, LabConfig, Retry
+from services.config import Retry
 from services.smtp import client, delivery
 from services.smtp.delivery import DeliveryWorker, DnsMxResolver
 from services.smtp.relay import (
@@ -44,23 +44,14 @@ from services.smtp.relay import (
     Target,
 )
 from services.smtp.spool import Spool, Status
+from tests.labconfig import lab_config
 
 T0 = 1_700_000_000.0
-MTA_FQDN = "smtp.ouhk.test"
-CONFIG = LabConfig(
-    lab="test",
-    me="smtp",
-    subnet="127.0.0.0/8",
-    nameserver="127.0.0.1",
-    hosts=(Host("smtp", MTA_FQDN, "mta", "127.0.0.1"), Host("mail", "mail.stevenchoy.test", "mx", "127.0.0.1")),
-    domains=(
-        Domain("ouhk.test", "smtp", (Account("andy", "ouhk.test", "pw"),)),
-        Domain("stevenchoy.test", "mail", (Account("betty", "stevenchoy.test", "pw"),)),
-    ),
-    retry=Retry(schedule=(5.0, 10.0), give_up=60.0),
-)
-MESSAGE = (b"From: andy@ouhk.test\r\nTo: betty@stevenchoy.test\r\nSubject: Lunch?\r\n"
-           b"Message-ID: <1@ouhk.test>\r\n\r\nShall we?\r\n.A line with a leading dot\r\n")
+MTA_FQDN = "smtp.ouhk.example"
+CONFIG = lab_config("smtp", addresses={"smtp": "127.0.0.1", "mail": "127.0.0.1"}, subnet="127.0.0.0/8",
+                    nameserver="127.0.0.1", retry=Retry(schedule=(5.0, 10.0), give_up=60.0))
+MESSAGE = (b"From: andy@ouhk.example\r\nTo: betty@stevenchoy.example\r\nSubject: Lunch?\r\n"
+           b"Message-ID: <1@ouhk.example>\r\n\r\nShall we?\r\n.A line with a leading dot\r\n")
 
 
 # -- the MX --------------------------------------------------------------------------------
@@ -135,7 +126,7 @@ class PortZeroController(Controller):
 @contextlib.contextmanager
 def running_mx(handler: ScriptedMx, port: int = 0) -> Iterator[int]:
     controller = PortZeroController(handler, hostname="127.0.0.1", port=port,
-                                    server_hostname="mail.stevenchoy.test", ready_timeout=5.0)
+                                    server_hostname="mail.stevenchoy.example", ready_timeout=5.0)
     controller.start()
     try:
         yield controller.port
@@ -182,7 +173,7 @@ class FakeResolver:
 
 
 LAB_DNS = {
-    "stevenchoy.test": MxRecords((MxHost(10, "mail.stevenchoy.test", ("127.0.0.1",)),)),
+    "stevenchoy.example": MxRecords((MxHost(10, "mail.stevenchoy.example", ("127.0.0.1",)),)),
     "twomx.test": MxRecords((MxHost(10, "mx1.twomx.test", ("127.0.0.1",)),
                              MxHost(20, "mx2.twomx.test", ("127.0.0.1",)))),
     "nomail.test": NullMx(),
@@ -238,15 +229,15 @@ def parse_report(raw: bytes) -> list[dict[str, str]]:
 def test_delivered_once(tmp_path: Path, mx: tuple[ScriptedMx, int], caplog: pytest.LogCaptureFixture) -> None:
     handler, port = mx
     lab = make_lab(tmp_path, port)
-    qid = lab.enqueue("andy@ouhk.test", ["betty@stevenchoy.test"])
+    qid = lab.enqueue("andy@ouhk.example", ["betty@stevenchoy.example"])
     with caplog.at_level(logging.INFO, "services.smtp.delivery"):
         assert lab.run_once() == 1
     [got] = handler.received
-    assert (got.mail_from, got.rcpt_tos, got.helo) == ("andy@ouhk.test", ["betty@stevenchoy.test"], MTA_FQDN)
+    assert (got.mail_from, got.rcpt_tos, got.helo) == ("andy@ouhk.example", ["betty@stevenchoy.example"], MTA_FQDN)
     assert got.data == MESSAGE  # byte for byte, the leading dot included (stuffed and unstuffed)
     assert lab.spool.entries() == []
-    assert lab.resolver.asked == ["stevenchoy.test"]
-    assert f"{qid}: to=<betty@stevenchoy.test>, relay=mail.stevenchoy.test[127.0.0.1]:{port}, attempt=1" \
+    assert lab.resolver.asked == ["stevenchoy.example"]
+    assert f"{qid}: to=<betty@stevenchoy.example>, relay=mail.stevenchoy.example[127.0.0.1]:{port}, attempt=1" \
         in caplog.text
     assert "status=sent" in caplog.text
     assert lab.run_once() == 0  # nothing left, nothing sent twice
@@ -255,19 +246,19 @@ def test_delivered_once(tmp_path: Path, mx: tuple[ScriptedMx, int], caplog: pyte
 
 def test_4xx_then_a_retry_delivers(tmp_path: Path, mx: tuple[ScriptedMx, int]) -> None:
     handler, port = mx
-    handler.rcpt_replies["betty@stevenchoy.test"] = ["450 4.2.0 Mailbox busy, try later"]
+    handler.rcpt_replies["betty@stevenchoy.example"] = ["450 4.2.0 Mailbox busy, try later"]
     lab = make_lab(tmp_path, port)
-    qid = lab.enqueue("andy@ouhk.test", ["betty@stevenchoy.test"])
+    qid = lab.enqueue("andy@ouhk.example", ["betty@stevenchoy.example"])
     lab.run_once()
     assert handler.received == []
-    betty = lab.spool.entry(qid).recipient("betty@stevenchoy.test")
+    betty = lab.spool.entry(qid).recipient("betty@stevenchoy.example")
     assert (betty.status, betty.attempts, betty.next_attempt) == (Status.PENDING, 1, T0 + 5)
-    assert betty.last_error == "host mail.stevenchoy.test[127.0.0.1] said: 450 4.2.0 Mailbox busy, try later"
-    assert (betty.dsn_status, betty.remote_mta) == ("4.2.0", "mail.stevenchoy.test")
+    assert betty.last_error == "host mail.stevenchoy.example[127.0.0.1] said: 450 4.2.0 Mailbox busy, try later"
+    assert (betty.dsn_status, betty.remote_mta) == ("4.2.0", "mail.stevenchoy.example")
     assert lab.run_once() == 0  # not due yet
     lab.clock.now = T0 + 5
     assert lab.run_once() == 1
-    assert [r.rcpt_tos for r in handler.received] == [["betty@stevenchoy.test"]]
+    assert [r.rcpt_tos for r in handler.received] == [["betty@stevenchoy.example"]]
     assert lab.spool.entries() == []
 
 
@@ -275,11 +266,11 @@ def test_refused_connection_then_a_retry_delivers(tmp_path: Path) -> None:
     blocker = closed_port()
     port = blocker.getsockname()[1]
     lab = make_lab(tmp_path, port)
-    qid = lab.enqueue("andy@ouhk.test", ["betty@stevenchoy.test"])
+    qid = lab.enqueue("andy@ouhk.example", ["betty@stevenchoy.example"])
     lab.run_once()
-    betty = lab.spool.entry(qid).recipient("betty@stevenchoy.test")
+    betty = lab.spool.entry(qid).recipient("betty@stevenchoy.example")
     assert (betty.status, betty.attempts, betty.dsn_status) == (Status.PENDING, 1, "4.4.1")
-    assert betty.last_error == "mail.stevenchoy.test[127.0.0.1]: connection refused"
+    assert betty.last_error == "mail.stevenchoy.example[127.0.0.1]: connection refused"
     blocker.close()
     handler = ScriptedMx()
     with running_mx(handler, port):  # the MX comes back on the same address
@@ -293,7 +284,7 @@ def test_transient_failure_of_one_mx_tries_the_next_in_the_same_attempt(
     handler, port = mx
     handler.mail_replies = ["451 4.3.0 Greylisted, try another host"]
     lab = make_lab(tmp_path, port)
-    lab.enqueue("andy@ouhk.test", ["carol@twomx.test"])
+    lab.enqueue("andy@ouhk.example", ["carol@twomx.test"])
     with caplog.at_level(logging.INFO, "services.smtp.delivery"):
         lab.run_once()
     assert [r.rcpt_tos for r in handler.received] == [["carol@twomx.test"]]
@@ -302,21 +293,21 @@ def test_transient_failure_of_one_mx_tries_the_next_in_the_same_attempt(
 
 def test_5xx_bounces_to_the_sender_through_local_delivery(tmp_path: Path, mx: tuple[ScriptedMx, int]) -> None:
     handler, port = mx
-    handler.rcpt_replies["nobody@stevenchoy.test"] = ["550 5.1.1 <nobody@stevenchoy.test>: No such user"]
+    handler.rcpt_replies["nobody@stevenchoy.example"] = ["550 5.1.1 <nobody@stevenchoy.example>: No such user"]
     lab = make_lab(tmp_path, port)
-    qid = lab.enqueue("andy@ouhk.test", ["nobody@stevenchoy.test", "betty@stevenchoy.test"])
+    qid = lab.enqueue("andy@ouhk.example", ["nobody@stevenchoy.example", "betty@stevenchoy.example"])
     assert lab.run_once() == 2  # the message, then its bounce in the same pass
-    assert [r.rcpt_tos for r in handler.received] == [["betty@stevenchoy.test"]]  # the good one went
+    assert [r.rcpt_tos for r in handler.received] == [["betty@stevenchoy.example"]]  # the good one went
     [(sender, rcpt, raw)] = lab.local
-    assert (sender, rcpt) == ("", "andy@ouhk.test")  # bounces travel with the null sender
+    assert (sender, rcpt) == ("", "andy@ouhk.example")  # bounces travel with the null sender
     msg = BytesParser(policy=policy.default).parsebytes(raw)
-    assert msg["From"] == f"Mail Delivery System <MAILER-DAEMON@{MTA_FQDN}>" and msg["To"] == "andy@ouhk.test"
+    assert msg["From"] == f"Mail Delivery System <MAILER-DAEMON@{MTA_FQDN}>" and msg["To"] == "andy@ouhk.example"
     per_message, nobody = parse_report(raw)
     assert per_message["Reporting-MTA"] == f"dns; {MTA_FQDN}"
-    assert nobody["Final-Recipient"] == "rfc822; nobody@stevenchoy.test"
+    assert nobody["Final-Recipient"] == "rfc822; nobody@stevenchoy.example"
     assert (nobody["Action"], nobody["Status"]) == ("failed", "5.1.1")
-    assert nobody["Remote-MTA"] == "dns; mail.stevenchoy.test"
-    assert nobody["Diagnostic-Code"] == "smtp; 550 5.1.1 <nobody@stevenchoy.test>: No such user"
+    assert nobody["Remote-MTA"] == "dns; mail.stevenchoy.example"
+    assert nobody["Diagnostic-Code"] == "smtp; 550 5.1.1 <nobody@stevenchoy.example>: No such user"
     assert "Subject: Lunch?" in msg.get_payload()[2].get_content()
     assert qid in msg.get_payload()[0].get_content()
     assert lab.spool.entries() == []
@@ -327,11 +318,11 @@ def test_several_messages_to_one_mx_share_sessions(tmp_path: Path, mx: tuple[Scr
     lab = make_lab(tmp_path, port)
     count = delivery.DELIVERY_CONCURRENCY * 3
     for i in range(count):
-        lab.enqueue(f"andy+{i}@ouhk.test", ["betty@stevenchoy.test"], MESSAGE + f"{i}\r\n".encode())
+        lab.enqueue(f"andy+{i}@ouhk.example", ["betty@stevenchoy.example"], MESSAGE + f"{i}\r\n".encode())
     assert lab.run_once() == count
     # Queued in the same (fake) second, and delivered concurrently: in no particular order.
     assert sorted((r.mail_from, r.data) for r in handler.received) == sorted(
-        (f"andy+{i}@ouhk.test", MESSAGE + f"{i}\r\n".encode()) for i in range(count))
+        (f"andy+{i}@ouhk.example", MESSAGE + f"{i}\r\n".encode()) for i in range(count))
     # at most one session per delivery slot, each carrying several transactions
     sessions = {r.session for r in handler.received}
     assert 1 <= len(sessions) <= delivery.DELIVERY_CONCURRENCY
@@ -341,7 +332,7 @@ def test_several_messages_to_one_mx_share_sessions(tmp_path: Path, mx: tuple[Scr
 def test_null_mx_bounces_at_once(tmp_path: Path, mx: tuple[ScriptedMx, int]) -> None:
     _, port = mx
     lab = make_lab(tmp_path, port)
-    lab.enqueue("andy@ouhk.test", ["someone@nomail.test"])
+    lab.enqueue("andy@ouhk.example", ["someone@nomail.test"])
     lab.run_once()
     [bounce] = lab.bounces()
     _, rcpt = parse_report(bounce)
@@ -353,9 +344,9 @@ def test_null_mx_bounces_at_once(tmp_path: Path, mx: tuple[ScriptedMx, int]) -> 
 def test_a_failed_bounce_is_dropped_not_bounced(tmp_path: Path, mx: tuple[ScriptedMx, int],
                                                 caplog: pytest.LogCaptureFixture) -> None:
     handler, port = mx
-    handler.rcpt_replies["gone@stevenchoy.test"] = ["550 5.1.1 No such user"]
+    handler.rcpt_replies["gone@stevenchoy.example"] = ["550 5.1.1 No such user"]
     lab = make_lab(tmp_path, port)
-    lab.enqueue("", ["gone@stevenchoy.test"])
+    lab.enqueue("", ["gone@stevenchoy.example"])
     with caplog.at_level(logging.INFO, "services.smtp.delivery"):
         assert lab.run_once() == 1
     assert lab.local == [] and lab.spool.entries() == []
@@ -365,7 +356,7 @@ def test_a_failed_bounce_is_dropped_not_bounced(tmp_path: Path, mx: tuple[Script
 def test_give_up_after_the_retry_period_bounces_with_4_4_7(tmp_path: Path) -> None:
     blocker = closed_port()
     lab = make_lab(tmp_path, blocker.getsockname()[1])
-    lab.enqueue("andy@ouhk.test", ["betty@stevenchoy.test"])
+    lab.enqueue("andy@ouhk.example", ["betty@stevenchoy.example"])
     schedule = []
     while lab.spool.entries():
         assert lab.run_once() >= 1
@@ -386,18 +377,18 @@ def test_a_silent_mx_times_out_and_is_retried(tmp_path: Path, monkeypatch: pytes
     silent.listen()  # the kernel completes the handshake; nobody ever says 220
     try:
         lab = make_lab(tmp_path, silent.getsockname()[1])
-        qid = lab.enqueue("andy@ouhk.test", ["betty@stevenchoy.test"])
+        qid = lab.enqueue("andy@ouhk.example", ["betty@stevenchoy.example"])
         lab.run_once()
     finally:
         silent.close()
-    betty = lab.spool.entry(qid).recipient("betty@stevenchoy.test")
+    betty = lab.spool.entry(qid).recipient("betty@stevenchoy.example")
     assert (betty.status, betty.dsn_status, betty.next_attempt) == (Status.PENDING, "4.4.1", T0 + 5)
-    assert betty.last_error == "mail.stevenchoy.test[127.0.0.1]: timed out"
+    assert betty.last_error == "mail.stevenchoy.example[127.0.0.1]: timed out"
 
 
 def test_dns_temporary_failure_is_retried(tmp_path: Path) -> None:
     lab = make_lab(tmp_path, 0)  # never connects: there is no route
-    qid = lab.enqueue("andy@ouhk.test", ["x@flaky.test"])
+    qid = lab.enqueue("andy@ouhk.example", ["x@flaky.test"])
     lab.run_once()
     rcpt = lab.spool.entry(qid).recipient("x@flaky.test")
     assert (rcpt.status, rcpt.dsn_status) == (Status.PENDING, "4.4.3")
@@ -406,20 +397,20 @@ def test_dns_temporary_failure_is_retried(tmp_path: Path) -> None:
 def test_local_recipients_and_unknown_local_users(tmp_path: Path) -> None:
     blocker = closed_port()  # betty's MX is down: her bounce stays queued
     lab = make_lab(tmp_path, blocker.getsockname()[1])
-    qid = lab.enqueue("betty@stevenchoy.test", ["andy@ouhk.test", "ghost@ouhk.test"])
+    qid = lab.enqueue("betty@stevenchoy.example", ["andy@ouhk.example", "ghost@ouhk.example"])
     # andy's mailbox write fails (deferred); ghost has no mailbox (a bounce to betty, over SMTP).
-    lab.local_fails.add("andy@ouhk.test")
+    lab.local_fails.add("andy@ouhk.example")
     lab.run_once()
-    andy = lab.spool.entry(qid).recipient("andy@ouhk.test")
+    andy = lab.spool.entry(qid).recipient("andy@ouhk.example")
     assert (andy.status, andy.dsn_status) == (Status.PENDING, "4.3.0")
     assert "no space left on device" in andy.last_error
-    assert lab.spool.entry(qid).recipient("ghost@ouhk.test").status is Status.BOUNCED
+    assert lab.spool.entry(qid).recipient("ghost@ouhk.example").status is Status.BOUNCED
     bounces = [e for e in lab.spool.entries() if e.sender == ""]
-    assert [r.address for r in bounces[0].recipients] == ["betty@stevenchoy.test"]
+    assert [r.address for r in bounces[0].recipients] == ["betty@stevenchoy.example"]
     lab.local_fails.clear()
     lab.clock.now = andy.next_attempt
     lab.run_once()
-    assert [(s, r) for s, r, _ in lab.local] == [("betty@stevenchoy.test", "andy@ouhk.test")]
+    assert [(s, r) for s, r, _ in lab.local] == [("betty@stevenchoy.example", "andy@ouhk.example")]
     blocker.close()
 
 
@@ -427,8 +418,8 @@ def test_one_broken_message_does_not_stop_the_others(tmp_path: Path, mx: tuple[S
                                                      caplog: pytest.LogCaptureFixture) -> None:
     handler, port = mx
     lab = make_lab(tmp_path, port, {"bug.test": RuntimeError("a bug in a resolver")})
-    bad = lab.enqueue("andy@ouhk.test", ["x@bug.test"])
-    lab.enqueue("andy@ouhk.test", ["betty@stevenchoy.test"])
+    bad = lab.enqueue("andy@ouhk.example", ["x@bug.test"])
+    lab.enqueue("andy@ouhk.example", ["betty@stevenchoy.example"])
     with caplog.at_level(logging.INFO, "services.smtp.delivery"):
         assert lab.run_once() == 2
     assert len(handler.received) == 1
@@ -439,13 +430,13 @@ def test_one_broken_message_does_not_stop_the_others(tmp_path: Path, mx: tuple[S
 
 def test_run_wakes_on_enqueue_and_flush(tmp_path: Path, mx: tuple[ScriptedMx, int]) -> None:
     handler, port = mx
-    handler.rcpt_replies["betty@stevenchoy.test"] = ["451 4.3.0 later"]
+    handler.rcpt_replies["betty@stevenchoy.example"] = ["451 4.3.0 later"]
     lab = make_lab(tmp_path, port)
 
     async def scenario() -> None:
         task = asyncio.create_task(lab.worker.run())
         try:
-            lab.enqueue("andy@ouhk.test", ["betty@stevenchoy.test"])
+            lab.enqueue("andy@ouhk.example", ["betty@stevenchoy.example"])
             lab.worker.wake()
             # The first try gets 451; the next is 5 s away on the fake clock, which never moves.
             assert await asyncio.to_thread(handler.rcpt_seen.wait, 5.0)
@@ -548,34 +539,34 @@ def test_one_mx_lookup_serves_the_messages_of_a_pass(tmp_path: Path, mx: tuple[S
     lab = make_lab(tmp_path, port)
     count = delivery.DELIVERY_CONCURRENCY * 2
     for i in range(count):
-        lab.enqueue("andy@ouhk.test", ["betty@stevenchoy.test"], MESSAGE + f"{i}\r\n".encode())
+        lab.enqueue("andy@ouhk.example", ["betty@stevenchoy.example"], MESSAGE + f"{i}\r\n".encode())
     assert lab.run_once() == count
     assert len(handler.received) == count
-    assert lab.resolver.asked == ["stevenchoy.test"]  # concurrent messages waited for one lookup
-    lab.enqueue("andy@ouhk.test", ["betty@stevenchoy.test"])
+    assert lab.resolver.asked == ["stevenchoy.example"]  # concurrent messages waited for one lookup
+    lab.enqueue("andy@ouhk.example", ["betty@stevenchoy.example"])
     assert lab.run_once() == 1
-    assert lab.resolver.asked == ["stevenchoy.test"] * 2  # a new pass asks again: visible in a capture
+    assert lab.resolver.asked == ["stevenchoy.example"] * 2  # a new pass asks again: visible in a capture
 
 
 def test_an_idle_session_the_server_dropped_is_replaced_without_a_deferral(mx: tuple[ScriptedMx, int]) -> None:
     handler, port = mx
-    connections = client.Connections("smtp.ouhk.test", port)
-    target = Target(MxHost(10, "mail.stevenchoy.test", ("127.0.0.1",)), "127.0.0.1", ("betty@stevenchoy.test",))
+    connections = client.Connections("smtp.ouhk.example", port)
+    target = Target(MxHost(10, "mail.stevenchoy.example", ("127.0.0.1",)), "127.0.0.1", ("betty@stevenchoy.example",))
 
     async def two_messages() -> client.HostResult:
         try:
-            first = await connections.transact(target, "andy@ouhk.test", MESSAGE)
-            assert first.replies["betty@stevenchoy.test"].code == 250
+            first = await connections.transact(target, "andy@ouhk.example", MESSAGE)
+            assert first.replies["betty@stevenchoy.example"].code == 250
             # The next MAIL on the kept session is the first command of the next message (no RSET
             # probe): a server that has given up on the idle session answers it 421 (RFC 5321 §3.8).
-            handler.mail_replies.append("421 4.4.2 mail.stevenchoy.test idle too long, closing")
-            return await connections.transact(target, "carol@ouhk.test", MESSAGE)
+            handler.mail_replies.append("421 4.4.2 mail.stevenchoy.example idle too long, closing")
+            return await connections.transact(target, "carol@ouhk.example", MESSAGE)
         finally:
             await connections.close()
 
     result = asyncio.run(two_messages())
-    assert result.error == "" and result.replies["betty@stevenchoy.test"].code == 250
-    assert [r.mail_from for r in handler.received] == ["andy@ouhk.test", "carol@ouhk.test"]
+    assert result.error == "" and result.replies["betty@stevenchoy.example"].code == 250
+    assert [r.mail_from for r in handler.received] == ["andy@ouhk.example", "carol@ouhk.example"]
     assert handler.sessions == 2 and handler.received[1].session == 2
 
 
@@ -591,9 +582,9 @@ def test_with_pipelining_mail_rcpt_and_data_leave_in_one_write(tmp_path: Path) -
     def serve() -> None:
         conn, _ = listener.accept()
         with conn, conn.makefile("rb") as reader:
-            conn.sendall(b"220 mail.stevenchoy.test ESMTP\r\n")
+            conn.sendall(b"220 mail.stevenchoy.example ESMTP\r\n")
             reader.readline()  # EHLO
-            conn.sendall(b"250-mail.stevenchoy.test\r\n250-PIPELINING\r\n250 8BITMIME\r\n")
+            conn.sendall(b"250-mail.stevenchoy.example\r\n250-PIPELINING\r\n250 8BITMIME\r\n")
             batch = [reader.readline() for _ in range(4)]  # no reply before all four are in
             seen.extend(batch)
             conn.sendall(b"250 2.1.0 ok\r\n250 2.1.5 ok\r\n550 5.1.1 no such user\r\n354 go ahead\r\n")
@@ -606,12 +597,12 @@ def test_with_pipelining_mail_rcpt_and_data_leave_in_one_write(tmp_path: Path) -
     server = threading.Thread(target=serve, daemon=True)
     server.start()
     lab = make_lab(tmp_path, port)
-    lab.enqueue("andy@ouhk.test", ["betty@stevenchoy.test", "nobody@stevenchoy.test"])
+    lab.enqueue("andy@ouhk.example", ["betty@stevenchoy.example", "nobody@stevenchoy.example"])
     lab.run_once()
     server.join(timeout=10)
     listener.close()
-    assert seen[:4] == [b"MAIL FROM:<andy@ouhk.test>\r\n",  # no SIZE: this server does not offer it
-                        b"RCPT TO:<betty@stevenchoy.test>\r\n", b"RCPT TO:<nobody@stevenchoy.test>\r\n",
+    assert seen[:4] == [b"MAIL FROM:<andy@ouhk.example>\r\n",  # no SIZE: this server does not offer it
+                        b"RCPT TO:<betty@stevenchoy.example>\r\n", b"RCPT TO:<nobody@stevenchoy.example>\r\n",
                         b"DATA\r\n"]
     assert b"".join(seen[4:]) == MESSAGE.replace(b"\r\n.A line", b"\r\n..A line")  # dot-stuffed on the wire
     assert lab.spool.entries() == []  # betty delivered, nobody bounced (the bounce went to andy, locally)

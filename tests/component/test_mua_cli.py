@@ -24,16 +24,17 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
-from services.config import Account, Domain, Host, LabConfig, MuaSettings
+from services.config import LabConfig, MuaSettings
 from services.mailstore import deliver, mailbox_dir
 from services.mua.cli import main
 from services.mua.local import SEEN_FILE
 from services.pop3 import server as pop3_server
 from services.pop3.core import Limits
+from tests.labconfig import lab_config, password
 from tests.support import BackgroundLoop, server_closer
 
-ANDY, ANDY_PW = "andy@ouhk.example", "andy-secret"
-BETTY, BETTY_PW = "betty@stevenchoy.example", "betty-secret"
+ANDY, BETTY = "andy@ouhk.example", "betty@stevenchoy.example"
+ANDY_PW, BETTY_PW = password(ANDY), password(BETTY)
 UNKNOWN = "nobody@stevenchoy.example"
 TIMEOUT = 10.0
 QUEUE_ID = "j8U9hrH01679"
@@ -43,14 +44,9 @@ BLOB = bytes(range(256)) * 4 + b"\r\n.\r\n\x00\xff" + os.urandom(3000)
 
 
 def config(smtp: str = "smtp.ouhk.example", pop3: str = "smtp.ouhk.example", me: str = "andy") -> LabConfig:
-    return LabConfig(
-        lab="test", me=me, subnet="127.0.0.0/8", nameserver="127.0.0.1",
-        hosts=(Host("andy", "andy.ouhk.example", "mua", "127.0.0.10"),
-               Host("mail", "mail.stevenchoy.example", "mx", "127.0.0.110")),
-        domains=(Domain("ouhk.example", "smtp", (Account("andy", "ouhk.example", ANDY_PW),)),
-                 Domain("stevenchoy.example", "mail", (Account("betty", "stevenchoy.example", BETTY_PW),))),
-        mua=MuaSettings(user=ANDY, smtp=smtp, pop3=pop3) if me == "andy" else None,
-    )
+    mua = MuaSettings(user=ANDY, smtp=smtp, pop3=pop3) if me == "andy" else None
+    return lab_config(me, addresses={"andy": "127.0.0.10", "mail": "127.0.0.110"}, subnet="127.0.0.0/8",
+                      nameserver="127.0.0.1", mua=mua)
 
 
 def parse(data: bytes) -> EmailMessage:

@@ -13,26 +13,19 @@ from pathlib import Path
 
 import pytest
 
-from services.config import Account, Domain, Host, LabConfig
 from services.mailstore import Maildir, deliver, mailbox_dir
 from services.pop3 import server as pop3_server
 from services.pop3.core import MAX_BAD_COMMANDS, Limits
+from tests.labconfig import lab_config
 from tests.support import BackgroundLoop, server_closer
 
 PASSWORD = "s3cret pw"
 AUTH_DELAY = 0.2  # the first failed login's delay in these tests (the real default is longer)
 TIMEOUT = 10.0  # a client socket waits at most this long for any reply
 
-CONFIG = LabConfig(
-    lab="test",
-    me="mail",
-    subnet="127.0.0.0/8",
-    nameserver="127.0.0.1",
-    hosts=(Host("mail", "mail.stevenchoy.example", "mx", "127.0.0.1"),
-           Host("smtp", "smtp.ouhk.example", "mta", "127.0.0.2")),
-    domains=(Domain("stevenchoy.example", "mail", (Account("betty", "stevenchoy.example", PASSWORD),)),
-             Domain("ouhk.example", "smtp", (Account("andy", "ouhk.example", "andypw"),))),
-)
+# A password with a space: PASS takes the rest of the line (RFC 1939 §7).
+CONFIG = lab_config("mail", addresses={"mail": "127.0.0.1", "smtp": "127.0.0.2"}, subnet="127.0.0.0/8",
+                    nameserver="127.0.0.1", passwords={"betty@stevenchoy.example": PASSWORD})
 
 MESSAGE_1 = b"From: andy@ouhk.example\r\nTo: betty@stevenchoy.example\r\nSubject: one\r\n\r\nHello Betty.\r\n"
 MESSAGE_2 = b"Subject: two\r\n\r\nline 1\r\n.starts with a dot\r\nline 3\r\nline 4\r\n"

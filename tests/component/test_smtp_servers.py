@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from services.config import Account, Domain, Host, LabConfig
+from services.config import LabConfig
 from services.mailstore import Maildir, mailbox_dir
 from services.smtp import server, wire
 from services.smtp.delivery import DeliveryWorker
@@ -40,37 +40,21 @@ from services.smtp.relay import MxAnswer, MxHost, MxRecords
 from services.smtp.server import Client, Listeners
 from services.smtp.spool import Spool
 from services.smtp.wire import DataReader
+from tests.labconfig import lab_config, password
 from tests.support import BackgroundLoop
 
 T = TypeVar("T")
 TIMEOUT = 10.0  # the longest any reply may take
 SMALL = 2048  # a SIZE limit small enough to exceed in a test
 
-PASSWORDS = {"andy@ouhk.example": "andy-secret", "betty@stevenchoy.example": "betty-secret"}
-
-
 def lab(me: str) -> LabConfig:
     """The lab, with the MTA at 127.0.0.1 and andy's MUA host elsewhere (not a loopback address)."""
-    return LabConfig(
-        lab="test",
-        me=me,
-        subnet="10.89.0.0/24",
-        nameserver="127.0.0.1",
-        hosts=(
-            Host("smtp", "smtp.ouhk.example", "mta", "127.0.0.1"),
-            Host("mail", "mail.stevenchoy.example", "mx", "127.0.0.2"),
-            Host("andy", "andy.ouhk.example", "mua", "10.89.0.10"),
-        ),
-        domains=(
-            Domain("ouhk.example", "smtp", (Account("andy", "ouhk.example", PASSWORDS["andy@ouhk.example"]),)),
-            Domain("stevenchoy.example", "mail",
-                   (Account("betty", "stevenchoy.example", PASSWORDS["betty@stevenchoy.example"]),)),
-        ),
-    )
+    return lab_config(me, addresses={"smtp": "127.0.0.1", "mail": "127.0.0.2"}, nameserver="127.0.0.1")
 
 
 MX_CFG = lab("mail")
 MTA_CFG = lab("smtp")
+PASSWORDS = {a: password(a) for a in ("andy@ouhk.example", "betty@stevenchoy.example")}
 
 # The article's Activity 1, as typed (with the lab's names).
 ACTIVITY_1 = [

@@ -8,16 +8,13 @@ from pathlib import Path
 import pytest
 
 from services import storecli, talk
-from services.config import Account, Domain, Host, LabConfig
 from services.mailstore import deliver, mailbox_dir
 from services.smtp.mx import start_mx
+from tests.labconfig import lab_config, password
 from tests.support import BackgroundLoop
 
-CONFIG = LabConfig(
-    lab="test", me="mail", subnet="127.0.0.0/8", nameserver="127.0.0.1",
-    hosts=(Host("mail", "mail.stevenchoy.example", "mx", "127.0.0.1"),),
-    domains=(Domain("stevenchoy.example", "mail", (Account("betty", "stevenchoy.example", "pw"),)),),
-)
+BETTY = "betty@stevenchoy.example"
+CONFIG = lab_config("mail", addresses={"mail": "127.0.0.1"}, subnet="127.0.0.0/8", nameserver="127.0.0.1")
 MESSAGE = "Subject: =?utf-8?q?Gr=C3=BC=C3=9Fe?=\nFrom: andy@ouhk.example\n\n.dot first\nline two\n"
 
 
@@ -49,7 +46,7 @@ def test_pop3_multiline_answers_end_at_the_dot_and_a_drop_keeps_the_mail(servers
     _, pop3 = servers
     deliver(mailbox_dir(tmp_path, "betty@stevenchoy.example"), MESSAGE.encode())
     log = talk.talk("127.0.0.1", pop3, "pop3",
-                    ["USER betty", "PASS pw", "LIST", "RETR 1", "LIST 1", "DELE 1"], 5.0)  # no QUIT
+                    ["USER betty", f"PASS {password(BETTY)}", "LIST", "RETR 1", "LIST 1", "DELE 1"], 5.0)  # no QUIT
     replies = {e["sent"]: str(e["reply"]) for e in log}
     assert replies["LIST"].startswith("+OK") and replies["LIST"].endswith("\r\n.\r\n")
     assert replies["LIST 1"] == "+OK 1 87\r\n"  # with an argument: one line

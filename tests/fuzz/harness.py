@@ -25,7 +25,7 @@ from pathlib import Path
 
 from hypothesis import HealthCheck, settings
 
-from services.config import Account, Domain, Host, LabConfig
+from services.config import LabConfig
 from services.dns.server import DnsServer
 from services.dns.server import start as start_dns
 from services.dns.zones import Zones, load_dir
@@ -36,6 +36,7 @@ from services.smtp.mta import start_mta
 from services.smtp.mx import MxHandler
 from services.smtp.server import Listeners, listen
 from services.smtp.spool import Spool
+from tests import labconfig
 from tests.support import BackgroundLoop, server_closer
 
 HOST = "127.0.0.1"
@@ -75,27 +76,14 @@ CASES: collections.Counter[str] = collections.Counter()
 # -- the lab, on loopback ----------------------------------------------------------------------
 
 BETTY = "betty@stevenchoy.example"
-BETTY_PASSWORD = "betty-secret"
 ANDY = "andy@ouhk.example"
-ANDY_PASSWORD = "andy-secret"
+BETTY_PASSWORD = labconfig.password(BETTY)
+ANDY_PASSWORD = labconfig.password(ANDY)
 
 
 def lab_config(me: str) -> LabConfig:
-    return LabConfig(
-        lab="fuzz",
-        me=me,
-        subnet="10.89.0.0/24",
-        nameserver=HOST,
-        hosts=(
-            Host("smtp", "smtp.ouhk.example", "mta", "127.0.0.2"),
-            Host("mail", "mail.stevenchoy.example", "mx", HOST),
-            Host("andy", "andy.ouhk.example", "mua", "10.89.0.10"),
-        ),
-        domains=(
-            Domain("ouhk.example", "smtp", (Account("andy", "ouhk.example", ANDY_PASSWORD),)),
-            Domain("stevenchoy.example", "mail", (Account("betty", "stevenchoy.example", BETTY_PASSWORD),)),
-        ),
-    )
+    """The shipped lab with its servers on loopback (the MX at HOST, the MTA beside it)."""
+    return labconfig.lab_config(me, addresses={"smtp": "127.0.0.2", "mail": HOST}, nameserver=HOST)
 
 
 # betty's mailbox as every POP3 case finds it: what the RETR/TOP lines may contain.

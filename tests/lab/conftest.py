@@ -6,12 +6,14 @@ engine is a failure, never a skip (style.md).
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import docker
 import pytest
@@ -22,6 +24,7 @@ from labctl.backend.docker_engine import DockerEngine
 from labctl.errors import DockerUnavailable
 from labctl.image import ImageBuilder
 from labctl.lab import Lab
+from labctl.mail import MailCommandResult
 from labctl.plan import container_name
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -63,6 +66,14 @@ def labctl(*args: str, check: bool = True, env: dict[str, str] | None = None) ->
     if check and proc.returncode != 0:
         raise AssertionError(f"labctl {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def parse_json(outcome: MailCommandResult) -> Any:
+    """What a mail command printed with --json (a mailbox listing, a message, the MTA's queue)."""
+    try:
+        return json.loads(outcome.output)
+    except json.JSONDecodeError as exc:
+        raise AssertionError(f"{outcome.host}: no JSON: {outcome.output[:200]!r}{outcome.errors[:200]}") from exc
 
 
 @dataclass

@@ -17,7 +17,6 @@ from __future__ import annotations
 import collections
 import json
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 
@@ -26,15 +25,17 @@ import pytest
 from labctl import mail, topology
 from labctl.backend.docker_engine import DockerEngine
 from labctl.lab import Lab
-from tests.lab.conftest import labctl, unique_lab
+from tests.lab.conftest import labctl, parse_json, unique_lab
+from tests.lab.waiting import eventually
 
 DELIVERY_TIMEOUT = 120.0  # a few hundred messages on a loaded two-core CI machine; takes seconds here
 BETTY = "betty@stevenchoy.example"
 
 # Sends messages numbered [first, first+count) to betty over `conns` connections to the MTA's port 25,
-# retrying a failed one (same Message-ID) until the deadline. Prints what was acknowledged.
+# retrying a failed one (same Message-ID) until the deadline. Prints what was acknowledged; the
+# progress file says meanwhile how many were acknowledged and how many attempts failed.
 LOAD = r"""
-import json, smtplib, sys, threading, time
+import json, os, smtplib, sys, threading, time
 server, tag, first, count, conns, progress = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:6]), sys.argv[6]
 deadline = time.monotonic() + 100
 acked, errors, lock = [], [], threading.Lock()
@@ -42,6 +43,11 @@ acked, errors, lock = [], [], threading.Lock()
 def message(mid):
     return (f"From: andy@ouhk.example\r\nTo: betty@stevenchoy.example\r\nSubject: load {mid}\r\n"
             f"Message-ID: {mid}\r\n\r\nmessage {mid}\r\n").encode()
+
+def report():  # called with the lock held
+    with open(progress + ".new", "w") as f:
+        f.write(f"{len(acked)} {len(errors)}")
+    os.replace(progress + ".new", progress)  # a reader never sees half a line
 
 def worker(k):
     todo = [f"<{tag}.{i}@andy.ouhk.example>" for i in range(first + k, first + count, conns)]
@@ -54,6 +60,7 @@ def worker(k):
         except (smtplib.SMTPException, OSError) as exc:
             with lock:
                 errors.append(f"{type(exc).__name__}: {exc}"[:120])
+                report()
             try:
                 smtp.close()
             except Exception:
@@ -63,8 +70,7 @@ def worker(k):
             continue
         with lock:
             acked.append(todo.pop(0))
-            with open(progress, "w") as f:
-                f.write(str(len(acked)))
+            report()
     if smtp is not None:
         smtp.quit()
 
@@ -155,15 +161,13 @@ def betty_ids(lab: Lab) -> list[str]:
 
 def wait_delivered(lab: Lab, wanted: set[str]) -> collections.Counter[str]:
     """Flush the queue and read betty's mailbox until every wanted Message-ID is there."""
-    deadline = time.monotonic() + DELIVERY_TIMEOUT
-    while True:
+    def delivered() -> collections.Counter[str]:
         mail.queue(lab, flush=True)
         seen = collections.Counter(betty_ids(lab))
         missing = wanted - set(seen)
-        if not missing:
-            return seen
-        assert time.monotonic() < deadline, f"{len(missing)} acknowledged messages never arrived: {sorted(missing)[:5]}"
-        time.sleep(1.0)
+        assert not missing, f"{len(missing)} acknowledged messages never arrived: {sorted(missing)[:5]}"
+        return seen
+    return eventually(delivered, DELIVERY_TIMEOUT, "every acknowledged message in betty's mailbox", interval=1.0)
 
 
 class Load:
@@ -182,16 +186,33 @@ class Load:
         assert isinstance(out, dict)
         self.result = out
 
-    def acked_so_far(self) -> int:
+    def so_far(self) -> tuple[int, int]:
+        """(messages acknowledged, sender attempts failed) until now."""
         ran = self.lab.exec("andy", ["cat", self.progress])
-        return int(ran.output) if ran.exit_code == 0 and ran.output.strip() else 0
+        if ran.exit_code != 0 or not ran.output.strip():
+            return 0, 0
+        acked, failed = ran.output.split()
+        return int(acked), int(failed)
 
     def wait_acked(self, at_least: int, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while self.acked_so_far() < at_least:
-            assert self._thread.is_alive(), f"the load ended early: {self.result}"
-            assert time.monotonic() < deadline, f"fewer than {at_least} messages acknowledged in {timeout} s"
-            time.sleep(0.05)
+        def acked() -> int:
+            n, _ = self.so_far()
+            if n < at_least and not self._thread.is_alive():
+                pytest.fail(f"the load ended early: {self.result}")
+            assert n >= at_least, f"{n} acknowledged so far"
+            return n
+        eventually(acked, timeout, f"{at_least} messages acknowledged", interval=0.05)
+
+    def wait_failed(self, more_than: int, timeout: float = 60.0) -> None:
+        """Until some sender has had an attempt fail since ``more_than`` had (a refused connection,
+        a 250 that never came)."""
+        def failed() -> int:
+            _, n = self.so_far()
+            if n <= more_than and not self._thread.is_alive():
+                pytest.fail(f"the load ended before a sender noticed: {self.result}")
+            assert n > more_than, f"{n} failed attempts so far"
+            return n
+        eventually(failed, timeout, "a sender noticing the MTA is gone", interval=0.05)
 
     def finish(self) -> list[str]:
         self._thread.join(DELIVERY_TIMEOUT)
@@ -208,15 +229,16 @@ def test_mta_killed_under_load_loses_no_acknowledged_message(lab: Lab) -> None:
     try:
         queued = Load(lab, tag, 0, queued_n).finish()
         assert len(queued) == queued_n
-        assert len(mail.parse_json(mail.queue(lab, as_json=True))["entries"]) >= queued_n
+        assert len(parse_json(mail.queue(lab, as_json=True))["entries"]) >= queued_n
     finally:
         lab.start("mail")
     # 2. The MX is back; the MTA relays the backlog while 200 more arrive; SIGKILL it mid-way.
     live = Load(lab, tag, queued_n, live_n)
     mail.queue(lab, flush=True)
     live.wait_acked(live_n // 3)
+    _, failed = live.so_far()
     assert lab.kill("smtp").state == "exited"
-    time.sleep(1.0)  # the senders notice: refused connections, a 250 that never came
+    live.wait_failed(failed)  # the senders notice: refused connections, a 250 that never came
     lab.start("smtp")
     acked = queued + live.finish()
     assert len(acked) == queued_n + live_n  # the senders retried until every message was taken
@@ -237,7 +259,7 @@ def test_mta_killed_under_load_loses_no_acknowledged_message(lab: Lab) -> None:
           f"{len(live.result['errors'])} failed sender attempts")
     assert lost == []
     assert set(ours) == set(acked)  # nothing delivered that no one sent
-    assert mail.parse_json(mail.queue(lab, as_json=True))["entries"] == []
+    assert parse_json(mail.queue(lab, as_json=True))["entries"] == []
 
 
 def mx_connection_bytes(lab: Lab) -> int:
@@ -261,10 +283,11 @@ def test_mx_killed_in_the_middle_of_data_the_message_arrives_once(lab: Lab) -> N
         code, text = send_one(lab, "smtp.ouhk.example", mid, size)
         assert code == 250, text
         queue_id = text.split()[1]
-        deadline = time.monotonic() + 30
-        while mx_connection_bytes(lab) < size // 10:  # well into the DATA
-            assert time.monotonic() < deadline, "the MTA never started sending the message to the MX"
-            time.sleep(0.1)
+        def well_into_the_data() -> int:
+            sent = mx_connection_bytes(lab)
+            assert sent >= size // 10, f"{sent} octets acknowledged by the MX"
+            return sent
+        eventually(well_into_the_data, 30, "the MTA sending the message to the MX", interval=0.1)
         assert lab.kill("mail").state == "exited"
     finally:
         lab.exec("smtp", ["tc", "qdisc", "del", "dev", "eth0", "root"])
@@ -273,15 +296,13 @@ def test_mx_killed_in_the_middle_of_data_the_message_arrives_once(lab: Lab) -> N
     assert seen[mid] == 1
     # The MTA writes its log in batches (services/logbuffer.py): the last line may follow the
     # delivery by a few milliseconds.
-    deadline = time.monotonic() + 10
-    while True:
+    def sent_logged() -> list[str]:
         log = b"".join(lab.logs("smtp")).decode(errors="replace")
         attempts = [line for line in log.splitlines() if f"{queue_id}: to=<{BETTY}>" in line]
-        if (attempts and "status=sent" in attempts[-1]) or time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
+        assert attempts and "status=sent" in attempts[-1], attempts
+        return attempts
+    attempts = eventually(sent_logged, 10, f"the MTA logging {queue_id} as sent", interval=0.1)
     assert any("status=deferred" in line for line in attempts), attempts  # the cut-off attempt
-    assert "status=sent" in attempts[-1], attempts
 
 
 def test_pop3_dropped_after_dele_deletes_nothing_and_a_second_session_is_refused(lab: Lab) -> None:
@@ -311,14 +332,9 @@ print(json.dumps({"count": count, "deleted": deleted, "refused": refused}))
     assert isinstance(out, dict)
     assert out["count"] == len(before) and all(d.startswith("+OK") for d in out["deleted"])
     assert "-ERR [IN-USE]" in out["refused"]
-    deadline = time.monotonic() + 10
-    while True:  # the server notices the drop, unlocks, and has deleted nothing
-        try:
-            after = betty_ids(lab)
-            break
-        except AssertionError:  # still locked for a moment
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
+    # The server notices the drop, unlocks (until then a read fails: still locked), and has deleted
+    # nothing. The first read that works is the one compared (a 1-tuple: an empty mailbox is an answer).
+    (after,) = eventually(lambda: (betty_ids(lab),), 10, "betty's mailbox unlocked after the drop")
     assert after == before
 
 
@@ -357,14 +373,12 @@ def test_mx_disk_full_answers_452_loses_nothing_and_resumes(small_disk_lab: Lab)
     tag = f"disk-{uuid.uuid4().hex[:6]}"
     acked = Load(lab, tag, 0, 20, conns=2).finish()
     assert len(acked) == 20
-    deadline = time.monotonic() + 30
-    while True:
-        entries = mail.parse_json(mail.queue(lab, as_json=True))["entries"]
+    def all_deferred() -> list[str]:
+        entries = parse_json(mail.queue(lab, as_json=True))["entries"]
         errors = [r["last_error"] for e in entries for r in e["recipients"] if r["last_error"]]
-        if len(errors) == len(acked):
-            break
-        assert time.monotonic() < deadline, entries
-        time.sleep(0.3)
+        assert len(errors) == len(acked), entries
+        return errors
+    errors = eventually(all_deferred, 30, "every acknowledged message deferred by the MX", interval=0.3)
     assert all("452" in e and "4.3.1" in e for e in errors), errors
     stray = lab.exec("mail", ["find", "/var/mail/maillab", "-path", "*/tmp/*", "-type", "f"])
     assert stray.output == "", "a refused message left a partial file behind"
@@ -374,4 +388,4 @@ def test_mx_disk_full_answers_452_loses_nothing_and_resumes(small_disk_lab: Lab)
     seen = wait_delivered(lab, set(acked))
     assert all(seen[mid] == 1 for mid in acked)
     assert direct not in seen  # refused, never stored
-    assert mail.parse_json(mail.queue(lab, as_json=True))["entries"] == []
+    assert parse_json(mail.queue(lab, as_json=True))["entries"] == []

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import uuid
+
+import docker.errors
 
 from labctl import topology
 from labctl.backend.docker_engine import DockerEngine
+from labctl.image import LABEL_LAB_IMAGE
 from labctl.lab import LABEL_LAB
 from tests.lab.conftest import RunningLab, labctl, unique_lab
 
@@ -177,29 +183,43 @@ def test_two_labs_side_by_side_and_down_leaves_nothing(running_lab: RunningLab, 
     assert "removed 0 hosts" in labctl("down", "--lab", other).stdout
 
 
-def test_image_prune_removes_old_lab_images_and_keeps_current_and_used_ones(
+def test_image_prune_removes_images_of_an_old_lab_image_and_keeps_current_and_used_ones(
         running_lab: RunningLab, client: DockerEngine, image: str) -> None:
-    import io
-    import uuid
+    # The engine is shared (other checkouts' labs and tests, their own current images): this test
+    # removes only the images it built, which carry its own label; prune decides by label alone,
+    # so their names are names prune never heard of.
+    run = uuid.uuid4().hex[:8]
+    mine = f"org.maillab.test.prune={run}"
 
-    def old_image(tag: str) -> str:
-        # A stand-in for an earlier build: the lab image with one more label, a different image ID.
-        dockerfile = f"FROM {image}\nLABEL org.maillab.test-old={uuid.uuid4().hex}\n"
+    def stand_in(name: str, built_on: str | None) -> str:
+        # The lab image with this run's label: built on the current lab image (as the reference
+        # image or test_security's nmap image is), or, with ``built_on``, on an earlier one.
+        tag = f"maillab-prune-test:{name}-{run}"
+        dockerfile = f"FROM {image}\nLABEL {mine} org.maillab.test.stand-in={name}\n"  # an image ID each
+        if built_on is not None:
+            dockerfile += f"LABEL {LABEL_LAB_IMAGE}={built_on}\n"
         list(client.api.build(fileobj=io.BytesIO(dockerfile.encode()), tag=tag, rm=True, decode=True))
+        client.api.inspect_image(tag)
         return tag
 
-    unused = old_image(f"maillab:old{uuid.uuid4().hex[:8]}")
-    used = old_image(f"maillab:old{uuid.uuid4().hex[:8]}")
+    old = stand_in("old", built_on=f"old{run}")
+    used = stand_in("used", built_on=f"old{run}")
+    current = stand_in("current", built_on=None)
     container = client.api.create_container(used, command=["true"])  # created, never started
     try:
-        listed = labctl("image", "prune", "--dry-run").stdout
-        assert unused in listed and used not in listed and f"{image}\n" not in listed + "\n", listed
-        client.api.inspect_image(unused)  # a dry run removes nothing
-        pruned = labctl("image", "prune").stdout
-        assert unused in pruned, pruned
+        everything = labctl("image", "prune", "--dry-run").stdout  # the whole engine: a dry run removes nothing
+        assert old in everything and f"{image}\n" not in everything + "\n", everything
+        assert used not in everything and current not in everything, everything
+        listed = labctl("image", "prune", "--dry-run", "--label", mine).stdout
+        assert listed.split() == ["would", "remove", "1", "old", "image", "tag(s)", old], listed
+        client.api.inspect_image(old)  # a dry run removes nothing
+        pruned = labctl("image", "prune", "--label", mine).stdout
+        assert pruned.split() == ["removed", "1", "old", "image", "tag(s)", old], pruned
         images = {t for i in client.api.images() for t in (i.get("RepoTags") or [])}
-        assert unused not in images and used in images and image in images
+        assert old not in images and used in images and current in images and image in images
         assert all(h.state == "running" for h in running_lab.lab.status())  # the lab's image stays
     finally:
         client.api.remove_container(container["Id"], force=True)
-        client.api.remove_image(used, force=True)
+        for tag in (old, used, current):
+            with contextlib.suppress(docker.errors.ImageNotFound):
+                client.api.remove_image(tag, force=True)

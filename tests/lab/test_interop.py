@@ -22,8 +22,9 @@ import pytest
 from labctl import mail, topology
 from labctl.backend.docker_engine import DockerEngine
 from labctl.lab import Lab
-from tests.lab.conftest import RunningLab, labctl, unique_lab
+from tests.lab.conftest import RunningLab, labctl, parse_json, unique_lab
 from tests.lab.test_mail_path import unique, wait_for_mail
+from tests.lab.waiting import eventually
 
 COMPOSE = topology.DEFAULT_TOPOLOGY.parent
 BETTY_MAILDIR = "/var/mail/maillab/stevenchoy.example/betty"
@@ -136,7 +137,7 @@ def test_our_mta_delivers_to_a_postfix_mx_into_the_maildir_dovecot_serves(postfi
     sent = mail.send(lab, "andy", ["betty@stevenchoy.example"], subject, "relayed by our MTA", [])
     assert sent.ok and "Message accepted for delivery" in sent.output, sent.errors
     entry = wait_for_mail(lab, "betty", subject)  # our MUA, over POP3, from Dovecot
-    message = mail.parse_json(mail.mailbox(lab, "betty", entry["number"], as_json=True))
+    message = parse_json(mail.mailbox(lab, "betty", entry["number"], as_json=True))
     received = [v for k, v in message["all_headers"] if k.lower() == "received"]
     assert "by mail.stevenchoy.example (Postfix)" in received[0]
     assert "by smtp.ouhk.example" in received[1]
@@ -190,7 +191,7 @@ def test_postfix_delivers_to_our_mx(postfix_mta: RunningLab) -> None:
     sent = mail.send(lab, "andy", ["betty@stevenchoy.example"], subject, "relayed by Postfix", [])
     assert sent.ok and "queued as" in sent.output, sent.errors
     entry = wait_for_mail(lab, "betty", subject)
-    message = mail.parse_json(mail.mailbox(lab, "betty", entry["number"], as_json=True))
+    message = parse_json(mail.mailbox(lab, "betty", entry["number"], as_json=True))
     received = [v for k, v in message["all_headers"] if k.lower() == "received"]
     assert "by mail.stevenchoy.example" in received[0] and "smtp.ouhk.example" in received[0]
     assert "by smtp.ouhk.example (Postfix)" in received[1]
@@ -293,9 +294,13 @@ def test_mutt_submits_through_our_mta_and_reads_and_deletes_on_our_pop3(debian_c
     bodies = {by_auth: "Sent by mutt after AUTH.", from_lan: "Sent by mutt from the lab LAN."}
     (moved,) = [subject for subject, body in bodies.items() if f"Subject: {subject}" in saved and body in saved]
     assert saved.count("\nReturn-Path: <andy@ouhk.example>") == 1 and "by mail.stevenchoy.example" in saved
-    log = b"".join(lab.logs("mail")).decode()
-    for command in ("CAPA", "UIDL", "TOP 1 0", "RETR ", "DELE ", "QUIT -> +OK Bye-bye (UPDATE: 1 message removed)"):
-        assert f"betty@stevenchoy.example {command}" in log, command
+
+    def session_logged() -> bool:  # the MX writes its log in batches (services/logbuffer.py): look again
+        log = b"".join(lab.logs("mail")).decode()
+        for command in ("CAPA", "UIDL", "TOP 1 0", "RETR ", "DELE ", "QUIT -> +OK Bye-bye (UPDATE: 1 message removed)"):
+            assert f"betty@stevenchoy.example {command}" in log, command
+        return True
+    eventually(session_logged, 10, "the MX's log of mutt's POP3 session")
     (left,) = curl_messages(lab, "betty", "betty", "betty-secret", "mail.stevenchoy.example")
     (kept,) = set(bodies) - {moved}
     assert kept in left and moved not in left

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 import os
-import time
 import uuid
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from labctl import mail
 from labctl.lab import Lab
-from tests.lab.conftest import RunningLab, labctl
+from tests.lab.conftest import RunningLab, labctl, parse_json
+from tests.lab.waiting import eventually
 
 DELIVERY_TIMEOUT = 30.0  # generous: a loaded CI machine; a delivery takes milliseconds here
 
@@ -59,18 +61,22 @@ def unique(text: str) -> str:
 
 def wait_for_mail(lab: Lab, user: str, subject: str) -> dict[str, Any]:
     """Fetch ``user``'s mail until a message with ``subject`` arrives; return its list entry."""
-    deadline = time.monotonic() + DELIVERY_TIMEOUT
-    while True:
-        assert mail.fetch(lab, user).ok
-        for entry in mail.parse_json(mail.mailbox(lab, user, as_json=True)):
-            if entry["subject"] == subject:
-                return dict(entry)
-        assert time.monotonic() < deadline, f"no message {subject!r} for {user} within {DELIVERY_TIMEOUT} s"
-        time.sleep(0.2)
+    def arrived() -> dict[str, Any] | None:
+        fetch_or_fail(lab, user)
+        entries = parse_json(mail.mailbox(lab, user, as_json=True))
+        return next((dict(e) for e in entries if e["subject"] == subject), None)
+    return eventually(arrived, DELIVERY_TIMEOUT, f"a message {subject!r} for {user}")
+
+
+def fetch_or_fail(lab: Lab, user: str) -> None:
+    """``user``'s MUA fetches new mail; a fetch that fails ends the test (a wait would hide it)."""
+    fetched = mail.fetch(lab, user)
+    if not fetched.ok:
+        pytest.fail(f"{user} could not fetch: {fetched.output}{fetched.errors}")
 
 
 def read(lab: Lab, user: str, number: int) -> dict[str, Any]:
-    return dict(mail.parse_json(mail.mailbox(lab, user, number, as_json=True)))
+    return dict(parse_json(mail.mailbox(lab, user, number, as_json=True)))
 
 
 def header_values(message: dict[str, Any], name: str) -> list[str]:
@@ -124,14 +130,12 @@ def test_activity_2_pop3_by_hand_gives_the_right_counts_and_sizes(running_lab: R
     for subject in subjects:
         labctl("send", "--lab", lab.name, "--from", "andy", "--to", "betty@stevenchoy.example",
                "--subject", subject, "--body", "two messages for Activity 2")
-    deadline = time.monotonic() + DELIVERY_TIMEOUT
-    while True:
+    def both_stored() -> list[tuple[str, str]]:
         stat = dialogue(lab, "betty", "mail.stevenchoy.example", 110,
                         ["USER betty", "PASS betty-secret", "STAT", "QUIT"])
-        if stat[3][1].startswith("+OK 2 "):
-            break
-        assert time.monotonic() < deadline, stat
-        time.sleep(0.2)
+        assert stat[3][1].startswith("+OK 2 "), stat
+        return stat
+    eventually(both_stored, DELIVERY_TIMEOUT, "both messages in betty's maildrop")
 
     log = dialogue(lab, "betty", "mail.stevenchoy.example", 110, [
         "USER betty", "PASS betty-secret", "STAT", "LIST", "RETR 1", "DELE 1", "QUIT",
@@ -167,15 +171,13 @@ def test_mx_down_the_message_waits_in_the_queue_then_arrives(running_lab: Runnin
     try:
         labctl("send", "--lab", lab.name, "--from", "andy", "--to", "betty@stevenchoy.example",
                "--subject", subject, "--body", "queued, retried, delivered")
-        deadline = time.monotonic() + DELIVERY_TIMEOUT
-        while True:
-            entries = mail.parse_json(mail.queue(lab, as_json=True))["entries"]
+        def tried_once() -> list[dict[str, Any]]:
+            entries = parse_json(mail.queue(lab, as_json=True))["entries"]
             tried = [e for e in entries for r in e["recipients"]
                      if r["address"] == "betty@stevenchoy.example" and r["attempts"] >= 1 and r["last_error"]]
-            if tried:
-                break
-            assert time.monotonic() < deadline, entries
-            time.sleep(0.2)
+            assert tried, entries
+            return tried
+        tried = eventually(tried_once, DELIVERY_TIMEOUT, "a failed attempt to deliver to betty, queued")
         recipient = next(r for r in tried[0]["recipients"] if r["address"] == "betty@stevenchoy.example")
         assert recipient["status"] == "pending"
         shown = labctl("queue", "--lab", lab.name).stdout
@@ -184,7 +186,7 @@ def test_mx_down_the_message_waits_in_the_queue_then_arrives(running_lab: Runnin
         lab.start("mail")
     labctl("queue", "--lab", lab.name, "--flush")
     wait_for_mail(lab, "betty", subject)
-    assert mail.parse_json(mail.queue(lab, as_json=True))["entries"] == []
+    assert parse_json(mail.queue(lab, as_json=True))["entries"] == []
 
 
 def test_unknown_user_bounces_to_andy(running_lab: RunningLab) -> None:
@@ -192,15 +194,11 @@ def test_unknown_user_bounces_to_andy(running_lab: RunningLab) -> None:
     nobody = f"nobody-{uuid.uuid4().hex[:6]}@stevenchoy.example"
     labctl("send", "--lab", lab.name, "--from", "andy", "--to", nobody,
            "--subject", "to nobody", "--body", "there is no such user")
-    deadline = time.monotonic() + DELIVERY_TIMEOUT
-    while True:
-        assert mail.fetch(lab, "andy").ok
-        bounces = [e for e in mail.parse_json(mail.mailbox(lab, "andy", as_json=True))
-                   if nobody in json.dumps(read(lab, "andy", e["number"]))]
-        if bounces:
-            break
-        assert time.monotonic() < deadline, "no bounce reached andy"
-        time.sleep(0.3)
+    def bounced() -> list[dict[str, Any]]:
+        fetch_or_fail(lab, "andy")
+        return [e for e in parse_json(mail.mailbox(lab, "andy", as_json=True))
+                if nobody in json.dumps(read(lab, "andy", e["number"]))]
+    bounces = eventually(bounced, DELIVERY_TIMEOUT, "a bounce reaching andy", interval=0.3)
     bounce = read(lab, "andy", bounces[0]["number"])
     types = [p["content_type"] for p in bounce["parts"]]
     assert types[0] == "multipart/report" and "message/delivery-status" in types
@@ -279,7 +277,7 @@ def test_acknowledged_mail_survives_the_mta_being_killed(running_lab: RunningLab
             assert "Message accepted for delivery" in sent.stdout
         assert lab.kill("smtp").state == "exited"
         lab.start("smtp")
-        queued = mail.parse_json(mail.queue(lab, as_json=True))["entries"]
+        queued = parse_json(mail.queue(lab, as_json=True))["entries"]
         assert len(queued) >= len(subjects)
     finally:
         lab.start("mail")

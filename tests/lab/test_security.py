@@ -27,7 +27,6 @@ import docker.errors
 import pytest
 
 from labctl.backend.docker_engine import DockerEngine
-from labctl.image import NMAP_REPOSITORY
 from labctl.lab import LABEL_LAB, Lab
 from services.pop3.core import AUTH_DELAY_FIRST
 from tests.lab.conftest import RunningLab, raw_api
@@ -100,11 +99,16 @@ def test_no_open_relay_from_the_mx_host(running_lab: RunningLab) -> None:
 # -- a stranger on the lab network ------------------------------------------------------------------
 
 STRANGER_HOST_NUMBER = 200  # no lab host uses .200
+NMAP_REPOSITORY = "maillab-nmap"
 
 
 @pytest.fixture(scope="module")
 def nmap_image(client: DockerEngine, image: str) -> str:
-    """The lab image plus Debian's nmap, built once per lab image (the apt layer is then cached)."""
+    """The lab image plus Debian's nmap, built once per lab image (the apt layer is then cached).
+
+    Built FROM the lab image, it carries the lab image's labels: `labctl image prune` keeps it while
+    that lab image is current and removes it with it.
+    """
     tag = f"{NMAP_REPOSITORY}:{image.rpartition(':')[2]}"
     try:
         client.api.inspect_image(tag)

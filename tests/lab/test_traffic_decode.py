@@ -17,12 +17,27 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
-from labctl.capture import Capture, CaptureTail, outside_addresses
+import pytest
+
+from labctl.capture import Capture, CaptureTail
 from labctl.scenario.facts import CAPTURE_LAG
 from labctl.traffic.decode import TrafficDecoder
 from labctl.traffic.pcap import read_frames
 from tests.lab.conftest import RunningLab, labctl, unique_lab
+from tests.lab.waiting import eventually
+from tests.seal import outside_addresses
+
+# Fifty looks, each a `labctl fetch` (about a second on a loaded machine) and a pause.
+FETCH_TIMEOUT = 60.0
+
+
+def _printed(lines: list[str], text: str) -> str:
+    """The follow's output so far, once it holds ``text`` (the reader thread appends to ``lines``)."""
+    out = "".join(lines)
+    assert text in out, out[-3000:]
+    return out
 
 
 def _send_and_fetch(lab_name: str, subject: str) -> str:
@@ -30,11 +45,11 @@ def _send_and_fetch(lab_name: str, subject: str) -> str:
                   "--subject", subject, "--body", "This is the first line of testing message.")
     message_id = re.search(r"Message-ID: (<[^>]+>)", sent.stdout)
     assert message_id, sent.stdout
-    for _ in range(50):  # the relay is asynchronous: fetch until the message is there
-        fetched = labctl("fetch", "--lab", lab_name, "betty")
-        if "fetched 0 " not in fetched.stdout and "no new" not in fetched.stdout:
-            break
-        time.sleep(0.2)
+    def fetched() -> bool:  # the relay is asynchronous: fetch until the message is there
+        out = labctl("fetch", "--lab", lab_name, "betty").stdout
+        assert "fetched 0 " not in out and "no new" not in out, out
+        return True
+    eventually(fetched, FETCH_TIMEOUT, f"betty fetching {message_id.group(1)}")
     return message_id.group(1)
 
 
@@ -67,8 +82,7 @@ def test_dialogues_and_the_six_steps_from_the_live_capture(running_lab: RunningL
     expected = [("submission", addr["andy"]), ("mx query", addr["smtp"]), ("mx answer", addr["smtp"]),
                 ("relay", addr["smtp"]), ("retrieval", addr["betty"])]
     # The capture files lag the wire by up to a second or so (facts.CAPTURE_LAG): look again.
-    deadline = time.monotonic() + CAPTURE_LAG
-    while True:
+    def six_steps() -> list[dict[str, Any]]:
         convs = json.loads(labctl("traffic", "--lab", lab.name, "--json").stdout)
         seen = []
         for conv in convs:
@@ -85,10 +99,9 @@ def test_dialogues_and_the_six_steps_from_the_live_capture(running_lab: RunningL
                     kind = "retrieval" if conv["protocol"] == "pop3" else "submission" if c == addr["andy"] else "relay"
                     seen.append((kind, c, m["time"]))
         seen.sort(key=lambda x: x[2])
-        if [(k, c) for k, c, _ in seen] == expected or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
-    assert [(k, c) for k, c, _ in seen] == expected
+        assert [(k, c) for k, c, _ in seen] == expected
+        return list(convs)
+    convs = eventually(six_steps, CAPTURE_LAG, "the article's steps in the traffic, in order", interval=0.5)
     pop3 = [c for c in convs if c["protocol"] == "pop3" and c["client"]["ip"] == addr["betty"]]
     assert any("PASS betty-secret" in e["text"] for c in pop3 for e in c["events"])  # the lesson
     hidden = json.loads(labctl("traffic", "--lab", lab.name, "--json", "--hide-secrets", "--proto", "pop3").stdout)
@@ -134,14 +147,12 @@ def test_the_capture_shows_the_seal(running_lab: RunningLab, tmp_path: Path) -> 
     assert frames
     subnet = ipaddress.IPv4Network(f"{lab.find('ns').address}/24", strict=False)
     assert outside_addresses(frames, subnet) == {}
-    deadline = time.monotonic() + CAPTURE_LAG  # the capture files lag the wire: look again
-    while True:
-        refused = json.loads(labctl("traffic", "--lab", lab.name, "--json", "--proto", "dns", "--host", "andy").stdout)
-        answers = [e["text"] for c in refused for e in c["events"]]
-        if any("REFUSED" in text for text in answers) or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
-    assert any("REFUSED" in text for text in answers), answers
+    def refused() -> list[str]:  # the capture files lag the wire: look again
+        convs = json.loads(labctl("traffic", "--lab", lab.name, "--json", "--proto", "dns", "--host", "andy").stdout)
+        answers = [e["text"] for c in convs for e in c["events"]]
+        assert any("REFUSED" in text for text in answers), answers
+        return answers
+    eventually(refused, CAPTURE_LAG, "the lab DNS refusing andy's query for gmail.com", interval=0.5)
 
 
 def test_follow_prints_a_dialogue_as_it_happens(running_lab: RunningLab) -> None:
@@ -155,15 +166,14 @@ def test_follow_prints_a_dialogue_as_it_happens(running_lab: RunningLab) -> None
     reader = threading.Thread(target=lambda: lines.extend(iter(follower.stdout.readline, "")), daemon=True)
     reader.start()
     try:
-        time.sleep(2)  # its first look: what was there before
+        time.sleep(2)  # its first look: what was there before (the follow says nothing when it has taken one)
         sent = labctl("send", "--lab", lab.name, "--from", "andy", "--to", "betty@stevenchoy.example",
                       "--subject", f"Follow {time.time_ns()}", "--body", "watch this")
         queue_id = re.search(r"250 2\.0\.0 (\w+) Message accepted", sent.stdout)
         assert queue_id, sent.stdout
         # A few looks later (the capture lags the wire; a busy machine makes each look slower).
-        deadline = time.monotonic() + 4 * CAPTURE_LAG
-        while not any(queue_id.group(1) in line for line in lines) and time.monotonic() < deadline:
-            time.sleep(0.5)
+        eventually(lambda: _printed(lines, queue_id.group(1)), 4 * CAPTURE_LAG,
+                   "the follow printing the new dialogue", interval=0.5)
         time.sleep(2)  # more looks at the same dialogue: nothing of it may be printed again
     finally:
         follower.send_signal(signal.SIGINT)
@@ -219,16 +229,15 @@ def test_follow_prints_activity_1_typed_by_hand_line_by_line(running_lab: Runnin
     reader = threading.Thread(target=lambda: lines.extend(iter(follower.stdout.readline, "")), daemon=True)
     reader.start()
     try:
-        time.sleep(2)
+        time.sleep(2)  # its first look (the follow says nothing when it has taken one)
         typed = lab.exec("andy", ["python3", "-c", ACTIVITY_1, "1.3"])  # slower than a look (1 s)
         assert typed.exit_code == 0, typed.output + typed.stderr.decode()
         queue_id = re.search(r"250 2\.0\.0 (\w+) Message accepted", typed.output)
         assert queue_id, typed.output
         qid = queue_id.group(1)
-        deadline = time.monotonic() + 4 * CAPTURE_LAG
-        while not any("221" in line for line in lines) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        time.sleep(2)
+        eventually(lambda: _printed(lines, "221"), 4 * CAPTURE_LAG, "the follow printing the QUIT's 221",
+                   interval=0.5)
+        time.sleep(2)  # more looks: nothing of the dialogue may be printed again
     finally:
         follower.send_signal(signal.SIGINT)
         follower.wait(timeout=30)
@@ -258,7 +267,8 @@ def _look(tail: CaptureTail, seen: set[FrameKey]) -> tuple[dict[str, list[bytes]
             moved += len(p)
             for f in read_frames(p):
                 key = (host, f.ts_ns, bytes(f.data))
-                assert key not in seen, f"a packet of {host} given twice"
+                if key in seen:  # never, not even once: ends a wait at once (tests.lab.waiting)
+                    pytest.fail(f"a packet of {host} given twice")
                 seen.add(key)
     return pieces, moved
 
@@ -275,15 +285,14 @@ def test_a_follow_look_moves_only_what_the_capture_gained(running_lab: RunningLa
     labctl("send", "--lab", lab.name, "--from", "andy", "--to", "betty@stevenchoy.example",
            "--subject", subject, "--body", "only the new packets")
     moved = 0
-    deadline = time.monotonic() + 4 * CAPTURE_LAG
-    while time.monotonic() < deadline:
+
+    def decoded() -> bool:
+        nonlocal moved
         pieces, octets = _look(tail, seen)
         moved += octets
         decoder.feed_captures(pieces)
-        if any(m.subject == subject for c in decoder.conversations() for m in c.messages):
-            break
-        time.sleep(0.5)
-    assert any(m.subject == subject for c in decoder.conversations() for m in c.messages)
+        return any(m.subject == subject for c in decoder.conversations() for m in c.messages)
+    eventually(decoded, 4 * CAPTURE_LAG, f"the message {subject!r} in what the looks moved", interval=0.5)
     assert 0 < moved < 1_000_000  # the new session's packets, not the rings again
 
 
@@ -299,13 +308,9 @@ def test_a_follow_reads_a_stopped_host_once_and_its_new_run_after_a_start(runnin
         assert again["betty"] == []  # a stopped host's files do not change: not read again
     finally:
         lab.start("betty")
-    deadline = time.monotonic() + 4 * CAPTURE_LAG
-    while time.monotonic() < deadline:  # the recorder's new run, with its first packets
-        started, _ = _look(tail, seen)
-        if started["betty"]:
-            break
-        time.sleep(0.5)
-    assert started["betty"]
+    # the recorder's new run, with its first packets
+    eventually(lambda: _look(tail, seen)[0]["betty"], 4 * CAPTURE_LAG, "betty's new capture run in a look",
+               interval=0.5)
 
 
 def test_follow_ends_saying_so_when_its_lab_is_removed(image: str) -> None:
@@ -313,10 +318,12 @@ def test_follow_ends_saying_so_when_its_lab_is_removed(image: str) -> None:
     labctl("up", "--lab", name)
     follower = subprocess.Popen([sys.executable, "-m", "labctl", "traffic", "--lab", name, "--follow"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert follower.stderr is not None
     try:
-        time.sleep(2)  # following
+        first = follower.stderr.readline()  # "following the lab's capture": about to take its first look
     finally:
         labctl("down", "--lab", name)
-    _, err = follower.communicate(timeout=30)
+    _, rest = follower.communicate(timeout=30)
+    err = first + rest
     assert follower.returncode == 1
     assert f"lab {name!r} is not up" in err and "Traceback" not in err

@@ -8,9 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from labctl.capture import outside_addresses
 from labctl.errors import LabctlError
-from labctl.traffic.pcap import Frame
 from labctl.traffic.render import parse_since
 from services import capture
 
@@ -66,25 +64,3 @@ def test_since_accepts_ages_times_and_dates(text: str, expected: float) -> None:
 def test_since_rejects_anything_else_saying_what_it_takes(text: str) -> None:
     with pytest.raises(LabctlError, match="give a duration ago"):
         parse_since(text, NOW)
-
-
-def _ipv4(src: str, dst: str) -> Frame:
-    import ipaddress as ip
-
-    header = bytes([0x45, 0, 0, 20, 0, 0, 0, 0, 64, 17, 0, 0]) + ip.IPv4Address(src).packed + ip.IPv4Address(dst).packed
-    return Frame(ts_ns=0, linktype=101, data=header, interface="andy", orig_len=20)  # LINKTYPE_RAW
-
-
-def test_outside_addresses_counts_what_left_the_lab_and_nothing_that_stays_on_the_bridge() -> None:
-    import ipaddress as ip
-
-    lab = ip.IPv4Network("10.89.0.0/24")
-    frames = [
-        _ipv4("10.89.0.10", "10.89.0.25"),  # inside
-        _ipv4("10.89.0.10", "224.0.0.22"),  # IGMP report as an interface comes up
-        _ipv4("10.89.0.10", "255.255.255.255"),  # limited broadcast
-        _ipv4("127.0.0.1", "127.0.0.1"),  # a host's own loopback
-        _ipv4("10.89.0.10", "198.51.100.7"),  # out: what a sealed lab never shows
-        _ipv4("10.89.0.10", "198.51.100.7"),
-    ]
-    assert outside_addresses(frames, lab) == {"198.51.100.7": 2}

@@ -9,37 +9,20 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.config import Account, Domain, Host, LabConfig
+from services.config import LabConfig
 from services.smtp import policy
 from services.smtp.mta import MtaHandler
 from services.smtp.mx import MxHandler
 from services.smtp.policy import Mailbox, Reply, parse_mail, parse_rcpt
 from services.smtp.server import Client
 from services.smtp.spool import Spool
+from tests.labconfig import lab_config
 
 SIZE = 1000
 
 
-def lab(me: str) -> LabConfig:
-    return LabConfig(
-        lab="test",
-        me=me,
-        subnet="10.89.0.0/24",
-        nameserver="10.89.0.53",
-        hosts=(
-            Host("smtp", "smtp.ouhk.example", "mta", "10.89.0.25"),
-            Host("mail", "mail.stevenchoy.example", "mx", "10.89.0.110"),
-            Host("andy", "andy.ouhk.example", "mua", "10.89.0.10"),
-        ),
-        domains=(
-            Domain("ouhk.example", "smtp", (Account("andy", "ouhk.example", "andy-secret"),)),
-            Domain("stevenchoy.example", "mail", (Account("betty", "stevenchoy.example", "betty-secret"),)),
-        ),
-    )
-
-
-MX = lab("mail")
-MTA = lab("smtp")
+MX = lab_config("mail")
+MTA = lab_config("smtp")
 
 
 def mail(arg: str | None, *, esmtp: bool = True) -> policy.Path | Reply:
@@ -189,7 +172,7 @@ def test_recipient_decisions(cfg: LabConfig, rcpt: str, relay: bool, expected: s
 def test_a_backup_mx_takes_its_domain_s_known_users_from_anyone() -> None:
     from dataclasses import replace
 
-    backup = replace(lab("smtp"), domains=tuple(
+    backup = replace(lab_config("smtp"), domains=tuple(
         replace(d, backup_mx=("smtp",)) if d.name == "stevenchoy.example" else d for d in MTA.domains))
     def decide(rcpt: str) -> str:
         return str(policy.recipient(backup, path(parse_rcpt(f"TO:{rcpt}")), relay=False))

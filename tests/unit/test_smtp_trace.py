@@ -9,20 +9,12 @@ import functools
 
 import pytest
 
-from services.config import Host, LabConfig
 from services.smtp import trace
+from tests.labconfig import lab_config
 
 WHEN = 1_128_073_403.0  # Fri, 30 Sep 2005 09:43:23 UTC: the article's session, give or take a zone
 
-CFG = LabConfig(
-    lab="test",
-    me="mail",
-    subnet="10.89.0.0/24",
-    nameserver="10.89.0.53",
-    hosts=(Host("smtp", "smtp.ouhk.example", "mta", "10.89.0.25"),
-           Host("mail", "mail.stevenchoy.example", "mx", "10.89.0.110")),
-    domains=(),
-)
+CFG = lab_config("mail")
 
 MESSAGE = b"From: andy@ouhk.example\r\nTo: betty@stevenchoy.example\r\nSubject: hi\r\n\r\nHello.\r\n..dots\r\n"
 
