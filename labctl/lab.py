@@ -37,7 +37,8 @@ from labctl.plan import (
     network_name,
     plan,
 )
-from labctl.topology import HostSpec, Topology, is_reference
+from labctl.topology import HostSpec, Topology
+from labctl.topology.model import Role
 from services import config as svc
 from services.probe import ROLE_SERVICES
 
@@ -48,7 +49,7 @@ R = TypeVar("R")
 
 
 @dataclass(frozen=True)
-class HostStatus:
+class HostStatus(Role):
     lab: str
     name: str
     fqdn: str
@@ -57,16 +58,6 @@ class HostStatus:
     state: str  # Docker's: running, exited, ...
     container: str  # container name
     user: str = ""  # on MUA hosts: andy@ouhk.example
-
-    @property
-    def kind(self) -> str:
-        """The job the host does (dns, mta, mx, mua), whoever's software does it."""
-        return svc.role_kind(self.role)
-
-    @property
-    def is_reference(self) -> bool:
-        """Does a reference peer (Postfix, NSD) do this host's job, rather than our server?"""
-        return is_reference(self.role)
 
     @property
     def ports(self) -> str:

@@ -54,8 +54,24 @@ class DomainSpec:
         return tuple(f"{u}@{self.name}" for u, _ in self.users)
 
 
+class Role:
+    """What a host's role says of it, for a planned host (HostSpec) and a running one (HostStatus) alike."""
+
+    role: str
+
+    @property
+    def kind(self) -> str:
+        """The job the host does (dns, mta, mx, mua), whoever's software does it."""
+        return svc.role_kind(self.role)
+
+    @property
+    def is_reference(self) -> bool:
+        """Does a reference peer (Postfix, NSD) do this host's job, rather than our server?"""
+        return is_reference(self.role)
+
+
 @dataclass(frozen=True)
-class HostSpec:
+class HostSpec(Role):
     name: str
     fqdn: str
     role: str
@@ -68,16 +84,6 @@ class HostSpec:
     @property
     def env(self) -> dict[str, str]:
         return dict(self.environment)
-
-    @property
-    def kind(self) -> str:
-        """The job the host does (dns, mta, mx, mua), whoever's software does it."""
-        return svc.role_kind(self.role)
-
-    @property
-    def is_reference(self) -> bool:
-        """Does a reference peer (Postfix, NSD) do this host's job, rather than our server?"""
-        return is_reference(self.role)
 
     @property
     def runs_smtp(self) -> bool:

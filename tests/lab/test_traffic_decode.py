@@ -6,6 +6,7 @@ Everything goes through labctl as a student runs it: `capture status`, `send`, `
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import os
@@ -16,6 +17,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -155,17 +158,38 @@ def test_the_capture_shows_the_seal(running_lab: RunningLab, tmp_path: Path) -> 
     eventually(refused, CAPTURE_LAG, "the lab DNS refusing andy's query for gmail.com", interval=0.5)
 
 
-def test_follow_prints_a_dialogue_as_it_happens(running_lab: RunningLab) -> None:
-    lab = running_lab.lab
-    follower = subprocess.Popen([sys.executable, "-m", "labctl", "traffic", "--lab", lab.name, "--follow",
-                                 "--proto", "smtp", "--host", "andy"],
+@dataclass
+class Followed:
+    lines: list[str] = field(default_factory=list)  # stdout, as the follow prints it
+    err: str = ""
+    returncode: int | None = None
+
+
+@contextlib.contextmanager
+def _following(lab: str, *options: str) -> Iterator[Followed]:
+    """`labctl traffic --follow` running while the block runs; Ctrl-C (SIGINT) ends it after."""
+    follower = subprocess.Popen([sys.executable, "-m", "labctl", "traffic", "--lab", lab, "--follow", *options],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 env={**os.environ, "COLUMNS": "200"})
     assert follower.stdout is not None
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(iter(follower.stdout.readline, "")), daemon=True)
+    followed = Followed()
+    reader = threading.Thread(target=lambda: followed.lines.extend(iter(follower.stdout.readline, "")),
+                              daemon=True)
     reader.start()
     try:
+        yield followed
+    finally:
+        follower.send_signal(signal.SIGINT)
+        follower.wait(timeout=30)  # stdout is the reader's; stderr holds a line or two
+        reader.join(timeout=10)
+        followed.err = follower.stderr.read() if follower.stderr else ""
+        followed.returncode = follower.returncode
+
+
+def test_follow_prints_a_dialogue_as_it_happens(running_lab: RunningLab) -> None:
+    lab = running_lab.lab
+    with _following(lab.name, "--proto", "smtp", "--host", "andy") as followed:
+        lines = followed.lines
         time.sleep(2)  # its first look: what was there before (the follow says nothing when it has taken one)
         sent = labctl("send", "--lab", lab.name, "--from", "andy", "--to", "betty@stevenchoy.example",
                       "--subject", f"Follow {time.time_ns()}", "--body", "watch this")
@@ -175,13 +199,8 @@ def test_follow_prints_a_dialogue_as_it_happens(running_lab: RunningLab) -> None
         eventually(lambda: _printed(lines, queue_id.group(1)), 4 * CAPTURE_LAG,
                    "the follow printing the new dialogue", interval=0.5)
         time.sleep(2)  # more looks at the same dialogue: nothing of it may be printed again
-    finally:
-        follower.send_signal(signal.SIGINT)
-        follower.wait(timeout=30)  # stdout is the reader's; stderr holds a line or two
-        reader.join(timeout=10)
-        err = follower.stderr.read() if follower.stderr else ""
-    out = "".join(lines)
-    assert follower.returncode == 0, err
+    out, err = "".join(lines), followed.err
+    assert followed.returncode == 0, err
     assert "following the lab's capture" in err
     assert f"250 2.0.0 {queue_id.group(1)} Message accepted for delivery" in out, out[-3000:]
     accepted = re.findall(r"S: 250 2\.0\.0 (\w+) Message accepted", out)
@@ -220,15 +239,8 @@ def test_follow_prints_activity_1_typed_by_hand_line_by_line(running_lab: Runnin
     # Defect 11: the greeting in one look, HELO in the next, a look inside DATA: the follow
     # crashed (KeyError) or printed a 0-line message. Each line typed must come out once, whole.
     lab = running_lab.lab
-    follower = subprocess.Popen([sys.executable, "-m", "labctl", "traffic", "--lab", lab.name, "--follow",
-                                 "--proto", "smtp", "--host", "andy"],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env={**os.environ, "COLUMNS": "200"})
-    assert follower.stdout is not None
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(iter(follower.stdout.readline, "")), daemon=True)
-    reader.start()
-    try:
+    with _following(lab.name, "--proto", "smtp", "--host", "andy") as followed:
+        lines = followed.lines
         time.sleep(2)  # its first look (the follow says nothing when it has taken one)
         typed = lab.exec("andy", ["python3", "-c", ACTIVITY_1, "1.3"])  # slower than a look (1 s)
         assert typed.exit_code == 0, typed.output + typed.stderr.decode()
@@ -238,13 +250,8 @@ def test_follow_prints_activity_1_typed_by_hand_line_by_line(running_lab: Runnin
         eventually(lambda: _printed(lines, "221"), 4 * CAPTURE_LAG, "the follow printing the QUIT's 221",
                    interval=0.5)
         time.sleep(2)  # more looks: nothing of the dialogue may be printed again
-    finally:
-        follower.send_signal(signal.SIGINT)
-        follower.wait(timeout=30)
-        reader.join(timeout=10)
-        err = follower.stderr.read() if follower.stderr else ""
-    out = "".join(lines)
-    assert follower.returncode == 0, err
+    out, err = "".join(lines), followed.err
+    assert followed.returncode == 0, err
     assert "Traceback" not in err, err
     ours = "\n".join(_follow_blocks(out, of="C: HELO andy"))
     for expected in ("S: 220 ", "C: HELO andy", "C: MAIL FROM: andy@ouhk.example", "S: 250 2.1.0",
