@@ -157,9 +157,12 @@ class LabConfig:
             ip = ipaddress.ip_address(address)
         except ValueError:
             return False
-        if ip.is_loopback:
-            return True
-        return any(h.role == "mua" and h.address == str(ip) for h in self.hosts)
+        return ip.is_loopback or str(ip) in self.relay_clients
+
+    @property
+    def relay_clients(self) -> tuple[str, ...]:
+        """The addresses that may relay without AUTH: the lab's MUA hosts (the MTA's own users)."""
+        return tuple(h.address for h in self.hosts if h.role == "mua")
 
     # -- (de)serialisation -----------------------------------------------------------------
 

@@ -29,7 +29,7 @@ def main_cf(cfg: LabConfig, *, mta: bool) -> str:
     domains = [d.name for d in cfg.local_domains]
     # Relay as our MTA does (LabConfig.is_relay_client): this host and the lab's MUA hosts; an MX
     # relays for nobody (RFC 5321 §7.1).
-    clients = [f"{h.address}/32" for h in cfg.hosts if h.role == "mua"] if mta else []
+    clients = [f"{address}/32" for address in cfg.relay_clients] if mta else []
     retry = cfg.retry
     settings = [
         ("compatibility_level", "3.6"),
