@@ -3,7 +3,7 @@
 The client's commands are read in order and each takes the next reply from the server's stream,
 which is how SMTP pairs them, pipelined or not (RFC 2920 §3.1: replies in command order). The
 pairing decides how the client's bytes go on: after a ``354`` to DATA they are the message,
-ended where :func:`services.smtp.wire.find_data_end` says our servers end it; after BDAT n, n
+ended where :func:`services.textwire.find_data_end` says our servers end it; after BDAT n, n
 octets of message (RFC 3030); after a ``334`` the next line belongs to AUTH (RFC 4954); after
 a ``220`` to STARTTLS the rest is TLS.
 
@@ -25,10 +25,9 @@ from services.smtp.wire import (
     AUTH_CONTINUE_CODE,
     DATA_GO_AHEAD_CODE,
     TLS_GO_AHEAD_CODE,
-    find_data_end,
     parse_reply_line,
-    unstuff,
 )
+from services.textwire import find_data_end, unstuff
 
 # A command verb is a word of letters (RFC 5321 §4.1.1); anything else opening the client's
 # stream means it is not speaking SMTP.

@@ -14,6 +14,8 @@ import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from services import textwire
+from services.errors import PeerError
 from services.smtp import wire
 from services.smtp.relay import SmtpReply, Target
 
@@ -37,11 +39,11 @@ class HostResult:
     mail_code: int | None = None  # the reply to MAIL; None: the session failed before it
 
 
-class Unavailable(Exception):
+class Unavailable(PeerError):
     """The host could not be talked to at all (refused, timed out, bad greeting)."""
 
 
-class SessionBroken(ConnectionError):
+class SessionBroken(PeerError, ConnectionError):
     """The server closed the connection, or sent something that is no SMTP reply."""
 
 
@@ -122,7 +124,7 @@ class Session:
         await asyncio.wait_for(self._writer.drain(), timeout)
 
     async def command(self, line: str, timeout: float = COMMAND_TIMEOUT) -> tuple[int, str]:
-        await self._send(line.encode("utf-8") + wire.CRLF, timeout)
+        await self._send(line.encode("utf-8") + textwire.CRLF, timeout)
         return await self.reply(timeout)
 
     # -- a transaction -----------------------------------------------------------------------
@@ -198,7 +200,7 @@ class Session:
         return await self._data(data, accepted, out) and not closing
 
     async def _data(self, data: bytes, accepted: Sequence[str], out: HostResult) -> bool:
-        await self._send(wire.stuff(data), DATA_TIMEOUT)
+        await self._send(textwire.stuff(data), DATA_TIMEOUT)
         code, text = await self.reply(DATA_TIMEOUT)
         final = _reply(code, text)
         out.replies.update({r: final for r in accepted})

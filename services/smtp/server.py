@@ -36,8 +36,9 @@ from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword, Session
 
 from services.config import LabConfig
 from services.smtp import trace
-from services.smtp.policy import Path, Reply, parse_mail, parse_rcpt
-from services.smtp.wire import COMMAND_LINE_LIMIT, CRLF, MESSAGE_SIZE_LIMIT, WIRE_LINE_LIMIT, DataReader
+from services.smtp.policy import EnvelopePath, parse_mail, parse_rcpt
+from services.smtp.wire import COMMAND_LINE_LIMIT, MESSAGE_SIZE_LIMIT, WIRE_LINE_LIMIT, DataReader, Reply
+from services.textwire import CRLF
 
 log = logging.getLogger("services.smtp")
 
@@ -146,11 +147,11 @@ class Client:
 class RoleHandler(Protocol):
     """The decisions and the delivery that make a server the MTA or the MX."""
 
-    def check_sender(self, client: Client, sender: Path) -> Reply:
+    def check_sender(self, client: Client, sender: EnvelopePath) -> Reply:
         """MAIL FROM, already well-formed: 250 to accept."""
         ...
 
-    def check_recipient(self, client: Client, recipient: Path) -> Reply:
+    def check_recipient(self, client: Client, recipient: EnvelopePath) -> Reply:
         """RCPT TO, already well-formed: 250 to accept."""
         ...
 
@@ -401,7 +402,7 @@ class LabSMTP(SMTP):
             return await self._reply("503 5.5.1 Sender already specified")
         path = parse_mail(arg, size_limit=self.data_size_limit, esmtp=self._esmtp)
         reply = path if isinstance(path, Reply) else self._role.check_sender(self._client(), path)
-        if isinstance(path, Path) and reply.positive:
+        if isinstance(path, EnvelopePath) and reply.positive:
             self._txn.sender = path.address
         await self._reply(reply)
 
@@ -412,7 +413,7 @@ class LabSMTP(SMTP):
             return await self._reply("452 4.5.3 Too many recipients")
         path = parse_rcpt(arg)
         reply = path if isinstance(path, Reply) else self._role.check_recipient(self._client(), path)
-        if isinstance(path, Path) and reply.positive and path.address not in self._txn.recipients:
+        if isinstance(path, EnvelopePath) and reply.positive and path.address not in self._txn.recipients:
             self._txn.recipients.append(path.address)
         await self._reply(reply)
 

@@ -34,12 +34,11 @@ from services.smtp import server, wire
 from services.smtp.delivery import DeliveryWorker
 from services.smtp.mta import local_delivery, start_mta
 from services.smtp.mx import start_mx
-from services.smtp.policy import Path as SmtpPath
-from services.smtp.policy import Reply
+from services.smtp.policy import EnvelopePath
 from services.smtp.relay import MxAnswer, MxHost, MxRecords
 from services.smtp.server import Client, Listeners
 from services.smtp.spool import Spool
-from services.smtp.wire import DataReader
+from services.smtp.wire import DataReader, Reply
 from tests.labconfig import lab_config, password
 from tests.support import BackgroundLoop
 
@@ -548,10 +547,10 @@ def test_mx_answers_451_and_keeps_nothing_when_the_disk_fails(servers: Servers) 
 class Broken:
     """A role with a bug: its delivery raises."""
 
-    def check_sender(self, client: Client, sender: SmtpPath) -> Reply:
+    def check_sender(self, client: Client, sender: EnvelopePath) -> Reply:
         return Reply(250, "2.1.0", "ok")
 
-    def check_recipient(self, client: Client, recipient: SmtpPath) -> Reply:
+    def check_recipient(self, client: Client, recipient: EnvelopePath) -> Reply:
         return Reply(250, "2.1.5", "ok")
 
     async def accept_message(self, client: Client, sender: str, recipients: Sequence[str], message: bytes) -> Reply:
