@@ -41,7 +41,7 @@ class Reply:
 
     def __str__(self) -> str:
         """The reply on one line, for a log or a diagnostic: ``550 5.1.1 No such user``."""
-        return " ".join(part for part in (str(self.code), self.status, self.text.replace("\n", " ")) if part)
+        return " ".join(f"{self.code} {self.status} {self.text}".split())
 
     def render(self) -> str:
         """The reply as sent, its lines joined by CRLF (none after the last): every line but the
@@ -55,18 +55,19 @@ class Reply:
 
     @classmethod
     def parse(cls, code: int, lines: Sequence[str]) -> Reply:
-        """The reply whose lines (after the code and its separator) are ``lines``: the status
-        taken out when every line starts with the same one, of the code's class (RFC 3463 §3.1)."""
-        first = _ENHANCED.match(lines[0]) if lines else None
+        """The reply whose lines (each after the code and its separator) are ``lines``.
+
+        The status is the first line's, if of the code's class (RFC 3463 §3.1), and comes out of
+        every line that repeats it (RFC 2034 §4 puts it on each); a line with another keeps its own.
+        """
+        first = _ENHANCED.match(lines[0].lstrip()) if lines else None
         if first is None or first.group(1) != str(code // 100):
             return cls(code, "", "\n".join(lines))
         status = first.group(0).rstrip()
-        rest = [first.string[first.end():]]
-        for line in lines[1:]:
+        rest = []
+        for line in (raw.lstrip() for raw in lines):
             m = _ENHANCED.match(line)
-            if m is None or m.group(0).rstrip() != status:
-                return cls(code, "", "\n".join(lines))
-            rest.append(line[m.end():])
+            rest.append(line[m.end():] if m is not None and m.group(0).rstrip() == status else line)
         return cls(code, status, "\n".join(rest))
 
     @property
