@@ -27,13 +27,13 @@ from services.pop3.server import AccountAuthenticator
 from services.smtp import policy, trace
 from services.smtp.delivery import DeliveryWorker, LocalDelivery
 from services.smtp.server import (
-    Client,
     Listeners,
     accepted,
     listen,
     received_header,
     storage_failure,
 )
+from services.smtp.session import Client
 from services.smtp.spool import DEFAULT_SPOOL, Spool, new_queue_id
 from services.smtp.wire import MESSAGE_SIZE_LIMIT, Reply
 

@@ -20,13 +20,13 @@ from services.durable import Batcher
 from services.pop3 import server as pop3_server
 from services.smtp import policy, trace
 from services.smtp.server import (
-    Client,
     Listeners,
     accepted,
     listen,
     received_header,
     storage_failure,
 )
+from services.smtp.session import Client
 from services.smtp.spool import new_queue_id
 from services.smtp.wire import MESSAGE_SIZE_LIMIT, Reply
 

@@ -30,13 +30,14 @@ import pytest
 
 from services.config import LabConfig
 from services.mailstore import Maildir, mailbox_dir
-from services.smtp import server, wire
+from services.smtp import server, session, wire
 from services.smtp.delivery import DeliveryWorker
 from services.smtp.mta import local_delivery, start_mta
 from services.smtp.mx import start_mx
 from services.smtp.policy import EnvelopePath
 from services.smtp.relay import MxAnswer, MxHost, MxRecords
-from services.smtp.server import Client, Listeners
+from services.smtp.server import Listeners
+from services.smtp.session import Client
 from services.smtp.spool import Spool
 from services.smtp.wire import DataReader, Reply
 from tests.labconfig import lab_config, password
@@ -304,14 +305,14 @@ def test_every_reply_carries_an_enhanced_status_code(servers: Servers) -> None:
 
 def test_unknown_verbs_end_with_421(mx: Wire) -> None:
     # A student's typos count like any other bad command: aiosmtpd alone would stop at the fifth.
-    for _ in range(server.MAX_BAD_COMMANDS - 1):
+    for _ in range(session.MAX_BAD_COMMANDS - 1):
         assert mx.command("XYZZY") == "500 5.5.1 Command unrecognized"
     assert mx.command("XYZZY") == "421 4.7.0 mail.stevenchoy.example Too many errors, closing connection"
     assert mx.closed_by_server()
 
 
 def test_malformed_commands_end_with_421(mx: Wire) -> None:
-    for _ in range(server.MAX_BAD_COMMANDS - 1):
+    for _ in range(session.MAX_BAD_COMMANDS - 1):
         assert mx.command("MAIL FROM:<andy@@ouhk.example>") == "501 5.1.7 Bad sender address syntax"
     assert mx.command("MAIL FROM:<x@@y>") == "421 4.7.0 mail.stevenchoy.example Too many errors, closing connection"
     assert mx.closed_by_server()
@@ -483,7 +484,9 @@ def test_a_bare_lf_inside_a_line_is_refused_never_an_end(servers: Servers, mx: W
                                            "502 5.5.1 Too many unrecognized commands, goodbye.",
                                            "500 Error: (KeyError) 'secret'"])
 def test_aiosmtpd_s_own_wordings_are_replaced(aiosmtpd_says: str) -> None:
-    ours = server.reword(aiosmtpd_says, "mail.stevenchoy.example")
+    reworded = server.reword(aiosmtpd_says, "mail.stevenchoy.example")
+    assert isinstance(reworded, Reply)
+    ours = reworded.render()
     assert ENHANCED.match(ours) and ours != aiosmtpd_says
     assert "Error: (" not in ours
 

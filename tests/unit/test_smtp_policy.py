@@ -14,7 +14,7 @@ from services.smtp import policy
 from services.smtp.mta import MtaHandler
 from services.smtp.mx import MxHandler
 from services.smtp.policy import Mailbox, parse_mail, parse_rcpt
-from services.smtp.server import Client
+from services.smtp.session import Client
 from services.smtp.spool import Spool
 from services.smtp.wire import Reply
 from tests.labconfig import lab_config
