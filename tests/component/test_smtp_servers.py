@@ -8,6 +8,7 @@ worker relays to the MX, where betty fetches the message with POP3.
 from __future__ import annotations
 
 import asyncio
+import base64
 import email
 import email.policy
 import email.utils
@@ -627,6 +628,20 @@ def test_mta_relays_after_auth_on_the_submission_port(servers: Servers) -> None:
                            b"\tby smtp.ouhk.example (maillab) with ESMTPA id ")
     assert data.endswith(MESSAGE)
     assert woken == [True]
+
+
+def test_auth_inside_a_transaction_gets_503_on_the_submission_port(servers: Servers) -> None:
+    """RFC 4954 §4: AUTH during a mail transaction MUST be refused with 503 (it was 235)."""
+    spool = Spool(servers.root / "spool")
+    mta = servers.mta(spool, relay_client=lambda ip: True)  # MAIL is taken without AUTH from the LAN
+    client = servers.smtp(mta.port("submission"))
+    plain = "PLAIN " + base64.b64encode(f"\0andy\0{PASSWORDS['andy@ouhk.example']}".encode()).decode()
+    client.ehlo()
+    assert client.mail("andy@ouhk.example")[0] == 250
+    assert client.docmd("AUTH", plain) == (503, b"5.5.1 AUTH not permitted during a mail transaction")
+    assert client.rcpt("betty@stevenchoy.example")[0] == 250  # the transaction goes on
+    client.rset()
+    assert client.docmd("AUTH", plain)[0] == 235  # outside a transaction, the same AUTH succeeds
 
 
 # -- the article, end to end ----------------------------------------------------------------------------
