@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from services.errors import LocalError
+
 CONFIG_PATH = Path("/etc/maillab/lab.json")
 ZONES_DIR = Path("/etc/maillab/zones")
 SPOOL_DIR = Path("/var/spool/maillab")
@@ -41,7 +43,7 @@ FILES_ENV = "MAILLAB_FILES"
 ETC = Path("/etc")
 
 
-class ConfigError(Exception):
+class ConfigError(LocalError):
     """The lab configuration is missing or inconsistent; the message says what to fix."""
 
 

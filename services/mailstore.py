@@ -6,7 +6,7 @@ The recipient MX delivers with :func:`deliver`; the POP3 server reads, deletes a
 a message and a crash leaves at worst a stray file in ``tmp/``.
 
 Messages are stored with LF line endings, the Maildir convention; POP3 puts the CRLFs back on the
-wire (:mod:`services.pop3.core`).
+wire, and a message's name carries its size in that form (:func:`services.textwire.wire_size`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from services.durable import DirectorySync, fsync_dir
-from services.pop3.core import wire_size
+from services.errors import PeerError
+from services.textwire import wire_size
 
 SUBDIRS = ("tmp", "new", "cur")
 LOCK_NAME = ".lock"  # a dot name: Maildir readers skip it, and it is no valid message name
@@ -41,7 +42,7 @@ _LEADING_SECONDS = re.compile(r"(\d+)\.")
 _BAD_NAME_CHARS = ("/", "\\", "\0")
 
 
-class BadMailboxName(ValueError):
+class BadMailboxName(PeerError, ValueError):
     """An address that cannot name a mailbox directory (path tricks, empty parts)."""
 
 

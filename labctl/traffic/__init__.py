@@ -7,7 +7,8 @@ Pure (bytes in, objects out; no socket, no file opened, no clock read), one modu
 - :mod:`~labctl.traffic.packet`: link layer, IPv4/IPv6, TCP/UDP;
 - :mod:`~labctl.traffic.tcp`: TCP stream reassembly;
 - :mod:`~labctl.traffic.smtp`, :mod:`~labctl.traffic.pop3`, :mod:`~labctl.traffic.dns`: the dialogue
-  decoders (SMTP and POP3 framing shared with the lab's servers: services.smtp.wire, services.pop3.core);
+  decoders (SMTP and POP3 framing shared with the lab's servers: services.textwire,
+  services.smtp.wire, services.pop3.core);
 - :mod:`~labctl.traffic.decode`: :class:`TrafficDecoder`, frames in, conversations out (incremental);
 - :mod:`~labctl.traffic.model`: conversations, events, messages, and their JSON;
 - :mod:`~labctl.traffic.render`: text as in the reference article, JSON, filters;

@@ -4,7 +4,7 @@ Each command takes the next response (RFC 2449 §6.6: pipelined commands are ans
 order). Whether a ``+OK`` goes on with lines ended by ``.`` is decided by
 :func:`services.pop3.core.multiline_answer`, the table our POP3 server answers by, and the end of
 those lines is the same ``<CRLF>.<CRLF>`` that ends SMTP data (RFC 1939 §3), found with
-:func:`services.smtp.wire.find_data_end`. RETR and TOP bodies are summarised as messages; other
+:func:`services.textwire.find_data_end`. RETR and TOP bodies are summarised as messages; other
 multi-line answers (LIST, UIDL, CAPA) are shown, dot-stuffing removed. USER/PASS and the SASL
 lines of AUTH travel in clear text and are marked so.
 """
@@ -19,7 +19,7 @@ from labctl.traffic.message import summarise
 from labctl.traffic.model import CLIENT, NOTE, SERVER, Event, MailMessage, preview, printable
 from labctl.traffic.tcp import StreamView
 from services.pop3.core import multiline_answer
-from services.smtp.wire import find_data_end, unstuff
+from services.textwire import find_data_end, unstuff
 
 SHOWN_LINES = 20  # of a LIST/UIDL/CAPA answer; longer ones are cut with a count
 MESSAGE_COMMANDS = frozenset({"RETR", "TOP"})

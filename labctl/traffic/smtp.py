@@ -3,7 +3,7 @@
 The client's commands are read in order and each takes the next reply from the server's stream,
 which is how SMTP pairs them, pipelined or not (RFC 2920 §3.1: replies in command order). The
 pairing decides how the client's bytes go on: after a ``354`` to DATA they are the message,
-ended where :func:`services.smtp.wire.find_data_end` says our servers end it; after BDAT n, n
+ended where :func:`services.textwire.find_data_end` says our servers end it; after BDAT n, n
 octets of message (RFC 3030); after a ``334`` the next line belongs to AUTH (RFC 4954); after
 a ``220`` to STARTTLS the rest is TLS.
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from dataclasses import dataclass
 
 from labctl.traffic.lines import Line, LineReader
 from labctl.traffic.message import summarise
@@ -25,10 +26,10 @@ from services.smtp.wire import (
     AUTH_CONTINUE_CODE,
     DATA_GO_AHEAD_CODE,
     TLS_GO_AHEAD_CODE,
-    find_data_end,
+    Reply,
     parse_reply_line,
-    unstuff,
 )
+from services.textwire import find_data_end, unstuff
 
 # A command verb is a word of letters (RFC 5321 §4.1.1); anything else opening the client's
 # stream means it is not speaking SMTP.
@@ -39,10 +40,15 @@ VERBS = frozenset({b"HELO", b"EHLO", b"MAIL", b"RCPT", b"DATA", b"BDAT", b"RSET"
                    b"NOOP", b"QUIT", b"AUTH", b"STARTTLS"})
 
 
-class _Reply:
-    def __init__(self, time: float, code: int, lines: list[str], missing: int, complete: bool = False) -> None:
-        self.time, self.code, self.lines, self.missing = time, code, lines, missing
-        self.complete = complete  # its last line (code and space) was read, up to its LF
+@dataclass(frozen=True)
+class _Heard:
+    """A reply as captured: what it says, when its first line came, its lines as they crossed."""
+
+    reply: Reply
+    time: float
+    lines: list[str]  # printable, code and separator included
+    missing: int
+    complete: bool = False  # its last line (code and space) was read, up to its LF
 
     @property
     def text(self) -> str:
@@ -51,6 +57,10 @@ class _Reply:
     @property
     def last(self) -> str:
         return self.lines[-1][4:] if self.lines else ""
+
+
+def _heard(time: float, code: int, lines: list[str], missing: int, complete: bool = False) -> _Heard:
+    return _Heard(Reply.parse(code, [line[4:] for line in lines]), time, lines, missing, complete)
 
 
 class _Replies:
@@ -64,7 +74,7 @@ class _Replies:
             self.reader.skip_partial()  # the capture began inside a reply line
         self.broken: Line | None = None  # the first line that was not a reply line
 
-    def next(self) -> _Reply | None:
+    def next(self) -> _Heard | None:
         if self.broken is not None:
             return None
         lines: list[str] = []
@@ -75,13 +85,13 @@ class _Replies:
             if parsed is None:
                 self.broken = line
                 self.reader.pos = line.start
-                return _Reply(first.time, int(lines[0][:3]), lines, missing) if first else None
+                return _heard(first.time, int(lines[0][:3]), lines, missing) if first else None
             first = first or line
             missing += line.missing
             lines.append(printable(line.text))
             if parsed.last:
-                return _Reply(first.time, parsed.code, lines, missing, line.complete)
-        return _Reply(first.time, int(lines[0][:3]), lines, missing) if first else None
+                return _heard(first.time, parsed.code, lines, missing, line.complete)
+        return _heard(first.time, int(lines[0][:3]), lines, missing) if first else None
 
 
 def _b64(text: str) -> str | None:
@@ -116,9 +126,9 @@ class SmtpDecoder:
 
     # -- output -----------------------------------------------------------------------------------
 
-    def _reply(self, reply: _Reply | None) -> _Reply | None:
+    def _reply(self, reply: _Heard | None) -> _Heard | None:
         if reply is not None:
-            self.events.append(Event(reply.time, SERVER, "reply", reply.text, info={"code": reply.code},
+            self.events.append(Event(reply.time, SERVER, "reply", reply.text, info={"code": reply.reply.code},
                                      complete=reply.complete))
             if reply.missing:
                 self.events.append(Event(reply.time, NOTE, "gap", f"<{reply.missing} octets missing from the capture>"))
@@ -200,19 +210,19 @@ class SmtpDecoder:
                 self._bdat(line, arg)
                 continue
             reply = self._reply(self.replies.next())
-            if verb_u == "MAIL" and reply is not None and reply.code < 300:
+            if verb_u == "MAIL" and reply is not None and reply.reply.code < 300:
                 self.sender, self.recipients = _address(arg), []
-            elif verb_u == "RCPT" and reply is not None and reply.code < 300:
+            elif verb_u == "RCPT" and reply is not None and reply.reply.code < 300:
                 self.recipients.append(_address(arg))
             elif verb_u in ("RSET", "HELO", "EHLO"):
                 self.sender, self.recipients = None, []
-            elif verb_u == "DATA" and reply is not None and reply.code == DATA_GO_AHEAD_CODE:
+            elif verb_u == "DATA" and reply is not None and reply.reply.code == DATA_GO_AHEAD_CODE:
                 self._data(reply)
-            elif verb_u == "STARTTLS" and reply is not None and reply.code == TLS_GO_AHEAD_CODE:
+            elif verb_u == "STARTTLS" and reply is not None and reply.reply.code == TLS_GO_AHEAD_CODE:
                 self._tls()
                 return
 
-    def _data(self, go_ahead: _Reply) -> None:
+    def _data(self, go_ahead: _Heard) -> None:
         client = self.client
         start = client.pos
         end = find_data_end(client.data, start)
@@ -239,7 +249,7 @@ class SmtpDecoder:
                       when=client.time(start) if chunk else line.time)
 
     def _message(self, start: int, wire: bytes, complete: bool, *, dotted: bool, when: float,
-                 reply: _Reply | None = None, last: bool = True) -> None:
+                 reply: _Heard | None = None, last: bool = True) -> None:
         client = self.client
         message = unstuff(wire) if dotted else wire
         summary = summarise(message)
@@ -258,7 +268,7 @@ class SmtpDecoder:
             self.messages.append(MailMessage(
                 time=when, message_id=summary.message_id, subject=summary.subject, lines=summary.lines,
                 octets=summary.octets, complete=complete, sender=self.sender, recipients=tuple(self.recipients),
-                reply_code=reply.code if reply else None, reply_text=reply.last if reply else None,
+                reply_code=reply.reply.code if reply else None, reply_text=reply.last if reply else None,
                 reply_time=reply.time if reply else None))
             self.sender, self.recipients = None, []
 
@@ -285,7 +295,7 @@ class SmtpDecoder:
         self.events.append(Event(line.time, CLIENT, "auth", text, tuple(secrets), info, complete=line.complete))
         reply = self._reply(self.replies.next())
         step = 0
-        while reply is not None and reply.code == AUTH_CONTINUE_CODE:
+        while reply is not None and reply.reply.code == AUTH_CONTINUE_CODE:
             answer = self.client.next()
             if answer is None:
                 return

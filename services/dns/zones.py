@@ -32,6 +32,8 @@ import dns.transaction
 import dns.zone
 import dns.zonefile
 
+from services.errors import LocalError
+
 T = dns.rdatatype.RdataType
 
 # What the lab's zones may hold (the types protocols.md lists); each has its answer logic tested.
@@ -41,7 +43,7 @@ ZONE_SUFFIX = ".zone"
 DIRECTIVES = ("$ORIGIN", "$TTL")
 
 
-class ZoneError(Exception):
+class ZoneError(LocalError):
     """A zone file cannot be served; ``str()`` is ``file:line: what is wrong``."""
 
     def __init__(self, source: str, line: int | None, detail: str) -> None:

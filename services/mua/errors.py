@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from services.errors import ServiceError
 
-class MuaError(Exception):
+
+class MuaError(ServiceError):
     """A user error, a server refusal or an unreachable server; the message says what to do.
 
     The CLI prints it as one line and exits non-zero, without a traceback.

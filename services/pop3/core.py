@@ -21,6 +21,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from services.errors import PeerError
+from services.textwire import stuff_lines, wire_lines, wire_size
+
 # -- limits -----------------------------------------------------------------------------------
 
 MAX_LINE = 255  # RFC 2449 §4: a command line is at most 255 octets, CRLF included
@@ -78,7 +81,7 @@ class Mailbox(Protocol):
     def read(self, key: str) -> bytes: ...
 
     def wire_size(self, key: str) -> int | None:
-        """The message's octet count (:func:`wire_size`) if known without reading it, else None."""
+        """The message's octet count (:func:`services.textwire.wire_size`) if known without reading it, else None."""
         ...
 
     def delete(self, key: str) -> None: ...
@@ -177,29 +180,6 @@ CAPABILITIES = (
 # -- messages on the wire -----------------------------------------------------------------------
 
 
-def wire_lines(message: bytes) -> list[bytes]:
-    """The lines of a stored message as POP3 sends them, without terminators.
-
-    Stored line ends may be LF (Maildir) or CRLF; on the wire every line ends in CRLF (RFC 1939
-    §3), and a last line without a line end gets one.
-    """
-    lines = message.split(b"\n")
-    if lines[-1] == b"":
-        lines.pop()
-    return [line[:-1] if line.endswith(b"\r") else line for line in lines]
-
-
-def wire_size(message: bytes) -> int:
-    """The exact octet count STAT, LIST and RETR report (RFC 1939 §10): CRLF line ends."""
-    return sum(len(line) + 2 for line in wire_lines(message))
-
-
-def multiline(lines: Sequence[bytes]) -> bytes:
-    """The body of a multi-line reply: dot-stuffed, CRLF-terminated, ended by "." (RFC 1939 §3)."""
-    stuffed = [b"." + line if line.startswith(b".") else line for line in lines]
-    return b"".join(line + b"\r\n" for line in stuffed) + b".\r\n"
-
-
 def top_lines(message: bytes, body_lines: int) -> list[bytes]:
     """TOP: the header lines, the blank line, then at most ``body_lines`` body lines (RFC 1939 §7)."""
     lines = wire_lines(message)
@@ -236,7 +216,7 @@ def _printable(raw: bytes, limit: int = 60) -> str:
 # -- the session --------------------------------------------------------------------------------
 
 
-class _Refusal(Exception):
+class _Refusal(PeerError):
     """A peer error: the ``-ERR`` text to send, and whether it counts against the bad budget."""
 
     def __init__(self, text: str, *, bad: bool = False) -> None:
@@ -419,7 +399,7 @@ class Session:
             status += " " + reply.text
         data = f"{status}\r\n".encode()
         if reply.lines is not None:
-            data += multiline(reply.lines)
+            data += stuff_lines(reply.lines)
         note = f" ({reply.note})" if reply.note else ""
         actions: list[Action] = [Log(f"{shown} -> {status}{note}")]
         if reply.delay > 0:

@@ -4,18 +4,21 @@ asyncio streams rather than smtplib in worker threads: with eight deliveries in 
 threads each blocking in send and recv fought the event loop for the GIL (a few hundred futex
 calls per relayed message, most of the MTA's CPU). Here a session is a reader and a writer on
 the loop, and a transaction costs two round trips with PIPELINING (RFC 2920): MAIL, every RCPT
-and DATA in one write, then the message.
+and DATA in one write, then the message. What to send and what the replies mean is
+:class:`~services.smtp.transaction.Transaction`'s to say; this module moves the bytes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
-from dataclasses import dataclass, field
 
+from services import textwire
+from services.errors import PeerError
 from services.smtp import wire
-from services.smtp.relay import SmtpReply, Target
+from services.smtp.relay import Target
+from services.smtp.transaction import HostResult, Transaction
+from services.smtp.wire import Reply
 
 # RFC 5321 §4.5.3.2 gives the real client timeouts: 5 minutes for the greeting, MAIL and
 # RCPT, 2 for the DATA command, 3 per data block and 10 for the final reply. A lab wants a
@@ -27,21 +30,11 @@ QUIT_TIMEOUT = 2.0  # the goodbye is a courtesy: nobody waits long for it
 REPLY_LINE_LIMIT = 64 * 1024  # far past §4.5.3.1.5's 512; a longer line is a broken server
 
 
-@dataclass
-class HostResult:
-    """What one SMTP session did: each recipient's deciding reply, or why there was none."""
-
-    replies: dict[str, SmtpReply] = field(default_factory=dict)
-    error: str = ""
-    error_status: str = "4.4.1"  # RFC 3463: no answer from host; 4.4.2 once the session broke
-    mail_code: int | None = None  # the reply to MAIL; None: the session failed before it
-
-
-class Unavailable(Exception):
+class Unavailable(PeerError):
     """The host could not be talked to at all (refused, timed out, bad greeting)."""
 
 
-class SessionBroken(ConnectionError):
+class SessionBroken(PeerError, ConnectionError):
     """The server closed the connection, or sent something that is no SMTP reply."""
 
 
@@ -56,10 +49,6 @@ def describe(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror.lower()
     return str(exc) or type(exc).__name__
-
-
-def _reply(code: int, text: str) -> SmtpReply:
-    return SmtpReply(code, " ".join(text.split()))
 
 
 class Session:
@@ -80,19 +69,19 @@ class Session:
             raise Unavailable(describe(exc)) from exc
         session = cls(reader, writer)
         try:
-            code, text = await session.reply(CONNECT_TIMEOUT)
-            if code != 220:
+            greeting = await session.reply(CONNECT_TIMEOUT)
+            if greeting.code != 220:
                 # 554 here means "no SMTP service" (RFC 5321 §3.1): try the next MX.
-                raise Unavailable(f"greeted with {_reply(code, text)}")
-            code, text = await session.command(f"EHLO {helo}")
-            if code == 250:
-                for line in text.split("\n")[1:]:
+                raise Unavailable(f"greeted with {greeting}")
+            ehlo = await session.command(f"EHLO {helo}")
+            if ehlo.code == 250:
+                for line in ehlo.text.split("\n")[1:]:
                     keyword, _, params = line.strip().partition(" ")
                     session.extensions[keyword.upper()] = params
             else:
-                code, text = await session.command(f"HELO {helo}")  # §3.2: an old server may know only HELO
-                if code != 250:
-                    raise Unavailable(f"refused HELO: {_reply(code, text)}")
+                hello = await session.command(f"HELO {helo}")  # §3.2: an old server may know only HELO
+                if hello.code != 250:
+                    raise Unavailable(f"refused HELO: {hello}")
         except (OSError, TimeoutError, Unavailable) as exc:
             session.abort()
             raise exc if isinstance(exc, Unavailable) else Unavailable(describe(exc)) from exc
@@ -100,8 +89,8 @@ class Session:
 
     # -- the wire ----------------------------------------------------------------------------
 
-    async def reply(self, timeout: float) -> tuple[int, str]:
-        """The next reply: its code and its text, the lines of a multi-line reply joined by LF."""
+    async def reply(self, timeout: float) -> Reply:
+        """The next reply, all its lines."""
         lines = []
         while True:
             try:
@@ -115,94 +104,27 @@ class Session:
                 raise SessionBroken(f"the server sent no SMTP reply: {raw[:60]!r}")
             lines.append(line.text)
             if line.last:
-                return line.code, "\n".join(lines)
+                return Reply.parse(line.code, lines)
 
     async def _send(self, data: bytes, timeout: float) -> None:
         self._writer.write(data)
         await asyncio.wait_for(self._writer.drain(), timeout)
 
-    async def command(self, line: str, timeout: float = COMMAND_TIMEOUT) -> tuple[int, str]:
-        await self._send(line.encode("utf-8") + wire.CRLF, timeout)
+    async def command(self, line: str, timeout: float = COMMAND_TIMEOUT) -> Reply:
+        await self._send(line.encode("utf-8") + textwire.CRLF, timeout)
         return await self.reply(timeout)
 
     # -- a transaction -----------------------------------------------------------------------
 
-    async def transaction(self, sender: str, recipients: Sequence[str], data: bytes, out: HostResult) -> bool:
-        """MAIL, RCPT..., DATA, filling ``out.replies``; whether the session may carry another
-        message (no 421, RFC 5321 §3.8). Raises OSError or TimeoutError if the session breaks."""
-        options = []
-        if "SIZE" in self.extensions:
-            options.append(f"SIZE={len(data)}")  # RFC 1870: lets the server refuse before DATA
-        if not data.isascii() and "8BITMIME" in self.extensions:
-            options.append("BODY=8BITMIME")  # RFC 6152
-        if not all(a.isascii() for a in (sender, *recipients)) and "SMTPUTF8" in self.extensions:
-            options.append("SMTPUTF8")  # RFC 6531; without it the server refuses the address
-        mail = f"MAIL FROM:<{sender}>" + "".join(f" {o}" for o in options)
-        rcpts = [f"RCPT TO:<{r}>" for r in recipients]
-        if "PIPELINING" in self.extensions:
-            return await self._pipelined(mail, rcpts, recipients, data, out)
-        code, text = await self.command(mail)
-        out.mail_code = code
-        if code != 250:
-            out.replies.update({r: _reply(code, text) for r in recipients})
-            return code != 421
-        accepted = []
-        for rcpt, command in zip(recipients, rcpts, strict=True):
-            code, text = await self.command(command)
-            if code in (250, 251):
-                accepted.append(rcpt)  # not settled yet: the reply after the data decides
-            else:
-                out.replies[rcpt] = _reply(code, text)
-                if code == 421:
-                    return False
-        if not accepted:
-            code, _ = await self.command("RSET")
-            return code != 421
-        code, text = await self.command("DATA")
-        if code != wire.DATA_GO_AHEAD_CODE:
-            out.replies.update({r: _reply(code, text) for r in accepted})
-            return code != 421
-        return await self._data(data, accepted, out)
-
-    async def _pipelined(self, mail: str, rcpts: Sequence[str], recipients: Sequence[str], data: bytes,
-                         out: HostResult) -> bool:
-        """MAIL, every RCPT and DATA in one write; the replies come back in order (RFC 2920).
-
-        The data follow only after a 354 and only if some recipient was accepted (§3.1). A 354
-        with no recipient accepted (a server may give it) gets an empty message ended at once,
-        as the RFC says, and its reply is ignored.
-        """
-        await self._send("".join(f"{c}\r\n" for c in (mail, *rcpts, "DATA")).encode("utf-8"), COMMAND_TIMEOUT)
-        code, text = await self.reply(COMMAND_TIMEOUT)
-        out.mail_code = code
-        closing = code == 421
-        accepted = []
-        for rcpt in recipients:
-            rcode, rtext = await self.reply(COMMAND_TIMEOUT)
-            if code != 250:
-                out.replies[rcpt] = _reply(code, text)  # the sender was refused: every recipient's answer
-            elif rcode in (250, 251):
-                accepted.append(rcpt)
-            else:
-                out.replies[rcpt] = _reply(rcode, rtext)
-            closing = closing or rcode == 421
-        dcode, dtext = await self.reply(COMMAND_TIMEOUT)
-        closing = closing or dcode == 421
-        if dcode != wire.DATA_GO_AHEAD_CODE:
-            out.replies.update({r: _reply(dcode, dtext) for r in accepted})
-            return not closing
-        if not accepted:
-            await self._send(b".\r\n", DATA_TIMEOUT)
-            await self.reply(DATA_TIMEOUT)
-            return not closing
-        return await self._data(data, accepted, out) and not closing
-
-    async def _data(self, data: bytes, accepted: Sequence[str], out: HostResult) -> bool:
-        await self._send(wire.stuff(data), DATA_TIMEOUT)
-        code, text = await self.reply(DATA_TIMEOUT)
-        final = _reply(code, text)
-        out.replies.update({r: final for r in accepted})
-        return code != 421
+    async def transaction(self, txn: Transaction) -> None:
+        """Run ``txn`` to its end (:attr:`Transaction.done`). Raises OSError or TimeoutError if
+        the session breaks; ``txn.result`` then holds what was settled before."""
+        await self._send(txn.start(), COMMAND_TIMEOUT)
+        while not txn.done:
+            reply = await self.reply(DATA_TIMEOUT if txn.in_data else COMMAND_TIMEOUT)
+            data = txn.receive(reply)
+            if data:
+                await self._send(data, DATA_TIMEOUT if txn.in_data else COMMAND_TIMEOUT)
 
     # -- the end -----------------------------------------------------------------------------
 
@@ -242,21 +164,19 @@ class Connections:
 
     async def _offer(self, session: Session, target: Target, sender: str, data: bytes) -> HostResult:
         """One transaction on an open session, which is kept for the next if still good."""
-        out = HostResult()
+        txn = Transaction(sender, target.recipients, data, session.extensions)
         try:
-            reusable = await session.transaction(sender, target.recipients, data, out)
+            await session.transaction(txn)
         except (OSError, TimeoutError) as exc:
-            session.abort()
-            out.error, out.error_status = describe(exc), "4.4.2"
-            return out
+            txn.broken(describe(exc))
         except BaseException:  # cancelled mid-transaction: the session's state is unknown
             session.abort()
             raise
-        if reusable:
+        if txn.reusable:
             self._idle.setdefault(target.address, []).append(session)
         else:
             session.abort()  # after a 421 the server is closing: no QUIT to wait for
-        return out
+        return txn.result
 
     def _take_all(self) -> list[Session]:
         sessions = [s for idle in self._idle.values() for s in idle]

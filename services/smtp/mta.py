@@ -26,17 +26,16 @@ from services.pop3 import server as pop3_server
 from services.pop3.server import AccountAuthenticator
 from services.smtp import policy, trace
 from services.smtp.delivery import DeliveryWorker, LocalDelivery
-from services.smtp.policy import Reply
 from services.smtp.server import (
-    Client,
     Listeners,
     accepted,
     listen,
     received_header,
     storage_failure,
 )
+from services.smtp.session import Client
 from services.smtp.spool import DEFAULT_SPOOL, Spool, new_queue_id
-from services.smtp.wire import MESSAGE_SIZE_LIMIT
+from services.smtp.wire import MESSAGE_SIZE_LIMIT, Reply
 
 log = logging.getLogger("services.smtp.mta")
 
@@ -63,14 +62,14 @@ class MtaHandler:
         self._relay_client = relay_client or cfg.is_relay_client
         self._clock = clock
 
-    def check_sender(self, client: Client, sender: policy.Path) -> Reply:
+    def check_sender(self, client: Client, sender: policy.EnvelopePath) -> Reply:
         if self._submission:
             return policy.submission_sender(
                 sender, authenticated=client.authenticated, relay_client=self._relay_client(client.peer_ip)
             )
         return policy.sender_ok(sender)
 
-    def check_recipient(self, client: Client, recipient: policy.Path) -> Reply:
+    def check_recipient(self, client: Client, recipient: policy.EnvelopePath) -> Reply:
         relay = client.authenticated or self._relay_client(client.peer_ip)
         return policy.recipient(self._cfg, recipient, relay=relay)
 

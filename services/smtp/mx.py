@@ -19,17 +19,16 @@ from services.config import LabConfig
 from services.durable import Batcher
 from services.pop3 import server as pop3_server
 from services.smtp import policy, trace
-from services.smtp.policy import Reply
 from services.smtp.server import (
-    Client,
     Listeners,
     accepted,
     listen,
     received_header,
     storage_failure,
 )
+from services.smtp.session import Client
 from services.smtp.spool import new_queue_id
-from services.smtp.wire import MESSAGE_SIZE_LIMIT
+from services.smtp.wire import MESSAGE_SIZE_LIMIT, Reply
 
 log = logging.getLogger("services.smtp.mx")
 
@@ -44,10 +43,10 @@ class MxHandler:
         # Maildir writes in batches on one thread: one loop wake-up and one sync of new/ per batch.
         self._store: Batcher[tuple[Path, bytes], str] = Batcher(mailstore.deliver_batch)
 
-    def check_sender(self, client: Client, sender: policy.Path) -> Reply:
+    def check_sender(self, client: Client, sender: policy.EnvelopePath) -> Reply:
         return policy.sender_ok(sender)  # anyone may write to our users; <> too (bounces)
 
-    def check_recipient(self, client: Client, recipient: policy.Path) -> Reply:
+    def check_recipient(self, client: Client, recipient: policy.EnvelopePath) -> Reply:
         return policy.recipient(self._cfg, recipient, relay=False)
 
     async def accept_message(self, client: Client, sender: str, recipients: Sequence[str], message: bytes) -> Reply:

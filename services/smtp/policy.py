@@ -17,6 +17,7 @@ import re
 from dataclasses import dataclass, field
 
 from services.config import LabConfig
+from services.smtp.wire import Reply
 
 # RFC 5321 §4.5.3.1: the sizes every server must accept; longer ones it may refuse.
 LOCAL_PART_LIMIT = 64  # §4.5.3.1.1
@@ -43,22 +44,6 @@ BODY_TYPES = ("7BIT", "8BITMIME")  # RFC 6152 §2: the BODY values an 8BITMIME s
 
 
 @dataclass(frozen=True)
-class Reply:
-    """One SMTP reply: code (RFC 5321 §4.2), enhanced status (RFC 3463) and text."""
-
-    code: int
-    status: str
-    text: str
-
-    def __str__(self) -> str:
-        return f"{self.code} {self.status} {self.text}"
-
-    @property
-    def positive(self) -> bool:
-        return 200 <= self.code < 400
-
-
-@dataclass(frozen=True)
 class Mailbox:
     local: str  # as written, quotes included: the local part is the receiving host's business
     domain: str  # a domain name or an address literal ("[10.89.0.10]"), as written
@@ -68,7 +53,7 @@ class Mailbox:
 
 
 @dataclass(frozen=True)
-class Path:
+class EnvelopePath:
     """The argument of MAIL FROM or RCPT TO, parsed."""
 
     mailbox: Mailbox | None  # None: the null reverse-path <> (bounces, RFC 5321 §4.5.5)
@@ -177,7 +162,7 @@ _RCPT = _Command(
 )
 
 
-def _parse(command: _Command, arg: str | None, *, null_ok: bool) -> Path | Reply:
+def _parse(command: _Command, arg: str | None, *, null_ok: bool) -> EnvelopePath | Reply:
     usage = Reply(501, "5.5.4", f"Syntax: {command.usage}")
     if arg is None or arg[: len(command.keyword)].upper() != command.keyword:
         return usage
@@ -206,10 +191,10 @@ def _parse(command: _Command, arg: str | None, *, null_ok: bool) -> Path | Reply
     params = _parse_params(tail)
     if params is None:
         return Reply(501, "5.5.4", f"Bad parameter syntax; {usage.text}")
-    return Path(mailbox, bracketed, params)
+    return EnvelopePath(mailbox, bracketed, params)
 
 
-def parse_mail(arg: str | None, *, size_limit: int, esmtp: bool) -> Path | Reply:
+def parse_mail(arg: str | None, *, size_limit: int, esmtp: bool) -> EnvelopePath | Reply:
     """The argument of MAIL (``FROM:<a@b> SIZE=123``): the reverse-path, or the reply refusing it.
 
     ``esmtp``: the client said EHLO, so the parameters of the extensions it was offered count
@@ -233,7 +218,7 @@ def parse_mail(arg: str | None, *, size_limit: int, esmtp: bool) -> Path | Reply
     return path
 
 
-def parse_rcpt(arg: str | None) -> Path | Reply:
+def parse_rcpt(arg: str | None) -> EnvelopePath | Reply:
     """The argument of RCPT (``TO:<a@b>``): the forward-path, or the reply refusing it."""
     path = _parse(_RCPT, arg, null_ok=False)
     if isinstance(path, Reply):
@@ -246,11 +231,11 @@ def parse_rcpt(arg: str | None) -> Path | Reply:
 # -- decisions ---------------------------------------------------------------------------------
 
 
-def sender_ok(sender: Path) -> Reply:
+def sender_ok(sender: EnvelopePath) -> Reply:
     return Reply(250, "2.1.0", f"{sender.echo}... Sender ok")
 
 
-def submission_sender(sender: Path, *, authenticated: bool, relay_client: bool) -> Reply:
+def submission_sender(sender: EnvelopePath, *, authenticated: bool, relay_client: bool) -> Reply:
     """MAIL on the submission port (RFC 6409 §4.3): AUTH first, unless the client is on our LAN."""
     if authenticated or relay_client:
         return sender_ok(sender)
@@ -263,7 +248,7 @@ def is_local(cfg: LabConfig, domain: str) -> bool:
     return d is not None and d.mail_host == cfg.me
 
 
-def recipient(cfg: LabConfig, rcpt: Path, *, relay: bool) -> Reply:
+def recipient(cfg: LabConfig, rcpt: EnvelopePath, *, relay: bool) -> Reply:
     """RCPT: our own domains' existing users always; other domains only when ``relay`` is allowed.
 
     ``relay`` is False on the recipient MX, so it is no open relay; on the MTA it is True for

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import ipaddress
 import random
-import re
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -27,6 +26,7 @@ from typing import Protocol
 
 from services.config import Retry
 from services.smtp.spool import RecipientState, Status
+from services.smtp.wire import Reply
 
 # RFC 5321 §5.1 lets a client limit how many MX addresses it tries per attempt; Postfix's
 # smtp_mx_address_limit is 5. Past that, the rest are for the next attempt.
@@ -93,34 +93,15 @@ class Result(StrEnum):
     PERMANENT = "permanent"  # 5xx, no such domain, null MX: bounce now
 
 
-_ENHANCED = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})(?:\s+|$)")
-
-
-@dataclass(frozen=True)
-class SmtpReply:
-    code: int
-    text: str  # what followed the code, lines joined by a space
-
-    def __str__(self) -> str:
-        return f"{self.code} {self.text}".rstrip()
-
-    @property
-    def result(self) -> Result:
-        if 200 <= self.code < 300:
-            return Result.DELIVERED
-        if 500 <= self.code < 600:
-            return Result.PERMANENT
-        # 4xx, and anything unexpected (a 3xx to RCPT, smtplib's -1 for garbage): the peer is
-        # confused now, which is no proof the address is bad.
-        return Result.TRANSIENT
-
-    @property
-    def status(self) -> str:
-        """The enhanced status code (RFC 3463) in the text, else the bare class (§3.1)."""
-        m = _ENHANCED.match(self.text)
-        if m and m.group(1) == str(self.code // 100):
-            return f"{m.group(1)}.{int(m.group(2))}.{int(m.group(3))}"
-        return {Result.DELIVERED: "2.0.0", Result.PERMANENT: "5.0.0"}.get(self.result, "4.0.0")
+def reply_result(reply: Reply) -> Result:
+    """What a host's reply settles for a recipient: 2xx delivered, 5xx refused for good."""
+    if 200 <= reply.code < 300:
+        return Result.DELIVERED
+    if 500 <= reply.code < 600:
+        return Result.PERMANENT
+    # 4xx, and anything unexpected (a 3xx to RCPT, smtplib's -1 for garbage): the peer is
+    # confused now, which is no proof the address is bad.
+    return Result.TRANSIENT
 
 
 @dataclass(frozen=True)
@@ -132,7 +113,7 @@ class Outcome:
     reason: str  # for the log and the bounce, in words
     remote_mta: str = ""  # the MX host that answered
     relay: str = ""  # where we were connected, "mail.example[10.0.0.3]:25", for the log
-    reply: SmtpReply | None = None  # that host's reply, if one was the cause
+    reply: Reply | None = None  # that host's reply, if one was the cause
 
 
 def delivered(reason: str) -> Outcome:
@@ -256,7 +237,7 @@ class DeliveryAttempt:
         return Target(host, address, tuple(self._open))
 
     def host_result(
-        self, target: Target, replies: Mapping[str, SmtpReply], error: str = "", *, error_status: str = "4.4.1"
+        self, target: Target, replies: Mapping[str, Reply], error: str = "", *, error_status: str = "4.4.1"
     ) -> None:
         """What ``target`` did for each offered recipient.
 
@@ -272,10 +253,10 @@ class DeliveryAttempt:
                 self._open[rcpt] = replace(base, status=error_status, reason=f"{target.relay}: {error}")
                 continue
             outcome = replace(
-                base, result=reply.result, status=reply.status,
+                base, result=reply_result(reply), status=reply.dsn_status,
                 reason=f"host {target.relay} said: {reply}", reply=reply,
             )
-            if reply.result is Result.TRANSIENT:
+            if outcome.result is Result.TRANSIENT:
                 self._open[rcpt] = outcome  # the next MX may take it (RFC 5321 §5.1)
             else:
                 del self._open[rcpt]

@@ -7,13 +7,15 @@ changed, and says why each time:
 * the replies a student knows from the reference article (``250 2.1.0 andy@ouhk.example...
   Sender ok``), every one with an RFC 3463 enhanced status code, since EHLO promises them
   (ENHANCEDSTATUSCODES, RFC 2034 §3); aiosmtpd's own wordings are mapped in :data:`REWORDED`;
-* MAIL and RCPT parse their paths with :mod:`services.smtp.policy` (RFC 5321 §4.1.2, plus the
-  article's hand-typed ``MAIL FROM: andy@ouhk.example``), and are accepted before HELO, as by
-  sendmail, because the article never sends one;
+* what each command is answered, and when it may come, is decided by a pure
+  :class:`~services.smtp.session.ServerSession` (states, the bad-command budget, the recipient
+  limit, no AUTH inside a transaction); MAIL and RCPT parse their paths with
+  :mod:`services.smtp.policy` (RFC 5321 §4.1.2, plus the article's hand-typed
+  ``MAIL FROM: andy@ouhk.example``), and are accepted before HELO, as by sendmail, because the
+  article never sends one;
 * DATA reads the message with :class:`~services.smtp.wire.DataReader`, which ends it only at ``<CRLF>.<CRLF>``:
   aiosmtpd 1.4.3 also ends it at ``<LF>.<CRLF>``, the SMTP smuggling hole (CVE-2024-27305);
-* a budget of bad commands (:data:`MAX_BAD_COMMANDS`) ends with ``421``, and a bug of ours
-  answers ``451 4.3.0`` with the traceback in the log, never on the wire.
+* a bug of ours answers ``451 4.3.0`` with the traceback in the log, never on the wire.
 
 What differs between the roles (who may send to whom, where a message goes) is a
 :class:`RoleHandler`: :mod:`services.smtp.mx` and :mod:`services.smtp.mta`.
@@ -28,7 +30,7 @@ import logging
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, AnyStr, Protocol
 
 import aiosmtpd.smtp
@@ -36,20 +38,29 @@ from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword, Session
 
 from services.config import LabConfig
 from services.smtp import trace
-from services.smtp.policy import Path, Reply, parse_mail, parse_rcpt
-from services.smtp.wire import COMMAND_LINE_LIMIT, CRLF, MESSAGE_SIZE_LIMIT, WIRE_LINE_LIMIT, DataReader
+from services.smtp.session import (
+    MAX_BAD_COMMANDS,
+    Client,
+    EnvelopeChecks,
+    ServerSession,
+    too_many_errors,
+)
+from services.smtp.wire import (
+    COMMAND_LINE_LIMIT,
+    DATA_GO_AHEAD_CODE,
+    MESSAGE_SIZE_LIMIT,
+    WIRE_LINE_LIMIT,
+    DataReader,
+    Reply,
+)
+from services.textwire import CRLF
 
 log = logging.getLogger("services.smtp")
 
 # -- limits (the wire-level ones live in services.smtp.wire, shared with the traffic decoder) ----
 SIZE_PARAM_ALLOWANCE = 26  # RFC 1870 §3: " SIZE=" and 20 digits lengthen MAIL when SIZE is offered
-MAX_RECIPIENTS = 100  # RFC 5321 §4.5.3.1.8: the least a server must take; more get 452 (§4.5.3.1.10)
 IDLE_TIMEOUT = 300.0  # RFC 5321 §4.5.3.2.7: a server waits at least 5 minutes for the next command
-# Syntax and sequence errors one session may make before it is closed with 421: Postfix's
-# smtpd_hard_error_limit (20; sendmail's MAXBADCOMMANDS is 25). Fewer cut off nmap's
-# smtp-open-relay audit, whose 16 relay tricks in one session are mostly malformed addresses.
-MAX_BAD_COMMANDS = 20
-BAD_COMMAND_CODES = frozenset({500, 501, 502, 503, 504, 553, 555})
+AUTH_MECHANISMS = ("LOGIN", "PLAIN")  # aiosmtpd's own, offered where there is a login check
 
 # aiosmtpd closes a session at its fifth unknown verb (its module constant BOGUS_LIMIT, read at
 # every connection, with no parameter): five typos at a telnet prompt, and a student is cut off.
@@ -58,60 +69,41 @@ BAD_COMMAND_CODES = frozenset({500, 501, 502, 503, 504, 553, 555})
 aiosmtpd.smtp.BOGUS_LIMIT = MAX_BAD_COMMANDS
 
 # -- replies -----------------------------------------------------------------------------------
-DATA_GO_AHEAD = '354 Enter mail, end with "." on a line by itself'
-BYE = "221 2.0.0 Bye"
+BYE = Reply(221, "2.0.0", "Bye")
 LOCAL_ERROR = Reply(451, "4.3.0", "Local error, try again later")
 NO_STORAGE = Reply(452, "4.3.1", "Insufficient system storage")
 
 # aiosmtpd 1.4.3 words these replies itself, without enhanced status codes. Its wording on the
 # left, ours on the right; every other reply is written by this module or the role handlers.
-REWORDED: Mapping[str, str] = {
-    "500 Command line too long": f"500 5.5.2 Line too long (RFC 5321 4.5.3.1.4: {COMMAND_LINE_LIMIT} octets)",
-    "500 Error: bad syntax": "500 5.5.2 Syntax error, command unrecognized",
-    "500 Error: strict ASCII mode": "500 5.5.2 Syntax error: 8-bit characters in a command",
-    "250 OK": "250 2.0.0 OK",  # NOOP, RSET
+REWORDED: Mapping[str, Reply] = {
+    "500 Command line too long": Reply(500, "5.5.2",
+                                       f"Line too long (RFC 5321 4.5.3.1.4: {COMMAND_LINE_LIMIT} octets)"),
+    "500 Error: bad syntax": Reply(500, "5.5.2", "Syntax error, command unrecognized"),
+    "500 Error: strict ASCII mode": Reply(500, "5.5.2", "Syntax error: 8-bit characters in a command"),
+    "250 OK": Reply(250, "2.0.0", "OK"),  # NOOP, RSET
     "221 Bye": BYE,
-    "501 Syntax: QUIT": "501 5.5.4 Syntax: QUIT",
-    "501 Syntax: RSET": "501 5.5.4 Syntax: RSET",
-    "502 EXPN not implemented": "502 5.5.1 EXPN not implemented",
-    "503 Error: send EHLO first": "503 5.5.1 Send EHLO first",
-    "500 Error: command 'AUTH' not recognized": "503 5.5.1 AUTH is an ESMTP command: send EHLO, not HELO",
-    "503 Already authenticated": "503 5.5.1 Already authenticated",
-    "501 Not enough value": "501 5.5.4 Syntax: AUTH mechanism [initial-response]",
-    "501 Too many values": "501 5.5.4 Syntax: AUTH mechanism [initial-response]",
+    "501 Syntax: QUIT": Reply(501, "5.5.4", "Syntax: QUIT"),
+    "501 Syntax: RSET": Reply(501, "5.5.4", "Syntax: RSET"),
+    "502 EXPN not implemented": Reply(502, "5.5.1", "EXPN not implemented"),
+    "501 Not enough value": Reply(501, "5.5.4", "Syntax: AUTH mechanism [initial-response]"),
+    "501 Too many values": Reply(501, "5.5.4", "Syntax: AUTH mechanism [initial-response]"),
 }
 # aiosmtpd echoes the unknown verb; a verb may hold a bare CR, so ours does not.
 _UNRECOGNIZED = re.compile(r'500 Error: command ".*" not recognized', re.DOTALL)
 _GIVE_UP = "502 5.5.1 Too many unrecognized commands, goodbye."
 _EXCEPTION_TEXT = ("500 Error: (", "500 Error: Cannot describe error")  # a Python exception, named
 
-HELP_TOPICS: Mapping[str, str] = {
-    "HELO": "HELO <hostname>",
-    "EHLO": "EHLO <hostname>",
-    "MAIL": "MAIL FROM:<address> [SIZE=<octets>] [BODY=7BIT|8BITMIME]",
-    "RCPT": "RCPT TO:<address>",
-    "DATA": 'DATA, then the message, then a line with only "."',
-    "RSET": "RSET",
-    "NOOP": "NOOP",
-    "QUIT": "QUIT",
-    "VRFY": "VRFY <address>",
-    "HELP": "HELP [command]",
-    "AUTH": "AUTH PLAIN|LOGIN [initial-response]",
-}
+COMMAND_UNRECOGNIZED = Reply(500, "5.5.1", "Command unrecognized")
 
 
-def too_many_errors(hostname: str) -> str:
-    return f"421 4.7.0 {hostname} Too many errors, closing connection"  # RFC 5321 §3.8: 421, then close
-
-
-def reword(line: str, hostname: str) -> str:
+def reword(line: str, hostname: str) -> Reply | str:
     """Our reply for one of aiosmtpd's own (see :data:`REWORDED`); any other line unchanged."""
     if line == _GIVE_UP:
         return too_many_errors(hostname)
     if line.startswith(_EXCEPTION_TEXT):  # only if our handle_exception itself failed
-        return str(LOCAL_ERROR)
+        return LOCAL_ERROR
     if _UNRECOGNIZED.fullmatch(line):
-        return "500 5.5.1 Command unrecognized"
+        return COMMAND_UNRECOGNIZED
     return REWORDED.get(line, line)
 
 
@@ -129,30 +121,8 @@ def _code(line: str) -> int:
 # -- the role's part -------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Client:
-    """What a role handler may know about the client when it decides."""
-
-    peer_ip: str
-    helo: str | None  # the name given in HELO/EHLO; None if the client never greeted
-    esmtp: bool  # greeted with EHLO
-    login: str | None  # the account it authenticated as (AUTH, RFC 4954)
-
-    @property
-    def authenticated(self) -> bool:
-        return self.login is not None
-
-
-class RoleHandler(Protocol):
+class RoleHandler(EnvelopeChecks, Protocol):
     """The decisions and the delivery that make a server the MTA or the MX."""
-
-    def check_sender(self, client: Client, sender: Path) -> Reply:
-        """MAIL FROM, already well-formed: 250 to accept."""
-        ...
-
-    def check_recipient(self, client: Client, recipient: Path) -> Reply:
-        """RCPT TO, already well-formed: 250 to accept."""
-        ...
 
     async def accept_message(self, client: Client, sender: str, recipients: Sequence[str], message: bytes) -> Reply:
         """After DATA: make the message durable and answer 250, or answer why not.
@@ -206,12 +176,6 @@ class _QuietSession(Session):
         self._login_data = value
 
 
-@dataclass
-class _Transaction:
-    sender: str | None = None  # None until MAIL; "" is the null reverse-path
-    recipients: list[str] = field(default_factory=list)
-
-
 class LabSMTP(SMTP):
     """One client connection. See the module docstring for what differs from aiosmtpd."""
 
@@ -233,12 +197,8 @@ class LabSMTP(SMTP):
         )
         self._role = role
         self._check_login = check_login
-        self._helo: str | None = None
-        self._esmtp = False
-        self._login: str | None = None
-        self._txn = _Transaction()
-        self._bad_commands = 0
-        self._closing = False
+        self._session = ServerSession(hostname, role, size_limit=size_limit,
+                                      auth_mechanisms=AUTH_MECHANISMS if check_login is not None else ())
         self._held: list[bytes] = []  # replies not yet written (see _send_reply)
         self._held_size = 0
         self._flush_handle: asyncio.Handle | None = None
@@ -253,7 +213,7 @@ class LabSMTP(SMTP):
             auth_require_tls=False,
             authenticator=self._check_account,
             # Without a login check no mechanism is offered (and aiosmtpd's log says so).
-            auth_exclude_mechanism=None if check_login is not None else ["LOGIN", "PLAIN"],
+            auth_exclude_mechanism=None if check_login is not None else list(AUTH_MECHANISMS),
             loop=asyncio.get_running_loop(),
         )
 
@@ -264,34 +224,46 @@ class LabSMTP(SMTP):
         peer: Any = self.session.peer if self.session is not None else None
         return str(peer[0]) if isinstance(peer, tuple) and peer else "0.0.0.0"
 
-    def _client(self) -> Client:
-        return Client(self.peer_ip, self._helo, self._esmtp, self._login)
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._session.peer_ip = self.peer_ip
 
     def _create_session(self) -> Session:
         return _QuietSession(self.loop)
 
     def _set_post_data_state(self) -> None:
-        # aiosmtpd starts each transaction here (at connect, after RSET and DATA); ours starts too.
+        # aiosmtpd ends each transaction here (at connect, after RSET and DATA); ours ends too.
         self.envelope = self._create_envelope()
-        self._txn = _Transaction()
+        self._session.rset()
 
     async def push(self, status: AnyStr) -> None:
-        """Every reply passes here: reworded, counted against the bad-command budget."""
-        if self._closing:
+        """aiosmtpd's own replies pass here, reworded (see :data:`REWORDED`)."""
+        said = reword(status.decode("ascii", "replace") if isinstance(status, bytes) else status, self.hostname)
+        if isinstance(said, Reply):
+            await self._reply(said)
+        else:
+            await self._answer(said, _code(said))
+
+    async def _reply(self, reply: Reply) -> None:
+        """Our replies: a multi-line one is rendered whole, so it leaves in one write (one TCP
+        segment). Line by line, each would leave in a segment of its own (asyncio sets
+        TCP_NODELAY), and a client that takes whatever one read returns for the whole reply falls
+        out of step: nmap's smtp-open-relay then reads a later line of our EHLO reply as the
+        answer to its RCPT and reports an open relay. Postfix and sendmail write a reply whole, too.
+        """
+        await self._answer(reply.render(), reply.code)
+
+    async def _answer(self, line: str, code: int) -> None:
+        """Every reply passes here: counted against the bad-command budget by the session."""
+        if self._session.closed:
             return  # after 221 or 421, commands the client pipelined get no answer
-        line = reword(status.decode("ascii", "replace") if isinstance(status, bytes) else status, self.hostname)
-        hang_up = False
-        if _code(line) in BAD_COMMAND_CODES:
-            self._bad_commands += 1
-            if self._bad_commands >= MAX_BAD_COMMANDS:
-                log.warning("%s: %d bad commands, closing", self.peer_ip, self._bad_commands)
-                line = too_many_errors(self.hostname)
-                hang_up = True
-        closing = line.startswith(("221 ", "421 "))
-        await self._send_reply(line, now=closing)  # aiosmtpd closes the connection after these
-        if closing:
-            self._closing = True
-        if hang_up:
+        final = self._session.replied(code)
+        if final is not None:
+            log.warning("%s: %d bad commands, closing", self.peer_ip, MAX_BAD_COMMANDS)
+            line = final.render()
+        closing = self._session.closed
+        await self._send_reply(line, now=closing)  # aiosmtpd closes the connection after 221 and 421
+        if final is not None:
             this: Any = self  # aiosmtpd declares these attributes as None
             this._handler_coroutine.cancel()  # as aiosmtpd's QUIT does
             this.transport.close()
@@ -337,7 +309,7 @@ class LabSMTP(SMTP):
             # The client's input ended between commands: nothing to answer, the session is over.
             # End the session as aiosmtpd does when a connection is lost: by cancellation (its loop
             # would otherwise read the spent stream again and again without ever yielding).
-            self._closing = True
+            self._session.connection_lost()
             self._flush_replies()  # the answers to what the client sent before it stopped
             this: Any = self
             if this.transport is not None:
@@ -345,97 +317,50 @@ class LabSMTP(SMTP):
             raise asyncio.CancelledError
         # A bug of ours: the client learns only that it may try again (RFC 5321 §4.2.1, 451).
         log.error("%s: internal error, answered %s", self.peer_ip, LOCAL_ERROR, exc_info=error)
-        return str(LOCAL_ERROR)
+        return LOCAL_ERROR.render()
 
-    async def _reply(self, reply: Reply | str) -> None:
-        await self.push(str(reply))
-
-    async def _multiline(self, code: int, texts: Sequence[str]) -> None:
-        """A multi-line reply (RFC 5321 §4.2.1) in one write, so in one TCP segment.
-
-        Line by line, each would leave in a segment of its own (asyncio sets TCP_NODELAY), and a
-        client that takes whatever one read returns for the whole reply falls out of step: nmap's
-        smtp-open-relay then reads a later line of our EHLO reply as the answer to its RCPT and
-        reports an open relay. Postfix and sendmail write a reply whole, too.
-        """
-        last = len(texts) - 1
-        await self._reply("\r\n".join(f"{code}{'-' if i < last else ' '}{text}" for i, text in enumerate(texts)))
-
-    # -- greetings ------------------------------------------------------------------------------
+    # -- the commands: the session decides ----------------------------------------------------
 
     def _greeted(self, hostname: str, *, esmtp: bool) -> None:
-        self._set_post_data_state()  # RFC 5321 §4.1.4: HELO/EHLO also end any transaction
-        self._helo, self._esmtp = hostname, esmtp
         session: Any = self.session
         session.host_name, session.extended_smtp = hostname, esmtp  # aiosmtpd's AUTH reads these
+        if esmtp:
+            self.command_size_limits["MAIL"] = self.command_size_limit + SIZE_PARAM_ALLOWANCE
 
     async def smtp_HELO(self, hostname: str | None) -> None:
-        if not hostname:
-            return await self._reply("501 5.5.4 Syntax: HELO hostname")
-        self._greeted(hostname, esmtp=False)
-        await self._reply(f"250 {self.hostname} Hello {trace.address_literal(self.peer_ip)}, pleased to meet you")
+        reply = self._session.hello(hostname, esmtp=False)
+        if reply.positive and hostname:
+            self._greeted(hostname, esmtp=False)
+        await self._reply(reply)
 
     async def smtp_EHLO(self, hostname: str | None) -> None:
-        if not hostname:
-            return await self._reply("501 5.5.4 Syntax: EHLO hostname")
-        self._greeted(hostname, esmtp=True)
-        self.command_size_limits["MAIL"] = self.command_size_limit + SIZE_PARAM_ALLOWANCE
-        # Only what is implemented (RFC 5321 §4.1.1.1): replies keep their order, so PIPELINING
-        # (RFC 2920); the message is taken as bytes, so 8BITMIME (RFC 6152).
-        lines = [
-            f"{self.hostname} Hello {trace.address_literal(self.peer_ip)}, pleased to meet you",
-            f"SIZE {self.data_size_limit}",
-            "8BITMIME",
-            "PIPELINING",
-            "ENHANCEDSTATUSCODES",
-        ]
-        if self._check_login is not None:
-            lines.append("AUTH " + " ".join(sorted(self._auth_methods)))
-        await self._multiline(250, lines)
-
-    # -- the transaction --------------------------------------------------------------------------
+        reply = self._session.hello(hostname, esmtp=True)
+        if reply.positive and hostname:
+            self._greeted(hostname, esmtp=True)
+        await self._reply(reply)
 
     async def smtp_MAIL(self, arg: str | None) -> None:
-        # No HELO needed first: the reference article's session starts with MAIL, and sendmail takes it.
-        if self._txn.sender is not None:
-            return await self._reply("503 5.5.1 Sender already specified")
-        path = parse_mail(arg, size_limit=self.data_size_limit, esmtp=self._esmtp)
-        reply = path if isinstance(path, Reply) else self._role.check_sender(self._client(), path)
-        if isinstance(path, Path) and reply.positive:
-            self._txn.sender = path.address
-        await self._reply(reply)
+        await self._reply(self._session.mail(arg))
 
     async def smtp_RCPT(self, arg: str | None) -> None:
-        if self._txn.sender is None:
-            return await self._reply("503 5.5.1 Need MAIL before RCPT")
-        if len(self._txn.recipients) >= MAX_RECIPIENTS:
-            return await self._reply("452 4.5.3 Too many recipients")
-        path = parse_rcpt(arg)
-        reply = path if isinstance(path, Reply) else self._role.check_recipient(self._client(), path)
-        if isinstance(path, Path) and reply.positive and path.address not in self._txn.recipients:
-            self._txn.recipients.append(path.address)
-        await self._reply(reply)
+        await self._reply(self._session.rcpt(arg))
 
     async def smtp_DATA(self, arg: str | None) -> None:
-        if self._closing:
-            return  # pipelined after QUIT or 421: never deliver what we will not acknowledge
-        if self._txn.sender is None:
-            return await self._reply("503 5.5.1 Need MAIL command")
-        if not self._txn.recipients:
-            return await self._reply("503 5.5.1 Need RCPT (recipient)")
-        if arg:
-            return await self._reply("501 5.5.4 Syntax: DATA")
-        await self._reply(DATA_GO_AHEAD)
+        go_ahead = self._session.data(arg)
+        await self._reply(go_ahead)
+        if go_ahead.code != DATA_GO_AHEAD_CODE:
+            return
         reader = DataReader(self.data_size_limit)
         if not await self._read_data(reader):
+            self._session.connection_lost()
             return  # the client went away mid-message: nothing was acknowledged
-        sender, recipients = self._txn.sender, tuple(self._txn.recipients)
-        self._set_post_data_state()
+        sender, recipients = self._session.message_read()
+        self.envelope = self._create_envelope()
         outcome = reader.outcome()
         if isinstance(outcome, Reply):
             log.info("%s: message from <%s> refused: %s", self.peer_ip, sender, outcome)
             return await self._reply(outcome)
-        await self._reply(await self._role.accept_message(self._client(), sender, recipients, outcome))
+        await self._reply(await self._role.accept_message(self._session.client, sender, recipients, outcome))
 
     async def _read_data(self, reader: DataReader) -> bool:
         """Feed the reader to the end of the data; False if the connection ended first."""
@@ -456,26 +381,16 @@ class LabSMTP(SMTP):
             if reader.feed(piece):
                 return True
 
-    # -- the other commands ------------------------------------------------------------------------
-
     async def smtp_VRFY(self, arg: str | None) -> None:
-        if not arg:
-            return await self._reply("501 5.5.4 Syntax: VRFY <address>")
-        # RFC 5321 §3.5.3: 252 neither confirms nor denies; telling who exists helps harvesters.
-        await self._reply("252 2.5.2 Cannot VRFY user, but will accept message and attempt delivery")
+        await self._reply(self._session.vrfy(arg))
 
     async def smtp_HELP(self, arg: str | None) -> None:
-        topics = {k: v for k, v in HELP_TOPICS.items() if k != "AUTH" or self._check_login is not None}
-        if arg:
-            usage = topics.get(arg.strip().upper())
-            return await self._reply(f"214 2.0.0 {usage}" if usage else "504 5.5.4 HELP topic unknown")
-        await self._multiline(214, ["2.0.0 Commands: " + " ".join(topics),
-                                    "2.0.0 For more, HELP <command>; the protocol is RFC 5321",
-                                    "2.0.0 End of HELP info"])
+        await self._reply(self._session.help(arg))
 
     async def smtp_AUTH(self, arg: str | None) -> None:
-        if self._check_login is None:
-            return await self._reply("502 5.5.1 AUTH is offered on the submission port only")
+        refusal = self._session.auth()
+        if refusal is not None:
+            return await self._reply(refusal)
         await super().smtp_AUTH(arg)
 
     def _check_account(
@@ -489,7 +404,7 @@ class LabSMTP(SMTP):
             log.info("%s: AUTH %s as %r failed", self.peer_ip, mechanism, user)
             return AuthResult(success=False, handled=False)  # aiosmtpd answers 535 5.7.8
         log.info("%s: AUTH %s as %s", self.peer_ip, mechanism, account)
-        self._login = account
+        self._session.authenticated(account)
         return AuthResult(success=True, auth_data=account)
 
 

@@ -48,6 +48,7 @@ from typing import Any
 
 from services import config
 from services.durable import Batcher, DirectorySync, fsync_dir
+from services.errors import LocalError
 
 log = logging.getLogger("services.smtp.spool")
 
@@ -66,7 +67,7 @@ _ID_TIME_DIGITS = 6  # 62**6 seconds is ~1800 years: ids sort by queue time, lik
 _ID_RANDOM_DIGITS = 6  # 62**6 ~ 5.7e10 per second; os.link() below still catches a collision
 
 
-class SpoolError(Exception):
+class SpoolError(LocalError):
     """The spool cannot do what was asked (unknown queue id, unreadable entry)."""
 
 

@@ -1,19 +1,20 @@
-"""SMTP as it crosses the wire: limits, reply lines, and where the data after DATA ends.
+"""SMTP as it crosses the wire: limits, replies, and the message after DATA read a line at a time.
 
-Pure, with no dependency beyond the standard library and :mod:`services.smtp.policy`: the
-servers (:mod:`services.smtp.server`, on aiosmtpd) and the traffic decoder that labctl runs on
-the user's machine (:mod:`labctl.traffic.smtp`, which must not need aiosmtpd) read SMTP with
-this one module, so the decoder ends a message exactly where our servers end it.
+Pure, standard library only (with :mod:`services.textwire`, the CRLF and dot framing SMTP
+shares with POP3): the servers (:mod:`services.smtp.server`, on aiosmtpd), the MTA's client
+(:mod:`services.smtp.client`) and the traffic decoder that labctl runs on the user's machine
+(:mod:`labctl.traffic.smtp`, which must not need aiosmtpd) read SMTP with this one module, so
+the decoder ends a message exactly where our servers end it, and every side has the one
+:class:`Reply`.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from services.smtp.policy import Reply
-
-CRLF = b"\r\n"
+from services.textwire import CRLF
 
 # -- limits ------------------------------------------------------------------------------------
 COMMAND_LINE_LIMIT = 512  # RFC 5321 §4.5.3.1.4: a command line, CRLF included
@@ -22,10 +23,66 @@ TEXT_LINE_LIMIT = 1000  # RFC 5321 §4.5.3.1.6: a line of the message, CRLF incl
 WIRE_LINE_LIMIT = TEXT_LINE_LIMIT + 1
 MESSAGE_SIZE_LIMIT = 10 * 1024 * 1024  # advertised with SIZE (RFC 1870); ample for lab attachments
 
-# -- the end of the data ----------------------------------------------------------------------------
-# RFC 5321 §4.1.1.4: the mail data ends with a line holding only a period, i.e. "<CRLF>.<CRLF>",
-# where the first CRLF may be the one that ended the DATA command itself (an empty message).
-DATA_END = CRLF + b"." + CRLF
+# -- replies ------------------------------------------------------------------------------------
+
+# RFC 3463 §2: class.subject.detail, the class the reply code's first digit (RFC 2034 §4).
+_ENHANCED = re.compile(r"([245])\.(\d{1,3})\.(\d{1,3})(?:\s+|$)")
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One SMTP reply: code (RFC 5321 §4.2), enhanced status (RFC 3463; "" where there is none:
+    the greeting, HELO, EHLO and 354, RFC 2034 §3) and text, the lines of a multi-line reply
+    joined by LF."""
+
+    code: int
+    status: str
+    text: str
+
+    def __str__(self) -> str:
+        """The reply on one line, for a log or a diagnostic: ``550 5.1.1 No such user``."""
+        return " ".join(f"{self.code} {self.status} {self.text}".split())
+
+    def render(self) -> str:
+        """The reply as sent, its lines joined by CRLF (none after the last): every line but the
+        last has a hyphen after the code (RFC 5321 §4.2.1), every line the status (RFC 2034 §4)."""
+        head = f"{self.code} {self.status} " if self.status else f"{self.code} "
+        if "\n" not in self.text:
+            return (head + self.text).rstrip(" ")
+        lines = self.text.split("\n")
+        more = head.replace(" ", "-", 1)
+        return "\r\n".join([*(more + line for line in lines[:-1]), head + lines[-1]])
+
+    @classmethod
+    def parse(cls, code: int, lines: Sequence[str]) -> Reply:
+        """The reply whose lines (each after the code and its separator) are ``lines``.
+
+        The status is the first line's, if of the code's class (RFC 3463 §3.1), and comes out of
+        every line that repeats it (RFC 2034 §4 puts it on each); a line with another keeps its own.
+        """
+        first = _ENHANCED.match(lines[0].lstrip()) if lines else None
+        if first is None or first.group(1) != str(code // 100):
+            return cls(code, "", "\n".join(lines))
+        status = first.group(0).rstrip()
+        rest = []
+        for line in (raw.lstrip() for raw in lines):
+            m = _ENHANCED.match(line)
+            rest.append(line[m.end():] if m is not None and m.group(0).rstrip() == status else line)
+        return cls(code, status, "\n".join(rest))
+
+    @property
+    def positive(self) -> bool:
+        return 200 <= self.code < 400
+
+    @property
+    def dsn_status(self) -> str:
+        """The status a delivery report gives (RFC 3464 §2.3.4): the enhanced code, its numbers
+        without leading zeros, or else the bare class (RFC 3463 §3.1; 4 for anything but 2 and 5)."""
+        m = _ENHANCED.match(self.status)
+        if m is not None:
+            return f"{m.group(1)}.{int(m.group(2))}.{int(m.group(3))}"
+        return {2: "2.0.0", 5: "5.0.0"}.get(self.code // 100, "4.0.0")
+
 
 DATA_GO_AHEAD_CODE = 354  # RFC 5321 §4.2.1: start mail input
 AUTH_CONTINUE_CODE = 334  # RFC 4954 §4: the server wants the next line of the SASL exchange
@@ -34,43 +91,6 @@ TLS_GO_AHEAD_CODE = 220  # RFC 3207 §4: after STARTTLS's 220 the connection is 
 LINE_TOO_LONG = Reply(500, "5.5.2", f"Line too long (RFC 5321 4.5.3.1.6: {TEXT_LINE_LIMIT} octets)")
 MESSAGE_TOO_BIG = Reply(552, "5.3.4", "Message size exceeds fixed maximum message size")  # RFC 1870 §6.1
 BARE_NEWLINE = Reply(554, "5.6.0", "Bare CR or LF in the message; lines must end with CRLF (RFC 5321 2.3.8)")
-
-
-def find_data_end(stream: bytes, start: int) -> int:
-    """Where the data that begins at ``stream[start]`` ends, or -1 if its end is not there yet.
-
-    ``start`` is just after the CRLF of the DATA command (or of the 354 the client waited for).
-    The value is the offset of the terminating line ``.<CRLF>`` (the data is
-    ``stream[start:end]``, its last CRLF included; the terminator takes 3 more octets). This is
-    :class:`DataReader`'s rule, read all at once: a line ``.<CRLF>`` right after a CRLF, never
-    after a bare LF (the SMTP smuggling fix, CVE-2024-27305). The unit tests check that they
-    agree on any input.
-    """
-    if stream.startswith(b".\r\n", start):
-        return start  # the empty message: DATA's own CRLF came just before
-    at = stream.find(DATA_END, start)
-    return -1 if at < 0 else at + 2
-
-
-_EOL = re.compile(rb"\r\n|\r|\n")
-_LEADING_DOT = re.compile(rb"^\.", re.MULTILINE)
-
-
-def stuff(data: bytes) -> bytes:
-    """The message in its wire form after DATA: CRLF only, never a bare CR or LF (the smuggling
-    vector, RFC 5321 §2.3.8), dot-stuffed (§4.5.2), ending with CRLF, then the end-of-data line."""
-    body = _LEADING_DOT.sub(b"..", _EOL.sub(b"\r\n", data))
-    if body and not body.endswith(b"\r\n"):
-        body += b"\r\n"
-    return body + b".\r\n"
-
-
-def unstuff(data: bytes) -> bytes:
-    """The message from its wire form: a leading dot removed from every line (RFC 5321 §4.5.2)."""
-    if b"\n." not in data and not data.startswith(b"."):
-        return data
-    lines = data.split(b"\n")
-    return b"\n".join(line[1:] if line.startswith(b".") else line for line in lines)
 
 
 # -- reply lines -------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ import pytest
 from aiosmtpd.controller import Controller
 
 from services.config import Retry
-from services.smtp import client, delivery
+from services.smtp import client, delivery, transaction
 from services.smtp.delivery import DeliveryWorker, DnsMxResolver
 from services.smtp.relay import (
     DnsTemporaryFailure,
@@ -553,7 +553,7 @@ def test_an_idle_session_the_server_dropped_is_replaced_without_a_deferral(mx: t
     connections = client.Connections("smtp.ouhk.example", port)
     target = Target(MxHost(10, "mail.stevenchoy.example", ("127.0.0.1",)), "127.0.0.1", ("betty@stevenchoy.example",))
 
-    async def two_messages() -> client.HostResult:
+    async def two_messages() -> transaction.HostResult:
         try:
             first = await connections.transact(target, "andy@ouhk.example", MESSAGE)
             assert first.replies["betty@stevenchoy.example"].code == 250

@@ -8,6 +8,7 @@ worker relays to the MX, where betty fetches the message with POP3.
 from __future__ import annotations
 
 import asyncio
+import base64
 import email
 import email.policy
 import email.utils
@@ -30,16 +31,16 @@ import pytest
 
 from services.config import LabConfig
 from services.mailstore import Maildir, mailbox_dir
-from services.smtp import server, wire
+from services.smtp import server, session, wire
 from services.smtp.delivery import DeliveryWorker
 from services.smtp.mta import local_delivery, start_mta
 from services.smtp.mx import start_mx
-from services.smtp.policy import Path as SmtpPath
-from services.smtp.policy import Reply
+from services.smtp.policy import EnvelopePath
 from services.smtp.relay import MxAnswer, MxHost, MxRecords
-from services.smtp.server import Client, Listeners
+from services.smtp.server import Listeners
+from services.smtp.session import Client
 from services.smtp.spool import Spool
-from services.smtp.wire import DataReader
+from services.smtp.wire import DataReader, Reply
 from tests.labconfig import lab_config, password
 from tests.support import BackgroundLoop
 
@@ -305,14 +306,14 @@ def test_every_reply_carries_an_enhanced_status_code(servers: Servers) -> None:
 
 def test_unknown_verbs_end_with_421(mx: Wire) -> None:
     # A student's typos count like any other bad command: aiosmtpd alone would stop at the fifth.
-    for _ in range(server.MAX_BAD_COMMANDS - 1):
+    for _ in range(session.MAX_BAD_COMMANDS - 1):
         assert mx.command("XYZZY") == "500 5.5.1 Command unrecognized"
     assert mx.command("XYZZY") == "421 4.7.0 mail.stevenchoy.example Too many errors, closing connection"
     assert mx.closed_by_server()
 
 
 def test_malformed_commands_end_with_421(mx: Wire) -> None:
-    for _ in range(server.MAX_BAD_COMMANDS - 1):
+    for _ in range(session.MAX_BAD_COMMANDS - 1):
         assert mx.command("MAIL FROM:<andy@@ouhk.example>") == "501 5.1.7 Bad sender address syntax"
     assert mx.command("MAIL FROM:<x@@y>") == "421 4.7.0 mail.stevenchoy.example Too many errors, closing connection"
     assert mx.closed_by_server()
@@ -484,7 +485,9 @@ def test_a_bare_lf_inside_a_line_is_refused_never_an_end(servers: Servers, mx: W
                                            "502 5.5.1 Too many unrecognized commands, goodbye.",
                                            "500 Error: (KeyError) 'secret'"])
 def test_aiosmtpd_s_own_wordings_are_replaced(aiosmtpd_says: str) -> None:
-    ours = server.reword(aiosmtpd_says, "mail.stevenchoy.example")
+    reworded = server.reword(aiosmtpd_says, "mail.stevenchoy.example")
+    assert isinstance(reworded, Reply)
+    ours = reworded.render()
     assert ENHANCED.match(ours) and ours != aiosmtpd_says
     assert "Error: (" not in ours
 
@@ -548,10 +551,10 @@ def test_mx_answers_451_and_keeps_nothing_when_the_disk_fails(servers: Servers) 
 class Broken:
     """A role with a bug: its delivery raises."""
 
-    def check_sender(self, client: Client, sender: SmtpPath) -> Reply:
+    def check_sender(self, client: Client, sender: EnvelopePath) -> Reply:
         return Reply(250, "2.1.0", "ok")
 
-    def check_recipient(self, client: Client, recipient: SmtpPath) -> Reply:
+    def check_recipient(self, client: Client, recipient: EnvelopePath) -> Reply:
         return Reply(250, "2.1.5", "ok")
 
     async def accept_message(self, client: Client, sender: str, recipients: Sequence[str], message: bytes) -> Reply:
@@ -625,6 +628,20 @@ def test_mta_relays_after_auth_on_the_submission_port(servers: Servers) -> None:
                            b"\tby smtp.ouhk.example (maillab) with ESMTPA id ")
     assert data.endswith(MESSAGE)
     assert woken == [True]
+
+
+def test_auth_inside_a_transaction_gets_503_on_the_submission_port(servers: Servers) -> None:
+    """RFC 4954 §4: AUTH during a mail transaction MUST be refused with 503 (it was 235)."""
+    spool = Spool(servers.root / "spool")
+    mta = servers.mta(spool, relay_client=lambda ip: True)  # MAIL is taken without AUTH from the LAN
+    client = servers.smtp(mta.port("submission"))
+    plain = "PLAIN " + base64.b64encode(f"\0andy\0{PASSWORDS['andy@ouhk.example']}".encode()).decode()
+    client.ehlo()
+    assert client.mail("andy@ouhk.example")[0] == 250
+    assert client.docmd("AUTH", plain) == (503, b"5.5.1 AUTH not permitted during a mail transaction")
+    assert client.rcpt("betty@stevenchoy.example")[0] == 250  # the transaction goes on
+    client.rset()
+    assert client.docmd("AUTH", plain)[0] == 235  # outside a transaction, the same AUTH succeeds
 
 
 # -- the article, end to end ----------------------------------------------------------------------------

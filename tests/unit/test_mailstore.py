@@ -200,7 +200,7 @@ def test_deliver_batch_stores_each_message_and_reports_each_failure(tmp_path: Pa
 
 @pytest.mark.parametrize("message", [b"Subject: hi\r\n\r\nbody\r\n", b"no line end", b"bare\rcr\r\r\n.dot\r\n", b""])
 def test_a_delivered_name_carries_its_sizes_and_pop3_counts_the_same(tmp_path: Path, message: bytes) -> None:
-    from services.pop3.core import wire_size
+    from services.textwire import wire_size
 
     box = tmp_path / "example" / "betty"
     key = deliver(box, message)

@@ -21,13 +21,11 @@ from services.pop3.core import (
     Session,
     State,
     Wait,
-    multiline,
     top_lines,
     uid_for_key,
-    wire_lines,
-    wire_size,
 )
 from services.pop3.server import AccountAuthenticator
+from services.textwire import stuff_lines, wire_lines, wire_size
 
 ADDRESS = "betty@stevenchoy.example"
 PASSWORD = "s3cret pw"  # a space: PASS takes the rest of the line
@@ -477,7 +475,7 @@ def test_wire_helpers() -> None:
     assert wire_lines(b"a\nb") == [b"a", b"b"]
     assert wire_size(b"a\nb") == 6
     assert wire_size(b"") == 0
-    assert multiline([b".", b"x"]) == b"..\r\nx\r\n.\r\n"
+    assert stuff_lines([b".", b"x"]) == b"..\r\nx\r\n.\r\n"
     assert uid_for_key("k") == "k" and uid_for_key("k") == uid_for_key("k")
     assert uid_for_key("a b") != uid_for_key("a c")
 
@@ -645,7 +643,7 @@ class Pop3Model(RuleBasedStateMachine):
         reply = say(self.session, f"RETR {n}")
         if self.exists(n):
             body = wire_lines(self.MESSAGES[self.keys[n - 1]])
-            assert reply == f"+OK {self.size(n - 1)} octets\r\n".encode() + multiline(body)
+            assert reply == f"+OK {self.size(n - 1)} octets\r\n".encode() + stuff_lines(body)
         else:
             assert reply.startswith(b"-ERR")
 

@@ -27,16 +27,17 @@ from services.smtp.relay import (
     Outcome,
     Result,
     Route,
-    SmtpReply,
     address_literal,
     decide,
     delivered,
     permanent,
     plan_route,
+    reply_result,
     retry_delay,
     transient,
 )
 from services.smtp.spool import RecipientState, Status
+from services.smtp.wire import Reply
 
 T0 = 1_700_000_000.0
 RETRY = Retry(schedule=(5.0, 10.0, 20.0), give_up=100.0)
@@ -187,8 +188,9 @@ def test_address_literals() -> None:
     (-1, "", Result.TRANSIENT, "4.0.0"),  # smtplib's code for an unreadable reply
 ])
 def test_reply_meaning(code: int, text: str, result: Result, status: str) -> None:
-    reply = SmtpReply(code, text)
-    assert (reply.result, reply.status) == (result, status)
+    reply = Reply.parse(code, [text])
+    assert (reply_result(reply), reply.dsn_status) == (result, status)
+    assert str(reply) == f"{code} {text}".rstrip()  # as the queue and the bounce show it
 
 
 # -- one attempt over several hosts --------------------------------------------------------
@@ -197,9 +199,9 @@ TWO_MX = Route("stevenchoy.test", (
     MxHost(10, "mail.stevenchoy.test", ("10.0.0.10",)),
     MxHost(20, "backup.stevenchoy.test", ("10.0.0.20", "10.0.0.21")),
 ))
-OK = SmtpReply(250, "2.0.0 Ok: queued")
-BUSY = SmtpReply(450, "4.2.0 Mailbox busy")
-UNKNOWN = SmtpReply(550, "5.1.1 No such user")
+OK = Reply(250, "2.0.0", "Ok: queued")
+BUSY = Reply(450, "4.2.0", "Mailbox busy")
+UNKNOWN = Reply(550, "5.1.1", "No such user")
 
 
 def test_first_host_takes_everything() -> None:

@@ -13,9 +13,10 @@ from services.config import LabConfig
 from services.smtp import policy
 from services.smtp.mta import MtaHandler
 from services.smtp.mx import MxHandler
-from services.smtp.policy import Mailbox, Reply, parse_mail, parse_rcpt
-from services.smtp.server import Client
+from services.smtp.policy import Mailbox, parse_mail, parse_rcpt
+from services.smtp.session import Client
 from services.smtp.spool import Spool
+from services.smtp.wire import Reply
 from tests.labconfig import lab_config
 
 SIZE = 1000
@@ -25,16 +26,16 @@ MX = lab_config("mail")
 MTA = lab_config("smtp")
 
 
-def mail(arg: str | None, *, esmtp: bool = True) -> policy.Path | Reply:
+def mail(arg: str | None, *, esmtp: bool = True) -> policy.EnvelopePath | Reply:
     return parse_mail(arg, size_limit=SIZE, esmtp=esmtp)
 
 
-def path(result: policy.Path | Reply) -> policy.Path:
-    assert isinstance(result, policy.Path), result
+def path(result: policy.EnvelopePath | Reply) -> policy.EnvelopePath:
+    assert isinstance(result, policy.EnvelopePath), result
     return result
 
 
-def reply(result: policy.Path | Reply) -> str:
+def reply(result: policy.EnvelopePath | Reply) -> str:
     assert isinstance(result, Reply), result
     return str(result)
 

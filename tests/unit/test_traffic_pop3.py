@@ -7,6 +7,7 @@ import pytest
 from labctl.traffic import render
 from labctl.traffic.decode import TrafficDecoder
 from labctl.traffic.model import Conversation
+from services import textwire
 from services.pop3 import core
 from tests.unit.packets import BETTY, MAIL, NAMES, Packet, Tcp, pcap
 
@@ -31,7 +32,7 @@ def _session() -> Tcp:
     t.c(b"LIST\r\n").s(b"+OK 2 messages (380 octets)\r\n1 180\r\n2 200\r\n.\r\n")
     t.c(b"LIST 2\r\n").s(b"+OK 2 200\r\n")
     t.c(b"RETR 1\r\n")
-    stuffed = core.multiline(core.wire_lines(MESSAGE))  # dot-stuffed exactly as our server sends it
+    stuffed = textwire.stuff_lines(textwire.wire_lines(MESSAGE))  # dot-stuffed exactly as our server sends it
     answer = b"+OK 180 octets\r\n" + stuffed
     t.s(answer[:40]).s(answer[40:])  # split across segments
     t.c(b"DELE 1\r\n").s(b"+OK message 1 deleted\r\n")

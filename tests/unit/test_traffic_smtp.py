@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 from labctl.traffic import render
 from labctl.traffic.decode import TrafficDecoder
 from labctl.traffic.model import Conversation
-from services.smtp.wire import DataReader, find_data_end
+from services.smtp.wire import DataReader
+from services.textwire import find_data_end
 from tests.unit.packets import ANDY, NAMES, SMTP, Packet, Tcp, pcap
 
 MESSAGE = (b"From: andy@ouhk.example\r\nTo: betty@stevenchoy.example\r\nSubject: Lunch\r\n"

@@ -1,0 +1,306 @@
+"""The lab's SMTP server session without I/O: which command may come when, and what it is answered.
+
+aiosmtpd is the engine (:mod:`services.smtp.server`): it reads the command lines, runs the SASL
+exchange of AUTH and writes the replies. Every decision is taken here, by a
+:class:`ServerSession` per connection that the engine's handlers call with a command's argument
+and that returns the :class:`~services.smtp.wire.Reply`. It opens no socket, never waits and
+reads no clock; the unit tests drive it with command scripts.
+
+The session is in one :class:`State` at a time, and :data:`REFUSED` says, for each, which
+commands it refuses and with which ``503`` (RFC 5321 §4.1.4: MAIL starts a transaction, RCPT
+needs MAIL, DATA needs RCPT; RFC 4954 §4: no AUTH inside a transaction, and AUTH needs EHLO).
+MAIL is taken before any HELO, as by sendmail, because the reference article never sends one.
+Bad commands are counted, and the last of :data:`MAX_BAD_COMMANDS` is answered ``421`` and closes
+the session; a transaction takes at most :data:`MAX_RECIPIENTS`.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from services.smtp import trace
+from services.smtp.policy import EnvelopePath, parse_mail, parse_rcpt
+from services.smtp.wire import Reply
+
+# -- limits ------------------------------------------------------------------------------------
+MAX_RECIPIENTS = 100  # RFC 5321 §4.5.3.1.8: the least a server must take; more get 452 (§4.5.3.1.10)
+# Syntax and sequence errors one session may make before it is closed with 421: Postfix's
+# smtpd_hard_error_limit (20; sendmail's MAXBADCOMMANDS is 25). Fewer cut off nmap's
+# smtp-open-relay audit, whose 16 relay tricks in one session are mostly malformed addresses.
+MAX_BAD_COMMANDS = 20
+BAD_COMMAND_CODES = frozenset({500, 501, 502, 503, 504, 553, 555})
+CLOSING_CODES = frozenset({221, 421})  # RFC 5321 §3.8, §4.1.1.10: after these the server closes
+
+
+# -- what the session knows of the client, for the role's decisions ----------------------------
+
+
+@dataclass(frozen=True)
+class Client:
+    """What a role handler may know about the client when it decides."""
+
+    peer_ip: str
+    helo: str | None  # the name given in HELO/EHLO; None if the client never greeted
+    esmtp: bool  # greeted with EHLO
+    login: str | None  # the account it authenticated as (AUTH, RFC 4954)
+
+    @property
+    def authenticated(self) -> bool:
+        return self.login is not None
+
+
+class EnvelopeChecks(Protocol):
+    """Who may send to whom: the part of a role (MTA, MX) the session asks at MAIL and RCPT."""
+
+    def check_sender(self, client: Client, sender: EnvelopePath) -> Reply:
+        """MAIL FROM, already well-formed: 250 to accept."""
+        ...
+
+    def check_recipient(self, client: Client, recipient: EnvelopePath) -> Reply:
+        """RCPT TO, already well-formed: 250 to accept."""
+        ...
+
+
+# -- states and what each refuses ----------------------------------------------------------------
+
+
+class State(enum.Enum):
+    CONNECTED = "connected"  # no HELO or EHLO yet
+    GREETED = "greeted"  # HELO or EHLO, no transaction
+    MAIL = "mail"  # a sender accepted
+    RCPT = "rcpt"  # a recipient accepted too
+    DATA = "data"  # 354 sent: the engine reads the message, no command comes
+    CLOSED = "closed"  # after 221 or 421, or the connection is gone
+
+
+SENDER_ALREADY = Reply(503, "5.5.1", "Sender already specified")
+NEED_MAIL = Reply(503, "5.5.1", "Need MAIL before RCPT")
+NEED_MAIL_FOR_DATA = Reply(503, "5.5.1", "Need MAIL command")
+NEED_RCPT = Reply(503, "5.5.1", "Need RCPT (recipient)")
+NEED_EHLO = Reply(503, "5.5.1", "Send EHLO first")
+AUTH_IN_TRANSACTION = Reply(503, "5.5.1", "AUTH not permitted during a mail transaction")  # RFC 4954 §4
+
+# The commands each state refuses, with their 503 (RFC 5321 §4.3.2: bad sequence of commands);
+# every command not listed is allowed.
+REFUSED: Mapping[State, Mapping[str, Reply]] = {
+    State.CONNECTED: {"RCPT": NEED_MAIL, "DATA": NEED_MAIL_FOR_DATA, "AUTH": NEED_EHLO},
+    State.GREETED: {"RCPT": NEED_MAIL, "DATA": NEED_MAIL_FOR_DATA},
+    State.MAIL: {"MAIL": SENDER_ALREADY, "DATA": NEED_RCPT, "AUTH": AUTH_IN_TRANSACTION},
+    State.RCPT: {"MAIL": SENDER_ALREADY, "AUTH": AUTH_IN_TRANSACTION},
+}
+# The states that refuse every command: what they answer. Neither reply reaches the client (a
+# closed session sends nothing more; during DATA the engine reads text, not commands), but a
+# command pipelined behind QUIT must still never start a transaction.
+REFUSE_ALL: Mapping[State, Reply] = {
+    State.DATA: Reply(503, "5.5.1", "The message is being read"),
+    State.CLOSED: Reply(421, "4.7.0", "Closing connection"),
+}
+
+# -- the other replies ---------------------------------------------------------------------------
+DATA_GO_AHEAD = Reply(354, "", 'Enter mail, end with "." on a line by itself')
+TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Too many recipients")
+NO_AUTH_HERE = Reply(502, "5.5.1", "AUTH is offered on the submission port only")
+AUTH_NEEDS_EHLO = Reply(503, "5.5.1", "AUTH is an ESMTP command: send EHLO, not HELO")
+ALREADY_AUTHENTICATED = Reply(503, "5.5.1", "Already authenticated")
+# RFC 5321 §3.5.3: 252 neither confirms nor denies; telling who exists helps harvesters.
+CANNOT_VRFY = Reply(252, "2.5.2", "Cannot VRFY user, but will accept message and attempt delivery")
+
+HELP_TOPICS: Mapping[str, str] = {
+    "HELO": "HELO <hostname>",
+    "EHLO": "EHLO <hostname>",
+    "MAIL": "MAIL FROM:<address> [SIZE=<octets>] [BODY=7BIT|8BITMIME]",
+    "RCPT": "RCPT TO:<address>",
+    "DATA": 'DATA, then the message, then a line with only "."',
+    "RSET": "RSET",
+    "NOOP": "NOOP",
+    "QUIT": "QUIT",
+    "VRFY": "VRFY <address>",
+    "HELP": "HELP [command]",
+    "AUTH": "AUTH PLAIN|LOGIN [initial-response]",
+}
+
+
+_IN_TRANSACTION = frozenset({State.MAIL, State.RCPT, State.DATA})
+
+
+def too_many_errors(hostname: str) -> Reply:
+    return Reply(421, "4.7.0", f"{hostname} Too many errors, closing connection")  # RFC 5321 §3.8: 421, then close
+
+
+class ServerSession:
+    """One client's SMTP session: call the method of each command, send the reply it returns.
+
+    Then pass the reply's code to :meth:`replied`, which counts it against the bad-command
+    budget. After a ``354`` the engine reads the message and calls :meth:`message_read` for its
+    envelope. The engine sets :attr:`peer_ip` once connected.
+    """
+
+    def __init__(self, hostname: str, checks: EnvelopeChecks, *, size_limit: int,
+                 auth_mechanisms: Sequence[str] = ()) -> None:
+        self.hostname = hostname
+        self.size_limit = size_limit
+        self.auth_mechanisms = tuple(auth_mechanisms)  # none: AUTH is not offered here
+        self.peer_ip = "0.0.0.0"
+        self.state = State.CONNECTED
+        self.helo: str | None = None
+        self.esmtp = False
+        self.login: str | None = None
+        self.sender: str | None = None  # None until MAIL; "" is the null reverse-path
+        self.recipients: list[str] = []
+        self._checks = checks
+        self._bad_commands = 0
+
+    @property
+    def closed(self) -> bool:
+        return self.state is State.CLOSED
+
+    @property
+    def client(self) -> Client:
+        return Client(self.peer_ip, self.helo, self.esmtp, self.login)
+
+    def _refused(self, verb: str) -> Reply | None:
+        if self.state in REFUSE_ALL:
+            return REFUSE_ALL[self.state]
+        return REFUSED[self.state].get(verb)
+
+    # -- the budget and the end ---------------------------------------------------------------
+
+    def replied(self, code: int) -> Reply | None:
+        """The reply with ``code`` is going out: the ``421`` to send instead, once it spends the
+        budget of bad commands (the session is then closed), else None."""
+        if code in BAD_COMMAND_CODES:
+            self._bad_commands += 1
+            if self._bad_commands >= MAX_BAD_COMMANDS:
+                self.state = State.CLOSED
+                return too_many_errors(self.hostname)
+        if code in CLOSING_CODES:
+            self.state = State.CLOSED
+        return None
+
+    def connection_lost(self) -> None:
+        self.state = State.CLOSED
+
+    def reset(self) -> None:
+        """Forget everything the client said, as after STARTTLS (RFC 3207 §4.2): no greeting, no
+        login, no transaction. The bad-command budget is the connection's and stays spent."""
+        if not self.closed:
+            self.state = State.CONNECTED
+            self.helo, self.esmtp, self.login = None, False, None
+            self.sender, self.recipients = None, []
+
+    # -- greetings ------------------------------------------------------------------------------
+
+    def hello(self, hostname: str | None, *, esmtp: bool) -> Reply:
+        """HELO (``esmtp`` False) or EHLO: the greeting, which also ends any transaction (§4.1.4)."""
+        verb = "EHLO" if esmtp else "HELO"
+        refusal = self._refused(verb)
+        if refusal is not None:
+            return refusal
+        if not hostname:
+            return Reply(501, "5.5.4", f"Syntax: {verb} hostname")
+        self.rset()
+        self.state = State.GREETED
+        self.helo, self.esmtp = hostname, esmtp
+        hello = f"{self.hostname} Hello {trace.address_literal(self.peer_ip)}, pleased to meet you"
+        if not esmtp:
+            return Reply(250, "", hello)
+        # Only what is implemented (RFC 5321 §4.1.1.1): replies keep their order, so PIPELINING
+        # (RFC 2920); the message is taken as bytes, so 8BITMIME (RFC 6152).
+        lines = [hello, f"SIZE {self.size_limit}", "8BITMIME", "PIPELINING", "ENHANCEDSTATUSCODES"]
+        if self.auth_mechanisms:
+            lines.append("AUTH " + " ".join(sorted(self.auth_mechanisms)))
+        return Reply(250, "", "\n".join(lines))  # RFC 2034 §3: no status codes in EHLO's reply
+
+    # -- the transaction ----------------------------------------------------------------------------
+
+    def mail(self, arg: str | None) -> Reply:
+        refusal = self._refused("MAIL")
+        if refusal is not None:
+            return refusal
+        path = parse_mail(arg, size_limit=self.size_limit, esmtp=self.esmtp)
+        if isinstance(path, Reply):
+            return path
+        reply = self._checks.check_sender(self.client, path)
+        if reply.positive:
+            self.sender = path.address
+            self.state = State.MAIL
+        return reply
+
+    def rcpt(self, arg: str | None) -> Reply:
+        refusal = self._refused("RCPT")
+        if refusal is not None:
+            return refusal
+        if len(self.recipients) >= MAX_RECIPIENTS:
+            return TOO_MANY_RECIPIENTS
+        path = parse_rcpt(arg)
+        if isinstance(path, Reply):
+            return path
+        reply = self._checks.check_recipient(self.client, path)
+        if reply.positive:
+            if path.address not in self.recipients:
+                self.recipients.append(path.address)
+            self.state = State.RCPT
+        return reply
+
+    def data(self, arg: str | None) -> Reply:
+        """DATA: a ``354``, after which the engine reads the message, or the refusal."""
+        refusal = self._refused("DATA")
+        if refusal is not None:
+            return refusal
+        if arg:
+            return Reply(501, "5.5.4", "Syntax: DATA")
+        self.state = State.DATA
+        return DATA_GO_AHEAD
+
+    def message_read(self) -> tuple[str, tuple[str, ...]]:
+        """The message after the 354 has been read: its envelope, sender and recipients. The
+        transaction is over (§4.1.1.4), whatever the reply to the message will be."""
+        if self.state is not State.DATA or self.sender is None:
+            raise AssertionError(f"message_read in state {self.state.value}")  # a bug of the engine's
+        envelope = self.sender, tuple(self.recipients)
+        self.rset()
+        return envelope
+
+    def rset(self) -> None:
+        """End the transaction, if any (RSET, RFC 5321 §4.1.1.5; HELO/EHLO; the end of DATA)."""
+        if self.state in _IN_TRANSACTION:
+            self.state = State.GREETED if self.helo is not None else State.CONNECTED
+        self.sender, self.recipients = None, []
+
+    # -- AUTH (RFC 4954) ------------------------------------------------------------------------------
+
+    def auth(self) -> Reply | None:
+        """AUTH: the refusal, or None for the engine to run the SASL exchange."""
+        if not self.auth_mechanisms:
+            return NO_AUTH_HERE
+        refusal = self._refused("AUTH")
+        if refusal is not None:
+            return refusal
+        if not self.esmtp:
+            return AUTH_NEEDS_EHLO
+        if self.login is not None:
+            return ALREADY_AUTHENTICATED  # RFC 4954 §4: one successful AUTH per session
+        return None
+
+    def authenticated(self, account: str) -> None:
+        """The SASL exchange proved the client to be ``account``."""
+        self.login = account
+
+    # -- the rest ----------------------------------------------------------------------------------
+
+    def vrfy(self, arg: str | None) -> Reply:
+        if not arg:
+            return Reply(501, "5.5.4", "Syntax: VRFY <address>")
+        return CANNOT_VRFY
+
+    def help(self, arg: str | None) -> Reply:
+        topics = {k: v for k, v in HELP_TOPICS.items() if k != "AUTH" or self.auth_mechanisms}
+        if arg:
+            usage = topics.get(arg.strip().upper())
+            return Reply(214, "2.0.0", usage) if usage else Reply(504, "5.5.4", "HELP topic unknown")
+        return Reply(214, "2.0.0", "\n".join(["Commands: " + " ".join(topics),
+                                              "For more, HELP <command>; the protocol is RFC 5321",
+                                              "End of HELP info"]))

@@ -1,0 +1,89 @@
+"""Text on the wire as SMTP and POP3 both frame it: CRLF lines, dot-stuffing, the end of the data.
+
+SMTP's DATA (RFC 5321 §4.5.2, §4.1.1.4) and POP3's multi-line answers (RFC 1939 §3) are the
+same framing: lines ended by CRLF, a leading dot doubled, and a line holding only a dot at the
+end. The lab's servers (:mod:`services.smtp`, :mod:`services.pop3`), the Maildir store
+(:mod:`services.mailstore`, which names a message by its size on the wire) and labctl's two
+traffic decoders (:mod:`labctl.traffic.smtp`, :mod:`labctl.traffic.pop3`) all read and write it
+with this one module. Pure, standard library only.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+CRLF = b"\r\n"
+
+# RFC 5321 §4.1.1.4 (and RFC 1939 §3): the data ends with a line holding only a period, i.e.
+# "<CRLF>.<CRLF>", where the first CRLF may be the one that ended the command itself (an empty
+# message, or an empty multi-line answer).
+DATA_END = CRLF + b"." + CRLF
+
+
+def find_data_end(stream: bytes, start: int) -> int:
+    """Where the data that begins at ``stream[start]`` ends, or -1 if its end is not there yet.
+
+    ``start`` is just after the CRLF of the line before the data (SMTP's DATA command or its 354,
+    POP3's ``+OK``). The value is the offset of the terminating line ``.<CRLF>`` (the data is
+    ``stream[start:end]``, its last CRLF included; the terminator takes 3 more octets). This is
+    :class:`services.smtp.wire.DataReader`'s rule, read all at once: a line ``.<CRLF>`` right
+    after a CRLF, never after a bare LF (the SMTP smuggling fix, CVE-2024-27305). The unit tests
+    check that they agree on any input.
+    """
+    if stream.startswith(b".\r\n", start):
+        return start  # the empty message: the CRLF of the line before came just before
+    at = stream.find(DATA_END, start)
+    return -1 if at < 0 else at + 2
+
+
+# -- a message as SMTP sends it: line ends made CRLF ------------------------------------------------
+
+_EOL = re.compile(rb"\r\n|\r|\n")
+_LEADING_DOT = re.compile(rb"^\.", re.MULTILINE)
+
+
+def stuff(data: bytes) -> bytes:
+    """The message in its wire form after DATA: CRLF only, never a bare CR or LF (the smuggling
+    vector, RFC 5321 §2.3.8), dot-stuffed (§4.5.2), ending with CRLF, then the end-of-data line."""
+    body = _LEADING_DOT.sub(b"..", _EOL.sub(b"\r\n", data))
+    if body and not body.endswith(b"\r\n"):
+        body += b"\r\n"
+    return body + b".\r\n"
+
+
+def unstuff(data: bytes) -> bytes:
+    """The text from its wire form: a leading dot removed from every line (RFC 5321 §4.5.2,
+    RFC 1939 §3)."""
+    if b"\n." not in data and not data.startswith(b"."):
+        return data
+    lines = data.split(b"\n")
+    return b"\n".join(line[1:] if line.startswith(b".") else line for line in lines)
+
+
+# -- a stored message as POP3 sends it: its lines as they are, counted exactly ----------------------
+
+
+def wire_lines(message: bytes) -> list[bytes]:
+    """The lines of a stored message as POP3 sends them, without terminators.
+
+    Stored line ends may be LF (Maildir) or CRLF; on the wire every line ends in CRLF (RFC 1939
+    §3), and a last line without a line end gets one. A bare CR inside a line stays, unlike
+    :func:`stuff`: these lines must add up to :func:`wire_size`, the size STAT and LIST announced.
+    """
+    lines = message.split(b"\n")
+    if lines[-1] == b"":
+        lines.pop()
+    return [line[:-1] if line.endswith(b"\r") else line for line in lines]
+
+
+def wire_size(message: bytes) -> int:
+    """The exact octet count of ``message`` in CRLF form (RFC 1939 §10: what STAT, LIST and RETR
+    report; the Maildir store writes it into a message's name)."""
+    return sum(len(line) + 2 for line in wire_lines(message))
+
+
+def stuff_lines(lines: Sequence[bytes]) -> bytes:
+    """Lines as multi-line text: dot-stuffed, CRLF-terminated, ended by "." (RFC 1939 §3)."""
+    stuffed = [b"." + line if line.startswith(b".") else line for line in lines]
+    return b"".join(line + CRLF for line in stuffed) + b".\r\n"
