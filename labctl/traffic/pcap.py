@@ -35,8 +35,6 @@ LINKTYPE_RAW = 101  # a bare IPv4 or IPv6 packet
 LINKTYPE_LOOP = 108  # OpenBSD loopback: the family in network byte order
 LINKTYPE_LINUX_SLL = 113  # tcpdump -i any before libpcap 1.10
 LINKTYPE_LINUX_SLL2 = 276  # tcpdump -i any since libpcap 1.10
-LINKTYPES = frozenset({LINKTYPE_NULL, LINKTYPE_ETHERNET, LINKTYPE_RAW, LINKTYPE_LOOP,
-                       LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2})
 
 # -- classic pcap ---------------------------------------------------------------------------------
 PCAP_MAGIC_US = 0xA1B2C3D4  # microsecond timestamps
@@ -118,10 +116,6 @@ class CaptureReader:
                 return "pcap"
         raise CaptureError(f"{self.source or 'capture'}: not a pcap or pcapng file "
                            f"(it starts with {head.hex()}; write captures with tcpdump -w)")
-
-    @property
-    def truncated(self) -> bool:
-        return self.problem is not None
 
     def _stop(self, pos: int, why: str = "ends inside a record (a capture still being written?)") -> None:
         self.problem = f"{self.source or 'capture'}: {why} at octet {pos}; read up to there"
@@ -258,11 +252,6 @@ def _options(data: bytes, pos: int, end: int, order: str) -> Iterator[tuple[int,
             return
         yield code, data[pos + 4:pos + 4 + length]
         pos += 4 + length + (-length % 4)
-
-
-def read_frames(data: bytes, source: str = "") -> Iterator[Frame]:
-    """The frames of one capture file (classic pcap or pcapng), in file order."""
-    return iter(CaptureReader(data, source))
 
 
 # -- the merged pcapng ------------------------------------------------------------------------------

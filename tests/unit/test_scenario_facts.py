@@ -2,53 +2,39 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
-
 import pytest
 
 from labctl.scenario import model as m
 from labctl.scenario.facts import check_fact
 from labctl.scenario.steps import StepFailed
+from labctl.traffic.model import CLIENT, SERVER, Conversation, Endpoint, Event
+from labctl.traffic.payload import Command, Credentials, DnsAnswer, DnsQuery, Question, Record
 
 ADDRESSES = {"smtp": "10.89.0.25", "mail": "10.89.0.110", "mx2": "10.89.0.100", "betty": "10.89.0.20",
              "ns": "10.89.0.53"}
+T = 1_790_000_000.0
+MX = (Question("stevenchoy.example", "MX"),)
 
 
-@dataclass(frozen=True)
-class Endpoint:
-    ip: str
-    port: int
-
-
-@dataclass(frozen=True)
-class Event:
-    kind: str
-    text: str
-    secrets: tuple[str, ...] = ()
-    info: Mapping[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Conversation:
-    protocol: str
-    transport: str
-    client: Endpoint
-    server: Endpoint
-    state: str
-    events: tuple[Event, ...] = ()
+def conversation(protocol: str, transport: str, client: tuple[str, int], server: tuple[str, int], state: str,
+                 *events: Event) -> Conversation:
+    return Conversation(protocol, transport, Endpoint(*client), Endpoint(*server), T, T + 1, list(events),
+                        state=state)
 
 
 TRAFFIC = [
-    Conversation("dns", "udp", Endpoint("10.89.0.25", 40000), Endpoint("10.89.0.53", 53), "closed",
-                 (Event("query", "MX? stevenchoy.example", info={"questions": ["MX? stevenchoy.example"]}),
-                  Event("answer", "MX 10 mail.stevenchoy.example"))),
-    Conversation("smtp", "tcp", Endpoint("10.89.0.25", 41000), Endpoint("10.89.0.110", 25), "refused"),
-    Conversation("smtp", "tcp", Endpoint("10.89.0.25", 41002), Endpoint("10.89.0.100", 25), "closed",
-                 (Event("command", "MAIL FROM:<andy@ouhk.example>"),)),
-    Conversation("pop3", "tcp", Endpoint("10.89.0.20", 42000), Endpoint("10.89.0.110", 110), "closed",
-                 (Event("auth", "USER betty"), Event("auth", "PASS betty-secret", secrets=("betty-secret",)))),
+    conversation("dns", "udp", ("10.89.0.25", 40000), ("10.89.0.53", 53), "closed",
+                 Event(T, CLIENT, "query", "MX? stevenchoy.example", payload=DnsQuery(7, 0x0100, MX)),
+                 Event(T, SERVER, "answer", "MX 10 mail.stevenchoy.example", payload=DnsAnswer(
+                     7, 0x8580, MX, "NOERROR", (Record("stevenchoy.example", "MX", 300, "10 mail.stevenchoy.example",
+                                                       "mail.stevenchoy.example"),), ()))),
+    conversation("smtp", "tcp", ("10.89.0.25", 41000), ("10.89.0.110", 25), "refused"),
+    conversation("smtp", "tcp", ("10.89.0.25", 41002), ("10.89.0.100", 25), "closed",
+                 Event(T, CLIENT, "command", "MAIL FROM:<andy@ouhk.example>",
+                       payload=Command("MAIL", "FROM:<andy@ouhk.example>"))),
+    conversation("pop3", "tcp", ("10.89.0.20", 42000), ("10.89.0.110", 110), "closed",
+                 Event(T, CLIENT, "auth", "USER betty", payload=Credentials(user="betty")),
+                 Event(T, CLIENT, "auth", "PASS betty-secret", ("betty-secret",), Credentials(secret="betty-secret"))),
 ]
 
 

@@ -13,7 +13,7 @@ import pytest
 from labctl import cli
 from labctl.errors import LabctlError
 from labctl.traffic import diagram, journey
-from labctl.traffic.decode import decode_captures
+from tests.unit.decoding import decode_captures
 from tests.unit.packets import ANDY, BETTY, MAIL, NAMES, NS, SMTP, T0, Packet, Tcp, pcap, pcapng, udp_packet
 
 DATA = Path(__file__).parent / "data" / "traffic"
