@@ -57,7 +57,6 @@ class TrafficDecoder:
         self._udp: dict[tuple[Address, Address], _UdpFlow] = {}
         self._udp_order: list[_UdpFlow] = []
         self._cache: dict[int, tuple[int, Conversation]] = {}
-        self.frames = 0
         self.latest_ns = 0  # the capture time of the newest frame fed so far
         self.problems: list[str] = []  # why a capture fed so far was read only up to some point
 
@@ -89,7 +88,6 @@ class TrafficDecoder:
                 add_tcp(packet)
             elif isinstance(packet, Datagram):
                 self._add_udp(packet)
-        self.frames += count
         self.latest_ns = latest
         return count
 

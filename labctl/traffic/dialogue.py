@@ -44,10 +44,6 @@ class LineReader:
         self.data = view.data
         self.pos = start
 
-    @property
-    def at_end(self) -> bool:
-        return self.pos >= len(self.data)
-
     def time(self, offset: int) -> float:
         return self.view.time_at(offset) / 1e9
 

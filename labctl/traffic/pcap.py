@@ -101,7 +101,6 @@ class CaptureReader:
         self.source = source
         self.problem: str | None = None
         self.format = self._sniff()
-        self.interfaces: list[str] = []
 
     def _sniff(self) -> str:
         if len(self.data) < 4:
@@ -140,7 +139,6 @@ class CaptureReader:
         linktype = network & 0xFFFF
         scale = 1 if magic == PCAP_MAGIC_NS else 1000
         name = self.source
-        self.interfaces = [name]
         record = struct.Struct(order + "IIII")
         view = memoryview(data)
         unpack = record.unpack_from
@@ -203,7 +201,6 @@ class CaptureReader:
                     elif code == OPT_IF_TSOFFSET and len(value) == 8:
                         iface.offset_s = struct.unpack(order + "q", value)[0]
                 interfaces.append(iface)
-                self.interfaces.append(iface.name)
             elif btype == BLOCK_EPB:
                 if_id, hi, lo, caplen, origlen = struct.unpack_from(order + "IIIII", data, body)
                 if if_id < len(interfaces) and body + 20 + caplen <= pos + blen:

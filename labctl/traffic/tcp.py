@@ -30,7 +30,6 @@ changes whenever it does, so a caller re-decodes only what changed.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from labctl.traffic.packet import ACK, FIN, RST, SYN, Segment
@@ -207,9 +206,6 @@ class Connection:
     def client_isn(self) -> int | None:
         return self.to_server.isn
 
-    def stream(self, from_client: bool) -> Stream:
-        return self.to_server if from_client else self.to_client
-
 
 def _canonical(a: Address, b: Address) -> tuple[Address, Address]:
     return (a, b) if a <= b else (b, a)
@@ -230,10 +226,6 @@ class Reassembler:
     def __init__(self) -> None:
         self._current: dict[tuple[Address, Address], Connection] = {}
         self.connections: list[Connection] = []  # in order of their first packet
-
-    def feed(self, segments: Iterable[Segment]) -> None:
-        for seg in segments:
-            self.add(seg)
 
     def _new(self, key: tuple[Address, Address], client: Address, server: Address, ts: int,
              midway: bool) -> Connection:
