@@ -2,9 +2,9 @@
 
 Both protocols are lines of text (RFC 5321 §2.3.8, RFC 1939 §3) in which a client's command takes
 the server's next answer, and both end a message with the same ``CRLF.CRLF``
-(:func:`services.smtp.wire.find_data_end`). A :class:`Dialogue` reads the two reassembled streams
-of one connection with two :class:`LineReader` cursors; the protocol's decoder says what each line
-means, through the hooks :meth:`Dialogue.decode` calls in order.
+(:func:`services.smtp.wire.find_data_end`). A :class:`DialogueDecoder` reads the two reassembled
+streams of one connection with two :class:`LineReader` cursors; the protocol's decoder says what
+each line means, through the hooks :meth:`DialogueDecoder.decode` calls in order.
 
 Partial events (``Event.complete`` False, held back by ``labctl traffic --follow``): a line without
 its end yet, an answer or message whose end is not captured yet, and any count of octets still
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 from labctl.traffic.message import summarise
@@ -125,14 +126,14 @@ def gap(time: float, missing: int) -> Event:
     return Event(time, NOTE, "gap", f"<{missing} octets missing from the capture>")
 
 
-class Dialogue:
+class DialogueDecoder(ABC):
     """One connection's dialogue: the client's commands in order, each claiming the server's next answer.
 
     :meth:`decode` is the reading order both protocols share; a decoder fills in the hooks.
     """
 
-    PROTOCOL = ""  # "SMTP": in what the undecodable notes say
-    ANSWER = ""  # "SMTP reply": what the server's lines should have been
+    PROTOCOL = ""  # "SMTP": what the client's undecodable bytes are not
+    ANSWER = ""  # "an SMTP reply": what the server's undecodable bytes are not
 
     def __init__(self, to_server: StreamView, to_client: StreamView, *, midway: bool, show_bodies: bool) -> None:
         self.client = LineReader(to_server)
@@ -145,26 +146,26 @@ class Dialogue:
 
     # -- the hooks ------------------------------------------------------------------------------------
 
+    @abstractmethod
     def resync(self) -> None:
         """Joined mid-way: move both cursors to where the dialogue can be read from."""
-        raise NotImplementedError
 
+    @abstractmethod
     def greeting(self) -> None:
         """Read the server's greeting; not decodable if there is none where there should be one."""
-        raise NotImplementedError
 
+    @abstractmethod
     def commands(self) -> None:
         """Read the client's commands, each with its answer."""
-        raise NotImplementedError
 
+    @abstractmethod
     def unclaimed(self) -> None:
         """The answers no command claimed (the client's stream ended, or was not captured)."""
-        raise NotImplementedError
 
     @property
+    @abstractmethod
     def broken(self) -> bool:
         """Did the server's stream go on with something that is not the protocol?"""
-        raise NotImplementedError
 
     # -- the reading order ----------------------------------------------------------------------------
 

@@ -113,7 +113,7 @@ def reply_line(reply: Reply) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class Command:
+class CommandLine:
     """A client command line (SMTP or POP3): its verb upper-cased, the rest as sent."""
 
     verb: str
@@ -168,7 +168,7 @@ class Unanswered:
     syns: int  # SYNs sent, retransmissions included
 
 
-Payload = (DnsQuery | DnsAnswer | Reply | Command | MessageSummary | Pop3Status | Credentials | Undecoded
+Payload = (DnsQuery | DnsAnswer | Reply | CommandLine | MessageSummary | Pop3Status | Credentials | Undecoded
            | Unanswered)
 
 

@@ -11,9 +11,9 @@ lines of AUTH travel in clear text and are marked so.
 
 from __future__ import annotations
 
-from labctl.traffic.dialogue import Dialogue, Line, from_base64, is_verb, plain
+from labctl.traffic.dialogue import DialogueDecoder, Line, from_base64, is_verb, plain
 from labctl.traffic.model import NOTE, SERVER, Event, MailMessage, printable
-from labctl.traffic.payload import Command, Credentials, Pop3Status
+from labctl.traffic.payload import CommandLine, Credentials, Pop3Status
 from labctl.traffic.tcp import StreamView
 from services.pop3.core import multiline_answer
 from services.smtp.wire import unstuff
@@ -33,7 +33,7 @@ def _status(text: bytes) -> str | None:
     return None
 
 
-class Pop3Decoder(Dialogue):
+class Pop3Decoder(DialogueDecoder):
     PROTOCOL = "POP3"
     ANSWER = "a POP3 response"
 
@@ -83,7 +83,7 @@ class Pop3Decoder(Dialogue):
             elif verb == "AUTH":
                 self.line(line, "auth", text, payload=Credentials(mechanism=arg))
             else:
-                self.line(line, "command", text, payload=Command(verb, arg))
+                self.line(line, "command", text, payload=CommandLine(verb, arg))
             self.gap(line.time, line.missing)
             status = self._response(verb, args)
             while status == "+":  # SASL: the next client line answers the challenge

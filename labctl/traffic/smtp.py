@@ -14,9 +14,9 @@ cross in clear text (no TLS), which is one of its lessons, and :attr:`Event.secr
 
 from __future__ import annotations
 
-from labctl.traffic.dialogue import Dialogue, Line, LineReader, from_base64, is_verb, plain
+from labctl.traffic.dialogue import DialogueDecoder, Line, LineReader, from_base64, is_verb, plain
 from labctl.traffic.model import CLIENT, NOTE, SERVER, Event, MailMessage, printable
-from labctl.traffic.payload import Command, Credentials, smtp_reply
+from labctl.traffic.payload import CommandLine, Credentials, smtp_reply
 from labctl.traffic.tcp import StreamView
 from services.smtp.wire import (
     AUTH_CONTINUE_CODE,
@@ -93,7 +93,7 @@ def _address(arg: str) -> str:
     return rest.split(" ")[0]
 
 
-class SmtpDecoder(Dialogue):
+class SmtpDecoder(DialogueDecoder):
     """Decode one SMTP connection; :meth:`decode` returns (events, messages, decodable)."""
 
     PROTOCOL = "SMTP"
@@ -166,7 +166,7 @@ class SmtpDecoder(Dialogue):
             if verb_u == "AUTH":
                 self._auth(line, arg)
                 continue
-            self.line(line, "command", text, payload=Command(verb_u, arg))
+            self.line(line, "command", text, payload=CommandLine(verb_u, arg))
             self.gap(line.time, line.missing)
             if verb_u == "BDAT":
                 self._bdat(line, arg)

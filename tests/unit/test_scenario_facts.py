@@ -13,7 +13,7 @@ from labctl.scenario import model as m
 from labctl.scenario.facts import Looks, check_fact
 from labctl.scenario.steps import StepFailed
 from labctl.traffic.model import CLIENT, SERVER, Conversation, Endpoint, Event
-from labctl.traffic.payload import Command, Credentials, DnsAnswer, DnsQuery, Question, Record
+from labctl.traffic.payload import CommandLine, Credentials, DnsAnswer, DnsQuery, Question, Record
 from services.capture import CAPTURE_DIR
 from tests.unit.decoding import decode_captures
 from tests.unit.packets import ANDY, SMTP, T0, Tcp, pcap
@@ -39,7 +39,7 @@ TRAFFIC = [
     conversation("smtp", "tcp", ("10.89.0.25", 41000), ("10.89.0.110", 25), "refused"),
     conversation("smtp", "tcp", ("10.89.0.25", 41002), ("10.89.0.100", 25), "closed",
                  Event(T, CLIENT, "command", "MAIL FROM:<andy@ouhk.example>",
-                       payload=Command("MAIL", "FROM:<andy@ouhk.example>"))),
+                       payload=CommandLine("MAIL", "FROM:<andy@ouhk.example>"))),
     conversation("pop3", "tcp", ("10.89.0.20", 42000), ("10.89.0.110", 110), "closed",
                  Event(T, CLIENT, "auth", "USER betty", payload=Credentials(user="betty")),
                  Event(T, CLIENT, "auth", "PASS betty-secret", ("betty-secret",), Credentials(secret="betty-secret"))),

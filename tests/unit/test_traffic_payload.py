@@ -11,7 +11,7 @@ from labctl.traffic import dns as dns_decoder
 from labctl.traffic.model import CLIENT, SERVER, Event
 from labctl.traffic.payload import (
     FLAG_TC,
-    Command,
+    CommandLine,
     Credentials,
     DnsAnswer,
     DnsQuery,
@@ -106,7 +106,7 @@ def test_info_has_the_keys_the_json_always_had() -> None:
     assert info(Credentials(secret="pw")) == {"password": "pw"}
     assert info(Undecoded(9)) == {"octets": 9}
     assert info(Unanswered(3)) == {"syn": 3}
-    assert info(Command("NOOP", "")) == {} and info(None) == {}
+    assert info(CommandLine("NOOP", "")) == {} and info(None) == {}
 
 
 def test_an_event_s_info_and_json_come_from_its_payload() -> None:
@@ -114,5 +114,5 @@ def test_an_event_s_info_and_json_come_from_its_payload() -> None:
     assert login.info == {"password": "pw"}
     assert login.to_json()["info"] == {"password": "pw"}
     assert login.to_json(hide_secrets=True)["info"] == {"password": "********"}
-    assert "info" not in Event(1.0, CLIENT, "command", "NOOP", payload=Command("NOOP", "")).to_json()
+    assert "info" not in Event(1.0, CLIENT, "command", "NOOP", payload=CommandLine("NOOP", "")).to_json()
     assert Event(2.0, SERVER, "reply", "250 ok", payload=Reply(250, "", "ok")).to_json()["info"] == {"code": 250}
