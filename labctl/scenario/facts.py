@@ -2,63 +2,28 @@
 
 A scenario states them in words a student knows ("the MTA asked for the MX of stevenchoy.example",
 "a connection to the primary MX was refused", "PASS crossed the wire in clear"); this module
-checks them against the conversations that :mod:`labctl.traffic` decodes from the packets that
-:mod:`labctl.capture` exported. Only the few attributes in :class:`ConversationLike` are used,
-so the checks are plain functions of decoded traffic, testable without a lab.
+checks them against the conversations that :mod:`labctl.traffic` decodes from the packets the
+hosts captured (:mod:`labctl.capture`), reading the events' typed payloads
+(:mod:`labctl.traffic.payload`). :func:`check_fact` is a plain function of decoded traffic,
+testable without a lab.
 """
 
 from __future__ import annotations
 
-import io
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
 
-from labctl.capture import Capture, CaptureTail
+from labctl.capture import CaptureTail
 from labctl.errors import LabctlError
 from labctl.lab import Lab
 from labctl.scenario import model as m
 from labctl.scenario.steps import Context, StepFailed
-from labctl.traffic.decode import decode_captures
+from labctl.traffic.decode import TrafficDecoder
 from labctl.traffic.journey import timeline, trace
+from labctl.traffic.model import Conversation
+from labctl.traffic.payload import DnsQuery
 from labctl.traffic.pcap import write_merged_pcapng
-
-
-class EndpointLike(Protocol):
-    @property
-    def ip(self) -> str: ...
-    @property
-    def port(self) -> int: ...
-
-
-class EventLike(Protocol):
-    @property
-    def kind(self) -> str: ...  # "query", "command", "auth", "refused", ...
-    @property
-    def text(self) -> str: ...
-    @property
-    def secrets(self) -> tuple[str, ...]: ...  # credentials in the text, readable by anyone
-    @property
-    def info(self) -> Mapping[str, Any]: ...  # for a DNS query: {"questions": ["MX? example", ...]}
-
-
-class ConversationLike(Protocol):
-    """One TCP connection or DNS flow, as :class:`labctl.traffic.model.Conversation` has it."""
-
-    @property
-    def protocol(self) -> str: ...  # "smtp", "pop3", "dns", ...
-    @property
-    def transport(self) -> str: ...
-    @property
-    def client(self) -> EndpointLike: ...
-    @property
-    def server(self) -> EndpointLike: ...
-    @property
-    def state(self) -> str: ...  # "refused", "unanswered", "reset", "closed", "open"
-    @property
-    def events(self) -> Sequence[EventLike]: ...
-
 
 CAPTURE_LAG = 5.0  # seconds a fact may take to show in the capture files
 # tcpdump asks libpcap for a 1 s timeout, so a captured packet is in the file at most about this
@@ -66,11 +31,37 @@ CAPTURE_LAG = 5.0  # seconds a fact may take to show in the capture files
 CAPTURE_SETTLE = 1.2
 POLL = 0.5
 
-def conversations(lab: Lab, since: float | None = None) -> Sequence[ConversationLike]:
-    """The lab's traffic so far, decoded."""
-    names = {h.address: h.fqdn for h in lab.status()}
-    found, _ = decode_captures(Capture(lab).pcap_bytes(since=since), names)
-    return found
+
+class Looks:
+    """The lab's capture looked at again and again, decoded as it grows.
+
+    Each :meth:`look` fetches only what the hosts captured since the last (:class:`CaptureTail`)
+    and feeds it to one decoder, which re-decodes only the conversations that changed; the
+    pieces are kept for :meth:`save`. Frames captured before ``since`` are left out of both.
+    """
+
+    def __init__(self, lab: Lab, since: float | None = None) -> None:
+        self.tail = CaptureTail(lab)
+        self.since = since
+        self.decoder = TrafficDecoder({h.address: h.fqdn for h in lab.status()})
+        self.sources: dict[str, list[bytes]] = {}
+
+    def fetch(self) -> dict[str, list[bytes]]:
+        """What the hosts captured since the last look (kept for :meth:`save`)."""
+        new = self.tail.poll()
+        for host, pieces in new.items():
+            self.sources.setdefault(host, []).extend(pieces)
+        return new
+
+    def look(self) -> list[Conversation]:
+        """Every conversation so far, decoded."""
+        self.decoder.feed_captures(self.fetch(), self.since)
+        return self.decoder.conversations()
+
+    def save(self, path: Path) -> int:
+        """Write what was looked at as one pcapng, a host per interface; the number of packets."""
+        with path.open("wb") as out:
+            return write_merged_pcapng(self.sources, out, since=self.since)
 
 
 def check(ctx: Context, exp: m.TrafficExpect) -> str:
@@ -78,8 +69,9 @@ def check(ctx: Context, exp: m.TrafficExpect) -> str:
     (tcpdump gets packets from the kernel in blocks, up to about a second late)."""
     addresses = {h.name: str(h.address) for h in ctx.topology.hosts}
     deadline = ctx.clock() + CAPTURE_LAG
+    looks = Looks(ctx.lab)
     while True:
-        convs = conversations(ctx.lab)
+        convs = looks.look()
         try:
             return "; ".join(check_fact(fact, convs, addresses) for fact in exp.facts)
         except StepFailed:
@@ -88,17 +80,16 @@ def check(ctx: Context, exp: m.TrafficExpect) -> str:
         ctx.sleep(POLL)
 
 
-def check_fact(fact: m.Fact, convs: Sequence[ConversationLike], addresses: Mapping[str, str]) -> str:
+def check_fact(fact: m.Fact, convs: Sequence[Conversation], addresses: Mapping[str, str]) -> str:
     """What was seen for ``fact``; StepFailed when the traffic does not show it."""
     if isinstance(fact, m.MxQueried):
         client = addresses[fact.host]
-        wanted = f"MX? {fact.domain}"
         asked = [q for c in convs if c.protocol == "dns" and c.client.ip == client
-                 for e in c.events if e.kind == "query" for q in e.info.get("questions", ())]
-        if wanted.lower() in (q.lower() for q in asked):
-            return f"{fact.host} asked {wanted}"
+                 for e in c.events if isinstance(e.payload, DnsQuery) for q in e.payload.questions]
+        if any(q.type == "MX" and q.name.lower() == fact.domain for q in asked):
+            return f"{fact.host} asked MX? {fact.domain}"
         raise StepFailed(f"{fact.host} to query the MX of {fact.domain}",
-                         f"its DNS queries: {', '.join(asked) or 'none'}")
+                         f"its DNS queries: {', '.join(map(str, asked)) or 'none'}")
     if isinstance(fact, m.ConnectionRefused):
         server = addresses[fact.host]
         tries = [c for c in convs if c.transport == "tcp" and c.server.ip == server and c.server.port == fact.port]
@@ -129,35 +120,29 @@ def save_traffic(lab: Lab, folder: Path, *, since: float | None = None, subjects
     Called right after the last step, when the newest packets may not be in the files yet: it
     waits out the recorder's block timeout first, and looks again (up to :data:`CAPTURE_LAG`) while a
     sent message is missing from the capture, each look fetching only what the hosts captured
-    since the last (:class:`~labctl.capture.CaptureTail`). A message still missing then is named
-    in ``trace.txt`` with what the capture did hold: a report says what it could not show.
+    since the last (:class:`Looks`). A message still missing then is named in ``trace.txt`` with
+    what the capture did hold: a report says what it could not show.
     """
     deadline = time.monotonic() + CAPTURE_LAG
     time.sleep(CAPTURE_SETTLE)
-    names = {h.address: h.fqdn for h in lab.status()}
-    tail = CaptureTail(lab)
-    sources: dict[str, list[bytes]] = {}
-    while True:
-        for host, pieces in tail.poll().items():
-            sources.setdefault(host, []).extend(pieces)
-        buf = io.BytesIO()
-        count = write_merged_pcapng(sources, buf, since=since)
-        journeys: list[str] = []
-        missing = False
-        if subjects:
-            convs, _ = decode_captures(buf.getvalue(), names)
-            for subject in dict.fromkeys(subjects):
-                try:
-                    journeys.append(timeline(trace(convs, subject=subject)))
-                except LabctlError as exc:
-                    journeys.append(str(exc))
-                    missing = True
+    looks = Looks(lab, since)
+    if not subjects:
+        looks.fetch()  # only the capture to save: nothing to decode
+    journeys: list[str] = []
+    while subjects:
+        convs = looks.look()
+        journeys, missing = [], False
+        for subject in dict.fromkeys(subjects):
+            try:
+                journeys.append(timeline(trace(convs, subject=subject)))
+            except LabctlError as exc:
+                journeys.append(str(exc))
+                missing = True
         if not missing or time.monotonic() >= deadline:
             break
         time.sleep(POLL)
     path = folder / "capture.pcapng"
-    path.write_bytes(buf.getvalue())
-    written = [f"{path.name} ({count} packets)"]
+    written = [f"{path.name} ({looks.save(path)} packets)"]
     if subjects:
         (folder / "trace.txt").write_text("\n\n".join(journeys) + "\n", encoding="utf-8")
         written.append("trace.txt")

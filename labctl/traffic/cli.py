@@ -1,9 +1,15 @@
 """``labctl traffic`` and ``labctl trace``: a few lines each over :mod:`labctl.traffic`.
 
-Both read captures given with ``--pcap FILE`` (a pcap or pcapng; several are merged by time, a
-classic pcap's packets named after its file's stem). The live lab's captures come through
-:data:`LiveSource`, a function the lab part passes to :func:`register`: it returns each host's
-capture files as bytes ({host: [file bytes, ...]}), and its hosts for the address-to-name mapping.
+Both decode the live lab's capture, or the files given with ``--pcap FILE`` (pcap or pcapng,
+repeatable): several files are merged by time, and every packet of a file is taken as captured
+on the host its file's stem names (``smtp.pcap``: on smtp), as the lab's own files are. With
+``--pcap`` the addresses are named after ``--topology``'s hosts.
+
+The lab part of labctl gives the live capture through two functions passed to :func:`register`,
+so that this module needs no engine: a :data:`LiveSource` returns every host's capture files
+({host: [file bytes, ...]}) and the lab's hosts (:data:`HostInfo`: names for the addresses, and
+where the readiness probe comes from); a :data:`LiveFeed` returns, for ``--follow``, a poll giving
+what the hosts captured since the last one, and the hosts.
 """
 
 from __future__ import annotations
@@ -32,10 +38,10 @@ if TYPE_CHECKING:
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 
-# (args) -> ({host: [capture file bytes, ...]}, {ip: host name}); raises LabctlError when there is no lab.
 # A lab host as the live source and the topology describe it: (name, FQDN, kind, address); the kind
 # is the job it does (dns, mta, mx, mua: services.config.role_kind), whoever's software does it.
 HostInfo = tuple[str, str, str, str]
+# (args) -> ({host: [capture file bytes, ...]}, the lab's hosts); raises LabctlError when there is no lab.
 LiveSource = Callable[[argparse.Namespace], tuple[Mapping[str, Iterable[bytes]], Sequence[HostInfo]]]
 # (args) -> (poll, hosts) for --follow: each poll() gives what the hosts captured since the last one,
 # as capture files of their own ({host: [pcap bytes, ...]}); the first gives everything so far.

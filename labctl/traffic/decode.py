@@ -1,8 +1,10 @@
 """From captured frames to conversations: the one entry point the CLI and the lab use.
 
 >>> decoder = TrafficDecoder(names={"10.89.0.10": "andy"})
->>> decoder.feed_capture(pcap_bytes, source="smtp")     # or feed_frames(frames)
+>>> decoder.feed_captures({"smtp": [pcap_bytes]})     # or feed_capture(bytes), feed_frames(frames)
 >>> conversations = decoder.conversations()
+
+or, for whole captures, :func:`decode_sources`.
 
 Which decoder a connection gets is decided by the server's port (:data:`PROTOCOLS`); traffic on
 that port that turns out not to be that protocol is kept, marked undecodable, with a preview.
@@ -20,10 +22,12 @@ from dataclasses import dataclass, field
 
 from labctl.traffic import dns as dns_decoder
 from labctl.traffic import pop3, smtp
+from labctl.traffic.dialogue import gap
 from labctl.traffic.model import CLIENT, NOTE, SERVER, Conversation, Endpoint, Event, MailMessage
 from labctl.traffic.packet import Datagram, Segment, parse_frame
+from labctl.traffic.payload import Unanswered
 from labctl.traffic.pcap import CaptureReader, Frame, merge_frames
-from labctl.traffic.tcp import Connection, Reassembler, StreamView
+from labctl.traffic.tcp import Address, Connection, Reassembler, StreamView
 
 Decoder = Callable[..., tuple[list[Event], list[MailMessage], bool]]
 
@@ -34,8 +38,8 @@ TCP_DECODERS: Mapping[str, Decoder] = {"smtp": smtp.decode, "pop3": pop3.decode}
 
 @dataclass
 class _UdpFlow:
-    client: tuple[str, int]
-    server: tuple[str, int]
+    client: Address
+    server: Address
     first_ns: int
     last_ns: int = 0
     datagrams: list[tuple[int, bool, bytes]] = field(default_factory=list)  # (ts, from client, payload)
@@ -50,10 +54,9 @@ class TrafficDecoder:
         self.names = dict(names or {})
         self.show_bodies = show_bodies
         self.tcp = Reassembler()
-        self._udp: dict[tuple[tuple[str, int], tuple[str, int]], _UdpFlow] = {}
+        self._udp: dict[tuple[Address, Address], _UdpFlow] = {}
         self._udp_order: list[_UdpFlow] = []
         self._cache: dict[int, tuple[int, Conversation]] = {}
-        self.frames = 0
         self.latest_ns = 0  # the capture time of the newest frame fed so far
         self.problems: list[str] = []  # why a capture fed so far was read only up to some point
 
@@ -68,7 +71,8 @@ class TrafficDecoder:
         return count
 
     def feed_captures(self, sources: Mapping[str, Iterable[bytes]], since: float | None = None) -> int:
-        """Feed several hosts' capture files ({host: [file bytes, ...]}), merged in time order."""
+        """Feed several hosts' capture files ({host: [file bytes, ...]}), merged in time order;
+        without their frames captured before ``since`` (seconds since the epoch)."""
         return self.feed_frames(merge_frames(sources, since, self.problems))
 
     def feed_frames(self, frames: Iterable[Frame]) -> int:
@@ -84,7 +88,6 @@ class TrafficDecoder:
                 add_tcp(packet)
             elif isinstance(packet, Datagram):
                 self._add_udp(packet)
-        self.frames += count
         self.latest_ns = latest
         return count
 
@@ -119,7 +122,7 @@ class TrafficDecoder:
 
     # -- output -------------------------------------------------------------------------------------
 
-    def endpoint(self, addr: tuple[str, int]) -> Endpoint:
+    def endpoint(self, addr: Address) -> Endpoint:
         return Endpoint(addr[0], addr[1], self.names.get(addr[0]))
 
     def conversations(self) -> list[Conversation]:
@@ -165,7 +168,7 @@ def _state(conn: Connection) -> str:
     return "open"
 
 
-def decode_connection(conn: Connection, endpoint: Callable[[tuple[str, int]], Endpoint], *,
+def decode_connection(conn: Connection, endpoint: Callable[[Address], Endpoint], *,
                       show_bodies: bool = False) -> Conversation:
     """The conversation of one TCP connection: its dialogue, framed by how it opened and closed."""
     protocol = PROTOCOLS.get(conn.server[1], "tcp")
@@ -182,7 +185,7 @@ def decode_connection(conn: Connection, endpoint: Callable[[tuple[str, int]], En
         tries = conn.syn_attempts
         events.append(Event(t0, NOTE, "unanswered", f"connection attempt unanswered: {tries} SYN"
                             f"{'s' if tries != 1 else ''}, no reply (host down or unreachable)",
-                            info={"syn": tries}))
+                            payload=Unanswered(tries)))
     elif conn.joined_midway:
         events.append(Event(t0, NOTE, "connect", "capture joined the connection mid-way (no SYN seen)"))
     if to_server.data or to_client.data:
@@ -195,9 +198,9 @@ def decode_connection(conn: Connection, endpoint: Callable[[tuple[str, int]], En
             events += dialogue
         else:
             events += _summary(to_server, to_client)
-    for gap in to_server.gaps + to_client.gaps:
+    for hole in to_server.gaps + to_client.gaps:
         if protocol not in TCP_DECODERS:
-            events.append(Event(t0, NOTE, "gap", f"<{gap.missing} octets missing from the capture>"))
+            events.append(gap(t0, hole.missing))
     if conn.reset_ns is not None and state == "reset":
         events.append(Event(conn.reset_ns / 1e9, NOTE, "reset", f"connection reset by the {conn.reset_by}"))
     events.sort(key=lambda e: e.time)
@@ -222,13 +225,11 @@ def _dns_tcp(to_server: StreamView, to_client: StreamView) -> list[Event]:
     return events
 
 
-def decode_captures(captures: Mapping[str, bytes] | bytes, names: Mapping[str, str] | None = None, *,
-                    show_bodies: bool = False) -> tuple[list[Conversation], TrafficDecoder]:
-    """Decode whole capture files: one (merged pcapng, or a pcap), or {host: pcap bytes} merged by time."""
+def decode_sources(sources: Mapping[str, Iterable[bytes]], names: Mapping[str, str] | None = None, *,
+                   since: float | None = None, show_bodies: bool = False) -> TrafficDecoder:
+    """A decoder fed whole captures ({host: [file bytes, ...]}, see :meth:`TrafficDecoder.feed_captures`)
+    to their end: ask it for :meth:`~TrafficDecoder.conversations`, and for its ``problems``."""
     decoder = TrafficDecoder(names, show_bodies=show_bodies)
-    if isinstance(captures, bytes):
-        decoder.feed_capture(captures)
-    else:
-        decoder.feed_captures({host: [data] for host, data in captures.items()})
+    decoder.feed_captures(sources, since)
     decoder.tcp.finish()
-    return decoder.conversations(), decoder
+    return decoder

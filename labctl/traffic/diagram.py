@@ -10,14 +10,14 @@ from __future__ import annotations
 
 from xml.sax.saxutils import escape
 
-from labctl.traffic.journey import Journey, Step
+from labctl.traffic.journey import Journey, JourneyStep
 from labctl.traffic.render import clock
 
 # Where each step's arrow goes in the article's figure (participant indexes) when it is missing.
 DEFAULT_ENDS = {1: (0, 1), 2: (1, 2), 3: (2, 1), 4: (1, 3), 5: (3, 1), 6: (3, 4)}
 
 
-def _ends(journey: Journey, step: Step) -> tuple[int, int]:
+def _ends(journey: Journey, step: JourneyStep) -> tuple[int, int]:
     hosts = [h for h, _ in journey.participants]
     if step.found and step.source in hosts and step.target in hosts:
         a, b = hosts.index(step.source), hosts.index(step.target)
@@ -26,7 +26,7 @@ def _ends(journey: Journey, step: Step) -> tuple[int, int]:
     return DEFAULT_ENDS[step.number]
 
 
-def _label(step: Step) -> str:
+def _label(step: JourneyStep) -> str:
     return f"{step.number}. {step.name}: {step.summary}" if step.found else f"{step.number}. {step.name}: missing"
 
 

@@ -11,8 +11,10 @@ import dns.message
 import dns.name
 import dns.rcode
 import dns.rdatatype
+import dns.rrset
 
 from labctl.traffic.model import CLIENT, SERVER, Event, preview
+from labctl.traffic.payload import DnsAnswer, DnsQuery, Question, Record, Undecoded
 
 _NAME_DOT = re.compile(r"\.(?=\s|$)")  # the root label's dot at the end of a name in rdata text
 
@@ -27,6 +29,13 @@ def _rdata(rdtype: int, text: str) -> str:
     return _NAME_DOT.sub("", text)
 
 
+def _records(rrsets: list[dns.rrset.RRset]) -> tuple[Record, ...]:
+    return tuple(Record(_name(rrset.name), dns.rdatatype.to_text(rrset.rdtype), rrset.ttl,
+                        _rdata(rrset.rdtype, rd.to_text()),
+                        _name(rd.exchange) if rrset.rdtype == dns.rdatatype.MX else None)
+                 for rrset in rrsets if rrset.rdtype != dns.rdatatype.OPT for rd in rrset)
+
+
 def describe(payload: bytes, time: float, from_client: bool = True) -> Event:
     """One event for one DNS message: ``MX? stevenchoy.example`` or ``MX 10 mail.stevenchoy.example``."""
     try:
@@ -34,30 +43,18 @@ def describe(payload: bytes, time: float, from_client: bool = True) -> Event:
     except (dns.exception.DNSException, ValueError, struct.error) as exc:
         kind = "malformed DNS message" if payload else "empty DNS message"
         why = f"<{kind} ({exc.__class__.__name__}): {preview(payload)}>"
-        return Event(time, CLIENT if from_client else SERVER, "undecodable", why, info={"octets": len(payload)})
-    questions = [f"{dns.rdatatype.to_text(q.rdtype)}? {_name(q.name)}" for q in msg.question]
-    info: dict[str, object] = {"id": msg.id, "questions": questions}
+        return Event(time, CLIENT if from_client else SERVER, "undecodable", why, payload=Undecoded(len(payload)))
+    questions = tuple(Question(_name(q.name), dns.rdatatype.to_text(q.rdtype)) for q in msg.question)
     if not msg.flags & dns.flags.QR:
-        return Event(time, CLIENT, "query", "; ".join(questions) or "<query without a question>", info=info)
-    rcode = msg.rcode()
-    answers = [f"{dns.rdatatype.to_text(rrset.rdtype)} {_rdata(rrset.rdtype, rd.to_text())}"
-               if rrset.name == msg.question[0].name or not msg.question
-               else f"{_name(rrset.name)} {dns.rdatatype.to_text(rrset.rdtype)} {_rdata(rrset.rdtype, rd.to_text())}"
-               for rrset in msg.answer for rd in rrset]
-    extra = [f"{_name(rrset.name)} {dns.rdatatype.to_text(rrset.rdtype)} {_rdata(rrset.rdtype, rd.to_text())}"
-             for rrset in msg.additional for rd in rrset if rrset.rdtype != dns.rdatatype.OPT]
-    info.update(rcode=dns.rcode.to_text(rcode), answers=answers, additional=extra)
-    if rcode != dns.rcode.NOERROR:
-        text = f"{dns.rcode.to_text(rcode)} ({'; '.join(questions)})"
-    elif not answers:
-        text = f"no {', '.join(q.split('?')[0] for q in questions)} record (NOERROR, empty answer)"
-    else:
-        text = "; ".join(answers)
-    if msg.flags & dns.flags.TC:
-        text += "   (truncated: ask again over TCP)"
-    if extra:
-        text += f"   [additional: {'; '.join(extra)}]"
-    return Event(time, SERVER, "answer", text, info=info)
+        query = DnsQuery(msg.id, msg.flags, questions)
+        return Event(time, CLIENT, "query", "; ".join(map(str, questions)) or "<query without a question>",
+                     payload=query)
+    answer = DnsAnswer(msg.id, msg.flags, questions, dns.rcode.to_text(msg.rcode()), _records(msg.answer),
+                       _records(msg.additional))
+    text = answer.summary
+    if answer.additional:
+        text += f"   [additional: {'; '.join(r.text() for r in answer.additional)}]"
+    return Event(time, SERVER, "answer", text, payload=answer)
 
 
 def tcp_messages(data: bytes) -> list[tuple[int, bytes]]:

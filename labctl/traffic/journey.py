@@ -22,13 +22,14 @@ from dataclasses import dataclass, field
 
 from labctl.errors import LabctlError
 from labctl.traffic.model import Conversation, Event, MailMessage
+from labctl.traffic.payload import DnsAnswer, DnsQuery, Reply, reply_line
 from labctl.traffic.render import clock
 
 STEP_NAMES = ("submission", "MX query", "MX answer", "relay", "storage acknowledgement", "retrieval")
 
 
 @dataclass(frozen=True)
-class Step:
+class JourneyStep:
     number: int
     name: str
     found: bool
@@ -45,7 +46,7 @@ class Step:
 class Journey:
     message_id: str | None
     subject: str | None
-    steps: tuple[Step, ...]
+    steps: tuple[JourneyStep, ...]
     participants: tuple[tuple[str, str], ...]  # (host, role) in the order of the article's figure
     others: tuple[str, ...] = field(default=())  # other messages that matched --subject
 
@@ -59,9 +60,33 @@ def _norm_id(mid: str | None) -> str | None:
 
 
 @dataclass(frozen=True)
-class _Transfer:
+class Transfer:
+    """One crossing of the message: an SMTP transfer or a POP3 retrieval, in its conversation."""
+
     conv: Conversation
     msg: MailMessage
+
+
+@dataclass(frozen=True)
+class Sightings:
+    """Everything a finder looks at: the capture's conversations, and where the message crossed."""
+
+    conversations: Sequence[Conversation]
+    transfers: tuple[Transfer, ...]  # its SMTP transfers, in time order
+    retrievals: tuple[Transfer, ...]  # its POP3 retrievals, in time order
+
+    @property
+    def domains(self) -> set[str]:
+        """The domains it was sent to: the ones whose MX the MTA must look up."""
+        return {r.rsplit("@", 1)[-1].lower() for t in self.transfers for r in t.msg.recipients}
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """The MTA's MX query, in its DNS conversation."""
+
+    conv: Conversation
+    query: Event
 
 
 def _matches(msg: MailMessage, message_id: str | None, subject: str | None) -> bool:
@@ -70,8 +95,8 @@ def _matches(msg: MailMessage, message_id: str | None, subject: str | None) -> b
     return subject is not None and subject.lower() in (msg.subject or "").lower()
 
 
-def _messages(conversations: Sequence[Conversation], protocol: str) -> list[_Transfer]:
-    return sorted((_Transfer(c, m) for c in conversations if c.protocol == protocol for m in c.messages),
+def _messages(conversations: Sequence[Conversation], protocol: str) -> list[Transfer]:
+    return sorted((Transfer(c, m) for c in conversations if c.protocol == protocol for m in c.messages),
                   key=lambda t: t.msg.time)
 
 
@@ -82,12 +107,122 @@ def _describe(conv: Conversation) -> str:
         return f"{who}: {next((e.text for e in conv.events if e.kind == 'unanswered'), 'no answer')}"
     if conv.state == "refused":
         return f"{who}: connection refused (RST)"
-    failures = [e for e in conv.events if e.kind == "reply" and str(e.info.get("code", 200))[0] in "45"]
-    if failures:
-        return f"{who}: {failures[0].text.splitlines()[-1]}"
+    failure = next((e.payload for e in conv.events if isinstance(e.payload, Reply) and e.payload.code >= 400), None)
+    if failure is not None:
+        return f"{who}: {reply_line(failure)}"
     if conv.state == "reset":
         return f"{who}: connection reset"
     return f"{who}: {conv.protocol.upper()} session, message not sent"
+
+
+def _size(m: MailMessage) -> str:
+    return f"<message, {m.lines} lines, {m.octets} octets>"
+
+
+# -- one finder per step of the article, each given what the steps before it found ----------------
+
+
+def find_submission(seen: Sightings) -> tuple[JourneyStep, Transfer | None]:
+    """1. The sender's MUA hands the message to its MTA: the earliest SMTP transfer of it."""
+    if not seen.transfers:
+        return JourneyStep(1, STEP_NAMES[0], False, instead=("no SMTP transfer of this message was captured",)), None
+    sub = seen.transfers[0]
+    m = sub.msg
+    return JourneyStep(1, STEP_NAMES[0], True, m.time, sub.conv.client.host, sub.conv.server.host, _size(m),
+                       f"SMTP to port {sub.conv.server.port}, from <{m.sender}> to "
+                       f"{', '.join(f'<{r}>' for r in m.recipients)}; answered "
+                       f"{m.reply_code or '(no reply captured)'} {m.reply_text or ''}".strip()), sub
+
+
+def find_mx_query(seen: Sightings, sub: Transfer | None) -> tuple[JourneyStep, Lookup | None]:
+    """2. The MTA (the submission's server) asks for the MX of a recipient's domain, after the submission."""
+    mta = sub.conv.server if sub else None
+    domains = seen.domains
+    after = sub.msg.time if sub else 0.0
+    lookup = None
+    if mta is not None:
+        lookup = next((Lookup(conv, ev) for conv in seen.conversations
+                       if conv.protocol == "dns" and conv.client.ip == mta.ip
+                       for ev in conv.events
+                       if isinstance(ev.payload, DnsQuery) and ev.time >= after
+                       and any(q.type == "MX" and q.name.lower() in domains for q in ev.payload.questions)), None)
+    if lookup is None:
+        return JourneyStep(2, STEP_NAMES[1], False, instead=(
+            f"no MX query from {mta.host if mta else 'the MTA'} for {', '.join(sorted(domains)) or 'the domain'} "
+            "(the capture may have started later, or the MTA had the answer cached)",)), None
+    return JourneyStep(2, STEP_NAMES[1], True, lookup.query.time, lookup.conv.client.host, lookup.conv.server.host,
+                       lookup.query.text, f"DNS over {lookup.conv.transport.upper()}"), lookup
+
+
+def find_mx_answer(lookup: Lookup | None) -> tuple[JourneyStep, DnsAnswer | None]:
+    """3. The DNS names the mail exchanger: the answer with the query's id (RFC 1035 §4.1.1), after it."""
+    if lookup is None:
+        return JourneyStep(3, STEP_NAMES[2], False, instead=("no MX query, so no answer",)), None
+    query = lookup.query
+    asked = query.payload.id if isinstance(query.payload, DnsQuery) else None
+    found = next((e for e in lookup.conv.events if isinstance(e.payload, DnsAnswer) and e.time >= query.time
+                  and e.payload.id == asked), None)
+    if found is None or not isinstance(found.payload, DnsAnswer):
+        return JourneyStep(3, STEP_NAMES[2], False, instead=("no answer to the MX query was captured",)), None
+    answer = found.payload
+    return JourneyStep(3, STEP_NAMES[2], True, found.time, lookup.conv.server.host, lookup.conv.client.host,
+                       answer.summary, f"rcode {answer.rcode}"), answer
+
+
+def find_relay(seen: Sightings, sub: Transfer | None) -> tuple[JourneyStep, Transfer | None]:
+    """4. The MTA hands the message to the MX: the first later transfer from the MTA that got a 250
+    (else the last one), with the attempts before it (unanswered, refused, 4xx) as notes."""
+    mta = sub.conv.server if sub else None
+    relays = [t for t in seen.transfers[1:] if mta is not None and t.conv.client.ip == mta.ip]
+    accepted = [t for t in relays if t.msg.reply_code == 250]
+    relay = accepted[0] if accepted else (relays[-1] if relays else None)
+    attempts: list[str] = []
+    if mta is not None and sub is not None:
+        until = relay.conv.start if relay and accepted else float("inf")
+        carried = {id(t.conv) for t in relays}  # described below, with the reply to the message
+        attempts += [_describe(conv) for conv in seen.conversations
+                     if conv.client.ip == mta.ip and conv.protocol == "smtp"
+                     and sub.msg.time <= conv.start < until and id(conv) not in carried]
+        attempts += [f"{clock(t.msg.time)} {t.conv.client.host} -> {t.conv.server.host}: message refused: "
+                     f"{t.msg.reply_code} {t.msg.reply_text}" for t in relays if t is not relay]
+        attempts.sort()  # each starts with its time of day
+    if relay is None:
+        return JourneyStep(4, STEP_NAMES[3], False, instead=tuple(attempts) or (
+            f"no SMTP connection from {mta.host if mta else 'the MTA'} to an MX after the submission",)), None
+    return JourneyStep(4, STEP_NAMES[3], True, relay.msg.time, relay.conv.client.host, relay.conv.server.host,
+                       _size(relay.msg), f"SMTP to port {relay.conv.server.port}",
+                       notes=tuple(f"earlier attempt: {a}" for a in attempts)), relay
+
+
+def find_storage(relay: Transfer | None) -> JourneyStep:
+    """5. The MX's 250 after the data: our servers say it only once the message is on disk."""
+    if relay is None:
+        return JourneyStep(5, STEP_NAMES[4], False, instead=("no relay, so nothing stored on the MX",))
+    m = relay.msg
+    if m.reply_code != 250:
+        return JourneyStep(5, STEP_NAMES[4], False, instead=(
+            f"the MX answered {m.reply_code} {m.reply_text}" if m.reply_code else "no reply to the data was captured",))
+    return JourneyStep(5, STEP_NAMES[4], True, m.reply_time, relay.conv.server.host, relay.conv.client.host,
+                       f"{m.reply_code} {m.reply_text}", "the MX's reply after the data: stored")
+
+
+def find_retrieval(seen: Sightings, sub: Transfer | None,
+                   relay: Transfer | None) -> tuple[JourneyStep, Transfer | None]:
+    """6. The recipient's MUA fetches it with POP3 RETR (or TOP): from the MX it was relayed to, if any."""
+    mx_ip = relay.conv.server.ip if relay else None
+    fetched = next((t for t in seen.retrievals if mx_ip is None or t.conv.server.ip == mx_ip), None)
+    fetched = fetched or (seen.retrievals[0] if seen.retrievals else None)
+    if fetched is None:
+        after = sub.msg.time if sub else 0.0
+        sessions = [_describe(c) if c.state in ("refused", "unanswered") else
+                    f"{clock(c.start)} {c.client.host} -> {c.server.host}:{c.server.port}: POP3 session, "
+                    f"{len(c.messages)} message(s) retrieved, not this one"
+                    for c in seen.conversations if c.protocol == "pop3" and c.start >= after]
+        return JourneyStep(6, STEP_NAMES[5], False, instead=tuple(sessions) or (
+            "no POP3 retrieval of this message (has the recipient fetched mail since?)",)), None
+    m = fetched.msg
+    return JourneyStep(6, STEP_NAMES[5], True, m.time, fetched.conv.server.host, fetched.conv.client.host,
+                       f"{m.command}: {_size(m)}", f"POP3 from port {fetched.conv.server.port}"), fetched
 
 
 def trace(conversations: Sequence[Conversation], message_id: str | None = None,
@@ -111,127 +246,27 @@ def trace(conversations: Sequence[Conversation], message_id: str | None = None,
         wanted = _norm_id(first.msg.message_id)
         others = tuple(sorted({f"{t.msg.message_id} {t.msg.subject}" for t in matching
                                if _norm_id(t.msg.message_id) != wanted}))
-    transfers = [t for t in smtp if _matches(t.msg, wanted, None if wanted else subject)]
-    retrievals = [t for t in pop if _matches(t.msg, wanted, None if wanted else subject)]
+    by_subject = None if wanted else subject
+    sightings = Sightings(conversations, tuple(t for t in smtp if _matches(t.msg, wanted, by_subject)),
+                          tuple(t for t in pop if _matches(t.msg, wanted, by_subject)))
 
-    steps: list[Step] = []
-    sub = transfers[0] if transfers else None
-    mta = sub.conv.server if sub else None
-    relays = [t for t in transfers[1:] if mta is not None and t.conv.client.ip == mta.ip]
-
-    # 1. submission
-    if sub is not None:
-        m = sub.msg
-        steps.append(Step(1, STEP_NAMES[0], True, m.time, sub.conv.client.host, sub.conv.server.host,
-                          f"<message, {m.lines} lines, {m.octets} octets>",
-                          f"SMTP to port {sub.conv.server.port}, from <{m.sender}> to "
-                          f"{', '.join(f'<{r}>' for r in m.recipients)}; answered "
-                          f"{m.reply_code or '(no reply captured)'} {m.reply_text or ''}".strip()))
-    else:
-        steps.append(Step(1, STEP_NAMES[0], False, instead=("no SMTP transfer of this message was captured",)))
-
-    # 2, 3: the MTA's MX lookup for a recipient domain, after the submission
-    domains = {r.rsplit("@", 1)[-1].lower() for t in transfers for r in t.msg.recipients}
-    query: Event | None = None
-    answer: Event | None = None
-    dns_conv: Conversation | None = None
-    after = sub.msg.time if sub else 0.0
-    if mta is not None:
-        for conv in conversations:
-            if conv.protocol != "dns" or conv.client.ip != mta.ip:
-                continue
-            for ev in conv.events:
-                if ev.kind == "query" and ev.time >= after and query is None and any(
-                        q.upper().startswith("MX?") and q.split()[-1].lower() in domains
-                        for q in ev.info.get("questions", [])):
-                    query, dns_conv = ev, conv
-            if query is not None:
-                answer = next((e for e in dns_conv.events if e.kind == "answer" and e.time >= query.time
-                               and e.info.get("id") == query.info.get("id")), None) if dns_conv else None
-                break
-    if query is not None and dns_conv is not None:
-        steps.append(Step(2, STEP_NAMES[1], True, query.time, dns_conv.client.host, dns_conv.server.host,
-                          query.text, f"DNS over {dns_conv.transport.upper()}"))
-    else:
-        steps.append(Step(2, STEP_NAMES[1], False, instead=(
-            f"no MX query from {mta.host if mta else 'the MTA'} for {', '.join(sorted(domains)) or 'the domain'} "
-            "(the capture may have started later, or the MTA had the answer cached)",)))
-    if answer is not None and dns_conv is not None:
-        steps.append(Step(3, STEP_NAMES[2], True, answer.time, dns_conv.server.host, dns_conv.client.host,
-                          answer.text.split("   [")[0], f"rcode {answer.info.get('rcode')}"))
-    else:
-        steps.append(Step(3, STEP_NAMES[2], False, instead=("no answer to the MX query was captured",)
-                          if query else ("no MX query, so no answer",)))
-
-    # 4, 5: the relay and the MX's acknowledgement
-    accepted = [t for t in relays if t.msg.reply_code == 250]
-    relay = accepted[0] if accepted else (relays[-1] if relays else None)
-    attempts: list[str] = []
-    if mta is not None:
-        until = relay.conv.start if relay and accepted else float("inf")
-        carried = {id(t.conv) for t in relays}  # described below, with the reply to the message
-        for conv in conversations:
-            if (conv.client.ip == mta.ip and conv.protocol == "smtp" and after <= conv.start < until
-                    and id(conv) not in carried):
-                attempts.append(_describe(conv))
-        attempts += [f"{clock(t.msg.time)} {t.conv.client.host} -> {t.conv.server.host}: message refused: "
-                     f"{t.msg.reply_code} {t.msg.reply_text}" for t in relays if t is not relay]
-        attempts.sort()  # each starts with its time of day
-    if relay is not None:
-        m = relay.msg
-        steps.append(Step(4, STEP_NAMES[3], True, m.time, relay.conv.client.host, relay.conv.server.host,
-                          f"<message, {m.lines} lines, {m.octets} octets>",
-                          f"SMTP to port {relay.conv.server.port}", notes=tuple(
-                              f"earlier attempt: {a}" for a in attempts)))
-    else:
-        steps.append(Step(4, STEP_NAMES[3], False, instead=tuple(attempts) or (
-            f"no SMTP connection from {mta.host if mta else 'the MTA'} to an MX after the submission",)))
-    if relay is not None and relay.msg.reply_code == 250:
-        m = relay.msg
-        steps.append(Step(5, STEP_NAMES[4], True, m.reply_time, relay.conv.server.host, relay.conv.client.host,
-                          f"{m.reply_code} {m.reply_text}", "the MX's reply after the data: stored"))
-    elif relay is not None:
-        steps.append(Step(5, STEP_NAMES[4], False, instead=(
-            f"the MX answered {relay.msg.reply_code} {relay.msg.reply_text}" if relay.msg.reply_code
-            else "no reply to the data was captured",)))
-    else:
-        steps.append(Step(5, STEP_NAMES[4], False, instead=("no relay, so nothing stored on the MX",)))
-
-    # 6. retrieval
-    mx_ip = relay.conv.server.ip if relay else None
-    fetched = next((t for t in retrievals if mx_ip is None or t.conv.server.ip == mx_ip), None)
-    fetched = fetched or (retrievals[0] if retrievals else None)
-    if fetched is not None:
-        m = fetched.msg
-        steps.append(Step(6, STEP_NAMES[5], True, m.time, fetched.conv.server.host, fetched.conv.client.host,
-                          f"{m.command}: <message, {m.lines} lines, {m.octets} octets>",
-                          f"POP3 from port {fetched.conv.server.port}"))
-    else:
-        sessions = [_describe(c) if c.state in ("refused", "unanswered") else
-                    f"{clock(c.start)} {c.client.host} -> {c.server.host}:{c.server.port}: POP3 session, "
-                    f"{len(c.messages)} message(s) retrieved, not this one"
-                    for c in conversations if c.protocol == "pop3" and c.start >= after]
-        steps.append(Step(6, STEP_NAMES[5], False, instead=tuple(sessions) or (
-            "no POP3 retrieval of this message (has the recipient fetched mail since?)",)))
+    # The article's order; each step is looked for where the one before it leaves the message.
+    submitted, sub = find_submission(sightings)
+    queried, lookup = find_mx_query(sightings, sub)
+    answered, answer = find_mx_answer(lookup)
+    relayed, relay = find_relay(sightings, sub)
+    stored = find_storage(relay)
+    retrieved, fetched = find_retrieval(sightings, sub, relay)
 
     participants = (
         (sub.conv.client.host if sub else "sender's MUA", "MUA"),
-        (mta.host if mta else "MTA", "MTA"),
-        (dns_conv.server.host if dns_conv else "DNS", "DNS"),
-        (relay.conv.server.host if relay else _mx_name(answer) or "MX", "MX"),
+        (sub.conv.server.host if sub else "MTA", "MTA"),
+        (lookup.conv.server.host if lookup else "DNS", "DNS"),
+        (relay.conv.server.host if relay else next(iter(answer.exchanges if answer else ()), "MX"), "MX"),
         (fetched.conv.client.host if fetched else "recipient's MUA", "MUA"),
     )
-    return Journey(first.msg.message_id, first.msg.subject, tuple(steps), participants, others)
-
-
-def _mx_name(answer: Event | None) -> str | None:
-    if answer is None:
-        return None
-    for a in answer.info.get("answers", []):
-        parts = a.split()
-        if parts and parts[0] == "MX" and len(parts) >= 3:
-            return str(parts[2])
-    return None
+    return Journey(first.msg.message_id, first.msg.subject,
+                   (submitted, queried, answered, relayed, stored, retrieved), participants, others)
 
 
 def timeline(journey: Journey) -> str:

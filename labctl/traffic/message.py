@@ -2,25 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from email.header import decode_header, make_header
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 
+from labctl.traffic.payload import MessageSummary
+
 # The header section is all a summary needs; a header larger than this is not looked at further.
 HEADER_LIMIT = 64 * 1024
-
-
-@dataclass(frozen=True)
-class Summary:
-    message_id: str | None
-    subject: str | None
-    lines: int
-    octets: int
-
-    def text(self, complete: bool = True) -> str:
-        cut = "" if complete else ", end not captured"
-        return f"<message, {self.lines} lines, {self.octets} octets{cut}>"
 
 
 def _decoded(value: str | None) -> str | None:
@@ -32,11 +21,12 @@ def _decoded(value: str | None) -> str | None:
         return value.strip()
 
 
-def summarise(message: bytes) -> Summary:
+def summarise(message: bytes) -> MessageSummary:
     """Message-ID and Subject from the header section, and the message's size in lines and octets."""
     end = message.find(b"\r\n\r\n", 0, HEADER_LIMIT)
     head = message[: end + 2] if end >= 0 else message[:HEADER_LIMIT]
     headers = BytesHeaderParser(policy=compat32).parsebytes(head)
     mid = headers.get("Message-ID")
     lines = message.count(b"\n") + (0 if not message or message.endswith(b"\n") else 1)
-    return Summary(_decoded(mid if mid is None else str(mid)), _decoded(headers.get("Subject")), lines, len(message))
+    return MessageSummary(_decoded(mid if mid is None else str(mid)), _decoded(headers.get("Subject")), lines,
+                          len(message))

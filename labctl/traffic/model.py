@@ -1,7 +1,9 @@
 """What the decoders produce: conversations made of timed events, and the messages they carried.
 
 Plain dataclasses with a stable JSON form (:meth:`Conversation.to_json`, documented in
-``labctl traffic --help`` and README): the CLI prints them, :mod:`labctl.traffic.journey` reads them.
+:mod:`labctl.traffic.render`): the CLI prints them, :mod:`labctl.traffic.journey` and
+:mod:`labctl.scenario.facts` read them, each event's details through its typed
+:attr:`Event.payload` (:mod:`labctl.traffic.payload`).
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ import binascii
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from labctl.traffic import payload as p
 
 # Event.direction
 CLIENT = "C"  # client to server
@@ -63,10 +67,15 @@ class Event:
     kind: str  # one of KINDS
     text: str  # as on the wire for commands and replies (several lines for a multi-line reply)
     secrets: tuple[str, ...] = ()  # substrings of text that are credentials sent in clear text
-    info: Mapping[str, Any] = field(default_factory=dict)  # kind-specific details (see to_json)
+    payload: p.Payload | None = None  # what it carried, typed (see labctl.traffic.payload)
     # False: more of the stream may still change it (a line without its end yet, a multi-line reply
     # or a message not yet ended, a count of octets still growing); ``--follow`` waits for it.
     complete: bool = True
+
+    @property
+    def info(self) -> Mapping[str, Any]:
+        """The payload as the JSON's ``info``: kind-specific details (see :func:`payload.info`)."""
+        return p.info(self.payload)
 
     def shown(self, hide_secrets: bool) -> str:
         text = self.text
@@ -83,8 +92,8 @@ class Event:
             out["clear_text_secret"] = True
         if not self.complete:
             out["partial"] = True
-        if self.info:
-            info = dict(self.info)
+        info = p.info(self.payload)
+        if info:
             if hide_secrets:
                 info = {k: (SECRET_MASK if k in ("password", "secret") else v) for k, v in info.items()}
             out["info"] = info

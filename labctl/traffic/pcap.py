@@ -35,8 +35,6 @@ LINKTYPE_RAW = 101  # a bare IPv4 or IPv6 packet
 LINKTYPE_LOOP = 108  # OpenBSD loopback: the family in network byte order
 LINKTYPE_LINUX_SLL = 113  # tcpdump -i any before libpcap 1.10
 LINKTYPE_LINUX_SLL2 = 276  # tcpdump -i any since libpcap 1.10
-LINKTYPES = frozenset({LINKTYPE_NULL, LINKTYPE_ETHERNET, LINKTYPE_RAW, LINKTYPE_LOOP,
-                       LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2})
 
 # -- classic pcap ---------------------------------------------------------------------------------
 PCAP_MAGIC_US = 0xA1B2C3D4  # microsecond timestamps
@@ -103,7 +101,6 @@ class CaptureReader:
         self.source = source
         self.problem: str | None = None
         self.format = self._sniff()
-        self.interfaces: list[str] = []
 
     def _sniff(self) -> str:
         if len(self.data) < 4:
@@ -118,10 +115,6 @@ class CaptureReader:
                 return "pcap"
         raise CaptureError(f"{self.source or 'capture'}: not a pcap or pcapng file "
                            f"(it starts with {head.hex()}; write captures with tcpdump -w)")
-
-    @property
-    def truncated(self) -> bool:
-        return self.problem is not None
 
     def _stop(self, pos: int, why: str = "ends inside a record (a capture still being written?)") -> None:
         self.problem = f"{self.source or 'capture'}: {why} at octet {pos}; read up to there"
@@ -146,7 +139,6 @@ class CaptureReader:
         linktype = network & 0xFFFF
         scale = 1 if magic == PCAP_MAGIC_NS else 1000
         name = self.source
-        self.interfaces = [name]
         record = struct.Struct(order + "IIII")
         view = memoryview(data)
         unpack = record.unpack_from
@@ -209,7 +201,6 @@ class CaptureReader:
                     elif code == OPT_IF_TSOFFSET and len(value) == 8:
                         iface.offset_s = struct.unpack(order + "q", value)[0]
                 interfaces.append(iface)
-                self.interfaces.append(iface.name)
             elif btype == BLOCK_EPB:
                 if_id, hi, lo, caplen, origlen = struct.unpack_from(order + "IIIII", data, body)
                 if if_id < len(interfaces) and body + 20 + caplen <= pos + blen:
@@ -258,11 +249,6 @@ def _options(data: bytes, pos: int, end: int, order: str) -> Iterator[tuple[int,
             return
         yield code, data[pos + 4:pos + 4 + length]
         pos += 4 + length + (-length % 4)
-
-
-def read_frames(data: bytes, source: str = "") -> Iterator[Frame]:
-    """The frames of one capture file (classic pcap or pcapng), in file order."""
-    return iter(CaptureReader(data, source))
 
 
 # -- the merged pcapng ------------------------------------------------------------------------------

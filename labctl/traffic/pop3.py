@@ -11,18 +11,16 @@ lines of AUTH travel in clear text and are marked so.
 
 from __future__ import annotations
 
-import base64
-import binascii
-
-from labctl.traffic.lines import Line, LineReader
-from labctl.traffic.message import summarise
-from labctl.traffic.model import CLIENT, NOTE, SERVER, Event, MailMessage, preview, printable
+from labctl.traffic.dialogue import DialogueDecoder, Line, from_base64, is_verb, plain
+from labctl.traffic.model import NOTE, SERVER, Event, MailMessage, printable
+from labctl.traffic.payload import CommandLine, Credentials, Pop3Status
 from labctl.traffic.tcp import StreamView
 from services.pop3.core import multiline_answer
-from services.textwire import find_data_end, unstuff
+from services.textwire import unstuff
 
 SHOWN_LINES = 20  # of a LIST/UIDL/CAPA answer; longer ones are cut with a count
 MESSAGE_COMMANDS = frozenset({"RETR", "TOP"})
+MAX_VERB = 8  # RFC 1939 §3: keywords are three or four characters; room for extensions' longer ones
 
 
 def _status(text: bytes) -> str | None:
@@ -35,56 +33,40 @@ def _status(text: bytes) -> str | None:
     return None
 
 
-class Pop3Decoder:
+class Pop3Decoder(DialogueDecoder):
+    PROTOCOL = "POP3"
+    ANSWER = "a POP3 response"
+
     def __init__(self, to_server: StreamView, to_client: StreamView, *, midway: bool, show_bodies: bool) -> None:
-        self.client = LineReader(to_server)
-        self.server = LineReader(to_client)
-        self.midway = midway
-        self.show_bodies = show_bodies
-        self.events: list[Event] = []
-        self.messages: list[MailMessage] = []
-        self.decodable = True
-        self.broken = False
+        super().__init__(to_server, to_client, midway=midway, show_bodies=show_bodies)
+        self._broken = False
 
-    def decode(self) -> tuple[list[Event], list[MailMessage], bool]:
-        if self.midway:
-            self.client.skip_partial()
-            self._skip_to_status()
-        else:
-            greeting = self._response("", [])
-            if greeting is None:
-                self.decodable = False
-        if self.decodable:
-            self._commands()
-        while not self.broken and self._response("", []) is not None:
-            pass
-        if self.broken:
-            self.decodable = self.decodable and bool(self.events)
-            self._undecodable(self.server, SERVER, "not a POP3 response")
-        if not self.decodable:
-            self._undecodable(self.client, CLIENT, "not POP3")
-        self.events.sort(key=lambda e: e.time)
-        return self.events, self.messages, self.decodable
+    # -- the dialogue -------------------------------------------------------------------------------
 
-    def _skip_to_status(self) -> None:
+    def resync(self) -> None:
+        self.client.skip_partial()
         server = self.server
         while (line := server.next()) is not None:
             if _status(line.text) is not None:
                 server.pos = line.start
                 return
 
-    def _undecodable(self, reader: LineReader, direction: str, why: str) -> None:
-        rest = reader.data[reader.pos:]
-        if rest:
-            self.events.append(Event(reader.time(reader.pos), direction, "undecodable", f"<{why}: {preview(rest)}>",
-                                     info={"octets": len(rest)}, complete=False))
-        reader.pos = len(reader.data)
+    def greeting(self) -> None:
+        if self._response("", []) is None:
+            self.decodable = False
 
-    def _commands(self) -> None:
+    def unclaimed(self) -> None:
+        while not self._broken and self._response("", []) is not None:
+            pass
+
+    @property
+    def broken(self) -> bool:
+        return self._broken
+
+    def commands(self) -> None:
         first = True
         while (line := self.client.next()) is not None:
-            verb_b = line.text.split(b" ", 1)[0]
-            if first and not (verb_b.isalpha() and verb_b.isascii() and 0 < len(verb_b) <= 8):
+            if first and not is_verb(line.text, MAX_VERB):
                 self.decodable = False
                 self.client.pos = line.start
                 return
@@ -93,17 +75,16 @@ class Pop3Decoder:
             verb, _, arg = text.partition(" ")
             verb = verb.upper()
             args = arg.split()
-            whole = line.complete
             if verb == "PASS":
-                self.events.append(Event(line.time, CLIENT, "auth", text + "   (a password in clear text)",
-                                         (arg,) if arg else (), {"password": arg}, complete=whole))
+                self.line(line, "auth", text + "   (a password in clear text)", (arg,) if arg else (),
+                          Credentials(secret=arg))
             elif verb == "USER":
-                self.events.append(Event(line.time, CLIENT, "auth", text, (), {"user": arg}, complete=whole))
+                self.line(line, "auth", text, payload=Credentials(user=arg))
             elif verb == "AUTH":
-                self.events.append(Event(line.time, CLIENT, "auth", text, (), {"mechanism": arg}, complete=whole))
+                self.line(line, "auth", text, payload=Credentials(mechanism=arg))
             else:
-                self.events.append(Event(line.time, CLIENT, "command", text, complete=whole))
-            self._gap(line)
+                self.line(line, "command", text, payload=CommandLine(verb, arg))
+            self.gap(line.time, line.missing)
             status = self._response(verb, args)
             while status == "+":  # SASL: the next client line answers the challenge
                 answer = self.client.next()
@@ -118,22 +99,16 @@ class Pop3Decoder:
 
     def _sasl(self, line: Line) -> None:
         raw = printable(line.text)
-        try:
-            decoded = base64.b64decode(raw, validate=True).decode("utf-8", "backslashreplace")
-        except (binascii.Error, ValueError):
-            decoded = None
-        secrets: tuple[str, ...] = ()
-        note = ""
-        if decoded is not None and decoded.count("\0") == 2:
-            _, user, password = decoded.split("\0")
-            secrets, note = (raw, password), f'   (base64 of user "{user}", password "{password}": clear text)'
-        elif decoded is not None and raw != "*":
+        marked = plain(raw)
+        if marked is not None:
+            secrets, note = marked.secrets, marked.note
+        elif raw != "*" and (decoded := from_base64(raw)) is not None:
             secrets, note = (raw, decoded), f'   (base64 of "{decoded}": clear text)'
-        self.events.append(Event(line.time, CLIENT, "auth", raw + note, secrets, complete=line.complete))
-
-    def _gap(self, line: Line) -> None:
-        if line.missing:
-            self.events.append(Event(line.time, NOTE, "gap", f"<{line.missing} octets missing from the capture>"))
+        else:
+            secrets, note = (), ""
+        # Which of them is the user and which the password depends on the mechanism's challenges,
+        # which this line does not know: the JSON has no credentials for it, the text marks them.
+        self.line(line, "auth", raw + note, secrets)
 
     def _response(self, verb: str, args: list[str]) -> str | None:
         """Read the response to ``verb``; its status, or None at the end or on garbage."""
@@ -144,29 +119,21 @@ class Pop3Decoder:
         status = _status(line.text)
         if status is None:
             server.pos = line.start
-            self.broken = True
+            self._broken = True
             return None
         text = printable(line.text)
         if status != "+OK" or not multiline_answer(verb, args):
-            self.events.append(Event(line.time, SERVER, "reply", text, info={"status": status},
+            self.events.append(Event(line.time, SERVER, "reply", text, payload=Pop3Status(status),
                                      complete=line.complete))
-            self._gap(line)
+            self.gap(line.time, line.missing)
             return status
-        start = server.pos
-        end = find_data_end(server.data, start)  # RFC 1939 §3: the same CRLF.CRLF as SMTP data
-        complete = end >= 0
-        stop = end if complete else len(server.data)
-        body = unstuff(server.data[start:stop])
-        server.pos = end + 3 if complete else stop
+        wire, complete = server.dotted()  # RFC 1939 §3: the same CRLF.CRLF as SMTP data
+        body = unstuff(wire)
         missing = server.view.gap_in(line.start, server.pos)
         if verb in MESSAGE_COMMANDS:
-            summary = summarise(body)
-            shown = summary.text(complete)
-            if self.show_bodies:
-                shown += "\n" + body.decode("utf-8", "backslashreplace").rstrip("\r\n")
-            info = {"status": status, "message_id": summary.message_id, "subject": summary.subject,
-                    "lines": summary.lines, "octets": summary.octets}
-            self.events.append(Event(line.time, SERVER, "reply", text + "\n" + shown, info=info, complete=complete))
+            summary, shown = self.message(body, complete)
+            self.events.append(Event(line.time, SERVER, "reply", text + "\n" + shown,
+                                     payload=Pop3Status(status, summary), complete=complete))
             self.messages.append(MailMessage(
                 time=line.time, message_id=summary.message_id, subject=summary.subject, lines=summary.lines,
                 octets=summary.octets, complete=complete, command=" ".join([verb, *args])))
@@ -175,9 +142,8 @@ class Pop3Decoder:
             if len(lines) > SHOWN_LINES:
                 lines = [*lines[:SHOWN_LINES], f"... ({len(lines) - SHOWN_LINES} more lines)"]
             self.events.append(Event(line.time, SERVER, "reply", "\n".join([text, *lines, "." if complete else ""]),
-                                     info={"status": status}, complete=complete))
-        if missing:
-            self.events.append(Event(line.time, NOTE, "gap", f"<{missing} octets missing from the capture>"))
+                                     payload=Pop3Status(status), complete=complete))
+        self.gap(line.time, missing)
         return status
 
 

@@ -21,7 +21,13 @@ JSON (``labctl traffic --json``) is a list of conversations, each::
                    "sender", "recipients", "reply_code", "reply_text", "reply_time", "command"}]}
 
 ``kind`` is one of :data:`labctl.traffic.model.KINDS`; ``partial``: the connection is still open and
-more of it may change that event (a line, reply or message not yet ended). Fields are only ever added.
+more of it may change that event (a line, reply or message not yet ended). ``info`` is the event's
+typed payload (:mod:`labctl.traffic.payload`, :func:`~labctl.traffic.payload.info`): a DNS query's
+``id`` and ``questions``; a DNS answer's ``id``, ``questions``, ``rcode``, ``answers`` and
+``additional``; an SMTP reply's ``code``; a POP3 response's ``status`` (and, after RETR/TOP, the
+message's ``message_id``, ``subject``, ``lines`` and ``octets``, as a DATA's message has them); a
+login line's ``mechanism``, ``user``, ``password``; the ``octets`` of undecodable bytes; the
+``syn`` count of an unanswered connection. Fields are only ever added.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from datetime import datetime
 
 from labctl.errors import LabctlError
 from labctl.traffic.model import CLIENT, NOTE, Conversation, Event
+from labctl.traffic.payload import Pop3Status
 
 PROTOCOL_CHOICES = ("smtp", "pop3", "dns")
 
@@ -99,7 +106,8 @@ def event_lines(event: Event, *, hide_secrets: bool = False, times: bool = False
         text = f"[{text}]"
     lines = text.split("\n")
     out = [stamp + _prefix(event) + lines[0]]
-    cont = "   " if event.kind == "message" or (event.kind == "reply" and event.info.get("status")) else _prefix(event)
+    # A message, and a POP3 answer's lines after its status line, are data, not lines of the dialogue.
+    cont = "   " if event.kind == "message" or isinstance(event.payload, Pop3Status) else _prefix(event)
     out += [pad + cont + line for line in lines[1:]]
     return out
 

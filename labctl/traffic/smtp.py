@@ -14,13 +14,11 @@ cross in clear text (no TLS), which is one of its lessons, and :attr:`Event.secr
 
 from __future__ import annotations
 
-import base64
-import binascii
 from dataclasses import dataclass
 
-from labctl.traffic.lines import Line, LineReader
-from labctl.traffic.message import summarise
-from labctl.traffic.model import CLIENT, NOTE, SERVER, Event, MailMessage, preview, printable
+from labctl.traffic.dialogue import DialogueDecoder, Line, LineReader, from_base64, is_verb, plain
+from labctl.traffic.model import CLIENT, NOTE, SERVER, Event, MailMessage, printable
+from labctl.traffic.payload import CommandLine, Credentials
 from labctl.traffic.tcp import StreamView
 from services.smtp.wire import (
     AUTH_CONTINUE_CODE,
@@ -29,7 +27,7 @@ from services.smtp.wire import (
     Reply,
     parse_reply_line,
 )
-from services.textwire import find_data_end, unstuff
+from services.textwire import unstuff
 
 # A command verb is a word of letters (RFC 5321 §4.1.1); anything else opening the client's
 # stream means it is not speaking SMTP.
@@ -95,10 +93,7 @@ class _Replies:
 
 
 def _b64(text: str) -> str | None:
-    try:
-        return base64.b64decode(text.strip(), validate=True).decode("utf-8", "backslashreplace")
-    except (binascii.Error, ValueError):
-        return None
+    return from_base64(text.strip())
 
 
 def _address(arg: str) -> str:
@@ -110,62 +105,41 @@ def _address(arg: str) -> str:
     return rest.split(" ")[0]
 
 
-class SmtpDecoder:
+class SmtpDecoder(DialogueDecoder):
     """Decode one SMTP connection; :meth:`decode` returns (events, messages, decodable)."""
 
+    PROTOCOL = "SMTP"
+    ANSWER = "an SMTP reply"
+
     def __init__(self, to_server: StreamView, to_client: StreamView, *, midway: bool, show_bodies: bool) -> None:
-        self.client = LineReader(to_server)
+        super().__init__(to_server, to_client, midway=midway, show_bodies=show_bodies)
         self.replies = _Replies(to_client, midway)
-        self.midway = midway
-        self.show_bodies = show_bodies
-        self.events: list[Event] = []
-        self.messages: list[MailMessage] = []
-        self.decodable = True
+        self.server = self.replies.reader
         self.sender: str | None = None
         self.recipients: list[str] = []
 
-    # -- output -----------------------------------------------------------------------------------
-
     def _reply(self, reply: _Heard | None) -> _Heard | None:
         if reply is not None:
-            self.events.append(Event(reply.time, SERVER, "reply", reply.text, info={"code": reply.reply.code},
-                                     complete=reply.complete))
-            if reply.missing:
-                self.events.append(Event(reply.time, NOTE, "gap", f"<{reply.missing} octets missing from the capture>"))
+            self.events.append(Event(reply.time, SERVER, "reply", reply.text,
+                                     payload=Reply.parse(reply.reply.code, [reply.last]), complete=reply.complete))
+            self.gap(reply.time, reply.missing)
         return reply
-
-    def _undecodable(self, view_reader: LineReader, direction: str, at: int, why: str) -> None:
-        rest = view_reader.data[at:]
-        if rest:
-            self.events.append(Event(view_reader.time(at), direction, "undecodable",
-                                     f"<{why}: {preview(rest)}>", info={"octets": len(rest)}, complete=False))
-        view_reader.pos = len(view_reader.data)
 
     # -- the dialogue -------------------------------------------------------------------------------
 
-    def decode(self) -> tuple[list[Event], list[MailMessage], bool]:
-        client = self.client
-        if self.midway:
-            self._resync()
-        else:
-            greeting = self._reply(self.replies.next())
-            if greeting is None and self.replies.broken is not None:
-                self.decodable = False
-        if self.decodable:
-            self._commands()
-        # Replies nobody's command claimed (the client's stream ended, or was not captured).
+    def greeting(self) -> None:
+        if self._reply(self.replies.next()) is None and self.replies.broken is not None:
+            self.decodable = False
+
+    def unclaimed(self) -> None:
         while self.decodable and self._reply(self.replies.next()) is not None:
             pass
-        if self.replies.broken is not None:
-            broken = self.replies.broken
-            self.decodable = self.decodable and bool(self.events)
-            self._undecodable(self.replies.reader, SERVER, broken.start, "not an SMTP reply")
-        if not self.decodable and not client.at_end:
-            self._undecodable(client, CLIENT, client.pos, "not SMTP")
-        self.events.sort(key=lambda e: e.time)  # stable: same-time events keep their wire order
-        return self.events, self.messages, self.decodable
 
-    def _resync(self) -> None:
+    @property
+    def broken(self) -> bool:
+        return self.replies.broken is not None
+
+    def resync(self) -> None:
         """Joined mid-way: skip to a line boundary; client lines before a "." may be a message's tail."""
         client = self.client
         first = client.next()
@@ -189,23 +163,23 @@ class SmtpDecoder:
             client.pos = probe.pos
             self._reply(self.replies.next())  # its reply (250 after the data)
 
-    def _commands(self) -> None:
+    def commands(self) -> None:
         client = self.client
         first = True
         while (line := client.next()) is not None:
-            if first and not _is_command(line.text):
+            if first and not is_verb(line.text, MAX_VERB):
                 self.decodable = False
                 client.pos = line.start
                 return
             first = False
-            verb, _, arg = printable(line.text).partition(" ")
+            text = printable(line.text)
+            verb, _, arg = text.partition(" ")
             verb_u = verb.upper()
             if verb_u == "AUTH":
                 self._auth(line, arg)
                 continue
-            self.events.append(Event(line.time, CLIENT, "command", printable(line.text), complete=line.complete))
-            if line.missing:
-                self.events.append(Event(line.time, NOTE, "gap", f"<{line.missing} octets missing from the capture>"))
+            self.line(line, "command", text, payload=CommandLine(verb_u, arg))
+            self.gap(line.time, line.missing)
             if verb_u == "BDAT":
                 self._bdat(line, arg)
                 continue
@@ -225,13 +199,9 @@ class SmtpDecoder:
     def _data(self, go_ahead: _Heard) -> None:
         client = self.client
         start = client.pos
-        end = find_data_end(client.data, start)
-        complete = end >= 0
-        stop = end if complete else len(client.data)
-        wire = client.data[start:stop]
-        client.pos = end + 3 if complete else stop
+        wire, complete = client.dotted()
         # No octet of it captured yet: it begins no earlier than the 354 that let it begin.
-        when = client.time(start) if stop > start else go_ahead.time
+        when = client.time(start) if wire else go_ahead.time
         self._message(start, wire, complete, dotted=True, when=when)
 
     def _bdat(self, line: Line, arg: str) -> None:
@@ -250,18 +220,9 @@ class SmtpDecoder:
 
     def _message(self, start: int, wire: bytes, complete: bool, *, dotted: bool, when: float,
                  reply: _Heard | None = None, last: bool = True) -> None:
-        client = self.client
         message = unstuff(wire) if dotted else wire
-        summary = summarise(message)
-        text = summary.text(complete)
-        missing = client.view.gap_in(start, start + len(wire) + 1)
-        if missing:
-            text = text[:-1] + f", {missing} octets missing from the capture>"
-        if self.show_bodies:
-            text += "\n" + message.decode("utf-8", "backslashreplace").rstrip("\r\n")
-        info = {"message_id": summary.message_id, "subject": summary.subject,
-                "lines": summary.lines, "octets": summary.octets}
-        self.events.append(Event(when, CLIENT, "message", text, info=info, complete=complete))
+        summary, text = self.message(message, complete, self.client.view.gap_in(start, start + len(wire) + 1))
+        self.events.append(Event(when, CLIENT, "message", text, payload=summary, complete=complete))
         if dotted and complete:
             reply = self._reply(self.replies.next())
         if last:
@@ -273,26 +234,25 @@ class SmtpDecoder:
             self.sender, self.recipients = None, []
 
     def _tls(self) -> None:
-        client = self.client
+        client, server = self.client, self.server
         rest = len(client.data) - client.pos
-        server_rest = len(self.replies.reader.data) - self.replies.reader.pos
+        server_rest = len(server.data) - server.pos
         self.events.append(Event(client.time(client.pos) if rest else self.events[-1].time, NOTE, "tls",
                                  f"<TLS from here on: {rest} octets to the server, {server_rest} to the client>",
                                  complete=False))  # the counts grow with the connection
         client.pos = len(client.data)
-        self.replies.reader.pos = len(self.replies.reader.data)
+        server.pos = len(server.data)
 
     def _auth(self, line: Line, arg: str) -> None:
         """AUTH PLAIN/LOGIN with the credentials decoded (RFC 4616, draft-murchison-sasl-login)."""
         mech, _, initial = arg.partition(" ")
         mech = mech.upper()
         text = printable(line.text)
-        secrets: list[str] = []
-        info: dict[str, str] = {"mechanism": mech}
-        if mech == "PLAIN" and initial:
-            secrets, note = _plain(initial, info)
-            text += note
-        self.events.append(Event(line.time, CLIENT, "auth", text, tuple(secrets), info, complete=line.complete))
+        marked = plain(initial, mech) if mech == "PLAIN" and initial else None
+        if marked is not None:
+            self.line(line, "auth", text + marked.note, marked.secrets, marked.credentials)
+        else:
+            self.line(line, "auth", text, payload=Credentials(mech))
         reply = self._reply(self.replies.next())
         step = 0
         while reply is not None and reply.reply.code == AUTH_CONTINUE_CODE:
@@ -301,40 +261,24 @@ class SmtpDecoder:
                 return
             raw = printable(answer.text)
             challenge = _b64(reply.last) or ""
-            info = {"mechanism": mech}
+            secrets: tuple[str, ...] = ()
+            note = ""
+            credentials = Credentials(mech)
             if raw == "*":  # RFC 4954 §4: the client cancels
-                secrets, note = [], "   (cancelled)"
+                note = "   (cancelled)"
             elif mech == "PLAIN":
-                secrets, note = _plain(raw, info)
-            else:
-                decoded = _b64(raw)
-                is_password = "pass" in challenge.lower() or (mech == "LOGIN" and step == 1)
-                if decoded is None:
-                    secrets, note = [], ""
-                elif is_password:
-                    info["password"] = decoded
-                    secrets, note = [raw, decoded], f'   (base64 of "{decoded}": a password in clear text)'
+                marked = plain(raw, mech)
+                if marked is not None:
+                    secrets, note, credentials = marked.secrets, marked.note, marked.credentials
+            elif (decoded := _b64(raw)) is not None:
+                if "pass" in challenge.lower() or (mech == "LOGIN" and step == 1):
+                    secrets, note = (raw, decoded), f'   (base64 of "{decoded}": a password in clear text)'
+                    credentials = Credentials(mech, secret=decoded)
                 else:
-                    info["user"] = decoded
-                    secrets, note = [], f'   (base64 of "{decoded}")'
-            self.events.append(Event(answer.time, CLIENT, "auth", raw + note, tuple(secrets), info,
-                                     complete=answer.complete))
+                    note, credentials = f'   (base64 of "{decoded}")', Credentials(mech, user=decoded)
+            self.line(answer, "auth", raw + note, secrets, credentials)
             step += 1
             reply = self._reply(self.replies.next())
-
-
-def _plain(b64: str, info: dict[str, str]) -> tuple[list[str], str]:
-    decoded = _b64(b64)
-    if decoded is None or decoded.count("\0") != 2:
-        return [], ""
-    _authzid, user, password = decoded.split("\0")
-    info.update(user=user, password=password)
-    return [b64, password], f'   (base64 of user "{user}", password "{password}": clear text)'
-
-
-def _is_command(text: bytes) -> bool:
-    verb = text.split(b" ", 1)[0]
-    return 0 < len(verb) <= MAX_VERB and verb.isalpha() and verb.isascii()
 
 
 def decode(to_server: StreamView, to_client: StreamView, *, midway: bool = False,

@@ -30,7 +30,6 @@ changes whenever it does, so a caller re-decodes only what changed.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from labctl.traffic.packet import ACK, FIN, RST, SYN, Segment
@@ -171,15 +170,15 @@ class Stream:
         return StreamView(bytes(copy.data), copy.starts, copy.stamps, copy.gaps)
 
 
-Endpoint = tuple[str, int]
+Address = tuple[str, int]  # (IP address, port)
 
 
 @dataclass
 class Connection:
     """One TCP connection: its two endpoints, two streams, and how it opened and closed."""
 
-    client: Endpoint
-    server: Endpoint
+    client: Address
+    server: Address
     first_ns: int
     last_ns: int = 0
     joined_midway: bool = False  # the capture started after the SYN
@@ -207,15 +206,12 @@ class Connection:
     def client_isn(self) -> int | None:
         return self.to_server.isn
 
-    def stream(self, from_client: bool) -> Stream:
-        return self.to_server if from_client else self.to_client
 
-
-def _canonical(a: Endpoint, b: Endpoint) -> tuple[Endpoint, Endpoint]:
+def _canonical(a: Address, b: Address) -> tuple[Address, Address]:
     return (a, b) if a <= b else (b, a)
 
 
-def guess_server(src: Endpoint, dst: Endpoint) -> bool:
+def guess_server(src: Address, dst: Address) -> bool:
     """With no SYN seen: is ``dst`` the server? By the well-known port, else the lower port."""
     if dst[1] in SERVER_PORTS and src[1] not in SERVER_PORTS:
         return True
@@ -228,14 +224,10 @@ class Reassembler:
     """Every TCP connection in a capture, fed one segment at a time in capture order."""
 
     def __init__(self) -> None:
-        self._current: dict[tuple[Endpoint, Endpoint], Connection] = {}
+        self._current: dict[tuple[Address, Address], Connection] = {}
         self.connections: list[Connection] = []  # in order of their first packet
 
-    def feed(self, segments: Iterable[Segment]) -> None:
-        for seg in segments:
-            self.add(seg)
-
-    def _new(self, key: tuple[Endpoint, Endpoint], client: Endpoint, server: Endpoint, ts: int,
+    def _new(self, key: tuple[Address, Address], client: Address, server: Address, ts: int,
              midway: bool) -> Connection:
         conn = Connection(client, server, ts, ts, joined_midway=midway)
         self._current[key] = conn

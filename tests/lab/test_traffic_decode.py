@@ -27,10 +27,10 @@ import pytest
 from labctl.capture import Capture, CaptureTail
 from labctl.scenario.facts import CAPTURE_LAG
 from labctl.traffic.decode import TrafficDecoder
-from labctl.traffic.pcap import read_frames
 from tests.lab.conftest import RunningLab, labctl, unique_lab
 from tests.lab.waiting import eventually
 from tests.seal import outside_addresses
+from tests.unit.decoding import read_frames
 
 # Fifty looks, each a `labctl fetch` (about a second on a loaded machine) and a pause.
 FETCH_TIMEOUT = 60.0

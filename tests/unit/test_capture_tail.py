@@ -14,7 +14,8 @@ from pathlib import Path
 
 from labctl.capture import TAIL_SCRIPT, TailState, parse_tail
 from labctl.traffic.decode import TrafficDecoder
-from labctl.traffic.pcap import pcap_records_end, read_frames
+from labctl.traffic.pcap import pcap_records_end
+from tests.unit.decoding import read_frames
 from tests.unit.packets import ANDY, SMTP, T0, Packet, Tcp, pcap, pcapng
 
 

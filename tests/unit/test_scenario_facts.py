@@ -2,53 +2,47 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
+from labctl.lab import ExecResult, HostStatus
 from labctl.scenario import model as m
-from labctl.scenario.facts import check_fact
+from labctl.scenario.facts import Looks, check_fact
 from labctl.scenario.steps import StepFailed
+from labctl.traffic.model import CLIENT, SERVER, Conversation, Endpoint, Event
+from labctl.traffic.payload import CommandLine, Credentials, DnsAnswer, DnsQuery, Question, Record
+from services.capture import CAPTURE_DIR
+from tests.unit.decoding import decode_captures
+from tests.unit.packets import ANDY, SMTP, T0, Tcp, pcap
 
 ADDRESSES = {"smtp": "10.89.0.25", "mail": "10.89.0.110", "mx2": "10.89.0.100", "betty": "10.89.0.20",
              "ns": "10.89.0.53"}
+T = 1_790_000_000.0
+MX = (Question("stevenchoy.example", "MX"),)
 
 
-@dataclass(frozen=True)
-class Endpoint:
-    ip: str
-    port: int
-
-
-@dataclass(frozen=True)
-class Event:
-    kind: str
-    text: str
-    secrets: tuple[str, ...] = ()
-    info: Mapping[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Conversation:
-    protocol: str
-    transport: str
-    client: Endpoint
-    server: Endpoint
-    state: str
-    events: tuple[Event, ...] = ()
+def conversation(protocol: str, transport: str, client: tuple[str, int], server: tuple[str, int], state: str,
+                 *events: Event) -> Conversation:
+    return Conversation(protocol, transport, Endpoint(*client), Endpoint(*server), T, T + 1, list(events),
+                        state=state)
 
 
 TRAFFIC = [
-    Conversation("dns", "udp", Endpoint("10.89.0.25", 40000), Endpoint("10.89.0.53", 53), "closed",
-                 (Event("query", "MX? stevenchoy.example", info={"questions": ["MX? stevenchoy.example"]}),
-                  Event("answer", "MX 10 mail.stevenchoy.example"))),
-    Conversation("smtp", "tcp", Endpoint("10.89.0.25", 41000), Endpoint("10.89.0.110", 25), "refused"),
-    Conversation("smtp", "tcp", Endpoint("10.89.0.25", 41002), Endpoint("10.89.0.100", 25), "closed",
-                 (Event("command", "MAIL FROM:<andy@ouhk.example>"),)),
-    Conversation("pop3", "tcp", Endpoint("10.89.0.20", 42000), Endpoint("10.89.0.110", 110), "closed",
-                 (Event("auth", "USER betty"), Event("auth", "PASS betty-secret", secrets=("betty-secret",)))),
+    conversation("dns", "udp", ("10.89.0.25", 40000), ("10.89.0.53", 53), "closed",
+                 Event(T, CLIENT, "query", "MX? stevenchoy.example", payload=DnsQuery(7, 0x0100, MX)),
+                 Event(T, SERVER, "answer", "MX 10 mail.stevenchoy.example", payload=DnsAnswer(
+                     7, 0x8580, MX, "NOERROR", (Record("stevenchoy.example", "MX", 300, "10 mail.stevenchoy.example",
+                                                       "mail.stevenchoy.example"),), ()))),
+    conversation("smtp", "tcp", ("10.89.0.25", 41000), ("10.89.0.110", 25), "refused"),
+    conversation("smtp", "tcp", ("10.89.0.25", 41002), ("10.89.0.100", 25), "closed",
+                 Event(T, CLIENT, "command", "MAIL FROM:<andy@ouhk.example>",
+                       payload=CommandLine("MAIL", "FROM:<andy@ouhk.example>"))),
+    conversation("pop3", "tcp", ("10.89.0.20", 42000), ("10.89.0.110", 110), "closed",
+                 Event(T, CLIENT, "auth", "USER betty", payload=Credentials(user="betty")),
+                 Event(T, CLIENT, "auth", "PASS betty-secret", ("betty-secret",), Credentials(secret="betty-secret"))),
 ]
 
 
@@ -74,3 +68,50 @@ def test_facts_it_does_not_show_say_what_was_seen(fact: m.Fact, expected: str, s
     with pytest.raises(StepFailed) as info:
         check_fact(fact, TRAFFIC, ADDRESSES)
     assert expected in info.value.expected and seen == info.value.seen
+
+
+# -- the looks at a growing capture: CaptureTail's pieces into one decoder, the pcapng saved once -----
+
+
+class TailedLab:
+    """Two running hosts whose capture directories are local ones: TAIL_SCRIPT runs here for real."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.hosts_ = [HostStatus(role="mua", lab="t", name=name, fqdn=f"{name}.lab.example", address=ip,
+                                  state="running", container=f"t-{name}")
+                       for name, ip in (("andy", ANDY), ("smtp", SMTP))]
+        for h in self.hosts_:
+            (root / h.name).mkdir()
+
+    def status(self) -> list[HostStatus]:
+        return self.hosts_
+
+    def hosts(self) -> list[HostStatus]:
+        return self.hosts_
+
+    def exec_in(self, host: HostStatus, cmd: list[str]) -> ExecResult:
+        assert cmd[:2] == ["python3", "-c"] and cmd[3] == str(CAPTURE_DIR)
+        ran = subprocess.run([sys.executable, "-c", cmd[2], str(self.root / host.name), cmd[4]], capture_output=True,
+                             check=True)
+        return ExecResult(ran.returncode, ran.stdout, ran.stderr)
+
+
+def test_looks_decode_what_the_capture_gained_and_save_it_all_once(tmp_path: Path) -> None:
+    conn = Tcp(ANDY, 40000, SMTP, 25, host="andy").handshake().s(b"220 smtp.ouhk.example ESMTP\r\n")
+    for i in range(12):
+        conn.c(f"NOOP {i}\r\n".encode()).s(b"250 2.0.0 Ok\r\n")
+    packets = conn.close().packets
+    lab = TailedLab(tmp_path)
+    looks = Looks(lab, since=T0 + 0.0035)  # type: ignore[arg-type]
+    for cut in range(0, len(packets) + 7, 7):  # both hosts captured it; the files grow between looks
+        for host in ("andy", "smtp"):
+            (tmp_path / host / "run.pcap0").write_bytes(pcap(packets[:cut]))
+        convs = looks.look()
+    [conv] = convs
+    assert [e.text for e in conv.events if e.kind == "command"] == [f"NOOP {i}" for i in range(12)]
+    assert conv.joined_midway and conv.vantages == ("andy", "smtp")  # the SYNs came before `since`
+    assert looks.save(tmp_path / "capture.pcapng") == 2 * len([p for p in packets if p.time >= T0 + 0.0035])
+    [again] = decode_captures((tmp_path / "capture.pcapng").read_bytes(), {ANDY: "andy.lab.example",
+                                                                          SMTP: "smtp.lab.example"})[0]
+    assert again.to_json() == conv.to_json()

@@ -13,7 +13,7 @@ import pytest
 from labctl import cli
 from labctl.errors import LabctlError
 from labctl.traffic import diagram, journey
-from labctl.traffic.decode import decode_captures
+from tests.unit.decoding import decode_captures
 from tests.unit.packets import ANDY, BETTY, MAIL, NAMES, NS, SMTP, T0, Packet, Tcp, pcap, pcapng, udp_packet
 
 DATA = Path(__file__).parent / "data" / "traffic"
@@ -174,3 +174,110 @@ def test_cli_traffic_and_trace_on_a_pcap(tmp_path: Path, capsys: pytest.CaptureF
     path.write_bytes(b"not a capture")
     assert cli.main(["traffic", "--pcap", str(path)]) == 1
     assert "not a pcap or pcapng file" in capsys.readouterr().err
+
+
+# -- each finder alone: what it finds, and what it says when the step is missing ----------------------
+
+
+def _sightings(packets: list[Packet]) -> journey.Sightings:
+    convs, _ = decode_captures(pcapng(packets), NAMES)
+    crossings = {proto: tuple(sorted((journey.Transfer(c, m) for c in convs if c.protocol == proto
+                                      for m in c.messages), key=lambda t: t.msg.time))
+                 for proto in ("smtp", "pop3")}
+    return journey.Sightings(convs, crossings["smtp"], crossings["pop3"])
+
+
+def test_find_submission() -> None:
+    step, sub = journey.find_submission(_sightings(capture()))
+    assert sub is not None and sub.conv.server.host == "smtp.ouhk.example"
+    assert (step.found, step.source, step.target, step.summary) == (True, "andy", "smtp.ouhk.example",
+                                                                    "<message, 6 lines, 117 octets>")
+    assert "from <andy@ouhk.example> to <betty@stevenchoy.example>; answered 250" in step.detail
+    step, sub = journey.find_submission(_sightings(_pop3(T0)))
+    assert sub is None and step.instead == ("no SMTP transfer of this message was captured",)
+
+
+def test_find_mx_query_takes_the_mta_s_query_for_a_recipient_domain_after_the_submission() -> None:
+    seen = _sightings(capture())
+    _, sub = journey.find_submission(seen)
+    step, lookup = journey.find_mx_query(seen, sub)
+    assert lookup is not None and lookup.query.text == "MX? stevenchoy.example"
+    assert (step.source, step.target, step.detail) == ("smtp.ouhk.example", "ns.lab.example", "DNS over UDP")
+    # The same query before the submission is not this message's lookup.
+    early = [p for p in capture() if p.time < T0 + 1 or p.time >= T0 + 2] + _dns(T0 - 5)
+    seen = _sightings(sorted(early, key=lambda p: p.time))
+    step, lookup = journey.find_mx_query(seen, journey.find_submission(seen)[1])
+    assert lookup is None and step.instead[0].startswith("no MX query from smtp.ouhk.example for stevenchoy.example")
+    assert journey.find_mx_query(seen, None)[0].instead[0].startswith("no MX query from the MTA")
+
+
+def test_find_mx_answer_pairs_by_id_and_leaves_the_additional_section_out() -> None:
+    q = dns.message.make_query("stevenchoy.example", "MX")
+    other = dns.message.make_response(dns.message.make_query("stevenchoy.example", "MX"))
+    other.id = (q.id + 1) % 65536
+    r = dns.message.make_response(q)
+    r.answer.append(dns.rrset.from_text("stevenchoy.example.", 60, "IN", "MX", "10 mail.stevenchoy.example."))
+    r.additional.append(dns.rrset.from_text("mail.stevenchoy.example.", 60, "IN", "A", MAIL))
+    lookup_packets = [udp_packet(T0 + 1, SMTP, 40000, NS, 53, q.to_wire(), host="smtp"),
+                      udp_packet(T0 + 1.001, NS, 53, SMTP, 40000, other.to_wire(), host="smtp"),
+                      udp_packet(T0 + 1.002, NS, 53, SMTP, 40000, r.to_wire(), host="smtp")]
+    seen = _sightings(_smtp(ANDY, SMTP, 41000, T0, _message(False), "andy", b"250 ok\r\n") + lookup_packets)
+    _, lookup = journey.find_mx_query(seen, journey.find_submission(seen)[1])
+    step, answer = journey.find_mx_answer(lookup)
+    assert answer is not None and answer.id == q.id and answer.exchanges == ("mail.stevenchoy.example",)
+    assert (step.summary, step.detail) == ("MX 10 mail.stevenchoy.example", "rcode NOERROR")
+    assert (step.source, step.target) == ("ns.lab.example", "smtp.ouhk.example")
+    seen = _sightings(_smtp(ANDY, SMTP, 41000, T0, _message(False), "andy", b"250 ok\r\n") + lookup_packets[:2])
+    step, answer = journey.find_mx_answer(journey.find_mx_query(seen, journey.find_submission(seen)[1])[1])
+    assert answer is None and step.instead == ("no answer to the MX query was captured",)
+    assert journey.find_mx_answer(None)[0].instead == ("no MX query, so no answer",)
+
+
+def test_find_relay_notes_the_attempts_before_the_one_that_worked() -> None:
+    seen = _sightings(capture(mx="refusing"))
+    step, relay = journey.find_relay(seen, journey.find_submission(seen)[1])
+    assert relay is not None and relay.msg.reply_code == 250 and relay.conv.client.port == 42002
+    assert [n.split(" ", 3)[3] for n in step.notes] == [
+        "smtp.ouhk.example -> mail.stevenchoy.example:25: connection refused (RST)",
+        "smtp.ouhk.example -> mail.stevenchoy.example: message refused: 451 4.3.0 try again later"]
+    seen = _sightings(capture(mx="down", fetched=False))
+    step, relay = journey.find_relay(seen, journey.find_submission(seen)[1])
+    assert relay is None and "3 SYNs, no reply" in step.instead[0]
+    assert journey.find_relay(seen, None)[0].instead == (
+        "no SMTP connection from the MTA to an MX after the submission",)
+
+
+def test_find_relay_names_a_failed_reply_of_a_session_that_carried_no_message() -> None:
+    s = Tcp(SMTP, 42003, MAIL, 25, t=T0 + 2, host="smtp").handshake().s(b"220 ready\r\n")
+    s.c(b"MAIL FROM:<andy@ouhk.example>\r\n").s(b"421 4.3.2 shutting down\r\n").close()
+    seen = _sightings(sorted(capture(mx="down", fetched=False) + s.packets, key=lambda p: p.time))
+    step, _ = journey.find_relay(seen, journey.find_submission(seen)[1])
+    assert any(i.endswith("mail.stevenchoy.example:25: 421 4.3.2 shutting down") for i in step.instead)
+
+
+def test_find_storage() -> None:
+    seen = _sightings(capture())
+    _, relay = journey.find_relay(seen, journey.find_submission(seen)[1])
+    step = journey.find_storage(relay)
+    assert (step.found, step.summary, step.source) == (True, "250 2.0.0 M9 Message accepted", "mail.stevenchoy.example")
+    refused = _smtp(SMTP, MAIL, 42001, T0 + 3, _message(True), "smtp", b"451 4.3.0 try again later\r\n")
+    seen = _sightings(_smtp(ANDY, SMTP, 41000, T0, _message(False), "andy", b"250 ok\r\n") + refused)
+    step = journey.find_storage(journey.find_relay(seen, journey.find_submission(seen)[1])[1])
+    assert step.instead == ("the MX answered 451 4.3.0 try again later",)
+    assert journey.find_storage(None).instead == ("no relay, so nothing stored on the MX",)
+
+
+def test_find_retrieval() -> None:
+    seen = _sightings(capture())
+    sub = journey.find_submission(seen)[1]
+    step, fetched = journey.find_retrieval(seen, sub, journey.find_relay(seen, sub)[1])
+    assert fetched is not None and (step.source, step.target) == ("mail.stevenchoy.example", "betty")
+    assert step.summary.startswith("RETR 1: <message, ")
+    other = Tcp(BETTY, 37001, MAIL, 110, t=T0 + 11, host="betty").handshake().s(b"+OK ready\r\n")
+    other.c(b"QUIT\r\n").s(b"+OK bye\r\n").close()
+    seen = _sightings(sorted(capture(fetched=False) + other.packets, key=lambda p: p.time))
+    sub = journey.find_submission(seen)[1]
+    step, fetched = journey.find_retrieval(seen, sub, journey.find_relay(seen, sub)[1])
+    assert fetched is None
+    assert step.instead[0].endswith("betty -> mail.stevenchoy.example:110: POP3 session, 0 message(s) retrieved, "
+                                    "not this one")

@@ -24,7 +24,8 @@ def _segments(packets: list[Packet]) -> list[Segment]:
 
 def _reassemble(packets: list[Packet], finish: bool = True) -> list[Connection]:
     r = Reassembler()
-    r.feed(_segments(packets))
+    for seg in _segments(packets):
+        r.add(seg)
     if finish:
         r.finish()
     return r.connections
@@ -141,8 +142,9 @@ def test_follow_feeds_more_packets_later_and_prints_each_event_once() -> None:
     frames = [Frame(round(p.time * 1e9), 1, p.frame, "h", len(p.frame)) for p in t.packets]
     decoder, follower = TrafficDecoder(), Follower()
     polls: list[list[str]] = []
+    fed = 0
     for cut in (5, 6, len(frames)):  # the capture grows: to EHLO, to its reply, to the end
-        decoder.feed_frames(frames[decoder.frames:cut])
+        fed += decoder.feed_frames(frames[fed:cut])
         polls.append([e.text for _conv, events in follower.poll(decoder.conversations()) for e in events])
     # A whole line is printed at once; only a line (reply, message) still arriving waits for its end.
     assert polls == [["220 ready", "EHLO a"], ["250 hi"], ["QUIT", "221 bye"]]
