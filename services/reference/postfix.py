@@ -30,6 +30,9 @@ def main_cf(cfg: LabConfig, *, mta: bool) -> str:
     # Relay as our MTA does (LabConfig.is_relay_client): this host and the lab's MUA hosts; an MX
     # relays for nobody (RFC 5321 §7.1).
     clients = [f"{address}/32" for address in cfg.relay_clients] if mta else []
+    # A backup MX takes its domains' mail from anyone and relays it on to the better MX (RFC 5321
+    # §5.1), as our MTA does (LabConfig.is_backup_mx); Postfix calls those domains relay_domains.
+    backups = [d.name for d in cfg.domains if cfg.is_backup_mx(d.name)]
     retry = cfg.retry
     settings = [
         ("compatibility_level", "3.6"),
@@ -43,6 +46,7 @@ def main_cf(cfg: LabConfig, *, mta: bool) -> str:
         ("smtpd_relay_restrictions", "permit_mynetworks, permit_sasl_authenticated, reject_unauth_destination"),
         ("smtpd_banner", "$myhostname ESMTP Postfix"),
         ("virtual_mailbox_domains", " ".join(domains)),
+        ("relay_domains", " ".join(backups)),
         ("virtual_mailbox_maps", f"texthash:{VMAILBOX}"),
         ("virtual_mailbox_base", str(config.MAIL_DIR)),
         ("virtual_uid_maps", f"static:{VMAIL_UID}"),

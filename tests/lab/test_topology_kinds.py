@@ -81,6 +81,12 @@ def test_a_postfix_mta_as_backup_mx_comes_up(overlay_lab: Any) -> None:
     assert roles(lab)["smtp"] == "postfix-mta"
     assert mx_of(lab, "stevenchoy.example") == ["10 mail.stevenchoy.example.", "20 smtp.ouhk.example."]
     assert domain(lab_json(lab, "smtp"), "stevenchoy.example")["backup_mx"] == ["smtp"]
+    # As a backup MX it takes stevenchoy.example's mail from a host that is no relay client of it
+    # (relay_domains); before, Postfix answered "554 5.7.1 Relay access denied".
+    dialogue = labctl("exec", "--lab", lab, "mail", "--", "swaks", "--server", "smtp.ouhk.example",
+                      "--from", "x@stevenchoy.example", "--to", "betty@stevenchoy.example",
+                      "--quit-after", "RCPT", check=False).stdout
+    assert "<-  250 2.1.5 Ok" in dialogue, dialogue
 
 
 def run(*args: str) -> dict[str, Any]:

@@ -134,6 +134,14 @@ def test_postfix_mta_relays_for_the_mua_hosts_and_follows_the_lab_retry_schedule
     assert cf["smtpd_sasl_type"] == "dovecot"
 
 
+def test_a_postfix_backup_mx_relays_its_domains_on_and_no_other() -> None:
+    topo = topology.load_overlay(topology.load(), Path(__file__).parent.parent / "overlays" / "postfix-mta-backup-mx.yml")
+    cf = settings(postfix.main_cf(topo.lab_config("t", topo.host("smtp")), mta=True))
+    assert cf["relay_domains"] == "stevenchoy.example"
+    assert cf["virtual_mailbox_domains"] == "ouhk.example"
+    assert settings(postfix.main_cf(config_for("mail.yml", "smtp"), mta=True))["relay_domains"] == ""
+
+
 def test_postfix_keeps_its_durability_defaults() -> None:
     text = postfix.main_cf(config_for("mail.yml", "smtp"), mta=True)
     # Nothing that would trade safety for speed: fsync stays on, as in our queue.
