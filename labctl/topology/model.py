@@ -69,6 +69,11 @@ class Role:
         """Does a reference peer (Postfix, NSD) do this host's job, rather than our server?"""
         return is_reference(self.role)
 
+    @property
+    def runs_our_smtp(self) -> bool:
+        """Does our SMTP server (services.smtp: the MTA or the MX) run here, not Postfix?"""
+        return self.kind in MAIL_KINDS and not self.is_reference
+
 
 @dataclass(frozen=True)
 class HostSpec(Role):

@@ -80,7 +80,7 @@ class ReplyRule:
         problem = rule_problem(rule.stage, rule.code, rule.status, sender=rule.sender, recipient=rule.recipient,
                                times=rule.times, seconds=rule.seconds)
         if problem:
-            raise FaultFileError(f"rule {rule.id}: {problem}")
+            raise FaultFileError(f"rule {rule.id}: {problem[1]}")
         return rule
 
     def describe(self) -> str:
@@ -105,28 +105,30 @@ def default_text(code: int) -> str:
 
 
 def rule_problem(stage: str, code: int, status: str, *, sender: str | None = None, recipient: str | None = None,
-                 times: int | None = None, seconds: float | None = None) -> str | None:
-    """What is wrong with a rule, said for the teacher who wrote it; None if it can be used.
-    labctl asks this before it writes a rule, so a bad one fails at its file:line."""
+                 times: int | None = None, seconds: float | None = None) -> tuple[str, str] | None:
+    """What is wrong with a rule, said for the teacher who wrote it, and the field at fault
+    (stage, code, status, sender, recipient, times, seconds); None if it can be used. labctl
+    asks this before it writes a rule, so a bad one fails at its file:line."""
     if stage not in STAGES:
-        return f"stage {stage!r} is not one of: {', '.join(STAGES)}"
+        return "stage", f"stage {stage!r} is not one of: {', '.join(STAGES)}"
     if not 400 <= code <= 599:
-        return f"code {code} is not a failure: give a 4xx (try again later) or a 5xx (refused) code"
+        return "code", f"code {code} is not a failure: give a 4xx (try again later) or a 5xx (refused) code"
     if stage == "connect" and code not in CONNECT_CODES:
-        return f"at connect a server answers 421 (and closes) or 554 (RFC 5321 §3.1), not {code}"
+        return "code", f"at connect a server answers 421 (and closes) or 554 (RFC 5321 §3.1), not {code}"
     if status:
         fields = status.split(".")
         if len(fields) != 3 or not all(f.isdigit() for f in fields) or fields[0] != str(code // 100):
-            return f"status {status!r} is not an RFC 3463 code of the reply's class, like {code // 100}.7.1"
+            return "status", f"status {status!r} is not an RFC 3463 code of the reply's class, like {code // 100}.7.1"
     for name, value in (("sender", sender), ("recipient", recipient)):
         if value is not None and name not in PATTERNS[stage]:
-            return f"a {name} pattern cannot apply at {stage} (known there: {', '.join(PATTERNS[stage]) or 'none'})"
+            known = ", ".join(PATTERNS[stage]) or "none"
+            return name, f"a {name} pattern cannot apply at {stage} (known there: {known})"
     if times is not None and seconds is not None:
-        return "give times or seconds, not both"
+        return "times", "give times or seconds, not both"
     if times is not None and times < 1:
-        return f"times must be at least 1, not {times}"
+        return "times", f"times must be at least 1, not {times}"
     if seconds is not None and seconds <= 0:
-        return f"seconds must be more than 0, not {seconds:g}"
+        return "seconds", f"seconds must be more than 0, not {seconds:g}"
     return None
 
 

@@ -9,6 +9,7 @@ import pytest
 from labctl.errors import SourceError
 from labctl.scenario import model as m
 from labctl.scenario import parse
+from services.smtp.replyfaults import ReplyRule
 
 SCENARIOS = sorted((Path(__file__).resolve().parents[2] / "scenarios").glob("*.yml"))
 HEAD = "name: t\ndescription: d\ngoal: g\n"  # three lines; steps start on line 4
@@ -191,6 +192,23 @@ CASES = [
      "domain 'nope.example' is not a lab domain; valid choices: ouhk.example, stevenchoy.example"),
     (HEAD + "steps:\n  - fault:\n      dns: {domain: stevenchoy.example, mx: ['10 andy.ouhk.example']}\n", 6,
      "which runs no SMTP server"),
+    (HEAD + "steps:\n  - fault:\n      reply: {host: mail, stage: ehlo, code: 450}\n", 6,
+     "reply: stage 'ehlo' is not one of: connect, helo, mail, rcpt, data, dot"),
+    (HEAD + "steps:\n  - fault:\n      reply: {host: mail, stage: connect, code: 450}\n", 6,
+     "at connect a server answers 421 (and closes) or 554"),
+    (HEAD + "steps:\n  - fault:\n      reply:\n        host: mail\n        stage: rcpt\n        code: 450\n"
+            "        status: 5.7.1\n", 10, "status '5.7.1' is not an RFC 3463 code of the reply's class"),
+    (HEAD + "steps:\n  - fault:\n      reply: {host: mail, stage: mail, code: 550, to: 'b*'}\n", 6,
+     "a recipient pattern cannot apply at mail"),
+    (HEAD + "steps:\n  - fault:\n      reply: {host: mail, stage: rcpt, code: 450, times: 1, for: 30}\n", 6,
+     "give times or seconds, not both"),
+    (HEAD + "steps:\n  - fault:\n      reply: {host: mail, stage: rcpt, code: 250}\n", 6,
+     "code must be a whole number of at least 400"),
+    (HEAD + "steps:\n  - fault:\n      reply: {host: ns, stage: rcpt, code: 450}\n", 6,
+     "ns is a dns host with no SMTP server: reply faults need our SMTP server (services.smtp); "
+     "hosts that run it: smtp, mail"),
+    (HEAD + "topology:\n  swap: {mail: postfix-mx}\nsteps:\n  - fault: {unreply: mail}\n", 7,
+     "mail runs a reference postfix-mx: reply faults need our SMTP server"),
     # expect
     (HEAD + "steps:\n  - expect: {}\n", 5, "expect what? one or more of: mailbox, queue, bounce, traffic"),
     (HEAD + "steps:\n  - expect:\n      inbox: {user: betty}\n", 6,
@@ -223,6 +241,22 @@ def test_every_error_has_its_line_and_says_what_is_valid(text: str, line: int, m
     assert message in err.message, err.message
     assert err.line == line, f"line {err.line}, wanted {line}: {err}"
     assert str(err).startswith(f"s.yml:{line}: ")
+
+
+def test_a_reply_fault_reads_as_the_server_will_use_it() -> None:
+    sc = load(HEAD + """steps:
+  - fault:
+      reply: {host: mail.stevenchoy.example, stage: RCPT, code: 450, status: 4.7.1, text: Greylisted, times: 1}
+  - fault:
+      reply: {host: smtp, stage: mail, code: 550, from: '*@ouhk.example', for: 30}
+  - fault: {unreply: mail}
+""")
+    first, second, third = (s.action for s in sc.steps)
+    assert first == m.ReplyFault("mail", ReplyRule("", "rcpt", 450, "4.7.1", "Greylisted", times=1))
+    assert second == m.ReplyFault("smtp", ReplyRule("", "mail", 550, "5.0.0", "Refused", seconds=30.0,
+                                                    sender="*@ouhk.example"))
+    assert third == m.ClearReplies("mail")
+    assert sc.steps[0].title == "mail answers rcpt: 450 4.7.1 Greylisted for the first 1 try"
 
 
 def test_a_dns_change_applies_to_the_lab_as_the_steps_leave_it() -> None:
