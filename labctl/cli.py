@@ -23,10 +23,10 @@ from labctl.errors import LabctlError, LabNotRunning
 from labctl.events import BuildOutput, Event, Notice, Stage
 from labctl.image import ImageBuilder
 from labctl.lab import HostStatus, Lab, check_lab_name, list_labs
-from services.smtp.replyfaults import STAGES
 from labctl.traffic import cli as traffic_cli
 from labctl.traffic import render
 from services.capture import CAPTURE_DIR
+from services.smtp.replyfaults import STAGES
 
 if TYPE_CHECKING:  # `labctl run` imports these itself: they load the traffic decoders, which other commands skip
     from labctl.scenario.model import Scenario, Step
