@@ -333,6 +333,35 @@ def _unreply(ctx: Context, fault: m.ClearReplies) -> str:
     return f"{fault.host} answers as itself again ({len(cleared)} reply fault(s) cleared)"
 
 
+# -- a full disk -----------------------------------------------------------------------------------
+
+BALLAST = ".maillab-ballast"  # in the store's top folder, where no mailbox or queue file is looked for
+
+
+def disk_commands(path: str) -> Mapping[bool, list[str]]:
+    """The shell command filling (False) or freeing (True) the file system of ``path``; each then
+    prints ``df -kP``'s line for it. Filling stops when the disk says ENOSPC, as designed."""
+    ballast = f"{path}/{BALLAST}"
+    report = f"df -kP {path} | tail -n 1"
+    return {False: ["sh", "-c", f"cat /dev/zero > {ballast} 2>/dev/null; sync; {report}"],
+            True: ["sh", "-c", f"rm -f {ballast} && {report}"]}
+
+
+def free_kb(df_line: str) -> tuple[int, int]:
+    """(size, available) in kB from a ``df -kP`` line: "tmpfs 16384 16384 0 100% /var/mail/maillab"."""
+    fields = df_line.split()
+    return int(fields[1]), int(fields[3])
+
+
+def _disk(ctx: Context, fault: m.DiskFull) -> str:
+    size, free = free_kb(_sh(ctx, fault.host, disk_commands(fault.path)[fault.undo], f"{fault.host}'s disk"))
+    if fault.undo:
+        return f"{fault.host}'s {fault.path} has room again ({free} of {size} kB free)"
+    if free > 0:
+        raise StepFailed(f"{fault.host}'s {fault.path} full", f"{free} of {size} kB still free")
+    return f"{fault.host}'s {fault.path} is full (0 of {size} kB free): its server must answer 452 4.3.1"
+
+
 # What each kind of fault does, by its type in the model (the runner's action table includes it).
 FAULTS: Mapping[type[m.Fault], Callable[[Context, Any], str]] = {
     m.HostFault: _host,
@@ -341,4 +370,5 @@ FAULTS: Mapping[type[m.Fault], Callable[[Context, Any], str]] = {
     m.DnsChange: _dns,
     m.ReplyFault: _reply,
     m.ClearReplies: _unreply,
+    m.DiskFull: _disk,
 }

@@ -246,7 +246,18 @@ class ClearReplies:
     host: str
 
 
-Fault = HostFault | Shape | Block | DnsChange | ReplyFault | ClearReplies
+@dataclass(frozen=True)
+class DiskFull:
+    """Fill the file system of ``path`` on ``host`` (the store its SMTP server writes before it
+    answers 250) with a ballast file, or remove it again (``undo``). The scenario's lab makes
+    ``path`` a small tmpfs, so filling it is quick and touches nothing else."""
+
+    host: str
+    path: str
+    undo: bool = False
+
+
+Fault = HostFault | Shape | Block | DnsChange | ReplyFault | ClearReplies | DiskFull
 
 Action = Send | Fetch | Dialogue | Wait | Expect | Fault
 

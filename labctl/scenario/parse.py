@@ -16,9 +16,10 @@ from typing import Any
 from labctl import serverfaults, topology, yamlsource
 from labctl.scenario import model as m
 from labctl.topology import Topology
-from labctl.topology.model import MAIL_KINDS, MTA
+from labctl.topology.model import MAIL_KINDS, MTA, MX
 from labctl.yamlreader import Reader
 from labctl.yamlsource import Document, PathKey
+from services import config as svc
 from services.smtp import replyfaults
 
 TOP_KEYS = ("name", "description", "goal", "topology", "steps")
@@ -33,7 +34,12 @@ DELIVERED_KEYS = ("to", "subject", "count")
 QUEUED_KEYS = ("to", "host", "attempts")
 BOUNCED_KEYS = ("to", "about", "status")
 QUEUE_EMPTY_KEYS = ("host",)
-FAULT_KINDS = (*m.HOST_ACTIONS, "shape", "block", "unblock", "dns", "reply", "unreply")
+FAULT_KINDS = (*m.HOST_ACTIONS, "shape", "block", "unblock", "dns", "reply", "unreply", "disk_full", "disk_free")
+# The store each server writes a message to before its 250, by what the host does: the one a
+# full disk fault fills, made a RAM disk of DISK_SIZE for the scenario (topology `tmpfs:` can say
+# another size).
+STORES = {MX: str(svc.MAIL_DIR), MTA: str(svc.SPOOL_DIR)}
+DISK_SIZE = "size=16m"
 REPLY_KEYS = ("host", "stage", "code", "status", "text", "times", "for", "from", "to")
 SHAPE_KEYS = ("host", "delay", "loss", "rate", "direction")
 BLOCK_KEYS = ("host", "port", "how")
@@ -72,6 +78,7 @@ class _Parser:
         self.doc = doc
         self.r = Reader(doc)  # the checked reading every labctl file shares
         self.topo = base  # the lab as the steps so far leave it (a DNS change alters it)
+        self.disks: set[tuple[str, str]] = set()  # (host, store) a disk_full step fills: a tmpfs in the lab
 
     # -- helpers ------------------------------------------------------------------------------
 
@@ -187,6 +194,8 @@ class _Parser:
         if not isinstance(steps, list) or not steps:
             raise self.r.fail(("steps",), "steps must be a non-empty list (- send: ..., - expect: ...)")
         parsed = tuple(self.step(i, s) for i, s in enumerate(steps))
+        for host, path in sorted(self.disks):
+            lab_topology = lab_topology.with_tmpfs(host, path, DISK_SIZE)
         return m.Scenario(self.doc.path, name, description, goal, lab_topology, parsed)
 
     def step(self, index: int, value: Any) -> m.Step:
@@ -382,6 +391,12 @@ class _Parser:
         if kind == "reply":
             fault = self.reply_fault(arg, where)
             return fault, f"{fault.host} answers {fault.rule.describe()}"
+        if kind in ("disk_full", "disk_free"):
+            host = self.host(arg, where, kinds=MAIL_KINDS, ours=True)
+            path = STORES[self.topo.host(host).kind]
+            self.disks.add((host, path))
+            verb = "fill" if kind == "disk_full" else "free"
+            return m.DiskFull(host, path, undo=kind == "disk_free"), f"{verb} the disk of {host}'s {path}"
         if kind == "unreply":
             host = self.smtp_server(arg, where)
             return m.ClearReplies(host), f"{host} answers as itself again (reply faults cleared)"

@@ -157,6 +157,13 @@ class Topology:
 
     # -- placing and configuring ---------------------------------------------------------------
 
+    def with_tmpfs(self, host: str, path: str, size: str) -> Topology:
+        """The same lab with ``path`` on ``host`` a RAM disk of ``size`` ("size=16m"), unless the
+        topology already makes it one (its own size stands)."""
+        hosts = tuple(replace(h, tmpfs=(*h.tmpfs, (path, size)))
+                      if h.name == host and path not in dict(h.tmpfs) else h for h in self.hosts)
+        return replace(self, hosts=hosts)
+
     def with_subnet(self, subnet: ipaddress.IPv4Network) -> Topology:
         """The same lab moved to ``subnet``: every host keeps its host number (.25 stays .25)."""
         if subnet.prefixlen > self.subnet.prefixlen:

@@ -93,6 +93,14 @@ def test_a_missing_kernel_feature_is_told_from_other_errors() -> None:
     assert not faults.kernel_lacks("RTNETLINK answers: Operation not permitted")
 
 
+def test_a_full_disk_is_a_ballast_file_filling_the_store_then_removed() -> None:
+    fill, free = faults.disk_commands("/var/mail/maillab")[False], faults.disk_commands("/var/mail/maillab")[True]
+    assert fill == ["sh", "-c", "cat /dev/zero > /var/mail/maillab/.maillab-ballast 2>/dev/null; sync; "
+                                "df -kP /var/mail/maillab | tail -n 1"]
+    assert free == ["sh", "-c", "rm -f /var/mail/maillab/.maillab-ballast && df -kP /var/mail/maillab | tail -n 1"]
+    assert faults.free_kb("tmpfs 16384 16384 0 100% /var/mail/maillab\n") == (16384, 0)
+
+
 def test_block_refuses_with_a_reset_or_drops() -> None:
     rules = faults.block_rules(25)
     base = ["INPUT", "-p", "tcp", "--dport", "25", *TAG, "-j"]

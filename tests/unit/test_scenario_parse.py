@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from labctl import topology
 from labctl.errors import SourceError
 from labctl.scenario import model as m
 from labctl.scenario import parse
@@ -209,6 +210,9 @@ CASES = [
      "hosts that run it: smtp, mail"),
     (HEAD + "topology:\n  swap: {mail: postfix-mx}\nsteps:\n  - fault: {unreply: mail}\n", 7,
      "mail runs a reference postfix-mx: reply faults need our SMTP server"),
+    (HEAD + "steps:\n  - fault: {disk_full: ns}\n", 5, "'ns' is not a mta/mx host of this lab; valid choices: smtp, mail"),
+    (HEAD + "topology:\n  swap: {mail: postfix-mx}\nsteps:\n  - fault: {disk_full: mail}\n", 7,
+     "'mail' is not a mta/mx host of this lab; valid choices: smtp"),
     # expect
     (HEAD + "steps:\n  - expect: {}\n", 5, "expect what? one or more of: mailbox, queue, bounce, traffic"),
     (HEAD + "steps:\n  - expect:\n      inbox: {user: betty}\n", 6,
@@ -257,6 +261,31 @@ def test_a_reply_fault_reads_as_the_server_will_use_it() -> None:
                                                     sender="*@ouhk.example"))
     assert third == m.ClearReplies("mail")
     assert sc.steps[0].title == "mail answers rcpt: 450 4.7.1 Greylisted for the first 1 try"
+
+
+def test_a_full_disk_makes_the_store_a_small_tmpfs_in_the_scenario_s_lab() -> None:
+    base = topology.load().with_tmpfs("mail", "/var/mail/maillab", "size=2m")  # compose `tmpfs:`
+    sc = parse.load(Path("s.yml"), HEAD + """steps:
+  - fault: {disk_full: smtp}
+  - fault: {disk_free: smtp}
+  - fault: {disk_full: mail}
+""", base)
+    assert [s.action for s in sc.steps] == [m.DiskFull("smtp", "/var/spool/maillab"),
+                                            m.DiskFull("smtp", "/var/spool/maillab", undo=True),
+                                            m.DiskFull("mail", "/var/mail/maillab")]
+    tmpfs = {h.name: h.tmpfs for h in sc.topology.hosts if h.tmpfs}
+    assert tmpfs == {"smtp": (("/var/spool/maillab", parse.DISK_SIZE),),
+                     "mail": (("/var/mail/maillab", "size=2m"),)}  # the topology's own size stands
+
+
+def test_a_shape_says_its_direction() -> None:
+    sc = load(HEAD + "steps:\n  - fault: {shape: {host: mail, rate: 2mbit}}\n"
+                     "  - fault: {shape: {host: mail, loss: 5%, direction: in}}\n")
+    both, into = sc.steps
+    assert both.action == m.Shape("mail", rate_kbit=2000) and both.title == "shape mail's link (both ways): rate 2000 kbit/s"
+    assert isinstance(into.action, m.Shape) and into.action.direction == "in"
+    assert "direction 'up': valid choices: both, in, out" in error_of(
+        HEAD + "steps:\n  - fault: {shape: {host: mail, rate: 2mbit, direction: up}}\n").message
 
 
 def test_a_dns_change_applies_to_the_lab_as_the_steps_leave_it() -> None:
