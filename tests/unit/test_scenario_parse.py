@@ -210,7 +210,8 @@ CASES = [
      "hosts that run it: smtp, mail"),
     (HEAD + "topology:\n  swap: {mail: postfix-mx}\nsteps:\n  - fault: {unreply: mail}\n", 7,
      "mail runs a reference postfix-mx: reply faults need our SMTP server"),
-    (HEAD + "steps:\n  - fault: {disk_full: ns}\n", 5, "'ns' is not a mta/mx host of this lab; valid choices: smtp, mail"),
+    (HEAD + "steps:\n  - fault: {disk_full: ns}\n", 5,
+     "'ns' is not a mta/mx host of this lab; valid choices: smtp, mail"),
     (HEAD + "topology:\n  swap: {mail: postfix-mx}\nsteps:\n  - fault: {disk_full: mail}\n", 7,
      "'mail' is not a mta/mx host of this lab; valid choices: smtp"),
     # expect
@@ -282,7 +283,8 @@ def test_a_shape_says_its_direction() -> None:
     sc = load(HEAD + "steps:\n  - fault: {shape: {host: mail, rate: 2mbit}}\n"
                      "  - fault: {shape: {host: mail, loss: 5%, direction: in}}\n")
     both, into = sc.steps
-    assert both.action == m.Shape("mail", rate_kbit=2000) and both.title == "shape mail's link (both ways): rate 2000 kbit/s"
+    assert both.action == m.Shape("mail", rate_kbit=2000)
+    assert both.title == "shape mail's link (both ways): rate 2000 kbit/s"
     assert isinstance(into.action, m.Shape) and into.action.direction == "in"
     assert "direction 'up': valid choices: both, in, out" in error_of(
         HEAD + "steps:\n  - fault: {shape: {host: mail, rate: 2mbit, direction: up}}\n").message
