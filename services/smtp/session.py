@@ -104,9 +104,10 @@ REFUSED: Mapping[State, Mapping[str, Reply]] = {
     State.MAIL: {"MAIL": SENDER_ALREADY, "DATA": NEED_RCPT, "AUTH": AUTH_IN_TRANSACTION},
     State.RCPT: {"MAIL": SENDER_ALREADY, "AUTH": AUTH_IN_TRANSACTION},
 }
-# The states that refuse every command: what they answer. Neither reply reaches the client (a
-# closed session sends nothing more; during DATA the engine reads text, not commands), but a
-# command pipelined behind QUIT must still never start a transaction.
+# The states that refuse every command: what they answer. The first two replies never reach the
+# client (a closed session sends nothing more; during DATA the engine reads text, not commands),
+# but a command pipelined behind QUIT must still never start a transaction. QUIT, RSET and NOOP
+# are aiosmtpd's own and pass.
 REFUSE_ALL: Mapping[State, Reply] = {
     State.DATA: Reply(503, "5.5.1", "The message is being read"),
     State.CLOSED: Reply(421, "4.7.0", "Closing connection"),
