@@ -26,6 +26,7 @@ from labctl.lab import HostStatus, Lab, check_lab_name, list_labs
 from labctl.traffic import cli as traffic_cli
 from labctl.traffic import render
 from services.capture import CAPTURE_DIR
+from services.smtp.replyfaults import STAGES
 
 if TYPE_CHECKING:  # `labctl run` imports these itself: they load the traffic decoders, which other commands skip
     from labctl.scenario.model import Scenario, Step
@@ -203,6 +204,43 @@ def cmd_host_state(args: argparse.Namespace) -> int:
     for host in args.hosts:
         h = action(host)
         out.print(f"{h.name} ({h.fqdn}): {h.state}")
+    return 0
+
+
+def cmd_fault_reply(args: argparse.Namespace) -> int:
+    from labctl import serverfaults
+    from services.smtp import replyfaults
+
+    status = args.status or replyfaults.default_status(args.code)
+    problem = replyfaults.rule_problem(args.stage, args.code, status, sender=args.sender, recipient=args.recipient,
+                                       times=args.times, seconds=args.seconds)
+    if problem:
+        raise LabctlError(f"labctl fault reply: {problem[1]}")
+    rule = replyfaults.ReplyRule("", args.stage, args.code, status, args.text or replyfaults.default_text(args.code),
+                                 args.times, args.seconds, args.sender, args.recipient)
+    added = serverfaults.add(_lab(args), args.host, rule)
+    out.print(f"{args.host} answers {added.describe()} (rule {added.id}); undo: labctl fault clear {args.host}")
+    return 0
+
+
+def cmd_fault_clear(args: argparse.Namespace) -> int:
+    from labctl import serverfaults
+
+    cleared = serverfaults.clear(_lab(args), args.host)
+    out.print(f"{args.host} answers as itself again ({len(cleared)} reply fault(s) cleared)")
+    return 0
+
+
+def cmd_fault_list(args: argparse.Namespace) -> int:
+    from labctl import serverfaults
+
+    lab = _lab(args)
+    hosts = [serverfaults.target(lab, args.host)] if args.host else [h for h in lab.hosts() if h.runs_our_smtp]
+    found = [(h.name, rule) for h in hosts for rule in serverfaults.rules(lab, h)]
+    for name, rule in found:
+        out.print(f"{name}  {rule.id}  {rule.describe()}")
+    if not found:
+        out.print("no reply faults in force")
     return 0
 
 
@@ -476,6 +514,36 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("queue", cmd_queue, "the sender MTA's queue: messages, recipients, attempts, next try, last error")
     p.add_argument("--flush", action="store_true", help="retry every queued message now")
     p.add_argument("--json", action="store_true")
+
+    fault = sub.add_parser("fault", help="make our MTA or MX answer a chosen reply (greylisting, 421, 452)")
+    fault_sub = fault.add_subparsers(dest="fault_command", required=True)
+
+    def lab_option(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--lab", default=None, help=f"lab name (default: {DEFAULT_LAB}, or $LABCTL_LAB)")
+
+    p = fault_sub.add_parser("reply", help="HOST answers CODE at STAGE instead of its own yes, until cleared, "
+                                           "for the first N tries, or for a while")
+    p.set_defaults(func=cmd_fault_reply)
+    lab_option(p)
+    p.add_argument("host", help="a host running our SMTP server (smtp, mail)")
+    p.add_argument("stage", choices=STAGES,
+                   help="where: the greeting, HELO/EHLO, MAIL, RCPT, DATA, or after the final dot")
+    p.add_argument("code", type=int, help="a 4xx or 5xx reply code (at connect: 421 or 554)")
+    p.add_argument("--status", help="RFC 3463 enhanced status (default: 4.0.0 or 5.0.0)")
+    p.add_argument("--text", help="the reply's text")
+    span = p.add_mutually_exclusive_group()
+    span.add_argument("--times", type=int, metavar="N", help="only the first N tries that reach the stage")
+    span.add_argument("--for", dest="seconds", type=float, metavar="SECONDS", help="only for this long")
+    p.add_argument("--from", dest="sender", metavar="PATTERN", help="only for senders like this (*@ouhk.example)")
+    p.add_argument("--to", dest="recipient", metavar="PATTERN", help="only for recipients like this (betty@*)")
+    p = fault_sub.add_parser("clear", help="HOST answers as itself again")
+    p.set_defaults(func=cmd_fault_clear)
+    lab_option(p)
+    p.add_argument("host")
+    p = fault_sub.add_parser("list", help="the reply faults in force")
+    p.set_defaults(func=cmd_fault_list)
+    lab_option(p)
+    p.add_argument("host", nargs="?")
 
     capture = sub.add_parser("capture", help="the always-on packet capture of every host")
     capture_sub = capture.add_subparsers(dest="capture_command", required=True)

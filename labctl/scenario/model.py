@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from labctl.topology import Topology
+from services.smtp.replyfaults import ReplyRule
 
 # -- actions ---------------------------------------------------------------------------------------
 
@@ -197,14 +198,18 @@ class HostFault:
     host: str
 
 
+DIRECTIONS = ("both", "in", "out")  # what the host receives, sends, or both
+
+
 @dataclass(frozen=True)
 class Shape:
-    """Make a host's link slow or lossy: netem where the kernel has it (see faults.py)."""
+    """Make a host's link slow or lossy, both ways unless ``direction`` says one (see faults.py)."""
 
     host: str
     delay_ms: float | None = None
     loss_percent: float | None = None
     rate_kbit: float | None = None
+    direction: str = "both"  # one of DIRECTIONS
 
 
 @dataclass(frozen=True)
@@ -225,7 +230,34 @@ class DnsChange:
     topology: Topology  # the lab's topology after the change (before moving to the lab's subnet)
 
 
-Fault = HostFault | Shape | Block | DnsChange
+@dataclass(frozen=True)
+class ReplyFault:
+    """Our SMTP server on ``host`` answers ``rule``'s reply at its stage (services.smtp.replyfaults);
+    the rule's id is given when it is put in force."""
+
+    host: str
+    rule: ReplyRule
+
+
+@dataclass(frozen=True)
+class ClearReplies:
+    """``host``'s SMTP server answers as itself again."""
+
+    host: str
+
+
+@dataclass(frozen=True)
+class DiskFull:
+    """Fill the file system of ``path`` on ``host`` (the store its SMTP server writes before it
+    answers 250) with a ballast file, or remove it again (``undo``). The scenario's lab makes
+    ``path`` a small tmpfs, so filling it is quick and touches nothing else."""
+
+    host: str
+    path: str
+    undo: bool = False
+
+
+Fault = HostFault | Shape | Block | DnsChange | ReplyFault | ClearReplies | DiskFull
 
 Action = Send | Fetch | Dialogue | Wait | Expect | Fault
 

@@ -13,12 +13,14 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from labctl import topology, yamlsource
+from labctl import serverfaults, topology, yamlsource
 from labctl.scenario import model as m
 from labctl.topology import Topology
-from labctl.topology.model import MAIL_KINDS, MTA
+from labctl.topology.model import MAIL_KINDS, MTA, MX
 from labctl.yamlreader import Reader
 from labctl.yamlsource import Document, PathKey
+from services import config as svc
+from services.smtp import replyfaults
 
 TOP_KEYS = ("name", "description", "goal", "topology", "steps")
 STEP_EXTRA_KEYS = ("name", "note")
@@ -32,8 +34,14 @@ DELIVERED_KEYS = ("to", "subject", "count")
 QUEUED_KEYS = ("to", "host", "attempts")
 BOUNCED_KEYS = ("to", "about", "status")
 QUEUE_EMPTY_KEYS = ("host",)
-FAULT_KINDS = (*m.HOST_ACTIONS, "shape", "block", "unblock", "dns")
-SHAPE_KEYS = ("host", "delay", "loss", "rate")
+FAULT_KINDS = (*m.HOST_ACTIONS, "shape", "block", "unblock", "dns", "reply", "unreply", "disk_full", "disk_free")
+# The store each server writes a message to before its 250, by what the host does: the one a
+# full disk fault fills, made a RAM disk of DISK_SIZE for the scenario (topology `tmpfs:` can say
+# another size).
+STORES = {MX: str(svc.MAIL_DIR), MTA: str(svc.SPOOL_DIR)}
+DISK_SIZE = "size=16m"
+REPLY_KEYS = ("host", "stage", "code", "status", "text", "times", "for", "from", "to")
+SHAPE_KEYS = ("host", "delay", "loss", "rate", "direction")
 BLOCK_KEYS = ("host", "port", "how")
 BLOCK_HOW = ("refuse", "drop")
 EXPECT_KINDS = ("mailbox", "queue", "bounce", "traffic")
@@ -70,6 +78,7 @@ class _Parser:
         self.doc = doc
         self.r = Reader(doc)  # the checked reading every labctl file shares
         self.topo = base  # the lab as the steps so far leave it (a DNS change alters it)
+        self.disks: set[tuple[str, str]] = set()  # (host, store) a disk_full step fills: a tmpfs in the lab
 
     # -- helpers ------------------------------------------------------------------------------
 
@@ -185,6 +194,8 @@ class _Parser:
         if not isinstance(steps, list) or not steps:
             raise self.r.fail(("steps",), "steps must be a non-empty list (- send: ..., - expect: ...)")
         parsed = tuple(self.step(i, s) for i, s in enumerate(steps))
+        for host, path in sorted(self.disks):
+            lab_topology = lab_topology.with_tmpfs(host, path, DISK_SIZE)
         return m.Scenario(self.doc.path, name, description, goal, lab_topology, parsed)
 
     def step(self, index: int, value: Any) -> m.Step:
@@ -359,10 +370,15 @@ class _Parser:
             delay = self.seconds(s["delay"], where + ("delay",), "delay") * 1000 if "delay" in s else None
             loss = self.percent(s["loss"], where + ("loss",)) if "loss" in s else None
             rate = self.rate(s["rate"], where + ("rate",)) if "rate" in s else None
-            shape = m.Shape(host, delay, loss, rate)
+            direction = s.get("direction", "both")
+            if direction not in m.DIRECTIONS:
+                raise self.r.fail(where + ("direction",), f"direction {direction!r}: valid choices: "
+                                                          f"{', '.join(m.DIRECTIONS)} (what {host} receives, sends)")
+            shape = m.Shape(host, delay, loss, rate, direction)
             parts = [f"delay {delay:g} ms" if delay else "", f"loss {loss:g}%" if loss else "",
                      f"rate {rate:g} kbit/s" if rate else ""]
-            return shape, f"shape {host}'s link: {', '.join(p for p in parts if p)}"
+            way = {"both": "both ways", "in": "what it receives", "out": "what it sends"}[direction]
+            return shape, f"shape {host}'s link ({way}): {', '.join(p for p in parts if p)}"
         if kind in ("block", "unblock"):
             s = self.r.mapping(arg, where, BLOCK_KEYS, kind)
             host = self.host(self.require(s, where, "host", kind), where + ("host",))
@@ -372,6 +388,18 @@ class _Parser:
                 raise self.r.fail(where + ("how",), f"how {how!r}: valid choices: {', '.join(BLOCK_HOW)}")
             verb = "unblock" if kind == "unblock" else f"block ({how})"
             return m.Block(host, port, how, undo=kind == "unblock"), f"{verb} port {port} on {host}"
+        if kind == "reply":
+            fault = self.reply_fault(arg, where)
+            return fault, f"{fault.host} answers {fault.rule.describe()}"
+        if kind in ("disk_full", "disk_free"):
+            host = self.host(arg, where, kinds=MAIL_KINDS, ours=True)
+            path = STORES[self.topo.host(host).kind]
+            self.disks.add((host, path))
+            verb = "fill" if kind == "disk_full" else "free"
+            return m.DiskFull(host, path, undo=kind == "disk_free"), f"{verb} the disk of {host}'s {path}"
+        if kind == "unreply":
+            host = self.smtp_server(arg, where)
+            return m.ClearReplies(host), f"{host} answers as itself again (reply faults cleared)"
         if not isinstance(arg, Mapping):
             raise self.r.fail(where, "dns needs a mapping: {domain: NAME, mx: [...], address: HOST, records: [...]}")
         self.topo = topology.change_domain(self.topo, self.doc, where)
@@ -379,6 +407,35 @@ class _Parser:
         changed = next(d for d in self.topo.domains if d.name == domain)
         mx = ", ".join(f"{r.preference} {r.exchange}" for r in changed.mx) or "none"
         return m.DnsChange(domain, self.topo), f"change DNS of {domain} live (MX: {mx})"
+
+    def smtp_server(self, value: Any, at: PathKey) -> str:
+        """A host running our SMTP server (a reply fault's): a reference Postfix is refused, saying why."""
+        name = self.host(value, at)
+        problem = serverfaults.refusal(self.topo.host(name), self.topo.hosts)
+        if problem:
+            raise self.r.fail(at, problem)
+        return name
+
+    def reply_fault(self, value: Any, at: PathKey) -> m.ReplyFault:
+        s = self.r.mapping(value, at, REPLY_KEYS, "reply")
+        host = self.smtp_server(self.require(s, at, "host", "reply"), at + ("host",))
+        stage = self.text(self.require(s, at, "stage", "reply"), at + ("stage",), "stage").strip().lower()
+        code = self.count(self.require(s, at, "code", "reply"), at + ("code",), "code", minimum=400)
+        status = self.text(s["status"], at + ("status",), "status").strip() if "status" in s else ""
+        text = self.text(s.get("text", replyfaults.default_text(code)), at + ("text",), "text").strip()
+        times = self.count(s["times"], at + ("times",), "times", minimum=1) if "times" in s else None
+        seconds = self.seconds(s["for"], at + ("for",), "for") if "for" in s else None
+        sender = self.text(s["from"], at + ("from",), "from").strip() if "from" in s else None
+        recipient = self.text(s["to"], at + ("to",), "to").strip() if "to" in s else None
+        problem = replyfaults.rule_problem(stage, code, status, sender=sender, recipient=recipient,
+                                           times=times, seconds=seconds)
+        if problem:
+            field, message = problem
+            key = {"sender": "from", "recipient": "to", "seconds": "for"}.get(field, field)
+            raise self.r.fail(at + (key,) if key in s else at, f"reply: {message}")
+        rule = replyfaults.ReplyRule("", stage, code, status or replyfaults.default_status(code), text,
+                                     times, seconds, sender, recipient)
+        return m.ReplyFault(host, rule)
 
     def percent(self, value: Any, at: PathKey) -> float:
         match = _PERCENT.match(str(value)) if isinstance(value, str | int | float) and not isinstance(value, bool) \

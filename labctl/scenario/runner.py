@@ -111,6 +111,11 @@ def _place(scenario: m.Scenario, step: m.Step) -> str:
     return f"{scenario.source.name}:{step.line}" if step.line else scenario.source.name
 
 
+def _shaped_host(step: m.Step) -> str:
+    assert isinstance(step.action, m.Shape)
+    return step.action.host
+
+
 def _expect(ctx: Context, action: m.Expect) -> str:
     return "; ".join(EXPECTATIONS[type(check)](ctx, check) for check in action.checks)
 
@@ -146,6 +151,7 @@ class Runner:
         self._image = image
         self._images: dict[str, str] = {}  # image name (topology.IMAGES) -> tag, built once per run
         self.interrupted = False  # set by a Ctrl-C inside run(): the caller runs no more scenarios
+        self.netem: bool | None = None  # whether the engine's kernel has netem, once a lab was asked
 
     def images(self, topo: Topology) -> str | dict[str, str]:
         """The images ``topo``'s hosts run: the lab image, and the reference image when a host of
@@ -166,15 +172,24 @@ class Runner:
         running: tuple[m.Step, StepResult] | None = None  # the step under way; None while the lab comes up
         try:
             try:
-                ctx = self._bring_up(lab, scenario)
-                self.progress.lab_ready(time.monotonic() - started)
-                for step, step_result in zip(scenario.steps, result.steps, strict=True):
-                    running = step, step_result
-                    if not self._step(ctx, step, step_result):
-                        result.status = step_result.status
-                        result.message = (f"step {step.number} ({_place(scenario, step)}) {step.title}: "
-                                          f"expected {step_result.expected}; saw {step_result.seen}")
-                        break
+                delayed = next((s for s in scenario.steps if isinstance(s.action, m.Shape) and s.action.delay_ms), None)
+                if delayed is not None and self.netem is False:
+                    self._cannot_delay(scenario, result, delayed)  # known from an earlier lab: none is brought up
+                else:
+                    ctx = self._bring_up(lab, scenario)
+                    self.progress.lab_ready(time.monotonic() - started)
+                    if delayed is not None and self.netem is None:
+                        self.netem = faults.netem_works(ctx, _shaped_host(delayed))
+                    if delayed is not None and not self.netem:
+                        self._cannot_delay(scenario, result, delayed)
+                    else:
+                        for step, step_result in zip(scenario.steps, result.steps, strict=True):
+                            running = step, step_result
+                            if not self._step(ctx, step, step_result):
+                                result.status = step_result.status
+                                result.message = (f"step {step.number} ({_place(scenario, step)}) {step.title}: "
+                                                  f"expected {step_result.expected}; saw {step_result.seen}")
+                                break
             except KeyboardInterrupt:
                 # Ctrl-C: the scenario ends as an error whose report is still written; the caller
                 # learns of the interrupt from `interrupted` and stops there.
@@ -208,6 +223,17 @@ class Runner:
                 lab.down()
         self.progress.scenario_finished(result)
         return result
+
+    def _cannot_delay(self, scenario: m.Scenario, result: ScenarioResult, step: m.Step) -> None:
+        """The scenario asks for a delay and the kernel has no netem: it fails before any step runs,
+        at the step asking for it."""
+        failed = result.steps[step.number - 1]
+        self.progress.step_started(step)
+        failed.status, failed.expected, failed.seen = FAILED, "a kernel with netem for the delay", faults.NO_NETEM
+        self.progress.step_finished(step, failed)
+        result.status = FAILED
+        result.message = (f"step {step.number} ({_place(scenario, step)}) {step.title}: checked before any step "
+                          f"ran: {faults.NO_NETEM}")
 
     def _bring_up(self, lab: Lab, scenario: m.Scenario) -> Context:
         # The lab may have moved to a free subnet (another lab holds the topology's): the placed

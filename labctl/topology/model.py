@@ -69,6 +69,11 @@ class Role:
         """Does a reference peer (Postfix, NSD) do this host's job, rather than our server?"""
         return is_reference(self.role)
 
+    @property
+    def runs_our_smtp(self) -> bool:
+        """Does our SMTP server (services.smtp: the MTA or the MX) run here, not Postfix?"""
+        return self.kind in MAIL_KINDS and not self.is_reference
+
 
 @dataclass(frozen=True)
 class HostSpec(Role):
@@ -151,6 +156,13 @@ class Topology:
         return tuple(h.name for h in self.hosts if h.fqdn in names and h.name != domain.mail_host)
 
     # -- placing and configuring ---------------------------------------------------------------
+
+    def with_tmpfs(self, host: str, path: str, size: str) -> Topology:
+        """The same lab with ``path`` on ``host`` a RAM disk of ``size`` ("size=16m"), unless the
+        topology already makes it one (its own size stands)."""
+        hosts = tuple(replace(h, tmpfs=(*h.tmpfs, (path, size)))
+                      if h.name == host and path not in dict(h.tmpfs) else h for h in self.hosts)
+        return replace(self, hosts=hosts)
 
     def with_subnet(self, subnet: ipaddress.IPv4Network) -> Topology:
         """The same lab moved to ``subnet``: every host keeps its host number (.25 stays .25)."""

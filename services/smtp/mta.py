@@ -24,7 +24,7 @@ from services import config, mailstore, runtime
 from services.config import LabConfig
 from services.pop3 import server as pop3_server
 from services.pop3.server import AccountAuthenticator
-from services.smtp import policy, trace
+from services.smtp import policy, replyfaults, trace
 from services.smtp.delivery import DeliveryWorker, LocalDelivery
 from services.smtp.server import (
     Listeners,
@@ -33,7 +33,7 @@ from services.smtp.server import (
     received_header,
     storage_failure,
 )
-from services.smtp.session import Client
+from services.smtp.session import Client, ReplyConsult
 from services.smtp.spool import DEFAULT_SPOOL, Spool, new_queue_id
 from services.smtp.wire import MESSAGE_SIZE_LIMIT, Reply
 
@@ -115,8 +115,10 @@ async def start_mta(
     clock: Callable[[], float] = time.time,
     relay_client: Callable[[str], bool] | None = None,
     size_limit: int = MESSAGE_SIZE_LIMIT,
+    faults: ReplyConsult | None = None,
 ) -> Listeners:
     """Start the MTA's listeners (port 0: any free port): SMTP, submission with AUTH, POP3.
+    ``faults``: replies injected instead of both SMTP listeners' own (services.smtp.replyfaults).
 
     ``on_enqueued`` is called after each message is queued (the delivery worker's ``wake``).
     ``relay_client`` says which client addresses may relay without AUTH; by default the lab's
@@ -132,10 +134,10 @@ async def start_mta(
     started: dict[str, asyncio.Server] = {}
     try:
         started["smtp"] = await listen(handler(submission=False), hostname=fqdn, host=host, port=smtp_port,
-                                       clock=clock, size_limit=size_limit)
+                                       clock=clock, size_limit=size_limit, faults=faults)
         started["submission"] = await listen(handler(submission=True), hostname=fqdn, host=host,
                                              port=submission_port, clock=clock, size_limit=size_limit,
-                                             check_login=accounts.authenticate)
+                                             check_login=accounts.authenticate, faults=faults)
         started["pop3"] = await pop3_server.start(cfg, mail_root=mail_root, host=host, port=pop3_port)
     except BaseException:
         for server in started.values():
@@ -157,7 +159,8 @@ def main(argv: list[str]) -> int:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGUSR1, worker.flush)  # `queue --flush` sends it
         try:
-            listeners = await start_mta(cfg, spool=spool, on_enqueued=worker.wake)
+            listeners = await start_mta(cfg, spool=spool, on_enqueued=worker.wake,
+                                        faults=replyfaults.from_labctl(loop))
             try:
                 await delivering  # runs until cancelled; if it ever ends, so does the MTA
             finally:

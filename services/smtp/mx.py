@@ -9,6 +9,7 @@ loses nothing (design decision 8). POP3 on port 110 lets the users fetch it.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -18,7 +19,7 @@ from services import config, mailstore, runtime
 from services.config import LabConfig
 from services.durable import Batcher
 from services.pop3 import server as pop3_server
-from services.smtp import policy, trace
+from services.smtp import policy, replyfaults, trace
 from services.smtp.server import (
     Listeners,
     accepted,
@@ -26,7 +27,7 @@ from services.smtp.server import (
     received_header,
     storage_failure,
 )
-from services.smtp.session import Client
+from services.smtp.session import Client, ReplyConsult
 from services.smtp.spool import new_queue_id
 from services.smtp.wire import MESSAGE_SIZE_LIMIT, Reply
 
@@ -75,11 +76,13 @@ async def start_mx(
     pop3_port: int = 110,
     clock: Callable[[], float] = time.time,
     size_limit: int = MESSAGE_SIZE_LIMIT,
+    faults: ReplyConsult | None = None,
 ) -> Listeners:
-    """Start the MX's SMTP and POP3 servers (port 0: any free port); they serve until closed."""
+    """Start the MX's SMTP and POP3 servers (port 0: any free port); they serve until closed.
+    ``faults``: replies injected instead of the SMTP server's own (services.smtp.replyfaults)."""
     handler = MxHandler(cfg, mail_root=mail_root, clock=clock)
     smtp = await listen(handler, hostname=cfg.this.fqdn, host=host, port=smtp_port, clock=clock,
-                        size_limit=size_limit)
+                        size_limit=size_limit, faults=faults)
     try:
         pop3 = await pop3_server.start(cfg, mail_root=mail_root, host=host, port=pop3_port)
     except BaseException:
@@ -95,7 +98,7 @@ def main(argv: list[str]) -> int:
         return 1
 
     async def serve() -> None:
-        listeners = await start_mx(cfg)
+        listeners = await start_mx(cfg, faults=replyfaults.from_labctl(asyncio.get_running_loop()))
         try:
             await runtime.forever()
         finally:

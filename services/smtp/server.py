@@ -42,6 +42,7 @@ from services.smtp.session import (
     MAX_BAD_COMMANDS,
     Client,
     EnvelopeChecks,
+    ReplyConsult,
     ServerSession,
     too_many_errors,
 )
@@ -190,6 +191,7 @@ class LabSMTP(SMTP):
         clock: Callable[[], float] = time.time,
         size_limit: int = MESSAGE_SIZE_LIMIT,
         check_login: LoginCheck | None = None,
+        faults: ReplyConsult | None = None,
     ) -> None:
         # aiosmtpd keeps these limits in one dict shared by every connection; ours is per connection.
         self.command_size_limits: collections.defaultdict[str, int] = collections.defaultdict(
@@ -198,7 +200,9 @@ class LabSMTP(SMTP):
         self._role = role
         self._check_login = check_login
         self._session = ServerSession(hostname, role, size_limit=size_limit,
-                                      auth_mechanisms=AUTH_MECHANISMS if check_login is not None else ())
+                                      auth_mechanisms=AUTH_MECHANISMS if check_login is not None else (),
+                                      faults=faults)
+        self._greeting_due = True  # aiosmtpd's first push is the 220 greeting
         self._held: list[bytes] = []  # replies not yet written (see _send_reply)
         self._held_size = 0
         self._flush_handle: asyncio.Handle | None = None
@@ -237,7 +241,13 @@ class LabSMTP(SMTP):
         self._session.rset()
 
     async def push(self, status: AnyStr) -> None:
-        """aiosmtpd's own replies pass here, reworded (see :data:`REWORDED`)."""
+        """aiosmtpd's own replies pass here, reworded (see :data:`REWORDED`); its greeting gives
+        way to an injected reply (421 or 554 at connect)."""
+        if self._greeting_due:
+            self._greeting_due = False
+            injected = self._session.connect()
+            if injected is not None:
+                return await self._reply(injected)
         said = reword(status.decode("ascii", "replace") if isinstance(status, bytes) else status, self.hostname)
         if isinstance(said, Reply):
             await self._reply(said)
@@ -262,8 +272,8 @@ class LabSMTP(SMTP):
             log.warning("%s: %d bad commands, closing", self.peer_ip, MAX_BAD_COMMANDS)
             line = final.render()
         closing = self._session.closed
-        await self._send_reply(line, now=closing)  # aiosmtpd closes the connection after 221 and 421
-        if final is not None:
+        await self._send_reply(line, now=closing)  # aiosmtpd closes the connection after its own 221
+        if final is not None or (closing and code == 421):  # ours: RFC 5321 §3.8, close after 421
             this: Any = self  # aiosmtpd declares these attributes as None
             this._handler_coroutine.cancel()  # as aiosmtpd's QUIT does
             this.transport.close()
@@ -360,6 +370,10 @@ class LabSMTP(SMTP):
         if isinstance(outcome, Reply):
             log.info("%s: message from <%s> refused: %s", self.peer_ip, sender, outcome)
             return await self._reply(outcome)
+        injected = self._session.end_of_data(sender, recipients)
+        if injected is not None:
+            log.info("%s: message from <%s> refused at the final dot: %s (not kept)", self.peer_ip, sender, injected)
+            return await self._reply(injected)
         await self._reply(await self._role.accept_message(self._session.client, sender, recipients, outcome))
 
     async def _read_data(self, reader: DataReader) -> bool:
@@ -420,11 +434,15 @@ async def listen(
     clock: Callable[[], float] = time.time,
     size_limit: int = MESSAGE_SIZE_LIMIT,
     check_login: LoginCheck | None = None,
+    faults: ReplyConsult | None = None,
 ) -> asyncio.Server:
-    """Serve SMTP on ``host``:``port`` (0: any free port) with a :class:`LabSMTP` per connection."""
+    """Serve SMTP on ``host``:``port`` (0: any free port) with a :class:`LabSMTP` per connection;
+    ``faults``: the injected replies every connection consults (one per server process, so that
+    "the first N tries" counts every listener's)."""
 
     def connection() -> LabSMTP:
-        return LabSMTP(role, hostname=hostname, clock=clock, size_limit=size_limit, check_login=check_login)
+        return LabSMTP(role, hostname=hostname, clock=clock, size_limit=size_limit, check_login=check_login,
+                       faults=faults)
 
     server = await asyncio.get_running_loop().create_server(connection, host, port)
     auth = ", AUTH PLAIN LOGIN" if check_login is not None else ""

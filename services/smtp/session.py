@@ -12,6 +12,10 @@ needs MAIL, DATA needs RCPT; RFC 4954 §4: no AUTH inside a transaction, and AUT
 MAIL is taken before any HELO, as by sendmail, because the reference article never sends one.
 Bad commands are counted, and the last of :data:`MAX_BAD_COMMANDS` is answered ``421`` and closes
 the session; a transaction takes at most :data:`MAX_RECIPIENTS`.
+
+Where the session would say yes (the greeting, HELO/EHLO, MAIL, RCPT, DATA, the final dot), it
+first asks its :class:`ReplyConsult`, if any, for a reply a teacher put in its place
+(:mod:`services.smtp.replyfaults`: greylisting at RCPT, 421 at connect, 452 at DATA).
 """
 
 from __future__ import annotations
@@ -52,6 +56,14 @@ class Client:
         return self.login is not None
 
 
+class ReplyConsult(Protocol):
+    """The injected replies (services.smtp.replyfaults.ReplyFaultFile): one to send instead of
+    the server's yes at ``stage``, or None."""
+
+    def answer(self, stage: str, *, sender: str | None = None, recipients: Sequence[str] = ()) -> Reply | None:
+        ...
+
+
 class EnvelopeChecks(Protocol):
     """Who may send to whom: the part of a role (MTA, MX) the session asks at MAIL and RCPT."""
 
@@ -73,6 +85,7 @@ class State(enum.Enum):
     MAIL = "mail"  # a sender accepted
     RCPT = "rcpt"  # a recipient accepted too
     DATA = "data"  # 354 sent: the engine reads the message, no command comes
+    REFUSED = "refused"  # greeted with 554: no SMTP service here, only QUIT (RFC 5321 §3.1)
     CLOSED = "closed"  # after 221 or 421, or the connection is gone
 
 
@@ -91,12 +104,15 @@ REFUSED: Mapping[State, Mapping[str, Reply]] = {
     State.MAIL: {"MAIL": SENDER_ALREADY, "DATA": NEED_RCPT, "AUTH": AUTH_IN_TRANSACTION},
     State.RCPT: {"MAIL": SENDER_ALREADY, "AUTH": AUTH_IN_TRANSACTION},
 }
-# The states that refuse every command: what they answer. Neither reply reaches the client (a
-# closed session sends nothing more; during DATA the engine reads text, not commands), but a
-# command pipelined behind QUIT must still never start a transaction.
+# The states that refuse every command: what they answer. The first two replies never reach the
+# client (a closed session sends nothing more; during DATA the engine reads text, not commands),
+# but a command pipelined behind QUIT must still never start a transaction. QUIT, RSET and NOOP
+# are aiosmtpd's own and pass.
 REFUSE_ALL: Mapping[State, Reply] = {
     State.DATA: Reply(503, "5.5.1", "The message is being read"),
     State.CLOSED: Reply(421, "4.7.0", "Closing connection"),
+    # RFC 5321 §3.1: after a 554 greeting the server MUST answer 503 to anything but QUIT.
+    State.REFUSED: Reply(503, "5.5.1", "No SMTP service here; send QUIT"),
 }
 
 # -- the other replies ---------------------------------------------------------------------------
@@ -139,7 +155,7 @@ class ServerSession:
     """
 
     def __init__(self, hostname: str, checks: EnvelopeChecks, *, size_limit: int,
-                 auth_mechanisms: Sequence[str] = ()) -> None:
+                 auth_mechanisms: Sequence[str] = (), faults: ReplyConsult | None = None) -> None:
         self.hostname = hostname
         self.size_limit = size_limit
         self.auth_mechanisms = tuple(auth_mechanisms)  # none: AUTH is not offered here
@@ -151,6 +167,7 @@ class ServerSession:
         self.sender: str | None = None  # None until MAIL; "" is the null reverse-path
         self.recipients: list[str] = []
         self._checks = checks
+        self._faults = faults
         self._bad_commands = 0
 
     @property
@@ -160,6 +177,12 @@ class ServerSession:
     @property
     def client(self) -> Client:
         return Client(self.peer_ip, self.helo, self.esmtp, self.login)
+
+    def _injected(self, stage: str, *, sender: str | None = None, recipients: Sequence[str] = ()) -> Reply | None:
+        """The reply injected at ``stage`` for this envelope (the transaction's sender by default)."""
+        if self._faults is None:
+            return None
+        return self._faults.answer(stage, sender=self.sender if sender is None else sender, recipients=recipients)
 
     def _refused(self, verb: str) -> Reply | None:
         if self.state in REFUSE_ALL:
@@ -193,6 +216,14 @@ class ServerSession:
 
     # -- greetings ------------------------------------------------------------------------------
 
+    def connect(self) -> Reply | None:
+        """The client connected: an injected reply to greet it with instead of 220, or None.
+        A 554 leaves the session refusing all but QUIT; a 421 closes it (see :meth:`replied`)."""
+        reply = self._injected("connect")
+        if reply is not None and reply.code != 421:
+            self.state = State.REFUSED
+        return reply
+
     def hello(self, hostname: str | None, *, esmtp: bool) -> Reply:
         """HELO (``esmtp`` False) or EHLO: the greeting, which also ends any transaction (§4.1.4)."""
         verb = "EHLO" if esmtp else "HELO"
@@ -201,6 +232,9 @@ class ServerSession:
             return refusal
         if not hostname:
             return Reply(501, "5.5.4", f"Syntax: {verb} hostname")
+        injected = self._injected("helo")
+        if injected is not None:
+            return injected
         self.rset()
         self.state = State.GREETED
         self.helo, self.esmtp = hostname, esmtp
@@ -225,6 +259,9 @@ class ServerSession:
             return path
         reply = self._checks.check_sender(self.client, path)
         if reply.positive:
+            injected = self._injected("mail", sender=path.address)
+            if injected is not None:
+                return injected
             self.sender = path.address
             self.state = State.MAIL
         return reply
@@ -240,6 +277,9 @@ class ServerSession:
             return path
         reply = self._checks.check_recipient(self.client, path)
         if reply.positive:
+            injected = self._injected("rcpt", recipients=[path.address])
+            if injected is not None:
+                return injected
             if path.address not in self.recipients:
                 self.recipients.append(path.address)
             self.state = State.RCPT
@@ -252,6 +292,9 @@ class ServerSession:
             return refusal
         if arg:
             return Reply(501, "5.5.4", "Syntax: DATA")
+        injected = self._injected("data", recipients=self.recipients)
+        if injected is not None:
+            return injected
         self.state = State.DATA
         return DATA_GO_AHEAD
 
@@ -263,6 +306,11 @@ class ServerSession:
         envelope = self.sender, tuple(self.recipients)
         self.rset()
         return envelope
+
+    def end_of_data(self, sender: str, recipients: Sequence[str]) -> Reply | None:
+        """The message was read whole: an injected reply to refuse it with (it is then not kept),
+        or None for the role to take it."""
+        return self._injected("dot", sender=sender, recipients=recipients)
 
     def rset(self) -> None:
         """End the transaction, if any (RSET, RFC 5321 §4.1.1.5; HELO/EHLO; the end of DATA)."""

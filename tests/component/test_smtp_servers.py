@@ -23,6 +23,7 @@ import sys
 import threading
 import time
 from collections.abc import Coroutine, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -37,6 +38,7 @@ from services.smtp.mta import local_delivery, start_mta
 from services.smtp.mx import start_mx
 from services.smtp.policy import EnvelopePath
 from services.smtp.relay import MxAnswer, MxHost, MxRecords
+from services.smtp.replyfaults import ReplyFaultFile, ReplyRule, render_rules
 from services.smtp.server import Listeners
 from services.smtp.session import Client
 from services.smtp.spool import Spool
@@ -701,3 +703,72 @@ def test_andy_to_betty_through_the_mta_and_the_mx(servers: Servers) -> None:
 
     [copy] = stored(servers, "andy@ouhk.example")  # andy's own copy stayed on the MTA host
     assert copy.startswith(b"Return-Path: <andy@ouhk.example>\nReceived: from client.example ")
+
+
+# -- injected replies (services.smtp.replyfaults), from a rules file as `labctl fault reply` writes it --
+
+
+def rules_file(tmp_path: Path, *rules: ReplyRule) -> ReplyFaultFile:
+    path = tmp_path / "reply-faults.json"
+    path.write_bytes(render_rules(rules))
+    return ReplyFaultFile(path, clock=time.time)
+
+
+def test_greylisting_at_the_mx_refuses_the_first_try_then_delivers(servers: Servers, tmp_path: Path) -> None:
+    faults = rules_file(tmp_path, ReplyRule("g", "rcpt", 450, "4.7.1", "Greylisted, try again later", times=1))
+    port = servers.mx(faults=faults).port("smtp")
+    with pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
+        servers.smtp(port).sendmail("andy@ouhk.example", ["betty@stevenchoy.example"], MESSAGE)
+    assert refused.value.recipients["betty@stevenchoy.example"] == (450, b"4.7.1 Greylisted, try again later")
+    assert stored(servers, "betty@stevenchoy.example") == []
+    servers.smtp(port).sendmail("andy@ouhk.example", ["betty@stevenchoy.example"], MESSAGE)  # the retry
+    assert len(stored(servers, "betty@stevenchoy.example")) == 1
+
+
+def test_first_n_tries_are_counted_exactly_across_concurrent_sessions(servers: Servers, tmp_path: Path) -> None:
+    faults = rules_file(tmp_path, ReplyRule("n", "mail", 451, "4.3.2", "Busy", times=5))
+    port = servers.mx(faults=faults).port("smtp")
+
+    def session(_: int) -> int:
+        with smtplib.SMTP("127.0.0.1", port, local_hostname="client.example", timeout=10) as client:
+            client.ehlo()
+            code, _ = client.mail("andy@ouhk.example")
+            return code
+
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        codes = list(pool.map(session, range(40)))
+    assert sorted(codes) == [250] * 35 + [451] * 5
+
+
+def test_421_at_connect_closes_and_554_answers_503_until_quit(servers: Servers, tmp_path: Path) -> None:
+    faults = rules_file(tmp_path, ReplyRule("c", "connect", 421, "4.3.2", "Not now", times=1),
+                        ReplyRule("d", "connect", 554, "5.3.2", "No service here", times=1))
+    port = servers.mx(faults=faults).port("smtp")
+    wire = servers.wire(port)
+    assert wire.greeting == "421 4.3.2 Not now"
+    assert wire.closed_by_server()
+    wire = servers.wire(port)
+    assert wire.greeting == "554 5.3.2 No service here"
+    assert wire.command("EHLO client.example") == "503 5.5.1 No SMTP service here; send QUIT"
+    assert wire.command("QUIT") == "221 2.0.0 Bye"
+    assert servers.wire(port).greeting.startswith("220 mail.stevenchoy.example ESMTP")
+
+
+def test_a_fault_at_the_final_dot_keeps_nothing(servers: Servers, tmp_path: Path) -> None:
+    faults = rules_file(tmp_path, ReplyRule("e", "dot", 452, "4.3.1", "Insufficient system storage",
+                                            recipient="betty@*"))
+    port = servers.mx(faults=faults).port("smtp")
+    with pytest.raises(smtplib.SMTPDataError) as refused:
+        servers.smtp(port).sendmail("andy@ouhk.example", ["betty@stevenchoy.example"], MESSAGE)
+    assert refused.value.smtp_code == 452
+    assert stored(servers, "betty@stevenchoy.example") == []
+
+
+def test_the_mta_s_listeners_share_one_count(servers: Servers, tmp_path: Path) -> None:
+    faults = rules_file(tmp_path, ReplyRule("s", "data", 452, "4.3.1", "Queue full", times=1))
+    spool = Spool(servers.root / "spool")
+    listeners = servers.mta(spool, faults=faults)
+    with pytest.raises(smtplib.SMTPDataError):
+        servers.smtp(listeners.port("smtp")).sendmail("andy@ouhk.example", ["betty@stevenchoy.example"], MESSAGE)
+    servers.smtp(listeners.port("smtp")).sendmail("andy@ouhk.example", ["betty@stevenchoy.example"], MESSAGE)
+    assert len(spool.entries()) == 1

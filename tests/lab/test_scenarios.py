@@ -96,6 +96,19 @@ def test_a_delay_needs_netem_and_says_so_when_the_kernel_has_none(client: Docker
         assert result["steps"][0]["seen"].startswith("this kernel has no netem (sch_netem)") and proc.returncode == 1
 
 
+def test_a_shaped_link_is_slow_both_ways(client: DockerEngine, image: str) -> None:
+    """500 kB relayed into the MX at 1 mbit/s, then fetched out of it: each takes at least the
+    500 kB's 4 s (more: base64 and headers add a third). Lower bounds only: a loaded machine is slower."""
+    proc, results = run(str(TESTS / "shaped-both-ways.yml"))
+    (result,) = results
+    assert proc.returncode == 0, f"{result['message']}\n{proc.stderr[-3000:]}"
+    shaped, _, relayed_in, fetched_out, _ = result["steps"]
+    assert shaped["detail"].startswith("mail in: ") and "; out: " in shaped["detail"], shaped["detail"]
+    least = 500_000 * 8 / 1_000_000
+    assert relayed_in["seconds"] >= least, relayed_in  # before issue 14: about a second, unshaped
+    assert fetched_out["seconds"] >= least, fetched_out
+
+
 def test_keep_leaves_the_lab_up(client: DockerEngine, image: str) -> None:
     proc, results = run(str(ROOT / "scenarios" / "implicit-mx.yml"), "--keep")
     (result,) = results

@@ -20,40 +20,62 @@ from labctl.scenario.context import StepFailed
 TAG = ["-m", "comment", "--comment", "maillab-fault"]
 
 
-def test_netem_does_delay_loss_and_rate_in_one_qdisc() -> None:
+IFB_SETUP = [
+    ["ip", "link", "add", "ifb0", "type", "ifb"],
+    ["ip", "link", "set", "ifb0", "up"],
+    ["tc", "qdisc", "add", "dev", "eth0", "handle", "ffff:", "ingress"],
+    ["tc", "filter", "add", "dev", "eth0", "parent", "ffff:", "protocol", "ip", "u32", "match", "u32", "0", "0",
+     "action", "mirred", "egress", "redirect", "dev", "ifb0"],
+]
+IFB_UNDO = [["ip", "link", "del", "ifb0"], ["tc", "qdisc", "del", "dev", "eth0", "ingress"]]
+
+
+def argvs(plan: faults.ShapePlan) -> list[list[str]]:
+    return [c.argv for c in plan.commands]
+
+
+def test_netem_shapes_both_ways_by_default_what_arrives_through_an_ifb_device() -> None:
     plan = faults.shape_plan(m.Shape("mx1", delay_ms=200, loss_percent=12.5, rate_kbit=256), "eth0", netem=True)
-    (command,) = plan.commands
-    assert command.argv == ["tc", "qdisc", "replace", "dev", "eth0", "root", "netem",
-                            "delay", "200ms", "loss", "12.5%", "rate", "256kbit"]
-    assert command.undo == ["tc", "qdisc", "del", "dev", "eth0", "root"]
-    assert command.what == "netem on mx1"
-    assert plan.summary == "netem on mx1 eth0: delay 200ms loss 12.5% rate 256kbit"
+    netem = ["delay", "200ms", "loss", "12.5%", "rate", "256kbit"]
+    assert argvs(plan) == [*IFB_SETUP, ["tc", "qdisc", "replace", "dev", "ifb0", "root", "netem", *netem],
+                           ["tc", "qdisc", "replace", "dev", "eth0", "root", "netem", *netem]]
+    assert [c.undo for c in plan.commands if c.undo] == [*IFB_UNDO, ["tc", "qdisc", "del", "dev", "ifb0", "root"],
+                                                         ["tc", "qdisc", "del", "dev", "eth0", "root"]]
+    assert plan.summary == ("mx1 in: netem delay 200ms loss 12.5% rate 256kbit on ifb0 (fed by eth0's ingress); "
+                            "out: netem delay 200ms loss 12.5% rate 256kbit on eth0")
 
 
-def test_netem_with_only_a_delay() -> None:
-    (command,) = faults.shape_plan(m.Shape("mx1", delay_ms=1500), "eth1", netem=True).commands
-    assert command.argv[-3:] == ["netem", "delay", "1500ms"]
+def test_one_direction_only_when_the_step_says_so() -> None:
+    out = faults.shape_plan(m.Shape("mx1", delay_ms=1500, direction="out"), "eth1", netem=True)
+    assert argvs(out) == [["tc", "qdisc", "replace", "dev", "eth1", "root", "netem", "delay", "1500ms"]]
+    into = faults.shape_plan(m.Shape("mx1", rate_kbit=64, direction="in"), "eth0", netem=False)
+    assert argvs(into)[:4] == IFB_SETUP and argvs(into)[4][4:7] == ["ifb0", "root", "tbf"]
+    assert into.summary == "mx1 in: 64 kbit/s (tbf on ifb0 (fed by eth0's ingress)) (no netem in this kernel)"
 
 
-def test_without_netem_loss_is_an_iptables_statistic_drop_and_rate_a_tbf() -> None:
+def test_without_netem_loss_is_an_iptables_statistic_drop_each_way_and_rate_a_tbf() -> None:
     plan = faults.shape_plan(m.Shape("mx1", loss_percent=10, rate_kbit=2000), "eth0", netem=False)
-    loss, rate = plan.commands
-    rule = ["INPUT", "-i", "eth0", "-m", "statistic", "--mode", "random", "--probability", "0.1000", *TAG,
-            "-j", "DROP"]
-    assert (loss.argv, loss.undo) == (["iptables", "-A", *rule], ["iptables", "-D", *rule])
-    assert loss.what == "a 10% loss rule on mx1"
-    assert rate.argv == ["tc", "qdisc", "replace", "dev", "eth0", "root", "tbf", "rate", "2000kbit",
-                         "burst", faults.TBF_BURST, "latency", faults.TBF_LATENCY]
-    assert rate.undo == ["tc", "qdisc", "del", "dev", "eth0", "root"]
-    assert plan.summary == ("mx1 eth0: 10% of arriving packets dropped (iptables statistic); "
-                            "sending limited to 2000 kbit/s (tbf) (no netem in this kernel)")
+    stat = ["-m", "statistic", "--mode", "random", "--probability", "0.1000", *TAG, "-j", "DROP"]
+    tbf = ["tbf", "rate", "2000kbit", "burst", faults.TBF_BURST, "latency", faults.TBF_LATENCY]
+    assert argvs(plan) == [*IFB_SETUP,
+                           ["iptables", "-A", "INPUT", "-i", "eth0", *stat],
+                           ["tc", "qdisc", "replace", "dev", "ifb0", "root", *tbf],
+                           ["iptables", "-A", "OUTPUT", "-o", "eth0", *stat],
+                           ["tc", "qdisc", "replace", "dev", "eth0", "root", *tbf]]
+    loss = plan.commands[4]
+    assert loss.undo == ["iptables", "-D", *loss.argv[2:]] and loss.what == "a 10% loss rule on mx1"
+    assert plan.summary == (
+        "mx1 in: 10% loss (iptables statistic on INPUT), 2000 kbit/s (tbf on ifb0 (fed by eth0's ingress)); "
+        "out: 10% loss (iptables statistic on OUTPUT), 2000 kbit/s (tbf on eth0) (no netem in this kernel)")
 
 
-def test_without_netem_only_what_was_asked_is_done() -> None:
-    (rate,) = faults.shape_plan(m.Shape("mx1", rate_kbit=64), "eth0", netem=False).commands
-    assert rate.argv[6] == "tbf"
-    (loss,) = faults.shape_plan(m.Shape("mx1", loss_percent=0.5), "eth0", netem=False).commands
-    assert loss.argv[:2] == ["iptables", "-A"] and "0.0050" in loss.argv
+def test_without_an_ifb_device_what_arrives_is_policed_by_iptables() -> None:
+    plan = faults.shape_plan(m.Shape("mx1", rate_kbit=256, direction="in"), "eth0", netem=False, ifb=False)
+    (police,) = plan.commands
+    assert police.argv == ["iptables", "-A", "INPUT", "-i", "eth0", "-m", "hashlimit", "--hashlimit-name",
+                           "maillab-in", "--hashlimit-above", "32000b/s", "--hashlimit-burst", faults.POLICE_BURST,
+                           *TAG, "-j", "DROP"]
+    assert "hashlimit policing on INPUT: no ifb" in plan.summary
 
 
 def test_without_netem_a_delay_is_refused_with_what_to_do() -> None:
@@ -61,11 +83,22 @@ def test_without_netem_a_delay_is_refused_with_what_to_do() -> None:
         faults.shape_plan(m.Shape("mx1", delay_ms=200, loss_percent=10), "eth0", netem=False)
     assert failed.value.expected == "a 200 ms delay on mx1's link"
     assert "no netem (sch_netem)" in failed.value.seen and "drop the delay" in failed.value.seen
+    with pytest.raises(StepFailed, match="direction: out"):
+        faults.shape_plan(m.Shape("mx1", delay_ms=200), "eth0", netem=True, ifb=False)
 
 
-def test_a_missing_netem_is_told_from_other_tc_errors() -> None:
-    assert faults.netem_missing("Error: Specified qdisc kind is unknown.")
-    assert not faults.netem_missing("RTNETLINK answers: Operation not permitted")
+def test_a_missing_kernel_feature_is_told_from_other_errors() -> None:
+    assert faults.kernel_lacks("Error: Specified qdisc kind is unknown.")
+    assert faults.kernel_lacks("Error: Unknown device type.")
+    assert not faults.kernel_lacks("RTNETLINK answers: Operation not permitted")
+
+
+def test_a_full_disk_is_a_ballast_file_filling_the_store_then_removed() -> None:
+    fill, free = faults.disk_commands("/var/mail/maillab")[False], faults.disk_commands("/var/mail/maillab")[True]
+    assert fill == ["sh", "-c", "cat /dev/zero > /var/mail/maillab/.maillab-ballast 2>/dev/null; sync; "
+                                "df -kP /var/mail/maillab | tail -n 1"]
+    assert free == ["sh", "-c", "rm -f /var/mail/maillab/.maillab-ballast && df -kP /var/mail/maillab | tail -n 1"]
+    assert faults.free_kb("tmpfs 16384 16384 0 100% /var/mail/maillab\n") == (16384, 0)
 
 
 def test_block_refuses_with_a_reset_or_drops() -> None:

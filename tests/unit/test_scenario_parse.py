@@ -6,9 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from labctl import topology
 from labctl.errors import SourceError
 from labctl.scenario import model as m
 from labctl.scenario import parse
+from services.smtp.replyfaults import ReplyRule
 
 SCENARIOS = sorted((Path(__file__).resolve().parents[2] / "scenarios").glob("*.yml"))
 HEAD = "name: t\ndescription: d\ngoal: g\n"  # three lines; steps start on line 4
@@ -191,6 +193,27 @@ CASES = [
      "domain 'nope.example' is not a lab domain; valid choices: ouhk.example, stevenchoy.example"),
     (HEAD + "steps:\n  - fault:\n      dns: {domain: stevenchoy.example, mx: ['10 andy.ouhk.example']}\n", 6,
      "which runs no SMTP server"),
+    (HEAD + "steps:\n  - fault:\n      reply: {host: mail, stage: ehlo, code: 450}\n", 6,
+     "reply: stage 'ehlo' is not one of: connect, helo, mail, rcpt, data, dot"),
+    (HEAD + "steps:\n  - fault:\n      reply: {host: mail, stage: connect, code: 450}\n", 6,
+     "at connect a server answers 421 (and closes) or 554"),
+    (HEAD + "steps:\n  - fault:\n      reply:\n        host: mail\n        stage: rcpt\n        code: 450\n"
+            "        status: 5.7.1\n", 10, "status '5.7.1' is not an RFC 3463 code of the reply's class"),
+    (HEAD + "steps:\n  - fault:\n      reply: {host: mail, stage: mail, code: 550, to: 'b*'}\n", 6,
+     "a recipient pattern cannot apply at mail"),
+    (HEAD + "steps:\n  - fault:\n      reply: {host: mail, stage: rcpt, code: 450, times: 1, for: 30}\n", 6,
+     "give times or seconds, not both"),
+    (HEAD + "steps:\n  - fault:\n      reply: {host: mail, stage: rcpt, code: 250}\n", 6,
+     "code must be a whole number of at least 400"),
+    (HEAD + "steps:\n  - fault:\n      reply: {host: ns, stage: rcpt, code: 450}\n", 6,
+     "ns is a dns host with no SMTP server: reply faults need our SMTP server (services.smtp); "
+     "hosts that run it: smtp, mail"),
+    (HEAD + "topology:\n  swap: {mail: postfix-mx}\nsteps:\n  - fault: {unreply: mail}\n", 7,
+     "mail runs a reference postfix-mx: reply faults need our SMTP server"),
+    (HEAD + "steps:\n  - fault: {disk_full: ns}\n", 5,
+     "'ns' is not a mta/mx host of this lab; valid choices: smtp, mail"),
+    (HEAD + "topology:\n  swap: {mail: postfix-mx}\nsteps:\n  - fault: {disk_full: mail}\n", 7,
+     "'mail' is not a mta/mx host of this lab; valid choices: smtp"),
     # expect
     (HEAD + "steps:\n  - expect: {}\n", 5, "expect what? one or more of: mailbox, queue, bounce, traffic"),
     (HEAD + "steps:\n  - expect:\n      inbox: {user: betty}\n", 6,
@@ -223,6 +246,48 @@ def test_every_error_has_its_line_and_says_what_is_valid(text: str, line: int, m
     assert message in err.message, err.message
     assert err.line == line, f"line {err.line}, wanted {line}: {err}"
     assert str(err).startswith(f"s.yml:{line}: ")
+
+
+def test_a_reply_fault_reads_as_the_server_will_use_it() -> None:
+    sc = load(HEAD + """steps:
+  - fault:
+      reply: {host: mail.stevenchoy.example, stage: RCPT, code: 450, status: 4.7.1, text: Greylisted, times: 1}
+  - fault:
+      reply: {host: smtp, stage: mail, code: 550, from: '*@ouhk.example', for: 30}
+  - fault: {unreply: mail}
+""")
+    first, second, third = (s.action for s in sc.steps)
+    assert first == m.ReplyFault("mail", ReplyRule("", "rcpt", 450, "4.7.1", "Greylisted", times=1))
+    assert second == m.ReplyFault("smtp", ReplyRule("", "mail", 550, "5.0.0", "Refused", seconds=30.0,
+                                                    sender="*@ouhk.example"))
+    assert third == m.ClearReplies("mail")
+    assert sc.steps[0].title == "mail answers rcpt: 450 4.7.1 Greylisted for the first 1 try"
+
+
+def test_a_full_disk_makes_the_store_a_small_tmpfs_in_the_scenario_s_lab() -> None:
+    base = topology.load().with_tmpfs("mail", "/var/mail/maillab", "size=2m")  # compose `tmpfs:`
+    sc = parse.load(Path("s.yml"), HEAD + """steps:
+  - fault: {disk_full: smtp}
+  - fault: {disk_free: smtp}
+  - fault: {disk_full: mail}
+""", base)
+    assert [s.action for s in sc.steps] == [m.DiskFull("smtp", "/var/spool/maillab"),
+                                            m.DiskFull("smtp", "/var/spool/maillab", undo=True),
+                                            m.DiskFull("mail", "/var/mail/maillab")]
+    tmpfs = {h.name: h.tmpfs for h in sc.topology.hosts if h.tmpfs}
+    assert tmpfs == {"smtp": (("/var/spool/maillab", parse.DISK_SIZE),),
+                     "mail": (("/var/mail/maillab", "size=2m"),)}  # the topology's own size stands
+
+
+def test_a_shape_says_its_direction() -> None:
+    sc = load(HEAD + "steps:\n  - fault: {shape: {host: mail, rate: 2mbit}}\n"
+                     "  - fault: {shape: {host: mail, loss: 5%, direction: in}}\n")
+    both, into = sc.steps
+    assert both.action == m.Shape("mail", rate_kbit=2000)
+    assert both.title == "shape mail's link (both ways): rate 2000 kbit/s"
+    assert isinstance(into.action, m.Shape) and into.action.direction == "in"
+    assert "direction 'up': valid choices: both, in, out" in error_of(
+        HEAD + "steps:\n  - fault: {shape: {host: mail, rate: 2mbit, direction: up}}\n").message
 
 
 def test_a_dns_change_applies_to_the_lab_as_the_steps_leave_it() -> None:
