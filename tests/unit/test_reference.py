@@ -135,7 +135,8 @@ def test_postfix_mta_relays_for_the_mua_hosts_and_follows_the_lab_retry_schedule
 
 
 def test_a_postfix_backup_mx_relays_its_domains_on_and_no_other() -> None:
-    topo = topology.load_overlay(topology.load(), Path(__file__).parent.parent / "overlays" / "postfix-mta-backup-mx.yml")
+    overlay = Path(__file__).parent.parent / "overlays" / "postfix-mta-backup-mx.yml"
+    topo = topology.load_overlay(topology.load(), overlay)
     cf = settings(postfix.main_cf(topo.lab_config("t", topo.host("smtp")), mta=True))
     assert cf["relay_domains"] == "stevenchoy.example"
     assert cf["virtual_mailbox_domains"] == "ouhk.example"
