@@ -134,7 +134,7 @@ def save_traffic(lab: Lab, folder: Path, *, since: float | None = None, subjects
         journeys, missing = [], False
         for subject in dict.fromkeys(subjects):
             try:
-                journeys.append(timeline(trace(convs, subject=subject)))
+                journeys.append(timeline(trace(convs, subject=subject, lookups=looks.decoder.neighbour_lookups())))
             except LabctlError as exc:
                 journeys.append(str(exc))
                 missing = True
