@@ -351,7 +351,9 @@ def trace(conversations: Sequence[Conversation], message_id: str | None = None,
         (sub.conv.client.host if sub else "sender's MUA", "MUA"),
         (sub.conv.server.host if sub else "MTA", "MTA"),
         (lookup.conv.server.host if lookup else "DNS", "DNS"),
-        *((h.target, "backup MX") for h in (relayed, *relayed.hops)[:-1] if relayed.found and relayed.hops),
+        # a backup MX that handed it on: the target of every hop but the last
+        *((target, "backup MX") for target in [relayed.target, *(h.target for h in relayed.hops)][:len(relayed.hops)]
+          if target is not None),
         (relay.conv.server.host if relay else next(iter(answer.exchanges if answer else ()), "MX"), "MX"),
         (fetched.conv.client.host if fetched else "recipient's MUA", "MUA"),
     )
