@@ -17,9 +17,10 @@ from dataclasses import dataclass
 
 from labctl.traffic.packet import ARP_REPLY, ARP_REQUEST, Arp
 
-# Linux retries an unresolved neighbour every second (``retrans_time_ms``) for ``mcast_solicit``
-# (3) probes; requests further apart than this are a new lookup.
-LOOKUP_GAP = 5.0
+# Linux asks again every second (``retrans_time_ms``) for ``mcast_solicit`` (3) requests, then fails
+# the connection; a retry asks anew. Requests further apart than this are a new lookup: merged, a
+# later lookup's answer (the host back on) would make the earlier unanswered ones look answered.
+LOOKUP_GAP = 1.5
 
 
 @dataclass(frozen=True)
