@@ -22,9 +22,11 @@ from labctl.scenario.steps import Context, StepFailed
 from labctl.traffic.decode import TrafficDecoder
 from labctl.traffic.journey import timeline, trace
 from labctl.traffic.model import Conversation
-from labctl.traffic.payload import DnsQuery
+from labctl.traffic.payload import DnsAnswer, DnsQuery
 from labctl.traffic.pcap import write_merged_pcapng
 
+# The answers a dns fact may name as such rather than as a record value (RFC 1035 §4.1.1, RFC 2308).
+DNS_RCODES = ("NOERROR", "NXDOMAIN", "SERVFAIL", "REFUSED")
 CAPTURE_LAG = 5.0  # seconds a fact may take to show in the capture files
 # tcpdump asks libpcap for a 1 s timeout, so a captured packet is in the file at most about this
 # long after it crossed the wire (on a machine that is not starved of CPU).
@@ -105,6 +107,10 @@ def check_fact(fact: m.Fact, convs: Sequence[Conversation], addresses: Mapping[s
             return f"{fact.command} crossed the wire in clear: {clear[0].text!r}"
         raise StepFailed(f"{fact.proto.upper()} {fact.command} readable on the wire",
                          f"{len(lines)} such line(s), none in clear" if lines else f"no {fact.command} seen")
+    if isinstance(fact, m.DnsLooked):
+        return _dns_looked(fact, convs, addresses)
+    if isinstance(fact, m.Relayed):
+        return _relayed(fact, convs, addresses)
     src, dst = addresses[fact.source], addresses[fact.target]
     sessions = [c for c in convs if c.transport == "tcp" and c.client.ip == src and c.server.ip == dst
                 and c.server.port == fact.port]
@@ -112,6 +118,73 @@ def check_fact(fact: m.Fact, convs: Sequence[Conversation], addresses: Mapping[s
         return f"{fact.source} talked to {fact.target}:{fact.port}"
     raise StepFailed(f"a connection from {fact.source} to {fact.target}:{fact.port}",
                      f"{', '.join(c.state for c in sessions)}" if sessions else "none")
+
+
+def _answer_fits(fact: m.DnsLooked, answer: DnsAnswer, addresses: Mapping[str, str]) -> bool:
+    """Does ``answer`` say what the fact names: an rcode, NODATA, or a record's value (a lab
+    host's name standing for its address, which a scenario cannot know before the lab is up)?"""
+    if fact.answer is None:
+        return True
+    records = [r for r in answer.answers if r.type == fact.type]
+    if fact.answer == "NODATA":
+        return answer.rcode == "NOERROR" and not records
+    if fact.answer in DNS_RCODES:
+        return answer.rcode == fact.answer
+    wanted = addresses.get(fact.answer.lower(), fact.answer.lower().rstrip("."))
+    return any(wanted in (r.value.lower().rstrip("."), (r.exchange or "").lower()) for r in records)
+
+
+def _dns_looked(fact: m.DnsLooked, convs: Sequence[Conversation], addresses: Mapping[str, str]) -> str:
+    """The DNS queries for ``fact.name``/``fact.type`` (from ``fact.host``), each with its answer
+    (paired by id in its conversation, RFC 1035 §4.1.1): does one fit ``fact.answer``?"""
+    client = addresses[fact.host] if fact.host else None
+    who = fact.host or "a lab host"
+    asked = f"{fact.type}? {fact.name}"
+    seen: list[str] = []
+    for c in convs:
+        if c.protocol != "dns" or (client is not None and c.client.ip != client):
+            continue
+        answers = {e.payload.id: e.payload for e in c.events if isinstance(e.payload, DnsAnswer)}
+        for e in c.events:
+            if not isinstance(e.payload, DnsQuery):
+                continue
+            if not any(q.type == fact.type and q.name.lower() == fact.name for q in e.payload.questions):
+                seen += [f"{c.client.host}: {q}" for q in e.payload.questions]
+                continue
+            answer = answers.get(e.payload.id)
+            if answer is not None and _answer_fits(fact, answer, addresses):
+                return f"{fact.host or c.client.host} asked {asked} and got {answer.summary}"
+            if answer is None and fact.answer is None:
+                return f"{fact.host or c.client.host} asked {asked} (no answer captured)"
+            seen.append(f"{c.client.host}: {asked} -> {answer.summary if answer else 'no answer captured'}")
+    wanted = f"{who} to ask {asked}" + (f" and get {fact.answer}" if fact.answer else "")
+    raise StepFailed(wanted, "its DNS queries: " + ("; ".join(dict.fromkeys(seen)) or "none"))
+
+
+def _relayed(fact: m.Relayed, convs: Sequence[Conversation], addresses: Mapping[str, str]) -> str:
+    """One message to ``fact.to`` handed over along ``fact.via`` on the wire: for each pair of hosts
+    in turn an SMTP transfer of it (the same Message-ID) from the first to the second, answered
+    250, each after the one before."""
+    to = fact.to.lower()
+    transfers = sorted(((c, msg) for c in convs if c.protocol == "smtp" for msg in c.messages
+                        if to in (r.lower() for r in msg.recipients)
+                        and (fact.subject is None or fact.subject.lower() in (msg.subject or "").lower())),
+                       key=lambda t: t[1].time)
+    route = " -> ".join(fact.via)
+    ips = [addresses[h] for h in fact.via]
+    for mid in dict.fromkeys(msg.message_id for _, msg in transfers):
+        since = 0.0
+        for a, b in zip(ips, ips[1:], strict=False):
+            hop = next((msg for c, msg in transfers if msg.message_id == mid and c.client.ip == a
+                        and c.server.ip == b and msg.reply_code == 250 and msg.time >= since), None)
+            if hop is None:
+                break
+            since = hop.time
+        else:
+            return f"the message {mid} to {fact.to} went {route}"
+    seen = [f"{c.client.host} -> {c.server.host} ({msg.reply_code or 'no reply'})" for c, msg in transfers]
+    raise StepFailed(f"a message to {fact.to} handed over {route}, each hop answered 250",
+                     "its SMTP hand-overs: " + (", ".join(seen) or "none"))
 
 
 def save_traffic(lab: Lab, folder: Path, *, since: float | None = None, subjects: Sequence[str] = ()) -> list[str]:
@@ -134,7 +207,7 @@ def save_traffic(lab: Lab, folder: Path, *, since: float | None = None, subjects
         journeys, missing = [], False
         for subject in dict.fromkeys(subjects):
             try:
-                journeys.append(timeline(trace(convs, subject=subject)))
+                journeys.append(timeline(trace(convs, subject=subject, lookups=looks.decoder.neighbour_lookups())))
             except LabctlError as exc:
                 journeys.append(str(exc))
                 missing = True

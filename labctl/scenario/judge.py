@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from labctl.scenario import model as m
-from labctl.scenario.observe import MessageView, QueuedMessage, QueuedRecipient, TalkLine
+from labctl.scenario.observe import MessageView, PartView, QueuedMessage, QueuedRecipient, TalkLine
 
 SUMMARY_SHOWN = 6  # subjects listed when a mailbox is summarised
 
@@ -60,7 +60,7 @@ def describe(cond: m.Condition) -> str:
         case m.Delivered(to=to, subject=subj, count=count):
             return f"{count} message(s){f' with {subj!r}' if subj else ''} delivered to {to}"
         case m.Queued(host=host, to=to, attempts=attempts):
-            return f"{to} pending in {host}'s queue after at least {attempts} attempt(s)"
+            return f"{to} pending in {host}'s queue after {attempts} attempt(s)"
         case m.Bounced(to=to, about=about, status=status):
             return f"a bounce to {to}" + (f" about {about}" if about else "") + (f" with {status}" if status else "")
         case m.QueueEmpty(host=host):
@@ -73,12 +73,12 @@ def describe(cond: m.Condition) -> str:
 
 def delivered(cond: m.Delivered, mailbox: Sequence[MessageView]) -> Verdict:
     hits = _matching([x for x in mailbox if not x.is_bounce], cond.subject)
-    return Verdict(len(hits) >= cond.count, describe(cond), f"{cond.to}'s mailbox holds {summary(mailbox)}")
+    return Verdict(cond.count.holds(len(hits)), describe(cond), f"{cond.to}'s mailbox holds {summary(mailbox)}")
 
 
 def queued(cond: m.Queued, entries: Sequence[QueuedMessage]) -> Verdict:
     rcpts = _recipients(entries, cond.to)
-    ok = any(r.status == "pending" and r.attempts >= cond.attempts for r in rcpts)
+    ok = any(r.status == "pending" and cond.attempts.holds(r.attempts) for r in rcpts)
     seen = "; ".join(f"{r.address} {r.status} after {r.attempts} attempt(s)"
                      + (f", last error: {r.last_error}" if r.last_error else "") for r in rcpts)
     return Verdict(ok, describe(cond),
@@ -118,10 +118,8 @@ def mailbox(exp: m.MailboxExpect, found: Sequence[MessageView]) -> Verdict:
             if exp.sender is None or exp.sender.lower() in next(iter(x.header("From")), "").lower()]
     wanted = (f"messages{f' with subject containing {exp.subject!r}' if exp.subject else ''}"
               f"{f' from {exp.sender}' if exp.sender else ''} in {where}")
-    if exp.count is not None and len(hits) != exp.count:
-        return _failed(f"{exp.count} {wanted}", f"{len(hits)}; the mailbox holds {summary(found)}")
-    if exp.count is None and not hits:
-        return _failed(f"at least one of the {wanted}", f"none; the mailbox holds {summary(found)}")
+    if not exp.count.holds(len(hits)):
+        return _failed(f"{exp.count} {wanted}", f"{len(hits) or 'none'}; the mailbox holds {summary(found)}")
     for x in hits:
         failed = _message(exp, x)
         if failed is not None:
@@ -143,12 +141,27 @@ def _message(exp: m.MailboxExpect, x: MessageView) -> Verdict | None:
         chain = received_chain(x, exp.received_via, label)
         if not chain.ok:
             return chain
-    names = x.attachments
-    missing = [a for a in exp.attachments if a not in names]
-    if missing:
-        return _failed(f"attachment(s) {', '.join(missing)} in {label}",
-                       f"attachments: {', '.join(names) if names else 'none'}")
+    files = [p for p in x.parts if p.filename]
+    for want in exp.attachments:
+        named = [p for p in files if p.filename == want.name]
+        fits = [p for p in named if (want.size is None or p.size == want.size)
+                and (want.sha256 is None or p.sha256 == want.sha256)]
+        if not fits:
+            detailed = want.size is not None or want.sha256 is not None
+            return _failed(f"attachment {_attachment(want)} in {label}",
+                           "attachments: " + (", ".join(_attachment_seen(p) if detailed else str(p.filename)
+                                                        for p in files) or "none"))
     return None
+
+
+def _attachment(want: m.AttachmentExpect) -> str:
+    extra = [f"{want.size} bytes" if want.size is not None else "", f"sha256 {want.sha256}" if want.sha256 else ""]
+    detail = ", ".join(e for e in extra if e)
+    return want.name + (f" ({detail})" if detail else "")
+
+
+def _attachment_seen(p: PartView) -> str:
+    return f"{p.filename} ({p.size} bytes, sha256 {p.sha256})" if p.size is not None else str(p.filename)
 
 
 def received_chain(message: MessageView, via: Sequence[str], label: str) -> Verdict:
@@ -184,20 +197,37 @@ def queue(exp: m.QueueExpect, entries: Sequence[QueuedMessage]) -> Verdict:
                        f"{exp.host}'s queue holds {len(entries)} message(s)")
     rcpts = _recipients(entries, exp.to)
     seen = "; ".join(f"{r.status} after {r.attempts} attempt(s), last error: {r.last_error or 'none'}"
+                     + (f", gaps between attempts: {_gaps(r)}" if exp.retry_gap else "")
                      for r in rcpts) or f"{exp.to} not in {exp.host}'s queue"
-    wanted = [f"status {exp.status}" if exp.status else "", f"at least {exp.attempts} attempt(s)"
-              if exp.attempts is not None else "", f"an error matching /{exp.error.pattern}/" if exp.error else ""]
+    gap = exp.retry_gap
+    wanted = [f"status {exp.status}" if exp.status else "", f"{exp.attempts} attempt(s)"
+              if exp.attempts is not None else "", f"an error matching /{exp.error.pattern}/" if exp.error else "",
+              f"{gap.seconds} s from attempt {gap.attempt - 1} to attempt {gap.attempt}" if gap else ""]
     detail = ", ".join(w for w in wanted if w)
     expected = f"{exp.to} in {exp.host}'s queue" + (f" with {detail}" if detail else "")
     for r in rcpts:
         if exp.status is not None and r.status != exp.status:
             continue
-        if exp.attempts is not None and r.attempts < exp.attempts:
+        if exp.attempts is not None and not exp.attempts.holds(r.attempts):
+            continue
+        if exp.retry_gap is not None and not _gap_holds(exp.retry_gap, r):
             continue
         if exp.error is not None and not exp.error.search(r.last_error or ""):
             continue
         return _passed(expected, seen)
     return _failed(expected, seen)
+
+
+def _gap_holds(gap: m.RetryGap, r: QueuedRecipient) -> bool:
+    """Attempt ``gap.attempt`` came ``gap.seconds`` after the one before it (the queue records
+    when each attempt ended: RFC 5321 §4.5.4.1's retry interval is measured between them)."""
+    times = r.attempt_times
+    return len(times) >= gap.attempt and gap.seconds.holds(times[gap.attempt - 1] - times[gap.attempt - 2])
+
+
+def _gaps(r: QueuedRecipient) -> str:
+    times = r.attempt_times
+    return ", ".join(f"{b - a:.1f} s" for a, b in zip(times, times[1:], strict=False)) or "none yet"
 
 
 def dialogue(step: m.Dialogue, log: Sequence[TalkLine]) -> Verdict:

@@ -68,21 +68,47 @@ class Dialogue:
 
 
 @dataclass(frozen=True)
+class Count:
+    """How many are wanted, written the same wherever a scenario counts: ``2`` (exactly),
+    ``">= 2"``, ``"<= 3"``, ``"2..3"`` (both ends included). Also a span of seconds (``"1.5..4"``)."""
+
+    low: float = 0
+    high: float | None = None  # None: no upper bound
+
+    def holds(self, n: float) -> bool:
+        return self.low <= n and (self.high is None or n <= self.high)
+
+    def __str__(self) -> str:
+        def num(x: float) -> str:
+            return f"{x:g}"
+        if self.high is None:
+            return f"at least {num(self.low)}"
+        if self.low == self.high:
+            return f"exactly {num(self.low)}"
+        if self.low == 0:
+            return f"at most {num(self.high)}"
+        return f"{num(self.low)} to {num(self.high)}"
+
+
+AT_LEAST_ONE = Count(1)
+
+
+@dataclass(frozen=True)
 class Delivered:
-    """At least ``count`` messages (with ``subject``) in the server-side mailbox of ``to``."""
+    """``count`` messages (with ``subject``) in the server-side mailbox of ``to``."""
 
     to: str
     subject: str | None = None
-    count: int = 1
+    count: Count = AT_LEAST_ONE
 
 
 @dataclass(frozen=True)
 class Queued:
-    """``to`` is pending in ``host``'s queue after at least ``attempts`` tries."""
+    """``to`` is pending in ``host``'s queue after ``attempts`` tries."""
 
     host: str
     to: str
-    attempts: int = 1
+    attempts: Count = AT_LEAST_ONE
 
 
 @dataclass(frozen=True)
@@ -121,11 +147,20 @@ class MailboxExpect:
     on: str  # "server": the mail host's store; "client": the MUA's local mailbox (after fetch)
     subject: str | None = None
     sender: str | None = None
-    count: int | None = None  # exact number of matching messages; None: at least one
+    count: Count = AT_LEAST_ONE  # how many matching messages
     headers: tuple[tuple[str, re.Pattern[str]], ...] = ()
     body: re.Pattern[str] | None = None
     received_via: tuple[str, ...] = ()  # FQDNs that must appear as "by HOST", oldest hop first
-    attachments: tuple[str, ...] = ()  # file names
+    attachments: tuple[AttachmentExpect, ...] = ()
+
+
+@dataclass(frozen=True)
+class AttachmentExpect:
+    """A file attached to the message: by name, and if given its decoded size and SHA-256."""
+
+    name: str
+    size: int | None = None
+    sha256: str | None = None  # lower-case hex
 
 
 @dataclass(frozen=True)
@@ -134,8 +169,17 @@ class QueueExpect:
     empty: bool | None = None
     to: str | None = None
     status: str | None = None  # pending, delivered, bounced
-    attempts: int | None = None  # at least
+    attempts: Count | None = None
     error: re.Pattern[str] | None = None  # searched in the last error
+    retry_gap: RetryGap | None = None
+
+
+@dataclass(frozen=True)
+class RetryGap:
+    """The time from attempt ``attempt - 1`` to attempt ``attempt``, from the queue record."""
+
+    attempt: int  # 2: the gap between the first try and the first retry
+    seconds: Count
 
 
 @dataclass(frozen=True)
@@ -171,7 +215,29 @@ class Connected:
     port: int
 
 
-Fact = MxQueried | ConnectionRefused | Cleartext | Connected
+@dataclass(frozen=True)
+class DnsLooked:
+    """``host`` asked the lab DNS for ``name``'s ``type`` records and got ``answer`` (if given):
+    an rcode (NXDOMAIN, SERVFAIL, NOERROR), ``NODATA`` (NOERROR, empty), or a value that one of
+    the answer's records has (an address, ``10 mail.stevenchoy.example``, a name)."""
+
+    host: str | None  # None: any host
+    name: str  # lower case, no final dot
+    type: str  # A, AAAA, MX, ...
+    answer: str | None = None
+
+
+@dataclass(frozen=True)
+class Relayed:
+    """A message to ``to`` was handed over by SMTP along ``via`` (short host names, in order),
+    each hop accepted with 250: read from the SMTP conversations, not from Received headers."""
+
+    to: str
+    via: tuple[str, ...]
+    subject: str | None = None
+
+
+Fact = MxQueried | ConnectionRefused | Cleartext | Connected | DnsLooked | Relayed
 
 
 @dataclass(frozen=True)

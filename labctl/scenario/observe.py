@@ -28,7 +28,7 @@ class MessageView:
 
     headers: tuple[tuple[str, str], ...]  # every field in order, as in the file
     text: str  # the text the MUA would show
-    parts: tuple[tuple[str, str | None], ...]  # (content type, file name) of each MIME part
+    parts: tuple[PartView, ...]  # each MIME part
     delivery_status: tuple[Mapping[str, str], ...] = ()  # per-recipient fields of a bounce (RFC 3464 §2.3)
 
     def header(self, name: str) -> list[str]:
@@ -40,11 +40,21 @@ class MessageView:
 
     @property
     def is_bounce(self) -> bool:
-        return "message/delivery-status" in (t for t, _ in self.parts) or self.header("Return-Path") == ["<>"]
+        return "message/delivery-status" in (p.content_type for p in self.parts) or self.header("Return-Path") == ["<>"]
 
     @property
     def attachments(self) -> list[str]:
-        return [name for _, name in self.parts if name]
+        return [p.filename for p in self.parts if p.filename]
+
+
+@dataclass(frozen=True)
+class PartView:
+    """One MIME part: its type, and for a leaf its file name, decoded size and SHA-256."""
+
+    content_type: str
+    filename: str | None = None
+    size: int | None = None
+    sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -53,6 +63,7 @@ class QueuedRecipient:
     status: str  # pending, delivered, bounced
     attempts: int
     last_error: str  # "" before the first failure
+    attempt_times: tuple[float, ...] = ()  # when each attempt ended, oldest first
 
 
 @dataclass(frozen=True)
@@ -77,14 +88,17 @@ def message_from_json(doc: Mapping[str, Any]) -> MessageView:
     return MessageView(
         headers=tuple((str(k), str(v)) for k, v in doc.get("all_headers", [])),
         text=str(doc.get("text", "")),
-        parts=tuple((str(p.get("content_type", "")), p.get("filename")) for p in doc.get("parts", [])),
+        parts=tuple(PartView(str(p.get("content_type", "")), p.get("filename"), p.get("size"), p.get("sha256"))
+                    for p in doc.get("parts", [])),
         delivery_status=tuple({str(k): str(v) for k, v in fields.items()} for fields in doc.get("delivery_status", [])),
     )
 
 
 def queue_from_json(doc: Mapping[str, Any]) -> list[QueuedMessage]:
     return [QueuedMessage(str(e["id"]), tuple(QueuedRecipient(str(r["address"]), str(r["status"]), int(r["attempts"]),
-                                                              str(r.get("last_error") or "")) for r in e["recipients"]))
+                                                              str(r.get("last_error") or ""),
+                                                              tuple(float(t) for t in r.get("attempt_times") or ()))
+                                              for r in e["recipients"]))
             for e in doc["entries"]]
 
 

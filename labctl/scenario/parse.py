@@ -47,9 +47,15 @@ BLOCK_HOW = ("refuse", "drop")
 EXPECT_KINDS = ("mailbox", "queue", "bounce", "traffic")
 MAILBOX_KEYS = ("user", "where", "subject", "from", "count", "headers", "body", "received_via", "attachments")
 MAILBOX_ON = ("server", "client")
-QUEUE_KEYS = ("host", "empty", "to", "status", "attempts", "error")
+QUEUE_KEYS = ("host", "empty", "to", "status", "attempts", "error", "retry_gap")
+RETRY_GAP_KEYS = ("attempt", "seconds")
+ATTACHMENT_EXPECT_KEYS = ("name", "size", "sha256")
 QUEUE_STATUS = ("pending", "delivered", "bounced")
-FACT_KINDS = ("mx_query", "refused", "cleartext", "connection")
+FACT_KINDS = ("mx_query", "refused", "cleartext", "connection", "dns", "relayed")
+DNS_FACT_KEYS = ("from", "name", "type", "answer")
+RELAYED_KEYS = ("to", "via", "subject")
+DNS_TYPES = ("A", "AAAA", "MX", "NS", "SOA", "TXT", "CNAME", "PTR", "SRV")
+DNS_ANSWER_WORDS = ("NOERROR", "NXDOMAIN", "SERVFAIL", "REFUSED", "NODATA")
 MX_QUERY_KEYS = ("from", "domain")
 REFUSED_KEYS = ("host", "port")
 CLEARTEXT_KEYS = ("proto", "command")
@@ -63,6 +69,8 @@ MAX_ATTACHMENT = 10 * 1024 * 1024  # the MTA's message size limit is about this
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s)?\s*$")
 _PERCENT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%?\s*$")
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(kbit|mbit)\s*$", re.IGNORECASE)
+# A count or a span: 2, ">= 2", "<= 3", "2..3" (the same in every wait and expect).
+_RANGE = re.compile(r"^\s*(?:(>=|<=)\s*(\d+(?:\.\d+)?)|(\d+(?:\.\d+)?)\s*\.\.\s*(\d+(?:\.\d+)?))\s*$")
 _SMTP_EXPECT = re.compile(r"^[2-5]\d\d(?:[ -].*)?$")
 _POP3_EXPECT = re.compile(r"^(?:\+OK|-ERR)(?: .*)?$")
 
@@ -99,6 +107,24 @@ class _Parser:
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             raise self.r.fail(at, f"{what} must be a whole number of at least {minimum}, not {value!r}")
         return value
+
+    def amount(self, value: Any, at: PathKey, what: str, *, minimum: int = 0, fraction: bool = False) -> m.Count:
+        """A count (or with ``fraction`` a span of seconds): N exactly, ">= N", "<= N", "N..M"."""
+        number = (int | float) if fraction else int
+        if isinstance(value, number) and not isinstance(value, bool) and value >= minimum:
+            return m.Count(value, value)
+        match = _RANGE.match(value) if isinstance(value, str) else None
+        if match is not None:
+            op, bound, low, high = match.groups()
+            parts = [float(x) for x in (bound, low, high) if x is not None]
+            if fraction or all(x.is_integer() for x in parts):
+                count = (m.Count(parts[0]) if op == ">=" else m.Count(minimum, parts[0]) if op == "<="
+                         else m.Count(parts[0], parts[1]))
+                if count.low >= minimum and (count.high is None or count.low <= count.high):
+                    return count
+        kind = "seconds" if fraction else "a whole number"
+        raise self.r.fail(at, f"{what} must be {kind} of at least {minimum} (exactly), or a range in quotes: "
+                              f"\">= 2\", \"<= 3\" or \"2..3\"; not {value!r}")
 
     def seconds(self, value: Any, at: PathKey, what: str) -> float:
         if isinstance(value, int | float) and not isinstance(value, bool):
@@ -323,13 +349,15 @@ class _Parser:
             s = self.r.mapping(spec[kind], where, DELIVERED_KEYS, "delivered")
             to = self.address(self.require(s, where, "to", "delivered"), where + ("to",))
             subject = self.text(s["subject"], where + ("subject",), "subject") if "subject" in s else None
-            until = m.Delivered(to, subject, self.count(s.get("count", 1), where + ("count",), "count", minimum=1))
-            title = f"until {to} has {_about(subject)}"
+            count = self.amount(s["count"], where + ("count",), "count") if "count" in s else m.AT_LEAST_ONE
+            until = m.Delivered(to, subject, count)
+            title = f"until {to} has {_about(subject)}" + (f" ({count})" if "count" in s else "")
         elif kind == "queued":
             s = self.r.mapping(spec[kind], where, QUEUED_KEYS, "queued")
             to = self.address(self.require(s, where, "to", "queued"), where + ("to",), account=False)
             host = self.mta_host(s.get("host"), where + ("host",), queue=True)
-            attempts = self.count(s.get("attempts", 1), where + ("attempts",), "attempts")
+            attempts = (self.amount(s["attempts"], where + ("attempts",), "attempts") if "attempts" in s
+                        else m.AT_LEAST_ONE)
             until = m.Queued(host, to, attempts)
             title = f"until {host} queues {to} after {attempts} attempt(s)"
         elif kind == "bounced":
@@ -461,7 +489,7 @@ class _Parser:
             if kind == "mailbox":
                 mb = self.mailbox(arg, where)
                 checks.append(mb)
-                what = f"{mb.count} message(s)" if mb.count is not None else _about(mb.subject)
+                what = f"{mb.count} message(s)" if mb.count != m.AT_LEAST_ONE else _about(mb.subject)
                 titles.append(f"{mb.user}'s {'local ' if mb.on == 'client' else ''}mailbox has {what}")
             elif kind == "queue":
                 q = self.queue(arg, where)
@@ -488,7 +516,7 @@ class _Parser:
             self.mua(user, at + ("user",))  # the local mailbox is on the user's MUA host
         subject = self.text(s["subject"], at + ("subject",), "subject") if "subject" in s else None
         sender = self.text(s["from"], at + ("from",), "from") if "from" in s else None
-        count = self.count(s["count"], at + ("count",), "count") if "count" in s else None
+        count = self.amount(s["count"], at + ("count",), "count") if "count" in s else m.AT_LEAST_ONE
         headers: list[tuple[str, re.Pattern[str]]] = []
         if "headers" in s:
             raw = s["headers"]
@@ -507,15 +535,43 @@ class _Parser:
                 raise self.r.fail(at + ("received_via",), "received_via must list hosts, oldest hop first")
             via = tuple(self.topo.host(self.host(h, at + ("received_via", i), kinds=MAIL_KINDS)).fqdn
                         for i, h in enumerate(items))
-        attachments: tuple[str, ...] = ()
+        attachments: tuple[m.AttachmentExpect, ...] = ()
         if "attachments" in s:
             items = s["attachments"]
             if not isinstance(items, list) or not items:
-                raise self.r.fail(at + ("attachments",), "attachments must list file names")
-            attachments = tuple(self.text(a, at + ("attachments", i), "a file name") for i, a in enumerate(items))
-        if count == 0 and (headers or body or via or attachments):
+                raise self.r.fail(at + ("attachments",), "attachments must list file names, or "
+                                                       "{name: FILE, size: BYTES, sha256: HEX}")
+            attachments = tuple(self.attachment_expect(a, at + ("attachments", i)) for i, a in enumerate(items))
+        if count.high == 0 and (headers or body or via or attachments):
             raise self.r.fail(at + ("count",), "count: 0 expects no such message; there is nothing to check headers of")
         return m.MailboxExpect(user, on, subject, sender, count, tuple(headers), body, via, attachments)
+
+    def dns_fact(self, value: Any, at: PathKey) -> m.DnsLooked:
+        s = self.r.mapping(value, at, DNS_FACT_KEYS, "dns")
+        host = self.host(s["from"], at + ("from",)) if "from" in s else None
+        name = self.text(self.require(s, at, "name", "dns"), at + ("name",), "name").strip().lower().rstrip(".")
+        rtype = self.text(s.get("type", "A"), at + ("type",), "type").strip().upper()
+        if rtype not in DNS_TYPES:
+            raise self.r.fail(at + ("type",), f"type {rtype!r}: valid choices: {', '.join(DNS_TYPES)}")
+        answer = None
+        if "answer" in s:
+            answer = self.text(s["answer"], at + ("answer",), "answer").strip()
+            if answer.upper() in DNS_ANSWER_WORDS:
+                answer = answer.upper()
+        return m.DnsLooked(host, name, rtype, answer)
+
+    def attachment_expect(self, value: Any, at: PathKey) -> m.AttachmentExpect:
+        if not isinstance(value, Mapping):
+            return m.AttachmentExpect(self.text(value, at, "a file name"))
+        spec = self.r.mapping(value, at, ATTACHMENT_EXPECT_KEYS, "an attachment")
+        name = self.text(self.require(spec, at, "name", "an attachment"), at + ("name",), "name")
+        size = self.count(spec["size"], at + ("size",), "size") if "size" in spec else None
+        digest = None
+        if "sha256" in spec:
+            digest = self.text(spec["sha256"], at + ("sha256",), "sha256").strip().lower()
+            if not re.fullmatch(r"[0-9a-f]{64}", digest):
+                raise self.r.fail(at + ("sha256",), f"sha256 {digest!r} is not 64 hex digits (as sha256sum prints)")
+        return m.AttachmentExpect(name, size, digest)
 
     def queue(self, value: Any, at: PathKey) -> m.QueueExpect:
         s = self.r.mapping(value, at, QUEUE_KEYS, "queue")
@@ -525,14 +581,22 @@ class _Parser:
         status = s.get("status")
         if status is not None and status not in QUEUE_STATUS:
             raise self.r.fail(at + ("status",), f"status {status!r}: valid choices: {', '.join(QUEUE_STATUS)}")
-        attempts = self.count(s["attempts"], at + ("attempts",), "attempts") if "attempts" in s else None
+        attempts = self.amount(s["attempts"], at + ("attempts",), "attempts") if "attempts" in s else None
         error = self.pattern(s["error"], at + ("error",), "error") if "error" in s else None
+        gap = None
+        if "retry_gap" in s:
+            g = self.r.mapping(s["retry_gap"], at + ("retry_gap",), RETRY_GAP_KEYS, "retry_gap")
+            w = at + ("retry_gap",)
+            gap = m.RetryGap(self.count(self.require(g, w, "attempt", "retry_gap"), w + ("attempt",), "attempt",
+                                        minimum=2),
+                             self.amount(self.require(g, w, "seconds", "retry_gap"), w + ("seconds",), "seconds",
+                                         fraction=True))
         if empty is None and to is None:
             raise self.r.fail(at, "say what the queue holds: empty: true, or to: ADDRESS "
-                                  "(with status, attempts, error)")
-        if empty and (to or status or attempts is not None or error):
+                                  "(with status, attempts, error, retry_gap)")
+        if empty and (to or status or attempts is not None or error or gap):
             raise self.r.fail(at, "an empty queue holds no recipient; drop empty: or the recipient checks")
-        return m.QueueExpect(host, empty, to, status, attempts, error)
+        return m.QueueExpect(host, empty, to, status, attempts, error, gap)
 
     def traffic(self, value: Any, at: PathKey) -> m.TrafficExpect:
         items = value if isinstance(value, list) else [value]
@@ -560,6 +624,18 @@ class _Parser:
                     raise self.r.fail(w + ("proto",), f"proto {proto!r}: valid choices: {', '.join(PROTO_PORTS)}")
                 command = self.text(self.require(s, w, "command", kind), w + ("command",), "command").upper()
                 facts.append(m.Cleartext(proto, command))
+            elif kind == "dns":
+                facts.append(self.dns_fact(arg, w))
+            elif kind == "relayed":
+                s = self.r.mapping(arg, w, RELAYED_KEYS, kind)
+                to = self.address(self.require(s, w, "to", kind), w + ("to",), account=False)
+                hops = self.require(s, w, "via", kind)
+                if not isinstance(hops, list) or len(hops) < 2:
+                    raise self.r.fail(w + ("via",), "via must list the hosts the message passed, at least two, "
+                                                  "e.g. [smtp, mx2, mail]")
+                via = tuple(self.host(h, w + ("via", i)) for i, h in enumerate(hops))
+                subject = self.text(s["subject"], w + ("subject",), "subject") if "subject" in s else None
+                facts.append(m.Relayed(to, via, subject))
             else:
                 s = self.r.mapping(arg, w, CONNECTION_KEYS, kind)
                 source = self.host(self.require(s, w, "from", kind), w + ("from",))

@@ -212,10 +212,11 @@ def cmd_trace(args: argparse.Namespace, live: LiveSource | None = None) -> int:
     if not args.message_id and not args.subject:
         raise LabctlError("say which message: labctl trace MESSAGE-ID, or labctl trace --subject TEXT "
                           "(labctl send prints the Message-ID)")
-    convs, _ = decode_args(args, live)
+    convs, decoder = decode_args(args, live)
     from labctl.traffic import diagram, journey
 
-    j = journey.trace(convs, message_id=args.message_id, subject=args.subject)
+    j = journey.trace(convs, message_id=args.message_id, subject=args.subject,
+                      lookups=decoder.neighbour_lookups())
     if args.mermaid:
         sys.stdout.write(diagram.mermaid(j))
     else:

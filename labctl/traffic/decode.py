@@ -20,11 +20,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
+from labctl.traffic import arp, pop3, smtp
 from labctl.traffic import dns as dns_decoder
-from labctl.traffic import pop3, smtp
 from labctl.traffic.dialogue import gap
 from labctl.traffic.model import CLIENT, NOTE, SERVER, Conversation, Endpoint, Event, MailMessage
-from labctl.traffic.packet import Datagram, Segment, parse_frame
+from labctl.traffic.packet import Arp, Datagram, Segment, parse_frame
 from labctl.traffic.payload import Unanswered
 from labctl.traffic.pcap import CaptureReader, Frame, merge_frames
 from labctl.traffic.tcp import Address, Connection, Reassembler, StreamView
@@ -59,6 +59,7 @@ class TrafficDecoder:
         self._cache: dict[int, tuple[int, Conversation]] = {}
         self.latest_ns = 0  # the capture time of the newest frame fed so far
         self.problems: list[str] = []  # why a capture fed so far was read only up to some point
+        self._arp: list[Arp] = []
 
     # -- input --------------------------------------------------------------------------------------
 
@@ -88,6 +89,8 @@ class TrafficDecoder:
                 add_tcp(packet)
             elif isinstance(packet, Datagram):
                 self._add_udp(packet)
+            elif isinstance(packet, Arp):
+                self._arp.append(packet)
         self.latest_ns = latest
         return count
 
@@ -139,6 +142,10 @@ class TrafficDecoder:
         conv = decode_connection(conn, self.endpoint, show_bodies=self.show_bodies)
         self._cache[id(conn)] = (conn.version, conv)
         return conv
+
+    def neighbour_lookups(self) -> list[arp.NeighbourLookup]:
+        """Every ARP lookup so far (an unanswered one: a neighbour switched off or unplugged)."""
+        return arp.lookups(self._arp, self.names)
 
     def _udp_conversation(self, flow: _UdpFlow) -> Conversation:
         protocol = PROTOCOLS.get(flow.server[1], "udp")

@@ -10,24 +10,46 @@ from __future__ import annotations
 
 from xml.sax.saxutils import escape
 
-from labctl.traffic.journey import Journey, JourneyStep
+from labctl.traffic.journey import Hop, Journey, JourneyStep
 from labctl.traffic.render import clock
 
-# Where each step's arrow goes in the article's figure (participant indexes) when it is missing.
-DEFAULT_ENDS = {1: (0, 1), 2: (1, 2), 3: (2, 1), 4: (1, 3), 5: (3, 1), 6: (3, 4)}
+
+def _default_ends(journey: Journey, number: int) -> tuple[int, int]:
+    """Where step ``number``'s arrow goes in the article's figure when its hosts are unknown: the
+    participants are the sender's MUA, the MTA, the DNS, any backup MX, the MX, the recipient's MUA."""
+    mua, mta, dns = 0, 1, 2
+    last = len(journey.participants) - 1
+    mx = last - 1
+    return {1: (mua, mta), 2: (mta, dns), 3: (dns, mta), 4: (mta, mx), 5: (mx, mta), 6: (mx, last)}[number]
 
 
-def _ends(journey: Journey, step: JourneyStep) -> tuple[int, int]:
+def _ends(journey: Journey, step: JourneyStep | Hop, number: int) -> tuple[int, int]:
     hosts = [h for h, _ in journey.participants]
-    if step.found and step.source in hosts and step.target in hosts:
+    found = not isinstance(step, JourneyStep) or step.found
+    if found and step.source in hosts and step.target in hosts:
         a, b = hosts.index(step.source), hosts.index(step.target)
         if a != b:
             return a, b
-    return DEFAULT_ENDS[step.number]
+    return _default_ends(journey, number)
 
 
 def _label(step: JourneyStep) -> str:
     return f"{step.number}. {step.name}: {step.summary}" if step.found else f"{step.number}. {step.name}: missing"
+
+
+def _hop_label(step: JourneyStep, k: int, hop: Hop) -> str:
+    return f"{step.number}. {step.name}, hop {k}: {hop.summary}"
+
+
+def _arrows(journey: Journey) -> list[tuple[JourneyStep, tuple[int, int], str, float | None, str]]:
+    """Every arrow of the figure in order: (its step, ends, label, time, detail); a relay through a
+    backup MX is an arrow per hop."""
+    out = []
+    for step in journey.steps:
+        out.append((step, _ends(journey, step, step.number), _label(step), step.time, step.detail))
+        for k, hop in enumerate(step.hops, start=2):
+            out.append((step, _ends(journey, hop, step.number), _hop_label(step, k, hop), hop.time, hop.detail))
+    return out
 
 
 def mermaid(journey: Journey) -> str:
@@ -35,13 +57,12 @@ def mermaid(journey: Journey) -> str:
     ids = [f"P{i}" for i in range(len(journey.participants))]
     for pid, (host, role) in zip(ids, journey.participants, strict=True):
         lines.append(f"    participant {pid} as {_mm(host)} ({role})")
-    for step in journey.steps:
-        a, b = _ends(journey, step)
+    for step, (a, b), label, time, _ in _arrows(journey):
         if step.found:
-            when = clock(step.time) if step.time is not None else ""
-            lines.append(f"    {ids[a]}->>{ids[b]}: {_mm(_label(step))} [{when}]")
+            when = clock(time) if time is not None else ""
+            lines.append(f"    {ids[a]}->>{ids[b]}: {_mm(label)} [{when}]")
         else:
-            lines.append(f"    {ids[a]}--x{ids[b]}: {_mm(_label(step))}")
+            lines.append(f"    {ids[a]}--x{ids[b]}: {_mm(label)}")
             if step.instead:
                 lo, hi = sorted((a, b))
                 lines.append(f"    Note over {ids[lo]},{ids[hi]}: seen instead: {_mm(step.instead[0])}")
@@ -67,7 +88,8 @@ FONT = "font-family='DejaVu Sans, Helvetica, Arial, sans-serif'"
 
 def svg(journey: Journey) -> str:
     n = len(journey.participants)
-    rows = sum(2 if not s.found and s.instead else 1 for s in journey.steps)
+    arrows = _arrows(journey)
+    rows = sum(2 if not s.found and s.instead else 1 for s, *_ in arrows)
     width = LEFT + COLUMN * n
     height = TOP + BOX_H + 40 + ROW * rows + 70
     x = [LEFT + COLUMN * i + COLUMN // 2 for i in range(n)]
@@ -92,21 +114,20 @@ def svg(journey: Journey) -> str:
         out.append(f"<text x='{x[i]}' y='{TOP + 19}' text-anchor='middle' font-weight='bold'>{escape(host)}</text>")
         out.append(f"<text x='{x[i]}' y='{TOP + 36}' text-anchor='middle' fill='#444'>{escape(role)}</text>")
     y = TOP + BOX_H + 50
-    for step in journey.steps:
-        a, b = _ends(journey, step)
+    for step, (a, b), label, time, detail in arrows:
         colour = "#1f4e79" if step.found else "#c0392b"
         dash = "" if step.found else " stroke-dasharray='6 4'"
         marker = "url(#arrow)" if step.found else "url(#cross)"
-        when = clock(step.time) if step.found and step.time is not None else "missing"
+        when = clock(time) if step.found and time is not None else "missing"
         out.append(f"<text x='12' y='{y + 4}' fill='{colour}'>{escape(when)}</text>")
         out.append(f"<line x1='{x[a]}' y1='{y}' x2='{x[b]}' y2='{y}' stroke='{colour}' stroke-width='2'{dash} "
                    f"marker-end='{marker}'/>")
         mid = (x[a] + x[b]) // 2
         out.append(f"<text x='{mid}' y='{y - 8}' text-anchor='middle' fill='{colour}' font-weight='bold'>"
-                   f"{escape(_clip(_label(step), max(34, abs(x[b] - x[a]) // 7 + 8)))}</text>")
-        if step.found and step.detail:
+                   f"{escape(_clip(label, max(34, abs(x[b] - x[a]) // 7 + 8)))}</text>")
+        if step.found and detail:
             out.append(f"<text x='{mid}' y='{y + 16}' text-anchor='middle' fill='#555' font-size='11'>"
-                       f"{escape(_clip(step.detail, max(40, abs(x[b] - x[a]) // 6 + 10)))}</text>")
+                       f"{escape(_clip(detail, max(40, abs(x[b] - x[a]) // 6 + 10)))}</text>")
         y += ROW
         if not step.found and step.instead:
             for k, seen in enumerate(step.instead[:2]):

@@ -3,15 +3,17 @@
 1. submission: the sender's MUA hands the message to its MTA over SMTP;
 2. MX query: the MTA asks the DNS for the MX of the recipient's domain;
 3. MX answer: the DNS names the mail exchanger;
-4. relay: the MTA hands the message to the MX over SMTP;
+4. relay: the MTA hands the message to the MX over SMTP (and a backup MX hands it on to a
+   better MX: each hand-over is a hop of this step);
 5. storage acknowledgement: the MX's 250 after the data (our servers say 250 only once the
    message is on disk, design decision 8);
 6. retrieval: the recipient's MUA fetches the message with POP3 RETR (or TOP).
 
 A message is recognised by its Message-ID wherever it crosses (SMTP DATA/BDAT, POP3 RETR/TOP).
 The submission is the earliest SMTP transfer of it; the MTA is that transfer's server; a relay is
-a later transfer from the MTA. A step not found is reported missing, with what was seen in its
-place: SYNs nobody answered (the MX is down), a refused connection, a 4xx or 5xx reply, an
+a later transfer from the MTA, then from the host that took it, and so on. A step not found is
+reported missing, with what was seen in its place: SYNs nobody answered (the MX is down), ARP
+requests nobody answered (the MX is switched off), a refused connection, a 4xx or 5xx reply, an
 attempt that came before the one that worked (a retry).
 """
 
@@ -21,11 +23,24 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from labctl.errors import LabctlError
-from labctl.traffic.model import Conversation, Event, MailMessage
+from labctl.traffic.arp import NeighbourLookup
+from labctl.traffic.model import Conversation, Endpoint, Event, MailMessage
 from labctl.traffic.payload import DnsAnswer, DnsQuery, Reply, reply_line
 from labctl.traffic.render import clock
 
 STEP_NAMES = ("submission", "MX query", "MX answer", "relay", "storage acknowledgement", "retrieval")
+
+
+@dataclass(frozen=True)
+class Hop:
+    """One hand-over of the relay step after the first: a backup MX passing the message on."""
+
+    time: float
+    source: str
+    target: str
+    summary: str
+    detail: str
+    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -40,6 +55,7 @@ class JourneyStep:
     detail: str = ""  # how (protocol, ports)
     instead: tuple[str, ...] = ()  # for a missing step: what was seen in its place
     notes: tuple[str, ...] = ()  # for a found step: what came before it (earlier failed attempts)
+    hops: tuple[Hop, ...] = ()  # the relay: the hand-overs after the first (from a backup MX on)
 
 
 @dataclass(frozen=True)
@@ -74,6 +90,7 @@ class Sightings:
     conversations: Sequence[Conversation]
     transfers: tuple[Transfer, ...]  # its SMTP transfers, in time order
     retrievals: tuple[Transfer, ...]  # its POP3 retrievals, in time order
+    lookups: tuple[NeighbourLookup, ...] = ()  # the capture's ARP lookups
 
     @property
     def domains(self) -> set[str]:
@@ -169,46 +186,117 @@ def find_mx_answer(lookup: Lookup | None) -> tuple[JourneyStep, DnsAnswer | None
                        answer.summary, f"rcode {answer.rcode}"), answer
 
 
+def _unreachable(lookup: NeighbourLookup) -> str:
+    return (f"{clock(lookup.start)} {lookup.asker_host} -> {lookup.target_host}: ARP who-has {lookup.target} "
+            f"unanswered ({lookup.requests} request{'s' if lookup.requests != 1 else ''}): the host is down "
+            "or off the network, so not even a SYN could be sent")
+
+
+def _attempts(seen: Sightings, client: Endpoint, since: float, until: float, relays: Sequence[Transfer],
+              relay: Transfer | None) -> list[str]:
+    """What ``client`` tried between ``since`` and ``until`` besides ``relay``, oldest first:
+    SMTP connections that did not carry the message, transfers of it that were refused, and
+    neighbours it asked for in vain (ARP: a host switched off)."""
+    carried = {id(t.conv) for t in relays}  # described below, with the reply to the message
+    found = [_describe(conv) for conv in seen.conversations
+             if conv.client.ip == client.ip and conv.protocol == "smtp"
+             and since <= conv.start < until and id(conv) not in carried]
+    found += [f"{clock(t.msg.time)} {t.conv.client.host} -> {t.conv.server.host}: message refused: "
+              f"{t.msg.reply_code} {t.msg.reply_text}" for t in relays if t is not relay]
+    found += [_unreachable(n) for n in seen.lookups
+              if n.asker == client.ip and not n.answered and since <= n.start < until]
+    return sorted(found)  # each starts with its time of day
+
+
+@dataclass(frozen=True)
+class _Hop:
+    """One hand-over of the relay step, found: the transfer, what was tried before it."""
+
+    transfer: Transfer
+    attempts: tuple[str, ...]
+
+
+def _next_hop(seen: Sightings, client: Endpoint, since: float) -> tuple[_Hop | None, tuple[str, ...]]:
+    """The first transfer of the message from ``client`` after ``since`` that got a 250, with the
+    attempts before it; else None and everything ``client`` tried since (the last refused transfer too)."""
+    relays = [t for t in seen.transfers if t.conv.client.ip == client.ip and t.msg.time >= since]
+    accepted = next((t for t in relays if t.msg.reply_code == 250), None)
+    if accepted is None:
+        return None, tuple(_attempts(seen, client, since, float("inf"), relays, None))
+    return _Hop(accepted, tuple(_attempts(seen, client, since, accepted.conv.start, relays, accepted))), ()
+
+
+def relay_chain(seen: Sightings, sub: Transfer | None) -> tuple[list[_Hop], tuple[str, ...]]:
+    """4. The hand-overs from the MTA on: the MTA to an MX, and on from each MX that relayed it
+    (a backup MX queues it and passes it to a better MX, RFC 5321 §5.1). Also what the last host
+    reached tried after it, without success so far (the message is still on its way there)."""
+    hops: list[_Hop] = []
+    if sub is None:
+        return hops, ()
+    client, since, visited = sub.conv.server, sub.msg.time, {sub.conv.client.ip, sub.conv.server.ip}
+    while True:
+        hop, tried = _next_hop(seen, client, since)
+        if hop is None or hop.transfer.conv.server.ip in visited:  # a loop would never end
+            return hops, tried
+        hops.append(hop)
+        client, since = hop.transfer.conv.server, hop.transfer.msg.time
+        visited.add(client.ip)
+
+
+def _hop_step(hop: _Hop, onward: bool) -> Hop:
+    t = hop.transfer
+    detail = f"SMTP to port {t.conv.server.port}"
+    if onward:
+        detail += f"; {t.conv.server.host} answered {t.msg.reply_code} and queued it to relay it on (a backup MX)"
+    return Hop(t.msg.time, t.conv.client.host, t.conv.server.host, _size(t.msg), detail,
+               tuple(f"earlier attempt: {a}" for a in hop.attempts))
+
+
 def find_relay(seen: Sightings, sub: Transfer | None) -> tuple[JourneyStep, Transfer | None]:
-    """4. The MTA hands the message to the MX: the first later transfer from the MTA that got a 250
-    (else the last one), with the attempts before it (unanswered, refused, 4xx) as notes."""
+    """4. The MTA hands the message to the MX, and each backup MX on to the next: the first later
+    transfer from each that got a 250, with the attempts before it (unanswered, refused, 4xx,
+    unanswered ARP) as notes. Returns the step and the last transfer (the one the storage
+    acknowledgement answers)."""
     mta = sub.conv.server if sub else None
-    relays = [t for t in seen.transfers[1:] if mta is not None and t.conv.client.ip == mta.ip]
-    accepted = [t for t in relays if t.msg.reply_code == 250]
-    relay = accepted[0] if accepted else (relays[-1] if relays else None)
-    attempts: list[str] = []
-    if mta is not None and sub is not None:
-        until = relay.conv.start if relay and accepted else float("inf")
-        carried = {id(t.conv) for t in relays}  # described below, with the reply to the message
-        attempts += [_describe(conv) for conv in seen.conversations
-                     if conv.client.ip == mta.ip and conv.protocol == "smtp"
-                     and sub.msg.time <= conv.start < until and id(conv) not in carried]
-        attempts += [f"{clock(t.msg.time)} {t.conv.client.host} -> {t.conv.server.host}: message refused: "
-                     f"{t.msg.reply_code} {t.msg.reply_text}" for t in relays if t is not relay]
-        attempts.sort()  # each starts with its time of day
-    if relay is None:
-        return JourneyStep(4, STEP_NAMES[3], False, instead=tuple(attempts) or (
+    hops, stuck = relay_chain(seen, sub)
+    if not hops:
+        relays = [t for t in seen.transfers[1:] if mta is not None and t.conv.client.ip == mta.ip]
+        last = relays[-1] if relays else None
+        if last is not None and sub is not None:  # refused every time: the last try, the rest as notes
+            step = _hop_step(_Hop(last, tuple(_attempts(seen, last.conv.client, sub.msg.time, float("inf"),
+                                                        relays, last))), False)
+            return JourneyStep(4, STEP_NAMES[3], True, step.time, step.source, step.target, step.summary, step.detail,
+                               notes=step.notes), last
+        return JourneyStep(4, STEP_NAMES[3], False, instead=stuck or (
             f"no SMTP connection from {mta.host if mta else 'the MTA'} to an MX after the submission",)), None
-    return JourneyStep(4, STEP_NAMES[3], True, relay.msg.time, relay.conv.client.host, relay.conv.server.host,
-                       _size(relay.msg), f"SMTP to port {relay.conv.server.port}",
-                       notes=tuple(f"earlier attempt: {a}" for a in attempts)), relay
+    shown = [_hop_step(h, onward=i < len(hops) - 1 or bool(stuck)) for i, h in enumerate(hops)]
+    first = shown[0]
+    return JourneyStep(4, STEP_NAMES[3], True, first.time, first.source, first.target, first.summary, first.detail,
+                       notes=first.notes, hops=tuple(shown[1:])), hops[-1].transfer
 
 
-def find_storage(relay: Transfer | None) -> JourneyStep:
-    """5. The MX's 250 after the data: our servers say it only once the message is on disk."""
+def find_storage(relay: Transfer | None, seen: Sightings | None = None) -> JourneyStep:
+    """5. The MX's 250 after the data: our servers say it only once the message is on disk. A
+    backup MX's 250 is no storage: it holds the message only until a better MX takes it, so a
+    host that went on trying to hand it on (seen in ``seen``) has not stored it."""
     if relay is None:
         return JourneyStep(5, STEP_NAMES[4], False, instead=("no relay, so nothing stored on the MX",))
     m = relay.msg
     if m.reply_code != 250:
         return JourneyStep(5, STEP_NAMES[4], False, instead=(
             f"the MX answered {m.reply_code} {m.reply_text}" if m.reply_code else "no reply to the data was captured",))
+    stuck = _next_hop(seen, relay.conv.server, m.time)[1] if seen is not None else ()
+    if stuck:
+        return JourneyStep(5, STEP_NAMES[4], False, instead=(
+            f"{relay.conv.server.host} queued it ({m.reply_code} {m.reply_text}) to relay it on, and has not "
+            "handed it on yet:", *stuck))
     return JourneyStep(5, STEP_NAMES[4], True, m.reply_time, relay.conv.server.host, relay.conv.client.host,
                        f"{m.reply_code} {m.reply_text}", "the MX's reply after the data: stored")
 
 
 def find_retrieval(seen: Sightings, sub: Transfer | None,
                    relay: Transfer | None) -> tuple[JourneyStep, Transfer | None]:
-    """6. The recipient's MUA fetches it with POP3 RETR (or TOP): from the MX it was relayed to, if any."""
+    """6. The recipient's MUA fetches it with POP3 RETR (or TOP): from the MX it was relayed to last, if any."""
     mx_ip = relay.conv.server.ip if relay else None
     fetched = next((t for t in seen.retrievals if mx_ip is None or t.conv.server.ip == mx_ip), None)
     fetched = fetched or (seen.retrievals[0] if seen.retrievals else None)
@@ -226,8 +314,9 @@ def find_retrieval(seen: Sightings, sub: Transfer | None,
 
 
 def trace(conversations: Sequence[Conversation], message_id: str | None = None,
-          subject: str | None = None) -> Journey:
-    """Reconstruct the six steps for the message with this Message-ID (or Subject containing ``subject``)."""
+          subject: str | None = None, lookups: Sequence[NeighbourLookup] = ()) -> Journey:
+    """Reconstruct the six steps for the message with this Message-ID (or Subject containing
+    ``subject``); ``lookups`` are the capture's ARP lookups (a host switched off shows only there)."""
     if message_id is None and subject is None:
         raise LabctlError("say which message: a Message-ID, or --subject TEXT")
     wanted = _norm_id(message_id)
@@ -248,20 +337,23 @@ def trace(conversations: Sequence[Conversation], message_id: str | None = None,
                                if _norm_id(t.msg.message_id) != wanted}))
     by_subject = None if wanted else subject
     sightings = Sightings(conversations, tuple(t for t in smtp if _matches(t.msg, wanted, by_subject)),
-                          tuple(t for t in pop if _matches(t.msg, wanted, by_subject)))
+                          tuple(t for t in pop if _matches(t.msg, wanted, by_subject)), tuple(lookups))
 
     # The article's order; each step is looked for where the one before it leaves the message.
     submitted, sub = find_submission(sightings)
     queried, lookup = find_mx_query(sightings, sub)
     answered, answer = find_mx_answer(lookup)
     relayed, relay = find_relay(sightings, sub)
-    stored = find_storage(relay)
+    stored = find_storage(relay, sightings)
     retrieved, fetched = find_retrieval(sightings, sub, relay)
 
     participants = (
         (sub.conv.client.host if sub else "sender's MUA", "MUA"),
         (sub.conv.server.host if sub else "MTA", "MTA"),
         (lookup.conv.server.host if lookup else "DNS", "DNS"),
+        # a backup MX that handed it on: the target of every hop but the last
+        *((target, "backup MX") for target in [relayed.target, *(h.target for h in relayed.hops)][:len(relayed.hops)]
+          if target is not None),
         (relay.conv.server.host if relay else next(iter(answer.exchanges if answer else ()), "MX"), "MX"),
         (fetched.conv.client.host if fetched else "recipient's MUA", "MUA"),
     )
@@ -282,6 +374,11 @@ def timeline(journey: Journey) -> str:
             if s.detail:
                 lines.append(f"   {'':12}  {'':24} ({s.detail})")
             lines += [f"   {'':12}  {'':24} {n}" for n in s.notes]
+            for k, hop in enumerate(s.hops, start=2):
+                lines.append(f"   {clock(hop.time)}  {f'{s.name}, hop {k}':<24} {hop.source} -> {hop.target}: "
+                             f"{hop.summary}")
+                lines.append(f"   {'':12}  {'':24} ({hop.detail})")
+                lines += [f"   {'':12}  {'':24} {n}" for n in hop.notes]
         else:
             lines.append(f"{s.number}. {'--':12}  {s.name:<24} MISSING")
             lines += [f"   {'':12}  {'':24} seen instead: {i}" for i in s.instead]

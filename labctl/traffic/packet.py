@@ -1,8 +1,9 @@
-"""From a link-layer frame to the TCP segment or UDP datagram it carries (IPv4, IPv6).
+"""From a link-layer frame to the TCP segment, UDP datagram or ARP message it carries.
 
-Pure functions of bytes. Anything that is not IP over a known link, or TCP/UDP over IP (ARP,
-ICMP, a non-first IP fragment, a header cut short by the snap length), gives ``None``: the
-decoder skips it, it never raises.
+Pure functions of bytes. Anything that is not IP or ARP over a known link, or TCP/UDP over IP
+(ICMP, a non-first IP fragment, a header cut short by the snap length), gives ``None``: the
+decoder skips it, it never raises. ARP is kept because a host that is switched off shows only
+there: its neighbours ask for its hardware address and nobody answers, so no SYN ever leaves.
 """
 
 from __future__ import annotations
@@ -23,6 +24,10 @@ from labctl.traffic.pcap import (
 
 ETHERTYPE_IPV4 = 0x0800
 ETHERTYPE_IPV6 = 0x86DD
+ETHERTYPE_ARP = 0x0806
+# RFC 826 for IPv4 over Ethernet: hardware type 1, protocol 0x0800, address lengths 6 and 4.
+ARP_ETHERNET_IPV4 = b"\x00\x01\x08\x00\x06\x04"
+ARP_REQUEST, ARP_REPLY = 1, 2
 ETHERTYPE_VLAN = (0x8100, 0x88A8)  # 802.1Q, 802.1ad: 4 more octets before the real type
 PROTO_TCP = 6
 PROTO_UDP = 17
@@ -66,6 +71,17 @@ class Datagram:
     payload: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class Arp:
+    """An ARP request ("who has TARGET? tell SENDER") or reply ("SENDER is at ...", RFC 826)."""
+
+    ts_ns: int
+    vantage: str
+    op: int  # ARP_REQUEST or ARP_REPLY
+    sender: str  # the IPv4 address of the host asking (request) or answering (reply)
+    target: str  # the IPv4 address asked about (request) or the asker's (reply)
+
+
 _addr_cache: dict[bytes, str] = {}
 
 
@@ -79,8 +95,8 @@ def _addr(view: bytes | memoryview) -> str:
     return text
 
 
-def network_payload(linktype: int, data: bytes | memoryview) -> tuple[int, int] | None:
-    """(IP version, offset of the IP header) in a frame of this link type, or None if not IP."""
+def link_payload(linktype: int, data: bytes | memoryview) -> tuple[int, int] | None:
+    """(EtherType, offset of what it carries) in a frame of a link type with EtherTypes, or None."""
     if linktype == LINKTYPE_ETHERNET:
         if len(data) < 14:
             return None
@@ -98,7 +114,14 @@ def network_payload(linktype: int, data: bytes | memoryview) -> tuple[int, int] 
         if len(data) < 20:
             return None
         etype, off = (data[0] << 8) | data[1], 20
-    elif linktype in (LINKTYPE_NULL, LINKTYPE_LOOP):
+    else:
+        return None
+    return etype, off
+
+
+def network_payload(linktype: int, data: bytes | memoryview) -> tuple[int, int] | None:
+    """(IP version, offset of the IP header) in a frame of this link type, or None if not IP."""
+    if linktype in (LINKTYPE_NULL, LINKTYPE_LOOP):
         if len(data) < 4:
             return None
         # NULL: the family in the capturing host's byte order, unknown here; a family is small,
@@ -108,13 +131,15 @@ def network_payload(linktype: int, data: bytes | memoryview) -> tuple[int, int] 
         if family == AF_IPV4:
             return (4, 4)
         return (6, 4) if family in AF_IPV6 else None
-    elif linktype == LINKTYPE_RAW:
+    if linktype == LINKTYPE_RAW:
         if not data:
             return None
         version = data[0] >> 4
         return (version, 0) if version in (4, 6) else None
-    else:
+    link = link_payload(linktype, data)
+    if link is None:
         return None
+    etype, off = link
     if etype == ETHERTYPE_IPV4:
         return (4, off)
     if etype == ETHERTYPE_IPV6:
@@ -122,11 +147,23 @@ def network_payload(linktype: int, data: bytes | memoryview) -> tuple[int, int] 
     return None
 
 
-def parse_frame(frame: Frame) -> Segment | Datagram | None:
-    """The TCP segment or UDP datagram in ``frame``, or None."""
+def parse_arp(frame: Frame, off: int) -> Arp | None:
+    """The IPv4-over-Ethernet ARP message at ``off``, or None (RFC 826's packet layout)."""
+    data = frame.data
+    if len(data) < off + 28 or bytes(data[off:off + 6]) != ARP_ETHERNET_IPV4:
+        return None
+    op = (data[off + 6] << 8) | data[off + 7]
+    if op not in (ARP_REQUEST, ARP_REPLY):
+        return None
+    return Arp(frame.ts_ns, frame.interface, op, _addr(data[off + 14:off + 18]), _addr(data[off + 24:off + 28]))
+
+
+def parse_frame(frame: Frame) -> Segment | Datagram | Arp | None:
+    """The TCP segment, UDP datagram or ARP message in ``frame``, or None."""
     where = network_payload(frame.linktype, frame.data)
     if where is None:
-        return None
+        link = link_payload(frame.linktype, frame.data)
+        return parse_arp(frame, link[1]) if link is not None and link[0] == ETHERTYPE_ARP else None
     version, off = where
     data = frame.data
     if version == 4:

@@ -186,7 +186,9 @@ class Connection:
     accepted_ns: int | None = None  # the server's SYN-ACK
     reset_ns: int | None = None
     reset_by: str | None = None  # "client" or "server"
-    syn_attempts: int = 0  # SYNs seen, retransmissions included
+    # SYNs seen per capture interface, retransmissions included: one SYN captured on both ends
+    # is one attempt, so the count is the most any one vantage saw (the sender's, which sees all).
+    syns_seen: dict[str, int] = field(default_factory=dict)
     vantages: set[str] = field(default_factory=set)
     to_server: Stream = field(default_factory=Stream)
     to_client: Stream = field(default_factory=Stream)
@@ -201,6 +203,11 @@ class Connection:
     def unanswered(self) -> bool:
         """SYNs that got no answer at all (the host is down or unreachable)."""
         return self.syn_ns is not None and self.accepted_ns is None and self.reset_ns is None
+
+    @property
+    def syn_attempts(self) -> int:
+        """SYNs the client sent, retransmissions included, each counted once across captures."""
+        return max(self.syns_seen.values(), default=0)
 
     @property
     def client_isn(self) -> int | None:
@@ -245,7 +252,7 @@ class Reassembler:
                 conn = self._new(key, src, dst, seg.ts_ns, midway=False)
             if conn.client == src and conn.client_isn in (None, seg.seq):
                 conn.to_server.syn(seg.seq)
-                conn.syn_attempts += 1
+                conn.syns_seen[seg.vantage] = conn.syns_seen.get(seg.vantage, 0) + 1
                 if conn.syn_ns is None:
                     conn.syn_ns = seg.ts_ns
         elif conn is None:

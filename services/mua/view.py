@@ -7,6 +7,7 @@ on odd input: an unknown charset falls back to UTF-8 with replacement characters
 
 from __future__ import annotations
 
+import hashlib
 import html
 import json
 import mimetypes
@@ -63,6 +64,7 @@ class Part:
     size: int | None  # decoded bytes of a leaf; None for a multipart
     filename: str | None
     disposition: str | None
+    sha256: str | None = None  # of the decoded bytes of a leaf (a scenario checks an attachment by it)
 
     @property
     def is_attachment(self) -> bool:
@@ -219,15 +221,17 @@ def _describe(part: Message, number: str, depth: int) -> Part:
     leaf = not part.is_multipart()
     encoding = _safe(lambda: str(part.get("Content-Transfer-Encoding", DEFAULT_ENCODING)), DEFAULT_ENCODING)
     filename = _safe(part.get_filename, None)
+    data = payload(part) if leaf else None
     return Part(
         number=number,
         depth=depth,
         content_type=_safe(part.get_content_type, "application/octet-stream"),
         encoding=encoding.strip().lower() or DEFAULT_ENCODING,
         charset=_safe(part.get_content_charset, None),
-        size=len(payload(part)) if leaf else None,
+        size=len(data) if data is not None else None,
         filename=_clean(filename) if isinstance(filename, str) else None,
         disposition=_safe(part.get_content_disposition, None),
+        sha256=hashlib.sha256(data).hexdigest() if data is not None else None,
     )
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 
 from services import textwire
 from services.errors import PeerError
@@ -38,12 +39,24 @@ class SessionBroken(PeerError, ConnectionError):
     """The server closed the connection, or sent something that is no SMTP reply."""
 
 
+# What a failed connect means on the lab's one network, in the words of the queue and the log. A
+# host switched off never answers ARP, so the kernel gives up before a SYN leaves (EHOSTUNREACH,
+# after about 3 s of asking); one whose port is closed answers the SYN with RST.
+CONNECT_ERRORS = {
+    errno.EHOSTUNREACH: "host unreachable (no answer to ARP: the host is down or off the network)",
+    errno.ENETUNREACH: "network unreachable (no route to that network)",
+    errno.ECONNREFUSED: "connection refused",
+}
+
+
 def describe(exc: BaseException) -> str:
-    """A failure as the queue shows it: "connection refused", "timed out", ..."""
+    """A failure as the queue shows it: "connection refused", "timed out", "host unreachable ..."."""
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused"
     if isinstance(exc, TimeoutError):
         return "timed out"
+    if isinstance(exc, OSError) and exc.errno in CONNECT_ERRORS:
+        return CONNECT_ERRORS[exc.errno]
     if isinstance(exc, SessionBroken):
         return str(exc)
     if isinstance(exc, OSError) and exc.strerror:

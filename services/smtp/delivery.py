@@ -372,6 +372,11 @@ class DeliveryWorker:
         while (target := attempt.next_target()) is not None:
             result = await connections.transact(target, entry.sender, data)
             attempt.host_result(target, result.replies, result.error, error_status=result.error_status)
+            if result.error and not result.replies:
+                # Said now, not only in the attempt's summary: a host switched off costs seconds
+                # (ARP gives up after about 3), and the log must show where they went.
+                log.info("%s: relay=%s:%d failed: %s; %s", entry.id, target.relay, self._smtp_port, result.error,
+                         "trying the next MX" if not attempt.finished else "no MX left to try")
         return attempt.outcomes()
 
     async def _settle(

@@ -58,6 +58,8 @@ def to_json(entries: list[QueueEntry], now: float) -> dict[str, Any]:
                         "dsn_status": r.dsn_status,
                         "remote_mta": r.remote_mta,
                         "diagnostic": r.diagnostic,
+                        "attempt_times": list(r.attempt_times),
+                        "tried": list(r.tried),
                     }
                     for r in e.recipients
                 ],
@@ -76,7 +78,9 @@ def render(entries: list[QueueEntry], now: float) -> str:
         for r in e.recipients:
             when = f", next try {relative(max(r.next_attempt - now, 0))}" if r.pending else ""
             lines.append(f"    <{r.address}>  {r.status}, {r.attempts} attempt(s){when}")
-            if r.last_error:
+            if len(r.tried) > 1:  # a host before the last failed too (the primary MX, say)
+                lines += [f"        tried: {t}" for t in r.tried]
+            elif r.last_error:
                 lines.append(f"        last error: {r.last_error}")
         lines.append("")
     pending = sum(1 for e in entries for r in e.recipients if r.pending)

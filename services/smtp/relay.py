@@ -31,6 +31,9 @@ from services.smtp.wire import Reply
 # RFC 5321 §5.1 lets a client limit how many MX addresses it tries per attempt; Postfix's
 # smtp_mx_address_limit is 5. Past that, the rest are for the next attempt.
 MAX_MX_TARGETS = 5
+# The queue record keeps when each attempt ended, for the first this many (a lab's scenarios check
+# the retry schedule's first gaps; a week of retries every minute would be ten thousand).
+MAX_ATTEMPT_TIMES = 100
 
 
 # -- the MX answer model ------------------------------------------------------------------
@@ -114,6 +117,9 @@ class Outcome:
     remote_mta: str = ""  # the MX host that answered
     relay: str = ""  # where we were connected, "mail.example[10.0.0.3]:25", for the log
     reply: Reply | None = None  # that host's reply, if one was the cause
+    # every host of the attempt that failed for this recipient, with why, in the order tried:
+    # "mail.example[10.0.0.3]: host unreachable (...)" (a delivery by a backup MX comes after one)
+    tried: tuple[str, ...] = ()
 
 
 def delivered(reason: str) -> Outcome:
@@ -221,6 +227,7 @@ class DeliveryAttempt:
     max_targets: int = MAX_MX_TARGETS
     _open: dict[str, Outcome] = field(init=False)  # tried, not settled: the last failure
     _settled: dict[str, Outcome] = field(init=False, default_factory=dict)
+    _tried: dict[str, list[str]] = field(init=False, default_factory=dict)  # failures so far, per recipient
     _targets: list[tuple[MxHost, str]] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -251,6 +258,7 @@ class DeliveryAttempt:
             reply = replies.get(rcpt)
             if reply is None:
                 self._open[rcpt] = replace(base, status=error_status, reason=f"{target.relay}: {error}")
+                self._tried.setdefault(rcpt, []).append(self._open[rcpt].reason)
                 continue
             outcome = replace(
                 base, result=reply_result(reply), status=reply.dsn_status,
@@ -258,6 +266,7 @@ class DeliveryAttempt:
             )
             if outcome.result is Result.TRANSIENT:
                 self._open[rcpt] = outcome  # the next MX may take it (RFC 5321 §5.1)
+                self._tried.setdefault(rcpt, []).append(outcome.reason)
             else:
                 del self._open[rcpt]
                 self._settled[rcpt] = outcome
@@ -267,8 +276,10 @@ class DeliveryAttempt:
         return not self._open or not self._targets
 
     def outcomes(self) -> dict[str, Outcome]:
-        """One outcome per recipient; the open ones are transient with their last failure."""
-        return {r: self._settled.get(r) or self._open[r] for r in self.recipients}
+        """One outcome per recipient; the open ones are transient with their last failure. Each
+        carries the hosts that failed for it before (:attr:`Outcome.tried`)."""
+        return {r: replace(self._settled.get(r) or self._open[r], tried=tuple(self._tried.get(r, ())))
+                for r in self.recipients}
 
 
 # -- the decision after an attempt --------------------------------------------------------
@@ -303,6 +314,8 @@ def decide(
         rcpt,
         attempts=attempts,
         last_attempt=now,
+        attempt_times=(*rcpt.attempt_times, now)[:MAX_ATTEMPT_TIMES],
+        tried=outcome.tried,
         dsn_status=outcome.status,
         remote_mta=outcome.remote_mta,
         diagnostic=str(outcome.reply) if outcome.reply else "",

@@ -88,6 +88,8 @@ class RecipientState:
     dsn_status: str = ""  # RFC 3463 code of the last outcome ("4.4.1", "5.1.1")
     remote_mta: str = ""  # the MX host that gave the last reply
     diagnostic: str = ""  # that host's reply, "550 5.1.1 No such user"
+    attempt_times: tuple[float, ...] = ()  # when each attempt ended (epoch seconds), oldest first
+    tried: tuple[str, ...] = ()  # the last attempt's failed hosts with why, in the order tried
 
     @property
     def pending(self) -> bool:
@@ -160,7 +162,8 @@ def _entry_from_json(raw: bytes) -> QueueEntry:
     if doc.get("version") != STATE_VERSION:
         raise ValueError(f"state version {doc.get('version')!r}, expected {STATE_VERSION}")
     recipients = tuple(
-        RecipientState(**{**r, "status": Status(r["status"])}) for r in doc["recipients"]
+        RecipientState(**{**r, "status": Status(r["status"]), "attempt_times": tuple(r.get("attempt_times", ())),
+                          "tried": tuple(r.get("tried", ()))}) for r in doc["recipients"]
     )
     return QueueEntry(
         id=doc["id"],

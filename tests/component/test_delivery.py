@@ -291,6 +291,30 @@ def test_transient_failure_of_one_mx_tries_the_next_in_the_same_attempt(
     assert "relay=mx2.twomx.test[127.0.0.1]" in caplog.text and "status=sent" in caplog.text
 
 
+def test_a_failed_primary_is_logged_and_recorded_before_the_backup_takes_it(
+        tmp_path: Path, mx: tuple[ScriptedMx, int], caplog: pytest.LogCaptureFixture) -> None:
+    # issue 14, defect 7: the primary's failure was in neither the log nor the queue record.
+    handler, port = mx
+    backup = MxRecords((MxHost(10, "mx1.backup.test", ("127.0.0.2",)),  # nothing listens there
+                        MxHost(20, "mx2.backup.test", ("127.0.0.1",))))
+    lab = make_lab(tmp_path, port, {"backup.test": backup})
+    lab.enqueue("andy@ouhk.example", ["carol@backup.test"])
+    with caplog.at_level(logging.INFO, "services.smtp.delivery"):
+        lab.run_once()
+    assert [r.rcpt_tos for r in handler.received] == [["carol@backup.test"]]
+    assert f"relay=mx1.backup.test[127.0.0.2]:{port} failed: connection refused; trying the next MX" in caplog.text
+    assert caplog.text.index("mx1.backup.test[127.0.0.2]") < caplog.text.index("status=sent")
+    # With both down, the queue record names every host tried and why, and when each attempt was.
+    lab = make_lab(tmp_path / "down", closed_port().getsockname()[1], {"backup.test": backup})
+    qid = lab.enqueue("andy@ouhk.example", ["carol@backup.test"])
+    lab.run_once()
+    carol = lab.spool.entry(qid).recipient("carol@backup.test")
+    assert carol.tried == ("mx1.backup.test[127.0.0.2]: connection refused",
+                           "mx2.backup.test[127.0.0.1]: connection refused")
+    assert carol.attempt_times == (T0,)
+    assert carol.last_error == "mx2.backup.test[127.0.0.1]: connection refused"
+
+
 def test_5xx_bounces_to_the_sender_through_local_delivery(tmp_path: Path, mx: tuple[ScriptedMx, int]) -> None:
     handler, port = mx
     handler.rcpt_replies["nobody@stevenchoy.example"] = ["550 5.1.1 <nobody@stevenchoy.example>: No such user"]

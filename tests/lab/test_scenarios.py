@@ -188,10 +188,47 @@ def test_traffic_facts_are_read_from_the_capture(client: DockerEngine, image: st
                  r"|MX 20 mx2\.stevenchoy\.example; MX 10 mail\.stevenchoy\.example)$",
                  r"4\. \S+  relay +smtp\.ouhk\.example -> mx2\.stevenchoy\.example: <message, ",
                  r" earlier attempt: \S+ smtp\.ouhk\.example -> mail\.stevenchoy\.example:25: connection refused",
-                 r"5\. \S+  storage acknowledgement +mx2\.stevenchoy\.example -> smtp\.ouhk\.example: 250 2\.0\.0 ",
+                 # the backup's 250 only queues it: it hands it on, and the primary's 250 is the storage
+                 r"^   \S+  relay, hop 2 +mx2\.stevenchoy\.example -> mail\.stevenchoy\.example: <message, ",
+                 r"5\. \S+  storage acknowledgement +mail\.stevenchoy\.example -> mx2\.stevenchoy\.example: "
+                 r"250 2\.0\.0 ",
                  r"6\. -- +retrieval +MISSING$"):
         assert any(re.search(step, line) for line in lines), (step, trace)
     assert lines[-1] == "5 of 6 steps seen on the wire", trace
+
+
+def test_a_switched_off_primary_mx_in_the_log_the_queue_and_the_trace(client: DockerEngine, image: str,
+                                                                      tmp_path: Path) -> None:
+    """Issue 14: the trace through a backup MX (defect 1), the switched-off primary's attempt in the
+    MTA's log and the trace (defect 7), and the expect extensions, on a real lab."""
+    proc, results = run(str(TESTS / "backup-mx-switched-off.yml"), "--report", str(tmp_path), "--keep")
+    (result,) = results
+    try:
+        assert proc.returncode == 0, f"{result['message']}\n{proc.stderr[-3000:]}"
+        folder = tmp_path / "backup-mx-switched-off"
+        log = (folder / "logs" / "smtp.log").read_text()
+        tried = re.search(r"relay=mail\.stevenchoy\.example\[[\d.]+\]:25 failed: (.*); trying the next MX", log)
+        assert tried is not None, log[-3000:]
+        assert tried[1] in ("host unreachable (no answer to ARP: the host is down or off the network)", "timed out")
+        trace = labctl("trace", "--lab", result["lab"], "--subject", "switched off", check=False).stdout
+        lines = trace.rstrip("\n").splitlines()
+        for step in (r"4\. \S+  relay +smtp\.ouhk\.example -> mx2\.stevenchoy\.example: <message, ",
+                     # the primary's attempt: ARP nobody answered (or, with a stale neighbour entry, SYNs)
+                     r" earlier attempt: \S+ smtp\.ouhk\.example -> mail\.stevenchoy\.example"
+                     r"(: ARP who-has [\d.]+ unanswered|:25: connection attempt unanswered)",
+                     r"queued it to relay it on \(a backup MX\)",
+                     r"^   \S+  relay, hop 2 +mx2\.stevenchoy\.example -> mail\.stevenchoy\.example: <message, ",
+                     r"5\. \S+  storage acknowledgement +mail\.stevenchoy\.example -> mx2\.stevenchoy\.example: 250 ",
+                     r"6\. \S+  retrieval +mail\.stevenchoy\.example -> betty\S*: RETR "):
+            assert any(re.search(step, line) for line in lines), (step, trace)
+        assert lines[-1] == "6 of 6 steps seen on the wire", trace
+        (tmp_path / "trace-seen.txt").write_text(trace)  # for a look after the run (pytest keeps tmp_path)
+        mermaid = labctl("trace", "--lab", result["lab"], "--subject", "switched off", "--mermaid").stdout
+        assert "participant P3 as mx2.stevenchoy.example (backup MX)" in mermaid, mermaid
+        assert "P3->>P4: 4. relay, hop 2" in mermaid and "P4->>P5: 6. retrieval" in mermaid, mermaid
+    finally:
+        labctl("down", "--lab", result["lab"], check=False)
+    assert leftovers(client, result["lab"]) == []
 
 
 def test_up_with_an_overlay_starts_the_extra_host_and_publishes_its_mx(client: DockerEngine, image: str,

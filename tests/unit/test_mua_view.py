@@ -127,7 +127,8 @@ def test_json_form_is_what_labctl_parses() -> None:
     assert obj["headers"]["Subject"] == "你好 and more"
     assert obj["text"] == "Grüße, Betty!"
     assert obj["parts"][5] == {"number": "3", "depth": 1, "content_type": "application/pdf", "encoding": "base64",
-                               "charset": None, "size": 177, "filename": "Résumé.pdf", "disposition": "attachment"}
+                               "charset": None, "size": 177, "filename": "Résumé.pdf", "disposition": "attachment",
+                               "sha256": "69c4bc1dfa6a13d62aec61ab6db1111f39b9c8ffca5661c331cb94b78496a4ba"}
 
 
 def test_html_only_message_is_rendered_as_text() -> None:

@@ -7,7 +7,7 @@ same shape the delivery worker uses, so the lookups read as the worker would see
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 from hypothesis import given, settings
@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from services.config import Retry
 from services.smtp.relay import (
+    MAX_ATTEMPT_TIMES,
     Action,
     DeliveryAttempt,
     DnsTemporaryFailure,
@@ -285,7 +286,7 @@ def test_delivered() -> None:
     assert d.action is Action.SENT
     assert d.state == RecipientState("betty@stevenchoy.test", Status.DELIVERED, attempts=1, next_attempt=T0,
                                      last_attempt=T0 + 1, dsn_status="2.0.0", remote_mta="mail.stevenchoy.test",
-                                     diagnostic="250 2.0.0 Ok: queued")
+                                     diagnostic="250 2.0.0 Ok: queued", attempt_times=(T0 + 1,))
 
 
 def test_retry_delay_repeats_the_last_interval() -> None:
@@ -375,3 +376,38 @@ def test_decide_invariants(attempts: int, elapsed: float, result: Result, schedu
         assert d.state.status is {Action.SENT: Status.DELIVERED}.get(d.action, Status.BOUNCED)
     assert (d.action is Action.SENT) == (result is Result.DELIVERED)
     assert (d.action is Action.DEFERRED) == (result is Result.TRANSIENT and elapsed < give_up)
+
+
+def test_the_hosts_that_failed_before_the_one_that_took_it_stay_in_the_outcome() -> None:
+    route = Route("backup.test", (MxHost(10, "mx1.backup.test", ("10.0.0.1",)),
+                                  MxHost(20, "mx2.backup.test", ("10.0.0.2",))))
+    a = DeliveryAttempt(route, ["carol@backup.test"])
+    first = a.next_target()
+    assert first is not None
+    a.host_result(first, {}, "host unreachable (no answer to ARP: the host is down or off the network)")
+    second = a.next_target()
+    assert second is not None
+    a.host_result(second, {"carol@backup.test": OK})
+    outcome = a.outcomes()["carol@backup.test"]
+    assert outcome.result is Result.DELIVERED
+    assert outcome.tried == ("mx1.backup.test[10.0.0.1]: host unreachable (no answer to ARP: the host is down or "
+                             "off the network)",)
+    d = decide(BETTY, outcome, now=T0 + 3, queued_at=T0, retry=RETRY, sender="andy@ouhk.test")
+    assert d.state.tried == outcome.tried and d.state.attempt_times == (T0 + 3,)
+
+
+def test_attempt_times_are_kept_for_the_first_attempts_only() -> None:
+    state = replace(BETTY, attempt_times=tuple(float(t) for t in range(MAX_ATTEMPT_TIMES)))
+    d = decide(state, REFUSED, now=T0, queued_at=T0, retry=RETRY, sender="andy@ouhk.test")
+    assert len(d.state.attempt_times) == MAX_ATTEMPT_TIMES and d.state.attempt_times[-1] == MAX_ATTEMPT_TIMES - 1
+
+
+def test_a_failed_connect_in_the_words_of_the_queue() -> None:
+    import errno
+
+    from services.smtp.client import describe
+
+    assert describe(OSError(errno.EHOSTUNREACH, "No route to host")) == (
+        "host unreachable (no answer to ARP: the host is down or off the network)")
+    assert describe(ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused")) == "connection refused"
+    assert describe(TimeoutError()) == "timed out"

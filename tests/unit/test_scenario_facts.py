@@ -115,3 +115,61 @@ def test_looks_decode_what_the_capture_gained_and_save_it_all_once(tmp_path: Pat
     [again] = decode_captures((tmp_path / "capture.pcapng").read_bytes(), {ANDY: "andy.lab.example",
                                                                           SMTP: "smtp.lab.example"})[0]
     assert again.to_json() == conv.to_json()
+
+
+# -- DNS lookups beyond MX, and the relay hops on the wire (issue 14) --------------------------------
+
+GHOST = (Question("ghost.broken.example", "A"),)
+A_MAIL = (Question("mail.stevenchoy.example", "A"),)
+LOOKUPS = [
+    *TRAFFIC,
+    conversation("dns", "udp", ("10.89.0.25", 40001), ("10.89.0.53", 53), "closed",
+                 Event(T, CLIENT, "query", "A? ghost.broken.example", payload=DnsQuery(8, 0x0100, GHOST)),
+                 Event(T, SERVER, "answer", "NXDOMAIN", payload=DnsAnswer(8, 0x8583, GHOST, "NXDOMAIN", (), ())),
+                 Event(T, CLIENT, "query", "A? mail.stevenchoy.example", payload=DnsQuery(9, 0x0100, A_MAIL)),
+                 Event(T, SERVER, "answer", "10.89.0.110", payload=DnsAnswer(
+                     9, 0x8580, A_MAIL, "NOERROR", (Record("mail.stevenchoy.example", "A", 60, "10.89.0.110"),), ()))),
+]
+
+
+@pytest.mark.parametrize(("fact", "seen"), [
+    (m.DnsLooked("smtp", "ghost.broken.example", "A", "NXDOMAIN"), "smtp asked A? ghost.broken.example and got "
+                                                                   "NXDOMAIN (A? ghost.broken.example)"),
+    (m.DnsLooked(None, "ghost.broken.example", "A"), "10.89.0.25 asked A? ghost.broken.example and got NXDOMAIN "
+                                                     "(A? ghost.broken.example)"),
+    (m.DnsLooked("smtp", "mail.stevenchoy.example", "A", "10.89.0.110"), "smtp asked A? mail.stevenchoy.example "
+                                                                         "and got A 10.89.0.110"),
+    (m.DnsLooked("smtp", "mail.stevenchoy.example", "A", "mail"), "smtp asked A? mail.stevenchoy.example "
+                                                                  "and got A 10.89.0.110"),
+    (m.DnsLooked("smtp", "stevenchoy.example", "MX", "mail.stevenchoy.example"),
+     "smtp asked MX? stevenchoy.example and got MX 10 mail.stevenchoy.example"),
+])
+def test_dns_lookup_facts(fact: m.DnsLooked, seen: str) -> None:
+    assert check_fact(fact, LOOKUPS, ADDRESSES) == seen
+
+
+def test_a_dns_fact_not_shown_lists_the_queries_and_their_answers() -> None:
+    with pytest.raises(StepFailed) as failed:
+        check_fact(m.DnsLooked("smtp", "ghost.broken.example", "A", "NOERROR"), LOOKUPS, ADDRESSES)
+    assert failed.value.expected == "smtp to ask A? ghost.broken.example and get NOERROR"
+    assert "A? ghost.broken.example -> NXDOMAIN (A? ghost.broken.example)" in failed.value.seen
+    with pytest.raises(StepFailed, match="its DNS queries: .*MX\\? stevenchoy.example"):
+        check_fact(m.DnsLooked("smtp", "stevenchoy.example", "AAAA"), LOOKUPS, ADDRESSES)
+
+
+def test_the_relay_hops_are_read_from_the_smtp_conversations() -> None:
+    from tests.unit.packets import pcapng
+    from tests.unit.test_traffic_journey import BACKUP_NAMES, MX2, backup_capture
+
+    convs, _ = decode_captures(pcapng(backup_capture()), BACKUP_NAMES)
+    addresses = {**ADDRESSES, "mx2": MX2}
+    assert check_fact(m.Relayed("betty@stevenchoy.example", ("smtp", "mx2", "mail")), convs, addresses) == (
+        "the message <trip.1@ouhk.example> to betty@stevenchoy.example went smtp -> mx2 -> mail")
+    with pytest.raises(StepFailed) as failed:
+        check_fact(m.Relayed("betty@stevenchoy.example", ("smtp", "mail")), convs, addresses)
+    assert failed.value.seen == ("its SMTP hand-overs: andy -> smtp.ouhk.example (250), smtp.ouhk.example -> "
+                                 "mx2.stevenchoy.example (250), mx2.stevenchoy.example -> "
+                                 "mail.stevenchoy.example (250)")
+    convs, _ = decode_captures(pcapng(backup_capture(onward=False)), BACKUP_NAMES)
+    with pytest.raises(StepFailed):
+        check_fact(m.Relayed("betty@stevenchoy.example", ("smtp", "mx2", "mail")), convs, addresses)

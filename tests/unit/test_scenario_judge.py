@@ -6,7 +6,10 @@ tool's ``--json``, ``services talk``), built here by the same functions the tool
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import re
+from dataclasses import replace
 
 import pytest
 
@@ -72,11 +75,11 @@ PENDING = RecipientState("betty@stevenchoy.example", Status.PENDING, attempts=2,
 
 def test_delivered_counts_messages_with_the_subject_and_not_bounces() -> None:
     box = [message("Lunch?"), message("Other"), bounce_about("betty@stevenchoy.example")]
-    verdict = judge.delivered(m.Delivered("betty@stevenchoy.example", "Lunch", 1), box)
+    verdict = judge.delivered(m.Delivered("betty@stevenchoy.example", "Lunch", m.Count(1)), box)
     assert verdict.ok
-    assert verdict.expected == "1 message(s) with 'Lunch' delivered to betty@stevenchoy.example"
+    assert verdict.expected == "at least 1 message(s) with 'Lunch' delivered to betty@stevenchoy.example"
     assert verdict.seen.startswith("betty@stevenchoy.example's mailbox holds 3 message(s): 'Lunch?', 'Other', ")
-    assert not judge.delivered(m.Delivered("betty@stevenchoy.example", "Lunch", 2), box).ok
+    assert not judge.delivered(m.Delivered("betty@stevenchoy.example", "Lunch", m.Count(2)), box).ok
     assert not judge.delivered(m.Delivered("betty@stevenchoy.example", "Delivery"), box).ok  # the bounce's
 
 
@@ -88,11 +91,11 @@ def test_an_empty_mailbox_is_said_so_and_a_long_one_is_cut() -> None:
 
 def test_queued_wants_a_pending_recipient_after_enough_attempts() -> None:
     entries = queue(PENDING)
-    verdict = judge.queued(m.Queued("smtp", "Betty@stevenchoy.example", 2), entries)
+    verdict = judge.queued(m.Queued("smtp", "Betty@stevenchoy.example", m.Count(2)), entries)
     assert verdict.ok
     assert verdict.seen == ("betty@stevenchoy.example pending after 2 attempt(s), "
                             "last error: mail.stevenchoy.example[10.0.0.10]: connection refused")
-    assert not judge.queued(m.Queued("smtp", "betty@stevenchoy.example", 3), entries).ok
+    assert not judge.queued(m.Queued("smtp", "betty@stevenchoy.example", m.Count(3)), entries).ok
     missing = judge.queued(m.Queued("smtp", "carol@stevenchoy.example"), entries)
     assert (missing.ok, missing.seen) == (False, "carol@stevenchoy.example is not in smtp's queue "
                                                  "(1 message(s) queued)")
@@ -129,16 +132,16 @@ BETTY = "betty@stevenchoy.example"
 
 def test_mailbox_count_is_exact_and_no_count_wants_one() -> None:
     box = [message("Lunch?"), message("Lunch again")]
-    assert judge.mailbox(m.MailboxExpect(BETTY, "server", subject="Lunch", count=2), box).seen == (
+    assert judge.mailbox(m.MailboxExpect(BETTY, "server", subject="Lunch", count=m.Count(2, 2)), box).seen == (
         "2 matching message(s) in betty@stevenchoy.example's mailbox")
-    three = judge.mailbox(m.MailboxExpect(BETTY, "server", subject="Lunch", count=3), box)
-    assert (three.ok, three.expected) == (False, "3 messages with subject containing 'Lunch' in "
+    three = judge.mailbox(m.MailboxExpect(BETTY, "server", subject="Lunch", count=m.Count(3, 3)), box)
+    assert (three.ok, three.expected) == (False, "exactly 3 messages with subject containing 'Lunch' in "
                                                  "betty@stevenchoy.example's mailbox")
     assert three.seen == "2; the mailbox holds 2 message(s): 'Lunch?', 'Lunch again'"
     none = judge.mailbox(m.MailboxExpect(BETTY, "client", sender="carol"), box)
-    assert (none.ok, none.expected) == (False, "at least one of the messages from carol in "
+    assert (none.ok, none.expected) == (False, "at least 1 messages from carol in "
                                                "betty@stevenchoy.example's local mailbox")
-    assert judge.mailbox(m.MailboxExpect(BETTY, "server", subject="Dinner", count=0), box).ok
+    assert judge.mailbox(m.MailboxExpect(BETTY, "server", subject="Dinner", count=m.Count(0, 0)), box).ok
 
 
 def test_mailbox_headers_body_and_attachments_of_each_match() -> None:
@@ -152,9 +155,10 @@ def test_mailbox_headers_body_and_attachments_of_each_match() -> None:
     assert judge.mailbox(absent, box).seen == "no X-Spam header"
     body = judge.mailbox(m.MailboxExpect(BETTY, "server", subject="Lunch", body=re.compile("Goodbye")), box)
     assert (body.expected, body.seen) == ("text matching /Goodbye/ in message 'Lunch?'", "'Hello Betty\\n'")
-    assert judge.mailbox(m.MailboxExpect(BETTY, "server", subject="Photos", attachments=("cat.png",)), box).ok
-    dog = judge.mailbox(m.MailboxExpect(BETTY, "server", subject="Photos", attachments=("cat.png", "dog.png")), box)
-    assert (dog.ok, dog.expected, dog.seen) == (False, "attachment(s) dog.png in message 'Photos'",
+    cat, dog_png = m.AttachmentExpect("cat.png"), m.AttachmentExpect("dog.png")
+    assert judge.mailbox(m.MailboxExpect(BETTY, "server", subject="Photos", attachments=(cat,)), box).ok
+    dog = judge.mailbox(m.MailboxExpect(BETTY, "server", subject="Photos", attachments=(cat, dog_png)), box)
+    assert (dog.ok, dog.expected, dog.seen) == (False, "attachment dog.png in message 'Photos'",
                                                 "attachments: cat.png")
 
 
@@ -174,10 +178,10 @@ def test_queue_expectations() -> None:
     assert judge.queue(m.QueueExpect("smtp", empty=True), queue(PENDING)) == judge.Verdict(
         False, "smtp's queue empty", "Q1 to betty@stevenchoy.example")
     assert judge.queue(m.QueueExpect("smtp", empty=False), queue()).seen == "an empty queue"
-    found = judge.queue(m.QueueExpect("smtp", to=BETTY, status="pending", attempts=2,
+    found = judge.queue(m.QueueExpect("smtp", to=BETTY, status="pending", attempts=m.Count(2),
                                       error=re.compile("refused")), queue(PENDING))
     assert found.ok and found.seen.startswith("pending after 2 attempt(s), last error: mail.stevenchoy")
-    wanted = judge.queue(m.QueueExpect("smtp", to=BETTY, status="bounced", attempts=3), queue(PENDING))
+    wanted = judge.queue(m.QueueExpect("smtp", to=BETTY, status="bounced", attempts=m.Count(3)), queue(PENDING))
     assert (wanted.ok, wanted.expected) == (False, f"{BETTY} in smtp's queue with status bounced, "
                                                    "at least 3 attempt(s)")
     gone = judge.queue(m.QueueExpect("smtp", to="carol@x"), queue(PENDING))
@@ -227,3 +231,38 @@ def test_a_missing_reply_says_why() -> None:
 def test_a_message_without_fields_reads_as_empty(doc: dict[str, object]) -> None:
     x = message_from_json(doc)
     assert (x.subject, x.text, x.attachments, x.is_bounce) == ("", "", [], False)
+
+
+# -- exact counts, retry gaps, attachment sizes and hashes (issue 14) --------------------------------
+
+
+def test_an_exact_attempt_count_and_a_range() -> None:
+    entries = queue(PENDING)  # two attempts
+    assert judge.queued(m.Queued("smtp", BETTY, m.Count(2, 2)), entries).ok
+    assert not judge.queued(m.Queued("smtp", BETTY, m.Count(1, 1)), entries).ok  # "1" is no longer "at least 1"
+    assert judge.queue(m.QueueExpect("smtp", to=BETTY, attempts=m.Count(1, 3)), entries).ok
+    exact = judge.queue(m.QueueExpect("smtp", to=BETTY, attempts=m.Count(3, 3)), entries)
+    assert (exact.ok, exact.expected) == (False, f"{BETTY} in smtp's queue with exactly 3 attempt(s)")
+
+
+def test_the_retry_gap_is_read_from_the_queue_record() -> None:
+    retried = replace(PENDING, attempts=3, attempt_times=(T0 + 1, T0 + 3.5, T0 + 9.5))
+    second = m.QueueExpect("smtp", to=BETTY, retry_gap=m.RetryGap(2, m.Count(2, 3)))
+    assert judge.queue(second, queue(retried)).ok
+    third = judge.queue(m.QueueExpect("smtp", to=BETTY, retry_gap=m.RetryGap(3, m.Count(2, 3))), queue(retried))
+    assert (third.ok, third.expected) == (False, f"{BETTY} in smtp's queue with 2 to 3 s from attempt 2 to attempt 3")
+    assert third.seen.endswith("gaps between attempts: 2.5 s, 6.0 s")
+    assert not judge.queue(m.QueueExpect("smtp", to=BETTY, retry_gap=m.RetryGap(4, m.Count(0))), queue(retried)).ok
+
+
+def test_an_attachment_by_size_and_sha256() -> None:
+    data = base64.b64decode("iVBORw0K")
+    digest = hashlib.sha256(data).hexdigest()
+    box = [WITH_ATTACHMENT]
+    fits = m.AttachmentExpect("cat.png", len(data), digest)
+    assert judge.mailbox(m.MailboxExpect(BETTY, "server", subject="Photos", attachments=(fits,)), box).ok
+    wrong = m.AttachmentExpect("cat.png", 1234)
+    verdict = judge.mailbox(m.MailboxExpect(BETTY, "server", subject="Photos", attachments=(wrong,)), box)
+    assert (verdict.ok, verdict.expected, verdict.seen) == (
+        False, "attachment cat.png (1234 bytes) in message 'Photos'",
+        f"attachments: cat.png (6 bytes, sha256 {digest})")

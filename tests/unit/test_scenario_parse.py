@@ -90,7 +90,7 @@ steps:
     mailbox, queue = expect.checks
     assert isinstance(mailbox, m.MailboxExpect) and mailbox.on == "client"
     assert mailbox.received_via == ("smtp.ouhk.example",)
-    assert isinstance(queue, m.QueueExpect) and queue.host == "smtp" and queue.attempts == 2
+    assert isinstance(queue, m.QueueExpect) and queue.host == "smtp" and queue.attempts == m.Count(2, 2)
 
 
 def test_attachments_from_files_are_read_relative_to_the_scenario(tmp_path: Path) -> None:
@@ -326,3 +326,83 @@ def test_the_readme_examples_are_valid() -> None:
         # the step examples may use the hosts the topology example adds
         indented = "".join("  " + line + "\n" for line in block.splitlines())
         assert load(HEAD + topo + "steps:\n" + indented, here).steps
+
+
+# -- counts, retry gaps, attachment sizes and hashes, DNS and relay facts (issue 14) ------------------
+
+
+@pytest.mark.parametrize(("written", "count"), [
+    ("2", m.Count(2, 2)), ("'>= 2'", m.Count(2)), ("'<= 3'", m.Count(0, 3)), ("'2..3'", m.Count(2, 3)),
+    ("' 1 .. 1 '", m.Count(1, 1)),
+])
+def test_one_count_syntax_everywhere(written: str, count: m.Count) -> None:
+    sc = load(HEAD + f"""steps:
+  - wait: {{queued: {{to: betty, attempts: {written}}}}}
+  - wait: {{delivered: {{to: betty, count: {written}}}}}
+  - expect:
+      mailbox: {{user: betty, count: {written}}}
+      queue: {{to: betty, attempts: {written}}}
+""")
+    queued, delivered, expect = (s.action for s in sc.steps)
+    assert isinstance(queued, m.Wait) and isinstance(queued.until, m.Queued) and queued.until.attempts == count
+    assert isinstance(delivered, m.Wait) and isinstance(delivered.until, m.Delivered)
+    assert delivered.until.count == count
+    assert isinstance(expect, m.Expect)
+    mailbox, queue = expect.checks
+    assert isinstance(mailbox, m.MailboxExpect) and mailbox.count == count
+    assert isinstance(queue, m.QueueExpect) and queue.attempts == count
+
+
+def test_count_words() -> None:
+    assert [str(c) for c in (m.Count(2, 2), m.Count(2), m.Count(0, 3), m.Count(2, 3.5))] == [
+        "exactly 2", "at least 2", "at most 3", "2 to 3.5"]
+    assert m.Count(2, 3).holds(3) and not m.Count(2, 3).holds(4) and m.Count(2).holds(99)
+
+
+def test_retry_gap_attachment_checks_and_new_facts() -> None:
+    digest = "ab" * 32
+    sc = load(HEAD + f"""steps:
+  - expect:
+      queue: {{to: betty, retry_gap: {{attempt: 2, seconds: "1.5..4"}}}}
+      mailbox: {{user: betty, attachments: [a.txt, {{name: b.bin, size: 20000, sha256: "{digest.upper()}"}}]}}
+      traffic:
+        - dns: {{from: smtp, name: Ghost.Broken.Example., type: a, answer: nxdomain}}
+        - dns: {{name: mail.stevenchoy.example, answer: mail}}
+        - relayed: {{to: betty, via: [andy, smtp, mail], subject: Hi}}
+""", )
+    [step] = sc.steps
+    assert isinstance(step.action, m.Expect)
+    queue, mailbox, traffic = step.action.checks
+    assert isinstance(queue, m.QueueExpect) and queue.retry_gap == m.RetryGap(2, m.Count(1.5, 4))
+    assert isinstance(mailbox, m.MailboxExpect) and mailbox.attachments == (
+        m.AttachmentExpect("a.txt"), m.AttachmentExpect("b.bin", 20000, digest))
+    assert isinstance(traffic, m.TrafficExpect) and traffic.facts == (
+        m.DnsLooked("smtp", "ghost.broken.example", "A", "NXDOMAIN"),
+        m.DnsLooked(None, "mail.stevenchoy.example", "A", "mail"),
+        m.Relayed("betty@stevenchoy.example", ("andy", "smtp", "mail"), "Hi"))
+
+
+@pytest.mark.parametrize(("text", "line", "message"), [
+    (HEAD + "steps:\n  - wait: {queued: {to: betty, attempts: '> 2'}}\n", 5,
+     "attempts must be a whole number of at least 0 (exactly), or a range in quotes: \">= 2\", \"<= 3\" or "
+     "\"2..3\"; not '> 2'"),
+    (HEAD + "steps:\n  - wait: {queued: {to: betty, attempts: '3..2'}}\n", 5, "attempts must be"),
+    (HEAD + "steps:\n  - wait: {queued: {to: betty, attempts: '1.5..2'}}\n", 5, "attempts must be a whole number"),
+    (HEAD + "steps:\n  - expect:\n      queue: {to: betty, retry_gap: {attempt: 1, seconds: 2}}\n", 6,
+     "attempt must be a whole number of at least 2"),
+    (HEAD + "steps:\n  - expect:\n      queue: {to: betty, retry_gap: {attempt: 2}}\n", 6, "retry_gap needs 'seconds'"),
+    (HEAD + "steps:\n  - expect:\n      mailbox: {user: betty, attachments: [{name: a, sha256: xyz}]}\n", 6,
+     "sha256 'xyz' is not 64 hex digits"),
+    (HEAD + "steps:\n  - expect:\n      mailbox: {user: betty, attachments: [{size: 3}]}\n", 6,
+     "an attachment needs 'name'"),
+    (HEAD + "steps:\n  - expect:\n      traffic: [{dns: {name: x.example, type: MXX}}]\n", 6,
+     "type 'MXX': valid choices: A, AAAA, MX"),
+    (HEAD + "steps:\n  - expect:\n      traffic: [{relayed: {to: betty, via: [smtp]}}]\n", 6,
+     "via must list the hosts the message passed, at least two"),
+    (HEAD + "steps:\n  - expect:\n      traffic: [{relayed: {to: betty, via: [smtp, nowhere]}}]\n", 6,
+     "'nowhere' is not a host of this lab"),
+])
+def test_bad_counts_and_facts_name_the_line(text: str, line: int, message: str) -> None:
+    with pytest.raises(SourceError) as failed:
+        load(text)
+    assert f"s.yml:{line}:" in str(failed.value) and message in str(failed.value)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -14,7 +15,21 @@ from labctl import cli
 from labctl.errors import LabctlError
 from labctl.traffic import diagram, journey
 from tests.unit.decoding import decode_captures
-from tests.unit.packets import ANDY, BETTY, MAIL, NAMES, NS, SMTP, T0, Packet, Tcp, pcap, pcapng, udp_packet
+from tests.unit.packets import (
+    ANDY,
+    BETTY,
+    MAIL,
+    NAMES,
+    NS,
+    SMTP,
+    T0,
+    Packet,
+    Tcp,
+    ether,
+    pcap,
+    pcapng,
+    udp_packet,
+)
 
 DATA = Path(__file__).parent / "data" / "traffic"
 MID = "<trip.1@ouhk.example>"
@@ -281,3 +296,83 @@ def test_find_retrieval() -> None:
     assert fetched is None
     assert step.instead[0].endswith("betty -> mail.stevenchoy.example:110: POP3 session, 0 message(s) retrieved, "
                                     "not this one")
+
+
+# -- a backup MX on the path (issue 14, defects 1 and 7) ------------------------------------------------
+
+MX2 = "10.89.0.111"
+BACKUP_NAMES = {**NAMES, MX2: "mx2.stevenchoy.example"}
+
+
+def _arp_request(t: float, asker: str, target: str, host: str) -> Packet:
+    """An ARP who-has (RFC 826) broadcast by ``asker``, as captured on ``host``."""
+    body = (b"\x00\x01\x08\x00\x06\x04\x00\x01" + b"\x02\x42\x0a\x59\x00\x19" + socket.inet_aton(asker)
+            + b"\x00" * 6 + socket.inet_aton(target))
+    return Packet(t, ether(body, 0x0806), host)
+
+
+def backup_capture(*, onward: bool = True) -> list[Packet]:
+    """The primary MX switched off: the MTA's ARP requests for it go unanswered (no SYN), mx2 takes
+    the message, and once the primary is back, mx2 hands it on (its first try refused)."""
+    packets = _smtp(ANDY, SMTP, 41000, T0, _message(False), "andy", b"250 2.0.0 Q1 Message accepted for delivery\r\n")
+    packets += _dns(T0 + 1)
+    # Broadcast: captured on the asker and on every host that is up (here also mx2), counted once.
+    packets += [_arp_request(T0 + 1.1 + k, SMTP, MAIL, host) for k in range(3) for host in ("smtp", "mx2")]
+    packets += _smtp(SMTP, MX2, 42000, T0 + 4.2, _message(True), "smtp",
+                     b"250 2.0.0 B7 queued for relaying\r\n")
+    packets += Tcp(MX2, 43000, MAIL, 25, t=T0 + 6, host="mx2").refuse().packets
+    if onward:
+        packets += _smtp(MX2, MAIL, 43001, T0 + 8, _message(True), "mx2", b"250 2.0.0 M9 Message accepted\r\n")
+        packets += _pop3(T0 + 10)
+    return sorted(packets, key=lambda p: p.time)
+
+
+def _backup_trace(packets: list[Packet]) -> journey.Journey:
+    convs, decoder = decode_captures(pcapng(packets), BACKUP_NAMES)
+    return journey.trace(convs, message_id=MID, lookups=decoder.neighbour_lookups())
+
+
+def test_a_backup_mx_is_a_hop_of_the_relay_and_its_250_is_no_storage() -> None:
+    j = _backup_trace(backup_capture())
+    assert j.complete
+    relay, stored, fetched = j.steps[3], j.steps[4], j.steps[5]
+    assert (relay.source, relay.target) == ("smtp.ouhk.example", "mx2.stevenchoy.example")
+    assert "queued it to relay it on (a backup MX)" in relay.detail
+    [hop] = relay.hops
+    assert (hop.source, hop.target) == ("mx2.stevenchoy.example", "mail.stevenchoy.example")
+    assert any("connection refused (RST)" in n for n in hop.notes)
+    assert (stored.source, stored.target, stored.summary) == ("mail.stevenchoy.example", "mx2.stevenchoy.example",
+                                                              "250 2.0.0 M9 Message accepted")
+    assert (fetched.source, fetched.target) == ("mail.stevenchoy.example", "betty")
+    assert [h for h, _ in j.participants] == ["andy", "smtp.ouhk.example", "ns.lab.example",
+                                              "mx2.stevenchoy.example", "mail.stevenchoy.example", "betty"]
+    text = journey.timeline(j)
+    assert "relay, hop 2             mx2.stevenchoy.example -> mail.stevenchoy.example" in text
+    assert "6 of 6 steps seen on the wire" in text
+
+
+def test_the_switched_off_primary_shows_as_unanswered_arp_before_the_backup() -> None:
+    j = _backup_trace(backup_capture())
+    [note] = j.steps[3].notes
+    assert note.endswith("smtp.ouhk.example -> mail.stevenchoy.example: ARP who-has 10.89.0.110 unanswered "
+                         "(3 requests): the host is down or off the network, so not even a SYN could be sent")
+
+
+def test_a_backup_mx_still_holding_the_message_has_not_stored_it() -> None:
+    j = _backup_trace(backup_capture(onward=False))
+    stored = j.steps[4]
+    assert not stored.found
+    assert stored.instead[0].startswith("mx2.stevenchoy.example queued it (250 2.0.0 B7 queued for relaying)")
+    assert any("connection refused (RST)" in i for i in stored.instead[1:])
+
+
+def test_the_diagram_draws_each_hop_and_the_retrieval_from_the_mx_that_stored_it() -> None:
+    text = diagram.mermaid(_backup_trace(backup_capture()))
+    assert "participant P3 as mx2.stevenchoy.example (backup MX)" in text
+    assert "participant P4 as mail.stevenchoy.example (MX)" in text
+    assert "P1->>P3: 4. relay: " in text and "P3->>P4: 4. relay, hop 2: " in text
+    assert "P4->>P3: 5. storage acknowledgement: 250 2.0.0 M9" in text
+    assert "P4->>P5: 6. retrieval: " in text
+    svg = ET.fromstring(diagram.svg(_backup_trace(backup_capture())))
+    words = " ".join(t.text or "" for t in svg.iter("{http://www.w3.org/2000/svg}text"))
+    assert "4. relay, hop 2" in words and "backup MX" in words

@@ -148,3 +148,21 @@ def test_follow_feeds_more_packets_later_and_prints_each_event_once() -> None:
         polls.append([e.text for _conv, events in follower.poll(decoder.conversations()) for e in events])
     # A whole line is printed at once; only a line (reply, message) still arriving waits for its end.
     assert polls == [["220 ready", "EHLO a"], ["250 hi"], ["QUIT", "221 bye"]]
+
+
+def test_a_syn_captured_on_both_ends_is_counted_once() -> None:
+    # issue 14, defect 6: "10 SYNs" for 5 when the client and the server both captured them.
+    sent = Tcp(SMTP, 40002, "10.89.0.110", 25, host="smtp").unanswered(5).packets
+    arrived = [Packet(p.time + 0.0001, p.frame, "mail") for p in sent[1:]]  # the first one was lost
+    silent, = _reassemble(sorted(sent + arrived, key=lambda p: p.time))
+    assert silent.unanswered and silent.syn_attempts == 5
+
+
+def test_syns_are_counted_once_in_the_unanswered_note() -> None:
+    from tests.unit.decoding import decode_captures
+    from tests.unit.packets import pcapng
+
+    sent = Tcp(SMTP, 40003, "10.89.0.110", 25, host="smtp").unanswered(5).packets
+    both = sorted(sent + [Packet(p.time + 0.0001, p.frame, "mail") for p in sent], key=lambda p: p.time)
+    [conv], _ = decode_captures(pcapng(both))
+    assert "5 SYNs, no reply" in conv.events[0].text
