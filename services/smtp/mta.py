@@ -22,6 +22,7 @@ from pathlib import Path
 
 from services import config, mailstore, runtime
 from services.config import LabConfig
+from services.logins import LoginDelay
 from services.pop3 import server as pop3_server
 from services.pop3.server import AccountAuthenticator
 from services.smtp import policy, trace
@@ -115,6 +116,7 @@ async def start_mta(
     clock: Callable[[], float] = time.time,
     relay_client: Callable[[str], bool] | None = None,
     size_limit: int = MESSAGE_SIZE_LIMIT,
+    login_delay: LoginDelay = LoginDelay(),
 ) -> Listeners:
     """Start the MTA's listeners (port 0: any free port): SMTP, submission with AUTH, POP3.
 
@@ -135,7 +137,7 @@ async def start_mta(
                                        clock=clock, size_limit=size_limit)
         started["submission"] = await listen(handler(submission=True), hostname=fqdn, host=host,
                                              port=submission_port, clock=clock, size_limit=size_limit,
-                                             check_login=accounts.authenticate)
+                                             check_login=accounts.authenticate, login_delay=login_delay)
         started["pop3"] = await pop3_server.start(cfg, mail_root=mail_root, host=host, port=pop3_port)
     except BaseException:
         for server in started.values():

@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 import pytest
 
 from services.config import LabConfig
+from services.logins import AUTH_DELAY_FIRST, LoginDelay
 from services.mailstore import Maildir, mailbox_dir
 from services.smtp import server, session, wire
 from services.smtp.delivery import DeliveryWorker
@@ -642,6 +643,44 @@ def test_auth_inside_a_transaction_gets_503_on_the_submission_port(servers: Serv
     assert client.rcpt("betty@stevenchoy.example")[0] == 250  # the transaction goes on
     client.rset()
     assert client.docmd("AUTH", plain)[0] == 235  # outside a transaction, the same AUTH succeeds
+
+
+def test_auth_login_challenges_are_username_and_password(servers: Servers) -> None:
+    """The 334 challenges of AUTH LOGIN read "Username:" and "Password:" (they were "User Name\\0")."""
+    mta = servers.mta(Spool(servers.root / "spool"), relay_client=lambda ip: False)
+    wire = servers.wire(mta.port("submission"))
+    wire.command("EHLO client.example")
+    assert wire.command("AUTH LOGIN") == "334 VXNlcm5hbWU6"
+    assert base64.b64decode("VXNlcm5hbWU6") == b"Username:"
+    assert wire.command(base64.b64encode(b"andy@ouhk.example")) == "334 UGFzc3dvcmQ6"
+    assert base64.b64decode("UGFzc3dvcmQ6") == b"Password:"
+    assert wire.command(base64.b64encode(PASSWORDS["andy@ouhk.example"].encode())) == (
+        "235 2.7.0 Authentication successful")
+
+
+def test_a_wrong_auth_password_is_refused_after_a_growing_delay(servers: Servers) -> None:
+    """As POP3's PASS (services.logins): 535 comes late, later each time; a right password at once."""
+    delay = LoginDelay(first=0.3, cap=1.2)
+    mta = servers.mta(Spool(servers.root / "spool"), relay_client=lambda ip: False, login_delay=delay)
+    client = servers.smtp(mta.port("submission"))
+    client.ehlo()
+    elapsed = []
+    for mechanism in ("PLAIN", "LOGIN"):
+        client.user, client.password = "andy@ouhk.example", "wrong"
+        started = time.monotonic()
+        with pytest.raises(smtplib.SMTPAuthenticationError) as refused:
+            client.auth(mechanism, getattr(client, f"auth_{mechanism.lower()}"), initial_response_ok=False)
+        elapsed.append(time.monotonic() - started)
+        assert (refused.value.smtp_code, refused.value.smtp_error) == (535, b"5.7.8 Authentication credentials invalid")
+    assert elapsed[0] >= delay.after(1) and elapsed[1] >= delay.after(2) == 0.6, elapsed
+    client.user, client.password = "andy@ouhk.example", PASSWORDS["andy@ouhk.example"]
+    started = time.monotonic()
+    assert client.auth("PLAIN", client.auth_plain)[0] == 235
+    assert time.monotonic() - started < delay.first
+
+
+def test_the_default_auth_delay_is_pop3_s() -> None:
+    assert session.ServerSession("h", None, size_limit=1).auth_failed() == AUTH_DELAY_FIRST  # type: ignore[arg-type]
 
 
 # -- the article, end to end ----------------------------------------------------------------------------
