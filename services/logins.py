@@ -24,3 +24,6 @@ class LoginDelay:
         """How long to hold back the refusal of the ``failures``-th failed login (1, 2, 4, ... s)."""
         growth: float = 2.0 ** min(max(failures - 1, 0), 32)  # past the cap anyway; no overflow
         return min(self.first * growth, self.cap)
+
+
+LOGIN_DELAY = LoginDelay()  # the servers' own

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from services import config, mailstore, runtime
 from services.config import LabConfig
-from services.logins import LoginDelay
+from services.logins import LOGIN_DELAY, LoginDelay
 from services.pop3 import server as pop3_server
 from services.pop3.server import AccountAuthenticator
 from services.smtp import policy, trace
@@ -116,7 +116,7 @@ async def start_mta(
     clock: Callable[[], float] = time.time,
     relay_client: Callable[[str], bool] | None = None,
     size_limit: int = MESSAGE_SIZE_LIMIT,
-    login_delay: LoginDelay = LoginDelay(),
+    login_delay: LoginDelay = LOGIN_DELAY,
 ) -> Listeners:
     """Start the MTA's listeners (port 0: any free port): SMTP, submission with AUTH, POP3.
 

@@ -37,7 +37,7 @@ import aiosmtpd.smtp
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword, Session
 
 from services.config import LabConfig
-from services.logins import LoginDelay
+from services.logins import LOGIN_DELAY, LoginDelay
 from services.smtp import trace
 from services.smtp.session import (
     AUTH_FAILED,
@@ -196,7 +196,7 @@ class LabSMTP(SMTP):
         clock: Callable[[], float] = time.time,
         size_limit: int = MESSAGE_SIZE_LIMIT,
         check_login: LoginCheck | None = None,
-        login_delay: LoginDelay = LoginDelay(),
+        login_delay: LoginDelay = LOGIN_DELAY,
     ) -> None:
         # aiosmtpd keeps these limits in one dict shared by every connection; ours is per connection.
         self.command_size_limits: collections.defaultdict[str, int] = collections.defaultdict(
@@ -436,7 +436,7 @@ async def listen(
     clock: Callable[[], float] = time.time,
     size_limit: int = MESSAGE_SIZE_LIMIT,
     check_login: LoginCheck | None = None,
-    login_delay: LoginDelay = LoginDelay(),
+    login_delay: LoginDelay = LOGIN_DELAY,
 ) -> asyncio.Server:
     """Serve SMTP on ``host``:``port`` (0: any free port) with a :class:`LabSMTP` per connection."""
 

@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from services.logins import LoginDelay
+from services.logins import LOGIN_DELAY, LoginDelay
 from services.smtp import trace
 from services.smtp.policy import EnvelopePath, parse_mail, parse_rcpt
 from services.smtp.wire import Reply
@@ -141,7 +141,7 @@ class ServerSession:
     """
 
     def __init__(self, hostname: str, checks: EnvelopeChecks, *, size_limit: int,
-                 auth_mechanisms: Sequence[str] = (), login_delay: LoginDelay = LoginDelay()) -> None:
+                 auth_mechanisms: Sequence[str] = (), login_delay: LoginDelay = LOGIN_DELAY) -> None:
         self.hostname = hostname
         self.size_limit = size_limit
         self.auth_mechanisms = tuple(auth_mechanisms)  # none: AUTH is not offered here
