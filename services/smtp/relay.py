@@ -281,6 +281,9 @@ class Action(StrEnum):
     DROPPED = "dropped"  # give up; the sender was <>, so nobody to tell
 
 
+EXPIRED = "4.4.7"  # RFC 3463: delivery time expired
+
+
 @dataclass(frozen=True)
 class Decision:
     action: Action
@@ -316,8 +319,9 @@ def decide(
         return Decision(Action.DEFERRED, replace(state, next_attempt=next_attempt, last_error=outcome.reason))
     reason = outcome.reason
     if outcome.result is Result.TRANSIENT:
-        # RFC 3463 X.4.7 "delivery time expired"; the class stays 4: it never got a 5xx.
+        # RFC 3463 X.4.7 "delivery time expired"; the class stays 4: it never got a 5xx. The
+        # bounce still says what the last attempt met (RFC 3464 §2.3.6): its reply, or its error.
         reason = f"delivery time expired after {attempts} attempts; last error: {outcome.reason}"
-        state = replace(state, dsn_status="4.4.7")
+        state = replace(state, dsn_status=EXPIRED, attempt_error="" if outcome.reply else outcome.reason)
     action = Action.DROPPED if sender in ("", "<>") else Action.BOUNCED
     return Decision(action, replace(state, status=Status.BOUNCED, last_error=reason))

@@ -88,6 +88,9 @@ class RecipientState:
     dsn_status: str = ""  # RFC 3463 code of the last outcome ("4.4.1", "5.1.1")
     remote_mta: str = ""  # the MX host that gave the last reply
     diagnostic: str = ""  # that host's reply, "550 5.1.1 No such user"
+    # Given up on after a last attempt that no SMTP reply explained: what went wrong then
+    # ("mail.stevenchoy.example[10.89.0.110]:25: connection refused"), for the bounce.
+    attempt_error: str = ""
 
     @property
     def pending(self) -> bool:

@@ -12,12 +12,14 @@ import asyncio
 import contextlib
 import logging
 import random
+import re
 import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email import policy
 from email.parser import BytesParser
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
@@ -368,6 +370,25 @@ def test_give_up_after_the_retry_period_bounces_with_4_4_7(tmp_path: Path) -> No
     assert schedule == [0, 5, 15, 25, 35, 45, 55, 60]
     _, rcpt = parse_report(lab.bounces()[0])
     assert rcpt["Status"] == "4.4.7" and rcpt["Action"] == "failed"
+    # The last attempt's own failure, not only "expired" (RFC 3464 §2.3.6): no reply, so a private type.
+    assert re.fullmatch(r"X-maillab; mail\.stevenchoy\.example\[127\.0\.0\.1\]\S*: .*refused.*",
+                        rcpt["Diagnostic-Code"], re.IGNORECASE), rcpt
+    assert parsedate_to_datetime(rcpt["Last-Attempt-Date"]).timestamp() == T0 + 60
+
+
+def test_give_up_after_4xx_replies_reports_the_last_reply(tmp_path: Path, mx: tuple[ScriptedMx, int]) -> None:
+    handler, port = mx
+    handler.rcpt_replies["betty@stevenchoy.example"] = ["450 4.2.0 Mailbox busy, try later"] * 20
+    lab = make_lab(tmp_path, port)
+    lab.enqueue("andy@ouhk.example", ["betty@stevenchoy.example"])
+    while lab.spool.entries():
+        assert lab.run_once() >= 1
+        nxt = lab.spool.next_due()
+        if nxt is not None:
+            lab.clock.now = nxt
+    _, rcpt = parse_report(lab.bounces()[0])
+    assert (rcpt["Status"], rcpt["Diagnostic-Code"]) == ("4.4.7", "smtp; 450 4.2.0 Mailbox busy, try later")
+    assert rcpt["Remote-MTA"] == "dns; mail.stevenchoy.example" and "Last-Attempt-Date" in rcpt
 
 
 def test_a_silent_mx_times_out_and_is_retried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
