@@ -24,6 +24,7 @@ SPOOL_DIR = Path("/var/spool/maillab")
 MAIL_DIR = Path("/var/mail/maillab")
 
 ROLES = ("dns", "mta", "mx", "mua")
+POSTMASTER = "postmaster"  # RFC 5321 §4.5.1: the reserved mailbox, a case-insensitive local part
 
 # The reference peers (issue 6): the same jobs done by the servers people run in production, so a
 # lab can put ours and theirs side by side. Each does the job of one of our roles (its kind: the
@@ -148,6 +149,26 @@ class LabConfig:
             if a.user.lower() == user.lower():
                 return a
         return None
+
+    # -- postmaster (RFC 5321 §4.5.1) -----------------------------------------------------------
+
+    def mailbox_owner(self, address: str) -> str:
+        """The address whose mailbox takes mail for ``address``: itself, but ``postmaster@D``
+        (any case) goes to the first user of lab domain D: the lab's one alias (RFC 5321 §4.5.1:
+        every domain a server delivers for MUST take mail for its postmaster)."""
+        user, _, dom = address.rpartition("@")
+        d = self.domain(dom)
+        if user.lower() == POSTMASTER and d is not None and d.accounts and self.account(address) is None:
+            return d.accounts[0].address
+        return address
+
+    @property
+    def postmaster(self) -> str | None:
+        """Where ``RCPT TO:<Postmaster>`` (no domain, RFC 5321 §4.5.1) goes on this host: the
+        postmaster of its first local domain, else of the lab domain its name is in."""
+        parent = self.this.fqdn.partition(".")[2]
+        d = next(iter(self.local_domains), None) or self.domain(parent)
+        return f"{POSTMASTER}@{d.name}" if d is not None else None
 
     def is_relay_client(self, address: str) -> bool:
         """May a client at this IP address relay through the MTA without AUTH?

@@ -92,12 +92,13 @@ class MtaHandler:
         return accepted(queue_id)
 
 
-def local_delivery(mail_root: Path) -> LocalDelivery:
-    """The delivery worker's final step for the MTA's own domains: Return-Path, then the Maildir."""
+def local_delivery(cfg: LabConfig, mail_root: Path) -> LocalDelivery:
+    """The delivery worker's final step for the MTA's own domains: Return-Path, then the Maildir
+    (of the postmaster's alias for postmaster@, :meth:`LabConfig.mailbox_owner`)."""
 
     def deliver(sender: str, recipient: str, data: bytes) -> None:
         final = trace.prepend(data, trace.return_path(sender))  # RFC 5321 §4.4: at final delivery
-        key = mailstore.deliver(mailstore.mailbox_dir(mail_root, recipient), final)
+        key = mailstore.deliver(mailstore.mailbox_dir(mail_root, cfg.mailbox_owner(recipient)), final)
         log.info("delivered from <%s> to local mailbox %s (%s)", sender, recipient, key)
 
     return deliver
@@ -134,10 +135,11 @@ async def start_mta(
     started: dict[str, asyncio.Server] = {}
     try:
         started["smtp"] = await listen(handler(submission=False), hostname=fqdn, host=host, port=smtp_port,
-                                       clock=clock, size_limit=size_limit)
+                                       clock=clock, size_limit=size_limit, postmaster=cfg.postmaster)
         started["submission"] = await listen(handler(submission=True), hostname=fqdn, host=host,
                                              port=submission_port, clock=clock, size_limit=size_limit,
-                                             check_login=accounts.authenticate, login_delay=login_delay)
+                                             check_login=accounts.authenticate, login_delay=login_delay,
+                                             postmaster=cfg.postmaster)
         started["pop3"] = await pop3_server.start(cfg, mail_root=mail_root, host=host, port=pop3_port)
     except BaseException:
         for server in started.values():
@@ -154,7 +156,7 @@ def main(argv: list[str]) -> int:
 
     async def serve() -> None:
         spool = Spool(DEFAULT_SPOOL)
-        worker = DeliveryWorker(cfg, spool, local_delivery=local_delivery(config.MAIL_DIR))
+        worker = DeliveryWorker(cfg, spool, local_delivery=local_delivery(cfg, config.MAIL_DIR))
         delivering = asyncio.create_task(worker.run(), name="delivery")
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGUSR1, worker.flush)  # `queue --flush` sends it

@@ -197,6 +197,7 @@ class LabSMTP(SMTP):
         size_limit: int = MESSAGE_SIZE_LIMIT,
         check_login: LoginCheck | None = None,
         login_delay: LoginDelay = LOGIN_DELAY,
+        postmaster: str | None = None,
     ) -> None:
         # aiosmtpd keeps these limits in one dict shared by every connection; ours is per connection.
         self.command_size_limits: collections.defaultdict[str, int] = collections.defaultdict(
@@ -206,7 +207,7 @@ class LabSMTP(SMTP):
         self._check_login = check_login
         self._session = ServerSession(hostname, role, size_limit=size_limit,
                                       auth_mechanisms=AUTH_MECHANISMS if check_login is not None else (),
-                                      login_delay=login_delay)
+                                      login_delay=login_delay, postmaster=postmaster)
         self._refusal_delay: float | None = None  # a wrong password's 535 waits this long (smtp_AUTH)
         self._held: list[bytes] = []  # replies not yet written (see _send_reply)
         self._held_size = 0
@@ -437,12 +438,13 @@ async def listen(
     size_limit: int = MESSAGE_SIZE_LIMIT,
     check_login: LoginCheck | None = None,
     login_delay: LoginDelay = LOGIN_DELAY,
+    postmaster: str | None = None,
 ) -> asyncio.Server:
     """Serve SMTP on ``host``:``port`` (0: any free port) with a :class:`LabSMTP` per connection."""
 
     def connection() -> LabSMTP:
         return LabSMTP(role, hostname=hostname, clock=clock, size_limit=size_limit, check_login=check_login,
-                       login_delay=login_delay)
+                       login_delay=login_delay, postmaster=postmaster)
 
     server = await asyncio.get_running_loop().create_server(connection, host, port)
     auth = ", AUTH PLAIN LOGIN" if check_login is not None else ""

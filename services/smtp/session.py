@@ -141,8 +141,10 @@ class ServerSession:
     """
 
     def __init__(self, hostname: str, checks: EnvelopeChecks, *, size_limit: int,
-                 auth_mechanisms: Sequence[str] = (), login_delay: LoginDelay = LOGIN_DELAY) -> None:
+                 auth_mechanisms: Sequence[str] = (), login_delay: LoginDelay = LOGIN_DELAY,
+                 postmaster: str | None = None) -> None:
         self.hostname = hostname
+        self.postmaster = postmaster  # what RCPT TO:<Postmaster> means here (policy.parse_rcpt)
         self.size_limit = size_limit
         self.auth_mechanisms = tuple(auth_mechanisms)  # none: AUTH is not offered here
         self.peer_ip = "0.0.0.0"
@@ -239,7 +241,7 @@ class ServerSession:
             return refusal
         if len(self.recipients) >= MAX_RECIPIENTS:
             return TOO_MANY_RECIPIENTS
-        path = parse_rcpt(arg)
+        path = parse_rcpt(arg, postmaster=self.postmaster)
         if isinstance(path, Reply):
             return path
         reply = self._checks.check_recipient(self.client, path)

@@ -530,6 +530,38 @@ def test_mx_delivers_into_the_maildir_with_trace_headers(servers: Servers) -> No
     assert stored(servers, "andy@ouhk.example") == []
 
 
+@pytest.mark.parametrize("rcpt", ["postmaster@stevenchoy.example", "PostMaster@StevenChoy.Example", "<Postmaster>"])
+def test_mx_takes_mail_for_postmaster_into_betty_s_maildir(servers: Servers, rcpt: str) -> None:
+    """RFC 5321 §4.5.1: postmaster, in any case, and <Postmaster> without a domain MUST be accepted
+    (they got 550 5.1.1 and 553). The lab's alias: the domain's first user, betty."""
+    wire = servers.wire(servers.mx().port("smtp"))
+    wire.command("EHLO client.example")
+    assert wire.command("MAIL FROM:<andy@ouhk.example>").startswith("250 ")
+    said = wire.command(f"RCPT TO:{rcpt if rcpt.startswith('<') else f'<{rcpt}>'}")
+    assert said.startswith("250 2.1.5 ") and said.endswith("... Recipient ok"), said
+    assert wire.command("DATA").startswith("354")
+    assert wire.command(b"Subject: to the postmaster\r\n\r\nhello\r\n.").startswith("250 2.0.0")
+    [raw] = stored(servers, "betty@stevenchoy.example")
+    assert b"Subject: to the postmaster" in raw
+    assert b"for <postmaster@stevenchoy.example>" in raw.replace(b"<PostMaster@StevenChoy.Example>",
+                                                                 b"<postmaster@stevenchoy.example>")
+
+
+def test_mta_takes_mail_for_its_postmaster_from_anyone(servers: Servers) -> None:
+    spool = Spool(servers.root / "spool")
+    mta = servers.mta(spool, relay_client=lambda ip: False)  # "the Internet": no relaying
+    client = servers.smtp(mta.port("smtp"))
+    client.ehlo()
+    client.mail("carol@elsewhere.example")
+    assert client.rcpt("<Postmaster>") == (250, b"2.1.5 <postmaster@ouhk.example>... Recipient ok")
+    assert client.rcpt("postmaster@stevenchoy.example")[0] == 550  # another's postmaster: relaying denied
+    assert client.data(MESSAGE)[0] == 250
+    [entry] = spool.entries()
+    assert [r.address for r in entry.recipients] == ["postmaster@ouhk.example"]
+    local_delivery(MTA_CFG, servers.mail_root)("carol@elsewhere.example", "postmaster@ouhk.example", MESSAGE)
+    assert len(stored(servers, "andy@ouhk.example")) == 1  # the alias: the domain's first user
+
+
 def test_mx_takes_bounces_from_the_null_sender(servers: Servers) -> None:
     client = servers.smtp(servers.mx().port("smtp"))
     assert client.sendmail("<>", ["betty@stevenchoy.example"], b"Subject: bounce\r\n\r\nsorry\r\n") == {}
@@ -709,8 +741,8 @@ class WatchedSpool(Spool):
 def test_andy_to_betty_through_the_mta_and_the_mx(servers: Servers) -> None:
     mx = servers.mx()
     spool = WatchedSpool(servers.root / "spool")
-    worker = DeliveryWorker(MTA_CFG, spool, local_delivery=local_delivery(servers.mail_root), resolver=LabDns(),
-                            smtp_port=mx.port("smtp"))
+    worker = DeliveryWorker(MTA_CFG, spool, local_delivery=local_delivery(MTA_CFG, servers.mail_root),
+                            resolver=LabDns(), smtp_port=mx.port("smtp"))
 
     async def start_worker() -> None:
         asyncio.get_running_loop().create_task(worker.run())  # cancelled at teardown
