@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -150,6 +151,25 @@ class LabConfig:
                 return a
         return None
 
+    # -- the seal (design decision 5) -----------------------------------------------------------
+
+    @property
+    def zones(self) -> list[str]:
+        """The zones the lab DNS serves (:func:`lab_zones`)."""
+        return lab_zones([d.name for d in self.domains], [h.fqdn for h in self.hosts])
+
+    def outside(self, domain: str) -> str | None:
+        """Why mail for ``domain`` can never be delivered, if it is outside the lab; else None.
+
+        The lab DNS answers REFUSED for every other name, so without this a message to gmail.com
+        waits out the whole retry period on "no name server answered".
+        """
+        name = domain.lower().rstrip(".")
+        if name.startswith("[") or any(name == z or name.endswith("." + z) for z in self.zones):
+            return None  # an address literal is routed by address, not by name
+        return (f"{name} is outside the sealed lab: the lab DNS serves only {', '.join(self.zones)} "
+                "(and answers REFUSED for any other name), and no mail leaves the lab")
+
     # -- postmaster (RFC 5321 §4.5.1) -----------------------------------------------------------
 
     def mailbox_owner(self, address: str) -> str:
@@ -219,6 +239,15 @@ class LabConfig:
             )
         except (KeyError, TypeError) as exc:
             raise ConfigError(f"lab configuration is incomplete or malformed: {exc}") from exc
+
+
+def lab_zones(domains: Iterable[str], fqdns: Iterable[str]) -> list[str]:
+    """Every zone the lab DNS serves: the mail domains plus the parent of each host name not in one."""
+    names = {d.lower() for d in domains}
+    for fqdn in fqdns:
+        if not any(fqdn == z or fqdn.endswith("." + z) for z in names):
+            names.add(fqdn.partition(".")[2])
+    return sorted(names)
 
 
 def encode_files(files: dict[str, str]) -> str:

@@ -41,6 +41,8 @@ class MxHost:
     preference: int
     exchange: str  # host name, lower case, no trailing dot
     addresses: tuple[str, ...]  # its A/AAAA records; empty if the name did not resolve
+    # Without addresses, what the DNS said of the name: "NXDOMAIN", "no A or AAAA record", "REFUSED".
+    lookup: str = ""
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,7 @@ class DnsTemporaryFailure:
     """Timeout, SERVFAIL, no name server answered: try again later."""
 
     reason: str
+    refused: bool = False  # the server answered REFUSED: it does not serve the name
 
 
 MxAnswer = MxRecords | ImplicitMx | NullMx | NoSuchDomain | DnsTemporaryFailure
@@ -157,14 +160,20 @@ def _norm(name: str) -> str:
 
 
 def plan_route(
-    domain: str, answer: MxAnswer, rng: random.Random, *, local_names: Collection[str] = ()
+    domain: str, answer: MxAnswer, rng: random.Random, *, local_names: Collection[str] = (),
+    outside: str | None = None,
 ) -> Route | Outcome:
     """Order the MX hosts of ``domain`` for delivery, or say why there is nowhere to go.
 
     ``local_names`` are this MTA's own names: an MX that points back at us, and every MX
-    not better than it, is dropped (RFC 5321 §5.1), or the message would loop.
+    not better than it, is dropped (RFC 5321 §5.1), or the message would loop. ``outside``:
+    why ``domain`` lies outside the sealed lab, if it does (LabConfig.outside).
     """
     match answer:
+        case DnsTemporaryFailure(refused=True) if outside is not None:
+            # The lab DNS refuses every name outside its zones, and always will: bounce now
+            # rather than after the whole retry period.
+            return permanent("5.1.2", f"domain {outside}")
         case NoSuchDomain():
             return permanent("5.1.2", f"domain {domain} does not exist (DNS: NXDOMAIN)")
         case NullMx():
@@ -190,7 +199,8 @@ def plan_route(
     usable = tuple(replace(h, exchange=_norm(h.exchange)) for h in ordered if h.addresses and _norm(h.exchange))
     if not usable:
         # Often a typo or a half-configured zone; the owner may fix it, so keep trying.
-        return transient("4.4.4", f"no MX host of {domain} has an address")
+        said = "; ".join(f"{_norm(h.exchange)}: {h.lookup or 'no address'}" for h in ordered)
+        return transient("4.4.4", f"no MX host of {domain} has an address ({said})")
     return Route(domain, usable)
 
 

@@ -294,3 +294,16 @@ def test_rcpt_always_decides(arg: str | None, relay: bool) -> None:
 def test_mailbox_parsing_never_raises(text: str) -> None:
     mailbox = policy.parse_mailbox(text)
     assert mailbox is None or (str(mailbox) == text and text.isascii())
+
+
+def test_the_seal_is_the_lab_dns_zones() -> None:
+    """What the MTA and the MUA call outside the lab is what the lab DNS does not serve (zonefiles)."""
+    from labctl import topology, zonefiles
+
+    assert MTA.zones == zonefiles.zone_names(topology.load()) == ["lab.example", "ouhk.example", "stevenchoy.example"]
+    for inside in ("stevenchoy.example", "Mail.StevenChoy.Example.", "nowhere.lab.example", "[10.89.0.110]"):
+        assert MTA.outside(inside) is None, inside
+    assert MTA.outside("gmail.com") == (
+        "gmail.com is outside the sealed lab: the lab DNS serves only lab.example, ouhk.example, stevenchoy.example "
+        "(and answers REFUSED for any other name), and no mail leaves the lab")
+    assert MTA.outside("stevenchoy.example.com") is not None
