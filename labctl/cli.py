@@ -202,6 +202,11 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 
 
 def cmd_mailbox(args: argparse.Namespace) -> int:
+    if args.server:
+        if args.number is not None or args.raw or args.tree:
+            raise LabctlError("--server lists the mailbox on the server; read a message after "
+                              f"`labctl fetch {args.user}` with `labctl mailbox {args.user} N`")
+        return _print_outcome(mail.server_mailbox(_lab(args), args.user, as_json=args.json))
     view = "raw" if args.raw else "tree" if args.tree else "text"
     return _print_outcome(mail.mailbox(_lab(args), args.user, args.number, view=view, as_json=args.json))
 
@@ -481,6 +486,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("mailbox", cmd_mailbox, "a user's local mailbox (after fetch): the list, or message N")
     p.add_argument("user")
+    p.add_argument("--server", action="store_true",
+                   help="the user's mailbox on the server instead (what fetch will find), read without POP3")
     p.add_argument("number", nargs="?", type=int)
     view = p.add_mutually_exclusive_group()
     view.add_argument("--raw", action="store_true", help="the message exactly as stored")

@@ -344,7 +344,7 @@ class DeliveryWorker:
     ) -> dict[str, Outcome]:
         outcomes: dict[str, Outcome] = {}
         for r in rcpts:
-            if self._cfg.account(r.address) is None:
+            if self._cfg.account(self._cfg.mailbox_owner(r.address)) is None:  # postmaster@ is an alias
                 outcome = relay.permanent("5.1.1", f"no mailbox for {r.address} here")
             else:
                 try:

@@ -379,6 +379,14 @@ def test_give_up_after_the_retry_period_bounces_with_4_4_7(tmp_path: Path) -> No
     assert parsedate_to_datetime(rcpt["Last-Attempt-Date"]).timestamp() == T0 + 60
 
 
+def test_postmaster_of_a_local_domain_is_delivered_to_its_alias(tmp_path: Path) -> None:
+    lab = make_lab(tmp_path, 9)
+    lab.enqueue("betty@stevenchoy.example", ["PostMaster@ouhk.example"])
+    assert lab.run_once() == 1
+    assert [(s, r) for s, r, _ in lab.local] == [("betty@stevenchoy.example", "PostMaster@ouhk.example")]
+    assert lab.spool.entries() == []  # delivered, no bounce (it was "no mailbox for postmaster@ouhk.example")
+
+
 def test_give_up_after_4xx_replies_reports_the_last_reply(tmp_path: Path, mx: tuple[ScriptedMx, int]) -> None:
     handler, port = mx
     handler.rcpt_replies["betty@stevenchoy.example"] = ["450 4.2.0 Mailbox busy, try later"] * 20
