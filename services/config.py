@@ -24,7 +24,9 @@ ZONES_DIR = Path("/etc/maillab/zones")
 SPOOL_DIR = Path("/var/spool/maillab")
 MAIL_DIR = Path("/var/mail/maillab")
 
-ROLES = ("dns", "mta", "mx", "mua")
+# client: a host on the lab network that is no lab user and no relay client of the MTA, "someone
+# on the Internet" with the student's tools (for the 530 of a submission port without AUTH, say).
+ROLES = ("dns", "mta", "mx", "mua", "client")
 POSTMASTER = "postmaster"  # RFC 5321 §4.5.1: the reserved mailbox, a case-insensitive local part
 
 # The reference peers (issue 6): the same jobs done by the servers people run in production, so a
@@ -110,7 +112,7 @@ class LabConfig:
     hosts: tuple[Host, ...]
     domains: tuple[Domain, ...]
     retry: Retry = field(default_factory=Retry)
-    mua: MuaSettings | None = None  # set on hosts whose role is "mua"
+    mua: MuaSettings | None = None  # set on MUA hosts that have a user
 
     # -- lookups ---------------------------------------------------------------------------
 
