@@ -104,14 +104,23 @@ def _try_hint(topo: topology.Topology, lab: str) -> str:
             f"`telnet {mua.env['MAIL_SMTP']} 25`")
 
 
+def _labs_up(labs: Sequence[str]) -> str:
+    """The labs that are up, for a message about one that is not."""
+    return f"labs up: {', '.join(labs)}" if labs else "no labs are up"
+
+
 def cmd_down(args: argparse.Namespace) -> int:
     where = engine.connect()
-    names = list_labs(where) if args.all else [args.lab]
+    existing = list_labs(where)
+    names = existing if args.all else [args.lab]
     for name in names:
         started = time.monotonic()
-        removed = Lab(where, name).down()
-        out.print(f"lab {name}: removed {removed} hosts, its network and volumes "
-                  f"({time.monotonic() - started:.1f} s)")
+        removed = Lab(where, name).down()  # even for a lab not up: leftover volumes go too
+        if name in existing:
+            out.print(f"lab {name}: removed {removed} hosts, its network and volumes "
+                      f"({time.monotonic() - started:.1f} s)")
+        else:  # idempotent, so no failure; but a typo must not read as a lab removed
+            out.print(f"lab {name}: nothing to remove, there is no such lab ({_labs_up(existing)})")
     if not names:
         out.print("no labs are up")
     return 0
@@ -119,7 +128,11 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     where = engine.connect()
-    names = [args.lab] if args.lab_given else list_labs(where)
+    existing = list_labs(where)
+    if args.lab_given and args.lab not in existing:
+        raise LabNotRunning(f"lab {args.lab!r} does not exist ({_labs_up(existing)}); "
+                            f"start it with `labctl up --lab {args.lab}`")
+    names = [args.lab] if args.lab_given else existing
     labs = {name: Lab(where, name).status() for name in names}
     if args.json:
         out.print_json(json.dumps({n: [h.__dict__ | {"ports": h.ports} for h in hs] for n, hs in labs.items()}))
@@ -144,7 +157,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 
 def cmd_exec(args: argparse.Namespace) -> int:
-    cmd = [a for a in args.cmd if a != "--"] if args.cmd[:1] == ["--"] else args.cmd
+    cmd = args.cmd
     if not cmd:
         raise LabctlError("say what to run: labctl exec HOST -- COMMAND [ARGS...]")
     lab = _lab(args)
@@ -190,6 +203,11 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 
 
 def cmd_mailbox(args: argparse.Namespace) -> int:
+    if args.server:
+        if args.number is not None or args.raw or args.tree:
+            raise LabctlError("--server lists the mailbox on the server; read a message after "
+                              f"`labctl fetch {args.user}` with `labctl mailbox {args.user} N`")
+        return _print_outcome(mail.server_mailbox(_lab(args), args.user, as_json=args.json))
     view = "raw" if args.raw else "tree" if args.tree else "text"
     return _print_outcome(mail.mailbox(_lab(args), args.user, args.number, view=view, as_json=args.json))
 
@@ -477,10 +495,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-f", "--follow", action="store_true")
     p.add_argument("--tail", type=int)
 
-    p = add("exec", cmd_exec, "run a command on a lab host: labctl exec HOST -- CMD [ARGS...]")
+    p = add("exec", cmd_exec, "run a command on a lab host: labctl exec HOST [OPTIONS] -- CMD [ARGS...]")
     p.add_argument("--privileged", action="store_true", help="with every capability (tc, iptables)")
     p.add_argument("host")
-    p.add_argument("cmd", nargs=argparse.REMAINDER)
+    # What follows `--` is the command (see split_command); before it, options go anywhere.
+    p.add_argument("cmd", nargs="*", metavar="-- CMD")
 
     p = add("shell", cmd_shell, "an interactive shell on a lab host")
     p.add_argument("host")
@@ -505,6 +524,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("mailbox", cmd_mailbox, "a user's local mailbox (after fetch): the list, or message N")
     p.add_argument("user")
+    p.add_argument("--server", action="store_true",
+                   help="the user's mailbox on the server instead (what fetch will find), read without POP3")
     p.add_argument("number", nargs="?", type=int)
     view = p.add_mutually_exclusive_group()
     view.add_argument("--raw", action="store_true", help="the message exactly as stored")
@@ -588,8 +609,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# The commands whose last words are a command to run on a host, after `--`.
+RUNS_A_COMMAND = frozenset({"exec"})
+
+
+def split_command(argv: Sequence[str]) -> tuple[list[str], list[str] | None]:
+    """labctl's own words, and the command after the first ``--`` (None without one).
+
+    Cut here rather than by argparse's REMAINDER, which took every word after the host as the
+    command: `labctl exec andy --privileged -- id` ran `--privileged`. Options of labctl may stand
+    anywhere before the ``--``; nothing after it is read as one.
+    """
+    words = list(argv)
+    if "--" not in words:
+        return words, None
+    cut = words.index("--")
+    return words[:cut], words[cut + 1:]
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = build_parser()
+    words, command = split_command(sys.argv[1:] if argv is None else argv)
+    if words[:1] and words[0] not in RUNS_A_COMMAND:
+        return parser.parse_args(sys.argv[1:] if argv is None else argv)  # `--` as argparse has it
+    args, extra = parser.parse_known_args(words)
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}; put the command to run after `--`: "
+                     f"labctl {args.command} HOST -- {' '.join([*args.cmd, *extra])}")
+    args.cmd = [*args.cmd, *(command or [])]
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     if hasattr(args, "lab"):
         args.lab_given = args.lab is not None
         args.lab = args.lab or DEFAULT_LAB

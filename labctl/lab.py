@@ -362,6 +362,10 @@ class Lab:
             return self.engine_of(host).exec(host.container, cmd, out, err, privileged=privileged, stdin=stdin,
                                              environment=environment)
         except EngineError as exc:
+            now = next((h for h in self.status() if h.name == host.name), None)
+            if now is not None and now.state != "running":  # Docker's own words: "409 ... is not running"
+                raise LabNotRunning(f"host {host.name} of lab {self.name!r} is {now.state}; start it with "
+                                    f"`labctl start {host.name} --lab {self.name}`") from exc
             raise LabctlError(f"cannot run {cmd[0]} on {host.name}: {exc}") from exc
 
     def logs(self, host: str, *, follow: bool = False, tail: int | str = "all") -> Iterator[bytes]:

@@ -7,16 +7,19 @@ files behind the servers' backs, so every step crosses the wire and shows in the
 
 from __future__ import annotations
 
+import json
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from labctl.errors import LabctlError
 from labctl.lab import ExecResult, HostStatus, Lab
+from services import config as svc
 from services.mua import PROG as MUA_PROG
 
 MAIL = ["python3", "-m", "services", "mail"]
 QUEUE = ["python3", "-m", "services", "queue"]
+STORE = ["python3", "-m", "services", "store"]
 UPLOAD_DIR = "/tmp/labctl-upload"
 
 
@@ -96,7 +99,11 @@ def fetch(lab: Lab, user: str, *, delete: bool = False) -> MailCommandResult:
 
 def mailbox(lab: Lab, user: str, number: int | None = None, *, view: str = "text",
             as_json: bool = False) -> MailCommandResult:
-    """The local mailbox of ``user`` (after `fetch`): the list, or message ``number``."""
+    """The local mailbox of ``user`` (after `fetch`): the list, or message ``number``.
+
+    The list also says how many messages wait on the server: an empty local mailbox is no sign
+    of an empty one there (the bounces a student waits for sit on the server until a fetch).
+    """
     host = mua_host(lab, user)
     if number is None:
         cmd = [*MAIL, "list"]
@@ -106,7 +113,39 @@ def mailbox(lab: Lab, user: str, number: int | None = None, *, view: str = "text
             cmd.append(f"--{view}")
     if as_json:
         cmd.append("--json")
-    return _outcome(host, lab.exec(host.name, cmd))
+    local = _outcome(host, lab.exec(host.name, cmd))
+    if number is not None or as_json or not local.ok:
+        return local
+    keeper, address = mailbox_keeper(lab, host)
+    stored = len(json.loads(_store(lab, keeper, address, as_json=True).output or "[]"))
+    where = f" --lab {lab.name}"
+    said = (f"on the server ({keeper.fqdn}): {stored} message(s) for {address}; `labctl fetch {host.name}{where}` "
+            f"copies the new ones here, `labctl mailbox --server {host.name}{where}` lists them there\n")
+    return replace(local, output=local.output + said)
+
+
+def mailbox_keeper(lab: Lab, mua: HostStatus) -> tuple[HostStatus, str]:
+    """The host keeping the mailbox of ``mua``'s user on the server side, and the user's address.
+
+    Read from the MUA host's lab.json through the engine's archive, so it works on a stopped host too.
+    """
+    files = {f.name: f.data for f in lab.read_files(mua, str(svc.CONFIG_PATH.parent))}
+    cfg = svc.LabConfig.from_dict(json.loads(files.get(svc.CONFIG_PATH.name, b"{}") or b"{}"))
+    domain = cfg.domain(mua.user.rpartition("@")[2])
+    if domain is None:
+        raise LabctlError(f"{mua.user} has no mail domain in lab {lab.name!r}")
+    return lab.find(domain.mail_host), mua.user
+
+
+def _store(lab: Lab, keeper: HostStatus, address: str, *, as_json: bool) -> MailCommandResult:
+    return _outcome(keeper, lab.exec_in(keeper, [*STORE, address, *(["--json"] if as_json else [])]))
+
+
+def server_mailbox(lab: Lab, user: str, *, as_json: bool = False) -> MailCommandResult:
+    """The mailbox of ``user`` as the server keeps it (``services store`` on its mail host): what
+    a fetch will find, read without a POP3 session (nothing in the capture, no mailbox lock)."""
+    keeper, address = mailbox_keeper(lab, mua_host(lab, user))
+    return _store(lab, keeper, address, as_json=as_json)
 
 
 def queue(lab: Lab, *, flush: bool = False, as_json: bool = False) -> MailCommandResult:

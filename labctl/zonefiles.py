@@ -11,6 +11,7 @@ import ipaddress
 from collections import defaultdict
 
 from labctl.topology import HostSpec, Topology
+from services.config import lab_zones
 
 TTL = 300  # short: a scenario that changes a record wants it seen at once
 # RFC 1912 §2.2 values, scaled down for a lab whose zones live minutes.
@@ -18,12 +19,9 @@ SOA_TIMERS = "3600 600 86400 300"  # refresh retry expire minimum (negative-cach
 
 
 def zone_names(topo: Topology) -> list[str]:
-    """Every zone the lab serves: the mail domains plus the parent of each host name."""
-    names = {d.name for d in topo.domains}
-    for h in topo.hosts:
-        if not any(h.fqdn == z or h.fqdn.endswith("." + z) for z in names):
-            names.add(h.fqdn.partition(".")[2])
-    return sorted(names)
+    """Every zone the lab serves: the mail domains plus the parent of each host name (the rule the
+    MTA and the MUA also know the seal by, services.config.lab_zones)."""
+    return lab_zones([d.name for d in topo.domains], [h.fqdn for h in topo.hosts])
 
 
 def _owner(fqdn: str, zones: list[str]) -> str:

@@ -1,6 +1,6 @@
 """``python3 -m services ROLE [ARGS]``: the entry point of every lab host.
 
-Long-running roles (dns, mta, mx, mua) read the lab configuration, point the host's resolver at
+Long-running roles (dns, mta, mx, mua, client) read the lab configuration, point the host's resolver at
 the lab DNS and serve until SIGTERM. Tool commands (probe, mail) run once and exit; they are what
 `labctl exec` and a student's shell call.
 """
@@ -18,6 +18,7 @@ roles (long-running, one per lab host):
   mta     the sender MTA: submission, durable queue, relay to the MX
   mx      the recipient MX: SMTP in, mailboxes, POP3
   mua     a mail user agent host (waits for a student or labctl)
+  client  a host outside the MTA's clients, with the same tools (waits for a student)
 
 reference peers (on the reference image, for comparisons):
   postfix-mta  Postfix + Dovecot in place of mta
@@ -38,6 +39,7 @@ ENTRY_POINTS: dict[str, str] = {
     "mta": "services.smtp.mta:main",
     "mx": "services.smtp.mx:main",
     "mua": "services.mua.host:main",
+    "client": "services.mua.host:main_client",
     "postfix-mta": "services.reference.mailhost:main_mta",
     "postfix-mx": "services.reference.mailhost:main_mx",
     "nsd-dns": "services.reference.nsd:main",

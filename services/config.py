@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,10 @@ ZONES_DIR = Path("/etc/maillab/zones")
 SPOOL_DIR = Path("/var/spool/maillab")
 MAIL_DIR = Path("/var/mail/maillab")
 
-ROLES = ("dns", "mta", "mx", "mua")
+# client: a host on the lab network that is no lab user and no relay client of the MTA, "someone
+# on the Internet" with the student's tools (for the 530 of a submission port without AUTH, say).
+ROLES = ("dns", "mta", "mx", "mua", "client")
+POSTMASTER = "postmaster"  # RFC 5321 §4.5.1: the reserved mailbox, a case-insensitive local part
 
 # The reference peers (issue 6): the same jobs done by the servers people run in production, so a
 # lab can put ours and theirs side by side. Each does the job of one of our roles (its kind: the
@@ -108,7 +112,7 @@ class LabConfig:
     hosts: tuple[Host, ...]
     domains: tuple[Domain, ...]
     retry: Retry = field(default_factory=Retry)
-    mua: MuaSettings | None = None  # set on hosts whose role is "mua"
+    mua: MuaSettings | None = None  # set on MUA hosts that have a user
 
     # -- lookups ---------------------------------------------------------------------------
 
@@ -148,6 +152,45 @@ class LabConfig:
             if a.user.lower() == user.lower():
                 return a
         return None
+
+    # -- the seal (design decision 5) -----------------------------------------------------------
+
+    @property
+    def zones(self) -> list[str]:
+        """The zones the lab DNS serves (:func:`lab_zones`)."""
+        return lab_zones([d.name for d in self.domains], [h.fqdn for h in self.hosts])
+
+    def outside(self, domain: str) -> str | None:
+        """Why mail for ``domain`` can never be delivered, if it is outside the lab; else None.
+
+        The lab DNS answers REFUSED for every other name, so without this a message to gmail.com
+        waits out the whole retry period on "no name server answered".
+        """
+        name = domain.lower().rstrip(".")
+        if name.startswith("[") or any(name == z or name.endswith("." + z) for z in self.zones):
+            return None  # an address literal is routed by address, not by name
+        return (f"{name} is outside the sealed lab: the lab DNS serves only {', '.join(self.zones)} "
+                "(and answers REFUSED for any other name), and no mail leaves the lab")
+
+    # -- postmaster (RFC 5321 §4.5.1) -----------------------------------------------------------
+
+    def mailbox_owner(self, address: str) -> str:
+        """The address whose mailbox takes mail for ``address``: itself, but ``postmaster@D``
+        (any case) goes to the first user of lab domain D: the lab's one alias (RFC 5321 §4.5.1:
+        every domain a server delivers for MUST take mail for its postmaster)."""
+        user, _, dom = address.rpartition("@")
+        d = self.domain(dom)
+        if user.lower() == POSTMASTER and d is not None and d.accounts and self.account(address) is None:
+            return d.accounts[0].address
+        return address
+
+    @property
+    def postmaster(self) -> str | None:
+        """Where ``RCPT TO:<Postmaster>`` (no domain, RFC 5321 §4.5.1) goes on this host: the
+        postmaster of its first local domain, else of the lab domain its name is in."""
+        parent = self.this.fqdn.partition(".")[2]
+        d = next(iter(self.local_domains), None) or self.domain(parent)
+        return f"{POSTMASTER}@{d.name}" if d is not None else None
 
     def is_relay_client(self, address: str) -> bool:
         """May a client at this IP address relay through the MTA without AUTH?
@@ -198,6 +241,15 @@ class LabConfig:
             )
         except (KeyError, TypeError) as exc:
             raise ConfigError(f"lab configuration is incomplete or malformed: {exc}") from exc
+
+
+def lab_zones(domains: Iterable[str], fqdns: Iterable[str]) -> list[str]:
+    """Every zone the lab DNS serves: the mail domains plus the parent of each host name not in one."""
+    names = {d.lower() for d in domains}
+    for fqdn in fqdns:
+        if not any(fqdn == z or fqdn.endswith("." + z) for z in names):
+            names.add(fqdn.partition(".")[2])
+    return sorted(names)
 
 
 def encode_files(files: dict[str, str]) -> str:

@@ -25,6 +25,7 @@ ROLE_SERVICES: dict[str, tuple[tuple[str, int], ...]] = {
     "mta": (("smtp", 25), ("smtp", 587), ("pop3", 110)),
     "mx": (("smtp", 25), ("pop3", 110)),
     "mua": (),
+    "client": (),
     # The reference peers serve what the role they stand in for serves (services.config.REFERENCE_ROLES).
     "nsd-dns": (("dns", 53),),
     "postfix-mta": (("smtp", 25), ("smtp", 587), ("pop3", 110)),

@@ -21,15 +21,8 @@ from services.mua import view
 
 def delivery_status(msg: Message) -> list[dict[str, str]]:
     """The per-recipient fields of a bounce's message/delivery-status part (RFC 3464 §2.3)."""
-    found: list[dict[str, str]] = []
-    for part in msg.walk():
-        if part.get_content_type() != "message/delivery-status":
-            continue
-        blocks = part.get_payload()
-        for block in blocks[1:] if isinstance(blocks, list) else []:  # the first block is per-message
-            if isinstance(block, Message):
-                found.append({k: str(v) for k, v in block.items()})
-    return found
+    # The first block of a report is per-message; the others, one per recipient.
+    return [dict(block) for part in view.tree(msg) for block in part.report[1:]]
 
 
 def messages(root: Path, address: str) -> list[dict[str, Any]]:

@@ -15,7 +15,7 @@ from pathlib import Path
 from services import config as svc
 
 # What a host does, whoever's software does it (services.config.role_kind).
-DNS, MTA, MX, MUA = svc.ROLES
+DNS, MTA, MX, MUA, CLIENT = svc.ROLES
 # The kinds that run an SMTP server: ours (mta, mx) and the reference peers (postfix-mta, postfix-mx).
 MAIL_KINDS = (MTA, MX)
 
@@ -139,6 +139,11 @@ class Topology:
     def accounts(self) -> tuple[str, ...]:
         """The lab's users, as mail addresses (betty@stevenchoy.example)."""
         return tuple(a for d in self.domains for a in d.accounts)
+
+    @property
+    def clients(self) -> tuple[HostSpec, ...]:
+        """The outside client hosts: on the lab network, no lab user, no relay client of the MTA."""
+        return self.hosts_of(CLIENT)
 
     @property
     def mua_hosts(self) -> tuple[HostSpec, ...]:

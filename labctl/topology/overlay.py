@@ -25,7 +25,8 @@ from services import config as svc
 OVERLAY_KEYS = ("hosts", "swap", "domains", "retry")
 SWAP_KEYS = ("command", "image")
 OVERLAY_HOST_KEYS = ("hostname", "role", "address", "user")
-OVERLAY_ROLES = ("mta", "mx", "mua")  # the lab has one name server; a scenario adds mail hosts
+# The lab has one name server; a scenario adds mail hosts, and outside clients (no lab user).
+OVERLAY_ROLES = ("mta", "mx", "mua", "client")
 FIRST_EXTRA_HOST = 100  # added hosts get .100, .101, ... unless they say otherwise
 
 

@@ -17,7 +17,7 @@ import json
 import secrets
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
@@ -125,6 +125,25 @@ def _attachments(paths: list[str]) -> tuple[compose.Attachment, ...]:
     return tuple(found)
 
 
+def check_sealed(args: argparse.Namespace, recipients: Sequence[str]) -> None:
+    """Refuse, before submitting, a recipient outside the sealed lab: the MTA could only bounce it.
+
+    Off a lab host (no lab configuration, servers given as options) there is nothing to check by.
+    """
+    path = args.config or config.CONFIG_PATH
+    try:
+        if not path.exists():
+            return
+        cfg = config.load(path)
+    except config.ConfigError:
+        return  # resolve_account has said what is wrong with it, where it mattered
+    for rcpt in recipients:
+        why = cfg.outside(rcpt.rpartition("@")[2])
+        if why is not None:
+            raise MuaError(f"{rcpt}: {why}; nothing was sent (write to a lab user, say "
+                           f"{', '.join(a.address for d in cfg.domains for a in d.accounts[:1])})")
+
+
 def cmd_send(args: argparse.Namespace) -> int:
     acct = resolve_account(args, server="smtp", need_password=args.submission)
     draft = compose.Draft(
@@ -136,6 +155,7 @@ def cmd_send(args: argparse.Namespace) -> int:
         body=_body(args),
         attachments=_attachments(args.attach),
     )
+    check_sealed(args, draft.recipients)
     now = datetime.now().astimezone()  # RFC 5322 §3.3: the sender's local time and offset
     msgid = compose.message_id(acct.user, f"{now:%Y%m%d%H%M%S}.{secrets.token_hex(8)}")
     msg = compose.compose(draft, date=now, msgid=msgid)

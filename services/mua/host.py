@@ -1,7 +1,8 @@
-"""The ``mua`` role: a host where a student (or labctl) runs the mail client.
+"""The ``mua`` and ``client`` roles: hosts where a student (or labctl) runs the mail client.
 
 Nothing listens here; the host only has to stay up, with its resolver pointed at the lab DNS,
-until `labctl down`.
+until `labctl down`. A ``client`` host is the same machine outside the MTA's own clients (no
+relaying without AUTH, services.config.LabConfig.relay_clients): "someone on the Internet".
 """
 
 from __future__ import annotations
@@ -9,9 +10,14 @@ from __future__ import annotations
 from services import runtime
 
 
-def main(argv: list[str]) -> int:
-    cfg = runtime.start_role("mua")
+def main(argv: list[str], role: str = "mua") -> int:
+    cfg = runtime.start_role(role)
     if cfg is None:
         return 1
-    runtime.log.info("mail user agent host %s ready", cfg.this.fqdn)
+    what = "mail user agent" if role == "mua" else "outside client"
+    runtime.log.info("%s host %s ready", what, cfg.this.fqdn)
     return runtime.serve(runtime.forever)
+
+
+def main_client(argv: list[str]) -> int:
+    return main(argv, "client")

@@ -65,6 +65,9 @@ class Part:
     filename: str | None
     disposition: str | None
     sha256: str | None = None  # of the decoded bytes of a leaf (a scenario checks an attachment by it)
+    # A message/delivery-status part (RFC 3464 §2.1): its blocks of fields, per message then per
+    # recipient. The email package parses the blocks as parts of their own; they are its text.
+    report: tuple[tuple[tuple[str, str], ...], ...] = ()
 
     @property
     def is_attachment(self) -> bool:
@@ -217,11 +220,34 @@ def body_text(msg: EmailMessage) -> str:
     return text
 
 
+DELIVERY_STATUS = "message/delivery-status"
+
+
+def _report_blocks(part: Message) -> tuple[tuple[tuple[str, str], ...], ...]:
+    """The field blocks of a message/delivery-status part, decoded as any header is."""
+    blocks = _safe(part.get_payload, [])
+    return tuple(tuple(all_headers(b)) for b in (blocks if isinstance(blocks, list) else []) if isinstance(b, Message))
+
+
+def _report_text(report: tuple[tuple[tuple[str, str], ...], ...]) -> bytes:
+    return "\n\n".join("\n".join(f"{n}: {v}" for n, v in block) for block in report).encode("utf-8") + b"\n"
+
+
+def _is_report(part: Message) -> bool:
+    return _safe(part.get_content_type, "") == DELIVERY_STATUS
+
+
+def _leaf_bytes(part: Message) -> bytes:
+    """A leaf's decoded bytes; a delivery-status part's are its fields, as text."""
+    return _report_text(_report_blocks(part)) if _is_report(part) else payload(part)
+
+
 def _describe(part: Message, number: str, depth: int) -> Part:
-    leaf = not part.is_multipart()
+    report = _report_blocks(part) if _is_report(part) else ()
+    leaf = not part.is_multipart() or _is_report(part)
     encoding = _safe(lambda: str(part.get("Content-Transfer-Encoding", DEFAULT_ENCODING)), DEFAULT_ENCODING)
     filename = _safe(part.get_filename, None)
-    data = payload(part) if leaf else None
+    data = _leaf_bytes(part) if leaf else None
     return Part(
         number=number,
         depth=depth,
@@ -232,12 +258,13 @@ def _describe(part: Message, number: str, depth: int) -> Part:
         filename=_clean(filename) if isinstance(filename, str) else None,
         disposition=_safe(part.get_content_disposition, None),
         sha256=hashlib.sha256(data).hexdigest() if data is not None else None,
+        report=report,
     )
 
 
 def _walk(part: Message, number: str, depth: int) -> list[tuple[Part, Message]]:
     found = [(_describe(part, number, depth), part)]
-    if part.is_multipart():
+    if part.is_multipart() and not _is_report(part):
         children = part.get_payload()
         for i, child in enumerate(children if isinstance(children, list) else [], start=1):
             if isinstance(child, Message):
@@ -256,14 +283,14 @@ def tree(msg: Message) -> list[Part]:
 
 def attachments(msg: Message) -> list[tuple[Part, bytes]]:
     """The attachments (parts with a file name or an attachment disposition) and their bytes."""
-    return [(p, payload(m)) for p, m in _nodes(msg) if p.is_attachment]
+    return [(p, _leaf_bytes(m)) for p, m in _nodes(msg) if p.is_attachment]
 
 
 def part(msg: Message, number: str) -> tuple[Part, bytes] | None:
     """Leaf part ``number`` (as `tree` numbers them) and its decoded bytes, or None."""
     for p, m in _nodes(msg):
         if p.number == number and p.size is not None:
-            return p, payload(m)
+            return p, _leaf_bytes(m)
     return None
 
 
@@ -311,6 +338,10 @@ def render_tree(parts: list[Part]) -> str:
             details.append("attachment")
         label = p.number or "-"
         lines.append(f"  {label:<{width}}  {'  ' * p.depth}{p.content_type}  ({', '.join(details)})")
+        for i, block in enumerate(p.report):  # the report's fields, a blank line between its blocks
+            indent = f"  {'':<{width}}  {'  ' * (p.depth + 1)}"
+            lines += [indent.rstrip()] if i else []
+            lines += [f"{indent}{name}: {value}" for name, value in block]
     return "\n".join(lines)
 
 
@@ -334,12 +365,20 @@ def render_path(msg: Message) -> list[str]:
     return lines
 
 
+def _part_json(p: Part) -> dict[str, Any]:
+    """A part's fields; ``report`` (the delivery-status blocks) only where there is one."""
+    out = asdict(p)
+    if not p.report:
+        del out["report"]
+    return out
+
+
 def message_json(msg: EmailMessage) -> dict[str, Any]:
     return {
         "headers": headers(msg),
         "all_headers": [list(pair) for pair in all_headers(msg)],
         "text": body_text(msg),
-        "parts": [asdict(p) for p in tree(msg)],
+        "parts": [_part_json(p) for p in tree(msg)],
     }
 
 

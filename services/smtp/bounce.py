@@ -22,7 +22,11 @@ from services.smtp.spool import RecipientState
 
 MAILER_DAEMON = "MAILER-DAEMON"  # the customary local part of a bounce's From (RFC 5321 §4.5.5)
 SUBJECT = "Undelivered Mail Returned to Sender"
+DIAGNOSTIC_TYPE = "X-maillab"  # RFC 3464 §2.3.6: an "X-" diagnostic-type for errors that are no SMTP reply
 
+# Each DSN field on one line however long a remote reply makes it (RFC 5322 §2.1.1: 998 octets at
+# most): Python's own parser reads a folded Diagnostic-Code back with a leading space.
+_POLICY = policy.SMTP.clone(max_line_length=998)
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
 
 
@@ -108,6 +112,10 @@ def _status_part(
             pairs.append(("Remote-MTA", f"dns; {r.remote_mta}"))
         if r.diagnostic:
             pairs.append(("Diagnostic-Code", f"smtp; {r.diagnostic}"))
+        elif r.attempt_error:
+            # RFC 3464 §2.3.6: "smtp" types only an SMTP reply; a refused connection is told in a
+            # private type, as Postfix's "X-Postfix; connect to ...: Connection refused".
+            pairs.append(("Diagnostic-Code", f"{DIAGNOSTIC_TYPE}; {r.attempt_error}"))
         if r.last_attempt is not None:
             pairs.append(("Last-Attempt-Date", _date(r.last_attempt)))
         blocks.append(_fields(pairs))
@@ -164,4 +172,4 @@ def build_bounce(
     while boundary.encode() in body:
         boundary += "="
     msg.set_boundary(boundary)
-    return msg.as_bytes(policy=policy.SMTP)
+    return msg.as_bytes(policy=_POLICY)

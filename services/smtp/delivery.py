@@ -29,7 +29,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
 import dns.exception
+import dns.message
 import dns.name
+import dns.rcode
 import dns.rdatatype
 import dns.resolver
 
@@ -79,9 +81,21 @@ LocalDelivery = Callable[[str, str, bytes], None]  # (envelope sender, recipient
 def _dns_error(exc: dns.exception.DNSException) -> str:
     if isinstance(exc, dns.exception.Timeout):
         return "DNS timeout"
+    if isinstance(exc, dns.resolver.NXDOMAIN):
+        return "NXDOMAIN: no such name"
     if isinstance(exc, dns.resolver.NoNameservers):
-        return "no name server answered (SERVFAIL or REFUSED)"
+        # Say which: SERVFAIL is a broken server, REFUSED a name it does not serve.
+        codes = sorted({dns.rcode.to_text(r.rcode()) for *_, r in exc.kwargs.get("errors", ())
+                        if isinstance(r, dns.message.Message)})
+        return f"the name server answered {' / '.join(codes)}" if codes else \
+            "no name server answered (SERVFAIL or REFUSED)"
     return f"DNS error: {exc}"
+
+
+def _refused(exc: dns.exception.DNSException) -> bool:
+    """Did the name server answer REFUSED (RFC 1035 §4.1.1: it will not serve this name)?"""
+    return isinstance(exc, dns.resolver.NoNameservers) and any(
+        isinstance(r, dns.message.Message) and r.rcode() == dns.rcode.REFUSED for *_, r in exc.kwargs.get("errors", ()))
 
 
 class DnsMxResolver:
@@ -108,13 +122,17 @@ class DnsMxResolver:
             found.extend(r.to_text() for r in answer)
         return tuple(found)
 
-    def _host_addresses(self, name: str) -> tuple[str, ...]:
+    def _mx_host(self, preference: int, exchange: dns.name.Name) -> MxHost:
+        name = exchange.to_text(omit_final_dot=True).lower()
+        if exchange == dns.name.root:
+            return MxHost(preference, name, ())
         try:
-            return self._addresses(name)
+            addresses = self._addresses(exchange.to_text())
         except dns.exception.DNSException as exc:
-            # relay skips a host without addresses (and defers if none is left).
+            # relay skips a host without addresses (and defers if none is left), naming this.
             log.info("MX host %s does not resolve: %s", name, _dns_error(exc))
-            return ()
+            return MxHost(preference, name, (), lookup=_dns_error(exc))
+        return MxHost(preference, name, addresses, lookup="" if addresses else "no A or AAAA record")
 
     def resolve_mx(self, domain: str) -> MxAnswer:
         try:
@@ -128,20 +146,11 @@ class DnsMxResolver:
         except dns.resolver.NoAnswer:
             return self._implicit(domain)
         except dns.exception.DNSException as exc:
-            return DnsTemporaryFailure(_dns_error(exc))
+            return DnsTemporaryFailure(_dns_error(exc), refused=_refused(exc))
         records = [(int(r.preference), r.exchange) for r in answer]
         if len(records) == 1 and records[0][1] == dns.name.root:
             return NullMx()
-        return MxRecords(
-            tuple(
-                MxHost(
-                    preference,
-                    exchange.to_text(omit_final_dot=True).lower(),
-                    () if exchange == dns.name.root else self._host_addresses(exchange.to_text()),
-                )
-                for preference, exchange in records
-            )
-        )
+        return MxRecords(tuple(self._mx_host(preference, exchange) for preference, exchange in records))
 
     def _implicit(self, domain: str) -> MxAnswer:
         try:
@@ -335,7 +344,7 @@ class DeliveryWorker:
     ) -> dict[str, Outcome]:
         outcomes: dict[str, Outcome] = {}
         for r in rcpts:
-            if self._cfg.account(r.address) is None:
+            if self._cfg.account(self._cfg.mailbox_owner(r.address)) is None:  # postmaster@ is an alias
                 outcome = relay.permanent("5.1.1", f"no mailbox for {r.address} here")
             else:
                 try:
@@ -359,7 +368,7 @@ class DeliveryWorker:
         # shield: one message being cancelled must not cancel the lookup the others wait for
         answer = await asyncio.shield(asked[1])
         # Planned per message: hosts of equal preference are shuffled each time (RFC 5321 §5.1).
-        return relay.plan_route(domain, answer, self._rng, local_names={self._fqdn})
+        return relay.plan_route(domain, answer, self._rng, local_names={self._fqdn}, outside=self._cfg.outside(domain))
 
     async def _deliver_remote(
         self, entry: QueueEntry, domain: str, rcpts: Sequence[RecipientState], data: bytes, work: _Pass

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from services import config, mailstore, runtime
 from services.config import LabConfig
+from services.logins import LOGIN_DELAY, LoginDelay
 from services.pop3 import server as pop3_server
 from services.pop3.server import AccountAuthenticator
 from services.smtp import policy, replyfaults, trace
@@ -91,12 +92,13 @@ class MtaHandler:
         return accepted(queue_id)
 
 
-def local_delivery(mail_root: Path) -> LocalDelivery:
-    """The delivery worker's final step for the MTA's own domains: Return-Path, then the Maildir."""
+def local_delivery(cfg: LabConfig, mail_root: Path) -> LocalDelivery:
+    """The delivery worker's final step for the MTA's own domains: Return-Path, then the Maildir
+    (of the postmaster's alias for postmaster@, :meth:`LabConfig.mailbox_owner`)."""
 
     def deliver(sender: str, recipient: str, data: bytes) -> None:
         final = trace.prepend(data, trace.return_path(sender))  # RFC 5321 §4.4: at final delivery
-        key = mailstore.deliver(mailstore.mailbox_dir(mail_root, recipient), final)
+        key = mailstore.deliver(mailstore.mailbox_dir(mail_root, cfg.mailbox_owner(recipient)), final)
         log.info("delivered from <%s> to local mailbox %s (%s)", sender, recipient, key)
 
     return deliver
@@ -116,6 +118,7 @@ async def start_mta(
     relay_client: Callable[[str], bool] | None = None,
     size_limit: int = MESSAGE_SIZE_LIMIT,
     faults: ReplyConsult | None = None,
+    login_delay: LoginDelay = LOGIN_DELAY,
 ) -> Listeners:
     """Start the MTA's listeners (port 0: any free port): SMTP, submission with AUTH, POP3.
     ``faults``: replies injected instead of both SMTP listeners' own (services.smtp.replyfaults).
@@ -134,10 +137,11 @@ async def start_mta(
     started: dict[str, asyncio.Server] = {}
     try:
         started["smtp"] = await listen(handler(submission=False), hostname=fqdn, host=host, port=smtp_port,
-                                       clock=clock, size_limit=size_limit, faults=faults)
+                                       clock=clock, size_limit=size_limit, postmaster=cfg.postmaster, faults=faults)
         started["submission"] = await listen(handler(submission=True), hostname=fqdn, host=host,
                                              port=submission_port, clock=clock, size_limit=size_limit,
-                                             check_login=accounts.authenticate, faults=faults)
+                                             check_login=accounts.authenticate, login_delay=login_delay,
+                                             postmaster=cfg.postmaster, faults=faults)
         started["pop3"] = await pop3_server.start(cfg, mail_root=mail_root, host=host, port=pop3_port)
     except BaseException:
         for server in started.values():
@@ -154,7 +158,7 @@ def main(argv: list[str]) -> int:
 
     async def serve() -> None:
         spool = Spool(DEFAULT_SPOOL)
-        worker = DeliveryWorker(cfg, spool, local_delivery=local_delivery(config.MAIL_DIR))
+        worker = DeliveryWorker(cfg, spool, local_delivery=local_delivery(cfg, config.MAIL_DIR))
         delivering = asyncio.create_task(worker.run(), name="delivery")
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGUSR1, worker.flush)  # `queue --flush` sends it

@@ -57,7 +57,7 @@ class MxHandler:
             for rcpt in recipients:
                 received = received_header(self._cfg, client, queue_id=queue_id, recipients=(rcpt,), when=now)
                 copy = trace.prepend(message, trace.return_path(sender), received)
-                mailbox = mailstore.mailbox_dir(self._mail_root, rcpt)
+                mailbox = mailstore.mailbox_dir(self._mail_root, self._cfg.mailbox_owner(rcpt))
                 key = await self._store.submit((mailbox, copy))
                 log.info("%s: from <%s> delivered to %s (%d octets, %s)", queue_id, sender, rcpt, len(copy), key)
         except OSError as exc:
@@ -82,7 +82,7 @@ async def start_mx(
     ``faults``: replies injected instead of the SMTP server's own (services.smtp.replyfaults)."""
     handler = MxHandler(cfg, mail_root=mail_root, clock=clock)
     smtp = await listen(handler, hostname=cfg.this.fqdn, host=host, port=smtp_port, clock=clock,
-                        size_limit=size_limit, faults=faults)
+                        size_limit=size_limit, postmaster=cfg.postmaster, faults=faults)
     try:
         pop3 = await pop3_server.start(cfg, mail_root=mail_root, host=host, port=pop3_port)
     except BaseException:

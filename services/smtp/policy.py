@@ -16,7 +16,7 @@ import ipaddress
 import re
 from dataclasses import dataclass, field
 
-from services.config import LabConfig
+from services.config import POSTMASTER, LabConfig
 from services.smtp.wire import Reply
 
 # RFC 5321 §4.5.3.1: the sizes every server must accept; longer ones it may refuse.
@@ -162,7 +162,7 @@ _RCPT = _Command(
 )
 
 
-def _parse(command: _Command, arg: str | None, *, null_ok: bool) -> EnvelopePath | Reply:
+def _parse(command: _Command, arg: str | None, *, null_ok: bool, postmaster: str | None = None) -> EnvelopePath | Reply:
     usage = Reply(501, "5.5.4", f"Syntax: {command.usage}")
     if arg is None or arg[: len(command.keyword)].upper() != command.keyword:
         return usage
@@ -183,6 +183,9 @@ def _parse(command: _Command, arg: str | None, *, null_ok: bool) -> EnvelopePath
         route = _SOURCE_ROUTE.match(inner) if bracketed else None
         address = inner[route.end() :] if route else inner
         mailbox = parse_mailbox(address)
+        if mailbox is None and postmaster is not None and address.lower() == POSTMASTER:
+            # RFC 5321 §4.5.1: "RCPT TO:<Postmaster>", with no domain, MUST be accepted.
+            mailbox = parse_mailbox(postmaster)
         if mailbox is None:
             if "@" not in address and _LOCAL_PART.fullmatch(address):
                 return Reply(command.no_domain.code, command.no_domain.status,
@@ -218,9 +221,12 @@ def parse_mail(arg: str | None, *, size_limit: int, esmtp: bool) -> EnvelopePath
     return path
 
 
-def parse_rcpt(arg: str | None) -> EnvelopePath | Reply:
-    """The argument of RCPT (``TO:<a@b>``): the forward-path, or the reply refusing it."""
-    path = _parse(_RCPT, arg, null_ok=False)
+def parse_rcpt(arg: str | None, *, postmaster: str | None = None) -> EnvelopePath | Reply:
+    """The argument of RCPT (``TO:<a@b>``): the forward-path, or the reply refusing it.
+
+    ``postmaster``: the address ``TO:<Postmaster>`` (without a domain) stands for on this host.
+    """
+    path = _parse(_RCPT, arg, null_ok=False, postmaster=postmaster)
     if isinstance(path, Reply):
         return path
     if path.params:  # no extension offered here defines RCPT parameters
@@ -257,8 +263,9 @@ def recipient(cfg: LabConfig, rcpt: EnvelopePath, *, relay: bool) -> Reply:
     if rcpt.mailbox is None:  # parse_rcpt refuses <>; a decision all the same
         return _RCPT.bad_address
     address = str(rcpt.mailbox)
+    known = cfg.account(cfg.mailbox_owner(address)) is not None  # postmaster@ our domains too
     if is_local(cfg, rcpt.mailbox.domain):
-        if cfg.account(address) is None:
+        if not known:
             return Reply(550, "5.1.1", f"{rcpt.echo}... User unknown")
         return Reply(250, "2.1.5", f"{rcpt.echo}... Recipient ok")
     if relay:
@@ -266,7 +273,7 @@ def recipient(cfg: LabConfig, rcpt: EnvelopePath, *, relay: bool) -> Reply:
     if cfg.is_backup_mx(rcpt.mailbox.domain):
         # A backup MX knows the domain's accounts: refusing an unknown user now, rather than
         # bouncing it later, sends no bounce to a forged sender (backscatter).
-        if cfg.account(address) is None:
+        if not known:
             return Reply(550, "5.1.1", f"{rcpt.echo}... User unknown")
         return Reply(250, "2.1.5", f"{rcpt.echo}... Recipient ok (backup MX, will relay)")
     return Reply(550, "5.7.1", f"{rcpt.echo}... Relaying denied")

@@ -44,6 +44,8 @@ class MxHost:
     preference: int
     exchange: str  # host name, lower case, no trailing dot
     addresses: tuple[str, ...]  # its A/AAAA records; empty if the name did not resolve
+    # Without addresses, what the DNS said of the name: "NXDOMAIN", "no A or AAAA record", "REFUSED".
+    lookup: str = ""
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,7 @@ class DnsTemporaryFailure:
     """Timeout, SERVFAIL, no name server answered: try again later."""
 
     reason: str
+    refused: bool = False  # the server answered REFUSED: it does not serve the name
 
 
 MxAnswer = MxRecords | ImplicitMx | NullMx | NoSuchDomain | DnsTemporaryFailure
@@ -163,14 +166,20 @@ def _norm(name: str) -> str:
 
 
 def plan_route(
-    domain: str, answer: MxAnswer, rng: random.Random, *, local_names: Collection[str] = ()
+    domain: str, answer: MxAnswer, rng: random.Random, *, local_names: Collection[str] = (),
+    outside: str | None = None,
 ) -> Route | Outcome:
     """Order the MX hosts of ``domain`` for delivery, or say why there is nowhere to go.
 
     ``local_names`` are this MTA's own names: an MX that points back at us, and every MX
-    not better than it, is dropped (RFC 5321 §5.1), or the message would loop.
+    not better than it, is dropped (RFC 5321 §5.1), or the message would loop. ``outside``:
+    why ``domain`` lies outside the sealed lab, if it does (LabConfig.outside).
     """
     match answer:
+        case DnsTemporaryFailure(refused=True) if outside is not None:
+            # The lab DNS refuses every name outside its zones, and always will: bounce now
+            # rather than after the whole retry period.
+            return permanent("5.1.2", f"domain {outside}")
         case NoSuchDomain():
             return permanent("5.1.2", f"domain {domain} does not exist (DNS: NXDOMAIN)")
         case NullMx():
@@ -196,7 +205,8 @@ def plan_route(
     usable = tuple(replace(h, exchange=_norm(h.exchange)) for h in ordered if h.addresses and _norm(h.exchange))
     if not usable:
         # Often a typo or a half-configured zone; the owner may fix it, so keep trying.
-        return transient("4.4.4", f"no MX host of {domain} has an address")
+        said = "; ".join(f"{_norm(h.exchange)}: {h.lookup or 'no address'}" for h in ordered)
+        return transient("4.4.4", f"no MX host of {domain} has an address ({said})")
     return Route(domain, usable)
 
 
@@ -292,6 +302,9 @@ class Action(StrEnum):
     DROPPED = "dropped"  # give up; the sender was <>, so nobody to tell
 
 
+EXPIRED = "4.4.7"  # RFC 3463: delivery time expired
+
+
 @dataclass(frozen=True)
 class Decision:
     action: Action
@@ -329,8 +342,9 @@ def decide(
         return Decision(Action.DEFERRED, replace(state, next_attempt=next_attempt, last_error=outcome.reason))
     reason = outcome.reason
     if outcome.result is Result.TRANSIENT:
-        # RFC 3463 X.4.7 "delivery time expired"; the class stays 4: it never got a 5xx.
+        # RFC 3463 X.4.7 "delivery time expired"; the class stays 4: it never got a 5xx. The
+        # bounce still says what the last attempt met (RFC 3464 §2.3.6): its reply, or its error.
         reason = f"delivery time expired after {attempts} attempts; last error: {outcome.reason}"
-        state = replace(state, dsn_status="4.4.7")
+        state = replace(state, dsn_status=EXPIRED, attempt_error="" if outcome.reply else outcome.reason)
     action = Action.DROPPED if sender in ("", "<>") else Action.BOUNCED
     return Decision(action, replace(state, status=Status.BOUNCED, last_error=reason))

@@ -37,8 +37,10 @@ import aiosmtpd.smtp
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword, Session
 
 from services.config import LabConfig
+from services.logins import LOGIN_DELAY, LoginDelay
 from services.smtp import trace
 from services.smtp.session import (
+    AUTH_FAILED,
     MAX_BAD_COMMANDS,
     Client,
     EnvelopeChecks,
@@ -182,6 +184,10 @@ class LabSMTP(SMTP):
 
     line_length_limit = WIRE_LINE_LIMIT  # the stream reader's bound, for commands and text alike
     command_size_limit = COMMAND_LINE_LIMIT - len(CRLF)  # aiosmtpd measures a line without its CRLF
+    # AUTH LOGIN's challenges (334, base64), as every client expects them: aiosmtpd's own are
+    # "User Name\0" and "Password\0", a NUL that the de facto LOGIN draft never had.
+    AuthLoginUsernameChallenge = "Username:"
+    AuthLoginPasswordChallenge = "Password:"
 
     def __init__(
         self,
@@ -192,6 +198,8 @@ class LabSMTP(SMTP):
         size_limit: int = MESSAGE_SIZE_LIMIT,
         check_login: LoginCheck | None = None,
         faults: ReplyConsult | None = None,
+        login_delay: LoginDelay = LOGIN_DELAY,
+        postmaster: str | None = None,
     ) -> None:
         # aiosmtpd keeps these limits in one dict shared by every connection; ours is per connection.
         self.command_size_limits: collections.defaultdict[str, int] = collections.defaultdict(
@@ -201,8 +209,9 @@ class LabSMTP(SMTP):
         self._check_login = check_login
         self._session = ServerSession(hostname, role, size_limit=size_limit,
                                       auth_mechanisms=AUTH_MECHANISMS if check_login is not None else (),
-                                      faults=faults)
+                                      login_delay=login_delay, postmaster=postmaster, faults=faults)
         self._greeting_due = True  # aiosmtpd's first push is the 220 greeting
+        self._refusal_delay: float | None = None  # a wrong password's 535 waits this long (smtp_AUTH)
         self._held: list[bytes] = []  # replies not yet written (see _send_reply)
         self._held_size = 0
         self._flush_handle: asyncio.Handle | None = None
@@ -405,7 +414,12 @@ class LabSMTP(SMTP):
         refusal = self._session.auth()
         if refusal is not None:
             return await self._reply(refusal)
+        self._refusal_delay = None
         await super().smtp_AUTH(arg)
+        if self._refusal_delay is not None:
+            # This session only waits; the other clients are served meanwhile.
+            await asyncio.sleep(self._refusal_delay)
+            await self._reply(AUTH_FAILED)
 
     def _check_account(
         self, server: SMTP, session: Session, envelope: Any, mechanism: str, auth_data: Any
@@ -415,8 +429,10 @@ class LabSMTP(SMTP):
         user = auth_data.login.decode("utf-8", "replace")
         account = self._check_login(user, auth_data.password.decode("utf-8", "surrogateescape"))
         if account is None:
-            log.info("%s: AUTH %s as %r failed", self.peer_ip, mechanism, user)
-            return AuthResult(success=False, handled=False)  # aiosmtpd answers 535 5.7.8
+            self._refusal_delay = self._session.auth_failed()
+            log.info("%s: AUTH %s as %r failed, answering in %.0f s", self.peer_ip, mechanism, user,
+                     self._refusal_delay)
+            return AuthResult(success=False, handled=True)  # smtp_AUTH answers, after the delay
         log.info("%s: AUTH %s as %s", self.peer_ip, mechanism, account)
         self._session.authenticated(account)
         return AuthResult(success=True, auth_data=account)
@@ -435,6 +451,8 @@ async def listen(
     size_limit: int = MESSAGE_SIZE_LIMIT,
     check_login: LoginCheck | None = None,
     faults: ReplyConsult | None = None,
+    login_delay: LoginDelay = LOGIN_DELAY,
+    postmaster: str | None = None,
 ) -> asyncio.Server:
     """Serve SMTP on ``host``:``port`` (0: any free port) with a :class:`LabSMTP` per connection;
     ``faults``: the injected replies every connection consults (one per server process, so that
@@ -442,7 +460,7 @@ async def listen(
 
     def connection() -> LabSMTP:
         return LabSMTP(role, hostname=hostname, clock=clock, size_limit=size_limit, check_login=check_login,
-                       faults=faults)
+                       login_delay=login_delay, postmaster=postmaster, faults=faults)
 
     server = await asyncio.get_running_loop().create_server(connection, host, port)
     auth = ", AUTH PLAIN LOGIN" if check_login is not None else ""

@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from services.logins import LOGIN_DELAY, LoginDelay
 from services.smtp import trace
 from services.smtp.policy import EnvelopePath, parse_mail, parse_rcpt
 from services.smtp.wire import Reply
@@ -121,6 +122,7 @@ TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Too many recipients")
 NO_AUTH_HERE = Reply(502, "5.5.1", "AUTH is offered on the submission port only")
 AUTH_NEEDS_EHLO = Reply(503, "5.5.1", "AUTH is an ESMTP command: send EHLO, not HELO")
 ALREADY_AUTHENTICATED = Reply(503, "5.5.1", "Already authenticated")
+AUTH_FAILED = Reply(535, "5.7.8", "Authentication credentials invalid")  # RFC 4954 §6
 # RFC 5321 §3.5.3: 252 neither confirms nor denies; telling who exists helps harvesters.
 CANNOT_VRFY = Reply(252, "2.5.2", "Cannot VRFY user, but will accept message and attempt delivery")
 
@@ -155,8 +157,10 @@ class ServerSession:
     """
 
     def __init__(self, hostname: str, checks: EnvelopeChecks, *, size_limit: int,
-                 auth_mechanisms: Sequence[str] = (), faults: ReplyConsult | None = None) -> None:
+                 auth_mechanisms: Sequence[str] = (), login_delay: LoginDelay = LOGIN_DELAY,
+                 postmaster: str | None = None, faults: ReplyConsult | None = None) -> None:
         self.hostname = hostname
+        self.postmaster = postmaster  # what RCPT TO:<Postmaster> means here (policy.parse_rcpt)
         self.size_limit = size_limit
         self.auth_mechanisms = tuple(auth_mechanisms)  # none: AUTH is not offered here
         self.peer_ip = "0.0.0.0"
@@ -169,6 +173,8 @@ class ServerSession:
         self._checks = checks
         self._faults = faults
         self._bad_commands = 0
+        self._login_delay = login_delay
+        self._auth_failures = 0
 
     @property
     def closed(self) -> bool:
@@ -272,7 +278,7 @@ class ServerSession:
             return refusal
         if len(self.recipients) >= MAX_RECIPIENTS:
             return TOO_MANY_RECIPIENTS
-        path = parse_rcpt(arg)
+        path = parse_rcpt(arg, postmaster=self.postmaster)
         if isinstance(path, Reply):
             return path
         reply = self._checks.check_recipient(self.client, path)
@@ -336,6 +342,14 @@ class ServerSession:
     def authenticated(self, account: str) -> None:
         """The SASL exchange proved the client to be ``account``."""
         self.login = account
+
+    def auth_failed(self) -> float:
+        """The SASL exchange gave a wrong password: how long the engine waits before :data:`AUTH_FAILED`.
+
+        The same growing delay as POP3's after a wrong PASS (services.logins): guessing costs time.
+        """
+        self._auth_failures += 1
+        return self._login_delay.after(self._auth_failures)
 
     # -- the rest ----------------------------------------------------------------------------------
 

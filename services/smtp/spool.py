@@ -90,6 +90,9 @@ class RecipientState:
     diagnostic: str = ""  # that host's reply, "550 5.1.1 No such user"
     attempt_times: tuple[float, ...] = ()  # when each attempt ended (epoch seconds), oldest first
     tried: tuple[str, ...] = ()  # the last attempt's failed hosts with why, in the order tried
+    # Given up on after a last attempt that no SMTP reply explained: what went wrong then
+    # ("mail.stevenchoy.example[10.89.0.110]:25: connection refused"), for the bounce.
+    attempt_error: str = ""
 
     @property
     def pending(self) -> bool:

@@ -12,12 +12,14 @@ import asyncio
 import contextlib
 import logging
 import random
+import re
 import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email import policy
 from email.parser import BytesParser
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +43,10 @@ from services.smtp.relay import (
     MxRecords,
     NoSuchDomain,
     NullMx,
+    Outcome,
+    Result,
     Target,
+    plan_route,
 )
 from services.smtp.spool import Spool, Status
 from tests.labconfig import lab_config
@@ -392,6 +397,33 @@ def test_give_up_after_the_retry_period_bounces_with_4_4_7(tmp_path: Path) -> No
     assert schedule == [0, 5, 15, 25, 35, 45, 55, 60]
     _, rcpt = parse_report(lab.bounces()[0])
     assert rcpt["Status"] == "4.4.7" and rcpt["Action"] == "failed"
+    # The last attempt's own failure, not only "expired" (RFC 3464 §2.3.6): no reply, so a private type.
+    assert re.fullmatch(r"X-maillab; mail\.stevenchoy\.example\[127\.0\.0\.1\]\S*: .*refused.*",
+                        rcpt["Diagnostic-Code"], re.IGNORECASE), rcpt
+    assert parsedate_to_datetime(rcpt["Last-Attempt-Date"]).timestamp() == T0 + 60
+
+
+def test_postmaster_of_a_local_domain_is_delivered_to_its_alias(tmp_path: Path) -> None:
+    lab = make_lab(tmp_path, 9)
+    lab.enqueue("betty@stevenchoy.example", ["PostMaster@ouhk.example"])
+    assert lab.run_once() == 1
+    assert [(s, r) for s, r, _ in lab.local] == [("betty@stevenchoy.example", "PostMaster@ouhk.example")]
+    assert lab.spool.entries() == []  # delivered, no bounce (it was "no mailbox for postmaster@ouhk.example")
+
+
+def test_give_up_after_4xx_replies_reports_the_last_reply(tmp_path: Path, mx: tuple[ScriptedMx, int]) -> None:
+    handler, port = mx
+    handler.rcpt_replies["betty@stevenchoy.example"] = ["450 4.2.0 Mailbox busy, try later"] * 20
+    lab = make_lab(tmp_path, port)
+    lab.enqueue("andy@ouhk.example", ["betty@stevenchoy.example"])
+    while lab.spool.entries():
+        assert lab.run_once() >= 1
+        nxt = lab.spool.next_due()
+        if nxt is not None:
+            lab.clock.now = nxt
+    _, rcpt = parse_report(lab.bounces()[0])
+    assert (rcpt["Status"], rcpt["Diagnostic-Code"]) == ("4.4.7", "smtp; 450 4.2.0 Mailbox busy, try later")
+    assert rcpt["Remote-MTA"] == "dns; mail.stevenchoy.example" and "Last-Attempt-Date" in rcpt
 
 
 def test_a_silent_mx_times_out_and_is_retried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -482,9 +514,11 @@ def test_run_wakes_on_enqueue_and_flush(tmp_path: Path, mx: tuple[ScriptedMx, in
 class DnsStub:
     """Answers from a table: name -> {type: [rdata text]}; a name absent is NXDOMAIN."""
 
-    def __init__(self, records: dict[str, dict[str, list[str]]], silent: bool = False) -> None:
+    def __init__(self, records: dict[str, dict[str, list[str]]], silent: bool = False,
+                 refused: tuple[str, ...] = ()) -> None:
         self.records = records
         self.silent = silent
+        self.refused = refused  # names (and their subdomains) answered REFUSED, as the lab DNS does outside its zones
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
@@ -503,7 +537,9 @@ class DnsStub:
             response = dns.message.make_response(query)
             q = query.question[0]
             name = q.name.to_text(omit_final_dot=True).lower()
-            if name not in self.records:
+            if any(name == r or name.endswith("." + r) for r in self.refused):
+                response.set_rcode(dns.rcode.REFUSED)
+            elif name not in self.records:
                 response.set_rcode(dns.rcode.NXDOMAIN)
             else:
                 rtype = dns.rdatatype.to_text(q.rdtype)
@@ -525,7 +561,9 @@ def dns_stub() -> Iterator[DnsStub]:
         "bare.test": {"A": ["10.0.0.5"]},
         "nomail.test": {"MX": ["0 ."]},
         "empty.test": {"TXT": ['"v=spf1 -all"']},
-    })
+        "nohost.test": {"MX": ["10 mail.nohost.test.", "20 outside.example.net."]},
+        "mail.nohost.test": {"TXT": ['"no address here"']},
+    }, refused=("gmail.com", "example.net"))
     yield stub
     stub.close()
 
@@ -537,13 +575,45 @@ def test_dns_resolver_maps_answers_to_the_model(dns_stub: DnsStub) -> None:
     assert sorted(answer.hosts, key=lambda h: h.preference) == [
         MxHost(10, "mail.stevenchoy.test", ("10.0.0.3",)),
         MxHost(20, "backup.stevenchoy.test", ("10.0.0.4", "fd00::4")),
-        MxHost(30, "gone.test", ()),  # NXDOMAIN for the host: kept, without addresses
+        MxHost(30, "gone.test", (), lookup="NXDOMAIN: no such name"),  # kept, without addresses
     ]
     assert resolver.resolve_mx("bare.test") == ImplicitMx("bare.test", ("10.0.0.5",))
     assert resolver.resolve_mx("empty.test") == ImplicitMx("empty.test", ())
     assert resolver.resolve_mx("nomail.test") == NullMx()
     assert resolver.resolve_mx("nowhere.test") == NoSuchDomain()
     assert resolver.resolve_mx("bad..name.test") == NoSuchDomain()  # never asked: it cannot exist
+
+
+def test_dns_resolver_names_each_mx_host_s_dns_answer(dns_stub: DnsStub) -> None:
+    """"no MX host of nohost.test has an address" named no host and read the same for NXDOMAIN and REFUSED."""
+    resolver = DnsMxResolver("127.0.0.1", port=dns_stub.port)
+    answer = resolver.resolve_mx("nohost.test")
+    assert isinstance(answer, MxRecords)
+    assert sorted(answer.hosts, key=lambda h: h.preference) == [
+        MxHost(10, "mail.nohost.test", (), lookup="no A or AAAA record"),
+        MxHost(20, "outside.example.net", (), lookup="the name server answered REFUSED"),
+    ]
+    route = plan_route("nohost.test", answer, random.Random(1))
+    assert isinstance(route, Outcome) and route.status == "4.4.4"
+    assert route.reason == ("no MX host of nohost.test has an address (mail.nohost.test: no A or AAAA record; "
+                            "outside.example.net: the name server answered REFUSED)")
+
+
+def test_mail_outside_the_sealed_lab_bounces_at_once(tmp_path: Path, dns_stub: DnsStub) -> None:
+    """gmail.com was retried for ten minutes on "no name server answered"; the lab DNS refuses it for good."""
+    answer = DnsMxResolver("127.0.0.1", port=dns_stub.port).resolve_mx("gmail.com")
+    assert answer == DnsTemporaryFailure("the name server answered REFUSED", refused=True)
+    lab = make_lab(tmp_path, 9, zones={"gmail.com": answer})
+    lab.enqueue("andy@ouhk.example", ["someone@gmail.com"])
+    assert lab.run_once() == 2  # the message, then its bounce, in one pass
+    _, rcpt = parse_report(lab.bounces()[0])
+    assert rcpt["Status"] == "5.1.2"
+    [(_, _, bounce)] = lab.local
+    assert (b"domain gmail.com is outside the sealed lab: the lab DNS serves only lab.example, ouhk.example, "
+            b"stevenchoy.example") in bounce.replace(b"\r\n ", b" ")
+    # A lab domain the server refuses (a broken zone) is still retried: its owner may fix it.
+    assert isinstance(plan_route("stevenchoy.example", answer, random.Random(1), outside=None), Outcome)
+    assert plan_route("stevenchoy.example", answer, random.Random(1)).result is Result.TRANSIENT  # type: ignore[union-attr]
 
 
 def test_dns_resolver_reports_a_silent_server_as_temporary() -> None:

@@ -250,6 +250,20 @@ def test_settings_and_password_come_from_the_lab_config(mail: Callable[..., Run]
     assert sink.received[0][0] == ANDY
 
 
+def test_a_recipient_outside_the_sealed_lab_is_refused_before_submitting(mail: Callable[..., Run], sink: Sink,
+                                                                          tmp_path: Path) -> None:
+    """It was accepted, then retried for ten minutes on "no name server answered (SERVFAIL or REFUSED)"."""
+    path = tmp_path / "lab.json"
+    path.write_text(config(smtp=sink.address).to_json())
+    r = mail("send", "--config", str(path), "--to", BETTY, "--to", "Someone <someone@Gmail.com>",
+             "--subject", "x", "--body", "x")
+    assert r.code == 1
+    assert ("someone@gmail.com: gmail.com is outside the sealed lab: the lab DNS serves only lab.example, "
+            "ouhk.example, stevenchoy.example") in r.err
+    assert "nothing was sent (write to a lab user, say andy@ouhk.example, betty@stevenchoy.example)" in r.err
+    assert sink.received == []
+
+
 def test_no_config_and_no_options_says_what_to_give(mail: Callable[..., Run], tmp_path: Path) -> None:
     r = mail("send", "--config", str(tmp_path / "absent.json"), "--to", BETTY, "--subject", "x", "--body", "x")
     assert r.code == 1 and "labctl up" in r.err and "--user, --smtp" in r.err

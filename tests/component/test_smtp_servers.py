@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 import pytest
 
 from services.config import LabConfig
+from services.logins import AUTH_DELAY_FIRST, LoginDelay
 from services.mailstore import Maildir, mailbox_dir
 from services.smtp import server, session, wire
 from services.smtp.delivery import DeliveryWorker
@@ -531,6 +532,38 @@ def test_mx_delivers_into_the_maildir_with_trace_headers(servers: Servers) -> No
     assert stored(servers, "andy@ouhk.example") == []
 
 
+@pytest.mark.parametrize("rcpt", ["postmaster@stevenchoy.example", "PostMaster@StevenChoy.Example", "<Postmaster>"])
+def test_mx_takes_mail_for_postmaster_into_betty_s_maildir(servers: Servers, rcpt: str) -> None:
+    """RFC 5321 §4.5.1: postmaster, in any case, and <Postmaster> without a domain MUST be accepted
+    (they got 550 5.1.1 and 553). The lab's alias: the domain's first user, betty."""
+    wire = servers.wire(servers.mx().port("smtp"))
+    wire.command("EHLO client.example")
+    assert wire.command("MAIL FROM:<andy@ouhk.example>").startswith("250 ")
+    said = wire.command(f"RCPT TO:{rcpt if rcpt.startswith('<') else f'<{rcpt}>'}")
+    assert said.startswith("250 2.1.5 ") and said.endswith("... Recipient ok"), said
+    assert wire.command("DATA").startswith("354")
+    assert wire.command(b"Subject: to the postmaster\r\n\r\nhello\r\n.").startswith("250 2.0.0")
+    [raw] = stored(servers, "betty@stevenchoy.example")
+    assert b"Subject: to the postmaster" in raw
+    assert b"for <postmaster@stevenchoy.example>" in raw.replace(b"<PostMaster@StevenChoy.Example>",
+                                                                 b"<postmaster@stevenchoy.example>")
+
+
+def test_mta_takes_mail_for_its_postmaster_from_anyone(servers: Servers) -> None:
+    spool = Spool(servers.root / "spool")
+    mta = servers.mta(spool, relay_client=lambda ip: False)  # "the Internet": no relaying
+    client = servers.smtp(mta.port("smtp"))
+    client.ehlo()
+    client.mail("carol@elsewhere.example")
+    assert client.rcpt("<Postmaster>") == (250, b"2.1.5 <postmaster@ouhk.example>... Recipient ok")
+    assert client.rcpt("postmaster@stevenchoy.example")[0] == 550  # another's postmaster: relaying denied
+    assert client.data(MESSAGE)[0] == 250
+    [entry] = spool.entries()
+    assert [r.address for r in entry.recipients] == ["postmaster@ouhk.example"]
+    local_delivery(MTA_CFG, servers.mail_root)("carol@elsewhere.example", "postmaster@ouhk.example", MESSAGE)
+    assert len(stored(servers, "andy@ouhk.example")) == 1  # the alias: the domain's first user
+
+
 def test_mx_takes_bounces_from_the_null_sender(servers: Servers) -> None:
     client = servers.smtp(servers.mx().port("smtp"))
     assert client.sendmail("<>", ["betty@stevenchoy.example"], b"Subject: bounce\r\n\r\nsorry\r\n") == {}
@@ -646,6 +679,44 @@ def test_auth_inside_a_transaction_gets_503_on_the_submission_port(servers: Serv
     assert client.docmd("AUTH", plain)[0] == 235  # outside a transaction, the same AUTH succeeds
 
 
+def test_auth_login_challenges_are_username_and_password(servers: Servers) -> None:
+    """The 334 challenges of AUTH LOGIN read "Username:" and "Password:" (they were "User Name\\0")."""
+    mta = servers.mta(Spool(servers.root / "spool"), relay_client=lambda ip: False)
+    wire = servers.wire(mta.port("submission"))
+    wire.command("EHLO client.example")
+    assert wire.command("AUTH LOGIN") == "334 VXNlcm5hbWU6"
+    assert base64.b64decode("VXNlcm5hbWU6") == b"Username:"
+    assert wire.command(base64.b64encode(b"andy@ouhk.example")) == "334 UGFzc3dvcmQ6"
+    assert base64.b64decode("UGFzc3dvcmQ6") == b"Password:"
+    assert wire.command(base64.b64encode(PASSWORDS["andy@ouhk.example"].encode())) == (
+        "235 2.7.0 Authentication successful")
+
+
+def test_a_wrong_auth_password_is_refused_after_a_growing_delay(servers: Servers) -> None:
+    """As POP3's PASS (services.logins): 535 comes late, later each time; a right password at once."""
+    delay = LoginDelay(first=0.3, cap=1.2)
+    mta = servers.mta(Spool(servers.root / "spool"), relay_client=lambda ip: False, login_delay=delay)
+    client = servers.smtp(mta.port("submission"))
+    client.ehlo()
+    elapsed = []
+    for mechanism in ("PLAIN", "LOGIN"):
+        client.user, client.password = "andy@ouhk.example", "wrong"
+        started = time.monotonic()
+        with pytest.raises(smtplib.SMTPAuthenticationError) as refused:
+            client.auth(mechanism, getattr(client, f"auth_{mechanism.lower()}"), initial_response_ok=False)
+        elapsed.append(time.monotonic() - started)
+        assert (refused.value.smtp_code, refused.value.smtp_error) == (535, b"5.7.8 Authentication credentials invalid")
+    assert elapsed[0] >= delay.after(1) and elapsed[1] >= delay.after(2) == 0.6, elapsed
+    client.user, client.password = "andy@ouhk.example", PASSWORDS["andy@ouhk.example"]
+    started = time.monotonic()
+    assert client.auth("PLAIN", client.auth_plain)[0] == 235
+    assert time.monotonic() - started < delay.first
+
+
+def test_the_default_auth_delay_is_pop3_s() -> None:
+    assert session.ServerSession("h", None, size_limit=1).auth_failed() == AUTH_DELAY_FIRST  # type: ignore[arg-type]
+
+
 # -- the article, end to end ----------------------------------------------------------------------------
 
 
@@ -672,8 +743,8 @@ class WatchedSpool(Spool):
 def test_andy_to_betty_through_the_mta_and_the_mx(servers: Servers) -> None:
     mx = servers.mx()
     spool = WatchedSpool(servers.root / "spool")
-    worker = DeliveryWorker(MTA_CFG, spool, local_delivery=local_delivery(servers.mail_root), resolver=LabDns(),
-                            smtp_port=mx.port("smtp"))
+    worker = DeliveryWorker(MTA_CFG, spool, local_delivery=local_delivery(MTA_CFG, servers.mail_root),
+                            resolver=LabDns(), smtp_port=mx.port("smtp"))
 
     async def start_worker() -> None:
         asyncio.get_running_loop().create_task(worker.run())  # cancelled at teardown

@@ -29,6 +29,7 @@ from services.config import LabConfig
 from services.dns.server import DnsServer
 from services.dns.server import start as start_dns
 from services.dns.zones import Zones, load_dir
+from services.logins import LoginDelay
 from services.mailstore import Maildir, deliver, mailbox_dir
 from services.pop3 import server as pop3_server
 from services.pop3.core import Limits
@@ -91,9 +92,10 @@ MAILBOX = (
     b"From: andy@ouhk.example\r\nTo: betty@stevenchoy.example\r\nSubject: one\r\n\r\nHello Betty.\r\n",
     b"Subject: two\r\n\r\nline 1\r\n.starts with a dot\r\n\r\n",
 )
-# POP3 may only use fast login delays here: the real ones (1 s and up) would make a run take hours.
-# The delay itself is checked by the POP3 component tests and tests/lab/test_security.py.
+# POP3 and SMTP AUTH may only use fast login delays here: the real ones (1 s and up) would make a
+# run take hours. The delay itself is checked by the component tests and tests/lab/test_security.py.
 FAST_LIMITS = Limits(auth_delay_first=0.001, auth_delay_max=0.002)
+FAST_LOGINS = LoginDelay(first=0.001, cap=0.002)
 
 
 @dataclass
@@ -120,7 +122,7 @@ class Servers:
         self.spool = Spool(self.root / "spool")
         mta = run(start_mta(lab_config("smtp"), spool=self.spool, on_enqueued=lambda: None,
                             mail_root=self.root / "mta-mail", host=HOST, smtp_port=0, submission_port=0,
-                            pop3_port=0))
+                            pop3_port=0, login_delay=FAST_LOGINS))
         self.listeners.append(mta)
         self.ports["mta"] = mta.port("smtp")
         self.ports["submission"] = mta.port("submission")

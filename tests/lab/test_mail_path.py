@@ -284,3 +284,53 @@ def test_acknowledged_mail_survives_the_mta_being_killed(running_lab: RunningLab
     labctl("queue", "--lab", lab.name, "--flush")
     for subject in subjects:
         wait_for_mail(lab, "betty", subject)
+
+
+def test_postmaster_mail_waits_on_the_server_and_labctl_shows_it(running_lab: RunningLab) -> None:
+    """RFC 5321 §4.5.1 postmaster (it got 550 5.1.1); `labctl mailbox andy` said "no messages" while
+    mail waited on the server, and a stopped host gave a raw Docker error."""
+    lab = running_lab.lab
+    subject = unique("to the postmaster")
+    labctl("send", "--lab", lab.name, "--from", "betty", "--to", "PostMaster@ouhk.example",
+           "--subject", subject, "--body", "who runs this server?")
+
+    def on_server() -> list[dict[str, Any]] | None:
+        stored = json.loads(labctl("mailbox", "--server", "andy", "--lab", lab.name, "--json").stdout)
+        return [m for m in stored if m["headers"].get("Subject") == subject] or None
+    [message] = eventually(on_server, DELIVERY_TIMEOUT, "betty's message in andy's mailbox on the MTA")
+    assert header_values(message, "Return-Path") == ["<betty@stevenchoy.example>"]
+
+    listing = labctl("mailbox", "andy", "--lab", lab.name).stdout
+    assert "on the server (smtp.ouhk.example): " in listing and " message(s) for andy@ouhk.example; " in listing
+    assert f"`labctl fetch andy --lab {lab.name}`" in listing
+
+    labctl("stop", "andy", "--lab", lab.name)
+    try:
+        stopped = labctl("mailbox", "andy", "--lab", lab.name, check=False)
+        assert stopped.returncode == 1 and "Traceback" not in stopped.stderr
+        assert f"host andy of lab '{lab.name}' is exited; start it with `labctl start andy --lab {lab.name}`" \
+            in " ".join(stopped.stderr.split())
+    finally:
+        labctl("start", "andy", "--lab", lab.name)
+
+
+def test_mail_outside_the_sealed_lab_is_refused_at_send(running_lab: RunningLab) -> None:
+    """It was accepted, then retried for ten minutes with "no name server answered"."""
+    lab = running_lab.lab
+    sent = labctl("send", "--lab", lab.name, "--from", "andy", "--to", "someone@gmail.com",
+                  "--subject", "out", "--body", "x", check=False)
+    assert sent.returncode == 1
+    assert "labctl: andy: someone@gmail.com: gmail.com is outside the sealed lab" in " ".join(sent.stderr.split())
+    queued = parse_json(mail.queue(lab, as_json=True))["entries"]
+    assert not any(r["address"] == "someone@gmail.com" for e in queued for r in e["recipients"])
+    # Typed by hand past the MUA, the MTA takes it, and bounces it at once with the reason.
+    log = dialogue(lab, "andy", "smtp.ouhk.example", 25, [
+        "MAIL FROM:<andy@ouhk.example>", "RCPT TO:<someone@gmail.com>", "DATA", "Subject: out\r\n\r\nx\r\n.", "QUIT"])
+    assert log[4][1].startswith("250 2.0.0"), log
+
+    def bounced() -> list[dict[str, Any]] | None:
+        stored = json.loads(labctl("mailbox", "--server", "andy", "--lab", lab.name, "--json").stdout)
+        gone = "rfc822; someone@gmail.com"
+        return [m for m in stored for r in m["delivery_status"] if r["Final-Recipient"] == gone] or None
+    [bounce] = eventually(bounced, DELIVERY_TIMEOUT, "the bounce for someone@gmail.com")
+    assert "gmail.com is outside the sealed lab" in bounce["text"].replace("\n", " ")

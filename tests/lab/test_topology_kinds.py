@@ -113,3 +113,24 @@ def test_a_scenario_runs_in_an_nsd_lab_and_traffic_hides_its_probe(client: docke
         assert shown and not any(c["client"]["name"] == "ns.lab.example" for c in shown)
     finally:
         labctl("down", "--lab", lab, check=False)
+
+
+def test_an_outside_client_gets_530_on_the_submission_port(client: docker.DockerClient, image: str) -> None:
+    """The MUA hosts may send on 587 without AUTH; compose/outsider.yml's host may not (issue 14)."""
+    lab = unique_lab("out")
+    try:
+        labctl("up", "--lab", lab, "--overlay", str(ROOT / "compose" / "outsider.yml"))
+        assert roles(lab)["outsider"] == "client"
+
+        def swaks(*extra: str) -> str:
+            ran = labctl("exec", "outsider", "--lab", lab, "--", "swaks", "--server", "smtp.ouhk.example",
+                         "--to", "betty@stevenchoy.example", "--from", "carol@elsewhere.example", *extra,
+                         check=False)
+            return ran.stdout + ran.stderr
+        assert "<** 530 5.7.0 Authentication required" in swaks("--port", "587")
+        assert "<** 550 5.7.1 <betty@stevenchoy.example>... Relaying denied" in swaks("--port", "25")
+        authed = swaks("--port", "587", "--auth", "PLAIN", "--auth-user", "andy@ouhk.example",
+                       "--auth-password", "andy-secret")
+        assert "235 2.7.0 Authentication successful" in authed and "250 2.0.0 " in authed, authed
+    finally:
+        labctl("down", "--lab", lab, check=False)

@@ -102,6 +102,38 @@ def test_delivery_status_fields() -> None:
     }
 
 
+EXPIRED = RecipientState(
+    "betty@stevenchoy.test", Status.BOUNCED, attempts=8, last_attempt=T0 + 600,
+    last_error="delivery time expired after 8 attempts; last error: mail.stevenchoy.test[10.0.0.3]:25: "
+               "connection refused",
+    dsn_status="4.4.7", remote_mta="mail.stevenchoy.test",
+    attempt_error="mail.stevenchoy.test[10.0.0.3]:25: connection refused",
+)
+
+
+def test_an_expired_recipient_reports_the_last_attempt_s_error() -> None:
+    """RFC 3464 §2.3.6: no SMTP reply came, so the error goes in a private diagnostic-type, unfolded."""
+    _, betty = report_blocks(parse(bounce([EXPIRED])))
+    assert dict(betty.items()) == {
+        "Final-Recipient": "rfc822; betty@stevenchoy.test",
+        "Action": "failed",
+        "Status": "4.4.7",
+        "Remote-MTA": "dns; mail.stevenchoy.test",
+        "Diagnostic-Code": "X-maillab; mail.stevenchoy.test[10.0.0.3]:25: connection refused",
+        "Last-Attempt-Date": "Tue, 14 Nov 2023 22:23:20 +0000",
+    }
+    text = parse(bounce([EXPIRED])).get_payload()[0].get_content()
+    assert "delivery time expired after 8 attempts; last error: mail.stevenchoy.test[10.0.0.3]:25" in text
+
+
+def test_a_long_remote_reply_stays_on_one_line() -> None:
+    reply = "450 4.2.0 <betty@stevenchoy.test>: Recipient address rejected: greylisted, come back in 300 seconds"
+    busy = RecipientState("betty@stevenchoy.test", Status.BOUNCED, dsn_status="4.4.7", diagnostic=reply)
+    raw = bounce([busy])
+    assert f"Diagnostic-Code: smtp; {reply}\r\n".encode() in raw
+    assert report_blocks(parse(raw))[1]["Diagnostic-Code"] == f"smtp; {reply}"
+
+
 def test_original_headers_are_returned_without_the_body() -> None:
     part = parse(bounce([BETTY])).get_payload()[2]
     text = part.get_content().replace("\r\n", "\n")

@@ -255,3 +255,33 @@ def test_read_shows_the_path_oldest_hop_first() -> None:
     assert path[1].startswith("  2. from smtp.ouhk.example") and "by mail.stevenchoy.example" in path[1]
     assert path[2] == "  Return-Path: <andy@ouhk.example>"
     assert "Path" not in view.render_message(view.parse(b"Subject: no trace\r\n\r\nx\r\n"))
+
+
+def test_a_bounce_s_delivery_status_is_one_part_showing_its_fields() -> None:
+    """message/delivery-status (RFC 3464) was shown as two empty text/plain parts; its fields are its text."""
+    from services.smtp.bounce import build_bounce
+    from services.smtp.spool import RecipientState, Status
+
+    failed = RecipientState("betty@stevenchoy.example", Status.BOUNCED, attempts=8, last_attempt=1_700_000_600.0,
+                            dsn_status="4.4.7", remote_mta="mail.stevenchoy.example",
+                            diagnostic="450 4.2.0 Mailbox busy")
+    raw = build_bounce(original=b"Subject: lunch\r\n\r\nShall we?\r\n", sender="andy@ouhk.example", failed=[failed],
+                       reporting_mta="smtp.ouhk.example", queue_id="Q1", arrival=1_700_000_000.0,
+                       now=1_700_000_601.0)
+    msg = view.parse(raw)
+    parts = view.tree(msg)
+    assert [(p.number, p.content_type) for p in parts] == [
+        ("", "multipart/report"), ("1", "text/plain"), ("2", "message/delivery-status"), ("3", "text/rfc822-headers")]
+    report = parts[2]
+    assert report.report[1] == (
+        ("Final-Recipient", "rfc822; betty@stevenchoy.example"), ("Action", "failed"), ("Status", "4.4.7"),
+        ("Remote-MTA", "dns; mail.stevenchoy.example"), ("Diagnostic-Code", "smtp; 450 4.2.0 Mailbox busy"),
+        ("Last-Attempt-Date", "Tue, 14 Nov 2023 22:23:20 +0000"))
+    found = view.part(msg, "2")
+    assert found is not None and b"Diagnostic-Code: smtp; 450 4.2.0 Mailbox busy\n" in found[1]
+    assert report.size == len(found[1])
+    rendered = view.render_tree(parts)
+    assert "  2       message/delivery-status  (7bit, 302 bytes)\n" in rendered
+    assert "\n            Reporting-MTA: dns; smtp.ouhk.example\n" in rendered
+    assert "\n            Status: 4.4.7\n            Remote-MTA: dns; mail.stevenchoy.example\n" in rendered
+    assert json.loads(json.dumps(view.message_json(msg)))["parts"][2]["report"][1][2] == ["Status", "4.4.7"]

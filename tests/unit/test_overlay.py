@@ -141,3 +141,17 @@ def test_the_base_lab_rejects_an_mx_host_of_a_foreign_domain() -> None:
                                                          'mx: ["10 mail.stevenchoy.example"]')
     with pytest.raises(SourceError, match="an mx that keeps only its own domains' mail"):
         topology.load(Path("lab.yml"), text)
+
+
+def test_an_outside_client_host_is_no_user_and_no_relay_client() -> None:
+    """Shows 587's 530 without AUTH: the MUA hosts may relay, so another host must ask (issue 14)."""
+    topo = overlay("hosts:\n  outsider: {hostname: outsider.lab.example, role: client}\n")
+    [client] = topo.clients
+    assert (client.name, client.kind, client.user, str(client.address)) == (
+        "outsider", "client", None, "10.89.0.100")
+    assert client not in topo.mua_hosts
+    cfg = topo.lab_config("t", topo.host("smtp"))
+    assert not cfg.is_relay_client(str(client.address))
+    assert cfg.is_relay_client(str(topo.host("andy").address))
+    with pytest.raises(SourceError, match="only a mua host has a user"):
+        overlay("hosts:\n  outsider: {hostname: outsider.lab.example, role: client, user: andy@ouhk.example}\n")

@@ -317,6 +317,17 @@ def test_a_message_lifecycle_of_transient_failures_until_give_up() -> None:
     assert d.state.dsn_status == "4.4.7"  # RFC 3463: delivery time expired
     assert d.state.last_error.startswith("delivery time expired after 8 attempts; last error: ")
     assert "connection refused" in d.state.last_error
+    # What the bounce's Diagnostic-Code tells: the last attempt's own error, no SMTP reply having come.
+    assert (d.state.attempt_error, d.state.diagnostic) == (REFUSED.reason, "")
+    assert d.state.last_attempt == T0 + 100
+
+
+def test_given_up_after_a_4xx_the_last_reply_is_the_diagnostic() -> None:
+    busy = Outcome(Result.TRANSIENT, "4.2.0", "host mail said: 450 4.2.0 Mailbox busy",
+                   remote_mta="mail.stevenchoy.test", reply=BUSY)
+    d = decide(BETTY, busy, now=T0 + 100, queued_at=T0, retry=RETRY, sender="andy@ouhk.test")
+    assert d.action is Action.BOUNCED
+    assert (d.state.dsn_status, d.state.diagnostic, d.state.attempt_error) == ("4.4.7", "450 4.2.0 Mailbox busy", "")
 
 
 def test_deferred_state_keeps_the_reason_and_the_reply() -> None:

@@ -170,6 +170,24 @@ def test_recipient_decisions(cfg: LabConfig, rcpt: str, relay: bool, expected: s
     assert str(policy.recipient(cfg, path(parse_rcpt(f"TO:{rcpt}")), relay=relay)) == expected
 
 
+@pytest.mark.parametrize("arg", ["TO:<Postmaster>", "TO:<postmaster>", "TO:POSTMASTER", "to:<PostMaster>"])
+def test_postmaster_without_a_domain_is_this_host_s(arg: str) -> None:
+    """RFC 5321 §4.5.1: RCPT TO:<Postmaster> MUST be accepted (it was 553 "Domain name required")."""
+    assert path(parse_rcpt(arg, postmaster="postmaster@stevenchoy.example")).address == "postmaster@stevenchoy.example"
+    assert reply(parse_rcpt(arg)).startswith("553 5.1.3")  # a host with no postmaster of its own
+    assert reply(parse_rcpt("TO:<betty>", postmaster="postmaster@stevenchoy.example")).startswith("553 5.1.3")
+
+
+def test_postmaster_of_every_lab_domain_is_its_first_user() -> None:
+    assert (MX.postmaster, MTA.postmaster) == ("postmaster@stevenchoy.example", "postmaster@ouhk.example")
+    assert MX.mailbox_owner("PostMaster@StevenChoy.Example") == "betty@stevenchoy.example"
+    assert MX.mailbox_owner("betty@stevenchoy.example") == "betty@stevenchoy.example"
+    assert MX.mailbox_owner("postmaster@elsewhere.example") == "postmaster@elsewhere.example"
+    for cfg, rcpt in ((MX, "<Postmaster@stevenchoy.example>"), (MTA, "<postmaster@OUHK.example>")):
+        assert str(policy.recipient(cfg, path(parse_rcpt(f"TO:{rcpt}")), relay=False)) == (
+            f"250 2.1.5 {rcpt}... Recipient ok")
+
+
 def test_a_backup_mx_takes_its_domain_s_known_users_from_anyone() -> None:
     from dataclasses import replace
 
@@ -276,3 +294,16 @@ def test_rcpt_always_decides(arg: str | None, relay: bool) -> None:
 def test_mailbox_parsing_never_raises(text: str) -> None:
     mailbox = policy.parse_mailbox(text)
     assert mailbox is None or (str(mailbox) == text and text.isascii())
+
+
+def test_the_seal_is_the_lab_dns_zones() -> None:
+    """What the MTA and the MUA call outside the lab is what the lab DNS does not serve (zonefiles)."""
+    from labctl import topology, zonefiles
+
+    assert MTA.zones == zonefiles.zone_names(topology.load()) == ["lab.example", "ouhk.example", "stevenchoy.example"]
+    for inside in ("stevenchoy.example", "Mail.StevenChoy.Example.", "nowhere.lab.example", "[10.89.0.110]"):
+        assert MTA.outside(inside) is None, inside
+    assert MTA.outside("gmail.com") == (
+        "gmail.com is outside the sealed lab: the lab DNS serves only lab.example, ouhk.example, stevenchoy.example "
+        "(and answers REFUSED for any other name), and no mail leaves the lab")
+    assert MTA.outside("stevenchoy.example.com") is not None
