@@ -22,7 +22,7 @@ from labctl.scenario.steps import Context, StepFailed
 from labctl.traffic.decode import TrafficDecoder
 from labctl.traffic.journey import timeline, trace
 from labctl.traffic.model import Conversation
-from labctl.traffic.payload import DnsQuery
+from labctl.traffic.payload import CommandLine, Credentials, DnsQuery, Pop3Status
 from labctl.traffic.pcap import write_merged_pcapng
 
 CAPTURE_LAG = 5.0  # seconds a fact may take to show in the capture files
@@ -105,6 +105,8 @@ def check_fact(fact: m.Fact, convs: Sequence[Conversation], addresses: Mapping[s
             return f"{fact.command} crossed the wire in clear: {clear[0].text!r}"
         raise StepFailed(f"{fact.proto.upper()} {fact.command} readable on the wire",
                          f"{len(lines)} such line(s), none in clear" if lines else f"no {fact.command} seen")
+    if isinstance(fact, m.Pop3Session):
+        return _pop3_session(fact, convs)
     src, dst = addresses[fact.source], addresses[fact.target]
     sessions = [c for c in convs if c.transport == "tcp" and c.client.ip == src and c.server.ip == dst
                 and c.server.port == fact.port]
@@ -112,6 +114,43 @@ def check_fact(fact: m.Fact, convs: Sequence[Conversation], addresses: Mapping[s
         return f"{fact.source} talked to {fact.target}:{fact.port}"
     raise StepFailed(f"a connection from {fact.source} to {fact.target}:{fact.port}",
                      f"{', '.join(c.state for c in sessions)}" if sessions else "none")
+
+
+def _pop3_counts(conv: Conversation) -> tuple[str | None, set[str], set[str]]:
+    """Who logged in to a POP3 session (USER), and which messages got ``+OK`` to RETR and to DELE."""
+    user: str | None = None
+    done: dict[str, set[str]] = {"RETR": set(), "DELE": set()}
+    asked: CommandLine | None = None
+    for e in conv.events:
+        if isinstance(e.payload, Credentials) and e.payload.user:
+            user = e.payload.user
+        elif isinstance(e.payload, CommandLine):
+            asked = e.payload
+        elif isinstance(e.payload, Pop3Status) and asked is not None:
+            if asked.verb in done and e.payload.status == "+OK":
+                done[asked.verb].add(asked.argument.strip())
+            asked = None
+    return user, done["RETR"], done["DELE"]
+
+
+def _pop3_session(fact: m.Pop3Session, convs: Sequence[Conversation]) -> str:
+    """A finished session of the user (the connection no longer open) with exactly those counts."""
+    wanted = " and ".join(f"{what} {n} message(s)" for what, n in (("retrieved", fact.retr), ("deleted", fact.dele))
+                          if n is not None)
+    expected = f"a finished POP3 session of {fact.user}" + (f" that {wanted}" if wanted else "")
+    seen = []
+    for c in convs:
+        if c.protocol != "pop3":
+            continue
+        user, retr, dele = _pop3_counts(c)
+        if (user or "").partition("@")[0].lower() != fact.user.lower():
+            continue
+        state = "still open" if c.state == "open" else "ended"
+        seen.append(f"{state}: RETR {', '.join(sorted(retr)) or 'none'}, DELE {', '.join(sorted(dele)) or 'none'}")
+        if c.state != "open" and fact.retr in (None, len(retr)) and fact.dele in (None, len(dele)):
+            return f"{fact.user}'s POP3 session {seen[-1]}"
+    raise StepFailed(expected, f"{fact.user}'s POP3 sessions: {'; '.join(seen)}" if seen
+                     else f"no POP3 session of {fact.user}")
 
 
 def save_traffic(lab: Lab, folder: Path, *, since: float | None = None, subjects: Sequence[str] = ()) -> list[str]:
