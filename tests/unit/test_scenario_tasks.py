@@ -8,7 +8,6 @@ from typing import Any, cast
 
 import pytest
 
-from labctl.errors import SourceError
 from labctl.lab import Lab
 from labctl.scenario import judge, parse, runner, steps
 from labctl.scenario import model as m
@@ -20,20 +19,10 @@ from labctl.topology import load as load_topology
 from labctl.traffic.decode import TrafficDecoder
 from labctl.traffic.model import Conversation
 from tests.unit.packets import BETTY, MAIL, NAMES, Tcp, pcap
+from tests.unit.test_scenario_parse import HEAD, error_of, load
 
 ROOT = Path(__file__).resolve().parents[2]
 EXERCISES = sorted((ROOT / "exercises").glob("*.yml"))
-HEAD = "name: t\ndescription: d\ngoal: g\n"  # three lines; steps start on line 4
-
-
-def load(text: str) -> m.Scenario:
-    return parse.load(Path("s.yml"), text)
-
-
-def error_of(text: str) -> SourceError:
-    with pytest.raises(SourceError) as info:
-        load(text)
-    return info.value
 
 
 # -- the files -------------------------------------------------------------------------------------
