@@ -29,7 +29,7 @@ from services.capture import CAPTURE_DIR
 from services.smtp.replyfaults import STAGES
 
 if TYPE_CHECKING:  # `labctl run` imports these itself: they load the traffic decoders, which other commands skip
-    from labctl.scenario.model import Scenario, Step
+    from labctl.scenario.model import Scenario, Step, Task
     from labctl.scenario.runner import ScenarioResult, StepResult
 
 out = Console(highlight=False)
@@ -329,8 +329,9 @@ class RunProgress:
 
     MARKS = {"passed": ("✓", "green"), "failed": ("✗", "red"), "error": ("!", "red"), "skipped": ("-", "dim")}
 
-    def __init__(self, verbose: bool) -> None:
+    def __init__(self, verbose: bool, existing: bool = False) -> None:
         self.verbose = verbose
+        self.existing = existing  # the lab is up already (--lab): nothing to bring up
         self.status: Status | None = None
         self.total = 0
         self.lab = ""
@@ -345,18 +346,29 @@ class RunProgress:
         self.lab = lab
         err.rule(Text(f"{scenario.name}  ({scenario.source})", style="bold"))
         err.print(Text(scenario.goal, style="italic"), soft_wrap=True)
-        self.status = err.status(f"bringing up lab {lab} ...")
+        self.status = err.status(f"{'looking at' if self.existing else 'bringing up'} lab {lab} ...")
         self.status.start()
 
     def lab_ready(self, seconds: float) -> None:
         self._stop()
         err.print(Text.assemble(("✓ ", "green"), f"lab {self.lab} up ({seconds:.1f} s)"))
 
+    def task_given(self, step: Step, task: Task, lab: str) -> None:
+        self._stop()
+        err.print(Text.assemble(("Your task: ", "bold cyan"), task.text), soft_wrap=True)
+        err.print(Text(f"  Get into the lab: labctl shell HOST --lab {lab} (HOST: andy, betty, ...). "
+                       f"You have {task.time_limit / 60:g} min" + (", a hint comes at half time" if task.hint else "")
+                       + "; Ctrl-C gives up.", style="cyan"), soft_wrap=True)
+
+    def hint(self, text: str) -> None:
+        err.print(Text.assemble(("  Hint: ", "bold yellow"), text), soft_wrap=True)
+
     def step_started(self, step: Step) -> None:
         self._stop()
         if step.note:
             err.print(Text(f"  » {step.note}", style="yellow"), soft_wrap=True)
-        self.status = err.status(f"[{step.number}/{self.total}] {step.title}")
+        waiting = "waiting for: " if step.kind in ("wait", "expect") else ""
+        self.status = err.status(f"[{step.number}/{self.total}] {waiting}{step.title}")
         self.status.start()
 
     def step_finished(self, step: Step, result: StepResult) -> None:
@@ -380,47 +392,76 @@ class RunProgress:
         err.print(Text.assemble(verdict, f" {result.name}: {done}/{len(result.steps)} steps in {result.seconds:.1f} s"))
         if result.status == "error":
             err.print(Text(result.message, style="red"), soft_wrap=True)
-        if result.kept:
+        if result.kept and not self.existing:
             err.print(f"lab kept: labctl status --lab {result.lab}; remove it with labctl down --lab {result.lab}")
         if result.report:
             err.print(f"report: {result.report}")
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from labctl.scenario import junit
+def _scenarios(files: Sequence[Path], topology_file: Path) -> list[Scenario]:
+    """Every file parsed, or one error listing each bad file's problems: nothing runs then."""
     from labctl.scenario import parse as scenario_parse
-    from labctl.scenario.runner import Runner
 
-    base = topology.load(args.topology)
+    base = topology.load(topology_file)
     scenarios: list[Scenario] = []
     problems: list[str] = []
-    for path in args.files:
+    for path in files:
         try:
             scenarios.append(scenario_parse.load(path, base=base))
         except LabctlError as exc:
             problems.append(str(exc))
     if problems:
         raise LabctlError("\n".join(problems) + f"\n{len(problems)} scenario file(s) have errors; nothing was run")
-    runner = Runner(engine.connect(), progress=RunProgress(args.verbose), report_dir=args.report, keep=args.keep,
-                    reporter=Reporter(args.verbose))
-    results: list[ScenarioResult] = []
-    try:
-        for sc in scenarios:
-            results.append(runner.run(sc))
-            if runner.interrupted:
-                break
-    finally:
-        if args.junit:
-            junit.write(results, args.junit)
-        if args.json:
-            out.print_json(json.dumps([r.to_json() for r in results]))
-    if runner.interrupted:
-        raise KeyboardInterrupt  # the scenarios so far are reported; main() says "interrupted", exit 130
+    return scenarios
+
+
+def _write_results(args: argparse.Namespace, results: list[ScenarioResult]) -> None:
+    from labctl.scenario import junit
+
+    if args.junit:
+        junit.write(results, args.junit)
+    if args.json:
+        out.print_json(json.dumps([r.to_json() for r in results]))
+
+
+def _tally(results: list[ScenarioResult]) -> int:
+    """The tally printed; the exit status (1: something failed)."""
     failed = [r for r in results if not r.ok]
     err.print(Text.assemble((f"{len(results) - len(failed)} passed", "green"), ", ",
                             (f"{len(failed)} failed", "red" if failed else "green"),
                             f" ({sum(r.seconds for r in results):.1f} s)"))
     return 1 if failed else 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from labctl.scenario.runner import Runner, report_names
+
+    scenarios = _scenarios(args.files, args.topology)
+    existing = args.lab if args.lab_given else None
+    runner = Runner(engine.connect(), progress=RunProgress(args.verbose, existing is not None), report_dir=args.report,
+                    keep=args.keep, reporter=Reporter(args.verbose), names=report_names(args.files))
+    results: list[ScenarioResult] = []
+    try:
+        for sc in scenarios:
+            results.append(runner.run(sc, lab=existing))
+            if runner.interrupted:
+                break
+    finally:
+        _write_results(args, results)
+    if runner.interrupted:
+        raise KeyboardInterrupt  # the scenarios so far are reported; main() says "interrupted", exit 130
+    return _tally(results)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from labctl.scenario.runner import Runner
+
+    scenarios = _scenarios(args.files, args.topology)
+    runner = Runner(engine.connect(), progress=RunProgress(args.verbose, existing=True),
+                    reporter=Reporter(args.verbose))
+    results = [runner.check(sc, args.lab) for sc in scenarios]
+    _write_results(args, results)
+    return _tally(results)
 
 
 def cmd_image_build(args: argparse.Namespace) -> int:
@@ -593,6 +634,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the results as JSON on standard output")
     p.add_argument("--topology", type=Path, default=topology.DEFAULT_TOPOLOGY, help="base topology file")
     p.add_argument("-v", "--verbose", action="store_true", help="show what each step saw, and image builds")
+    p.add_argument("--lab", default=None, help="run in this lab, already up (or brought up), and leave it up")
+
+    p = add("check", cmd_check, "grade a lab that is up against a scenario's checks, running none of its actions")
+    p.add_argument("files", nargs="+", type=Path, metavar="FILE", help="scenario or exercise files (YAML)")
+    p.add_argument("--junit", type=Path, metavar="FILE", help="write JUnit XML for a CI or grading system")
+    p.add_argument("--json", action="store_true", help="print the results as JSON on standard output")
+    p.add_argument("--topology", type=Path, default=topology.DEFAULT_TOPOLOGY, help="base topology file")
+    p.add_argument("-v", "--verbose", action="store_true", help="show what each check saw")
 
     image = sub.add_parser("image", help="the lab image").add_subparsers(dest="image_command", required=True)
     p = image.add_parser("prune", help="remove old lab images that no container uses (keeps the current ones)")

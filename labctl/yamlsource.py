@@ -51,11 +51,29 @@ def load(path: Path, text: str | None = None) -> Document:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
-        raise SourceError(path, line, f"not valid YAML: {exc.problem or exc.context}") from exc
+        raise SourceError(path, line, f"not valid YAML: {exc.problem or exc.context}{_hint(exc)}") from exc
     lines: dict[PathKey, int] = {}
     if node is None:
         return Document(path, None, lines)
     return Document(path, _convert(node, (), lines, path), lines)
+
+
+def _hint(exc: yaml.MarkedYAMLError) -> str:
+    """What PyYAML's parser words for a misplaced line probably mean: the indentation is off."""
+    here, block = exc.problem_mark, exc.context_mark
+    problem = exc.problem or ""
+    if here is None:
+        return ""
+    if problem.startswith("expected <block end>") and block is not None:
+        # A line that ends neither the block above it nor lines up with its keys.
+        return (f" - probably wrong indentation: this line starts in column {here.column + 1}, but the block "
+                f"it belongs to (line {block.line + 1}) has its entries in column {block.column + 1}; "
+                "line up keys of one mapping (and the dashes of one list) in the same column, with spaces")
+    if problem.startswith("mapping values are not allowed"):
+        return (" - probably wrong indentation: this key is indented further than the key above it, which "
+                "already has a value; line it up with that key, or indent the key above's value on lines of "
+                "its own (or quote a text holding ': ')")
+    return ""
 
 
 def _convert(node: yaml.Node, at: PathKey, lines: dict[PathKey, int], path: Path) -> Any:

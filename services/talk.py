@@ -5,6 +5,11 @@ reply, then the next. This tool does exactly that for labctl's scenarios (which 
 sealed lab from outside): it reads a JSON list of lines to send on standard input, sends each one
 with CRLF after reading the previous reply, and prints the whole exchange as JSON:
 ``[{"sent": null, "reply": "220 ..."}, {"sent": "HELO andy", "reply": "250 ..."}, ...]``.
+A line may be ``{"send": LINE, "expect": "250", "match": PATTERN}`` (the first one's ``send`` may
+be null: what the greeting must be): at the first reply that is not what it must be, the typing
+stops, as a person at the keyboard would, so a dialogue that failed sends no message: SMTP says
+QUIT (an open transaction is then aborted, RFC 5321 §4.1.1.10), POP3 just closes, so that no DELE
+of the failed session takes effect (RFC 1939 §6: only QUIT commits).
 
 A line holding several lines (a message typed after DATA, ended by ".") is sent as one block and
 gets one reply. Where a reply ends is protocol knowledge: SMTP continues a reply with "250-"
@@ -18,13 +23,33 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import socket
 import sys
-from typing import BinaryIO
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, BinaryIO
 
 from services.pop3.core import multiline_answer
 
 DEFAULT_TIMEOUT = 10.0  # seconds for a connection or one reply; the lab answers in milliseconds
+
+
+@dataclass(frozen=True)
+class Line:
+    """One thing to type (None: only read the greeting) and what its reply must be."""
+
+    send: str | None
+    expect: str | None = None  # how the reply's first line starts: "250", "250 2.1.5", "+OK"
+    match: str | None = None  # a pattern (Python re, multi-line) searched in the whole reply
+
+
+def reply_fits(reply: str, expect: str | None, match: str | None) -> bool:
+    """Does ``reply`` start as ``expect`` says and hold ``match``? (labctl's judge asks the same.)"""
+    first = reply.split("\r\n", 1)[0].rstrip("\r\n")
+    if expect is not None and not first.startswith(expect):
+        return False
+    return match is None or re.search(match, reply.replace("\r\n", "\n"), re.MULTILINE) is not None
 
 
 def _read_reply(stream: BinaryIO, proto: str, command: str | None) -> tuple[str, bool]:
@@ -47,25 +72,47 @@ def _read_reply(stream: BinaryIO, proto: str, command: str | None) -> tuple[str,
             return "".join(lines), False
 
 
-def talk(host: str, port: int, proto: str, lines: list[str], timeout: float) -> list[dict[str, object]]:
+def talk(host: str, port: int, proto: str, script: Sequence[Line | str], timeout: float) -> list[dict[str, object]]:
+    lines = [x if isinstance(x, Line) else Line(x) for x in script]
     transcript: list[dict[str, object]] = []
     try:
         sock = socket.create_connection((host, port), timeout=timeout)
     except OSError as exc:
         return [{"sent": None, "reply": "", "error": f"cannot connect to {host}:{port}: {exc.strerror or exc}"}]
+    greeting = lines[0] if lines and lines[0].send is None else Line(None)
+    typed = [x for x in lines if x.send is not None]
     with sock, sock.makefile("rb") as stream:
         try:
             reply, closed = _read_reply(stream, proto, None)
             transcript.append({"sent": None, "reply": reply, "closed": closed})
-            for line in lines:
-                if closed:
+            fits = reply_fits(reply, greeting.expect, greeting.match)
+            for line in typed:
+                if closed or not fits:
                     break
-                sock.sendall(line.replace("\r\n", "\n").replace("\n", "\r\n").encode("utf-8") + b"\r\n")
-                reply, closed = _read_reply(stream, proto, line)
-                transcript.append({"sent": line, "reply": reply, "closed": closed})
+                reply, closed = _say(sock, stream, proto, line.send or "")
+                transcript.append({"sent": line.send, "reply": reply, "closed": closed})
+                fits = reply_fits(reply, line.expect, line.match)
+            last = str(transcript[-1]["sent"] or "").strip().upper()
+            if not fits and not closed and proto == "smtp" and last != "QUIT":
+                reply, closed = _say(sock, stream, proto, "QUIT")
+                transcript.append({"sent": "QUIT", "reply": reply, "closed": closed})
         except OSError as exc:  # a timeout or a reset: say where it happened
             transcript.append({"sent": None, "reply": "", "error": str(exc) or type(exc).__name__})
     return transcript
+
+
+def _say(sock: socket.socket, stream: BinaryIO, proto: str, line: str) -> tuple[str, bool]:
+    sock.sendall(line.replace("\r\n", "\n").replace("\n", "\r\n").encode("utf-8") + b"\r\n")
+    return _read_reply(stream, proto, line)
+
+
+def _line(item: Any) -> Line:
+    if isinstance(item, str):
+        return Line(item)
+    if isinstance(item, dict) and all(item.get(k) is None or isinstance(item[k], str)
+                                      for k in ("send", "expect", "match")):
+        return Line(item.get("send"), item.get("expect"), item.get("match"))
+    raise ValueError(f"not a line or {{send, expect, match}}: {item!r}")
 
 
 def main(argv: list[str]) -> int:
@@ -80,8 +127,13 @@ def main(argv: list[str]) -> int:
     except json.JSONDecodeError as exc:
         print(f"talk: standard input is not a JSON list of lines: {exc}", file=sys.stderr)
         return 2
-    if not isinstance(lines, list) or not all(isinstance(x, str) for x in lines):
-        print("talk: standard input must be a JSON list of strings", file=sys.stderr)
+    try:
+        if not isinstance(lines, list):
+            raise ValueError("not a list")
+        typed = [_line(x) for x in lines]
+    except ValueError as exc:
+        print(f"talk: standard input must be a JSON list of lines or {{send, expect, match}}: {exc}",
+              file=sys.stderr)
         return 2
-    print(json.dumps(talk(args.host, args.port, args.proto, lines, args.timeout)))
+    print(json.dumps(talk(args.host, args.port, args.proto, typed, args.timeout)))
     return 0

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from labctl.lab import Lab
+from labctl.scenario.model import Task
 from labctl.topology import Topology
 
 
@@ -25,6 +26,22 @@ class StepFailed(Exception):
 
 
 @dataclass
+class TaskWindow:
+    """A task under way: the wait and expect steps after it have until its time limit to hold."""
+
+    task: Task
+    started: float  # on the context's clock
+    hint_shown: bool = False
+
+    def remaining(self, now: float) -> float:
+        return max(0.0, self.started + self.task.time_limit - now)
+
+    def hint_due(self, now: float) -> bool:
+        """Half the time limit has passed and the hint has not been shown yet."""
+        return bool(self.task.hint) and not self.hint_shown and now >= self.started + self.task.time_limit / 2
+
+
+@dataclass
 class Context:
     """What the steps of one scenario share while it runs."""
 
@@ -35,6 +52,9 @@ class Context:
     undo: dict[str, list[list[str]]] = field(default_factory=dict)  # host -> commands undoing its shaping
     clock: Callable[[], float] = time.monotonic
     sleep: Callable[[float], None] = time.sleep
+    task: TaskWindow | None = None  # the task whose checks the steps now running are
+    patient: bool = True  # False (`labctl check`): a wait looks once, the student is done
+    show_hint: Callable[[str], None] = lambda hint: None  # the runner tells its Progress
 
     def mail_host(self, address: str) -> str:
         """The host keeping the mailbox of ``address``."""

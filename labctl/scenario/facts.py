@@ -22,7 +22,7 @@ from labctl.scenario.steps import Context, StepFailed
 from labctl.traffic.decode import TrafficDecoder
 from labctl.traffic.journey import timeline, trace
 from labctl.traffic.model import Conversation
-from labctl.traffic.payload import DnsAnswer, DnsQuery
+from labctl.traffic.payload import CommandLine, Credentials, DnsAnswer, DnsQuery, Pop3Status
 from labctl.traffic.pcap import write_merged_pcapng
 
 # The answers a dns fact may name as such rather than as a record value (RFC 1035 §4.1.1, RFC 2308).
@@ -111,6 +111,8 @@ def check_fact(fact: m.Fact, convs: Sequence[Conversation], addresses: Mapping[s
         return _dns_looked(fact, convs, addresses)
     if isinstance(fact, m.Relayed):
         return _relayed(fact, convs, addresses)
+    if isinstance(fact, m.Pop3Session):
+        return _pop3_session(fact, convs)
     src, dst = addresses[fact.source], addresses[fact.target]
     sessions = [c for c in convs if c.transport == "tcp" and c.client.ip == src and c.server.ip == dst
                 and c.server.port == fact.port]
@@ -185,6 +187,43 @@ def _relayed(fact: m.Relayed, convs: Sequence[Conversation], addresses: Mapping[
     seen = [f"{c.client.host} -> {c.server.host} ({msg.reply_code or 'no reply'})" for c, msg in transfers]
     raise StepFailed(f"a message to {fact.to} handed over {route}, each hop answered 250",
                      "its SMTP hand-overs: " + (", ".join(seen) or "none"))
+
+
+def _pop3_counts(conv: Conversation) -> tuple[str | None, set[str], set[str]]:
+    """Who logged in to a POP3 session (USER), and which messages got ``+OK`` to RETR and to DELE."""
+    user: str | None = None
+    done: dict[str, set[str]] = {"RETR": set(), "DELE": set()}
+    asked: CommandLine | None = None
+    for e in conv.events:
+        if isinstance(e.payload, Credentials) and e.payload.user:
+            user = e.payload.user
+        elif isinstance(e.payload, CommandLine):
+            asked = e.payload
+        elif isinstance(e.payload, Pop3Status) and asked is not None:
+            if asked.verb in done and e.payload.status == "+OK":
+                done[asked.verb].add(asked.argument.strip())
+            asked = None
+    return user, done["RETR"], done["DELE"]
+
+
+def _pop3_session(fact: m.Pop3Session, convs: Sequence[Conversation]) -> str:
+    """A finished session of the user (the connection no longer open) with exactly those counts."""
+    wanted = " and ".join(f"{what} {n} message(s)" for what, n in (("retrieved", fact.retr), ("deleted", fact.dele))
+                          if n is not None)
+    expected = f"a finished POP3 session of {fact.user}" + (f" that {wanted}" if wanted else "")
+    seen = []
+    for c in convs:
+        if c.protocol != "pop3":
+            continue
+        user, retr, dele = _pop3_counts(c)
+        if (user or "").partition("@")[0].lower() != fact.user.lower():
+            continue
+        state = "still open" if c.state == "open" else "ended"
+        seen.append(f"{state}: RETR {', '.join(sorted(retr)) or 'none'}, DELE {', '.join(sorted(dele)) or 'none'}")
+        if c.state != "open" and fact.retr in (None, len(retr)) and fact.dele in (None, len(dele)):
+            return f"{fact.user}'s POP3 session {seen[-1]}"
+    raise StepFailed(expected, f"{fact.user}'s POP3 sessions: {'; '.join(seen)}" if seen
+                     else f"no POP3 session of {fact.user}")
 
 
 def save_traffic(lab: Lab, folder: Path, *, since: float | None = None, subjects: Sequence[str] = ()) -> list[str]:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from labctl.scenario import model as m
 from labctl.scenario.observe import MessageView, PartView, QueuedMessage, QueuedRecipient, TalkLine
+from services.talk import reply_fits
 
 SUMMARY_SHOWN = 6  # subjects listed when a mailbox is summarised
 
@@ -230,6 +231,15 @@ def _gaps(r: QueuedRecipient) -> str:
     return ", ".join(f"{b - a:.1f} s" for a, b in zip(times, times[1:], strict=False)) or "none yet"
 
 
+def host_file(exp: m.FileExpect, text: str | None) -> Verdict:
+    """A file a student wrote (an answer) against the pattern it must match."""
+    expected = f"a file {exp.path} on {exp.host}" + (f" matching /{exp.match.pattern}/" if exp.match else "")
+    if text is None:
+        return _failed(expected, f"no file {exp.path} on {exp.host}")
+    shown = repr(text.strip()[:200]) if text.strip() else "an empty file"
+    return Verdict(exp.match is None or exp.match.search(text) is not None, expected, f"{exp.path} holds {shown}")
+
+
 def dialogue(step: m.Dialogue, log: Sequence[TalkLine]) -> Verdict:
     """Each reply of a raw dialogue against its exchange's ``expect`` (a prefix) and ``match``."""
     replies = log if step.exchanges[0].send is None else log[1:]
@@ -241,8 +251,8 @@ def dialogue(step: m.Dialogue, log: Sequence[TalkLine]) -> Verdict:
             return _failed(f"a reply {sent}{where}", reason)
         reply = replies[i].reply
         first = reply.split("\r\n", 1)[0].rstrip("\r\n")
-        if ex.expect is not None and not first.startswith(ex.expect):
+        if not reply_fits(reply, ex.expect, None):
             return _failed(f"{ex.expect!r} {sent}{where}", repr(first) if first else "no reply (connection closed)")
-        if ex.match is not None and not ex.match.search(reply.replace("\r\n", "\n")):
+        if ex.match is not None and not reply_fits(reply, None, ex.match.pattern):
             return _failed(f"a reply matching /{ex.match.pattern}/ {sent}{where}", repr(first))
     return _passed(f"{len(step.exchanges)} replies as expected", f"{len(step.exchanges)} replies as expected")

@@ -16,7 +16,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from pathlib import Path
 
-from labctl.scenario.runner import ERROR, FAILED, ScenarioResult
+from labctl.scenario.runner import ERROR, FAILED, ScenarioResult, report_names
 
 MESSAGE_LIMIT = 1000  # characters of the failure message attribute; the full text is the element's body
 
@@ -47,9 +47,11 @@ def document(results: Sequence[ScenarioResult]) -> ET.Element:
     for r in results:
         by_file.setdefault(r.file, []).append(r)
     host = socket.gethostname()
+    # Two files of one name in different folders are two suites (alice-answer, bob-answer).
+    names = report_names([Path(f) for f in by_file])
     for number, (file, group) in enumerate(by_file.items()):
         suite = ET.SubElement(root, "testsuite", {
-            "name": Path(file).stem,
+            "name": names[Path(file)],
             "package": "scenarios",
             "id": str(number),
             "tests": str(len(group)),
@@ -68,7 +70,7 @@ def document(results: Sequence[ScenarioResult]) -> ET.Element:
                 ET.SubElement(properties, "property", {"name": f"{r.name}: report", "value": r.report})
         for r in group:
             case = ET.SubElement(suite, "testcase", {
-                "name": r.name, "classname": f"scenarios.{Path(file).stem}", "time": f"{r.seconds:.3f}",
+                "name": r.name, "classname": f"scenarios.{names[Path(file)]}", "time": f"{r.seconds:.3f}",
             })
             if r.status in (FAILED, ERROR):
                 tag = "failure" if r.status == FAILED else "error"

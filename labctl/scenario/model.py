@@ -237,7 +237,17 @@ class Relayed:
     subject: str | None = None
 
 
-Fact = MxQueried | ConnectionRefused | Cleartext | Connected | DnsLooked | Relayed
+@dataclass(frozen=True)
+class Pop3Session:
+    """A POP3 session of ``user`` that ended (QUIT or a closed connection) having retrieved and
+    deleted exactly ``retr`` and ``dele`` distinct messages (None: any number)."""
+
+    user: str  # the login name typed after USER, as the server knows it ("betty")
+    retr: int | None = None
+    dele: int | None = None
+
+
+Fact = MxQueried | ConnectionRefused | Cleartext | Connected | DnsLooked | Relayed | Pop3Session
 
 
 @dataclass(frozen=True)
@@ -245,7 +255,16 @@ class TrafficExpect:
     facts: tuple[Fact, ...]
 
 
-Expectation = MailboxExpect | QueueExpect | Bounced | TrafficExpect
+@dataclass(frozen=True)
+class FileExpect:
+    """A file on a lab host (a student's answer) exists and its text matches ``match``."""
+
+    host: str
+    path: str  # absolute, or relative to the home directory of the host's shell (``~/answer.txt``)
+    match: re.Pattern[str] | None = None
+
+
+Expectation = MailboxExpect | QueueExpect | Bounced | TrafficExpect | FileExpect
 
 
 @dataclass(frozen=True)
@@ -325,14 +344,25 @@ class DiskFull:
 
 Fault = HostFault | Shape | Block | DnsChange | ReplyFault | ClearReplies | DiskFull
 
-Action = Send | Fetch | Dialogue | Wait | Expect | Fault
+
+@dataclass(frozen=True)
+class Task:
+    """What the student does by hand; the ``wait``/``expect`` steps after it decide whether they did."""
+
+    text: str
+    hint: str = ""  # shown when half the time limit has passed
+    time_limit: float = 600.0  # seconds for the task's checks to hold, from when the text is shown
+
+
+# What a step does; `labctl check` runs only the Wait and Expect steps that follow a Task.
+Action = Send | Fetch | Dialogue | Wait | Expect | Fault | Task
 
 
 @dataclass(frozen=True)
 class Step:
     number: int  # 1-based
     line: int | None
-    kind: str  # the key in the file: send, fetch, smtp, pop3, wait, fault, expect
+    kind: str  # the key in the file: send, fetch, smtp, pop3, task, wait, fault, expect
     title: str  # a one-line summary for the progress line and the report
     action: Action
     note: str = ""  # what a student should notice, shown when the step runs

@@ -142,9 +142,18 @@ def queue(ctx: Context, host: str) -> list[QueuedMessage]:
     return queue_from_json(_json(ctx.lab, host, [*mail.QUEUE, "--json"], f"the queue of {host}"))
 
 
+def host_file(ctx: Context, host: str, path: str) -> str | None:
+    """The text of a file on a lab host (``~/`` is the home of the host's shell); None when there is none."""
+    cmd = ["sh", "-c", 'cat -- "$HOME/$1"', "sh", path[2:]] if path.startswith("~/") else ["cat", "--", path]
+    result = ctx.lab.exec(host, cmd)
+    return result.output if result.exit_code == 0 else None
+
+
 def talk(ctx: Context, step: m.Dialogue) -> list[TalkLine]:
     """Type the step's lines from its host (``services talk``); the log of what was sent and read."""
-    lines = [e.send for e in step.exchanges if e.send is not None]
+    # What each reply must be goes along: the typing stops at the first one that is not.
+    lines = [{"send": e.send, "expect": e.expect, "match": e.match.pattern if e.match else None}
+             for e in step.exchanges]
     result = ctx.lab.exec(step.host, ["python3", "-m", "services", "talk", "--proto", step.proto, step.server,
                                       str(step.port)], stdin=json.dumps(lines).encode())
     if result.exit_code != 0:

@@ -34,6 +34,7 @@ DELIVERED_KEYS = ("to", "subject", "count")
 QUEUED_KEYS = ("to", "host", "attempts")
 BOUNCED_KEYS = ("to", "about", "status")
 QUEUE_EMPTY_KEYS = ("host",)
+TASK_KEYS = ("text", "hint", "time_limit")
 FAULT_KINDS = (*m.HOST_ACTIONS, "shape", "block", "unblock", "dns", "reply", "unreply", "disk_full", "disk_free")
 # The store each server writes a message to before its 250, by what the host does: the one a
 # full disk fault fills, made a RAM disk of DISK_SIZE for the scenario (topology `tmpfs:` can say
@@ -44,14 +45,15 @@ REPLY_KEYS = ("host", "stage", "code", "status", "text", "times", "for", "from",
 SHAPE_KEYS = ("host", "delay", "loss", "rate", "direction")
 BLOCK_KEYS = ("host", "port", "how")
 BLOCK_HOW = ("refuse", "drop")
-EXPECT_KINDS = ("mailbox", "queue", "bounce", "traffic")
+EXPECT_KINDS = ("mailbox", "queue", "bounce", "traffic", "file")
+FILE_KEYS = ("host", "path", "match")
 MAILBOX_KEYS = ("user", "where", "subject", "from", "count", "headers", "body", "received_via", "attachments")
 MAILBOX_ON = ("server", "client")
 QUEUE_KEYS = ("host", "empty", "to", "status", "attempts", "error", "retry_gap")
 RETRY_GAP_KEYS = ("attempt", "seconds")
 ATTACHMENT_EXPECT_KEYS = ("name", "size", "sha256")
 QUEUE_STATUS = ("pending", "delivered", "bounced")
-FACT_KINDS = ("mx_query", "refused", "cleartext", "connection", "dns", "relayed")
+FACT_KINDS = ("mx_query", "refused", "cleartext", "connection", "dns", "relayed", "pop3_session")
 DNS_FACT_KEYS = ("from", "name", "type", "answer")
 RELAYED_KEYS = ("to", "via", "subject")
 DNS_TYPES = ("A", "AAAA", "MX", "NS", "SOA", "TXT", "CNAME", "PTR", "SRV")
@@ -60,10 +62,13 @@ MX_QUERY_KEYS = ("from", "domain")
 REFUSED_KEYS = ("host", "port")
 CLEARTEXT_KEYS = ("proto", "command")
 CONNECTION_KEYS = ("from", "to", "port")
+POP3_SESSION_KEYS = ("user", "retr", "dele")
 PROTO_PORTS = {"smtp": 25, "pop3": 110}
 
 DEFAULT_WAIT = 30.0  # seconds: far more than a delivery takes, short enough to fail fast
 MAX_WAIT = 600.0
+DEFAULT_TIME_LIMIT = 600.0  # seconds a student has for a task: ten minutes for one activity
+MAX_TIME_LIMIT = 3 * 3600.0  # a lab session
 MAX_ATTACHMENT = 10 * 1024 * 1024  # the MTA's message size limit is about this
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s)?\s*$")
@@ -126,7 +131,7 @@ class _Parser:
         raise self.r.fail(at, f"{what} must be {kind} of at least {minimum} (exactly), or a range in quotes: "
                               f"\">= 2\", \"<= 3\" or \"2..3\"; not {value!r}")
 
-    def seconds(self, value: Any, at: PathKey, what: str) -> float:
+    def seconds(self, value: Any, at: PathKey, what: str, *, most: float = MAX_WAIT) -> float:
         if isinstance(value, int | float) and not isinstance(value, bool):
             seconds = float(value)
         else:
@@ -134,8 +139,8 @@ class _Parser:
             if match is None:
                 raise self.r.fail(at, f"{what} must be seconds like 30, 2.5 or 500ms, not {value!r}")
             seconds = float(match[1]) / (1000 if match[2] == "ms" else 1)
-        if not 0 < seconds <= MAX_WAIT:
-            raise self.r.fail(at, f"{what} must be more than 0 and at most {MAX_WAIT:.0f} seconds, not {value!r}")
+        if not 0 < seconds <= most:
+            raise self.r.fail(at, f"{what} must be more than 0 and at most {most:.0f} seconds, not {value!r}")
         return seconds
 
     def pattern(self, value: Any, at: PathKey, what: str) -> re.Pattern[str]:
@@ -232,6 +237,14 @@ class _Parser:
         kinds = [k for k in value if k in STEP_KINDS]
         unknown = [k for k in value if k not in STEP_KINDS and k not in STEP_EXTRA_KEYS]
         if unknown:
+            owner = next((k for k in kinds if unknown[0] in STEP_KEYS[k]), None)
+            if owner is not None:
+                # `- send:` with its keys in the column of `send` itself: YAML reads them as the
+                # step's own keys and `send:` as empty.
+                raise self.r.fail(at + (unknown[0],), f"{unknown[0]!r} is a key of {owner!r} but stands beside it, "
+                                  f"not under it: probably wrong indentation; indent the lines of {owner!r}'s "
+                                  f"keys further than {owner + ':'!r} (e.g. two more spaces), or write "
+                                  f"{owner}: {{{unknown[0]}: ...}}")
             raise self.r.fail(at + (unknown[0],), f"unknown step kind {unknown[0]!r}; valid kinds: "
                                                 f"{', '.join(STEP_KINDS)} (and {', '.join(STEP_EXTRA_KEYS)})")
         if len(kinds) != 1:
@@ -332,6 +345,14 @@ class _Parser:
                                                   f"like {example} (use match: for a pattern)")
         match = self.pattern(spec["match"], at + ("match",), "match") if "match" in spec else None
         return m.Exchange(self.doc.line(at), send, expect, match)
+
+    def step_task(self, value: Any, at: PathKey) -> tuple[m.Task, str]:
+        spec = self.r.mapping(value, at, TASK_KEYS, "task")
+        text = self.text(self.require(spec, at, "text", "task"), at + ("text",), "text").strip()
+        hint = self.text(spec["hint"], at + ("hint",), "hint").strip() if "hint" in spec else ""
+        limit = self.seconds(spec.get("time_limit", DEFAULT_TIME_LIMIT), at + ("time_limit",), "time_limit",
+                             most=MAX_TIME_LIMIT)
+        return m.Task(text, hint, limit), f"your task: {text.splitlines()[0]}"
 
     def step_wait(self, value: Any, at: PathKey) -> tuple[m.Wait, str]:
         spec = self.r.mapping(value, at, WAIT_KEYS, "wait")
@@ -500,6 +521,10 @@ class _Parser:
                 b = self.bounced(arg, where)
                 checks.append(b)
                 titles.append(f"{b.to} has a bounce" + (f" about {b.about}" if b.about else ""))
+            elif kind == "file":
+                f = self.file(arg, where)
+                checks.append(f)
+                titles.append(f"{f.host}:{f.path} " + (f"matches /{f.match.pattern}/" if f.match else "exists"))
             else:
                 t = self.traffic(arg, where)
                 checks.append(t)
@@ -573,6 +598,16 @@ class _Parser:
                 raise self.r.fail(at + ("sha256",), f"sha256 {digest!r} is not 64 hex digits (as sha256sum prints)")
         return m.AttachmentExpect(name, size, digest)
 
+    def file(self, value: Any, at: PathKey) -> m.FileExpect:
+        s = self.r.mapping(value, at, FILE_KEYS, "file")
+        host = self.host(self.require(s, at, "host", "file"), at + ("host",))
+        path = self.text(self.require(s, at, "path", "file"), at + ("path",), "path").strip()
+        if not path.startswith(("/", "~/")):
+            raise self.r.fail(at + ("path",), f"path {path!r} must be absolute (/root/answer.txt) or in the home "
+                                             "directory (~/answer.txt)")
+        match = self.pattern(s["match"], at + ("match",), "match") if "match" in s else None
+        return m.FileExpect(host, path, match)
+
     def queue(self, value: Any, at: PathKey) -> m.QueueExpect:
         s = self.r.mapping(value, at, QUEUE_KEYS, "queue")
         host = self.mta_host(s.get("host"), at + ("host",), queue=True)
@@ -636,6 +671,12 @@ class _Parser:
                 via = tuple(self.host(h, w + ("via", i)) for i, h in enumerate(hops))
                 subject = self.text(s["subject"], w + ("subject",), "subject") if "subject" in s else None
                 facts.append(m.Relayed(to, via, subject))
+            elif kind == "pop3_session":
+                s = self.r.mapping(arg, w, POP3_SESSION_KEYS, kind)
+                user = self.address(self.require(s, w, "user", kind), w + ("user",))
+                retr = self.count(s["retr"], w + ("retr",), "retr") if "retr" in s else None
+                dele = self.count(s["dele"], w + ("dele",), "dele") if "dele" in s else None
+                facts.append(m.Pop3Session(user.partition("@")[0], retr, dele))
             else:
                 s = self.r.mapping(arg, w, CONNECTION_KEYS, kind)
                 source = self.host(self.require(s, w, "from", kind), w + ("from",))
@@ -650,11 +691,17 @@ STEP_PARSERS: Mapping[str, Callable[[_Parser, Any, PathKey], tuple[m.Action, str
     "fetch": _Parser.step_fetch,
     "smtp": _Parser.step_smtp,
     "pop3": _Parser.step_pop3,
+    "task": _Parser.step_task,
     "wait": _Parser.step_wait,
     "fault": _Parser.step_fault,
     "expect": _Parser.step_expect,
 }
 STEP_KINDS = tuple(STEP_PARSERS)
+# The keys each step kind takes: a key of one found beside it is an indentation slip.
+STEP_KEYS: Mapping[str, tuple[str, ...]] = {
+    "send": SEND_KEYS, "fetch": FETCH_KEYS, "smtp": DIALOGUE_KEYS, "pop3": DIALOGUE_KEYS, "task": TASK_KEYS,
+    "wait": WAIT_KEYS, "fault": FAULT_KINDS, "expect": EXPECT_KINDS,
+}
 
 
 def _about(subject: str | None) -> str:

@@ -11,12 +11,13 @@ The runner prints nothing: it tells a :class:`Progress` (the CLI draws it with r
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -28,7 +29,7 @@ from labctl.image import ImageBuilder
 from labctl.lab import Lab
 from labctl.scenario import facts, faults, steps
 from labctl.scenario import model as m
-from labctl.scenario.context import Context, StepFailed
+from labctl.scenario.context import Context, StepFailed, TaskWindow
 from labctl.topology import Topology
 
 PASSED, FAILED, ERROR, SKIPPED = "passed", "failed", "error", "skipped"
@@ -77,6 +78,8 @@ class Progress(Protocol):
     def step_started(self, step: m.Step) -> None: ...
     def step_finished(self, step: m.Step, result: StepResult) -> None: ...
     def scenario_finished(self, result: ScenarioResult) -> None: ...
+    def task_given(self, step: m.Step, task: m.Task, lab: str) -> None: ...
+    def hint(self, text: str) -> None: ...
 
 
 class Silent:
@@ -95,6 +98,12 @@ class Silent:
     def scenario_finished(self, result: ScenarioResult) -> None:
         pass
 
+    def task_given(self, step: m.Step, task: m.Task, lab: str) -> None:
+        pass
+
+    def hint(self, text: str) -> None:
+        pass
+
 
 def lab_name(scenario: m.Scenario) -> str:
     """A name no other lab has: the scenario's file, shortened, and a random suffix."""
@@ -102,8 +111,62 @@ def lab_name(scenario: m.Scenario) -> str:
     return f"sc-{slug}-{uuid.uuid4().hex[:6]}"
 
 
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "scenario"
+
+
 def slug(scenario: m.Scenario) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", scenario.source.stem).strip("-") or "scenario"
+    return _slug(scenario.source.stem)
+
+
+def report_names(paths: Sequence[Path]) -> dict[Path, str]:
+    """A name per scenario file for its report folder and JUnit suite, distinct for distinct files.
+
+    The file's name without ``.yml`` where that is unique; two files of the same name in different
+    folders (``alice/answer.yml``, ``bob/answer.yml``) take as many of their folders as make them
+    differ (``alice-answer``, ``bob-answer``), and a number if even that does not.
+    """
+    parts = {p: p.resolve().with_suffix("").parts for p in paths}
+    depth = dict.fromkeys(paths, 1)
+
+    def name(p: Path) -> str:
+        return "-".join(_slug(x) for x in parts[p][-depth[p]:])
+
+    while True:
+        owners: dict[str, set[tuple[str, ...]]] = {}
+        for p in paths:
+            owners.setdefault(name(p), set()).add(parts[p])
+        clashing = [p for p in paths if len(owners[name(p)]) > 1 and depth[p] < len(parts[p])]
+        if not clashing:
+            break
+        for p in clashing:
+            depth[p] += 1
+    names: dict[Path, str] = {}
+    taken: dict[str, tuple[str, ...]] = {}
+    for p in paths:
+        n, k = name(p), 1
+        while taken.setdefault(n if k == 1 else f"{n}-{k}", parts[p]) != parts[p]:
+            k += 1
+        names[p] = n if k == 1 else f"{n}-{k}"
+    return names
+
+
+def traced_subjects(scenario: m.Scenario) -> list[str]:
+    """The subjects of the messages a scenario puts on the wire, for its ``trace.txt``: sent, typed in
+    a dialogue (its ``Subject:`` line), or awaited (an exercise's student sends them)."""
+    found: list[str] = []
+    for s in scenario.steps:
+        a = s.action
+        if isinstance(a, m.Send):
+            found.append(a.subject)
+        elif isinstance(a, m.Dialogue):
+            found += [h[1].strip() for e in a.exchanges if e.send and "\n" in e.send
+                      for h in re.findall(r"(?im)^(subject:)[ \t]*(.+)$", e.send)]
+        elif isinstance(a, m.Wait) and isinstance(a.until, m.Delivered) and a.until.subject:
+            found.append(a.until.subject)
+        elif isinstance(a, m.Expect):
+            found += [c.subject for c in a.checks if isinstance(c, m.MailboxExpect) and c.subject]
+    return list(dict.fromkeys(found))
 
 
 def _place(scenario: m.Scenario, step: m.Step) -> str:
@@ -117,7 +180,15 @@ def _shaped_host(step: m.Step) -> str:
 
 
 def _expect(ctx: Context, action: m.Expect) -> str:
-    return "; ".join(EXPECTATIONS[type(check)](ctx, check) for check in action.checks)
+    def once() -> str:
+        return "; ".join(EXPECTATIONS[type(check)](ctx, check) for check in action.checks)
+    # After a task, an expect waits as a wait does: the student may still be at it.
+    return steps.patiently(ctx, once, 0.0) if ctx.task else once()
+
+
+def _task(ctx: Context, task: m.Task) -> str:
+    ctx.task = TaskWindow(task, ctx.clock())
+    return f"given, {task.time_limit:g} s to do it"
 
 
 # What each check of an expect step does, by its type in the model.
@@ -126,6 +197,7 @@ EXPECTATIONS: Mapping[type[m.Expectation], Callable[[Context, Any], str]] = {
     m.QueueExpect: steps.check_queue,
     m.Bounced: steps.check_bounce,
     m.TrafficExpect: facts.check,
+    m.FileExpect: steps.check_file,
 }
 
 # What each step does, by the type of its action in the model (faults: the table of faults.py);
@@ -136,18 +208,39 @@ ACTIONS: Mapping[type[m.Action], Callable[[Context, Any], str]] = dict([
     (m.Dialogue, steps.run_dialogue),
     (m.Wait, steps.run_wait),
     (m.Expect, _expect),
+    (m.Task, _task),
     *faults.FAULTS.items(),
 ])
 
 
+def _graded(scenario: m.Scenario) -> set[int]:
+    """The steps `labctl check` runs: the wait and expect steps right after a task (all of them in a
+    scenario without tasks); the ones before an exercise's first task check its setup."""
+    checks = [s for s in scenario.steps if isinstance(s.action, m.Wait | m.Expect)]
+    if not any(isinstance(s.action, m.Task) for s in scenario.steps):
+        return {s.number for s in checks}
+    graded: set[int] = set()
+    in_task = False
+    for s in scenario.steps:
+        if isinstance(s.action, m.Task):
+            in_task = True
+        elif not isinstance(s.action, m.Wait | m.Expect):
+            in_task = False
+        elif in_task:
+            graded.add(s.number)
+    return graded
+
+
 class Runner:
     def __init__(self, engine: Engine, *, progress: Progress | None = None, report_dir: Path | None = None,
-                 keep: bool = False, reporter: Reporter = ignore, image: str | None = None) -> None:
+                 keep: bool = False, reporter: Reporter = ignore, image: str | None = None,
+                 names: Mapping[Path, str] | None = None) -> None:
         self.engine = engine
         self.progress = progress or Silent()
         self.report_dir = report_dir
         self.keep = keep
         self.reporter = reporter
+        self.names = dict(names or {})  # report folder per scenario file (report_names); default its stem
         self._image = image
         self._images: dict[str, str] = {}  # image name (topology.IMAGES) -> tag, built once per run
         self.interrupted = False  # set by a Ctrl-C inside run(): the caller runs no more scenarios
@@ -163,8 +256,21 @@ class Runner:
             self._images.update(ImageBuilder(self.engine, self.reporter).images(wanted))
         return dict(self._images)
 
-    def run(self, scenario: m.Scenario) -> ScenarioResult:
-        lab = Lab(self.engine, lab_name(scenario), self.reporter)
+    def run(self, scenario: m.Scenario, *, lab: str | None = None) -> ScenarioResult:
+        """Run every step in a fresh lab; with ``lab``, in that lab (brought up if it is not, and
+        left up: it is someone's)."""
+        return self._scenario(scenario, Lab(self.engine, lab or lab_name(scenario), self.reporter),
+                              existing=lab is not None, grading=False)
+
+    def check(self, scenario: m.Scenario, lab: str) -> ScenarioResult:
+        """Grade lab ``lab`` as it is against the scenario's checks, running none of its actions.
+
+        The checks are the wait and expect steps after each task (all of them in a scenario without
+        tasks); each wait looks once. Every check runs, a failed one does not stop the others.
+        """
+        return self._scenario(scenario, Lab(self.engine, lab, self.reporter), existing=True, grading=True)
+
+    def _scenario(self, scenario: m.Scenario, lab: Lab, *, existing: bool, grading: bool) -> ScenarioResult:
         result = ScenarioResult(scenario.name, str(scenario.source), lab.name, started=time.time())
         result.steps = [StepResult(s.number, s.kind, s.title, s.line, SKIPPED, note=s.note) for s in scenario.steps]
         self.progress.scenario_started(scenario, lab.name)
@@ -172,24 +278,34 @@ class Runner:
         running: tuple[m.Step, StepResult] | None = None  # the step under way; None while the lab comes up
         try:
             try:
-                delayed = next((s for s in scenario.steps if isinstance(s.action, m.Shape) and s.action.delay_ms), None)
+                # `labctl check` shapes nothing, so a delay it cannot make does not matter there.
+                delayed = None if grading else next(
+                    (s for s in scenario.steps if isinstance(s.action, m.Shape) and s.action.delay_ms), None)
                 if delayed is not None and self.netem is False:
                     self._cannot_delay(scenario, result, delayed)  # known from an earlier lab: none is brought up
                 else:
-                    ctx = self._bring_up(lab, scenario)
+                    ctx = self._join(lab, scenario) if grading else self._bring_up(lab, scenario)
+                    ctx.show_hint = self.progress.hint
                     self.progress.lab_ready(time.monotonic() - started)
                     if delayed is not None and self.netem is None:
                         self.netem = faults.netem_works(ctx, _shaped_host(delayed))
                     if delayed is not None and not self.netem:
                         self._cannot_delay(scenario, result, delayed)
                     else:
+                        graded = _graded(scenario) if grading else {s.number for s in scenario.steps}
                         for step, step_result in zip(scenario.steps, result.steps, strict=True):
                             running = step, step_result
-                            if not self._step(ctx, step, step_result):
+                            if step.number not in graded:
+                                step_result.detail = "not run by labctl check: " + (
+                                    "a check of the setup, not of a task" if isinstance(step.action, m.Wait | m.Expect)
+                                    else "an action")
+                                continue
+                            if not self._step(ctx, step, step_result) and not result.message:
                                 result.status = step_result.status
                                 result.message = (f"step {step.number} ({_place(scenario, step)}) {step.title}: "
                                                   f"expected {step_result.expected}; saw {step_result.seen}")
-                                break
+                                if not grading:
+                                    break
             except KeyboardInterrupt:
                 # Ctrl-C: the scenario ends as an error whose report is still written; the caller
                 # learns of the interrupt from `interrupted` and stops there.
@@ -217,7 +333,7 @@ class Runner:
                 result.artifacts.append("the report is incomplete: interrupted (Ctrl-C)")
         finally:
             # A second Ctrl-C lands here too: the lab goes, then the interrupt goes on up.
-            if self.keep:
+            if self.keep or existing:
                 result.kept = True
             else:
                 lab.down()
@@ -240,10 +356,25 @@ class Runner:
         # topology is where it really is.
         return Context(lab, lab.up(scenario.topology, self.images(scenario.topology)).topology)
 
+    def _join(self, lab: Lab, scenario: m.Scenario) -> Context:
+        """A lab that is up, as it is (nothing started): the scenario's topology on the lab's subnet."""
+        hosts = {h.name for h in lab.hosts()}
+        missing = [h.name for h in scenario.topology.hosts if h.name not in hosts]
+        net = lab.network()
+        subnet = next((n for n in net.subnets if isinstance(n, ipaddress.IPv4Network)), None) if net else None
+        if missing or subnet is None:
+            raise LabctlError(f"lab {lab.name!r} is not the lab of this scenario (it has no host "
+                              f"{', '.join(missing) or 'network'}); run it with `labctl run {scenario.source}`")
+        return Context(lab, scenario.topology.with_subnet(subnet), patient=False)
+
     def _step(self, ctx: Context, step: m.Step, out: StepResult) -> bool:
         self.progress.step_started(step)
         started = time.monotonic()
         ctx.transcript = []
+        if isinstance(step.action, m.Task):
+            self.progress.task_given(step, step.action, ctx.lab.name)
+        elif not isinstance(step.action, m.Wait | m.Expect):
+            ctx.task = None  # a task's checks are the wait and expect steps right after it
         try:
             out.detail = ACTIONS[type(step.action)](ctx, step.action)
             out.status = PASSED
@@ -261,7 +392,7 @@ class Runner:
     def _save(self, lab: Lab, scenario: m.Scenario, result: ScenarioResult) -> None:
         if self.report_dir is None:
             return
-        folder = self.report_dir / slug(scenario)
+        folder = self.report_dir / self.names.get(scenario.source, slug(scenario))
         (folder / "logs").mkdir(parents=True, exist_ok=True)
         result.report = str(folder)
         for host in lab.status():
@@ -272,7 +403,7 @@ class Runner:
             path = folder / "logs" / f"{host.name}.log"
             path.write_text(text, encoding="utf-8")
             result.artifacts.append(str(path.relative_to(folder)))
-        subjects = [s.action.subject for s in scenario.steps if isinstance(s.action, m.Send)]
-        result.artifacts += facts.save_traffic(lab, folder, since=result.started - 1, subjects=subjects)
+        result.artifacts += facts.save_traffic(lab, folder, since=result.started - 1,
+                                               subjects=traced_subjects(scenario))
         (folder / "result.json").write_text(json.dumps(result.to_json(), indent=2, ensure_ascii=False) + "\n",
                                             encoding="utf-8")

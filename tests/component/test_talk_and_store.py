@@ -78,3 +78,43 @@ def test_store_shows_a_bounce_s_delivery_status_fields(tmp_path: Path) -> None:
     (stored,) = storecli.messages(tmp_path, "andy@ouhk.example")
     (fields,) = stored["delivery_status"]
     assert fields["Final-Recipient"] == "rfc822; nobody@stevenchoy.example" and fields["Status"] == "5.1.1"
+
+
+def test_a_dialogue_stops_at_the_first_reply_that_is_not_the_expected_one(servers: tuple[int, int],
+                                                                         tmp_path: Path) -> None:
+    # The author expected betty to be refused; she is accepted. The old talk typed on (DATA, the
+    # message, ".") and delivered a message from a step reported FAILED.
+    smtp, _ = servers
+    log = talk.talk("127.0.0.1", smtp, "smtp", [
+        talk.Line(None, "220"), talk.Line("MAIL FROM: andy@ouhk.example", "250"),
+        talk.Line("RCPT TO: betty@stevenchoy.example", "550"), talk.Line("DATA", "354"),
+        talk.Line("Subject: never\n\nnot to be sent\n.", "250"), talk.Line("QUIT", "221"),
+    ], 5.0)
+    assert [e["sent"] for e in log] == [None, "MAIL FROM: andy@ouhk.example", "RCPT TO: betty@stevenchoy.example",
+                                        "QUIT"]
+    assert str(log[-1]["reply"]).startswith("221")  # QUIT: the open transaction is abandoned
+    assert storecli.messages(tmp_path, BETTY) == []
+
+
+def test_a_pop3_dialogue_that_fails_closes_without_quit_so_no_dele_takes_effect(servers: tuple[int, int],
+                                                                             tmp_path: Path) -> None:
+    _, pop3 = servers
+    deliver(mailbox_dir(tmp_path, BETTY), MESSAGE.encode())
+    log = talk.talk("127.0.0.1", pop3, "pop3", [
+        talk.Line(None, "+OK"), talk.Line("USER betty", "+OK"), talk.Line(f"PASS {password(BETTY)}", "+OK"),
+        talk.Line("DELE 1", "+OK"), talk.Line("STAT", "+OK 5 "), talk.Line("QUIT", "+OK"),
+    ], 5.0)
+    assert [e["sent"] for e in log][-1] == "STAT"  # stopped there: no QUIT to commit the DELE
+    assert len(storecli.messages(tmp_path, BETTY)) == 1
+
+
+def test_a_greeting_that_is_not_the_expected_one_types_nothing(servers: tuple[int, int]) -> None:
+    smtp, _ = servers
+    log = talk.talk("127.0.0.1", smtp, "smtp", [talk.Line(None, "554"), talk.Line("MAIL FROM: <>", "250")], 5.0)
+    assert [e["sent"] for e in log] == [None, "QUIT"]
+
+
+def test_the_patterns_of_talk_and_of_the_judge_are_one_rule() -> None:
+    assert talk.reply_fits("250-first\r\n250 2.1.5 Recipient ok\r\n", "250", "^250 2\\.1\\.5")
+    assert not talk.reply_fits("250 ok\r\n", "250 2.1.5", None)
+    assert not talk.reply_fits("+OK\r\n", None, "octets")

@@ -68,7 +68,7 @@ def test_a_failing_scenario_says_what_it_expected_and_saw(client: DockerEngine, 
     assert result["status"] == "failed"
     assert result["message"] == (
         "step 3 (failing.yml:11) wait until betty@stevenchoy.example has a message 'Never sent' (at most 3 s): "
-        "expected 1 message(s) with 'Never sent' delivered to betty@stevenchoy.example within 3 s; "
+        "expected at least 1 message(s) with 'Never sent' delivered to betty@stevenchoy.example within 3 s; "
         "saw betty@stevenchoy.example's mailbox holds 1 message(s): 'Hello'")
     assert [s["status"] for s in result["steps"]] == ["passed", "passed", "failed", "skipped"]
     assert "expected: 1 message(s) with 'Never sent'" in proc.stderr and "1 failed" in proc.stderr

@@ -121,7 +121,7 @@ CASES = [
      "unknown key 'retries' in topology changes; valid keys: hosts, swap, domains, retry"),
     # steps
     (HEAD + "steps:\n  - fetch: {user: betty}\n  - sned: {}\n", 6,
-     "unknown step kind 'sned'; valid kinds: send, fetch, smtp, pop3, wait, fault, expect"),
+     "unknown step kind 'sned'; valid kinds: send, fetch, smtp, pop3, task, wait, fault, expect"),
     (HEAD + "steps:\n  - fetch: {user: betty}\n    wait: {seconds: 1}\n", 5, "a step does exactly one thing"),
     (HEAD + "steps:\n  - name: only a name\n", 5, "a step does exactly one thing"),
     (HEAD + "steps:\n  - fetch\n", 5, "step 1 must be a mapping"),
