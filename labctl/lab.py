@@ -120,6 +120,46 @@ def host_status(lab: str, c: ContainerInfo) -> HostStatus:
                       container=c.name, user=labels.get(LABEL_USER, ""))
 
 
+# runc's words when the kernel refuses the capabilities a privileged exec asks for (a VM whose
+# bounding set lacks CAP_SYS_RESOURCE, docker-in-docker); the exec then ends with 126, "not started".
+RUNTIME_FAILED = b"OCI runtime exec failed"
+PRIVILEGE_REFUSED = b"unable to apply caps"
+EXEC_NOT_STARTED = 126
+
+
+class _HeldErrors:
+    """A privileged exec's output, with the runtime's refusal held back: it comes first, as the
+    only output (on stdout, from Docker), and is told in labctl's words instead."""
+
+    def __init__(self, out: Callable[[bytes], Any], err: Callable[[bytes], Any]) -> None:
+        self._out, self._err = out, err
+        self._first = True
+        self._held = b""
+
+    def _pass(self, chunk: bytes, to: Callable[[bytes], Any]) -> None:
+        if self._first and chunk.startswith(RUNTIME_FAILED):
+            self._held = chunk
+        else:
+            self.flush()
+            to(chunk)
+        self._first = False
+
+    def out(self, chunk: bytes) -> None:
+        self._pass(chunk, self._out)
+
+    def err(self, chunk: bytes) -> None:
+        self._pass(chunk, self._err)
+
+    def refusal(self, code: int) -> str:
+        """The runtime's words if it refused the capabilities, else ""."""
+        said = self._held
+        return said.decode("utf-8", "replace").strip() if code == EXEC_NOT_STARTED and PRIVILEGE_REFUSED in said else ""
+
+    def flush(self) -> None:
+        if self._held:
+            self._err(self._held)
+        self._held = b""
+
 class Lab:
     """One lab (one ``--lab NAME``): every host of it on an engine (today one engine for all)."""
 
@@ -358,9 +398,20 @@ class Lab:
     def exec_stream(self, host: HostStatus, cmd: list[str], out: Callable[[bytes], Any],
                     err: Callable[[bytes], Any], *, privileged: bool = False, stdin: bytes | None = None,
                     environment: dict[str, str] | None = None) -> int:
+        hold = _HeldErrors(out, err) if privileged else None
         try:
-            return self.engine_of(host).exec(host.container, cmd, out, err, privileged=privileged, stdin=stdin,
+            code = self.engine_of(host).exec(host.container, cmd, hold.out if hold else out,
+                                             hold.err if hold else err, privileged=privileged, stdin=stdin,
                                              environment=environment)
+            if hold is not None:
+                refusal = hold.refusal(code)
+                if refusal:
+                    raise LabctlError(f"this Docker engine cannot give a command on {host.name} every capability "
+                                      f"({refusal}): it runs where some are missing (a VM, docker-in-docker). Lab "
+                                      "hosts already have NET_ADMIN, which tc and iptables need: run it without "
+                                      "--privileged")
+                hold.flush()
+            return code
         except EngineError as exc:
             now = next((h for h in self.status() if h.name == host.name), None)
             if now is not None and now.state != "running":  # Docker's own words: "409 ... is not running"
