@@ -245,6 +245,7 @@ class Runner:
         self._images: dict[str, str] = {}  # image name (topology.IMAGES) -> tag, built once per run
         self.interrupted = False  # set by a Ctrl-C inside run(): the caller runs no more scenarios
         self.netem: bool | None = None  # whether the engine's kernel has netem, once a lab was asked
+        self._running: tuple[m.Step, StepResult] | None = None  # the step under way; None while the lab comes up
 
     def images(self, topo: Topology) -> str | dict[str, str]:
         """The images ``topo``'s hosts run: the lab image, and the reference image when a host of
@@ -275,7 +276,7 @@ class Runner:
         result.steps = [StepResult(s.number, s.kind, s.title, s.line, SKIPPED, note=s.note) for s in scenario.steps]
         self.progress.scenario_started(scenario, lab.name)
         started = time.monotonic()
-        running: tuple[m.Step, StepResult] | None = None  # the step under way; None while the lab comes up
+        self._running = None
         try:
             try:
                 # `labctl check` shapes nothing, so a delay it cannot make does not matter there.
@@ -292,27 +293,14 @@ class Runner:
                     if delayed is not None and not self.netem:
                         self._cannot_delay(scenario, result, delayed)
                     else:
-                        graded = _graded(scenario) if grading else {s.number for s in scenario.steps}
-                        for step, step_result in zip(scenario.steps, result.steps, strict=True):
-                            running = step, step_result
-                            if step.number not in graded:
-                                step_result.detail = "not run by labctl check: " + (
-                                    "a check of the setup, not of a task" if isinstance(step.action, m.Wait | m.Expect)
-                                    else "an action")
-                                continue
-                            if not self._step(ctx, step, step_result) and not result.message:
-                                result.status = step_result.status
-                                result.message = (f"step {step.number} ({_place(scenario, step)}) {step.title}: "
-                                                  f"expected {step_result.expected}; saw {step_result.seen}")
-                                if not grading:
-                                    break
+                        self._steps(ctx, scenario, result, grading=grading)
             except KeyboardInterrupt:
                 # Ctrl-C: the scenario ends as an error whose report is still written; the caller
                 # learns of the interrupt from `interrupted` and stops there.
                 self.interrupted = True
                 result.status, result.message = ERROR, "interrupted (Ctrl-C) while the lab came up"
-                if running is not None:
-                    step, step_result = running
+                if self._running is not None:
+                    step, step_result = self._running
                     result.message = (f"interrupted (Ctrl-C) during step {step.number} ({_place(scenario, step)}) "
                                       f"{step.title}")
                     step_result.status, step_result.expected = ERROR, "the step to run"
@@ -339,6 +327,24 @@ class Runner:
                 lab.down()
         self.progress.scenario_finished(result)
         return result
+
+    def _steps(self, ctx: Context, scenario: m.Scenario, result: ScenarioResult, *, grading: bool) -> None:
+        """Run the steps in order; a run stops at the first that fails, a grading (`labctl check`)
+        runs every check it grades and reports the others as not run."""
+        graded = _graded(scenario) if grading else {s.number for s in scenario.steps}
+        for step, step_result in zip(scenario.steps, result.steps, strict=True):
+            self._running = step, step_result
+            if step.number not in graded:
+                step_result.detail = "not run by labctl check: " + (
+                    "a check of the setup, not of a task" if isinstance(step.action, m.Wait | m.Expect)
+                    else "an action")
+                continue
+            if not self._step(ctx, step, step_result) and not result.message:
+                result.status = step_result.status
+                result.message = (f"step {step.number} ({_place(scenario, step)}) {step.title}: "
+                                  f"expected {step_result.expected}; saw {step_result.seen}")
+                if not grading:
+                    break
 
     def _cannot_delay(self, scenario: m.Scenario, result: ScenarioResult, step: m.Step) -> None:
         """The scenario asks for a delay and the kernel has no netem: it fails before any step runs,
