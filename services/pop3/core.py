@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from services.accounts import AUTH_DELAY_FIRST, AUTH_DELAY_MAX, auth_delay
 from services.errors import PeerError
 from services.textwire import stuff_lines, wire_lines, wire_size
 
@@ -29,8 +30,6 @@ from services.textwire import stuff_lines, wire_lines, wire_size
 MAX_LINE = 255  # RFC 2449 §4: a command line is at most 255 octets, CRLF included
 MAX_BAD_COMMANDS = 10  # unknown, out-of-state, malformed or oversized commands, then we hang up
 MAX_AUTH_FAILURES = 5  # failed logins per session before we hang up (guessing costs a reconnect)
-AUTH_DELAY_FIRST = 1.0  # seconds before the first "-ERR [AUTH]"; each further failure doubles it
-AUTH_DELAY_MAX = 16.0  # the delay stops growing here, so a typo never costs a minute
 IDLE_TIMEOUT = 600.0  # RFC 1939 §3: an autologout timer, if any, is at least 10 minutes
 MAX_UID_LENGTH = 70  # RFC 1939 §7 (UIDL): a unique-id is 1 to 70 characters 0x21..0x7E
 MAX_NUMBER_DIGITS = 9  # a message number or TOP line count; more digits is a syntax error
@@ -49,8 +48,7 @@ class Limits:
 
     def auth_delay(self, failures: int) -> float:
         """How long to hold back the reply to the ``failures``-th failed login (1, 2, 4, ... s)."""
-        growth: float = 2.0 ** min(max(failures - 1, 0), 32)  # past the cap anyway; no overflow
-        return min(self.auth_delay_first * growth, self.auth_delay_max)
+        return auth_delay(failures, self.auth_delay_first, self.auth_delay_max)
 
 
 DEFAULT_LIMITS = Limits()

@@ -12,44 +12,18 @@ The MX and MTA roles call :func:`start` next to their SMTP servers.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
-from collections.abc import Sequence
 from pathlib import Path
 
 from services import config
-from services.config import Domain, LabConfig
+from services.accounts import AccountAuthenticator
+from services.config import LabConfig
 from services.mailstore import Maildir, mailbox_dir
 from services.pop3.core import DEFAULT_LIMITS, Action, Close, Limits, Log, Send, Session, Wait
 
 log = logging.getLogger("services.pop3")
 
 READ_CHUNK = 4096  # one socket read; a few pipelined command lines (each at most 255 octets)
-
-
-class AccountAuthenticator:
-    """USER/PASS against the accounts of this host's domains; ``betty`` or ``betty@domain``.
-
-    A bare name is accepted only when exactly one local domain has it, so that a host keeping two
-    domains never opens the wrong mailbox.
-    """
-
-    def __init__(self, domains: Sequence[Domain]) -> None:
-        self._accounts = [(d.name.lower(), a) for d in domains for a in d.accounts]
-
-    def authenticate(self, user: str, password: str) -> str | None:
-        local, at, domain = user.lower().rpartition("@")
-        if not at:
-            local, domain = domain, ""
-        matches = [a for name, a in self._accounts
-                   if a.user.lower() == local and (not domain or name == domain.rstrip("."))]
-        if len(matches) != 1:
-            return None
-        account = matches[0]
-        given = password.encode("utf-8", "surrogateescape")
-        if hmac.compare_digest(given, account.password.encode("utf-8")):
-            return f"{account.user}@{account.domain}".lower()
-        return None
 
 
 class _Client:

@@ -21,9 +21,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from services import config, mailstore, runtime
+from services.accounts import AccountAuthenticator
 from services.config import LabConfig
 from services.pop3 import server as pop3_server
-from services.pop3.server import AccountAuthenticator
 from services.smtp import policy, trace
 from services.smtp.delivery import DeliveryWorker, LocalDelivery
 from services.smtp.server import (
