@@ -127,8 +127,8 @@ class Folder:
             return self._messages
         found = self._scan()
         self._read_uidlist()
-        if any(key not in self._uids for key in found):
-            self._assign(found)
+        if self.uidvalidity == 0 or any(key not in self._uids for key in found):
+            self._assign(found)  # also creates the list of a new, empty mailbox: STATUS needs its UIDVALIDITY
         claimed: set[str] = set()
         if claim_new:
             for key, (path, in_new, _) in list(found.items()):
@@ -265,23 +265,23 @@ class Folder:
         self._stamp = None
         return next((m.path for m in self.messages() if m.key == key), None)
 
-    def set_flags(self, message: Message, flags: Iterable[str]) -> bool:
-        """Rename the file to carry ``flags``; False if it is gone (expunged meanwhile)."""
+    def set_flags(self, message: Message, flags: Iterable[str]) -> Message | None:
+        """Rename the file to carry ``flags``: the message as it is now, or None if it is gone."""
+        wanted = frozenset(f for f in flags if f in FLAG_LETTERS)
         for attempt in range(2):
             path = message.path if attempt == 0 else self._fresh_path(message.key)
             if path is None:
-                return False
+                return None
             _, other = flags_of(path.name.partition(":")[2])
-            target = self.path / "cur" / f"{message.key}:{info_for(flags, other)}"
-            if target == path:
-                return True
-            try:
-                os.rename(path, target)
-            except FileNotFoundError:
-                continue
-            self._stamp = None
-            return True
-        return False
+            target = self.path / "cur" / f"{message.key}:{info_for(wanted, other)}"
+            if target != path:
+                try:
+                    os.rename(path, target)
+                except FileNotFoundError:
+                    continue
+                self._stamp = None
+            return Message(message.uid, message.key, target, wanted, False, message.mtime)
+        return None
 
     def remove(self, messages: Iterable[Message]) -> None:
         """Delete message files durably (EXPUNGE); one already gone counts as removed."""

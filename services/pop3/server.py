@@ -19,7 +19,8 @@ from services import config
 from services.accounts import AccountAuthenticator
 from services.config import LabConfig
 from services.mailstore import Maildir, mailbox_dir
-from services.pop3.core import DEFAULT_LIMITS, Action, Close, Limits, Log, Send, Session, Wait
+from services.actions import Action, Close, Log, Send, Wait
+from services.pop3.core import DEFAULT_LIMITS, Limits, Session
 
 log = logging.getLogger("services.pop3")
 
