@@ -23,6 +23,7 @@ from pathlib import Path
 from services import config, mailstore, runtime
 from services.accounts import AccountAuthenticator
 from services.config import LabConfig
+from services.imap import server as imap_server
 from services.pop3 import server as pop3_server
 from services.smtp import policy, trace
 from services.smtp.delivery import DeliveryWorker, LocalDelivery
@@ -112,11 +113,12 @@ async def start_mta(
     smtp_port: int = 25,
     submission_port: int = SUBMISSION_PORT,
     pop3_port: int = 110,
+    imap_port: int = imap_server.PORT,
     clock: Callable[[], float] = time.time,
     relay_client: Callable[[str], bool] | None = None,
     size_limit: int = MESSAGE_SIZE_LIMIT,
 ) -> Listeners:
-    """Start the MTA's listeners (port 0: any free port): SMTP, submission with AUTH, POP3.
+    """Start the MTA's listeners (port 0: any free port): SMTP, submission with AUTH, POP3, IMAP.
 
     ``on_enqueued`` is called after each message is queued (the delivery worker's ``wake``).
     ``relay_client`` says which client addresses may relay without AUTH; by default the lab's
@@ -137,6 +139,7 @@ async def start_mta(
                                              port=submission_port, clock=clock, size_limit=size_limit,
                                              check_login=accounts.authenticate)
         started["pop3"] = await pop3_server.start(cfg, mail_root=mail_root, host=host, port=pop3_port)
+        started["imap"] = await imap_server.start(cfg, mail_root=mail_root, host=host, port=imap_port)
     except BaseException:
         for server in started.values():
             server.close()

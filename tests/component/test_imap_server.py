@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import imapclient  # type: ignore[import-untyped]
+import imapclient
 import pytest
 
 from services.imap import server as imap_server
@@ -96,14 +96,14 @@ def test_login_select_fetch_whole_and_partial(lab: Lab) -> None:
     assert client.untagged_responses.get("UIDVALIDITY")
     typ, data = client.fetch("1", "(RFC822.SIZE BODY.PEEK[])")
     assert typ == "OK"
-    assert data[0][1] == MESSAGE_1  # type: ignore[index]
-    assert f"RFC822.SIZE {len(MESSAGE_1)}".encode() in data[0][0]  # type: ignore[index]
+    assert data[0][1] == MESSAGE_1
+    assert f"RFC822.SIZE {len(MESSAGE_1)}".encode() in data[0][0]
     typ, data = client.fetch("2", "(BODY[]<0.12>)")
-    assert data[0][1] == MESSAGE_2[:12]  # type: ignore[index]
+    assert data[0][1] == MESSAGE_2[:12]
     typ, data = client.fetch("2", "(FLAGS)")
-    assert b"\\Seen" in data[0]  # type: ignore[operator]  # BODY[] set it
+    assert b"\\Seen" in data[0]  # BODY[] set it
     typ, data = client.fetch("1", "(FLAGS)")
-    assert b"\\Seen" not in data[0]  # type: ignore[operator]  # BODY.PEEK did not
+    assert b"\\Seen" not in data[0]  # BODY.PEEK did not
     client.logout()
 
 
@@ -125,8 +125,8 @@ def test_store_copy_move_expunge_and_uid_commands(lab: Lab) -> None:
     assert typ == "OK"
     assert re.fullmatch(rb"\d+ 1 1", client.untagged_responses["COPYUID"][0])  # imaplib keeps the code's data
     typ, data = client.uid("STORE", "2", "+FLAGS", "(\\Flagged)")
-    assert typ == "OK" and b"\\Flagged" in data[0]  # type: ignore[operator]
-    typ, data = client.uid("SEARCH", None, "FLAGGED")  # type: ignore[arg-type]
+    assert typ == "OK" and b"\\Flagged" in data[0]
+    typ, data = client.uid("SEARCH", None, "FLAGGED")
     assert data == [b"2"]
     typ, data = client.uid("MOVE", "2", "Archive")
     assert typ == "OK"
@@ -138,21 +138,21 @@ def test_store_copy_move_expunge_and_uid_commands(lab: Lab) -> None:
     typ, data = client.select("Archive")
     assert data == [b"2"]
     typ, data = client.fetch("1:2", "(UID FLAGS)")
-    assert b"\\Flagged" in data[1]  # type: ignore[operator]
+    assert b"\\Flagged" in data[1]
     typ, data = client.list()
-    assert {line.rsplit(b" ", 1)[1] for line in data} == {b'"INBOX"', b'"Archive"'}  # type: ignore[union-attr]
+    assert {line.rsplit(b" ", 1)[1] for line in data} == {b'"INBOX"', b'"Archive"'}
     client.logout()
 
 
 def test_append_is_stored_with_flags_and_uid(lab: Lab) -> None:
     client = lab.login()
     typ, data = client.append("INBOX", "(\\Seen)", imaplib.Time2Internaldate(time.time()), b"Subject: sent\r\n\r\nx\r\n")
-    assert typ == "OK" and b"APPENDUID" in data[0]  # type: ignore[operator]
+    assert typ == "OK" and b"APPENDUID" in data[0]
     client.select("INBOX", readonly=True)
     typ, data = client.fetch("3", "(FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
-    assert data[0][1] == b"Subject: sent\r\n\r\n"  # type: ignore[index]
-    assert b"\\Seen" in data[0][0]  # type: ignore[index]
-    assert client.append("Nowhere", None, None, b"x\r\n")[0] == "NO"  # type: ignore[arg-type]
+    assert data[0][1] == b"Subject: sent\r\n\r\n"
+    assert b"\\Seen" in data[0][0]
+    assert client.append("Nowhere", None, None, b"x\r\n")[0] == "NO"
     client.logout()
 
 
@@ -188,8 +188,8 @@ def test_restart_keeps_uids_uidvalidity_and_flags(serve: Serve) -> None:
     client.select("INBOX")
     assert client.untagged_responses["UIDVALIDITY"][0] == validity
     typ, data = client.fetch("1:2", "(UID FLAGS)")
-    assert b"UID 1 " in data[0] and b"UID 2 " in data[1]  # type: ignore[operator]
-    assert b"\\Answered" in data[1]  # type: ignore[operator]
+    assert b"UID 1 " in data[0] and b"UID 2 " in data[1]
+    assert b"\\Answered" in data[1]
     client.logout()
 
 
@@ -204,7 +204,7 @@ def test_pop3_dele_and_quit_is_an_expunge_for_imap(lab: Lab) -> None:
     typ, data = client.noop()
     assert client.untagged_responses.get("EXPUNGE") == [b"1"]
     typ, data = client.fetch("1", "(BODY.PEEK[])")
-    assert data[0][1] == MESSAGE_2  # type: ignore[index]
+    assert data[0][1] == MESSAGE_2
     client.logout()
 
 
