@@ -2,8 +2,8 @@
 
 ``labctl up`` runs this once, inside the lab (on the DNS host), over the lab network, instead of
 trusting that a started container is a serving one: a DNS query must get an authoritative answer,
-an SMTP server its ``220`` greeting, a POP3 server its ``+OK``, an IMAP server its ``* OK``. It polls until every target answers or
-the deadline passes, then prints one JSON line per target.
+an SMTP server its ``220`` greeting, a POP3 server its ``+OK``, an IMAP server its ``* OK``. It
+polls until every target answers or the deadline passes, then prints one JSON line per target.
 
     python3 -m services probe [--timeout S] KIND:ADDRESS:PORT[:ZONE] ...
 """

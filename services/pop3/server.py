@@ -17,9 +17,9 @@ from pathlib import Path
 
 from services import config
 from services.accounts import AccountAuthenticator
+from services.actions import Action, Close, Log, Send, Wait
 from services.config import LabConfig
 from services.mailstore import Maildir, mailbox_dir
-from services.actions import Action, Close, Log, Send, Wait
 from services.pop3.core import DEFAULT_LIMITS, Limits, Session
 
 log = logging.getLogger("services.pop3")

@@ -146,7 +146,8 @@ def test_store_copy_move_expunge_and_uid_commands(lab: Lab) -> None:
 
 def test_append_is_stored_with_flags_and_uid(lab: Lab) -> None:
     client = lab.login()
-    typ, data = client.append("INBOX", "(\\Seen)", imaplib.Time2Internaldate(time.time()), b"Subject: sent\r\n\r\nx\r\n")
+    now = imaplib.Time2Internaldate(time.time())
+    typ, data = client.append("INBOX", "(\\Seen)", now, b"Subject: sent\r\n\r\nx\r\n")
     assert typ == "OK" and b"APPENDUID" in data[0]
     client.select("INBOX", readonly=True)
     typ, data = client.fetch("3", "(FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)])")

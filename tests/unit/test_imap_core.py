@@ -17,7 +17,8 @@ from services.mailstore import Maildir, deliver
 
 PASSWORD = "s3cret pw"
 AUTH = AccountAuthenticator([Domain("stevenchoy.example", "mail", (Account("betty", "stevenchoy.example", PASSWORD),))])
-MESSAGE_1 = b"From: Andy <andy@ouhk.example>\nTo: betty@stevenchoy.example\nSubject: one\nDate: Mon, 1 Jan 2024 10:00:00 +0000\n\nHello Betty.\n"
+MESSAGE_1 = (b"From: Andy <andy@ouhk.example>\nTo: betty@stevenchoy.example\nSubject: one\n"
+             b"Date: Mon, 1 Jan 2024 10:00:00 +0000\n\nHello Betty.\n")
 MULTIPART = (b'Subject: two\nMIME-Version: 1.0\nContent-Type: multipart/mixed; boundary="b"\n\npreamble\n'
              b"--b\nContent-Type: text/plain; charset=utf-8\n\npart one\n"
              b'--b\nContent-Type: application/octet-stream; name="x.bin"\nContent-Transfer-Encoding: base64\n'
@@ -25,12 +26,15 @@ MULTIPART = (b'Subject: two\nMIME-Version: 1.0\nContent-Type: multipart/mixed; b
              b"--b\nContent-Type: message/rfc822\n\nSubject: inner\nFrom: c@d.example\n\ninner body\n--b--\n")
 
 
+FAST = Limits(auth_delay_first=0.5, auth_delay_max=2.0)
+
+
 def sent(actions: list[ImapAction]) -> bytes:
     return b"".join(a.data for a in actions if isinstance(a, Send))
 
 
 class Script:
-    def __init__(self, root: Path, limits: Limits = Limits(auth_delay_first=0.5, auth_delay_max=2.0)) -> None:
+    def __init__(self, root: Path, limits: Limits = FAST) -> None:
         self.root = root
         self.session = Session("mail.stevenchoy.example", AUTH, lambda address: Mailboxes(root), limits)
         self.greeting = sent(self.session.start())
@@ -106,7 +110,8 @@ def test_envelope_bodystructure_and_sections_of_a_multipart(box: Path) -> None:
         b'("charset" "us-ascii") NIL NIL "7bit" 10 1 NIL NIL NIL NIL) 4 NIL NIL NIL NIL) "mixed" ("boundary" "b")'
         b' NIL NIL NIL))\r\nf OK FETCH completed\r\n')
     assert s.say(b"g FETCH 2 BODY.PEEK[1]") == b"* 2 FETCH (BODY[1] {8}\r\npart one)\r\ng OK FETCH completed\r\n"
-    assert b"BODY[3.HEADER] {37}\r\nSubject: inner\r\nFrom: c@d.example\r\n\r\n)" in s.say(b"h FETCH 2 BODY.PEEK[3.HEADER]")
+    header = s.say(b"h FETCH 2 BODY.PEEK[3.HEADER]")
+    assert b"BODY[3.HEADER] {37}\r\nSubject: inner\r\nFrom: c@d.example\r\n\r\n)" in header
     assert b"{10}\r\ninner body)" in s.say(b"i FETCH 2 BODY.PEEK[3.TEXT]")
     assert b"BODY[2.MIME] {" in s.say(b"j FETCH 2 BODY.PEEK[2.MIME]")
     assert s.say(b"k FETCH 2 BODY.PEEK[HEADER.FIELDS.NOT (Content-Type MIME-Version)]") == (
@@ -152,7 +157,8 @@ def test_other_sessions_changes_arrive_at_the_next_command(box: Path) -> None:
     one.say(b"v STORE 1 +FLAGS (\\Deleted)")
     one.say(b"w EXPUNGE")
     # §7.4.1: no EXPUNGE during FETCH by number; the gone message is answered EXPUNGEISSUED.
-    assert held.say(b"f FETCH 1 BODY.PEEK[]") == b"f NO [EXPUNGEISSUED] some of the messages were expunged meanwhile\r\n"
+    assert held.say(b"f FETCH 1 BODY.PEEK[]") == (
+        b"f NO [EXPUNGEISSUED] some of the messages were expunged meanwhile\r\n")
     assert held.say(b"g NOOP") == b"* 1 EXPUNGE\r\ng OK NOOP completed\r\n"
 
 
