@@ -2,12 +2,14 @@
 
 The cores (:mod:`services.pop3.core`, :mod:`services.imap.core`) return lists of these, as
 mitmproxy's layers yield commands: send these bytes, wait this long without blocking other
-clients, log this line, close the connection.
+clients, log this line, close the connection, call back now and then (an IMAP client's IDLE).
+:class:`services.sessionserver.Connection` performs them.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -34,4 +36,18 @@ class Close:
     pass
 
 
-Action = Send | Wait | Log | Close
+@dataclass(frozen=True)
+class Poll:
+    """Until :class:`StopPolling`, call ``poll`` every ``interval`` seconds while no bytes arrive,
+    and perform what it returns (RFC 2177: an idling client hears of new mail at once)."""
+
+    interval: float
+    poll: Callable[[], list[Action]]
+
+
+@dataclass(frozen=True)
+class StopPolling:
+    pass
+
+
+Action = Send | Wait | Log | Close | Poll | StopPolling

@@ -2,7 +2,7 @@
 
 Modelled on the POP3 core (:mod:`services.pop3.core`) and h11: a :class:`Session` is fed the bytes
 a client sent and returns the :data:`Action` list its shell performs in order: send, wait (a failed
-login's delay), log, close, and start or stop polling the mailbox for an IDLE client. It opens no
+login's delay), log, close, and poll the mailbox for an IDLE client (:mod:`services.actions`). It opens no
 socket, never sleeps and never reads a clock; the user's folders come from an opener passed in
 (:class:`services.imap.store.Mailboxes` on a Maildir).
 
@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from services.accounts import AUTH_DELAY_FIRST, AUTH_DELAY_MAX, auth_delay
-from services.actions import Action, Close, Log, Send, Wait
+from services.actions import Action, Close, Log, Poll, Send, StopPolling, Wait
 from services.errors import PeerError
 from services.imap import message as mime
 from services.imap.message import string
@@ -92,24 +92,6 @@ class Authenticator(Protocol):
 
 
 MailboxesOpener = Callable[[str], Mailboxes]  # mailbox address -> that user's folders
-
-
-# -- what the session asks its shell to do, beyond services.actions ------------------------------------
-
-
-@dataclass(frozen=True)
-class IdleStart:
-    """The client is idling (RFC 2177): call :meth:`Session.poll` every ``interval`` seconds."""
-
-    interval: float
-
-
-@dataclass(frozen=True)
-class IdleStop:
-    pass
-
-
-ImapAction = Action | IdleStart | IdleStop
 
 
 class State(enum.Enum):
@@ -268,7 +250,7 @@ class Session:
 
     # -- events from the shell --------------------------------------------------------------------
 
-    def start(self) -> list[ImapAction]:
+    def start(self) -> list[Action]:
         """The greeting (RFC 3501 §7.1.1), with the capabilities so that clients need not ask."""
         text = f"* OK [CAPABILITY {capability_text(self.state)}] {self.hostname} IMAP4rev1 server ready\r\n"
         return [Send(text.encode())]
@@ -277,7 +259,7 @@ class Session:
         if not self.closed:
             self._parser.feed(data)
 
-    def next_actions(self) -> list[ImapAction]:
+    def next_actions(self) -> list[Action]:
         """The answer to the next complete command (or continuation), ``[]`` while none is complete."""
         if self.closed:
             return []
@@ -295,21 +277,21 @@ class Session:
             return self._answer(event.tag, "(malformed)", self._bad(event.text, code))
         return self._command(event)
 
-    def receive_data(self, data: bytes) -> list[ImapAction]:
+    def receive_data(self, data: bytes) -> list[Action]:
         self.feed(data)
-        actions: list[ImapAction] = []
+        actions: list[Action] = []
         while step := self.next_actions():
             actions += step
         return actions
 
-    def poll(self) -> list[ImapAction]:
+    def poll(self) -> list[Action]:
         """While idling: what changed in the selected mailbox, as untagged responses (RFC 2177)."""
         if self._idling is None or self._view is None:
             return []
         untagged = self._sync(report_expunges=True)
         return [Send(b"".join(untagged))] if untagged else []
 
-    def timed_out(self) -> list[ImapAction]:
+    def timed_out(self) -> list[Action]:
         """RFC 3501 §5.4 autologout: an untagged BYE, then close. Nothing is expunged."""
         if self.closed:
             return []
@@ -317,20 +299,20 @@ class Session:
         return [Log(f"autologout after {self.limits.idle_timeout:g}s idle"),
                 Send(b"* BYE Autologout; idle for too long\r\n"), Close()]
 
-    def connection_lost(self) -> list[ImapAction]:
+    def connection_lost(self) -> list[Action]:
         if self.closed:
             return []
         self._end()
         return [Log("connection closed without LOGOUT")]
 
-    def internal_error(self) -> list[ImapAction]:
+    def internal_error(self) -> list[Action]:
         """Our own bug hit this session: a generic BYE (RFC 3501 §7.1.5), nothing else changed."""
         self._end()
         return [Send(b"* BYE [SERVERBUG] internal server error, closing connection\r\n"), Close()]
 
     # -- dispatch -----------------------------------------------------------------------------------
 
-    def _command(self, command: Command) -> list[ImapAction]:
+    def _command(self, command: Command) -> list[Action]:
         name = command.name
         shown = f"{name} ****" if name in ("LOGIN", "AUTHENTICATE") else self._shown(command)
         legal = LEGAL_STATES.get(name)
@@ -357,7 +339,7 @@ class Session:
         if reply.proceed == "idle":  # RFC 2177 §3: updates flow until the client sends DONE
             self._idling = command.tag
             self._parser.want_line()
-            return [Log(f"{shown} -> idling"), Send(b"+ idling\r\n"), IdleStart(self.limits.poll_interval)]
+            return [Log(f"{shown} -> idling"), Send(b"+ idling\r\n"), Poll(self.limits.poll_interval, self.poll)]
         if self._view is not None and self.state is State.SELECTED and not reply.close:
             reply.untagged += self._sync(report_expunges=not hold)
         return self._answer(command.tag, shown, reply)
@@ -374,10 +356,10 @@ class Session:
                           close=True)
         return _Reply("BAD", text, code)
 
-    def _answer(self, tag: str | None, shown: str, reply: _Reply) -> list[ImapAction]:
+    def _answer(self, tag: str | None, shown: str, reply: _Reply) -> list[Action]:
         code = f"[{reply.code}] " if reply.code else ""
         tagged = f"{tag or '*'} {reply.status} {code}{reply.text}\r\n".encode()
-        actions: list[ImapAction] = [Log(f"{tag or '*'} {shown} -> {reply.status} {code}{reply.text}".rstrip())]
+        actions: list[Action] = [Log(f"{tag or '*'} {shown} -> {reply.status} {code}{reply.text}".rstrip())]
         if reply.delay > 0:
             actions.append(Wait(reply.delay))
         if reply.close and reply.untagged and reply.untagged[-1].startswith(b"* BYE"):
@@ -398,7 +380,7 @@ class Session:
         self._mailboxes = None
         self._idling = self._authenticating = None
 
-    def _line(self, text: bytes | None) -> list[ImapAction]:
+    def _line(self, text: bytes | None) -> list[Action]:
         """A raw line: the response to AUTHENTICATE's challenge, or what ends an IDLE."""
         if self._authenticating is not None:
             tag, self._authenticating = self._authenticating, None
@@ -406,7 +388,7 @@ class Session:
                 return self._answer(tag, "AUTHENTICATE ****", self._bad("AUTHENTICATE cancelled"))
             return self._answer(tag, "AUTHENTICATE ****", self._plain(text.strip()))
         idle_tag, self._idling = self._idling, None
-        actions: list[ImapAction] = [IdleStop()]
+        actions: list[Action] = [StopPolling()]
         if text is not None and text.strip().upper() == b"DONE":
             reply = _Reply("OK", "IDLE terminated")
             if self._view is not None:

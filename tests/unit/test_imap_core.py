@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from services.accounts import AccountAuthenticator
-from services.actions import Close, Send, Wait
+from services.actions import Action, Close, Poll, Send, StopPolling, Wait
 from services.config import Account, Domain
-from services.imap.core import MAX_BAD_COMMANDS, IdleStart, IdleStop, ImapAction, Limits, Session, State
+from services.imap.core import MAX_BAD_COMMANDS, Limits, Session, State
 from services.imap.store import UIDLIST, Mailboxes
 from services.mailstore import Maildir, deliver
 
@@ -29,7 +29,7 @@ MULTIPART = (b'Subject: two\nMIME-Version: 1.0\nContent-Type: multipart/mixed; b
 FAST = Limits(auth_delay_first=0.5, auth_delay_max=2.0)
 
 
-def sent(actions: list[ImapAction]) -> bytes:
+def sent(actions: list[Action]) -> bytes:
     return b"".join(a.data for a in actions if isinstance(a, Send))
 
 
@@ -166,12 +166,12 @@ def test_idle_reports_new_mail_on_poll_and_ends_with_done(box: Path) -> None:
     s = Script(box).login()
     s.say(b"s SELECT INBOX")
     actions = s.session.receive_data(b"i IDLE\r\n")
-    assert sent(actions) == b"+ idling\r\n" and any(isinstance(a, IdleStart) for a in actions)
+    assert sent(actions) == b"+ idling\r\n" and any(isinstance(a, Poll) for a in actions)
     assert s.session.poll() == []
     deliver(box, b"Subject: three\n\n3\n")
     assert sent(s.session.poll()) == b"* 3 EXISTS\r\n* 3 RECENT\r\n"
     actions = s.session.receive_data(b"DONE\r\n")
-    assert isinstance(actions[0], IdleStop) and sent(actions) == b"i OK IDLE terminated\r\n"
+    assert isinstance(actions[0], StopPolling) and sent(actions) == b"i OK IDLE terminated\r\n"
 
 
 def test_wrong_password_waits_longer_each_time_then_bye(box: Path) -> None:
