@@ -1,9 +1,14 @@
 """Mailboxes on disk, in Maildir format (https://cr.yp.to/proto/maildir.html).
 
 The recipient MX delivers with :func:`deliver`; the POP3 server reads, deletes and locks with
-:class:`Maildir`. Maildir needs no locking to deliver: a message is written under a unique name in
-``tmp/`` and renamed into ``new/`` only once it is complete and on disk, so a reader never sees half
-a message and a crash leaves at worst a stray file in ``tmp/``.
+:class:`Maildir`; the IMAP server (:mod:`services.imap.store`) reads the same files, keeps its flags
+in their names and adds messages with :func:`add_message`. The POP3 lock is POP3's alone: IMAP
+sessions never take it, so a POP3 session does not lock IMAP out, and each side copes with files
+the other renamed or removed (a POP3 DELE+QUIT is an expunge to IMAP).
+
+Maildir needs no locking to deliver: a message is written under a unique name in ``tmp/`` and
+renamed into ``new/`` only once it is complete and on disk, so a reader never sees half a message
+and a crash leaves at worst a stray file in ``tmp/``.
 
 Messages are stored with LF line endings, the Maildir convention; POP3 puts the CRLFs back on the
 wire, and a message's name carries its size in that form (:func:`services.textwire.wire_size`).
@@ -107,7 +112,8 @@ def _make_dir(path: Path) -> None:
         fsync_dir(directory.parent)
 
 
-def _ensure_maildir(mailbox: Path) -> None:
+def ensure_maildir(mailbox: Path) -> None:
+    """Create the Maildir's ``tmp/``, ``new/`` and ``cur/`` where missing, each synced into its parent."""
     for sub in SUBDIRS:
         if not (mailbox / sub).is_dir():
             _make_dir(mailbox / sub)
@@ -157,7 +163,7 @@ def deliver_batch(items: list[tuple[Path, bytes]]) -> list[str | OSError]:
     moved: set[Path] = set()
     for mailbox, message in items:
         try:
-            _ensure_maildir(mailbox)
+            ensure_maildir(mailbox)
             key = _write_new_tmp(mailbox, message.replace(b"\r\n", b"\n"))
             tmp = mailbox / "tmp" / key
             try:
@@ -178,6 +184,27 @@ def deliver_batch(items: list[tuple[Path, bytes]]) -> list[str | OSError]:
     return results
 
 
+def add_message(mailbox: Path, message: bytes, info: str, mtime: float | None = None) -> str:
+    """Store ``message`` durably in ``cur/`` with Maildir ``info`` (``2,FS``: its flags) and return its key.
+
+    IMAP's APPEND, COPY and MOVE: the message is already seen by a client, so it skips ``new/``
+    (Maildir: ``new/`` holds what no reader has looked at). ``mtime`` is its IMAP internal date
+    (RFC 3501 §2.3.3). When this returns the file and its name are on disk (an ``OK`` may follow).
+    """
+    ensure_maildir(mailbox)
+    key = _write_new_tmp(mailbox, message.replace(b"\r\n", b"\n"))
+    tmp = mailbox / "tmp" / key
+    try:
+        if mtime is not None:
+            os.utime(tmp, (mtime, mtime))
+        os.rename(tmp, mailbox / "cur" / f"{key}:{info}")
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(mailbox / "cur")
+    return key
+
+
 _dir_syncs: dict[Path, DirectorySync] = {}
 _dir_syncs_lock = threading.Lock()
 
@@ -193,7 +220,7 @@ def _new_dir_sync(mailbox: Path) -> DirectorySync:
 # -- reading, deleting, locking ----------------------------------------------------------------
 
 
-def _delivery_order(key: str, mtime: float) -> tuple[int, int, int, int, str]:
+def delivery_order(key: str, mtime: float) -> tuple[int, int, int, int, str]:
     ours = _OUR_NAME.match(key)
     if ours:
         seconds, micros, pid, counter = (int(g) for g in ours.groups())
@@ -227,7 +254,7 @@ class MailboxLock:
         """Take the lock if nobody holds it; ``False`` if someone does. Raises ``OSError``."""
         if self._fd is not None:
             return True
-        _ensure_maildir(self._mailbox)
+        ensure_maildir(self._mailbox)
         fd = os.open(self._mailbox / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -275,7 +302,7 @@ class Maildir:
                 if not entry.is_file(follow_symlinks=False):
                     continue
                 key = entry.name.split(":", 1)[0]
-                found[key] = (_delivery_order(key, st.st_mtime), StoredMessage(key, st.st_size, Path(entry.path)))
+                found[key] = (delivery_order(key, st.st_mtime), StoredMessage(key, st.st_size, Path(entry.path)))
         ordered = [message for _, message in sorted(found.values(), key=lambda item: item[0])]
         self._paths = {m.key: m.path for m in ordered}
         return ordered

@@ -1,8 +1,9 @@
-"""Text on the wire as SMTP and POP3 both frame it: CRLF lines, dot-stuffing, the end of the data.
+"""Text on the wire as SMTP, POP3 and IMAP frame it: CRLF lines, dot-stuffing, the end of the data.
 
 SMTP's DATA (RFC 5321 §4.5.2, §4.1.1.4) and POP3's multi-line answers (RFC 1939 §3) are the
 same framing: lines ended by CRLF, a leading dot doubled, and a line holding only a dot at the
-end. The lab's servers (:mod:`services.smtp`, :mod:`services.pop3`), the Maildir store
+end; IMAP sends a stored message as a literal of its CRLF form (:func:`crlf_form`). The lab's
+servers (:mod:`services.smtp`, :mod:`services.pop3`, :mod:`services.imap`), the Maildir store
 (:mod:`services.mailstore`, which names a message by its size on the wire) and labctl's two
 traffic decoders (:mod:`labctl.traffic.smtp`, :mod:`labctl.traffic.pop3`) all read and write it
 with this one module. Pure, standard library only.
@@ -81,6 +82,14 @@ def wire_size(message: bytes) -> int:
     """The exact octet count of ``message`` in CRLF form (RFC 1939 §10: what STAT, LIST and RETR
     report; the Maildir store writes it into a message's name)."""
     return sum(len(line) + 2 for line in wire_lines(message))
+
+
+def crlf_form(message: bytes) -> bytes:
+    """The stored message as IMAP sends it, in one piece: :func:`wire_lines`, each ended by CRLF.
+
+    ``len(crlf_form(m)) == wire_size(m)``: the literal of a FETCH BODY[] is exactly RFC822.SIZE.
+    """
+    return b"".join(line + CRLF for line in wire_lines(message))
 
 
 def stuff_lines(lines: Sequence[bytes]) -> bytes:

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import enum
 import hashlib
-import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from services.actions import Action, Close, Log, Send, Wait
 from services.errors import PeerError
 from services.logins import AUTH_DELAY_FIRST, AUTH_DELAY_MAX, LoginDelay
 from services.textwire import stuff_lines, wire_lines, wire_size
@@ -91,30 +91,6 @@ MailboxOpener = Callable[[str], Mailbox]  # mailbox address -> its mailbox
 # -- what the session asks its shell to do ------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Send:
-    data: bytes
-
-
-@dataclass(frozen=True)
-class Wait:
-    """Hold back everything after this for ``seconds``, without blocking other clients."""
-
-    seconds: float
-
-
-@dataclass(frozen=True)
-class Log:
-    text: str
-    level: int = logging.INFO
-
-
-@dataclass(frozen=True)
-class Close:
-    pass
-
-
-Action = Send | Wait | Log | Close
 
 
 class State(enum.Enum):

@@ -21,10 +21,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from services import config, mailstore, runtime
+from services.accounts import AccountAuthenticator
 from services.config import LabConfig
+from services.imap import server as imap_server
 from services.logins import LOGIN_DELAY, LoginDelay
 from services.pop3 import server as pop3_server
-from services.pop3.server import AccountAuthenticator
 from services.smtp import policy, replyfaults, trace
 from services.smtp.delivery import DeliveryWorker, LocalDelivery
 from services.smtp.server import (
@@ -114,13 +115,14 @@ async def start_mta(
     smtp_port: int = 25,
     submission_port: int = SUBMISSION_PORT,
     pop3_port: int = 110,
+    imap_port: int = imap_server.PORT,
     clock: Callable[[], float] = time.time,
     relay_client: Callable[[str], bool] | None = None,
     size_limit: int = MESSAGE_SIZE_LIMIT,
     faults: ReplyConsult | None = None,
     login_delay: LoginDelay = LOGIN_DELAY,
 ) -> Listeners:
-    """Start the MTA's listeners (port 0: any free port): SMTP, submission with AUTH, POP3.
+    """Start the MTA's listeners (port 0: any free port): SMTP, submission with AUTH, POP3, IMAP.
     ``faults``: replies injected instead of both SMTP listeners' own (services.smtp.replyfaults).
 
     ``on_enqueued`` is called after each message is queued (the delivery worker's ``wake``).
@@ -143,6 +145,7 @@ async def start_mta(
                                              check_login=accounts.authenticate, login_delay=login_delay,
                                              postmaster=cfg.postmaster, faults=faults)
         started["pop3"] = await pop3_server.start(cfg, mail_root=mail_root, host=host, port=pop3_port)
+        started["imap"] = await imap_server.start(cfg, mail_root=mail_root, host=host, port=imap_port)
     except BaseException:
         for server in started.values():
             server.close()

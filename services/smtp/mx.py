@@ -18,6 +18,7 @@ from pathlib import Path
 from services import config, mailstore, runtime
 from services.config import LabConfig
 from services.durable import Batcher
+from services.imap import server as imap_server
 from services.pop3 import server as pop3_server
 from services.smtp import policy, replyfaults, trace
 from services.smtp.server import (
@@ -74,21 +75,25 @@ async def start_mx(
     host: str = "0.0.0.0",
     smtp_port: int = 25,
     pop3_port: int = 110,
+    imap_port: int = imap_server.PORT,
     clock: Callable[[], float] = time.time,
     size_limit: int = MESSAGE_SIZE_LIMIT,
     faults: ReplyConsult | None = None,
 ) -> Listeners:
-    """Start the MX's SMTP and POP3 servers (port 0: any free port); they serve until closed.
+    """Start the MX's SMTP, POP3 and IMAP servers (port 0: any free port); they serve until closed.
     ``faults``: replies injected instead of the SMTP server's own (services.smtp.replyfaults)."""
     handler = MxHandler(cfg, mail_root=mail_root, clock=clock)
     smtp = await listen(handler, hostname=cfg.this.fqdn, host=host, port=smtp_port, clock=clock,
                         size_limit=size_limit, postmaster=cfg.postmaster, faults=faults)
+    started = {"smtp": smtp}
     try:
-        pop3 = await pop3_server.start(cfg, mail_root=mail_root, host=host, port=pop3_port)
+        started["pop3"] = await pop3_server.start(cfg, mail_root=mail_root, host=host, port=pop3_port)
+        started["imap"] = await imap_server.start(cfg, mail_root=mail_root, host=host, port=imap_port)
     except BaseException:
-        smtp.close()
+        for server in started.values():
+            server.close()
         raise
-    return Listeners({"smtp": smtp, "pop3": pop3})
+    return Listeners(started)
 
 
 def main(argv: list[str]) -> int:

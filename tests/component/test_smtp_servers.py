@@ -137,13 +137,14 @@ class Servers:
 
     def mx(self, **kwargs: Any) -> Listeners:
         kwargs.setdefault("mail_root", self.mail_root)
-        listeners = self.run(start_mx(MX_CFG, host="127.0.0.1", smtp_port=0, pop3_port=0, **kwargs))
+        listeners = self.run(start_mx(MX_CFG, host="127.0.0.1", smtp_port=0, pop3_port=0, imap_port=0, **kwargs))
         self.started.append(listeners)
         return listeners
 
     def mta(self, spool: Spool, on_enqueued: Any = lambda: None, **kwargs: Any) -> Listeners:
         listeners = self.run(start_mta(MTA_CFG, spool=spool, on_enqueued=on_enqueued, mail_root=self.mail_root,
-                                       host="127.0.0.1", smtp_port=0, submission_port=0, pop3_port=0, **kwargs))
+                                       host="127.0.0.1", smtp_port=0, submission_port=0, pop3_port=0,
+                                       imap_port=0, **kwargs))
         self.started.append(listeners)
         return listeners
 

@@ -21,7 +21,8 @@ MESSAGE = "Subject: =?utf-8?q?Gr=C3=BC=C3=9Fe?=\nFrom: andy@ouhk.example\n\n.dot
 @pytest.fixture
 def servers(tmp_path: Path) -> Iterator[tuple[int, int]]:
     background = BackgroundLoop()
-    listeners = background.run(start_mx(CONFIG, mail_root=tmp_path, host="127.0.0.1", smtp_port=0, pop3_port=0))
+    listeners = background.run(start_mx(CONFIG, mail_root=tmp_path, host="127.0.0.1", smtp_port=0, pop3_port=0,
+                                        imap_port=0))
     yield listeners.port("smtp"), listeners.port("pop3")
     background.close([listeners.close])
 

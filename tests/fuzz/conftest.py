@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import imaplib
 import logging
 import poplib
 import smtplib
@@ -60,6 +61,17 @@ def pop3_session(servers: Servers) -> None:
         client.quit()
 
 
+def imap_session(servers: Servers) -> None:
+    """A normal client's session: login, SELECT finds betty's messages, LOGOUT."""
+    client = imaplib.IMAP4(HOST, servers.ports["imap"], timeout=TIMEOUT)
+    try:
+        client.login("betty", BETTY_PASSWORD)
+        typ, data = client.select("INBOX")
+        assert typ == "OK" and int(data[0] or 0) >= 1, data
+    finally:
+        client.logout()
+
+
 def dns_session(servers: Servers, *, tcp: bool = False) -> None:
     query = dns.message.make_query("mail.stevenchoy.example", "A")
     ask = dns.query.tcp if tcp else dns.query.udp
@@ -79,6 +91,7 @@ def check_full_sessions(s: Servers) -> None:
         assert client.sendmail(harness.ANDY, [BETTY], b"Subject: after the fuzz run\r\n\r\nsubmitted\r\n") == {}
     assert s.mta_queued() == queued + 1
     pop3_session(s)
+    imap_session(s)
     dns_session(s)
     dns_session(s, tcp=True)
 

@@ -18,6 +18,7 @@ import collections
 import logging
 import os
 import re
+import shutil
 import socket
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -29,6 +30,8 @@ from services.config import LabConfig
 from services.dns.server import DnsServer
 from services.dns.server import start as start_dns
 from services.dns.zones import Zones, load_dir
+from services.imap import core as imap_core
+from services.imap import server as imap_server
 from services.logins import LoginDelay
 from services.mailstore import Maildir, deliver, mailbox_dir
 from services.pop3 import server as pop3_server
@@ -96,6 +99,7 @@ MAILBOX = (
 # run take hours. The delay itself is checked by the component tests and tests/lab/test_security.py.
 FAST_LIMITS = Limits(auth_delay_first=0.001, auth_delay_max=0.002)
 FAST_LOGINS = LoginDelay(first=0.001, cap=0.002)
+IMAP_FAST_LIMITS = imap_core.Limits(auth_delay_first=0.001, auth_delay_max=0.002)
 
 
 @dataclass
@@ -105,7 +109,7 @@ class Servers:
     root: Path
     background: BackgroundLoop = field(default_factory=BackgroundLoop)
     listeners: list[Listeners] = field(default_factory=list)
-    pop3_servers: list[asyncio.Server] = field(default_factory=list)
+    pop3_servers: list[asyncio.Server] = field(default_factory=list)  # and the IMAP server
     dns: DnsServer | None = None
     ports: dict[str, int] = field(default_factory=dict)
 
@@ -122,7 +126,7 @@ class Servers:
         self.spool = Spool(self.root / "spool")
         mta = run(start_mta(lab_config("smtp"), spool=self.spool, on_enqueued=lambda: None,
                             mail_root=self.root / "mta-mail", host=HOST, smtp_port=0, submission_port=0,
-                            pop3_port=0, login_delay=FAST_LOGINS))
+                            pop3_port=0, imap_port=0, login_delay=FAST_LOGINS))
         self.listeners.append(mta)
         self.ports["mta"] = mta.port("smtp")
         self.ports["submission"] = mta.port("submission")
@@ -132,6 +136,12 @@ class Servers:
         self.ports["pop3"] = int(pop3.sockets[0].getsockname()[1])
         self.pop3_mailbox = mailbox_dir(self.root / "pop3-mail", BETTY)
         self.refill_pop3()
+        imap = run(imap_server.start(lab_config("mail"), mail_root=self.root / "imap-mail", host=HOST, port=0,
+                                     limits=IMAP_FAST_LIMITS))
+        self.pop3_servers.append(imap)
+        self.ports["imap"] = int(imap.sockets[0].getsockname()[1])
+        self.imap_mailbox = mailbox_dir(self.root / "imap-mail", BETTY)
+        self.refill_imap()
         self.dns = run(start_dns(zones, HOST, 0))
         self.ports["dns"] = self.dns.port
         self.mx_mailbox = Maildir(mailbox_dir(mail_root, BETTY))
@@ -143,6 +153,12 @@ class Servers:
             box.delete(key)
         for message in MAILBOX:
             deliver(self.pop3_mailbox, message)
+
+    def refill_imap(self) -> None:
+        """betty's IMAP store as every IMAP case finds it: :data:`MAILBOX` in INBOX, no folders."""
+        shutil.rmtree(self.imap_mailbox, ignore_errors=True)
+        for message in MAILBOX:
+            deliver(self.imap_mailbox, message)
 
     def mx_stored(self) -> int:
         return len(self.mx_mailbox.keys())

@@ -25,7 +25,7 @@ def test_up_prints_every_host_with_role_address_and_ports(running_lab: RunningLa
     for fqdn in ("ns.lab.example", "smtp.ouhk.example", "mail.stevenchoy.example",
                  "andy.ouhk.example", "betty.stevenchoy.example"):
         assert fqdn in out
-    assert "smtp 25, smtp 587, pop3 110" in out
+    assert "smtp 25, smtp 587, pop3 110, imap 143" in out
     assert "every service answered" in out
 
 
@@ -105,7 +105,7 @@ def test_status_exec_and_logs(running_lab: RunningLab) -> None:
     status = json.loads(labctl("status", "--lab", running_lab.name, "--json").stdout)
     hosts = {h["name"]: h for h in status[running_lab.name]}
     assert {n: h["role"] for n, h in hosts.items()} == ROLES
-    assert hosts["smtp"]["ports"] == "smtp 25, smtp 587, pop3 110"
+    assert hosts["smtp"]["ports"] == "smtp 25, smtp 587, pop3 110, imap 143"
 
     ran = labctl("exec", "--lab", running_lab.name, "betty", "--", "dig", "+short", "MX", "ouhk.example")
     assert ran.stdout.strip() == "10 smtp.ouhk.example."

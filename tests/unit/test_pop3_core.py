@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
+from services.accounts import AccountAuthenticator
 from services.config import Account, Domain
 from services.pop3.core import (
     CAPABILITIES,
@@ -24,7 +25,6 @@ from services.pop3.core import (
     top_lines,
     uid_for_key,
 )
-from services.pop3.server import AccountAuthenticator
 from services.textwire import stuff_lines, wire_lines, wire_size
 
 ADDRESS = "betty@stevenchoy.example"

@@ -1,0 +1,53 @@
+"""What a pure session core asks its asyncio shell to do, in order (POP3 and IMAP alike).
+
+The cores (:mod:`services.pop3.core`, :mod:`services.imap.core`) return lists of these, as
+mitmproxy's layers yield commands: send these bytes, wait this long without blocking other
+clients, log this line, close the connection, call back now and then (an IMAP client's IDLE).
+:class:`services.sessionserver.Connection` performs them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Send:
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Wait:
+    """Hold back everything after this for ``seconds``, without blocking other clients."""
+
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Log:
+    text: str
+    level: int = logging.INFO
+
+
+@dataclass(frozen=True)
+class Close:
+    pass
+
+
+@dataclass(frozen=True)
+class Poll:
+    """Until :class:`StopPolling`, call ``poll`` every ``interval`` seconds while no bytes arrive,
+    and perform what it returns (RFC 2177: an idling client hears of new mail at once)."""
+
+    interval: float
+    poll: Callable[[], list[Action]]
+
+
+@dataclass(frozen=True)
+class StopPolling:
+    pass
+
+
+Action = Send | Wait | Log | Close | Poll | StopPolling

@@ -1,0 +1,492 @@
+"""One user's mail as IMAP keeps it, in a layout Dovecot reads too.
+
+* Folders are Maildir++ (https://cr.yp.to/proto/maildir.html, Courier's Maildir++): INBOX is the
+  user's Maildir (:func:`services.mailstore.mailbox_dir`), ``Sent`` is its subdirectory
+  ``.Sent``, ``Lists.lab`` is ``.Lists.lab``; the hierarchy separator is ".".
+* Flags are in each file's name, after ``:2,``: ``D`` \\Draft, ``F`` \\Flagged, ``R`` \\Answered,
+  ``S`` \\Seen, ``T`` \\Deleted, in ASCII order. Other letters (Dovecot's keywords) are kept.
+* UIDs are in ``dovecot-uidlist`` beside ``cur/`` (Dovecot's version 3 format: a header
+  ``3 V<uidvalidity> N<next uid> G<guid>``, then one ``<uid> :<name>`` line per message, the name
+  without its ``:2,`` info). It is changed only under ``dovecot-uidlist.lock``, created exclusively
+  (Dovecot's dotlock): the new list is written into the lock file, synced and renamed over the old
+  one, so readers see the old list or the new one, and a crash leaves the old one.
+  UIDs are handed out in delivery order and never reused; UIDVALIDITY is new only when a list is
+  created (a new or recreated mailbox), taken from ``dovecot-uidvalidity`` so that it grows.
+
+Nothing here takes POP3's session lock (:class:`services.mailstore.MailboxLock`): POP3 and IMAP
+share the files, each coping with names the other changed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shutil
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from services.durable import fsync_dir
+from services.errors import PeerError
+from services.mailstore import add_message, delivery_order, ensure_maildir
+from services.textwire import wire_size
+
+SEPARATOR = "."
+UIDLIST = "dovecot-uidlist"
+UIDLIST_LOCK = "dovecot-uidlist.lock"
+UIDVALIDITY_FILE = "dovecot-uidvalidity"
+SUBSCRIPTIONS = "subscriptions"  # Dovecot's file beside INBOX: one subscribed name per line
+FOLDER_MARK = "maildirfolder"  # Maildir++: an empty file that says "I am a folder, not a root"
+LOCK_WAIT = 2.0  # seconds to wait for another process's uidlist lock before answering NO
+LOCK_STALE = 30.0  # a lock file older than this is left over from a crash (Dovecot uses 2 min)
+# A directory changed this recently may change again within the same mtime tick: rescan it
+# rather than trust the cached listing (Dovecot's "dirty" window does the same).
+DIRTY_WINDOW = 1.0
+SCAN_ATTEMPTS = 5  # rescans when a directory changes while being read (a rename may be missed)
+
+FLAG_LETTERS = {"\\Draft": "D", "\\Flagged": "F", "\\Answered": "R", "\\Seen": "S", "\\Deleted": "T"}
+LETTER_FLAGS = {letter: flag for flag, letter in FLAG_LETTERS.items()}
+SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")  # RFC 3501 §2.3.2
+
+_UIDLIST_HEADER = re.compile(r"3 (.*)")
+_UIDLIST_LINE = re.compile(r"(\d+)(?: [^:]*)? :(.+)")
+_WIRE_SIZE = re.compile(r",W=(\d+)(?:,|$)")
+_BAD_NAME_CHARS = frozenset('/\\%*"\r\n\0')
+
+
+class StoreError(PeerError):
+    """A mailbox request the store refuses; ``code`` is the IMAP response code (RFC 5530)."""
+
+    def __init__(self, text: str, code: str = "CANNOT") -> None:
+        super().__init__(text)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class Message:
+    uid: int
+    key: str  # the Maildir unique name, without ":2,<info>"
+    path: Path
+    flags: frozenset[str]
+    in_new: bool  # still in new/: no IMAP session has claimed it (RFC 3501 §2.3.2, \Recent)
+    mtime: float  # the internal date (RFC 3501 §2.3.3)
+
+    def wire_size(self) -> int:
+        """RFC822.SIZE: the name's ``,W=`` if there, else counted from the file."""
+        found = _WIRE_SIZE.search(self.key)
+        return int(found.group(1)) if found else wire_size(self.path.read_bytes())
+
+
+def flags_of(info: str) -> tuple[frozenset[str], str]:
+    """The system flags in a name's ``2,<letters>``, and the letters that are not ours to read."""
+    letters = info[2:] if info.startswith("2,") else ""
+    flags = frozenset(LETTER_FLAGS[c] for c in letters if c in LETTER_FLAGS)
+    return flags, "".join(c for c in letters if c not in LETTER_FLAGS)
+
+
+def info_for(flags: Iterable[str], other: str = "") -> str:
+    return "2," + "".join(sorted({FLAG_LETTERS[f] for f in flags if f in FLAG_LETTERS} | set(other)))
+
+
+@dataclass(frozen=True)
+class _Stamp:
+    """What says a folder changed: the mtimes of new/, cur/ and the uidlist, and the list's inode."""
+
+    new: int
+    cur: int
+    uidlist: tuple[int, int, int]
+
+
+class Folder:
+    """One mailbox: its messages in UID order, their flags, and UIDs that last."""
+
+    def __init__(self, path: Path, root: Path) -> None:
+        self.path = path
+        self._root = root  # where dovecot-uidvalidity lives: the user's INBOX
+        self.uidvalidity = 0
+        self.uidnext = 1
+        self._uids: dict[str, int] = {}
+        self._messages: list[Message] = []
+        self._stamp: _Stamp | None = None
+        self.claimed: list[int] = []
+
+    # -- the listing ------------------------------------------------------------------------------
+
+    def messages(self, *, claim_new: bool = False) -> list[Message]:
+        """The messages in UID order, new ones given UIDs. Cheap when nothing changed.
+
+        ``claim_new``: a read-write session moves ``new/`` into ``cur/`` as Dovecot does; the UIDs
+        it moved are in :attr:`claimed` afterwards (they are \\Recent to that session alone).
+        """
+        self.claimed = []
+        stamp = self._current_stamp()
+        if (stamp is not None and stamp == self._stamp and not self._dirty(stamp)
+                and not (claim_new and any(m.in_new for m in self._messages))):
+            return self._messages
+        found = self._scan()
+        self._read_uidlist()
+        if self.uidvalidity == 0 or any(key not in self._uids for key in found):
+            self._assign(found)  # also creates the list of a new, empty mailbox: STATUS needs its UIDVALIDITY
+        claimed: set[str] = set()
+        if claim_new:
+            for key, (path, in_new, _) in list(found.items()):
+                if in_new:
+                    target = self.path / "cur" / f"{key}:2,"
+                    try:
+                        os.rename(path, target)
+                    except FileNotFoundError:
+                        continue  # POP3 removed it, or another session claimed it first
+                    found[key] = (target, False, found[key][2])
+                    claimed.add(key)
+        messages = [Message(self._uids[key], key, path, flags_of(path.name.partition(":")[2])[0], in_new, mtime)
+                    for key, (path, in_new, mtime) in found.items() if key in self._uids]
+        messages.sort(key=lambda m: m.uid)
+        self.claimed = sorted(self._uids[key] for key in claimed if key in self._uids)
+        self._messages = messages
+        self._stamp = self._current_stamp()
+        return messages
+
+    def _current_stamp(self) -> _Stamp | None:
+        try:
+            new = os.stat(self.path / "new").st_mtime_ns
+            cur = os.stat(self.path / "cur").st_mtime_ns
+        except FileNotFoundError:
+            return None
+        try:
+            st = os.stat(self.path / UIDLIST)
+            uidlist = (st.st_ino, st.st_mtime_ns, st.st_size)
+        except FileNotFoundError:
+            uidlist = (0, 0, 0)
+        return _Stamp(new, cur, uidlist)
+
+    @staticmethod
+    def _dirty(stamp: _Stamp) -> bool:
+        recent = time.time_ns() - int(DIRTY_WINDOW * 1e9)
+        return max(stamp.new, stamp.cur) >= recent
+
+    def _scan(self) -> dict[str, tuple[Path, bool, float]]:
+        """Every message file: key -> (path, in new/, mtime). A directory that changed while it
+        was read is read again: a file renamed meanwhile may have been in neither listing."""
+        for _ in range(SCAN_ATTEMPTS):
+            before = self._current_stamp()
+            found: dict[str, tuple[Path, bool, float]] = {}
+            for sub in ("new", "cur"):  # cur/ second: a message caught moving is listed once, in cur/
+                try:
+                    entries = list(os.scandir(self.path / sub))
+                except FileNotFoundError:
+                    raise StoreError("the mailbox is gone", "NONEXISTENT") from None
+                for entry in entries:
+                    if entry.name.startswith("."):
+                        continue
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue
+                    if entry.is_file(follow_symlinks=False):
+                        found[entry.name.split(":", 1)[0]] = (Path(entry.path), sub == "new", st.st_mtime)
+            after = self._current_stamp()
+            if before is not None and after is not None and (before.new, before.cur) == (after.new, after.cur):
+                break
+        return found
+
+    # -- dovecot-uidlist ----------------------------------------------------------------------------
+
+    def _read_uidlist(self) -> None:
+        try:
+            text = (self.path / UIDLIST).read_text("utf-8", "surrogateescape")
+        except FileNotFoundError:
+            self._uids = {}
+            self.uidvalidity = 0
+            return
+        lines = text.splitlines()
+        header = _UIDLIST_HEADER.fullmatch(lines[0]) if lines else None
+        fields = {f[0]: f[1:] for f in header.group(1).split() if f} if header else {}
+        try:
+            self.uidvalidity = int(fields["V"])
+            self.uidnext = int(fields["N"])
+        except (KeyError, ValueError):
+            # Not a list we can read (another version, or damaged): start one afresh. A new
+            # UIDVALIDITY tells every client to forget what it cached, which is then the truth.
+            self._uids = {}
+            self.uidvalidity = 0
+            return
+        uids = {}
+        for line in lines[1:]:
+            m = _UIDLIST_LINE.fullmatch(line)
+            if m:
+                uids[m.group(2)] = int(m.group(1))
+        self._uids = uids
+        self.uidnext = max([self.uidnext, *(u + 1 for u in uids.values())])
+
+    def _assign(self, found: dict[str, tuple[Path, bool, float]]) -> None:
+        """Give the messages without a UID the next ones, in delivery order, and write the list."""
+        with _UidlistLock(self.path):
+            self._read_uidlist()  # another process may have written since we read
+            if self.uidvalidity == 0:
+                self.uidvalidity = next_uidvalidity(self._root)
+                self.uidnext = 1
+            fresh = sorted((k for k in found if k not in self._uids), key=lambda k: delivery_order(k, found[k][2]))
+            for key in fresh:
+                self._uids[key] = self.uidnext
+                self.uidnext += 1
+            # Messages gone from disk leave the list; their UIDs are never handed out again.
+            self._uids = {k: u for k, u in self._uids.items() if k in found}
+            self._write_uidlist()
+
+    def _write_uidlist(self) -> None:
+        guid = secrets.token_hex(16)
+        lines = [f"3 V{self.uidvalidity} N{self.uidnext} G{guid}"]
+        lines += [f"{uid} :{key}" for key, uid in sorted(self._uids.items(), key=lambda item: item[1])]
+        lock = self.path / UIDLIST_LOCK
+        with open(lock, "w", encoding="utf-8", errors="surrogateescape") as f:
+            f.write("\n".join(lines) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(lock, self.path / UIDLIST)  # also releases the dotlock
+        fsync_dir(self.path)
+
+    # -- changes ------------------------------------------------------------------------------------
+
+    def read(self, message: Message) -> bytes:
+        """The stored bytes; ``StoreError`` (EXPUNGEISSUED) if the message is gone."""
+        for attempt in range(2):
+            path = message.path if attempt == 0 else self._fresh_path(message.key)
+            if path is None:
+                break
+            try:
+                return path.read_bytes()
+            except FileNotFoundError:
+                continue
+        raise StoreError("message was expunged", "EXPUNGEISSUED")
+
+    def _fresh_path(self, key: str) -> Path | None:
+        self._stamp = None
+        return next((m.path for m in self.messages() if m.key == key), None)
+
+    def set_flags(self, message: Message, flags: Iterable[str]) -> Message | None:
+        """Rename the file to carry ``flags``: the message as it is now, or None if it is gone."""
+        wanted = frozenset(f for f in flags if f in FLAG_LETTERS)
+        for attempt in range(2):
+            path = message.path if attempt == 0 else self._fresh_path(message.key)
+            if path is None:
+                return None
+            _, other = flags_of(path.name.partition(":")[2])
+            target = self.path / "cur" / f"{message.key}:{info_for(wanted, other)}"
+            if target != path:
+                try:
+                    os.rename(path, target)
+                except FileNotFoundError:
+                    continue
+                self._stamp = None
+            return Message(message.uid, message.key, target, wanted, False, message.mtime)
+        return None
+
+    def remove(self, messages: Iterable[Message]) -> None:
+        """Delete message files durably (EXPUNGE); one already gone counts as removed."""
+        touched = False
+        for message in messages:
+            for attempt in range(2):
+                path = message.path if attempt == 0 else self._fresh_path(message.key)
+                if path is None:
+                    break
+                try:
+                    path.unlink()
+                except FileNotFoundError:
+                    continue
+                touched = True
+                break
+        if touched:
+            fsync_dir(self.path / "cur")
+            fsync_dir(self.path / "new")
+            self._stamp = None
+
+    def add(self, data: bytes, flags: Iterable[str], mtime: float | None = None) -> int:
+        """Store a message (APPEND, COPY) durably and return its UID."""
+        key = add_message(self.path, data, info_for(flags), mtime)
+        self._stamp = None
+        self.messages()
+        return self._uids[key]
+
+    def counts(self) -> tuple[int, int, int]:
+        """STATUS: messages, recent (still in new/), unseen."""
+        messages = self.messages()
+        return (len(messages), sum(m.in_new for m in messages),
+                sum("\\Seen" not in m.flags for m in messages))
+
+
+class _UidlistLock:
+    """Dovecot's dotlock on a folder's uidlist: ``dovecot-uidlist.lock``, created exclusively."""
+
+    def __init__(self, folder: Path) -> None:
+        self.path = folder / UIDLIST_LOCK
+
+    def __enter__(self) -> _UidlistLock:
+        deadline = time.monotonic() + LOCK_WAIT
+        while True:
+            try:
+                os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+                return self
+            except FileExistsError:
+                try:
+                    if time.time() - os.stat(self.path).st_mtime > LOCK_STALE:
+                        self.path.unlink(missing_ok=True)  # its holder crashed
+                        continue
+                except FileNotFoundError:
+                    continue
+            if time.monotonic() >= deadline:
+                raise StoreError("the mailbox is busy, try again", "INUSE")
+            # Only another process (Dovecot, on the reference hosts) holds it, briefly; sessions
+            # of this server run one at a time and never leave it held.
+            time.sleep(0.01)
+
+    def __exit__(self, *exc: object) -> None:
+        self.path.unlink(missing_ok=True)  # gone already if the new list was renamed from it
+
+
+def next_uidvalidity(root: Path) -> int:
+    """A UIDVALIDITY greater than any this user's mailboxes had (the time, if it is later)."""
+    hint = root / UIDVALIDITY_FILE
+    try:
+        last = int(hint.read_text().strip(), 16)
+    except (FileNotFoundError, ValueError):
+        last = 0
+    value = max(int(time.time()), last + 1) & 0xFFFFFFFF or 1  # RFC 3501 §9: nz-number, 32 bits
+    tmp = root / (UIDVALIDITY_FILE + ".tmp")
+    tmp.write_text(f"{value:08x}\n")
+    os.rename(tmp, hint)
+    return value
+
+
+# -- the folders of one user ------------------------------------------------------------------------
+
+
+class Mailboxes:
+    """A user's folders: INBOX at ``root``, the others as Maildir++ subdirectories."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._folders: dict[Path, Folder] = {}
+
+    def path_of(self, name: str) -> Path:
+        if name.upper() == "INBOX":
+            return self.root
+        check_name(name)
+        return self.root / ("." + name)
+
+    def exists(self, name: str) -> bool:
+        return (self.path_of(name) / "cur").is_dir() or name.upper() == "INBOX"
+
+    def folder(self, name: str) -> Folder:
+        path = self.path_of(name)
+        if name.upper() == "INBOX":
+            ensure_maildir(path)
+        elif not (path / "cur").is_dir():
+            raise StoreError(f"no mailbox {name}", "NONEXISTENT")
+        folder = self._folders.get(path)
+        if folder is None:
+            folder = self._folders[path] = Folder(path, self.root)
+        return folder
+
+    def names(self) -> list[str]:
+        """INBOX, then every folder, sorted."""
+        ensure_maildir(self.root)
+        found = []
+        for entry in os.scandir(self.root):
+            if entry.name.startswith(".") and entry.name not in (".", "..") and entry.is_dir():
+                name = entry.name[1:]
+                try:
+                    check_name(name)
+                except StoreError:
+                    continue
+                if (Path(entry.path) / "cur").is_dir():
+                    found.append(name)
+        return ["INBOX", *sorted(found)]
+
+    def create(self, name: str) -> None:
+        name = name.rstrip(SEPARATOR)  # RFC 3501 §6.3.3: "foo." means create foo
+        if name.upper() == "INBOX" or self.exists(name):
+            raise StoreError(f"mailbox {name} already exists", "ALREADYEXISTS")
+        path = self.path_of(name)
+        ensure_maildir(path)
+        mark = path / FOLDER_MARK
+        mark.touch()
+        fsync_dir(path)
+
+    def delete(self, name: str) -> None:
+        if name.upper() == "INBOX":
+            raise StoreError("INBOX cannot be deleted")
+        if not self.exists(name):
+            raise StoreError(f"no mailbox {name}", "NONEXISTENT")
+        path = self.path_of(name)
+        self._folders.pop(path, None)
+        # Renamed out of sight first, so that no half-deleted mailbox is ever listed.
+        doomed_path = self.root / f".{secrets.token_hex(8)}.deleting"
+        os.rename(path, doomed_path)
+        fsync_dir(self.root)
+        shutil.rmtree(doomed_path, ignore_errors=True)
+
+    def rename(self, old: str, new: str) -> None:
+        new = new.rstrip(SEPARATOR)
+        if not self.exists(old):
+            raise StoreError(f"no mailbox {old}", "NONEXISTENT")
+        if new.upper() == "INBOX" or self.exists(new):
+            raise StoreError(f"mailbox {new} already exists", "ALREADYEXISTS")
+        target = self.path_of(new)
+        if old.upper() == "INBOX":
+            self._rename_inbox(new)
+            return
+        # RFC 3501 §6.3.5: the folder's children move with it.
+        prefix = "." + old + SEPARATOR
+        children = [e.name for e in os.scandir(self.root) if e.name.startswith(prefix)]
+        os.rename(self.path_of(old), target)
+        for child in children:
+            os.rename(self.root / child, self.root / ("." + new + child[len("." + old):]))
+        self._folders.clear()
+        fsync_dir(self.root)
+
+    def _rename_inbox(self, new: str) -> None:
+        """RFC 3501 §6.3.5: renaming INBOX moves its messages to the new mailbox; INBOX stays, empty."""
+        self.create(new)
+        target = self.path_of(new)
+        for sub in ("new", "cur"):
+            for entry in os.scandir(self.root / sub):
+                if not entry.name.startswith("."):
+                    os.rename(entry.path, target / sub / entry.name)
+            fsync_dir(target / sub)
+            fsync_dir(self.root / sub)
+
+    # -- subscriptions (RFC 3501 §6.3.6) -------------------------------------------------------------
+
+    def subscriptions(self) -> list[str]:
+        try:
+            text = (self.root / SUBSCRIPTIONS).read_text("utf-8", "surrogateescape")
+        except FileNotFoundError:
+            return []
+        # Dovecot 2.3 writes "V\t2" and a blank line before the names; older files have names only.
+        return [line for line in text.splitlines() if line and line != "V\t2"]
+
+    def subscribe(self, name: str, on: bool) -> None:
+        if name.upper() != "INBOX":
+            check_name(name)
+        names = [n for n in self.subscriptions() if n != name]
+        if on:
+            names.append(name)
+        ensure_maildir(self.root)
+        tmp = self.root / (SUBSCRIPTIONS + ".tmp")
+        with open(tmp, "w", encoding="utf-8", errors="surrogateescape") as f:
+            f.write("".join(n + "\n" for n in names))
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(tmp, self.root / SUBSCRIPTIONS)
+        fsync_dir(self.root)
+
+
+def check_name(name: str) -> None:
+    """A folder name that maps onto one Maildir++ directory and nothing else."""
+    parts = name.split(SEPARATOR)
+    if (not name or any(not p for p in parts) or any(c in _BAD_NAME_CHARS for c in name)
+            or any(not 0x20 <= ord(c) < 0x7F for c in name) or name.endswith(".deleting")):
+        raise StoreError(f"invalid mailbox name {name!r}", "CANNOT")
+

@@ -1,0 +1,142 @@
+"""What the POP3 and IMAP servers' asyncio shells share: a connection driven by a pure session core.
+
+A :class:`Connection` moves bytes and performs the session's actions (:mod:`services.actions`);
+every protocol decision is in the core. It reads in bounded chunks (each core bounds its own
+buffers), enforces the autologout timer on reads and writes, waits out login delays without
+holding up other clients, and polls for a session that asked it to (an IMAP client's IDLE). A peer
+that hangs up or stalls costs a log line; a bug of ours costs that one session the core's generic
+goodbye and the log a traceback; neither reaches another client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from services.actions import Action, Close, Log, Poll, Send, StopPolling, Wait
+from services.config import LabConfig
+
+
+class Core(Protocol):
+    """A pure session core (:class:`services.pop3.core.Session`, :class:`services.imap.core.Session`)."""
+
+    @property
+    def closed(self) -> bool: ...
+
+    @property
+    def address(self) -> str | None: ...
+
+    def start(self) -> Sequence[Action]: ...
+
+    def feed(self, data: bytes) -> None: ...
+
+    def next_actions(self) -> Sequence[Action]: ...
+
+    def timed_out(self) -> Sequence[Action]: ...
+
+    def connection_lost(self) -> Sequence[Action]: ...
+
+    def internal_error(self) -> Sequence[Action]: ...
+
+
+class Connection:
+    """One client: feed the session, perform its actions, until it or the peer closes."""
+
+    def __init__(self, protocol: str, log: logging.Logger, session: Core, idle_timeout: float,
+                 reader: asyncio.StreamReader, writer: asyncio.StreamWriter, read_chunk: int) -> None:
+        self.protocol = protocol  # "pop3", "imap": the first word of every log line
+        self.log = log
+        self.session = session
+        self.idle_timeout = idle_timeout
+        self.reader = reader
+        self.writer = writer
+        self.read_chunk = read_chunk
+        self.polling: Poll | None = None
+        peer = writer.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+
+    async def run(self) -> None:
+        self.log.info("%s %s connected", self.protocol, self.peer)
+        try:
+            await self._perform(self.session.start())
+            while not self.session.closed:
+                data = await self._read()
+                if data is None:
+                    await self._perform(self.session.timed_out())
+                    break
+                if not data:
+                    break
+                self.session.feed(data)
+                while actions := self.session.next_actions():
+                    await self._perform(actions)
+        except (ConnectionError, TimeoutError) as exc:  # reset by the peer, or it stopped reading
+            self.log.info("%s connection lost: %s", self.peer, exc or type(exc).__name__)
+        except Exception:
+            self.log.exception("%s internal error in the %s session", self.peer, self.protocol.upper())
+            try:
+                await self._perform(self.session.internal_error())
+            except Exception as exc:  # noqa: BLE001 - the peer may be gone too; the log has the cause
+                self.log.info("%s could not report the internal error: %s", self.peer, exc)
+        finally:
+            for action in self.session.connection_lost():
+                if isinstance(action, Log):
+                    self._log(action)
+            self.writer.close()
+            try:
+                await self.writer.wait_closed()
+            except (ConnectionError, OSError):
+                pass  # already reset; nothing left to flush
+
+    async def _read(self) -> bytes | None:
+        """The next bytes from the client; None once the autologout timer ran out. While polling,
+        the session is asked between reads (a cancelled StreamReader.read loses nothing)."""
+        deadline = time.monotonic() + self.idle_timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            polling = self.polling
+            try:
+                return await asyncio.wait_for(self.reader.read(self.read_chunk),
+                                              left if polling is None else min(left, polling.interval))
+            except TimeoutError:
+                if polling is not None:
+                    await self._perform(polling.poll())
+
+    async def _perform(self, actions: Sequence[Action]) -> None:
+        for action in actions:
+            match action:
+                case Send(data):
+                    self.writer.write(data)
+                    # A client that never reads must not pin us: the idle timeout covers writes too.
+                    await asyncio.wait_for(self.writer.drain(), self.idle_timeout)
+                case Wait(seconds):
+                    await asyncio.sleep(seconds)  # this task only; other clients carry on
+                case Log():
+                    self._log(action)
+                case Poll():
+                    self.polling = action
+                case StopPolling():
+                    self.polling = None
+                case Close():
+                    return
+
+    def _log(self, action: Log) -> None:
+        self.log.log(action.level, "%s %s %s %s", self.protocol, self.peer, self.session.address or "-", action.text)
+
+
+async def listen(protocol: str, log: logging.Logger, cfg: LabConfig, new_session: Callable[[], Core],
+                 idle_timeout: float, *, host: str, port: int, read_chunk: int) -> asyncio.Server:
+    """Serve ``protocol`` on ``host:port``, a new session per client; returns once listening."""
+
+    async def serve_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await Connection(protocol, log, new_session(), idle_timeout, reader, writer, read_chunk).run()
+
+    server = await asyncio.start_server(serve_client, host, port)
+    bound = ", ".join(f"{s.getsockname()[0]}:{s.getsockname()[1]}" for s in server.sockets)
+    domains = ", ".join(d.name for d in cfg.local_domains) or "no domains"
+    log.info("%s server %s listening on %s for %s", protocol.upper(), cfg.this.fqdn, bound, domains)
+    return server

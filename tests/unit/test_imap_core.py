@@ -1,0 +1,263 @@
+"""The IMAP session core, driven by byte scripts on a Maildir in tmp_path: no sockets, no event loop."""
+
+from __future__ import annotations
+
+import base64
+import re
+from pathlib import Path
+
+import pytest
+
+from services.accounts import AccountAuthenticator
+from services.actions import Action, Close, Poll, Send, StopPolling, Wait
+from services.config import Account, Domain
+from services.imap.core import MAX_BAD_COMMANDS, Limits, Session, State
+from services.imap.store import UIDLIST, Mailboxes
+from services.mailstore import Maildir, deliver
+
+PASSWORD = "s3cret pw"
+AUTH = AccountAuthenticator([Domain("stevenchoy.example", "mail", (Account("betty", "stevenchoy.example", PASSWORD),))])
+MESSAGE_1 = (b"From: Andy <andy@ouhk.example>\nTo: betty@stevenchoy.example\nSubject: one\n"
+             b"Date: Mon, 1 Jan 2024 10:00:00 +0000\n\nHello Betty.\n")
+MULTIPART = (b'Subject: two\nMIME-Version: 1.0\nContent-Type: multipart/mixed; boundary="b"\n\npreamble\n'
+             b"--b\nContent-Type: text/plain; charset=utf-8\n\npart one\n"
+             b'--b\nContent-Type: application/octet-stream; name="x.bin"\nContent-Transfer-Encoding: base64\n'
+             b'Content-Disposition: attachment; filename="x.bin"\n\nAAEC\n'
+             b"--b\nContent-Type: message/rfc822\n\nSubject: inner\nFrom: c@d.example\n\ninner body\n--b--\n")
+
+
+FAST = Limits(auth_delay_first=0.5, auth_delay_max=2.0)
+
+
+def sent(actions: list[Action]) -> bytes:
+    return b"".join(a.data for a in actions if isinstance(a, Send))
+
+
+class Script:
+    def __init__(self, root: Path, limits: Limits = FAST) -> None:
+        self.root = root
+        self.session = Session("mail.stevenchoy.example", AUTH, lambda address: Mailboxes(root), limits)
+        self.greeting = sent(self.session.start())
+
+    def say(self, line: bytes) -> bytes:
+        return sent(self.session.receive_data(line + b"\r\n"))
+
+    def login(self) -> Script:
+        assert self.say(f'a LOGIN betty "{PASSWORD}"'.encode()).startswith(b"a OK [CAPABILITY ")
+        return self
+
+
+@pytest.fixture
+def box(tmp_path: Path) -> Path:
+    root = tmp_path / "betty"
+    deliver(root, MESSAGE_1)
+    deliver(root, MULTIPART)
+    return root
+
+
+def test_greeting_capability_and_login(box: Path) -> None:
+    s = Script(box)
+    assert s.greeting.startswith(b"* OK [CAPABILITY IMAP4rev1 LITERAL+ ")
+    assert b"AUTH=PLAIN" in s.greeting
+    assert s.say(b"A1 capability") == (b"* CAPABILITY IMAP4rev1 LITERAL+ SASL-IR IDLE UIDPLUS MOVE UNSELECT NAMESPACE "
+                                       b"ID ENABLE AUTH=PLAIN\r\nA1 OK CAPABILITY completed\r\n")
+    assert s.say(b"A2 SELECT INBOX") == b"A2 BAD SELECT is not allowed before login\r\n"
+    s.login()
+    assert s.session.state is State.AUTHENTICATED
+    assert s.say(b"A3 ENABLE UTF8=ACCEPT") == b"* ENABLED\r\nA3 OK ENABLE completed\r\n"
+
+
+def test_select_answers_what_clients_cache(box: Path) -> None:
+    s = Script(box).login()
+    out = s.say(b"s SELECT inbox")
+    assert re.fullmatch(rb"\* FLAGS \(\\Answered \\Flagged \\Deleted \\Seen \\Draft\)\r\n"
+                        rb"\* OK \[PERMANENTFLAGS \(\\Answered \\Flagged \\Deleted \\Seen \\Draft\)\] .*\r\n"
+                        rb"\* 2 EXISTS\r\n\* 2 RECENT\r\n\* OK \[UNSEEN 1\] .*\r\n"
+                        rb"\* OK \[UIDVALIDITY (\d+)\] .*\r\n\* OK \[UIDNEXT 3\] .*\r\n"
+                        rb"s OK \[READ-WRITE\] SELECT completed\r\n", out), out
+    assert (box / UIDLIST).read_text().startswith("3 V")
+    assert not list((box / "new").iterdir())  # claimed into cur/, as Dovecot does
+    other = Script(box).login()
+    assert b"* 0 RECENT" in other.say(b"e EXAMINE INBOX")  # \Recent is for one session only
+
+
+def test_fetch_sizes_are_crlf_octets_and_body_sets_seen(box: Path) -> None:
+    s = Script(box).login()
+    s.say(b"s SELECT INBOX")
+    wire = MESSAGE_1.replace(b"\n", b"\r\n")
+    out = s.say(b"f1 FETCH 1 (RFC822.SIZE BODY.PEEK[])")
+    assert out == b"* 1 FETCH (RFC822.SIZE %d BODY[] {%d}\r\n%s)\r\nf1 OK FETCH completed\r\n" % (
+        len(wire), len(wire), wire)
+    assert s.say(b"f2 FETCH 1 FLAGS") == b"* 1 FETCH (FLAGS (\\Recent))\r\nf2 OK FETCH completed\r\n"
+    assert s.say(b"f3 FETCH 1 BODY[TEXT]<6.5>") == (
+        b"* 1 FETCH (BODY[TEXT]<6> {5}\r\nBetty FLAGS (\\Seen \\Recent))\r\nf3 OK FETCH completed\r\n")
+    assert any(p.name.endswith(":2,S") for p in (box / "cur").iterdir())
+
+
+def test_envelope_bodystructure_and_sections_of_a_multipart(box: Path) -> None:
+    s = Script(box).login()
+    s.say(b"s EXAMINE INBOX")
+    out = s.say(b"f FETCH 1 ENVELOPE")
+    assert out.startswith(b'* 1 FETCH (ENVELOPE ("Mon, 1 Jan 2024 10:00:00 +0000" "one" (("Andy" NIL "andy" '
+                          b'"ouhk.example")) (("Andy" NIL "andy" "ouhk.example")) (("Andy" NIL "andy" '
+                          b'"ouhk.example")) ((NIL NIL "betty" "stevenchoy.example")) NIL NIL NIL NIL))')
+    out = s.say(b"f FETCH 2 BODYSTRUCTURE")
+    assert out == (
+        b'* 2 FETCH (BODYSTRUCTURE (("text" "plain" ("charset" "utf-8") NIL NIL "7bit" 8 1 NIL NIL NIL NIL)'
+        b'("application" "octet-stream" ("name" "x.bin") NIL NIL "base64" 4 NIL ("attachment" ("filename" "x.bin"))'
+        b' NIL NIL)("message" "rfc822" NIL NIL NIL "7bit" 47 (NIL "inner" ((NIL NIL "c" "d.example")) '
+        b'((NIL NIL "c" "d.example")) ((NIL NIL "c" "d.example")) NIL NIL NIL NIL NIL) ("text" "plain" '
+        b'("charset" "us-ascii") NIL NIL "7bit" 10 1 NIL NIL NIL NIL) 4 NIL NIL NIL NIL) "mixed" ("boundary" "b")'
+        b' NIL NIL NIL))\r\nf OK FETCH completed\r\n')
+    assert s.say(b"g FETCH 2 BODY.PEEK[1]") == b"* 2 FETCH (BODY[1] {8}\r\npart one)\r\ng OK FETCH completed\r\n"
+    header = s.say(b"h FETCH 2 BODY.PEEK[3.HEADER]")
+    assert b"BODY[3.HEADER] {37}\r\nSubject: inner\r\nFrom: c@d.example\r\n\r\n)" in header
+    assert b"{10}\r\ninner body)" in s.say(b"i FETCH 2 BODY.PEEK[3.TEXT]")
+    assert b"BODY[2.MIME] {" in s.say(b"j FETCH 2 BODY.PEEK[2.MIME]")
+    assert s.say(b"k FETCH 2 BODY.PEEK[HEADER.FIELDS.NOT (Content-Type MIME-Version)]") == (
+        b"* 2 FETCH (BODY[HEADER.FIELDS.NOT (Content-Type MIME-Version)] {16}\r\nSubject: two\r\n\r\n)\r\n"
+        b"k OK FETCH completed\r\n")
+    assert s.say(b"l FETCH 2 BODY[9]") == b"* 2 FETCH (BODY[9] {0}\r\n)\r\nl OK FETCH completed\r\n"
+    assert s.say(b"m FETCH 2 BODY[HEADER.FIELDS]") == b"m BAD invalid section in FETCH BODY[...]\r\n"
+
+
+def test_store_search_expunge_renumber(box: Path) -> None:
+    deliver(box, b"Subject: three\n\n3\n")
+    s = Script(box).login()
+    s.say(b"s SELECT INBOX")
+    assert s.say(b"t STORE 1,3 +FLAGS (\\Deleted)") == (
+        b"* 1 FETCH (FLAGS (\\Deleted \\Recent))\r\n* 3 FETCH (FLAGS (\\Deleted \\Recent))\r\nt OK STORE completed\r\n")
+    assert s.say(b"u SEARCH DELETED") == b"* SEARCH 1 3\r\nu OK SEARCH completed\r\n"
+    assert s.say(b"v UID SEARCH SUBJECT two") == b"* SEARCH 2\r\nv OK SEARCH completed\r\n"
+    assert s.say(b"w SEARCH OR SEEN NOT DELETED") == b"* SEARCH 2\r\nw OK SEARCH completed\r\n"
+    assert s.say(b"x EXPUNGE") == b"* 3 EXPUNGE\r\n* 1 EXPUNGE\r\nx OK EXPUNGE completed\r\n"
+    assert s.say(b"y FETCH 1 UID") == b"* 1 FETCH (UID 2)\r\ny OK FETCH completed\r\n"
+    assert len(Maildir(box).keys()) == 1
+
+
+def test_examine_changes_nothing(box: Path) -> None:
+    s = Script(box).login()
+    assert b"[READ-ONLY]" in s.say(b"e EXAMINE INBOX")
+    s.say(b"f FETCH 1 BODY[]")
+    assert s.say(b"g STORE 1 +FLAGS (\\Seen)").startswith(b"g NO [READ-ONLY]")
+    assert all(":2,S" not in p.name for sub in ("new", "cur") for p in (box / sub).iterdir())
+
+
+def test_other_sessions_changes_arrive_at_the_next_command(box: Path) -> None:
+    one, two = Script(box).login(), Script(box).login()
+    one.say(b"s SELECT INBOX")
+    two.say(b"s SELECT INBOX")
+    deliver(box, b"Subject: new\n\nnew\n")
+    one.say(b"t STORE 1 +FLAGS (\\Deleted)")
+    one.say(b"u EXPUNGE")
+    out = two.say(b"n NOOP")
+    assert out == b"* 1 EXPUNGE\r\n* 2 EXISTS\r\n* 0 RECENT\r\nn OK NOOP completed\r\n"
+    held = Script(box).login()
+    held.say(b"s SELECT INBOX")
+    one.say(b"v STORE 1 +FLAGS (\\Deleted)")
+    one.say(b"w EXPUNGE")
+    # §7.4.1: no EXPUNGE during FETCH by number; the gone message is answered EXPUNGEISSUED.
+    assert held.say(b"f FETCH 1 BODY.PEEK[]") == (
+        b"f NO [EXPUNGEISSUED] some of the messages were expunged meanwhile\r\n")
+    assert held.say(b"g NOOP") == b"* 1 EXPUNGE\r\ng OK NOOP completed\r\n"
+
+
+def test_idle_reports_new_mail_on_poll_and_ends_with_done(box: Path) -> None:
+    s = Script(box).login()
+    s.say(b"s SELECT INBOX")
+    actions = s.session.receive_data(b"i IDLE\r\n")
+    assert sent(actions) == b"+ idling\r\n" and any(isinstance(a, Poll) for a in actions)
+    assert s.session.poll() == []
+    deliver(box, b"Subject: three\n\n3\n")
+    assert sent(s.session.poll()) == b"* 3 EXISTS\r\n* 3 RECENT\r\n"
+    actions = s.session.receive_data(b"DONE\r\n")
+    assert isinstance(actions[0], StopPolling) and sent(actions) == b"i OK IDLE terminated\r\n"
+
+
+def test_wrong_password_waits_longer_each_time_then_bye(box: Path) -> None:
+    s = Script(box, Limits(auth_delay_first=1.0, auth_delay_max=4.0, max_auth_failures=3))
+    waits = []
+    for n in range(3):
+        actions = s.session.receive_data(b"a%d LOGIN betty wrong\r\n" % n)
+        waits += [a.seconds for a in actions if isinstance(a, Wait)]
+        assert b"a%d NO [AUTHENTICATIONFAILED] Authentication failed\r\n" % n in sent(actions)
+    assert waits == [1.0, 2.0, 4.0]
+    assert isinstance(actions[-1], Close) and b"* BYE" in sent(actions)
+
+
+def test_authenticate_plain_with_and_without_initial_response(box: Path) -> None:
+    token = base64.b64encode(f"\0betty\0{PASSWORD}".encode())
+    s = Script(box)
+    assert s.say(b"a AUTHENTICATE PLAIN " + token).startswith(b"a OK [CAPABILITY")
+    s = Script(box)
+    assert s.say(b"b AUTHENTICATE PLAIN") == b"+ \r\n"
+    assert s.say(token).startswith(b"b OK")
+    s = Script(box)
+    s.say(b"c AUTHENTICATE PLAIN")
+    assert s.say(b"*") == b"c BAD AUTHENTICATE cancelled\r\n"
+
+
+def test_folders_create_list_status_rename_delete_subscribe(box: Path) -> None:
+    s = Script(box).login()
+    assert s.say(b"c CREATE Lists.lab") == b"c OK CREATE completed\r\n"
+    assert s.say(b"c CREATE Lists.lab").startswith(b"c NO [ALREADYEXISTS]")
+    assert (box / ".Lists.lab" / "maildirfolder").exists()
+    assert s.say(b'l LIST "" *') == (b'* LIST (\\HasNoChildren) "." "INBOX"\r\n'
+                                    b'* LIST (\\Noselect \\HasChildren) "." "Lists"\r\n'
+                                    b'* LIST (\\HasNoChildren) "." "Lists.lab"\r\nl OK LIST completed\r\n')
+    assert s.say(b'l LIST "" %') == (b'* LIST (\\HasNoChildren) "." "INBOX"\r\n'
+                                    b'* LIST (\\Noselect \\HasChildren) "." "Lists"\r\nl OK LIST completed\r\n')
+    assert re.fullmatch(rb'\* STATUS "Lists.lab" \(MESSAGES 0 UIDNEXT 1 UIDVALIDITY \d+\)\r\nt OK STATUS completed\r\n',
+                        s.say(b"t STATUS Lists.lab (MESSAGES UIDNEXT UIDVALIDITY)"))
+    assert s.say(b"r RENAME Lists.lab Old") == b"r OK RENAME completed\r\n"
+    assert s.say(b"u SUBSCRIBE Old") == b"u OK SUBSCRIBE completed\r\n"
+    assert s.say(b'v LSUB "" *') == b'* LSUB () "." "Old"\r\nv OK LSUB completed\r\n'
+    assert s.say(b"d DELETE Old") == b"d OK DELETE completed\r\n"
+    assert s.say(b"d DELETE INBOX").startswith(b"d NO")
+    assert s.say(b"e SELECT Old").startswith(b"e NO [NONEXISTENT]")
+
+
+def test_append_with_literal_plus_and_uidplus(box: Path) -> None:
+    s = Script(box).login()
+    message = b"Subject: appended\r\n\r\nbody\r\n"
+    out = sent(s.session.receive_data(b'p APPEND INBOX (\\Seen \\Draft) "01-Feb-2024 10:00:00 +0100" {%d+}\r\n%s\r\n'
+                                      % (len(message), message)))
+    assert re.fullmatch(rb"p OK \[APPENDUID \d+ 3\] APPEND completed\r\n", out), out
+    assert sent(s.session.receive_data(b"q APPEND Nowhere {3}\r\n")) == b"+ Ready for literal data\r\n"
+    assert s.say(b"abc").startswith(b"q NO [TRYCREATE]")
+    s.say(b"s EXAMINE INBOX")
+    assert s.say(b"f FETCH 3 (FLAGS INTERNALDATE)") == (
+        b'* 3 FETCH (FLAGS (\\Seen \\Draft) INTERNALDATE "01-Feb-2024 09:00:00 +0000")\r\nf OK FETCH completed\r\n')
+
+
+def test_copy_move_give_copyuid_and_expunges(box: Path) -> None:
+    s = Script(box).login()
+    s.say(b"c CREATE Sent")
+    s.say(b"s SELECT INBOX")
+    assert re.fullmatch(rb"c OK \[COPYUID \d+ 1:2 1:2\] COPY completed\r\n", s.say(b"c COPY 1:* Sent"))
+    out = s.say(b"m UID MOVE 2 Sent")
+    assert re.fullmatch(rb"\* OK \[COPYUID \d+ 2 3\] Moved\r\n\* 2 EXPUNGE\r\nm OK MOVE completed\r\n", out), out
+    assert s.say(b"n COPY 1 Nowhere").startswith(b"n NO [TRYCREATE]")
+
+
+def test_bad_commands_are_bad_and_a_run_of_them_ends_the_session(box: Path) -> None:
+    s = Script(box)
+    assert s.say(b"t1 FROB") == b"t1 BAD unknown command\r\n"
+    assert s.say(b"+bad") == b"* BAD missing or invalid tag\r\n"
+    assert s.say(b"t3 LOGIN") == b"t3 BAD wrong number of arguments for LOGIN\r\n"
+    for n in range(MAX_BAD_COMMANDS - 4):
+        assert s.say(b"t%d FROB" % n).endswith(b"BAD unknown command\r\n")
+    actions = s.session.receive_data(b"last FROB\r\n")
+    assert sent(actions) == b"last BAD unknown command\r\n* BYE Too many invalid commands, closing connection\r\n"
+    assert isinstance(actions[-1], Close) and s.session.closed
+
+
+def test_logout_and_garbage_never_leak_python(box: Path) -> None:
+    s = Script(box).login()
+    s.say(b"s SELECT INBOX")
+    for line in (b"a FETCH 1:x FLAGS", b"b FETCH 99 FLAGS", b"c STORE 1 FLAGS (\\Bogus)", b"d SEARCH BEFORE 1-Foo-2000",
+                 b"e UID FROB", b"f FETCH 1 (BODY[1.2.3.4.5.6.7.8.9]<0.1>)", b'g SEARCH HEADER "X" ""', b"h COPY"):
+        out = s.say(line)
+        last = out.rstrip(b"\r\n").rsplit(b"\r\n", 1)[-1]
+        assert last.startswith(line.split()[0] + b" ") and b"Traceback" not in out and b"Error" not in out, out
+    assert s.say(b"z LOGOUT") == b"* BYE IMAP4rev1 server logging out\r\nz OK LOGOUT completed\r\n"
