@@ -136,6 +136,12 @@ def network_payload(linktype: int, data: bytes | memoryview) -> tuple[int, int] 
             return None
         version = data[0] >> 4
         return (version, 0) if version in (4, 6) else None
+    if linktype == LINKTYPE_ETHERNET and len(data) >= 14:  # nearly every frame: no call for it
+        etype = (data[12] << 8) | data[13]
+        if etype == ETHERTYPE_IPV4:
+            return (4, 14)
+        if etype == ETHERTYPE_IPV6:
+            return (6, 14)
     link = link_payload(linktype, data)
     if link is None:
         return None

@@ -56,6 +56,11 @@ class _Heard:
     def last(self) -> str:
         return self.lines[-1][4:] if self.lines else ""
 
+    @property
+    def last_reply(self) -> Reply:
+        """The reply as its last line says it (the event's payload: what a trace quotes)."""
+        return self.reply if len(self.lines) <= 1 else Reply.parse(self.reply.code, [self.last])
+
 
 def _heard(time: float, code: int, lines: list[str], missing: int, complete: bool = False) -> _Heard:
     return _Heard(Reply.parse(code, [line[4:] for line in lines]), time, lines, missing, complete)
@@ -121,7 +126,7 @@ class SmtpDecoder(DialogueDecoder):
     def _reply(self, reply: _Heard | None) -> _Heard | None:
         if reply is not None:
             self.events.append(Event(reply.time, SERVER, "reply", reply.text,
-                                     payload=Reply.parse(reply.reply.code, [reply.last]), complete=reply.complete))
+                                     payload=reply.last_reply, complete=reply.complete))
             self.gap(reply.time, reply.missing)
         return reply
 

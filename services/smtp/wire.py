@@ -64,6 +64,8 @@ class Reply:
         if first is None or first.group(1) != str(code // 100):
             return cls(code, "", "\n".join(lines))
         status = first.group(0).rstrip()
+        if len(lines) == 1:  # most replies: the decoder parses every one it reads
+            return cls(code, status, lines[0].lstrip()[first.end():])
         rest = []
         for line in (raw.lstrip() for raw in lines):
             m = _ENHANCED.match(line)
