@@ -27,3 +27,17 @@ class LoginDelay:
 
 
 LOGIN_DELAY = LoginDelay()  # the servers' own
+
+
+@dataclass(frozen=True)
+class LoginLimits:
+    """What an access server's session limits say about logins (POP3's and IMAP's extend it): the
+    delay's timings and how many failures a connection gets before the server hangs up."""
+
+    max_auth_failures: int = 5  # failed logins per connection (guessing costs a reconnect)
+    auth_delay_first: float = AUTH_DELAY_FIRST
+    auth_delay_max: float = AUTH_DELAY_MAX
+
+    def auth_delay(self, failures: int) -> float:
+        """How long to hold back the refusal of the ``failures``-th failed login."""
+        return LoginDelay(self.auth_delay_first, self.auth_delay_max).after(failures)

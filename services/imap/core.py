@@ -50,7 +50,7 @@ from services.imap.parser import (
     Token,
 )
 from services.imap.store import SEPARATOR, SYSTEM_FLAGS, Folder, Mailboxes, Message, StoreError
-from services.logins import AUTH_DELAY_FIRST, AUTH_DELAY_MAX, LoginDelay
+from services.logins import LoginLimits
 from services.textwire import crlf_form
 
 # -- limits -----------------------------------------------------------------------------------
@@ -63,21 +63,15 @@ MAX_NUMBER = 2**32 - 1  # RFC 3501 §9: a number is 32 bits
 
 
 @dataclass(frozen=True)
-class Limits:
+class Limits(LoginLimits):
     """The limits above, in one value the server passes down (tests shrink the timings)."""
 
     max_line: int = MAX_LINE
     max_literal: int = MAX_LITERAL
     max_bad_commands: int = MAX_BAD_COMMANDS
     max_auth_failures: int = MAX_AUTH_FAILURES
-    auth_delay_first: float = AUTH_DELAY_FIRST
-    auth_delay_max: float = AUTH_DELAY_MAX
     idle_timeout: float = IDLE_TIMEOUT
     poll_interval: float = POLL_INTERVAL
-
-    def auth_delay(self, failures: int) -> float:
-        """POP3's and SMTP AUTH's rule (services.logins): the same cost for a guesser."""
-        return LoginDelay(self.auth_delay_first, self.auth_delay_max).after(failures)
 
 
 DEFAULT_LIMITS = Limits()

@@ -22,7 +22,7 @@ from typing import Protocol
 
 from services.actions import Action, Close, Log, Send, Wait
 from services.errors import PeerError
-from services.logins import AUTH_DELAY_FIRST, AUTH_DELAY_MAX, LoginDelay
+from services.logins import LoginLimits
 from services.textwire import stuff_lines, wire_lines, wire_size
 
 # -- limits -----------------------------------------------------------------------------------
@@ -36,19 +36,13 @@ MAX_NUMBER_DIGITS = 9  # a message number or TOP line count; more digits is a sy
 
 
 @dataclass(frozen=True)
-class Limits:
+class Limits(LoginLimits):
     """The limits above, in one value the server can pass down (tests shrink the timings)."""
 
     max_line: int = MAX_LINE
     max_bad_commands: int = MAX_BAD_COMMANDS
     max_auth_failures: int = MAX_AUTH_FAILURES
-    auth_delay_first: float = AUTH_DELAY_FIRST
-    auth_delay_max: float = AUTH_DELAY_MAX
     idle_timeout: float = IDLE_TIMEOUT
-
-    def auth_delay(self, failures: int) -> float:
-        """How long to hold back the "-ERR [AUTH]" of the ``failures``-th failed login (services.logins)."""
-        return LoginDelay(self.auth_delay_first, self.auth_delay_max).after(failures)
 
 
 DEFAULT_LIMITS = Limits()

@@ -28,7 +28,7 @@ import pytest
 
 from labctl.backend.docker_engine import DockerEngine
 from labctl.lab import LABEL_LAB, Lab
-from services.pop3.core import AUTH_DELAY_FIRST
+from services.logins import AUTH_DELAY_FIRST
 from tests.lab.conftest import RunningLab, raw_api
 
 HOSTS = ("ns", "smtp", "mail", "andy", "betty")
