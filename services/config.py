@@ -103,6 +103,33 @@ class MuaSettings:
     pop3: str  # FQDN of the POP3 server
 
 
+# TLS (issue 12). labctl makes a CA per lab and one leaf certificate per server host, and passes
+# them with the host's other files (FILES_ENV); they land here. The CA is installed into each
+# host's system trust store at start (services.tls.trust_lab_ca), so real clients verify with no flags.
+TLS_DIR = Path("/etc/maillab/tls")
+TLS_CA = TLS_DIR / "ca.pem"  # the lab CA certificate (every host)
+TLS_CERT = TLS_DIR / "cert.pem"  # this host's leaf certificate, then the CA (server hosts)
+TLS_KEY = TLS_DIR / "key.pem"  # this host's private key (server hosts)
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    """TLS in the lab: off unless the topology's ``x-maillab.tls`` or ``labctl up --tls`` turns it on.
+
+    Off, the lab is exactly the clear-text lab of the article. On: STARTTLS on 25 and 587,
+    implicit TLS on 465, STLS on POP3 110 and POP3S on 995, STARTTLS on IMAP 143 and IMAPS on 993.
+    """
+
+    enabled: bool = False
+    # RFC 8314 §3.3 style: AUTH on 587 (and USER/PASS, LOGIN, AUTHENTICATE on POP3/IMAP) only under
+    # TLS; a clear channel gets no AUTH offered and a refusal if it tries. False: AUTH anywhere.
+    auth_needs_tls: bool = True
+    # MTA -> MX: "may" uses STARTTLS when the next hop offers it, without verifying (Postfix
+    # smtp_tls_security_level=may); "verify" requires it and checks the certificate against the
+    # lab CA; "none" never starts TLS.
+    relay: str = "may"
+
+
 @dataclass(frozen=True)
 class LabConfig:
     lab: str
@@ -113,6 +140,7 @@ class LabConfig:
     domains: tuple[Domain, ...]
     retry: Retry = field(default_factory=Retry)
     mua: MuaSettings | None = None  # set on MUA hosts that have a user
+    tls: TlsSettings = field(default_factory=TlsSettings)
 
     # -- lookups ---------------------------------------------------------------------------
 
@@ -238,6 +266,7 @@ class LabConfig:
                     give_up=float(data.get("retry", {}).get("give_up", Retry.give_up)),
                 ),
                 mua=MuaSettings(**mua) if mua else None,
+                tls=TlsSettings(**data.get("tls", {})),
             )
         except (KeyError, TypeError) as exc:
             raise ConfigError(f"lab configuration is incomplete or malformed: {exc}") from exc

@@ -1,0 +1,98 @@
+"""TLS for the lab's servers and clients: one place that makes every SSLContext (issue 12).
+
+Every TLS endpoint the lab owns writes its session secrets to a key log (the NSS key log format,
+``SSLContext.keylog_filename``) in the host's capture area, so that ``labctl traffic`` can show
+what crossed the wire inside TLS, marked as decrypted. The key log is bounded like the capture:
+past :data:`KEYLOG_LIMIT` bytes it is rotated once (the previous file kept beside it), so the
+secrets of the connections still in the capture ring are on disk.
+
+Servers: :func:`server_context` (the host's leaf certificate and key from :data:`config.TLS_DIR`).
+Clients (the MUA, the MTA relaying with STARTTLS): :func:`client_context`, verifying against the
+lab CA unless told not to.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from pathlib import Path
+
+from services import config
+from services.capture import CAPTURE_DIR
+from services.config import LabConfig
+
+log = logging.getLogger("services.tls")
+
+KEYLOG_DIR = CAPTURE_DIR.parent / "tls-keys"  # beside the capture ring, not in it (its pruning is by age)
+KEYLOG_FILE = KEYLOG_DIR / "keylog.txt"
+KEYLOG_LIMIT = 4 * 1024 * 1024  # ~25,000 sessions of TLS 1.3 secrets; then rotated once
+SYSTEM_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")  # Debian's, read by OpenSSL, curl, swaks, Python
+LAB_CA_MARK = "# maillab lab CA"
+
+
+def keylog_path(directory: Path = KEYLOG_DIR) -> str:
+    """The key log file to hand an SSLContext, rotated first if it outgrew :data:`KEYLOG_LIMIT`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / KEYLOG_FILE.name
+    try:
+        if path.stat().st_size > KEYLOG_LIMIT:
+            path.replace(path.with_suffix(".1.txt"))
+    except FileNotFoundError:
+        pass
+    return str(path)
+
+
+def server_context(cert: Path = config.TLS_CERT, key: Path = config.TLS_KEY, *,
+                   keylog_dir: Path | None = KEYLOG_DIR) -> ssl.SSLContext:
+    """The context every lab server presents: TLS 1.2 and 1.3, the host's certificate chain."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(cert, key)
+    if keylog_dir is not None:
+        ctx.keylog_filename = keylog_path(keylog_dir)
+    return ctx
+
+
+def client_context(*, verify: bool = True, ca: Path | None = config.TLS_CA,
+                   keylog_dir: Path | None = KEYLOG_DIR) -> ssl.SSLContext:
+    """A lab client's context: verifying the server against the lab CA (and the system store)
+    unless ``verify`` is False (the MTA's opportunistic STARTTLS, Postfix's ``may``)."""
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if verify:
+        if ca is not None and ca.exists():
+            ctx.load_verify_locations(cafile=str(ca))
+    else:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    if keylog_dir is not None:
+        ctx.keylog_filename = keylog_path(keylog_dir)
+    return ctx
+
+
+def tls_ready(cfg: LabConfig) -> bool:
+    """Does this host serve TLS: is it on for the lab, and are its certificate and key here?"""
+    return cfg.tls.enabled and config.TLS_CERT.exists() and config.TLS_KEY.exists()
+
+
+def trust_lab_ca(ca: Path = config.TLS_CA, bundle: Path = SYSTEM_BUNDLE) -> bool:
+    """Add the lab CA to the host's system trust store, once; True if it is there now.
+
+    Appending to Debian's bundle (what update-ca-certificates would write, in a millisecond
+    instead of a second) is enough for OpenSSL, GnuTLS-less curl, swaks, fetchmail and Python.
+    """
+    try:
+        pem = ca.read_text(encoding="ascii")
+    except OSError:
+        return False
+    try:
+        current = bundle.read_text(encoding="ascii") if bundle.exists() else ""
+    except OSError as exc:
+        log.warning("cannot read the trust store %s: %s", bundle, exc)
+        return False
+    if pem.strip() in current:
+        return True
+    bundle.parent.mkdir(parents=True, exist_ok=True)
+    with bundle.open("a", encoding="ascii") as out:
+        out.write(f"\n{LAB_CA_MARK}\n{pem.strip()}\n")
+    return True
