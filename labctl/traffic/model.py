@@ -71,6 +71,8 @@ class Event:
     # False: more of the stream may still change it (a line without its end yet, a multi-line reply
     # or a message not yet ended, a count of octets still growing); ``--follow`` waits for it.
     complete: bool = True
+    # Read from inside TLS with the lab's key log (labctl.traffic.tls): an outsider saw only records.
+    decrypted: bool = False
 
     @property
     def info(self) -> Mapping[str, Any]:
@@ -92,6 +94,8 @@ class Event:
             out["clear_text_secret"] = True
         if not self.complete:
             out["partial"] = True
+        if self.decrypted:
+            out["decrypted"] = True
         info = p.info(self.payload)
         if info:
             if hide_secrets:
@@ -121,6 +125,22 @@ class MailMessage:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
 
 
+@dataclass(frozen=True)
+class TlsSummary:
+    """What a TLS session on a connection was, as far as the capture and the key log tell."""
+
+    started: str  # "starttls" (STARTTLS/STLS in the dialogue) or "implicit" (465, 993, 995)
+    version: str | None = None  # "TLS 1.3", "TLS 1.2"; None until the ServerHello was seen
+    cipher: str | None = None  # IANA name, "TLS_AES_256_GCM_SHA384"
+    server_name: str | None = None  # the ClientHello's SNI
+    certificate: str | None = None  # the server certificate's subject, "CN=mail.stevenchoy.example"
+    decrypted: bool = False  # the key log had this session's secrets and its records opened
+    problem: str | None = None  # why its records could not be read, if they could not
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
 @dataclass
 class Conversation:
     """One TCP connection, or one UDP flow (a DNS client's port talking to the server)."""
@@ -137,6 +157,7 @@ class Conversation:
     joined_midway: bool = False
     decodable: bool = True  # False: not the protocol expected on that port (see the events)
     state: str = "closed"  # "refused", "unanswered", "reset", "closed", "open"
+    tls: TlsSummary | None = None  # the connection went into TLS (STARTTLS, STLS, or an implicit-TLS port)
 
     def involves(self, host: str) -> bool:
         return host in (self.client.ip, self.server.ip, self.client.name, self.server.name) or any(
@@ -156,6 +177,7 @@ class Conversation:
             "vantages": list(self.vantages),
             "events": [e.to_json(hide_secrets) for e in self.events],
             "messages": [m.to_json() for m in self.messages],
+            **({"tls": self.tls.to_json()} if self.tls is not None else {}),
         }
 
 
