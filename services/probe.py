@@ -26,11 +26,11 @@ ROLE_SERVICES: dict[str, tuple[tuple[str, int], ...]] = {
     "mx": (("smtp", 25), ("pop3", 110), ("imap", 143)),
     "mua": (),
     "client": (),
-    # The reference peers serve what the role they stand in for serves (services.config.REFERENCE_ROLES),
-    # IMAP not yet: their Dovecot has only POP3.
+    # The reference peers serve what the role they stand in for serves (services.config.REFERENCE_ROLES):
+    # Postfix the SMTP ports, Dovecot POP3 and IMAP.
     "nsd-dns": (("dns", 53),),
-    "postfix-mta": (("smtp", 25), ("smtp", 587), ("pop3", 110)),
-    "postfix-mx": (("smtp", 25), ("pop3", 110)),
+    "postfix-mta": (("smtp", 25), ("smtp", 587), ("pop3", 110), ("imap", 143)),
+    "postfix-mx": (("smtp", 25), ("pop3", 110), ("imap", 143)),
 }
 
 ATTEMPT_TIMEOUT = 0.5  # one connect or query; the whole probe has its own deadline

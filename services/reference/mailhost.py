@@ -1,7 +1,7 @@
-"""The ``postfix-mta`` and ``postfix-mx`` roles: Postfix for SMTP, Dovecot for POP3.
+"""The ``postfix-mta`` and ``postfix-mx`` roles: Postfix for SMTP, Dovecot for POP3 and IMAP.
 
 ``postfix-mx`` stands in for our ``mx`` (mail.stevenchoy.example): SMTP on 25 for its domains'
-users, POP3 on 110. ``postfix-mta`` stands in for our ``mta`` (smtp.ouhk.example): the same for
+users, POP3 on 110, IMAP on 143. ``postfix-mta`` stands in for our ``mta`` (smtp.ouhk.example): the same for
 its own domain (andy's mailbox), plus relaying for the lab's MUA hosts, and submission on 587
 with AUTH against the lab accounts (Dovecot is Postfix's SASL backend). Each start writes the
 configuration from the lab's, then runs ``postfix start-fg`` and ``dovecot -F`` in the foreground.

@@ -11,7 +11,7 @@ import pytest
 from labctl import topology, zonefiles
 from labctl.errors import LabctlError, SourceError
 from labctl.plan import host_images
-from services.config import Account, Domain, LabConfig
+from services.config import Account, Domain, LabConfig, TlsSettings
 from services.reference import dovecot, nsd, postfix
 
 LAB_YML = topology.DEFAULT_TOPOLOGY.read_text()
@@ -180,7 +180,46 @@ def test_dovecot_is_postfix_sasl_backend_on_the_mta_only() -> None:
     assert "unix_listener /var/spool/postfix/private/auth" in dovecot.dovecot_conf(cfg, sasl_for_postfix=True)
     conf = dovecot.dovecot_conf(cfg, sasl_for_postfix=False)
     assert "unix_listener" not in conf
-    assert "protocols = pop3" in conf and "disable_plaintext_auth = no" in conf
+    assert "protocols = pop3 imap" in conf and "disable_plaintext_auth = no" in conf
+
+
+def dovecot_settings(conf: str) -> dict[str, str]:
+    """The top-level ``key = value`` lines of a dovecot.conf (blocks left out), each written once."""
+    top = [line for line in conf.splitlines() if " = " in line and not line.startswith((" ", "#"))]
+    keys = [line.split(" = ", 1)[0] for line in top]
+    assert len(keys) == len(set(keys)), "a setting written twice: Dovecot would take the last silently"
+    return dict(line.split(" = ", 1) for line in top)
+
+
+def test_dovecot_serves_imap_on_the_maildir_our_imap_server_keeps() -> None:
+    conf = dovecot_settings(dovecot.dovecot_conf(config_for("mx.yml", "mail"), sasl_for_postfix=False))
+    assert conf["protocols"] == "pop3 imap"
+    assert conf["mail_location"] == "maildir:~"  # home = the Maildir: INBOX there, folders as .Name
+    assert (conf["ssl"], conf["disable_plaintext_auth"]) == ("no", "no")
+
+
+def tls_config(*, needs_tls: bool) -> LabConfig:
+    cfg = config_for("mx.yml", "mail")
+    return dataclasses.replace(cfg, tls=TlsSettings(enabled=True, auth_needs_tls=needs_tls))
+
+
+@pytest.mark.parametrize("needs_tls", [True, False])
+def test_dovecot_with_tls_uses_the_lab_certificate(tmp_path: Path, needs_tls: bool) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.write_text("cert")
+    key.write_text("key")
+    conf = dovecot_settings(dovecot.dovecot_conf(tls_config(needs_tls=needs_tls), sasl_for_postfix=True,
+                                                 cert=cert, key=key))
+    assert (conf["ssl"], conf["ssl_cert"], conf["ssl_key"]) == ("yes", f"<{cert}", f"<{key}")
+    assert conf["disable_plaintext_auth"] == ("yes" if needs_tls else "no")
+
+
+def test_dovecot_without_its_certificate_stays_clear(tmp_path: Path) -> None:
+    """TLS asked for but no certificate handed to the host: Dovecot would not start with ssl = yes."""
+    conf = dovecot_settings(dovecot.dovecot_conf(tls_config(needs_tls=True), sasl_for_postfix=False,
+                                                 cert=tmp_path / "none.pem", key=tmp_path / "none.key"))
+    assert (conf["ssl"], conf["disable_plaintext_auth"]) == ("no", "no")
+    assert "ssl_cert" not in conf
 
 
 def test_nsd_serves_every_rendered_zone() -> None:
