@@ -11,7 +11,8 @@ renamed into ``new/`` only once it is complete and on disk, so a reader never se
 and a crash leaves at worst a stray file in ``tmp/``.
 
 Messages are stored with LF line endings, the Maildir convention; POP3 puts the CRLFs back on the
-wire, and a message's name carries its size in that form (:func:`services.textwire.wire_size`).
+wire, and a message's name carries its size in that form (:func:`services.textwire.wire_size`)
+when its last line has a line end (then POP3, IMAP and Dovecot count the same).
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ UNIQUE_ATTEMPTS = 8
 
 # Maildir's unique names, as we write them: "<seconds>.M<microseconds>P<pid>Q<counter>.<host>",
 # then Maildir++'s ",S=<octets on disk>" and Dovecot's ",W=<octets with CRLF line ends>": the
-# size POP3's STAT and LIST report, known from the name without reading the file.
+# size POP3's STAT and LIST report (and IMAP's RFC822.SIZE), known from the name without reading
+# the file.
 _OUR_NAME = re.compile(r"(\d+)\.M(\d+)P(\d+)Q(\d+)\.")
 _WIRE_SIZE = re.compile(r",W=(\d+)(?:,|$)")
 _LEADING_SECONDS = re.compile(r"(\d+)\.")
@@ -120,7 +122,12 @@ def ensure_maildir(mailbox: Path) -> None:
 
 
 def _write_new_tmp(mailbox: Path, data: bytes) -> str:
-    sizes = f",S={len(data)},W={wire_size(data)}"
+    sizes = f",S={len(data)}"
+    if not data or data.endswith(b"\n"):
+        # Dovecot's W= (RFC822.SIZE, every LF a CRLF) is POP3's size only when the last line
+        # has its line end (POP3 adds one, IMAP does not); Dovecot trusts a W= it finds, so a
+        # message without one gets none and is counted from the file.
+        sizes += f",W={wire_size(data)}"
     for _ in range(UNIQUE_ATTEMPTS):
         key = _unique_name() + sizes
         tmp = mailbox / "tmp" / key

@@ -85,11 +85,18 @@ def wire_size(message: bytes) -> int:
 
 
 def crlf_form(message: bytes) -> bytes:
-    """The stored message as IMAP sends it, in one piece: :func:`wire_lines`, each ended by CRLF.
+    """The stored message as IMAP sends it, in one piece: every line end a CRLF, nothing added.
 
-    ``len(crlf_form(m)) == wire_size(m)``: the literal of a FETCH BODY[] is exactly RFC822.SIZE.
+    Unlike POP3's :func:`wire_lines`, a last line without a line end stays so: an APPENDed
+    message comes back octet for octet, as Dovecot serves it from the same Maildir.
+    ``len(crlf_form(m)) == crlf_size(m)``: the literal of a FETCH BODY[] is exactly RFC822.SIZE.
     """
-    return b"".join(line + CRLF for line in wire_lines(message))
+    return message.replace(CRLF, b"\n").replace(b"\n", CRLF)
+
+
+def crlf_size(message: bytes) -> int:
+    """``len(crlf_form(message))`` without building it: Dovecot's "virtual size" (its ``,W=``)."""
+    return len(message) + message.count(b"\n") - message.count(CRLF)
 
 
 def stuff_lines(lines: Sequence[bytes]) -> bytes:

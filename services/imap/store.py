@@ -31,7 +31,7 @@ from pathlib import Path
 from services.durable import fsync_dir
 from services.errors import PeerError
 from services.mailstore import add_message, delivery_order, ensure_maildir
-from services.textwire import wire_size
+from services.textwire import crlf_size
 
 SEPARATOR = "."
 UIDLIST = "dovecot-uidlist"
@@ -76,7 +76,7 @@ class Message:
     def wire_size(self) -> int:
         """RFC822.SIZE: the name's ``,W=`` if there, else counted from the file."""
         found = _WIRE_SIZE.search(self.key)
-        return int(found.group(1)) if found else wire_size(self.path.read_bytes())
+        return int(found.group(1)) if found else crlf_size(self.path.read_bytes())
 
 
 def flags_of(info: str) -> tuple[frozenset[str], str]:

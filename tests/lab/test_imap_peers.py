@@ -298,7 +298,8 @@ def test_curl_lists_fetches_by_uid_and_stores(peer: tuple[str, Lab]) -> None:
     prepare(lab, *subjects)
     curl(lab, f"imap://{MX}/", "-X", "CREATE Lists.lab")
     listing = curl(lab, f"imap://{MX}/")
-    assert '"." INBOX' in listing and "Lists.lab" in listing, listing
+    names = [line.rsplit(' "." ', 1)[1].strip('"') for line in listing.splitlines() if line.startswith("* LIST")]
+    assert "INBOX" in names and "Lists.lab" in names, listing
     uids = {s: uid for uid, _, s in inspect(lab)["INBOX"]["messages"]}
     got = curl(lab, f"imap://{MX}/INBOX;UID={uids[second]}")
     assert f"Subject: {second}" in got and f"body of {second}" in got and first not in got

@@ -230,6 +230,20 @@ def test_append_with_literal_plus_and_uidplus(box: Path) -> None:
         b'* 3 FETCH (FLAGS (\\Seen \\Draft) INTERNALDATE "01-Feb-2024 09:00:00 +0000")\r\nf OK FETCH completed\r\n')
 
 
+@pytest.mark.parametrize("message", [b"Subject: no line end\r\n\r\nlast line", b"Subject: x\r\n\r\nbare\rcr\r\n"])
+def test_an_appended_message_comes_back_octet_for_octet(box: Path, message: bytes) -> None:
+    """BODY[] is the message as APPENDed, in CRLF form, with nothing added: as Dovecot serves it
+    from the same Maildir (its W= in the name counts no final CRLF either)."""
+    s = Script(box).login()
+    before = set((box / "cur").iterdir()) | set((box / "new").iterdir())
+    assert s.say(b"p APPEND INBOX {%d+}\r\n%s" % (len(message), message)).startswith(b"p OK [APPENDUID")
+    (stored,) = set((box / "cur").iterdir()) - before
+    assert ",W=" not in stored.name or f",W={len(message)}" in stored.name
+    s.say(b"s SELECT INBOX")
+    assert s.say(b"f FETCH 3 (RFC822.SIZE BODY.PEEK[])") == (
+        b"* 3 FETCH (RFC822.SIZE %d BODY[] {%d}\r\n%s)\r\nf OK FETCH completed\r\n" % (len(message), len(message), message))
+
+
 def test_copy_move_give_copyuid_and_expunges(box: Path) -> None:
     s = Script(box).login()
     s.say(b"c CREATE Sent")

@@ -205,8 +205,18 @@ def test_a_delivered_name_carries_its_sizes_and_pop3_counts_the_same(tmp_path: P
     box = tmp_path / "example" / "betty"
     key = deliver(box, message)
     stored = (box / "new" / key).read_bytes()
-    assert f",S={len(stored)},W={wire_size(stored)}" in key  # Maildir++ S=, Dovecot's W=
-    assert Maildir(box).wire_size(key) == wire_size(stored)
+    assert f",S={len(stored)}" in key  # Maildir++
+    if ",W=" in key:
+        # Dovecot's W= is the virtual size: every LF a CRLF, nothing added at the end. Dovecot
+        # trusts it: a wrong one and its FETCH BODY[] cuts the client off ("got too little data").
+        dovecot_virtual = len(stored) + stored.count(b"\n") - stored.count(b"\r\n")
+        assert f",W={dovecot_virtual}" in key
+        assert Maildir(box).wire_size(key) == wire_size(stored)  # POP3 sends that many too
+    else:
+        # A last line without a line end: POP3 adds a CRLF (the dot must start a line), IMAP and
+        # Dovecot do not, so no one size fits both; each counts from the file.
+        assert stored and not stored.endswith(b"\n")
+        assert Maildir(box).wire_size(key) is None
 
 
 def test_a_name_without_a_size_field_is_read_to_count(tmp_path: Path) -> None:

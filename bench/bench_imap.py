@@ -1,0 +1,237 @@
+"""Benchmark: IMAP, our server vs Dovecot, on the same mailboxes, in the same run.
+
+Two labs up side by side: compose/lab.yml (our MX serves IMAP on 143) and that lab with overlay
+compose/reference/mx.yml (Dovecot serves IMAP on 143). In each, the same script on the MX host
+fills betty's Maildir as our MX delivers (services.mailstore.deliver: ``new/``, the sizes in the
+names): INBOX with ``--messages`` messages of ``--size`` bytes, and a folder ``Big`` with
+``--big`` small ones. Then, from betty's host over the lab network, each round times on each side:
+
+- FETCH: LOGIN, SELECT INBOX, then one ``FETCH 1:* BODY[]``: messages/s and MB/s of the answer;
+- SELECT: ``SELECT Big`` until its tagged OK;
+- login: connect to the greeting, and LOGIN to its tagged OK;
+- IDLE: on the MX host itself (one clock), a client IDLEs on a folder ``Idle`` while a message
+  is delivered into its ``new/`` (tmp, then rename, as a delivery agent does); the delay until its ``* n EXISTS``.
+
+One warm-up round on each side first (Dovecot builds its index at first access, and BODY[] sets
+\\Seen once), then the timed rounds alternate between the sides; medians are printed.
+Targets (issue 13): FETCH throughput at least Dovecot's, SELECT within 2x of it.
+
+    python bench/bench_imap.py [--messages 1000] [--size 10240] [--big 10000] [--rounds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from labctl import engine, topology  # noqa: E402
+from labctl.image import ImageBuilder  # noqa: E402
+from labctl.lab import Lab  # noqa: E402
+
+REFERENCE = topology.DEFAULT_TOPOLOGY.parent / "reference" / "mx.yml"  # an overlay
+MX = "mail.stevenchoy.example"
+MAILDIR = "/var/mail/maillab/stevenchoy.example/betty"
+SIDES = ("ours", "dovecot")
+
+# Runs on the MX host: the mailboxes, written as our MX writes them; owned as the mail root is
+# (root for ours, vmail for Dovecot, which reads as that user).
+FILL = r"""
+import os, sys
+from pathlib import Path
+from services.mailstore import deliver_batch, ensure_maildir
+maildir, messages, size, big = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+def message(folder, i, body_size):
+    line = b"the quick brown fox jumps over the lazy dog, again and again %07d\n" % i
+    body = (line * (body_size // len(line) + 1))[:body_size]
+    return (b"From: andy@ouhk.example\nTo: betty@stevenchoy.example\nSubject: %s %d\n"
+            b"Message-ID: <%s.%d@andy.ouhk.example>\nDate: Thu, 03 Dec 2026 12:00:00 +0000\n\n" % (folder, i, folder, i)) + body
+for start in range(0, messages, 500):
+    deliver_batch([(maildir, message(b"inbox", i, size)) for i in range(start, min(start + 500, messages))])
+for name in (".Big", ".Idle"):
+    ensure_maildir(maildir / name)
+    (maildir / name / "maildirfolder").touch()
+folder = maildir / ".Big"
+for start in range(0, big, 500):
+    deliver_batch([(folder, message(b"big", i, 200)) for i in range(start, min(start + 500, big))])
+owner = os.stat(maildir.parent.parent)
+for root, dirs, files in os.walk(maildir.parent.parent):
+    for name in (root, *(os.path.join(root, n) for n in dirs + files)):
+        os.chown(name, owner.st_uid, owner.st_gid)
+print(len(os.listdir(maildir / "new")), len(os.listdir(folder / "new")))
+"""
+
+# Runs on betty's host: one round of the client-side timings, as JSON. A raw socket read in large
+# chunks, not imaplib (which reads line by line in Python and would measure itself).
+CLIENT = r"""
+import json, re, socket, sys, time
+host, user, password = sys.argv[1:4]
+
+class Conn:
+    def __init__(self):
+        t0 = time.perf_counter()
+        self.s = socket.create_connection((host, 143), timeout=300)
+        self.buf = b""
+        self.line()
+        self.greeting_s = time.perf_counter() - t0
+        self.n = 0
+    def line(self):
+        while b"\r\n" not in self.buf:
+            chunk = self.s.recv(1 << 16)
+            if not chunk:
+                sys.exit("connection closed")
+            self.buf += chunk
+        line, _, self.buf = self.buf.partition(b"\r\n")
+        return line
+    def command(self, text):
+        # Reads to the tagged answer; literals are skipped by their counts. Returns (seconds, octets, lines).
+        self.n += 1
+        tag = b"t%d" % self.n
+        t0 = time.perf_counter()
+        self.s.sendall(tag + b" " + text.encode() + b"\r\n")
+        octets, lines = 0, 0
+        while True:
+            line = self.line()
+            octets += len(line) + 2
+            lines += 1
+            m = re.search(rb"\{(\d+)\}$", line)
+            while m:
+                need = int(m.group(1))
+                while len(self.buf) < need:
+                    chunk = self.s.recv(1 << 20)
+                    if not chunk:
+                        sys.exit("connection closed in a literal")
+                    self.buf += chunk
+                self.buf = self.buf[need:]
+                octets += need
+                line = self.line()
+                octets += len(line) + 2
+                m = re.search(rb"\{(\d+)\}$", line)
+            if line.startswith(tag + b" "):
+                if not line.startswith(tag + b" OK"):
+                    sys.exit(f"{text!r}: {line!r}")
+                return time.perf_counter() - t0, octets, lines
+
+out = {}
+c = Conn()
+out["greeting_s"] = c.greeting_s
+out["login_s"] = c.command(f"LOGIN {user} {password}")[0]
+c.command("SELECT INBOX")
+out["fetch_s"], out["fetch_octets"], out["fetch_lines"] = c.command("FETCH 1:* BODY[]")
+out["select_big_s"], _, out["select_lines"] = c.command("SELECT Big")
+c.command("LOGOUT")
+print(json.dumps(out))
+"""
+
+# Runs on the MX host: IDLE on the folder Idle, deliver one message into its new/, time until its EXISTS.
+IDLE = r"""
+import json, os, random, socket, sys, time
+maildir, user, password, tag = sys.argv[1:5]
+s = socket.create_connection(("127.0.0.1", 143), timeout=30)
+f = s.makefile("rb")
+f.readline()
+def command(text):
+    s.sendall(text.encode() + b"\r\n")
+    while True:
+        line = f.readline()
+        if line.split(b" ", 1)[0] == text.split(" ", 1)[0].encode():
+            return line
+login = command(f"a LOGIN {user} {password}")
+command("b SELECT Idle")
+s.sendall(b"c IDLE\r\n")
+assert f.readline().startswith(b"+"), "no IDLE continuation"
+# The server's first look is done: what comes next is news. A random moment, so that a server
+# that looks at the folder every so often is caught anywhere in its period, not always at one phase.
+time.sleep(0.5 + random.random() / 2)
+name = f"{time.time():.0f}.M{time.time_ns() // 1000 % 1000000}P{os.getpid()}Q{tag}.{socket.gethostname()}"
+tmp = os.path.join(maildir, "tmp", name)
+with open(tmp, "wb") as out:
+    out.write(b"Subject: idle %s\n\nhello\n" % tag.encode())
+    out.flush()
+    os.fsync(out.fileno())
+owner = os.stat(maildir)
+os.chown(tmp, owner.st_uid, owner.st_gid)
+t0 = time.perf_counter()
+os.rename(tmp, os.path.join(maildir, "new", name))
+while True:
+    line = f.readline()
+    if not line:
+        sys.exit("closed while idling")
+    if line.endswith(b" EXISTS\r\n"):
+        delay = time.perf_counter() - t0
+        break
+s.sendall(b"DONE\r\n")
+command("d LOGOUT")
+print(json.dumps({"idle_s": delay}))
+"""
+
+
+def run(lab: Lab, host: str, script: str, *args: str) -> Any:
+    ran = lab.exec(host, ["python3", "-c", script, *args])
+    if ran.exit_code != 0:
+        raise SystemExit(f"{lab.name} {host}: {ran.output} {ran.stderr.decode(errors='replace')}")
+    return json.loads(ran.output) if ran.output.strip().startswith("{") else ran.output.split()
+
+
+def one_round(lab: Lab, n: int) -> dict[str, Any]:
+    result: dict[str, Any] = run(lab, "betty", CLIENT, MX, "betty", "betty-secret")
+    result.update(run(lab, "mail", IDLE, MAILDIR + "/.Idle", "betty", "betty-secret", f"r{n}"))
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=1000)
+    parser.add_argument("--size", type=int, default=10240, help="body size of each INBOX message, bytes")
+    parser.add_argument("--big", type=int, default=10000, help="messages in the folder that SELECT opens")
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+
+    client = engine.connect()
+    images = ImageBuilder(client).images({"lab", "reference"})
+    labs = {"ours": Lab(client, "bench-imap-ours"), "dovecot": Lab(client, "bench-imap-dovecot")}
+    topos = {"ours": topology.load(), "dovecot": topology.load_overlay(topology.load(), REFERENCE)}
+    rounds: dict[str, list[dict[str, Any]]] = {side: [] for side in SIDES}
+    filled = {}
+    try:
+        for side in SIDES:
+            labs[side].down()
+            labs[side].up(topos[side], images)
+            filled[side] = run(labs[side], "mail", FILL, MAILDIR, str(args.messages), str(args.size), str(args.big))
+            one_round(labs[side], 0)  # the warm-up
+        for n in range(1, args.rounds + 1):
+            for side in SIDES:
+                rounds[side].append(one_round(labs[side], n))
+        version = labs["dovecot"].exec("mail", ["dovecot", "--version"]).output.split()[0]
+    finally:
+        for side in SIDES:
+            labs[side].down()
+
+    def median(side: str, key: str) -> float:
+        return statistics.median(r[key] for r in rounds[side])
+
+    print(f"images {images['lab']} (ours), {images['reference']} (Dovecot {version}, stock settings)")
+    print(f"mailboxes: INBOX {args.messages} messages of a {args.size} B body, Big {args.big} messages "
+          f"(in new/: ours {filled['ours']}, Dovecot's {filled['dovecot']}); median of {args.rounds} rounds")
+    fetch = {s: args.messages / median(s, "fetch_s") for s in SIDES}
+    mbs = {s: statistics.median(r["fetch_octets"] / r["fetch_s"] / 1e6 for r in rounds[s]) for s in SIDES}
+    print(f"  FETCH 1:* BODY[], messages/s: ours {fetch['ours']:7.0f}   Dovecot {fetch['dovecot']:7.0f}   "
+          f"ours/Dovecot {fetch['ours'] / fetch['dovecot']:.2f}x  (MB/s: {mbs['ours']:.1f} / {mbs['dovecot']:.1f})")
+    rows = (("SELECT Big, to the tagged OK", "select_big_s"), ("connect to the greeting", "greeting_s"),
+            ("LOGIN to its tagged OK", "login_s"), ("IDLE: delivery to EXISTS", "idle_s"))
+    for label, key in rows:
+        a, b = median("ours", key) * 1000, median("dovecot", key) * 1000
+        print(f"  {label + ', ms:':34} ours {a:7.1f}   Dovecot {b:7.1f}   ours/Dovecot {a / b:.2f}x (lower is better)")
+    print("targets: FETCH at least Dovecot's (>= 1.00x), SELECT within 2x (<= 2.00x)")
+    sizes_ok = all(r["fetch_octets"] > args.messages * args.size for s in SIDES for r in rounds[s])
+    met = fetch["ours"] >= fetch["dovecot"] and median("ours", "select_big_s") <= 2 * median("dovecot", "select_big_s")
+    return 0 if sizes_ok and met else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
