@@ -48,7 +48,7 @@ from services.mailstore import deliver_batch, ensure_maildir
 maildir, messages, size, big = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 def message(folder, i, body_size):
     line = b"the quick brown fox jumps over the lazy dog, again and again %07d\n" % i
-    body = (line * (body_size // len(line) + 1))[:body_size]
+    body = (line * (body_size // len(line) + 1))[:body_size - 1] + b"\n"  # ends a line, as SMTP mail does
     return (b"From: andy@ouhk.example\nTo: betty@stevenchoy.example\nSubject: %s %d\n"
             b"Message-ID: <%s.%d@andy.ouhk.example>\nDate: Thu, 03 Dec 2026 12:00:00 +0000\n\n" % (folder, i, folder, i)) + body
 for start in range(0, messages, 500):

@@ -797,8 +797,9 @@ class Session:
             if item.name in ("BODY[]", "RFC822", "RFC822.HEADER", "RFC822.TEXT", "ENVELOPE", "BODY", "BODYSTRUCTURE"):
                 if content is None:
                     content = self._content(message)
-                    tree = mime.parse(content)
-            assert item.name == "FLAGS" or item.name in _SIMPLE_ITEMS or tree is not None and content is not None
+                if tree is None and not item.whole:
+                    tree = mime.parse(content)  # the whole message needs no MIME tree: most FETCHes
+            assert item.name == "FLAGS" or item.name in _SIMPLE_ITEMS or content is not None
             if item.name == "FLAGS":
                 parts.append(b"FLAGS " + self._flag_list(uid))
             elif item.name == "UID":
@@ -818,8 +819,12 @@ class Session:
                 structure = mime.bodystructure(tree, extended=item.name == "BODYSTRUCTURE")
                 parts.append(item.name.encode() + b" " + structure)
             else:
-                assert tree is not None and content is not None
-                data = mime.section_bytes(tree, content, item.section or mime.Section((), ""))
+                assert content is not None
+                if item.whole:
+                    data = content
+                else:
+                    assert tree is not None and item.section is not None
+                    data = mime.section_bytes(tree, content, item.section)
                 if item.partial is not None:
                     start, length = item.partial
                     data = data[start:start + length]
@@ -942,6 +947,11 @@ class _Item:
     partial: tuple[int, int] | None = None
     peek: bool = False
     response: str = ""  # the item's name in the answer: BODY[HEADER]<0>
+
+    @property
+    def whole(self) -> bool:
+        """BODY[] or RFC822 (partial or not): the message's octets as they are."""
+        return self.name == "BODY[]" and (self.section is None or self.section == mime.Section((), ""))
 
 
 def _fetch_items(token: Token) -> list[_Item]:

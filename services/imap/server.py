@@ -17,7 +17,7 @@ from services import config
 from services.accounts import AccountAuthenticator
 from services.config import LabConfig
 from services.imap.core import DEFAULT_LIMITS, Limits, Session
-from services.imap.store import Mailboxes
+from services.imap.store import Folder, Mailboxes
 from services.mailstore import mailbox_dir
 from services.sessionserver import listen
 
@@ -37,9 +37,10 @@ async def start(
 ) -> asyncio.Server:
     """Serve IMAP for the mailboxes of ``cfg.local_domains`` under ``mail_root``; returns at once."""
     authenticator = AccountAuthenticator(cfg.local_domains)
+    folders: dict[Path, Folder] = {}  # every session's view of one folder starts from the last listing
 
     def open_mailboxes(address: str) -> Mailboxes:
-        return Mailboxes(mailbox_dir(mail_root, address))
+        return Mailboxes(mailbox_dir(mail_root, address), folders)
 
     def new_session() -> Session:
         return Session(cfg.this.fqdn, authenticator, open_mailboxes, limits)

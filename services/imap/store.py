@@ -363,11 +363,15 @@ def next_uidvalidity(root: Path) -> int:
 
 
 class Mailboxes:
-    """A user's folders: INBOX at ``root``, the others as Maildir++ subdirectories."""
+    """A user's folders: INBOX at ``root``, the others as Maildir++ subdirectories.
 
-    def __init__(self, root: Path) -> None:
+    ``folders``: the listings already read, by path, shared by every session of the server (what
+    Dovecot keeps in its index): a SELECT of a folder nothing changed since is not read again.
+    """
+
+    def __init__(self, root: Path, folders: dict[Path, Folder] | None = None) -> None:
         self.root = root
-        self._folders: dict[Path, Folder] = {}
+        self._folders: dict[Path, Folder] = {} if folders is None else folders
 
     def path_of(self, name: str) -> Path:
         if name.upper() == "INBOX":
@@ -443,7 +447,8 @@ class Mailboxes:
         os.rename(self.path_of(old), target)
         for child in children:
             os.rename(self.root / child, self.root / ("." + new + child[len("." + old):]))
-        self._folders.clear()
+        for path in [p for p in self._folders if p.parent == self.root]:
+            del self._folders[path]  # this user's folders only: the others' listings stand
         fsync_dir(self.root)
 
     def _rename_inbox(self, new: str) -> None:
