@@ -49,8 +49,9 @@ maildir, messages, size, big = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv
 def message(folder, i, body_size):
     line = b"the quick brown fox jumps over the lazy dog, again and again %07d\n" % i
     body = (line * (body_size // len(line) + 1))[:body_size - 1] + b"\n"  # ends a line, as SMTP mail does
-    return (b"From: andy@ouhk.example\nTo: betty@stevenchoy.example\nSubject: %s %d\n"
-            b"Message-ID: <%s.%d@andy.ouhk.example>\nDate: Thu, 03 Dec 2026 12:00:00 +0000\n\n" % (folder, i, folder, i)) + body
+    head = (b"From: andy@ouhk.example\nTo: betty@stevenchoy.example\nSubject: %s %d\n"
+            b"Message-ID: <%s.%d@andy.ouhk.example>\nDate: Thu, 03 Dec 2026 12:00:00 +0000\n\n")
+    return head % (folder, i, folder, i) + body
 for start in range(0, messages, 500):
     deliver_batch([(maildir, message(b"inbox", i, size)) for i in range(start, min(start + 500, messages))])
 for name in (".Big", ".Idle"):

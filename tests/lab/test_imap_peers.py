@@ -133,7 +133,8 @@ MAILDIR_VIEW = r"""
 import json, os, re, sys
 root = sys.argv[1]
 out = {}
-for folder in ["", *sorted(d for d in os.listdir(root) if d.startswith(".") and os.path.isdir(os.path.join(root, d, "cur")))]:
+folders = sorted(d for d in os.listdir(root) if d.startswith(".") and os.path.isdir(os.path.join(root, d, "cur")))
+for folder in ["", *folders]:
     found = []
     for sub in ("new", "cur"):
         for name in os.listdir(os.path.join(root, folder, sub)):

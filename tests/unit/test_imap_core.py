@@ -12,7 +12,7 @@ from services.accounts import AccountAuthenticator
 from services.actions import Action, Close, Poll, Send, StopPolling, Wait
 from services.config import Account, Domain
 from services.imap.core import MAX_BAD_COMMANDS, Limits, Session, State
-from services.imap.store import UIDLIST, Mailboxes
+from services.imap.store import UIDLIST, Folder, Mailboxes
 from services.mailstore import Maildir, deliver
 
 PASSWORD = "s3cret pw"
@@ -34,9 +34,9 @@ def sent(actions: list[Action]) -> bytes:
 
 
 class Script:
-    def __init__(self, root: Path, limits: Limits = FAST) -> None:
+    def __init__(self, root: Path, limits: Limits = FAST, folders: dict[Path, Folder] | None = None) -> None:
         self.root = root
-        self.session = Session("mail.stevenchoy.example", AUTH, lambda address: Mailboxes(root), limits)
+        self.session = Session("mail.stevenchoy.example", AUTH, lambda address: Mailboxes(root, folders), limits)
         self.greeting = sent(self.session.start())
 
     def say(self, line: bytes) -> bytes:
@@ -240,8 +240,9 @@ def test_an_appended_message_comes_back_octet_for_octet(box: Path, message: byte
     (stored,) = set((box / "cur").iterdir()) - before
     assert ",W=" not in stored.name or f",W={len(message)}" in stored.name
     s.say(b"s SELECT INBOX")
+    size = len(message)
     assert s.say(b"f FETCH 3 (RFC822.SIZE BODY.PEEK[])") == (
-        b"* 3 FETCH (RFC822.SIZE %d BODY[] {%d}\r\n%s)\r\nf OK FETCH completed\r\n" % (len(message), len(message), message))
+        b"* 3 FETCH (RFC822.SIZE %d BODY[] {%d}\r\n%s)\r\nf OK FETCH completed\r\n" % (size, size, message))
 
 
 def test_copy_move_give_copyuid_and_expunges(box: Path) -> None:
@@ -275,3 +276,20 @@ def test_logout_and_garbage_never_leak_python(box: Path) -> None:
         last = out.rstrip(b"\r\n").rsplit(b"\r\n", 1)[-1]
         assert last.startswith(line.split()[0] + b" ") and b"Traceback" not in out and b"Error" not in out, out
     assert s.say(b"z LOGOUT") == b"* BYE IMAP4rev1 server logging out\r\nz OK LOGOUT completed\r\n"
+
+
+def test_sessions_sharing_the_listings_see_each_others_changes(box: Path) -> None:
+    """The server's sessions share each folder's listing: one session's changes, and another
+    process's delivery, still reach the other session at its next command."""
+    shared: dict[Path, Folder] = {}
+    a, b = Script(box, folders=shared).login(), Script(box, folders=shared).login()
+    a.say(b"s SELECT INBOX")
+    assert a.say(b"f STORE 1 +FLAGS.SILENT (\\Flagged)") == b"f OK STORE completed\r\n"
+    b.say(b"s SELECT INBOX")
+    assert b.say(b"f FETCH 1 FLAGS") == b"* 1 FETCH (FLAGS (\\Flagged))\r\nf OK FETCH completed\r\n"
+    deliver(box, b"Subject: three\n\nthird\n")
+    assert b.say(b"n NOOP") == b"* 3 EXISTS\r\n* 1 RECENT\r\nn OK NOOP completed\r\n"
+    a.say(b"d STORE 2 +FLAGS.SILENT (\\Deleted)")
+    assert b"* 2 EXPUNGE\r\n" in a.say(b"e EXPUNGE")
+    assert b.say(b"n NOOP") == b"* 2 EXPUNGE\r\nn OK NOOP completed\r\n"
+    assert b.say(b"f FETCH 1:* UID") == b"* 1 FETCH (UID 1)\r\n* 2 FETCH (UID 3)\r\nf OK FETCH completed\r\n"
