@@ -198,6 +198,9 @@ class _View:
     uids: list[int]  # message n is uids[n - 1]
     messages: dict[int, Message]  # as last seen; expunged ones stay until reported
     recent: set[int]
+    # The folder's listing this view last matched in full (expunges reported): while the folder
+    # returns this same listing, nothing changed on disk and a sync has nothing to say.
+    synced: list[Message] = field(default_factory=list)
 
 
 _SYSTEM_FLAG_NAMES = {f.upper(): f for f in SYSTEM_FLAGS}
@@ -480,8 +483,12 @@ class Session:
             # The mailbox was deleted or renamed under us (RFC 3501 §6.3.4 leaves this open).
             self._end()
             return [b"* BYE The selected mailbox is gone\r\n"]
+        if current is view.synced and not view.folder.claimed:
+            return []
+        if report_expunges:
+            view.synced = current
         view.recent.update(view.folder.claimed)
-        by_uid = {m.uid: m for m in current}
+        by_uid = view.folder.by_uid
         out: list[bytes] = []
         if report_expunges:
             for index in range(len(view.uids) - 1, -1, -1):  # from the end: no report renumbers the next
@@ -610,8 +617,9 @@ class Session:
         self.state = State.AUTHENTICATED
         folder = self._store_of().folder(name)
         messages = folder.messages(claim_new=not readonly)
-        recent = set(folder.claimed) if not readonly else {m.uid for m in messages if m.in_new}
-        view = _View(name, folder, readonly, [m.uid for m in messages], {m.uid: m for m in messages}, recent)
+        recent = (set(folder.claimed) if not readonly else {m.uid for m in messages if m.in_new} if folder.any_new
+                  else set())
+        view = _View(name, folder, readonly, list(folder.uid_list), dict(folder.by_uid), recent, messages)
         self._view = view
         self.state = State.SELECTED
         flags = " ".join(SYSTEM_FLAGS)
@@ -619,7 +627,7 @@ class Session:
         untagged = [f"* FLAGS ({flags})\r\n".encode(),
                     f"* OK [PERMANENTFLAGS ({permanent})] Flags permitted\r\n".encode(),
                     b"* %d EXISTS\r\n" % len(messages), b"* %d RECENT\r\n" % len(recent)]
-        unseen = next((n for n, m in enumerate(messages, 1) if "\\Seen" not in m.flags), None)
+        unseen = folder.first_unseen
         if unseen is not None:
             untagged.append(b"* OK [UNSEEN %d] First unseen\r\n" % unseen)
         untagged += [b"* OK [UIDVALIDITY %d] UIDs valid\r\n" % folder.uidvalidity,

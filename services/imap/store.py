@@ -111,6 +111,11 @@ class Folder:
         self._messages: list[Message] = []
         self._stamp: _Stamp | None = None
         self.claimed: list[int] = []
+        # Of the listing messages() last returned, built once for every session that SELECTs it:
+        self.any_new = False  # a message still in new/
+        self.uid_list: list[int] = []
+        self.by_uid: dict[int, Message] = {}
+        self.first_unseen: int | None = None  # the number of the first message without \Seen
 
     # -- the listing ------------------------------------------------------------------------------
 
@@ -123,8 +128,8 @@ class Folder:
         self.claimed = []
         stamp = self._current_stamp()
         if (stamp is not None and stamp == self._stamp and not self._dirty(stamp)
-                and not (claim_new and any(m.in_new for m in self._messages))):
-            return self._messages
+                and not (claim_new and self.any_new)):
+            return self._messages  # the same object: callers may tell "nothing changed" by identity
         found = self._scan()
         self._read_uidlist()
         if self.uidvalidity == 0 or any(key not in self._uids for key in found):
@@ -145,6 +150,10 @@ class Folder:
         messages.sort(key=lambda m: m.uid)
         self.claimed = sorted(self._uids[key] for key in claimed if key in self._uids)
         self._messages = messages
+        self.any_new = any(m.in_new for m in messages)
+        self.uid_list = [m.uid for m in messages]
+        self.by_uid = {m.uid: m for m in messages}
+        self.first_unseen = next((n for n, m in enumerate(messages, 1) if "\\Seen" not in m.flags), None)
         self._stamp = self._current_stamp()
         return messages
 
