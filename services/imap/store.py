@@ -19,6 +19,7 @@ share the files, each coping with names the other changed.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import secrets
@@ -68,7 +69,7 @@ class StoreError(PeerError):
 class Message:
     uid: int
     key: str  # the Maildir unique name, without ":2,<info>"
-    path: Path
+    path: str  # a str, not a Path: a folder of 10,000 builds 10,000 of them at each listing
     flags: frozenset[str]
     in_new: bool  # still in new/: no IMAP session has claimed it (RFC 3501 §2.3.2, \Recent)
     mtime: float  # the internal date (RFC 3501 §2.3.3)
@@ -76,14 +77,23 @@ class Message:
     def wire_size(self) -> int:
         """RFC822.SIZE: the name's ``,W=`` if there, else counted from the file."""
         found = _WIRE_SIZE.search(self.key)
-        return int(found.group(1)) if found else crlf_size(self.path.read_bytes())
+        if found:
+            return int(found.group(1))
+        with open(self.path, "rb") as f:
+            return crlf_size(f.read())
 
 
+@functools.lru_cache(maxsize=256)  # a folder's names carry a handful of distinct infos ("2,", "2,S", ...)
 def flags_of(info: str) -> tuple[frozenset[str], str]:
     """The system flags in a name's ``2,<letters>``, and the letters that are not ours to read."""
     letters = info[2:] if info.startswith("2,") else ""
     flags = frozenset(LETTER_FLAGS[c] for c in letters if c in LETTER_FLAGS)
     return flags, "".join(c for c in letters if c not in LETTER_FLAGS)
+
+
+def _info(path: str) -> str:
+    """The ``2,<letters>`` after the colon of a message file's name ("" if none)."""
+    return os.path.basename(path).partition(":")[2]
 
 
 def info_for(flags: Iterable[str], other: str = "") -> str:
@@ -136,16 +146,17 @@ class Folder:
             self._assign(found)  # also creates the list of a new, empty mailbox: STATUS needs its UIDVALIDITY
         claimed: set[str] = set()
         if claim_new:
+            cur = os.path.join(self.path, "cur")
             for key, (path, in_new, _) in list(found.items()):
                 if in_new:
-                    target = self.path / "cur" / f"{key}:2,"
+                    target = os.path.join(cur, f"{key}:2,")
                     try:
                         os.rename(path, target)
                     except FileNotFoundError:
                         continue  # POP3 removed it, or another session claimed it first
                     found[key] = (target, False, found[key][2])
                     claimed.add(key)
-        messages = [Message(self._uids[key], key, path, flags_of(path.name.partition(":")[2])[0], in_new, mtime)
+        messages = [Message(self._uids[key], key, path, flags_of(_info(path))[0], in_new, mtime)
                     for key, (path, in_new, mtime) in found.items() if key in self._uids]
         messages.sort(key=lambda m: m.uid)
         self.claimed = sorted(self._uids[key] for key in claimed if key in self._uids)
@@ -175,12 +186,12 @@ class Folder:
         recent = time.time_ns() - int(DIRTY_WINDOW * 1e9)
         return max(stamp.new, stamp.cur) >= recent
 
-    def _scan(self) -> dict[str, tuple[Path, bool, float]]:
+    def _scan(self) -> dict[str, tuple[str, bool, float]]:
         """Every message file: key -> (path, in new/, mtime). A directory that changed while it
         was read is read again: a file renamed meanwhile may have been in neither listing."""
         for _ in range(SCAN_ATTEMPTS):
             before = self._current_stamp()
-            found: dict[str, tuple[Path, bool, float]] = {}
+            found: dict[str, tuple[str, bool, float]] = {}
             for sub in ("new", "cur"):  # cur/ second: a message caught moving is listed once, in cur/
                 try:
                     entries = list(os.scandir(self.path / sub))
@@ -194,7 +205,7 @@ class Folder:
                     except FileNotFoundError:
                         continue
                     if entry.is_file(follow_symlinks=False):
-                        found[entry.name.split(":", 1)[0]] = (Path(entry.path), sub == "new", st.st_mtime)
+                        found[entry.name.split(":", 1)[0]] = (entry.path, sub == "new", st.st_mtime)
             after = self._current_stamp()
             if before is not None and after is not None and (before.new, before.cur) == (after.new, after.cur):
                 break
@@ -229,7 +240,7 @@ class Folder:
         self._uids = uids
         self.uidnext = max([self.uidnext, *(u + 1 for u in uids.values())])
 
-    def _assign(self, found: dict[str, tuple[Path, bool, float]]) -> None:
+    def _assign(self, found: dict[str, tuple[str, bool, float]]) -> None:
         """Give the messages without a UID the next ones, in delivery order, and write the list."""
         with _UidlistLock(self.path):
             self._read_uidlist()  # another process may have written since we read
@@ -265,12 +276,13 @@ class Folder:
             if path is None:
                 break
             try:
-                return path.read_bytes()
+                with open(path, "rb") as f:
+                    return f.read()
             except FileNotFoundError:
                 continue
         raise StoreError("message was expunged", "EXPUNGEISSUED")
 
-    def _fresh_path(self, key: str) -> Path | None:
+    def _fresh_path(self, key: str) -> str | None:
         self._stamp = None
         return next((m.path for m in self.messages() if m.key == key), None)
 
@@ -281,8 +293,8 @@ class Folder:
             path = message.path if attempt == 0 else self._fresh_path(message.key)
             if path is None:
                 return None
-            _, other = flags_of(path.name.partition(":")[2])
-            target = self.path / "cur" / f"{message.key}:{info_for(wanted, other)}"
+            _, other = flags_of(_info(path))
+            target = os.path.join(self.path, "cur", f"{message.key}:{info_for(wanted, other)}")
             if target != path:
                 try:
                     os.rename(path, target)
@@ -301,7 +313,7 @@ class Folder:
                 if path is None:
                     break
                 try:
-                    path.unlink()
+                    os.unlink(path)
                 except FileNotFoundError:
                     continue
                 touched = True
