@@ -293,3 +293,16 @@ def test_sessions_sharing_the_listings_see_each_others_changes(box: Path) -> Non
     assert b"* 2 EXPUNGE\r\n" in a.say(b"e EXPUNGE")
     assert b.say(b"n NOOP") == b"* 2 EXPUNGE\r\nn OK NOOP completed\r\n"
     assert b.say(b"f FETCH 1:* UID") == b"* 1 FETCH (UID 1)\r\n* 2 FETCH (UID 3)\r\nf OK FETCH completed\r\n"
+
+
+def test_envelope_shows_address_groups(tmp_path: Path) -> None:
+    """RFC 3501 §7.4.2: a group is a start marker (its name in the mailbox field, host NIL), its
+    members, and an end marker (all NIL); "undisclosed-recipients:;" is an empty group, not NIL."""
+    root = tmp_path / "betty"
+    deliver(root, b'From: a@b.example\nTo: Friends: c@d.example, "E, F" <e@f.example>;, g@h.example\n'
+                  b"Cc: undisclosed-recipients:;\nSubject: groups\n\nbody\n")
+    s = Script(root).login()
+    s.say(b"s SELECT INBOX")
+    out = s.say(b"f FETCH 1 ENVELOPE")
+    assert (b'((NIL NIL "Friends" NIL)(NIL NIL "c" "d.example")("E, F" NIL "e" "f.example")(NIL NIL NIL NIL)'
+            b'(NIL NIL "g" "h.example")) ((NIL NIL "undisclosed-recipients" NIL)(NIL NIL NIL NIL)) NIL') in out, out
