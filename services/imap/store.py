@@ -137,8 +137,7 @@ class Folder:
         """
         self.claimed = []
         stamp = self._current_stamp()
-        if (stamp is not None and stamp == self._stamp and not self._dirty(stamp)
-                and not (claim_new and self.any_new)):
+        if stamp is not None and stamp == self._stamp and not (claim_new and self.any_new):
             return self._messages  # the same object: callers may tell "nothing changed" by identity
         found = self._scan()
         self._read_uidlist()
@@ -165,7 +164,10 @@ class Folder:
         self.uid_list = [m.uid for m in messages]
         self.by_uid = {m.uid: m for m in messages}
         self.first_unseen = next((n for n, m in enumerate(messages, 1) if "\\Seen" not in m.flags), None)
-        self._stamp = self._current_stamp()
+        stamp = self._current_stamp()
+        # A listing of a folder that may still change within its mtime tick is used, but not
+        # trusted: the next look lists it again, however much later it comes.
+        self._stamp = None if stamp is None or self._dirty(stamp) else stamp
         return messages
 
     def _current_stamp(self) -> _Stamp | None:

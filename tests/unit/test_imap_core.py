@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import os
 import re
 from pathlib import Path
 
@@ -306,3 +307,20 @@ def test_envelope_shows_address_groups(tmp_path: Path) -> None:
     out = s.say(b"f FETCH 1 ENVELOPE")
     assert (b'((NIL NIL "Friends" NIL)(NIL NIL "c" "d.example")("E, F" NIL "e" "f.example")(NIL NIL NIL NIL)'
             b'(NIL NIL "g" "h.example")) ((NIL NIL "undisclosed-recipients" NIL)(NIL NIL NIL NIL)) NIL') in out, out
+
+
+def test_a_listing_taken_while_the_folder_was_changing_is_not_trusted_later(
+        box: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A delivery in the same mtime tick as a listing leaves the directory's mtime as it was: a
+    listing taken while the folder was "dirty" must be taken again later, even when no session
+    looked while it was dirty."""
+    from services.imap import store
+
+    folder = Mailboxes(box).folder("INBOX")
+    assert len(folder.messages()) == 2  # just delivered: new/ is dirty
+    new = box / "new"
+    before = new.stat()
+    deliver(box, b"Subject: same tick\n\nthree\n")
+    os.utime(new, ns=(before.st_atime_ns, before.st_mtime_ns))  # as if in the same tick
+    monkeypatch.setattr(store, "DIRTY_WINDOW", 0.0)  # later: nothing is recent any more
+    assert len(folder.messages()) == 3
