@@ -14,6 +14,7 @@ import re
 import smtplib
 import socket
 import ssl
+import time
 from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,13 +25,14 @@ import pytest
 from labctl import tlsca
 from services import tls as lab_tls
 from services.mailstore import Maildir, mailbox_dir
+from services.smtp.client import MAY, VERIFY, RelayTls
 from services.smtp.delivery import DeliveryWorker
 from services.smtp.mta import local_delivery, start_mta
 from services.smtp.mx import start_mx
 from services.smtp.server import Listeners, ServerTls
 from services.smtp.session import TlsOffer
-from services.smtp.spool import Spool
-from tests.component.test_smtp_servers import MESSAGE, MTA_CFG, MX_CFG, PASSWORDS, LabDns, WatchedSpool
+from services.smtp.spool import RecipientState, Spool, Status
+from tests.component.test_smtp_servers import MESSAGE, MTA_CFG, MX_CFG, PASSWORDS, LabDns
 from tests.support import BackgroundLoop
 
 T = TypeVar("T")
@@ -299,3 +301,81 @@ def test_a_client_that_does_not_verify_cannot_be_told_apart_and_one_that_does_ve
     ok.command("STARTTLS")
     ok.starttls(servers.pki.client(), "smtp.ouhk.example")
     assert ok.command("EHLO client.example").startswith("250-smtp.ouhk.example")
+
+
+# -- the MTA's relay to the MX with STARTTLS (cfg.tls.relay) --------------------------------------------
+
+
+def relay_once(servers: Servers, mx: Listeners, relay_tls: RelayTls) -> RecipientState:
+    """One delivery pass of one message for betty to ``mx``; betty's recipient state after it."""
+    spool = Spool(servers.root / "spool")
+    qid = spool.enqueue(ANDY, [BETTY], MESSAGE, now=time.time())
+    worker = DeliveryWorker(MTA_CFG, spool, local_delivery=local_delivery(MTA_CFG, servers.root / "mail"),
+                            resolver=LabDns(), smtp_port=mx.port("smtp"), relay_tls=relay_tls)
+    servers.run(worker.run_once())
+    if not spool.entries():
+        return RecipientState(BETTY, status=Status.DELIVERED)
+    [state] = spool.entry(qid).recipients
+    return state
+
+
+def client_tls(servers: Servers, *, verify: bool) -> RelayTls:
+    ctx = lab_tls.client_context(verify=verify, ca=servers.pki.ca_file, keylog_dir=servers.root / "client-keys")
+    return RelayTls(VERIFY if verify else MAY, ctx)
+
+
+def received_with(servers: Servers) -> bytes:
+    [stored] = servers.betty()
+    found = re.search(rb"\tby mail\.stevenchoy\.example \(maillab\) with (\w+) id ", stored)
+    assert found is not None, stored[:300]
+    return found.group(1)
+
+
+def test_relay_may_uses_starttls_when_the_mx_offers_it(servers: Servers) -> None:
+    state = relay_once(servers, servers.mx(), client_tls(servers, verify=False))
+    assert state.status is Status.DELIVERED, state.last_error
+    assert received_with(servers) == b"ESMTPS"
+    assert "CLIENT_" in (servers.root / "client-keys" / lab_tls.KEYLOG_FILE.name).read_text()
+
+
+def test_relay_verify_checks_the_certificate_against_the_lab_ca_and_the_mx_name(servers: Servers) -> None:
+    state = relay_once(servers, servers.mx(), client_tls(servers, verify=True))
+    assert state.status is Status.DELIVERED, state.last_error
+    assert received_with(servers) == b"ESMTPS"
+
+
+def test_relay_verify_with_the_wrong_name_on_the_certificate_is_a_transient_failure(servers: Servers) -> None:
+    mx = servers.mx(servers.tls("smtp.ouhk.example"))  # the MTA's certificate on the MX
+    state = relay_once(servers, mx, client_tls(servers, verify=True))
+    assert (state.status, state.dsn_status) == (Status.PENDING, "4.7.5")
+    assert "certificate verify failed: Hostname mismatch" in state.last_error, state.last_error
+    assert "relay=verify requires TLS" in state.last_error
+    assert servers.betty() == []
+
+
+def test_relay_verify_to_an_mx_without_starttls_waits_and_says_why(servers: Servers) -> None:
+    state = relay_once(servers, servers.mx(ServerTls()), client_tls(servers, verify=True))
+    assert (state.status, state.dsn_status) == (Status.PENDING, "4.7.5")
+    assert "offers no STARTTLS, and the lab's relay=verify requires TLS" in state.last_error
+
+
+def test_relay_may_falls_back_to_clear_when_the_handshake_fails(
+    servers: Servers, caplog: pytest.LogCaptureFixture
+) -> None:
+    # An MX whose handshake no client of ours can pass: TLS 1.2 at most, and a client certificate required.
+    cert, key = servers.pki.leaf("mail.stevenchoy.example")
+    picky = lab_tls.server_context(cert, key, keylog_dir=None)
+    picky.maximum_version = ssl.TLSVersion.TLSv1_2
+    picky.verify_mode = ssl.CERT_REQUIRED
+    picky.load_verify_locations(cafile=str(servers.pki.ca_file))
+    with caplog.at_level(logging.WARNING, logger="services.smtp.client"):
+        state = relay_once(servers, servers.mx(servers.tls("mail.stevenchoy.example", context=picky)),
+                           client_tls(servers, verify=False))
+    assert state.status is Status.DELIVERED, state.last_error
+    assert received_with(servers) == b"ESMTP"  # in clear, as Postfix's "may" does
+    assert re.search(r"mail\.stevenchoy\.example\[127\.0\.0\.1\]:\d+: TLS handshake failed: .+; "
+                     r"relay=may: trying again in clear", caplog.text), caplog.text
+    # The same handshake under "verify" is a failure, not a fallback.
+    state = relay_once(servers, servers.mx(servers.tls("mail.stevenchoy.example", context=picky)),
+                       client_tls(servers, verify=True))
+    assert (state.status, state.dsn_status) == (Status.PENDING, "4.7.5")
