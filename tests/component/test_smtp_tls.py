@@ -25,6 +25,7 @@ import pytest
 from labctl import tlsca
 from services import tls as lab_tls
 from services.mailstore import Maildir, mailbox_dir
+from services.mua import submit
 from services.smtp.client import MAY, VERIFY, RelayTls
 from services.smtp.delivery import DeliveryWorker
 from services.smtp.mta import local_delivery, start_mta
@@ -379,3 +380,31 @@ def test_relay_may_falls_back_to_clear_when_the_handshake_fails(
     state = relay_once(servers, servers.mx(servers.tls("mail.stevenchoy.example", context=picky)),
                        client_tls(servers, verify=True))
     assert (state.status, state.dsn_status) == (Status.PENDING, "4.7.5")
+
+
+# -- the MUA's submit (mail send --tls / --starttls) ------------------------------------------------------
+
+
+@pytest.mark.parametrize(("mode", "listener"), [(submit.STARTTLS, "submission"), (submit.IMPLICIT, "submissions")])
+def test_the_mua_submits_under_tls_with_auth(servers: Servers, mode: str, listener: str) -> None:
+    mta = servers.mta()
+    receipt = submit.submit("127.0.0.1", mta.port(listener), MESSAGE, ANDY, [BETTY], helo="andy.ouhk.example",
+                            login=submit.Login(ANDY, PASSWORDS[ANDY]), tls=mode, context=servers.pki.client())
+    assert receipt.reply.startswith("250 2.0.0 ") and receipt.refused == {}
+    [entry] = Spool(servers.root / "spool").entries()
+    assert b" with ESMTPSA id " in Spool(servers.root / "spool").read(entry.id)
+
+
+def test_the_mua_says_in_one_line_why_a_certificate_does_not_verify(servers: Servers) -> None:
+    mta = servers.mta()
+    for mode, listener in ((submit.STARTTLS, "submission"), (submit.IMPLICIT, "submissions")):
+        with pytest.raises(submit.SubmitError) as refused:
+            submit.submit("127.0.0.1", mta.port(listener), MESSAGE, ANDY, [BETTY], tls=mode,
+                          context=ssl.create_default_context())  # the lab CA not trusted
+        said = str(refused.value)
+        assert "\n" not in said and said.startswith("the certificate of 127.0.0.1 does not verify (")
+        assert "labctl tls ca" in said and "--no-verify" in said
+    no_tls = servers.mta(tls=ServerTls())
+    with pytest.raises(submit.SubmitError, match="offers no STARTTLS.*--no-tls"):
+        submit.submit("127.0.0.1", no_tls.port("submission"), MESSAGE, ANDY, [BETTY], tls=submit.STARTTLS,
+                      context=servers.pki.client())
