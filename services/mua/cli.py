@@ -1,6 +1,7 @@
 """``python3 -m services mail``: the mail client a student (or labctl) runs on a MUA host.
 
     mail send --to ADDR --subject TEXT [--body TEXT | --body-file F] [--attach FILE] [--submission]
+              [--tls | --starttls | --no-tls] [--no-verify]
     mail fetch [--delete]
     mail list [--json]
     mail read N [--raw | --tree] [--json]
@@ -24,11 +25,21 @@ from pathlib import Path
 from typing import Literal
 
 from services import config
+from services import tls as lab_tls
 from services.mua import PROG, compose, view
 from services.mua.errors import MuaError
 from services.mua.local import LocalMailbox
 from services.mua.retrieve import POP3_PORT, fetch
-from services.mua.submit import SMTP_PORT, SUBMISSION_PORT, Login, submit
+from services.mua.submit import (
+    CLEAR,
+    IMPLICIT,
+    SMTP_PORT,
+    STARTTLS,
+    SUBMISSION_PORT,
+    SUBMISSIONS_PORT,
+    Login,
+    submit,
+)
 
 DEFAULT_MAILDIR = Path.home() / "Maildir"
 
@@ -144,8 +155,35 @@ def check_sealed(args: argparse.Namespace, recipients: Sequence[str]) -> None:
                            f"{', '.join(a.address for d in cfg.domains for a in d.accounts[:1])})")
 
 
+def lab_has_tls(args: argparse.Namespace) -> bool:
+    """Is TLS on in this host's lab? Off a lab host (no configuration), no."""
+    path = args.config or config.CONFIG_PATH
+    try:
+        return path.exists() and config.load(path).tls.enabled
+    except config.ConfigError:
+        return False
+
+
+def send_tls(args: argparse.Namespace) -> tuple[str, int]:
+    """How ``mail send`` talks to the MTA: (CLEAR, STARTTLS or IMPLICIT, the default port).
+
+    --tls: port 465, TLS first; --starttls: port 587 and STARTTLS; --no-tls: clear. Neither: STARTTLS
+    when the lab has TLS on (so AUTH works where it needs TLS), clear when it is off, as always.
+    """
+    if args.tls:
+        return IMPLICIT, SUBMISSIONS_PORT
+    if args.starttls:
+        return STARTTLS, SUBMISSION_PORT
+    port = SUBMISSION_PORT if args.submission else SMTP_PORT
+    if args.no_tls:
+        return CLEAR, port
+    return (STARTTLS if lab_has_tls(args) else CLEAR), port
+
+
 def cmd_send(args: argparse.Namespace) -> int:
-    acct = resolve_account(args, server="smtp", need_password=args.submission)
+    tls, default_port = send_tls(args)
+    authenticate = args.submission or tls == IMPLICIT or args.starttls
+    acct = resolve_account(args, server="smtp", need_password=authenticate)
     draft = compose.Draft(
         sender=acct.user,
         to=tuple(args.to),
@@ -159,10 +197,11 @@ def cmd_send(args: argparse.Namespace) -> int:
     now = datetime.now().astimezone()  # RFC 5322 §3.3: the sender's local time and offset
     msgid = compose.message_id(acct.user, f"{now:%Y%m%d%H%M%S}.{secrets.token_hex(8)}")
     msg = compose.compose(draft, date=now, msgid=msgid)
-    host, port = parse_endpoint(acct.server, SUBMISSION_PORT if args.submission else SMTP_PORT)
-    login = Login(acct.user, acct.password) if args.submission else None
+    host, port = parse_endpoint(acct.server, default_port)
+    login = Login(acct.user, acct.password) if authenticate else None
+    context = lab_tls.client_context(verify=not args.no_verify) if tls != CLEAR else None
     receipt = submit(host, port, compose.to_wire(msg), draft.envelope_sender, draft.recipients,
-                     login=login, helo=acct.helo)
+                     login=login, helo=acct.helo, tls=tls, context=context)
     print(receipt.reply)
     print(f"Message-ID: {msgid}")
     for rcpt, reply in receipt.refused.items():
@@ -294,6 +333,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attach", action="append", default=[], metavar="FILE", help="attach a file (repeatable)")
     p.add_argument("--submission", action="store_true",
                    help=f"submit on port {SUBMISSION_PORT} with AUTH instead of port {SMTP_PORT}")
+    tls = p.add_mutually_exclusive_group()
+    tls.add_argument("--tls", action="store_true",
+                     help=f"submit with AUTH over TLS from the first byte, port {SUBMISSIONS_PORT} (RFC 8314)")
+    tls.add_argument("--starttls", action="store_true",
+                     help=f"submit with AUTH on port {SUBMISSION_PORT} after STARTTLS (RFC 3207)")
+    tls.add_argument("--no-tls", action="store_true", help="never TLS (the default when the lab has TLS off)")
+    p.add_argument("--no-verify", action="store_true",
+                   help="do not check the server's certificate against the lab CA (what an attacker hopes for)")
 
     p = add("fetch", cmd_fetch, "fetch new messages by POP3 into the local mailbox", [account, store])
     p.add_argument("--pop3", metavar="HOST[:PORT]", help="the POP3 server (default: from the lab configuration)")

@@ -3,17 +3,25 @@
 ``smtplib.SMTP.sendmail`` hides the reply to DATA, which is the line a student should see (it
 carries the MTA's queue id). So the transaction is spelled out: EHLO, AUTH on the submission port,
 MAIL, one RCPT per recipient, DATA.
+
+TLS (issue 12): ``tls="implicit"`` is submission over TLS from the first byte (port 465, RFC 8314),
+``"starttls"`` upgrades the session first (RFC 3207) and fails if the server does not offer it
+(a client that quietly goes on in clear would hand its password to whoever removed the offer).
 """
 
 from __future__ import annotations
 
 import smtplib
+import ssl
 from dataclasses import dataclass, field
 
+from services import config
 from services.mua.errors import MuaError
 
 SMTP_PORT = 25  # RFC 5321 §4.5.4.2; the lab MTA relays for the hosts of its own LAN here, without AUTH
 SUBMISSION_PORT = 587  # RFC 6409 §3.1: message submission, with AUTH (RFC 4954)
+SUBMISSIONS_PORT = 465  # RFC 8314 §3.3: message submission over TLS from the first byte
+CLEAR, STARTTLS, IMPLICIT = "clear", "starttls", "implicit"
 
 # RFC 5321 §4.5.3.2 gives a client minutes per step, for servers across the Internet under load.
 # A lab server answers in milliseconds; a student should not wait five minutes to learn it is down.
@@ -44,22 +52,38 @@ def _words(code: int, text: bytes | str) -> str:
 
 
 def submit(host: str, port: int, message: bytes, sender: str, recipients: list[str], *,
-           login: Login | None = None, helo: str | None = None, timeout: float = TIMEOUT) -> Receipt:
-    """Send ``message`` to the MTA at ``host``:``port`` for ``recipients``.
+           login: Login | None = None, helo: str | None = None, timeout: float = TIMEOUT,
+           tls: str = CLEAR, context: ssl.SSLContext | None = None) -> Receipt:
+    """Send ``message`` to the MTA at ``host``:``port`` for ``recipients``; ``tls``: CLEAR,
+    STARTTLS or IMPLICIT, with ``context`` (services.tls.client_context).
 
     Returns the final reply and any recipients refused at RCPT; raises SubmitError when nothing
     was accepted.
     """
     where = f"{host}:{port}"
     try:
-        smtp = smtplib.SMTP(host, port, local_hostname=helo, timeout=timeout)
+        if tls == IMPLICIT:
+            smtp: smtplib.SMTP = smtplib.SMTP_SSL(host, port, local_hostname=helo, timeout=timeout,
+                                                  context=context)
+        else:
+            smtp = smtplib.SMTP(host, port, local_hostname=helo, timeout=timeout)
+    except ssl.SSLCertVerificationError as exc:
+        raise SubmitError(not_verified(host, exc)) from exc
+    except ssl.SSLError as exc:
+        raise SubmitError(f"no TLS with {where}: {exc.reason or exc}; is it the TLS port (465 for --tls)?") from exc
     except smtplib.SMTPConnectError as exc:  # a greeting other than 220 (RFC 5321 §3.1)
         raise SubmitError(f"{where} turned the connection away: {_words(exc.smtp_code, exc.smtp_error)}") from exc
     except OSError as exc:
         raise SubmitError(f"cannot connect to the SMTP server {where}: {exc.strerror or exc}; "
                           "is the lab up (labctl status) and the server name right (--smtp)?") from exc
     try:
+        if tls == STARTTLS:
+            _starttls(smtp, where, context)
         return _transaction(smtp, where, message, sender, recipients, login)
+    except ssl.SSLCertVerificationError as exc:
+        raise SubmitError(not_verified(host, exc)) from exc
+    except ssl.SSLError as exc:
+        raise SubmitError(f"the TLS handshake with {where} failed: {exc.reason or exc}") from exc
     except smtplib.SMTPServerDisconnected as exc:
         raise SubmitError(f"{where} closed the connection: {exc}") from exc
     except smtplib.SMTPResponseException as exc:
@@ -70,6 +94,22 @@ def submit(host: str, port: int, message: bytes, sender: str, recipients: list[s
         raise SubmitError(f"the connection to {where} failed: {exc.strerror or exc}") from exc
     finally:
         smtp.close()
+
+
+def not_verified(host: str, exc: ssl.SSLCertVerificationError) -> str:
+    """One line: which certificate, against what, and what to do."""
+    return (f"the certificate of {host} does not verify ({exc.verify_message}; checked against the lab CA "
+            f"{config.TLS_CA} and the system store, for the name {host}); trust the lab CA "
+            "(labctl tls ca > ca.pem), use the server's lab name, or send with --no-verify")
+
+
+def _starttls(smtp: smtplib.SMTP, where: str, context: ssl.SSLContext | None) -> None:
+    smtp.ehlo()
+    if not smtp.has_extn("starttls"):
+        raise SubmitError(f"{where} offers no STARTTLS; is the lab up with TLS (labctl up --tls)? "
+                          "Or send in clear with --no-tls")
+    smtp.starttls(context=context)
+    smtp.ehlo()  # RFC 3207 §4.2: the server has forgotten the first EHLO
 
 
 def _transaction(smtp: smtplib.SMTP, where: str, message: bytes, sender: str, recipients: list[str],

@@ -9,6 +9,8 @@ the Maildir file are fsync'd before ``250``, as ours are.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from services import config
 from services.config import LabConfig
 
@@ -23,8 +25,9 @@ def _seconds(value: float) -> str:
     return f"{max(1, round(value))}s"
 
 
-def main_cf(cfg: LabConfig, *, mta: bool) -> str:
-    """main.cf for this host; ``mta``: also relay for the lab's MUA hosts and on 587 after AUTH."""
+def main_cf(cfg: LabConfig, *, mta: bool, certificate: Path = config.TLS_CERT) -> str:
+    """main.cf for this host; ``mta``: also relay for the lab's MUA hosts and on 587 after AUTH;
+    TLS when the lab has it on and this host's ``certificate`` is there."""
     me = cfg.this
     domains = [d.name for d in cfg.local_domains]
     # Relay as our MTA does (LabConfig.is_relay_client): this host and the lab's MUA hosts; an MX
@@ -53,9 +56,7 @@ def main_cf(cfg: LabConfig, *, mta: bool) -> str:
         ("virtual_gid_maps", f"static:{VMAIL_GID}"),
         ("message_size_limit", str(MESSAGE_SIZE_LIMIT)),
         ("virtual_mailbox_limit", "0"),
-        # No TLS: the lab's wire is for reading, and our servers speak plain SMTP too.
-        ("smtpd_tls_security_level", "none"),
-        ("smtp_tls_security_level", "none"),
+        *_tls_settings(cfg, certificate),
         ("smtpd_sasl_type", "dovecot"),
         ("smtpd_sasl_path", SASL_SOCKET),
         ("smtpd_sasl_auth_enable", "no"),  # port 25; master.cf turns it on for submission
@@ -75,6 +76,25 @@ def main_cf(cfg: LabConfig, *, mta: bool) -> str:
     lines = [f"# written by maillab (services/reference/postfix.py) for {me.fqdn} in lab {cfg.lab}"]
     lines += [f"{key} = {value}".rstrip() for key, value in settings]
     return "\n".join(lines) + "\n"
+
+
+def _tls_settings(cfg: LabConfig, certificate: Path) -> list[tuple[str, str]]:
+    """TLS as our servers do it (issue 12): STARTTLS offered on 25 and 587, AUTH only under TLS
+    when ``auth_needs_tls``, and the relay's STARTTLS per ``tls.relay``. Off, or without this
+    host's certificate: none at all, the lab's wire is for reading."""
+    if not cfg.tls.enabled or not certificate.exists():
+        return [("smtpd_tls_security_level", "none"), ("smtp_tls_security_level", "none")]
+    # Postfix's "verify" checks the name against the MX host name, as our relay's verify does.
+    relay = {"may": "may", "verify": "verify"}.get(cfg.tls.relay, "none")
+    return [
+        ("smtpd_tls_cert_file", str(certificate)),
+        ("smtpd_tls_key_file", str(config.TLS_KEY)),
+        ("smtpd_tls_security_level", "may"),
+        ("smtpd_tls_auth_only", "yes" if cfg.tls.auth_needs_tls else "no"),
+        ("smtpd_tls_received_header", "yes"),  # the "(using TLSv1.3 with cipher ...)" ours writes too
+        ("smtp_tls_security_level", relay),
+        ("smtp_tls_CAfile", str(config.TLS_CA)),
+    ]
 
 
 def virtual_mailboxes(cfg: LabConfig) -> str:

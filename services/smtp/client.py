@@ -6,6 +6,12 @@ calls per relayed message, most of the MTA's CPU). Here a session is a reader an
 the loop, and a transaction costs two round trips with PIPELINING (RFC 2920): MAIL, every RCPT
 and DATA in one write, then the message. What to send and what the replies mean is
 :class:`~services.smtp.transaction.Transaction`'s to say; this module moves the bytes.
+
+STARTTLS to the next hop (RFC 3207) follows the lab's ``tls.relay``, as Postfix's
+``smtp_tls_security_level`` does: "may" starts TLS when the MX offers it, without checking the
+certificate, and if the handshake fails tries that MX again at once in clear (saying why in the
+log); "verify" requires TLS and a certificate that the lab CA signed for the MX's host name, or
+the attempt fails, transiently, with the reason; "none" never starts TLS (:class:`RelayTls`).
 """
 
 from __future__ import annotations
@@ -13,8 +19,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import logging
+import ssl
+from dataclasses import dataclass
+from typing import Any
 
 from services import textwire
+from services import tls as lab_tls
+from services.config import LabConfig
 from services.errors import PeerError
 from services.smtp import wire
 from services.smtp.relay import Target
@@ -29,6 +41,32 @@ COMMAND_TIMEOUT = 10.0  # EHLO, MAIL, RCPT, DATA, RSET (§4.5.3.2.2-4)
 DATA_TIMEOUT = 30.0  # sending the message and waiting for its final reply (§4.5.3.2.5-6)
 QUIT_TIMEOUT = 2.0  # the goodbye is a courtesy: nobody waits long for it
 REPLY_LINE_LIMIT = 64 * 1024  # far past §4.5.3.1.5's 512; a longer line is a broken server
+TLS_HANDSHAKE_TIMEOUT = 10.0  # a lab MX finishes its handshake in milliseconds
+CRYPTO_FAILURE = "4.7.5"  # RFC 3463 X.7.5: cryptographic failure (relay=verify without TLS or trust)
+
+log = logging.getLogger("services.smtp.client")
+
+MAY, VERIFY, NONE = "may", "verify", "none"  # the lab's tls.relay, Postfix's smtp_tls_security_level
+
+
+@dataclass(frozen=True)
+class RelayTls:
+    """The relay's TLS to the next hop: ``policy`` (``tls.relay``) and the context it uses."""
+
+    policy: str = NONE
+    context: ssl.SSLContext | None = None  # "may": no verification; "verify": the lab CA and the name
+
+    @classmethod
+    def from_config(cls, cfg: LabConfig) -> RelayTls:
+        """As the lab says: never with TLS off; else one context for every session of the worker."""
+        policy = cfg.tls.relay if cfg.tls.enabled else NONE
+        if policy not in (MAY, VERIFY):
+            return cls()
+        return cls(policy, lab_tls.client_context(verify=policy == VERIFY))
+
+    @property
+    def wanted(self) -> bool:
+        return self.policy in (MAY, VERIFY) and self.context is not None
 
 
 class Unavailable(PeerError):
@@ -37,6 +75,24 @@ class Unavailable(PeerError):
 
 class SessionBroken(PeerError, ConnectionError):
     """The server closed the connection, or sent something that is no SMTP reply."""
+
+
+class TlsFailed(Unavailable):
+    """STARTTLS was agreed but no TLS came of it (the handshake failed, or the certificate did
+    not verify); the connection is gone. With relay=may the MX is tried again in clear."""
+
+
+class TlsRequired(Unavailable):
+    """relay=verify, and the MX offers no STARTTLS or refuses it: the message waits (RFC 3463 4.7.5)."""
+
+
+def describe_tls(exc: BaseException) -> str:
+    """Why a TLS handshake failed, in words: the verification error, or OpenSSL's reason."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"certificate verify failed: {exc.verify_message}"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS handshake failed: {exc.reason or exc}"
+    return f"TLS handshake failed: {describe(exc)}"
 
 
 # What a failed connect means on the lab's one network, in the words of the queue and the log. A
@@ -71,10 +127,14 @@ class Session:
         self._reader = reader
         self._writer = writer
         self.extensions: dict[str, str] = {}  # EHLO keyword (upper case) -> its parameters
+        self.tls = ""  # the TLS version and cipher, once STARTTLS succeeded
 
     @classmethod
-    async def open(cls, address: str, port: int, helo: str) -> Session:
-        """Connect, take the greeting, say EHLO (or HELO); raises :class:`Unavailable`."""
+    async def open(cls, address: str, port: int, helo: str, *, tls: RelayTls = RelayTls(),
+                   server_name: str = "") -> Session:
+        """Connect, take the greeting, say EHLO (or HELO), start TLS as ``tls`` says, checking
+        the certificate against ``server_name`` for "verify"; raises :class:`Unavailable`
+        (:class:`TlsFailed` if the TLS handshake failed)."""
         try:
             reader, writer = await asyncio.wait_for(
                 asyncio.open_connection(address, port, limit=REPLY_LINE_LIMIT), CONNECT_TIMEOUT)
@@ -86,19 +146,52 @@ class Session:
             if greeting.code != 220:
                 # 554 here means "no SMTP service" (RFC 5321 §3.1): try the next MX.
                 raise Unavailable(f"greeted with {greeting}")
-            ehlo = await session.command(f"EHLO {helo}")
-            if ehlo.code == 250:
-                for line in ehlo.text.split("\n")[1:]:
-                    keyword, _, params = line.strip().partition(" ")
-                    session.extensions[keyword.upper()] = params
-            else:
-                hello = await session.command(f"HELO {helo}")  # §3.2: an old server may know only HELO
-                if hello.code != 250:
-                    raise Unavailable(f"refused HELO: {hello}")
+            await session._hello(helo)
+            if tls.wanted:
+                await session._starttls(tls, helo, server_name or address)
         except (OSError, TimeoutError, Unavailable) as exc:
             session.abort()
             raise exc if isinstance(exc, Unavailable) else Unavailable(describe(exc)) from exc
         return session
+
+    async def _hello(self, helo: str) -> None:
+        ehlo = await self.command(f"EHLO {helo}")
+        self.extensions = {}
+        if ehlo.code == 250:
+            for line in ehlo.text.split("\n")[1:]:
+                keyword, _, params = line.strip().partition(" ")
+                self.extensions[keyword.upper()] = params
+        else:
+            hello = await self.command(f"HELO {helo}")  # §3.2: an old server may know only HELO
+            if hello.code != 250:
+                raise Unavailable(f"refused HELO: {hello}")
+
+    async def _starttls(self, tls: RelayTls, helo: str, server_name: str) -> None:
+        """STARTTLS, the handshake, and EHLO again (RFC 3207 §4.2: the server forgot the first)."""
+        verify = tls.policy == VERIFY
+        if "STARTTLS" not in self.extensions:
+            if verify:
+                raise TlsRequired("offers no STARTTLS, and the lab's relay=verify requires TLS")
+            return  # "may": clear, as before
+        reply = await self.command("STARTTLS")
+        if reply.code != 220:
+            if verify:
+                raise TlsRequired(f"refused STARTTLS ({reply}), and the lab's relay=verify requires TLS")
+            log.info("%s refused STARTTLS (%s); relay=may: going on in clear", server_name, reply)
+            return
+        reader: Any = self._reader
+        if reader._buffer:  # a reply injected behind the 220, in clear: never read it as the server's
+            raise TlsFailed("the server sent data after its 220 to STARTTLS, before TLS (injection?)")
+        assert tls.context is not None  # tls.wanted
+        try:
+            await self._writer.start_tls(tls.context, server_hostname=server_name,
+                                         ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT)
+        except (ssl.SSLError, OSError, TimeoutError) as exc:
+            raise TlsFailed(describe_tls(exc)) from exc
+        tls_object: Any = self._writer.get_extra_info("ssl_object")
+        if tls_object is not None:
+            self.tls = f"{tls_object.version()} {tls_object.cipher()[0]}"
+        await self._hello(helo)
 
     # -- the wire ----------------------------------------------------------------------------
 
@@ -153,10 +246,12 @@ class Session:
 class Connections:
     """SMTP sessions kept open across the messages of one delivery pass, by server address."""
 
-    def __init__(self, helo_name: str, port: int) -> None:
+    def __init__(self, helo_name: str, port: int, tls: RelayTls = RelayTls()) -> None:
         self._helo = helo_name
         self._port = port
+        self._tls = tls
         self._idle: dict[str, list[Session]] = {}
+        self._clear_only: set[str] = set()  # "may": addresses whose handshake failed in this pass
 
     async def transact(self, target: Target, sender: str, data: bytes) -> HostResult:
         """Offer the message to ``target`` for ``target.recipients``."""
@@ -170,10 +265,28 @@ class Connections:
             if out.mail_code not in (None, 421):
                 return out
         try:
-            session = await Session.open(target.address, self._port, self._helo)
+            session = await self._open(target)
+        except TlsFailed as exc:  # only with relay=verify: "may" tried again in clear
+            return HostResult(error=f"{exc}; the lab's relay=verify requires TLS", error_status=CRYPTO_FAILURE)
+        except TlsRequired as exc:
+            return HostResult(error=str(exc), error_status=CRYPTO_FAILURE)
         except Unavailable as exc:
             return HostResult(error=str(exc))
         return await self._offer(session, target, sender, data)
+
+    async def _open(self, target: Target) -> Session:
+        """A new session to ``target``, with TLS as the lab says; "may" falls back to clear."""
+        tls = self._tls if target.address not in self._clear_only else RelayTls()
+        try:
+            return await Session.open(target.address, self._port, self._helo, tls=tls,
+                                      server_name=target.host.exchange)
+        except TlsFailed as exc:
+            if tls.policy != MAY:
+                raise
+            # Postfix's "may" does the same: a failed handshake is no reason not to deliver.
+            log.warning("%s:%d: %s; relay=may: trying again in clear", target.relay, self._port, exc)
+            self._clear_only.add(target.address)
+            return await Session.open(target.address, self._port, self._helo)
 
     async def _offer(self, session: Session, target: Target, sender: str, data: bytes) -> HostResult:
         """One transaction on an open session, which is kept for the next if still good."""

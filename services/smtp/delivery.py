@@ -38,7 +38,7 @@ import dns.resolver
 from services.config import LabConfig
 from services.smtp import relay
 from services.smtp.bounce import build_bounce
-from services.smtp.client import Connections, describe
+from services.smtp.client import Connections, RelayTls, describe
 from services.smtp.relay import (
     Action,
     DeliveryAttempt,
@@ -193,6 +193,7 @@ class DeliveryWorker:
         clock: Callable[[], float] = time.time,
         smtp_port: int = 25,
         rng: random.Random | None = None,
+        relay_tls: RelayTls | None = None,
     ) -> None:
         self._cfg = cfg
         self._spool = spool
@@ -200,6 +201,8 @@ class DeliveryWorker:
         self._resolver: MxResolver = resolver or DnsMxResolver(cfg.nameserver)
         self._clock = clock
         self._smtp_port = smtp_port
+        # STARTTLS to the MX as the lab's tls.relay says; the contexts are made once, here.
+        self._relay_tls = relay_tls if relay_tls is not None else RelayTls.from_config(cfg)
         self._rng = rng or random.Random()
         self._local_domains = {d.name for d in cfg.local_domains}
         self._fqdn = cfg.this.fqdn
@@ -259,7 +262,7 @@ class DeliveryWorker:
             self._held.clear()
             count = await asyncio.to_thread(self._spool.flush, self._clock())
             log.info("queue flushed: %d recipient(s) due now", count)
-        work = _Pass(Connections(self._fqdn, self._smtp_port))
+        work = _Pass(Connections(self._fqdn, self._smtp_port, self._relay_tls))
         seen: set[str] = set()
         # Several messages in flight at once, each on its own session: one slow or dead MX no
         # longer holds up the rest, and the disk writes of different messages overlap. The rest

@@ -4,6 +4,8 @@
   (the MUA hosts of its LAN) and takes mail from anyone for its local domains' users.
 * Submission on port 587 (RFC 6409): the same, plus AUTH PLAIN/LOGIN against the lab accounts;
   a client outside the LAN must authenticate before MAIL (RFC 6409 §4.3).
+* With TLS on in the lab: STARTTLS on 25 and 587 (with ``auth_needs_tls``, 587 serves MAIL and
+  AUTH only under TLS), and submission with TLS from the first byte on port 465 (RFC 8314 §3.3).
 * A message is answered ``250 2.0.0 <queue id>`` only once it is fsync'd in the spool; the
   delivery worker then looks up the MX and relays it (or writes a local mailbox). SIGUSR1
   (``python3 -m services queue --flush``) makes it retry everything now.
@@ -30,6 +32,7 @@ from services.smtp import policy, replyfaults, trace
 from services.smtp.delivery import DeliveryWorker, LocalDelivery
 from services.smtp.server import (
     Listeners,
+    ServerTls,
     accepted,
     listen,
     received_header,
@@ -42,6 +45,7 @@ from services.smtp.wire import MESSAGE_SIZE_LIMIT, Reply
 log = logging.getLogger("services.smtp.mta")
 
 SUBMISSION_PORT = 587  # RFC 6409 §3.1
+SUBMISSIONS_PORT = 465  # RFC 8314 §3.3: submission over TLS from the first byte
 
 
 class MtaHandler:
@@ -114,6 +118,7 @@ async def start_mta(
     host: str = "0.0.0.0",
     smtp_port: int = 25,
     submission_port: int = SUBMISSION_PORT,
+    submissions_port: int = SUBMISSIONS_PORT,
     pop3_port: int = 110,
     imap_port: int = imap_server.PORT,
     clock: Callable[[], float] = time.time,
@@ -121,9 +126,12 @@ async def start_mta(
     size_limit: int = MESSAGE_SIZE_LIMIT,
     faults: ReplyConsult | None = None,
     login_delay: LoginDelay = LOGIN_DELAY,
+    tls: ServerTls | None = None,
 ) -> Listeners:
-    """Start the MTA's listeners (port 0: any free port): SMTP, submission with AUTH, POP3, IMAP.
-    ``faults``: replies injected instead of both SMTP listeners' own (services.smtp.replyfaults).
+    """Start the MTA's listeners (port 0: any free port): SMTP, submission with AUTH, POP3, IMAP,
+    and, when TLS is on, submission over TLS on ``submissions_port``.
+    ``faults``: replies injected instead of every SMTP listener's own (services.smtp.replyfaults).
+    ``tls``: the listeners' TLS; by default as the lab configuration says (ServerTls.from_config).
 
     ``on_enqueued`` is called after each message is queued (the delivery worker's ``wake``).
     ``relay_client`` says which client addresses may relay without AUTH; by default the lab's
@@ -136,14 +144,20 @@ async def start_mta(
                           relay_client=relay_client, clock=clock)
 
     fqdn = cfg.this.fqdn
+    tls = tls if tls is not None else ServerTls.from_config(cfg)
     started: dict[str, asyncio.Server] = {}
     try:
         started["smtp"] = await listen(handler(submission=False), hostname=fqdn, host=host, port=smtp_port,
-                                       clock=clock, size_limit=size_limit, postmaster=cfg.postmaster, faults=faults)
-        started["submission"] = await listen(handler(submission=True), hostname=fqdn, host=host,
-                                             port=submission_port, clock=clock, size_limit=size_limit,
-                                             check_login=accounts.authenticate, login_delay=login_delay,
-                                             postmaster=cfg.postmaster, faults=faults)
+                                       clock=clock, size_limit=size_limit, postmaster=cfg.postmaster, faults=faults,
+                                       tls=tls)
+        for name, port, implicit in (("submission", submission_port, False), ("submissions", submissions_port, True)):
+            if implicit and tls.context is None:
+                continue  # TLS off: no port 465, the lab as it always was
+            # The same handler on 465 as on 587 (RFC 8314 §3.3): only the TLS comes first.
+            started[name] = await listen(handler(submission=True), hostname=fqdn, host=host, port=port,
+                                         clock=clock, size_limit=size_limit, check_login=accounts.authenticate,
+                                         login_delay=login_delay, postmaster=cfg.postmaster, faults=faults,
+                                         tls=tls, tls_required=tls.auth_needs_tls, implicit_tls=implicit)
         started["pop3"] = await pop3_server.start(cfg, mail_root=mail_root, host=host, port=pop3_port)
         started["imap"] = await imap_server.start(cfg, mail_root=mail_root, host=host, port=imap_port)
     except BaseException:

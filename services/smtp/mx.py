@@ -3,7 +3,8 @@
 SMTP on port 25 takes mail for this host's own domains and their existing users only: no open
 relay (RFC 5321 §7.1). A message is stored in each recipient's Maildir, with its trace headers
 (Return-Path, Received; RFC 5321 §4.4), and only then answered ``250``: a crash after the 250
-loses nothing (design decision 8). POP3 on port 110 lets the users fetch it.
+loses nothing (design decision 8). POP3 on port 110 lets the users fetch it. With TLS on in the
+lab, port 25 offers STARTTLS (RFC 3207), for the MTA's relay to use.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from services.pop3 import server as pop3_server
 from services.smtp import policy, replyfaults, trace
 from services.smtp.server import (
     Listeners,
+    ServerTls,
     accepted,
     listen,
     received_header,
@@ -79,12 +81,15 @@ async def start_mx(
     clock: Callable[[], float] = time.time,
     size_limit: int = MESSAGE_SIZE_LIMIT,
     faults: ReplyConsult | None = None,
+    tls: ServerTls | None = None,
 ) -> Listeners:
     """Start the MX's SMTP, POP3 and IMAP servers (port 0: any free port); they serve until closed.
-    ``faults``: replies injected instead of the SMTP server's own (services.smtp.replyfaults)."""
+    ``faults``: replies injected instead of the SMTP server's own (services.smtp.replyfaults).
+    ``tls``: STARTTLS on port 25; by default as the lab configuration says (ServerTls.from_config)."""
     handler = MxHandler(cfg, mail_root=mail_root, clock=clock)
     smtp = await listen(handler, hostname=cfg.this.fqdn, host=host, port=smtp_port, clock=clock,
-                        size_limit=size_limit, postmaster=cfg.postmaster, faults=faults)
+                        size_limit=size_limit, postmaster=cfg.postmaster, faults=faults,
+                        tls=tls if tls is not None else ServerTls.from_config(cfg))
     started = {"smtp": smtp}
     try:
         started["pop3"] = await pop3_server.start(cfg, mail_root=mail_root, host=host, port=pop3_port)

@@ -15,7 +15,12 @@ changed, and says why each time:
   article never sends one;
 * DATA reads the message with :class:`~services.smtp.wire.DataReader`, which ends it only at ``<CRLF>.<CRLF>``:
   aiosmtpd 1.4.3 also ends it at ``<LF>.<CRLF>``, the SMTP smuggling hole (CVE-2024-27305);
-* a bug of ours answers ``451 4.3.0`` with the traceback in the log, never on the wire.
+* a bug of ours answers ``451 4.3.0`` with the traceback in the log, never on the wire;
+* STARTTLS (RFC 3207) is ours, not aiosmtpd's: aiosmtpd 1.4.3 executes under TLS the commands a
+  client pipelined behind STARTTLS in clear (CVE-2024-34083, as CVE-2011-0411 was for
+  Postfix). Ours throws away every byte still unread when the ``220`` goes out, then runs the
+  handshake; port 465 is TLS from the first byte (RFC 8314). With TLS off in the lab, nothing
+  of this shows: no STARTTLS in EHLO, no port 465.
 
 What differs between the roles (who may send to whom, where a message goes) is a
 :class:`RoleHandler`: :mod:`services.smtp.mx` and :mod:`services.smtp.mta`.
@@ -28,6 +33,7 @@ import collections
 import errno
 import logging
 import re
+import ssl
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -36,6 +42,7 @@ from typing import Any, AnyStr, Protocol
 import aiosmtpd.smtp
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword, Session
 
+from services import tls as lab_tls
 from services.config import LabConfig
 from services.logins import LOGIN_DELAY, LoginDelay
 from services.smtp import trace
@@ -46,12 +53,15 @@ from services.smtp.session import (
     EnvelopeChecks,
     ReplyConsult,
     ServerSession,
+    TlsInfo,
+    TlsOffer,
     too_many_errors,
 )
 from services.smtp.wire import (
     COMMAND_LINE_LIMIT,
     DATA_GO_AHEAD_CODE,
     MESSAGE_SIZE_LIMIT,
+    TLS_GO_AHEAD_CODE,
     WIRE_LINE_LIMIT,
     DataReader,
     Reply,
@@ -110,6 +120,10 @@ def reword(line: str, hostname: str) -> Reply | str:
     return REWORDED.get(line, line)
 
 
+# A client that takes longer than this to finish its TLS handshake is gone (asyncio's default is
+# 60 s; Postfix's smtpd_starttls_timeout is 300 s, for clients across the Internet).
+TLS_HANDSHAKE_TIMEOUT = 30.0
+
 TIMEOUT_RESET_INTERVAL = 1.0  # seconds: how often a message still flowing re-arms the idle timeout
 # Replies held for commands pipelined behind them (RFC 2920 §3.2) are written out at once past
 # this much, whatever is still to come: a client that never reads cannot make us hoard them.
@@ -138,6 +152,40 @@ class RoleHandler(EnvelopeChecks, Protocol):
 LoginCheck = Callable[[str, str], str | None]  # (user, password) -> the account's address
 
 
+@dataclass(frozen=True)
+class ServerTls:
+    """A role's TLS: what its SMTP listeners offer, and the context they serve it with."""
+
+    offer: TlsOffer = TlsOffer.OFF
+    context: ssl.SSLContext | None = None  # set when ``offer`` is STARTTLS
+    auth_needs_tls: bool = False  # the submission port: MAIL and AUTH only under TLS (RFC 8314 §3.3)
+
+    @classmethod
+    def from_config(cls, cfg: LabConfig) -> ServerTls:
+        """This host's: off as the lab says, or on with its certificate (services.tls)."""
+        if not cfg.tls.enabled:
+            return cls()
+        if not lab_tls.tls_ready(cfg):
+            log.error("TLS is on in this lab but this host has no certificate and key; STARTTLS is "
+                      "answered 454 (restart the lab with labctl up --tls to issue them)")
+            return cls(TlsOffer.NO_CERTIFICATE)
+        try:
+            context = lab_tls.server_context()
+        except (OSError, ssl.SSLError) as exc:
+            log.error("TLS is on but this host's certificate cannot be used (%s); STARTTLS is answered 454", exc)
+            return cls(TlsOffer.NO_CERTIFICATE)
+        return cls(TlsOffer.STARTTLS, context, auth_needs_tls=cfg.tls.auth_needs_tls)
+
+
+def tls_info(transport: asyncio.BaseTransport) -> TlsInfo | None:
+    """What the handshake of ``transport`` agreed, if it is a TLS transport."""
+    tls_object: Any = transport.get_extra_info("ssl_object")
+    if tls_object is None:
+        return None
+    cipher = tls_object.cipher() or ("unknown", "", 0)
+    return TlsInfo(version=str(tls_object.version() or "TLS"), cipher=str(cipher[0]), bits=int(cipher[2] or 0))
+
+
 def received_header(cfg: LabConfig, client: Client, *, queue_id: str, recipients: Sequence[str], when: float) -> bytes:
     """The Received header this host prepends for a message from ``client`` (RFC 5321 §4.4)."""
     return trace.received(
@@ -145,10 +193,12 @@ def received_header(cfg: LabConfig, client: Client, *, queue_id: str, recipients
         peer_ip=client.peer_ip,
         peer_name=trace.reverse_name(cfg, client.peer_ip),
         by=cfg.this.fqdn,
-        with_protocol=trace.protocol(esmtp=client.esmtp, authenticated=client.authenticated),
+        with_protocol=trace.protocol(esmtp=client.esmtp, authenticated=client.authenticated,
+                                     tls=client.tls is not None),
         queue_id=queue_id,
         recipients=tuple(recipients),
         when=when,
+        tls=str(client.tls) if client.tls is not None else None,
     )
 
 
@@ -200,6 +250,9 @@ class LabSMTP(SMTP):
         faults: ReplyConsult | None = None,
         login_delay: LoginDelay = LOGIN_DELAY,
         postmaster: str | None = None,
+        tls_offer: TlsOffer = TlsOffer.OFF,
+        tls_context: ssl.SSLContext | None = None,
+        tls_required: bool = False,
     ) -> None:
         # aiosmtpd keeps these limits in one dict shared by every connection; ours is per connection.
         self.command_size_limits: collections.defaultdict[str, int] = collections.defaultdict(
@@ -207,9 +260,11 @@ class LabSMTP(SMTP):
         )
         self._role = role
         self._check_login = check_login
+        self._tls_context = tls_context
         self._session = ServerSession(hostname, role, size_limit=size_limit,
                                       auth_mechanisms=AUTH_MECHANISMS if check_login is not None else (),
-                                      login_delay=login_delay, postmaster=postmaster, faults=faults)
+                                      login_delay=login_delay, postmaster=postmaster, faults=faults,
+                                      tls_offer=tls_offer, tls_required=tls_required)
         self._greeting_due = True  # aiosmtpd's first push is the 220 greeting
         self._refusal_delay: float | None = None  # a wrong password's 535 waits this long (smtp_AUTH)
         self._held: list[bytes] = []  # replies not yet written (see _send_reply)
@@ -221,8 +276,10 @@ class LabSMTP(SMTP):
             ident=f"ESMTP maillab; {trace.date(clock())}",
             data_size_limit=size_limit,
             timeout=IDLE_TIMEOUT,
-            # The lab has no certificates, so no STARTTLS, and AUTH goes in the clear: seeing the
-            # password cross the wire in the capture is one of the lab's lessons. Never on the Internet.
+            # Whether AUTH needs TLS is the session's decision (tls_required). With TLS off in the
+            # lab, AUTH goes in the clear: seeing the password cross the wire in the capture is
+            # one of the lab's lessons. Never on the Internet. aiosmtpd gets no TLS context:
+            # STARTTLS is smtp_STARTTLS below.
             auth_require_tls=False,
             authenticator=self._check_account,
             # Without a login check no mechanism is offered (and aiosmtpd's log says so).
@@ -240,6 +297,10 @@ class LabSMTP(SMTP):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         self._session.peer_ip = self.peer_ip
+        info = tls_info(transport)  # port 465: the handshake is over before the first byte of SMTP
+        if info is not None:
+            self._session.tls_started(info)
+            log.info("%s: TLS on connect, %s", self.peer_ip, info)
 
     def _create_session(self) -> Session:
         return _QuietSession(self.loop)
@@ -410,6 +471,52 @@ class LabSMTP(SMTP):
     async def smtp_HELP(self, arg: str | None) -> None:
         await self._reply(self._session.help(arg))
 
+    async def smtp_STARTTLS(self, arg: str | None) -> None:
+        reply = self._session.starttls(arg)
+        if reply.code != TLS_GO_AHEAD_CODE or self._tls_context is None:
+            return await self._reply(reply)
+        await self._reply(reply)
+        self._flush_replies()  # the 220 (and any reply held before it) in clear, before the handshake
+        await self._writer.drain()
+        # From here to the handshake, nothing awaits: no byte can arrive between the clearing
+        # and the transport handing its input to TLS (loop.start_tls does it before it waits).
+        self._discard_cleartext()
+        this: Any = self
+        try:
+            transport = await self.loop.start_tls(this.transport, self, self._tls_context, server_side=True,
+                                                  ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT)
+            if transport is None:  # the connection closed during the handshake
+                raise ConnectionResetError("connection closed during the handshake")
+        except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
+            log.info("%s: TLS handshake after STARTTLS failed: %s", self.peer_ip, exc or type(exc).__name__)
+            self._session.connection_lost()
+            this._timeout_handle.cancel()
+            raise asyncio.CancelledError from exc  # the session is over, as when the client goes
+        this.transport = transport
+        self._writer._transport = transport  # type: ignore[attr-defined]
+        self._reader._transport = transport  # type: ignore[attr-defined]
+        self._replace_writer(self._writer)  # type: ignore[attr-defined]
+        # RFC 3207 §4.2: forget what the client said in clear; aiosmtpd's copy of it too.
+        peer = this.session.peer
+        this.session = self._create_session()
+        this.session.peer, this.session.ssl = peer, transport.get_extra_info("ssl_object")
+        self.command_size_limits.pop("MAIL", None)
+        self.envelope = self._create_envelope()
+        info = tls_info(transport) or TlsInfo("TLS", "unknown", 0)
+        self._session.tls_started(info)
+        log.info("%s: STARTTLS, %s", self.peer_ip, info)
+
+    def _discard_cleartext(self) -> None:
+        """Throw away what the client sent after STARTTLS, before TLS (RFC 3207 §4.2: the client
+        must wait for the 220; a man in the middle may have added it, CVE-2011-0411)."""
+        reader: Any = self._reader
+        pending = bytes(reader._buffer)
+        if pending:
+            reader._buffer.clear()
+            reader._maybe_resume_transport()
+            log.warning("%s: %d octets sent in clear after STARTTLS, before TLS, discarded unread: %r",
+                        self.peer_ip, len(pending), pending[:80])
+
     async def smtp_AUTH(self, arg: str | None) -> None:
         refusal = self._session.auth()
         if refusal is not None:
@@ -453,18 +560,35 @@ async def listen(
     faults: ReplyConsult | None = None,
     login_delay: LoginDelay = LOGIN_DELAY,
     postmaster: str | None = None,
+    tls: ServerTls = ServerTls(),
+    tls_required: bool = False,
+    implicit_tls: bool = False,
 ) -> asyncio.Server:
     """Serve SMTP on ``host``:``port`` (0: any free port) with a :class:`LabSMTP` per connection;
     ``faults``: the injected replies every connection consults (one per server process, so that
-    "the first N tries" counts every listener's)."""
+    "the first N tries" counts every listener's). ``tls``: STARTTLS, if offered; ``tls_required``:
+    MAIL and AUTH only under it; ``implicit_tls``: TLS from the first byte (port 465)."""
+    if implicit_tls and tls.context is None:
+        raise ValueError("implicit TLS needs a server context")  # our bug: start_mta checks first
+    offer = TlsOffer.IMPLICIT if implicit_tls else tls.offer
+    required = tls_required and offer is TlsOffer.STARTTLS
 
     def connection() -> LabSMTP:
         return LabSMTP(role, hostname=hostname, clock=clock, size_limit=size_limit, check_login=check_login,
-                       login_delay=login_delay, postmaster=postmaster, faults=faults)
+                       login_delay=login_delay, postmaster=postmaster, faults=faults,
+                       tls_offer=offer, tls_context=tls.context, tls_required=required)
 
-    server = await asyncio.get_running_loop().create_server(connection, host, port)
+    loop = asyncio.get_running_loop()
+    if implicit_tls:
+        server = await loop.create_server(connection, host, port, ssl=tls.context,
+                                          ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT)
+    else:
+        server = await loop.create_server(connection, host, port)
     auth = ", AUTH PLAIN LOGIN" if check_login is not None else ""
-    log.info("SMTP server %s listening on %s%s", hostname, _where(server), auth)
+    if required and check_login is not None:
+        auth += " after STARTTLS"
+    how = {TlsOffer.STARTTLS: ", STARTTLS", TlsOffer.IMPLICIT: ", TLS on connect"}.get(offer, "")
+    log.info("SMTP server %s listening on %s%s%s", hostname, _where(server), how, auth)
     return server
 
 

@@ -16,6 +16,16 @@ the session; a transaction takes at most :data:`MAX_RECIPIENTS`.
 Where the session would say yes (the greeting, HELO/EHLO, MAIL, RCPT, DATA, the final dot), it
 first asks its :class:`ReplyConsult`, if any, for a reply a teacher put in its place
 (:mod:`services.smtp.replyfaults`: greylisting at RCPT, 421 at connect, 452 at DATA).
+
+TLS (RFC 3207, RFC 8314): a listener's :class:`TlsOffer` says whether EHLO offers STARTTLS, or
+the connection is TLS from its first byte (465). STARTTLS is answered ``220`` and leaves the
+session in :attr:`State.HANDSHAKE`, where every command is refused: nothing the client said
+before the handshake ended may be acted on under TLS (the STARTTLS injection of CVE-2011-0411
+and CVE-2024-34083; the engine also throws away the bytes it holds). :meth:`tls_started` then
+resets the session as RFC 3207 §4.2 says: no greeting, no login, no transaction. A listener
+that requires TLS (the submission port with ``auth_needs_tls``) answers MAIL, RCPT, DATA and
+AUTH in clear with ``530 5.7.0 Must issue a STARTTLS command first`` (RFC 3207 §4) and offers
+no AUTH in clear.
 """
 
 from __future__ import annotations
@@ -51,10 +61,33 @@ class Client:
     helo: str | None  # the name given in HELO/EHLO; None if the client never greeted
     esmtp: bool  # greeted with EHLO
     login: str | None  # the account it authenticated as (AUTH, RFC 4954)
+    tls: TlsInfo | None = None  # the session's TLS, if it runs under TLS (STARTTLS, or port 465)
 
     @property
     def authenticated(self) -> bool:
         return self.login is not None
+
+
+@dataclass(frozen=True)
+class TlsInfo:
+    """What a finished TLS handshake agreed (``ssl.SSLObject.version()`` and ``.cipher()``)."""
+
+    version: str  # "TLSv1.3"
+    cipher: str  # "TLS_AES_256_GCM_SHA384"
+    bits: int  # the cipher's secret bits
+
+    def __str__(self) -> str:
+        """As Postfix's Received header says it (its comment, without the parentheses)."""
+        return f"using {self.version} with cipher {self.cipher} ({self.bits}/{self.bits} bits)"
+
+
+class TlsOffer(enum.Enum):
+    """What a listener does with TLS; what STARTTLS is answered when it is not offered."""
+
+    OFF = "off"  # TLS is off in this lab: no STARTTLS in EHLO, and STARTTLS gets 502
+    NO_CERTIFICATE = "no certificate"  # on, but this host has no certificate: 454 (RFC 3207 §4)
+    STARTTLS = "starttls"  # EHLO offers STARTTLS (RFC 3207) until the session is under TLS
+    IMPLICIT = "implicit"  # TLS from the first byte (port 465, RFC 8314 §3.3): no STARTTLS
 
 
 class ReplyConsult(Protocol):
@@ -86,6 +119,7 @@ class State(enum.Enum):
     MAIL = "mail"  # a sender accepted
     RCPT = "rcpt"  # a recipient accepted too
     DATA = "data"  # 354 sent: the engine reads the message, no command comes
+    HANDSHAKE = "handshake"  # 220 to STARTTLS sent: the engine runs the TLS handshake
     REFUSED = "refused"  # greeted with 554: no SMTP service here, only QUIT (RFC 5321 §3.1)
     CLOSED = "closed"  # after 221 or 421, or the connection is gone
 
@@ -96,14 +130,16 @@ NEED_MAIL_FOR_DATA = Reply(503, "5.5.1", "Need MAIL command")
 NEED_RCPT = Reply(503, "5.5.1", "Need RCPT (recipient)")
 NEED_EHLO = Reply(503, "5.5.1", "Send EHLO first")
 AUTH_IN_TRANSACTION = Reply(503, "5.5.1", "AUTH not permitted during a mail transaction")  # RFC 4954 §4
+STARTTLS_IN_TRANSACTION = Reply(503, "5.5.1", "STARTTLS not permitted during a mail transaction; send RSET")
 
 # The commands each state refuses, with their 503 (RFC 5321 §4.3.2: bad sequence of commands);
 # every command not listed is allowed.
 REFUSED: Mapping[State, Mapping[str, Reply]] = {
     State.CONNECTED: {"RCPT": NEED_MAIL, "DATA": NEED_MAIL_FOR_DATA, "AUTH": NEED_EHLO},
     State.GREETED: {"RCPT": NEED_MAIL, "DATA": NEED_MAIL_FOR_DATA},
-    State.MAIL: {"MAIL": SENDER_ALREADY, "DATA": NEED_RCPT, "AUTH": AUTH_IN_TRANSACTION},
-    State.RCPT: {"MAIL": SENDER_ALREADY, "AUTH": AUTH_IN_TRANSACTION},
+    State.MAIL: {"MAIL": SENDER_ALREADY, "DATA": NEED_RCPT, "AUTH": AUTH_IN_TRANSACTION,
+                 "STARTTLS": STARTTLS_IN_TRANSACTION},
+    State.RCPT: {"MAIL": SENDER_ALREADY, "AUTH": AUTH_IN_TRANSACTION, "STARTTLS": STARTTLS_IN_TRANSACTION},
 }
 # The states that refuse every command: what they answer. The first two replies never reach the
 # client (a closed session sends nothing more; during DATA the engine reads text, not commands),
@@ -111,6 +147,9 @@ REFUSED: Mapping[State, Mapping[str, Reply]] = {
 # are aiosmtpd's own and pass.
 REFUSE_ALL: Mapping[State, Reply] = {
     State.DATA: Reply(503, "5.5.1", "The message is being read"),
+    # The engine reads nothing during the handshake; should a command still come, it came in
+    # clear before TLS and must not be executed under it (RFC 3207 §4.2, CVE-2011-0411).
+    State.HANDSHAKE: Reply(503, "5.5.1", "TLS negotiation in progress"),
     State.CLOSED: Reply(421, "4.7.0", "Closing connection"),
     # RFC 5321 §3.1: after a 554 greeting the server MUST answer 503 to anything but QUIT.
     State.REFUSED: Reply(503, "5.5.1", "No SMTP service here; send QUIT"),
@@ -125,6 +164,15 @@ ALREADY_AUTHENTICATED = Reply(503, "5.5.1", "Already authenticated")
 AUTH_FAILED = Reply(535, "5.7.8", "Authentication credentials invalid")  # RFC 4954 §6
 # RFC 5321 §3.5.3: 252 neither confirms nor denies; telling who exists helps harvesters.
 CANNOT_VRFY = Reply(252, "2.5.2", "Cannot VRFY user, but will accept message and attempt delivery")
+# RFC 3207 §4: the client must start TLS before the listener serves it; EHLO, STARTTLS, NOOP,
+# RSET, QUIT and HELP still work in clear.
+MUST_STARTTLS = Reply(530, "5.7.0", "Must issue a STARTTLS command first")
+NEEDS_TLS = frozenset({"MAIL", "RCPT", "DATA", "AUTH"})
+TLS_GO_AHEAD = Reply(220, "2.0.0", "Ready to start TLS")  # RFC 3207 §4
+TLS_ALREADY = Reply(503, "5.5.1", "TLS already active")  # RFC 3207 §4.2: no second STARTTLS
+TLS_NOT_OFFERED = Reply(502, "5.5.1", "STARTTLS not offered: TLS is off in this lab")  # RFC 5321 §4.2.4
+TLS_UNAVAILABLE = Reply(454, "4.7.0", "TLS not available: this host has no certificate")  # RFC 3207 §4
+STARTTLS_SYNTAX = Reply(501, "5.5.4", "Syntax: STARTTLS")  # RFC 3207 §4: no parameters
 
 HELP_TOPICS: Mapping[str, str] = {
     "HELO": "HELO <hostname>",
@@ -138,6 +186,7 @@ HELP_TOPICS: Mapping[str, str] = {
     "VRFY": "VRFY <address>",
     "HELP": "HELP [command]",
     "AUTH": "AUTH PLAIN|LOGIN [initial-response]",
+    "STARTTLS": "STARTTLS",
 }
 
 
@@ -158,7 +207,8 @@ class ServerSession:
 
     def __init__(self, hostname: str, checks: EnvelopeChecks, *, size_limit: int,
                  auth_mechanisms: Sequence[str] = (), login_delay: LoginDelay = LOGIN_DELAY,
-                 postmaster: str | None = None, faults: ReplyConsult | None = None) -> None:
+                 postmaster: str | None = None, faults: ReplyConsult | None = None,
+                 tls_offer: TlsOffer = TlsOffer.OFF, tls_required: bool = False) -> None:
         self.hostname = hostname
         self.postmaster = postmaster  # what RCPT TO:<Postmaster> means here (policy.parse_rcpt)
         self.size_limit = size_limit
@@ -170,6 +220,9 @@ class ServerSession:
         self.login: str | None = None
         self.sender: str | None = None  # None until MAIL; "" is the null reverse-path
         self.recipients: list[str] = []
+        self.tls_offer = tls_offer
+        self.tls_required = tls_required  # MAIL and AUTH only under TLS, when STARTTLS is offered
+        self.tls: TlsInfo | None = None  # set once a handshake succeeded
         self._checks = checks
         self._faults = faults
         self._bad_commands = 0
@@ -182,7 +235,16 @@ class ServerSession:
 
     @property
     def client(self) -> Client:
-        return Client(self.peer_ip, self.helo, self.esmtp, self.login)
+        return Client(self.peer_ip, self.helo, self.esmtp, self.login, self.tls)
+
+    @property
+    def _clear_but_tls_required(self) -> bool:
+        """The listener requires TLS, offers STARTTLS, and this session has not used it yet."""
+        return self.tls_required and self.tls is None and self.tls_offer is TlsOffer.STARTTLS
+
+    @property
+    def _starttls_offered(self) -> bool:
+        return self.tls_offer is TlsOffer.STARTTLS and self.tls is None
 
     def _injected(self, stage: str, *, sender: str | None = None, recipients: Sequence[str] = ()) -> Reply | None:
         """The reply injected at ``stage`` for this envelope (the transaction's sender by default)."""
@@ -193,6 +255,8 @@ class ServerSession:
     def _refused(self, verb: str) -> Reply | None:
         if self.state in REFUSE_ALL:
             return REFUSE_ALL[self.state]
+        if verb in NEEDS_TLS and self._clear_but_tls_required:
+            return MUST_STARTTLS
         return REFUSED[self.state].get(verb)
 
     # -- the budget and the end ---------------------------------------------------------------
@@ -250,7 +314,10 @@ class ServerSession:
         # Only what is implemented (RFC 5321 §4.1.1.1): replies keep their order, so PIPELINING
         # (RFC 2920); the message is taken as bytes, so 8BITMIME (RFC 6152).
         lines = [hello, f"SIZE {self.size_limit}", "8BITMIME", "PIPELINING", "ENHANCEDSTATUSCODES"]
-        if self.auth_mechanisms:
+        if self._starttls_offered:
+            lines.append("STARTTLS")
+        # RFC 8314 §3.3 / RFC 4954 §4: where AUTH needs TLS, a clear session is not offered it.
+        if self.auth_mechanisms and not self._clear_but_tls_required:
             lines.append("AUTH " + " ".join(sorted(self.auth_mechanisms)))
         return Reply(250, "", "\n".join(lines))  # RFC 2034 §3: no status codes in EHLO's reply
 
@@ -351,6 +418,33 @@ class ServerSession:
         self._auth_failures += 1
         return self._login_delay.after(self._auth_failures)
 
+    # -- STARTTLS (RFC 3207) ----------------------------------------------------------------------------
+
+    def starttls(self, arg: str | None) -> Reply:
+        """STARTTLS: ``220`` (the engine then runs the handshake, and reports with
+        :meth:`tls_started` or :meth:`connection_lost`), or the refusal."""
+        if self.state in REFUSE_ALL:
+            return REFUSE_ALL[self.state]
+        if self.tls is not None or self.tls_offer is TlsOffer.IMPLICIT:
+            return TLS_ALREADY
+        if self.tls_offer is TlsOffer.OFF:
+            return TLS_NOT_OFFERED
+        if self.tls_offer is TlsOffer.NO_CERTIFICATE:
+            return TLS_UNAVAILABLE
+        if arg:
+            return STARTTLS_SYNTAX
+        refusal = REFUSED[self.state].get("STARTTLS")
+        if refusal is not None:
+            return refusal
+        self.state = State.HANDSHAKE
+        return TLS_GO_AHEAD
+
+    def tls_started(self, info: TlsInfo) -> None:
+        """The TLS handshake succeeded: after STARTTLS's 220, or at connect on an implicit-TLS
+        port. The client starts over (RFC 3207 §4.2): EHLO again, then AUTH and MAIL."""
+        self.reset()
+        self.tls = info
+
     # -- the rest ----------------------------------------------------------------------------------
 
     def vrfy(self, arg: str | None) -> Reply:
@@ -359,7 +453,10 @@ class ServerSession:
         return CANNOT_VRFY
 
     def help(self, arg: str | None) -> Reply:
-        topics = {k: v for k, v in HELP_TOPICS.items() if k != "AUTH" or self.auth_mechanisms}
+        hidden = {"AUTH"} if not self.auth_mechanisms else set()
+        if not self._starttls_offered:
+            hidden.add("STARTTLS")
+        topics = {k: v for k, v in HELP_TOPICS.items() if k not in hidden}
         if arg:
             usage = topics.get(arg.strip().upper())
             return Reply(214, "2.0.0", usage) if usage else Reply(504, "5.5.4", "HELP topic unknown")

@@ -21,11 +21,13 @@ FOLD = b"\r\n\t"  # RFC 5322 §2.2.3: a header field continues on a line that st
 SOFTWARE = "maillab"  # the comment after the "by" host, like sendmail's "(8.11.1/8.11.1)"
 
 
-def protocol(*, esmtp: bool, authenticated: bool) -> str:
-    """The WITH clause (RFC 5321 §4.4; ESMTPA from RFC 3848): what the client greeted with."""
-    if authenticated:
-        return "ESMTPA"
-    return "ESMTP" if esmtp else "SMTP"
+def protocol(*, esmtp: bool, authenticated: bool, tls: bool = False) -> str:
+    """The WITH clause (RFC 5321 §4.4; ESMTPA, ESMTPS and ESMTPSA from RFC 3848): what the client
+    greeted with, and whether it authenticated and ran under TLS. RFC 3848 names no TLS variant
+    of plain SMTP: a HELO under TLS stays "SMTP" (AUTH needs EHLO, so there is no SMTPA either)."""
+    if not esmtp and not authenticated:
+        return "SMTP"
+    return "ESMTP" + ("S" if tls else "") + ("A" if authenticated else "")
 
 
 def address_literal(ip: str) -> str:
@@ -60,6 +62,7 @@ def received(
     queue_id: str,
     recipients: tuple[str, ...],
     when: float,
+    tls: str | None = None,
 ) -> bytes:
     """One Received header field, folded, CRLF-terminated.
 
@@ -67,14 +70,16 @@ def received(
     or nothing that is a domain (§4.4 wants a Domain there); the comment holds the name its
     address has in the lab and the address itself (TCP-info, §4.4). ``for`` names the recipient
     only when there is exactly one: listing several would tell each of them about the others.
+    ``tls``: the session's TLS in words, a comment of its own line as Postfix writes it
+    (``(using TLSv1.3 with cipher TLS_AES_256_GCM_SHA384 (256/256 bits))``).
     """
     literal = address_literal(peer_ip)
     client = helo if helo and (policy.is_domain(helo) or policy.is_address_literal(helo)) else literal
     tcp_info = f"{peer_name} {literal}" if peer_name else literal
-    lines = [
-        f"Received: from {client} ({tcp_info})",
-        f"by {by} ({SOFTWARE}) with {with_protocol} id {queue_id}",
-    ]
+    lines = [f"Received: from {client} ({tcp_info})"]
+    if tls:
+        lines.append(f"({tls})")
+    lines.append(f"by {by} ({SOFTWARE}) with {with_protocol} id {queue_id}")
     stamp = f"; {date(when)}"
     if len(recipients) == 1 and policy.parse_mailbox(recipients[0]) is not None:
         lines.append(f"for <{recipients[0]}>{stamp}")

@@ -261,3 +261,22 @@ def test_swap_refuses_an_unknown_role_or_key() -> None:
 def test_swap_back_to_our_own_role() -> None:
     topo = topology.load_overlay(reference("mx.yml"), Path("back.yml"), "swap:\n  mail: mx\n")
     assert (topo.host("mail").role, topo.host("mail").image) == ("mx", "lab")
+
+
+def test_postfix_tls_follows_the_lab_and_needs_the_certificate(tmp_path: Path) -> None:
+    """Issue 12: STARTTLS offered, AUTH only under TLS, the relay's level per tls.relay."""
+    cert = tmp_path / "cert.pem"
+    plain = config_for("mail.yml", "smtp")
+    on = dataclasses.replace(plain, tls=TlsSettings(enabled=True, auth_needs_tls=True, relay="verify"))
+    assert settings(postfix.main_cf(on, mta=True, certificate=cert))["smtpd_tls_security_level"] == "none"
+    cert.write_text("a certificate")
+    cf = settings(postfix.main_cf(on, mta=True, certificate=cert))
+    assert (cf["smtpd_tls_cert_file"], cf["smtpd_tls_key_file"]) == (str(cert), "/etc/maillab/tls/key.pem")
+    assert (cf["smtpd_tls_security_level"], cf["smtpd_tls_auth_only"]) == ("may", "yes")
+    assert (cf["smtp_tls_security_level"], cf["smtp_tls_CAfile"]) == ("verify", "/etc/maillab/tls/ca.pem")
+    may = dataclasses.replace(on, tls=TlsSettings(enabled=True, auth_needs_tls=False, relay="may"))
+    cf = settings(postfix.main_cf(may, mta=True, certificate=cert))
+    assert (cf["smtp_tls_security_level"], cf["smtpd_tls_auth_only"]) == ("may", "no")
+    cf = settings(postfix.main_cf(plain, mta=True, certificate=cert))  # TLS off: as before
+    assert (cf["smtpd_tls_security_level"], cf["smtp_tls_security_level"]) == ("none", "none")
+    assert "smtpd_tls_cert_file" not in cf

@@ -22,6 +22,8 @@ from services.smtp.session import (
     Client,
     ServerSession,
     State,
+    TlsInfo,
+    TlsOffer,
 )
 from services.smtp.wire import Reply, parse_reply_line
 
@@ -45,9 +47,10 @@ class Checks:
         return Reply(250, "2.1.5", f"{recipient.echo}... Recipient ok")
 
 
-def session(*, auth: bool = False, checks: Checks | None = None) -> ServerSession:
+def session(*, auth: bool = False, checks: Checks | None = None, tls: TlsOffer = TlsOffer.OFF,
+            tls_required: bool = False) -> ServerSession:
     s = ServerSession("mail.stevenchoy.example", checks or Checks(), size_limit=2048,
-                      auth_mechanisms=("LOGIN", "PLAIN") if auth else ())
+                      auth_mechanisms=("LOGIN", "PLAIN") if auth else (), tls_offer=tls, tls_required=tls_required)
     s.peer_ip = "10.0.0.5"
     return s
 
@@ -77,6 +80,7 @@ VERBS: dict[str, Callable[[ServerSession, str | None], Reply]] = {
     "HELP": ServerSession.help,
     "AUTH": _auth,
     "RSET": _rset,
+    "STARTTLS": ServerSession.starttls,
     "NOOP": lambda s, arg: Reply(250, "2.0.0", "OK"),
     "QUIT": lambda s, arg: Reply(221, "2.0.0", "Bye"),
 }
@@ -280,3 +284,89 @@ def test_any_script_gets_a_well_formed_reply_to_every_command(script: list[str],
         # The state and the envelope agree.
         assert (s.sender is not None) == (s.state in (State.MAIL, State.RCPT)), s.state
         assert bool(s.recipients) == (s.state is State.RCPT), s.state
+
+
+# -- STARTTLS (RFC 3207) and AUTH only under TLS (RFC 8314 §3.3) --------------------------------------
+
+TLS13 = TlsInfo("TLSv1.3", "TLS_AES_256_GCM_SHA384", 256)
+
+
+def starttls(s: ServerSession) -> None:
+    """STARTTLS, then the handshake the engine runs, succeeding."""
+    assert say(s, "STARTTLS") == "220 2.0.0 Ready to start TLS"
+    assert s.state is State.HANDSHAKE
+    s.tls_started(TLS13)
+
+
+def test_starttls_is_offered_until_the_session_is_under_tls() -> None:
+    s = session(tls=TlsOffer.STARTTLS)
+    assert say(s, "EHLO client.example").endswith("\r\n250-ENHANCEDSTATUSCODES\r\n250 STARTTLS")
+    assert "STARTTLS" in say(s, "HELP")
+    starttls(s)
+    assert say(s, "EHLO client.example").endswith("\r\n250 ENHANCEDSTATUSCODES")
+    assert "STARTTLS" not in say(s, "HELP")
+    assert say(s, "STARTTLS") == "503 5.5.1 TLS already active"
+    assert s.client.tls == TLS13 and str(TLS13) == "using TLSv1.3 with cipher TLS_AES_256_GCM_SHA384 (256/256 bits)"
+
+
+def test_after_starttls_the_session_starts_over() -> None:
+    """RFC 3207 §4.2: the HELO, the login and the transaction of the clear part are forgotten."""
+    s = session(auth=True, tls=TlsOffer.STARTTLS)
+    say(s, "EHLO client.example")
+    say(s, "AUTH PLAIN")
+    starttls(s)
+    assert (s.state, s.helo, s.esmtp, s.login, s.sender) == (State.CONNECTED, None, False, None, None)
+    assert say(s, "AUTH PLAIN") == "503 5.5.1 Send EHLO first"
+    say(s, "EHLO client.example")
+    assert say(s, "AUTH PLAIN").startswith("235 ")
+
+
+def test_nothing_said_before_the_handshake_ends_is_acted_on() -> None:
+    """The STARTTLS injection (CVE-2011-0411, CVE-2024-34083), in the core: between the 220 and
+    the end of the handshake every command is refused, and none of them survives it."""
+    s = session(tls=TlsOffer.STARTTLS)
+    say(s, "EHLO client.example")
+    assert say(s, "STARTTLS") == "220 2.0.0 Ready to start TLS"
+    for injected in (f"MAIL FROM:<{ANDY}>", f"RCPT TO:<{BETTY}>", "DATA", "EHLO evil.example", "STARTTLS"):
+        assert say(s, injected) == "503 5.5.1 TLS negotiation in progress"
+    assert s.sender is None and s.helo == "client.example"
+    s.tls_started(TLS13)
+    assert say(s, f"RCPT TO:<{BETTY}>") == "503 5.5.1 Need MAIL before RCPT"
+    assert s.helo is None
+
+
+def test_starttls_refusals() -> None:
+    assert say(session(), "STARTTLS") == "502 5.5.1 STARTTLS not offered: TLS is off in this lab"
+    assert say(session(tls=TlsOffer.NO_CERTIFICATE), "STARTTLS") == (
+        "454 4.7.0 TLS not available: this host has no certificate")
+    assert say(session(tls=TlsOffer.STARTTLS), "STARTTLS now") == "501 5.5.4 Syntax: STARTTLS"
+    implicit = session(tls=TlsOffer.IMPLICIT)
+    implicit.tls_started(TLS13)
+    assert say(implicit, "STARTTLS") == "503 5.5.1 TLS already active"
+    assert "STARTTLS" not in say(implicit, "EHLO client.example")
+    busy = session(tls=TlsOffer.STARTTLS)
+    say(busy, f"MAIL FROM:<{ANDY}>")
+    assert say(busy, "STARTTLS") == "503 5.5.1 STARTTLS not permitted during a mail transaction; send RSET"
+    for offer in (TlsOffer.OFF, TlsOffer.NO_CERTIFICATE):
+        assert "STARTTLS" not in say(session(tls=offer), "EHLO client.example")
+
+
+def test_a_listener_that_requires_tls_serves_mail_and_auth_only_under_it() -> None:
+    s = session(auth=True, tls=TlsOffer.STARTTLS, tls_required=True)
+    ehlo = say(s, "EHLO client.example")
+    assert "STARTTLS" in ehlo and "AUTH" not in ehlo  # no AUTH offered in clear
+    for command in ("AUTH PLAIN", f"MAIL FROM:<{ANDY}>", f"RCPT TO:<{BETTY}>", "DATA"):
+        assert say(s, command) == "530 5.7.0 Must issue a STARTTLS command first"
+    assert say(s, "NOOP") == "250 2.0.0 OK" and say(s, "RSET") == "250 2.0.0 OK"
+    starttls(s)
+    assert say(s, "EHLO client.example").endswith("250 AUTH LOGIN PLAIN")
+    assert say(s, "AUTH PLAIN").startswith("235 ")
+    assert say(s, f"MAIL FROM:<{ANDY}>").startswith("250 ")
+    assert s.client.tls == TLS13
+
+
+def test_requiring_tls_where_it_cannot_be_had_changes_nothing() -> None:
+    """TLS on but no certificate here: AUTH in clear as before, rather than no AUTH at all."""
+    s = session(auth=True, tls=TlsOffer.NO_CERTIFICATE, tls_required=True)
+    assert say(s, "EHLO client.example").endswith("250 AUTH LOGIN PLAIN")
+    assert say(s, "AUTH PLAIN").startswith("235 ")

@@ -73,11 +73,22 @@ def test_for_only_with_a_single_recipient() -> None:
 
 
 @pytest.mark.parametrize(
-    ("esmtp", "authenticated", "name"),
-    [(False, False, "SMTP"), (True, False, "ESMTP"), (True, True, "ESMTPA")],
+    ("esmtp", "authenticated", "tls", "name"),
+    [(False, False, False, "SMTP"), (True, False, False, "ESMTP"), (True, True, False, "ESMTPA"),
+     (True, False, True, "ESMTPS"), (True, True, True, "ESMTPSA"),  # RFC 3848
+     (False, False, True, "SMTP")],  # HELO under TLS: RFC 3848 names no SMTPS
 )
-def test_with_protocol(esmtp: bool, authenticated: bool, name: str) -> None:
-    assert trace.protocol(esmtp=esmtp, authenticated=authenticated) == name
+def test_with_protocol(esmtp: bool, authenticated: bool, tls: bool, name: str) -> None:
+    assert trace.protocol(esmtp=esmtp, authenticated=authenticated, tls=tls) == name
+
+
+def test_the_tls_comment_has_a_line_of_its_own_as_postfix_writes_it() -> None:
+    using = "using TLSv1.3 with cipher TLS_AES_256_GCM_SHA384 (256/256 bits)"
+    lines = received(tls=using, with_protocol="ESMTPS").split(b"\r\n")
+    assert lines[1] == f"\t({using})".encode()
+    assert lines[2].startswith(b"\tby mail.stevenchoy.example (maillab) with ESMTPS id ")
+    msg = email.message_from_bytes(trace.prepend(MESSAGE, received(tls=using)), policy=email.policy.default)
+    assert not msg.defects and "(using TLSv1.3 with cipher" in str(msg["Received"])
 
 
 def test_return_path() -> None:
