@@ -2,7 +2,7 @@
 
 The cores (:mod:`services.pop3.core`, :mod:`services.imap.core`) return lists of these, as
 mitmproxy's layers yield commands: send these bytes, wait this long without blocking other
-clients, log this line, close the connection, call back now and then (an IMAP client's IDLE).
+clients, log this line, close the connection, start TLS, call back now and then (an IMAP client's IDLE).
 :class:`services.sessionserver.Connection` performs them.
 """
 
@@ -50,4 +50,13 @@ class StopPolling:
     pass
 
 
-Action = Send | Wait | Log | Close | Poll | StopPolling
+@dataclass(frozen=True)
+class StartTls:
+    """Upgrade the connection to TLS now, as the server (POP3 STLS, RFC 2595 §4; IMAP STARTTLS,
+    RFC 3501 §6.2.1). The shell first drops whatever the client sent after the command in clear:
+    those bytes came before the handshake and must never run under TLS (command injection,
+    CVE-2011-0411 and kin). The core must have dropped its own buffer too. Once the handshake is
+    done the shell calls the core's ``tls_started``; a failed handshake ends the session."""
+
+
+Action = Send | Wait | Log | Close | Poll | StopPolling | StartTls

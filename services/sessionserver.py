@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from services.actions import Action, Close, Log, Poll, Send, StopPolling, Wait
+from services.actions import Action, Close, Log, Poll, Send, StartTls, StopPolling, Wait
 from services.config import LabConfig
 
 
@@ -42,11 +43,18 @@ class Core(Protocol):
     def internal_error(self) -> Sequence[Action]: ...
 
 
+class TlsCore(Core, Protocol):
+    """A core that can ask for :class:`StartTls` and is told when the handshake is done."""
+
+    def tls_started(self) -> Sequence[Action]: ...
+
+
 class Connection:
     """One client: feed the session, perform its actions, until it or the peer closes."""
 
     def __init__(self, protocol: str, log: logging.Logger, session: Core, idle_timeout: float,
-                 reader: asyncio.StreamReader, writer: asyncio.StreamWriter, read_chunk: int) -> None:
+                 reader: asyncio.StreamReader, writer: asyncio.StreamWriter, read_chunk: int,
+                 tls: Callable[[], ssl.SSLContext] | None = None) -> None:
         self.protocol = protocol  # "pop3", "imap": the first word of every log line
         self.log = log
         self.session = session
@@ -55,6 +63,7 @@ class Connection:
         self.writer = writer
         self.read_chunk = read_chunk
         self.polling: Poll | None = None
+        self.tls = tls  # makes the server context when the core asks for StartTls
         peer = writer.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
 
@@ -121,21 +130,48 @@ class Connection:
                     self.polling = action
                 case StopPolling():
                     self.polling = None
+                case StartTls():
+                    await self._start_tls()
                 case Close():
                     return
+
+    async def _start_tls(self) -> None:
+        """Perform :class:`StartTls`: drop the clear-text bytes already read, shake hands, tell
+        the core. Without a context (a shell wired without TLS) the core asked wrongly: a bug."""
+        if self.tls is None or not hasattr(self.session, "tls_started"):
+            raise RuntimeError("the session asked for TLS on a connection that cannot start it")
+        # Anything the StreamReader holds arrived in clear after STLS/STARTTLS: discard it, so a
+        # pipelined "b LOGIN x y" injected before the handshake is never run under TLS.
+        buffered = getattr(self.reader, "_buffer", None)
+        if isinstance(buffered, bytearray) and buffered:
+            self._log(Log(f"dropped {len(buffered)} bytes sent in clear after the TLS command"))
+            buffered.clear()
+        try:
+            await asyncio.wait_for(self.writer.start_tls(self.tls()), self.idle_timeout)
+        except ssl.SSLError as exc:
+            self.log.info("%s TLS handshake failed: %s", self.peer, exc.reason or exc)
+            raise ConnectionError("TLS handshake failed") from exc
+        await self._perform(self.session.tls_started())
 
     def _log(self, action: Log) -> None:
         self.log.log(action.level, "%s %s %s %s", self.protocol, self.peer, self.session.address or "-", action.text)
 
 
 async def listen(protocol: str, log: logging.Logger, cfg: LabConfig, new_session: Callable[[], Core],
-                 idle_timeout: float, *, host: str, port: int, read_chunk: int) -> asyncio.Server:
-    """Serve ``protocol`` on ``host:port``, a new session per client; returns once listening."""
+                 idle_timeout: float, *, host: str, port: int, read_chunk: int,
+                 tls: Callable[[], ssl.SSLContext] | None = None, implicit: bool = False) -> asyncio.Server:
+    """Serve ``protocol`` on ``host:port``, a new session per client; returns once listening.
+
+    ``tls`` makes the server context for a core's :class:`StartTls`; with ``implicit`` every
+    connection is TLS from its first byte (RFC 8314: POP3 on 995, IMAP on 993)."""
 
     async def serve_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await Connection(protocol, log, new_session(), idle_timeout, reader, writer, read_chunk).run()
+        await Connection(protocol, log, new_session(), idle_timeout, reader, writer, read_chunk, tls).run()
 
-    server = await asyncio.start_server(serve_client, host, port)
+    if implicit and tls is None:
+        raise ValueError("implicit TLS needs a server context maker (tls=services.tls.server_context)")
+    server = await asyncio.start_server(serve_client, host, port,
+                                        ssl=tls() if implicit and tls is not None else None)
     bound = ", ".join(f"{s.getsockname()[0]}:{s.getsockname()[1]}" for s in server.sockets)
     domains = ", ".join(d.name for d in cfg.local_domains) or "no domains"
     log.info("%s server %s listening on %s for %s", protocol.upper(), cfg.this.fqdn, bound, domains)
