@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from labctl.traffic import arp, pop3, smtp
+from labctl.traffic import arp, imap, pop3, smtp
 from labctl.traffic import dns as dns_decoder
 from labctl.traffic.dialogue import gap
 from labctl.traffic.model import CLIENT, NOTE, SERVER, Conversation, Endpoint, Event, MailMessage
@@ -31,9 +31,9 @@ from labctl.traffic.tcp import Address, Connection, Reassembler, StreamView
 
 Decoder = Callable[..., tuple[list[Event], list[MailMessage], bool]]
 
-# The protocol a server port speaks in the lab (SMTP relay 25 and submission 587, POP3 110, DNS 53).
-PROTOCOLS: Mapping[int, str] = {25: "smtp", 587: "smtp", 110: "pop3", 53: "dns"}
-TCP_DECODERS: Mapping[str, Decoder] = {"smtp": smtp.decode, "pop3": pop3.decode}
+# The protocol a server port speaks in the lab (SMTP relay 25 and submission 587, POP3 110, IMAP 143, DNS 53).
+PROTOCOLS: Mapping[int, str] = {25: "smtp", 587: "smtp", 110: "pop3", 143: "imap", 53: "dns"}
+TCP_DECODERS: Mapping[str, Decoder] = {"smtp": smtp.decode, "pop3": pop3.decode, "imap": imap.decode}
 
 
 @dataclass

@@ -7,7 +7,7 @@
    better MX: each hand-over is a hop of this step);
 5. storage acknowledgement: the MX's 250 after the data (our servers say 250 only once the
    message is on disk, design decision 8);
-6. retrieval: the recipient's MUA fetches the message with POP3 RETR (or TOP).
+6. retrieval: the recipient's MUA fetches the message with POP3 RETR (or TOP), or IMAP FETCH.
 
 A message is recognised by its Message-ID wherever it crosses (SMTP DATA/BDAT, POP3 RETR/TOP).
 The submission is the earliest SMTP transfer of it; the MTA is that transfer's server; a relay is
@@ -89,7 +89,7 @@ class Sightings:
 
     conversations: Sequence[Conversation]
     transfers: tuple[Transfer, ...]  # its SMTP transfers, in time order
-    retrievals: tuple[Transfer, ...]  # its POP3 retrievals, in time order
+    retrievals: tuple[Transfer, ...]  # its POP3 and IMAP retrievals, in time order
     lookups: tuple[NeighbourLookup, ...] = ()  # the capture's ARP lookups
 
     @property
@@ -112,9 +112,12 @@ def _matches(msg: MailMessage, message_id: str | None, subject: str | None) -> b
     return subject is not None and subject.lower() in (msg.subject or "").lower()
 
 
-def _messages(conversations: Sequence[Conversation], protocol: str) -> list[Transfer]:
-    return sorted((Transfer(c, m) for c in conversations if c.protocol == protocol for m in c.messages),
+def _messages(conversations: Sequence[Conversation], *protocols: str) -> list[Transfer]:
+    return sorted((Transfer(c, m) for c in conversations if c.protocol in protocols for m in c.messages),
                   key=lambda t: t.msg.time)
+
+
+RETRIEVAL = ("pop3", "imap")  # the access protocols step 6 is found in: POP3 RETR/TOP, IMAP FETCH
 
 
 def _describe(conv: Conversation) -> str:
@@ -296,21 +299,23 @@ def find_storage(relay: Transfer | None, seen: Sightings | None = None) -> Journ
 
 def find_retrieval(seen: Sightings, sub: Transfer | None,
                    relay: Transfer | None) -> tuple[JourneyStep, Transfer | None]:
-    """6. The recipient's MUA fetches it with POP3 RETR (or TOP): from the MX it was relayed to last, if any."""
+    """6. The recipient's MUA fetches it with POP3 RETR (or TOP) or IMAP FETCH: from the MX it was
+    relayed to last, if any."""
     mx_ip = relay.conv.server.ip if relay else None
     fetched = next((t for t in seen.retrievals if mx_ip is None or t.conv.server.ip == mx_ip), None)
     fetched = fetched or (seen.retrievals[0] if seen.retrievals else None)
     if fetched is None:
         after = sub.msg.time if sub else 0.0
         sessions = [_describe(c) if c.state in ("refused", "unanswered") else
-                    f"{clock(c.start)} {c.client.host} -> {c.server.host}:{c.server.port}: POP3 session, "
-                    f"{len(c.messages)} message(s) retrieved, not this one"
-                    for c in seen.conversations if c.protocol == "pop3" and c.start >= after]
+                    f"{clock(c.start)} {c.client.host} -> {c.server.host}:{c.server.port}: {c.protocol.upper()} "
+                    f"session, {len(c.messages)} message(s) retrieved, not this one"
+                    for c in seen.conversations if c.protocol in RETRIEVAL and c.start >= after]
         return JourneyStep(6, STEP_NAMES[5], False, instead=tuple(sessions) or (
-            "no POP3 retrieval of this message (has the recipient fetched mail since?)",)), None
+            "no POP3 or IMAP retrieval of this message (has the recipient fetched mail since?)",)), None
     m = fetched.msg
     return JourneyStep(6, STEP_NAMES[5], True, m.time, fetched.conv.server.host, fetched.conv.client.host,
-                       f"{m.command}: {_size(m)}", f"POP3 from port {fetched.conv.server.port}"), fetched
+                       f"{m.command}: {_size(m)}",
+                       f"{fetched.conv.protocol.upper()} from port {fetched.conv.server.port}"), fetched
 
 
 def trace(conversations: Sequence[Conversation], message_id: str | None = None,
@@ -321,12 +326,12 @@ def trace(conversations: Sequence[Conversation], message_id: str | None = None,
         raise LabctlError("say which message: a Message-ID, or --subject TEXT")
     wanted = _norm_id(message_id)
     smtp = _messages(conversations, "smtp")
-    pop = _messages(conversations, "pop3")
+    pop = _messages(conversations, *RETRIEVAL)
     matching = [t for t in smtp + pop if _matches(t.msg, wanted, subject)]
     if not matching:
         seen = sorted({f"{m.msg.message_id or '(no Message-ID)'}  {m.msg.subject or ''}".strip()
                        for m in smtp + pop})
-        listing = "\n  ".join(seen) if seen else "(none: no SMTP DATA or POP3 RETR in the capture)"
+        listing = "\n  ".join(seen) if seen else "(none: no SMTP DATA, POP3 RETR or IMAP FETCH in the capture)"
         what = f"Message-ID {message_id}" if message_id else f"subject containing {subject!r}"
         raise LabctlError(f"no message with {what} crossed the wire in this capture; messages seen:\n  {listing}")
     first = min(matching, key=lambda t: t.msg.time)

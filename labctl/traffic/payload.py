@@ -130,6 +130,16 @@ class Pop3Status:
 
 
 @dataclass(frozen=True, slots=True)
+class ImapResponse:
+    """An IMAP response (RFC 3501 §7): tagged ("a1", status OK/NO/BAD), untagged ("*", status OK/NO/
+    BAD/BYE/PREAUTH, or the data's name: FETCH, EXISTS, CAPABILITY...), or a continuation ("+")."""
+
+    tag: str
+    status: str
+    message: MessageSummary | None = None  # a FETCH of BODY[]/RFC822: the message its literal carried
+
+
+@dataclass(frozen=True, slots=True)
 class Credentials:
     """What a login line gave away in clear text (the lab has no TLS: one of its lessons)."""
 
@@ -155,8 +165,8 @@ class Unanswered:
     syns: int  # SYNs sent, retransmissions included
 
 
-Payload = (DnsQuery | DnsAnswer | Reply | CommandLine | MessageSummary | Pop3Status | Credentials | Undecoded
-           | Unanswered)
+Payload = (DnsQuery | DnsAnswer | Reply | CommandLine | MessageSummary | Pop3Status | ImapResponse | Credentials
+           | Undecoded | Unanswered)
 
 
 def info(payload: Payload | None) -> dict[str, Any]:
@@ -175,6 +185,8 @@ def info(payload: Payload | None) -> dict[str, Any]:
             return {"status": status}
         case Pop3Status(status=status, message=MessageSummary() as message):
             return {"status": status, **_message_info(message)}
+        case ImapResponse(tag=tag, status=status, message=message):
+            return {"tag": tag, "status": status, **(_message_info(message) if message is not None else {})}
         case Credentials():
             found = {"mechanism": payload.mechanism, "user": payload.user, "password": payload.secret}
             return {k: v for k, v in found.items() if v is not None}

@@ -10,7 +10,7 @@ Text (one block per conversation, DNS one line per query or answer)::
 
 JSON (``labctl traffic --json``) is a list of conversations, each::
 
-    {"protocol": "smtp"|"pop3"|"dns"|"tcp"|"udp", "transport": "tcp"|"udp",
+    {"protocol": "smtp"|"pop3"|"imap"|"dns"|"tcp"|"udp", "transport": "tcp"|"udp",
      "client": {"ip", "port", "name"}, "server": {"ip", "port", "name"},
      "start": epoch seconds, "end": epoch seconds,
      "state": "closed"|"open"|"reset"|"refused"|"unanswered",
@@ -39,9 +39,9 @@ from datetime import datetime
 
 from labctl.errors import LabctlError
 from labctl.traffic.model import CLIENT, NOTE, Conversation, Event
-from labctl.traffic.payload import Pop3Status
+from labctl.traffic.payload import ImapResponse, Pop3Status
 
-PROTOCOL_CHOICES = ("smtp", "pop3", "dns")
+PROTOCOL_CHOICES = ("smtp", "pop3", "imap", "dns")
 
 
 def clock(t: float) -> str:
@@ -107,7 +107,7 @@ def event_lines(event: Event, *, hide_secrets: bool = False, times: bool = False
     lines = text.split("\n")
     out = [stamp + _prefix(event) + lines[0]]
     # A message, and a POP3 answer's lines after its status line, are data, not lines of the dialogue.
-    cont = "   " if event.kind == "message" or isinstance(event.payload, Pop3Status) else _prefix(event)
+    cont = "   " if event.kind == "message" or isinstance(event.payload, Pop3Status | ImapResponse) else _prefix(event)
     out += [pad + cont + line for line in lines[1:]]
     return out
 

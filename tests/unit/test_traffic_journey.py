@@ -126,7 +126,7 @@ def test_a_refused_connection_and_a_4xx_before_the_retry_that_worked() -> None:
 def test_missing_retrieval() -> None:
     j = _trace(capture(fetched=False), message_id=MID)
     assert [s.found for s in j.steps] == [True] * 5 + [False]
-    assert "no POP3 retrieval" in j.steps[5].instead[0]
+    assert "no POP3 or IMAP retrieval" in j.steps[5].instead[0]
 
 
 def test_unknown_message_lists_what_was_seen() -> None:
