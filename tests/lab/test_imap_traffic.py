@@ -1,7 +1,7 @@
 """IMAP on the wire of a real lab: the decoded dialogue, its clear-text password, trace's step 6.
 
 betty fetches with curl's IMAP client (a real client, not ours); `labctl traffic` shows the IMAP
-dialogue with the LOGIN password unless --hide-secrets, and `labctl trace` finds step 6 in the
+dialogue with the password (curl's AUTHENTICATE PLAIN) unless --hide-secrets, and `labctl trace` finds step 6 in the
 IMAP FETCH of the message as it does in a POP3 RETR.
 """
 
@@ -45,7 +45,8 @@ def test_an_imap_fetch_is_decoded_and_is_step_6(running_lab: RunningLab) -> None
     assert [m["command"] for m in conv["messages"]][0].startswith(("FETCH", "UID FETCH"))
 
     hidden = labctl("traffic", "--lab", name, "--proto", "imap", "--hide-secrets").stdout
-    assert "LOGIN" in hidden and "betty-secret" not in hidden
+    # curl logs in with AUTHENTICATE PLAIN and its response on the line (SASL-IR, RFC 4959)
+    assert "AUTHENTICATE PLAIN" in hidden and "********" in hidden and "betty-secret" not in hidden
 
     trace = labctl("trace", "--lab", name, message_id).stdout
     assert "6 of 6 steps seen on the wire" in trace, trace
