@@ -24,3 +24,11 @@ def decode_captures(captures: Mapping[str, bytes] | bytes, names: Mapping[str, s
     else:
         decoder = decode_sources({host: [data] for host, data in captures.items()}, names, show_bodies=show_bodies)
     return decoder.conversations(), decoder
+
+
+def only_conversation(capture: bytes, names: Mapping[str, str] | None = None, *,
+                      show_bodies: bool = False) -> Conversation:
+    """The one conversation of a capture file (a test's single connection)."""
+    conversations, _decoder = decode_captures(capture, names, show_bodies=show_bodies)
+    [conversation] = conversations
+    return conversation

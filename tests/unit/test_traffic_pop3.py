@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from labctl.traffic import render
-from labctl.traffic.decode import TrafficDecoder
 from labctl.traffic.model import Conversation
 from services import textwire
 from services.pop3 import core
+from tests.unit.decoding import only_conversation
 from tests.unit.packets import BETTY, MAIL, NAMES, Packet, Tcp, pcap
 
 MESSAGE = (b"From: andy@ouhk.example\r\nSubject: Lunch\r\nMessage-ID: <lunch.1@ouhk.example>\r\n\r\n"
@@ -16,11 +16,7 @@ MESSAGE = (b"From: andy@ouhk.example\r\nSubject: Lunch\r\nMessage-ID: <lunch.1@o
 
 
 def decode(packets: list[Packet], **kw: bool) -> Conversation:
-    d = TrafficDecoder(NAMES, **kw)
-    d.feed_capture(pcap(packets))
-    d.tcp.finish()
-    [conv] = d.conversations()
-    return conv
+    return only_conversation(pcap(packets), NAMES, **kw)
 
 
 def _session() -> Tcp:
