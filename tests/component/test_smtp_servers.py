@@ -44,6 +44,7 @@ from services.smtp.server import Listeners
 from services.smtp.session import Client
 from services.smtp.spool import Spool
 from services.smtp.wire import DataReader, Reply
+from tests.component.smtpwire import Wire
 from tests.labconfig import lab_config, password
 from tests.support import BackgroundLoop
 
@@ -79,41 +80,6 @@ MESSAGE = (
 
 # Every reply carries an RFC 3463 code but these (RFC 2034 §3 exempts greeting, HELO, EHLO).
 ENHANCED = re.compile(r"\d{3}[ -][245]\.\d{1,3}\.\d{1,3} ")
-
-
-class Wire:
-    """A client typing raw lines, as in telnet."""
-
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
-        self.file = self.sock.makefile("rb")
-        self.greeting = self.reply()
-
-    def reply(self) -> str:
-        """One whole reply, its lines joined by newlines; "" if the server closed instead."""
-        lines: list[str] = []
-        while True:
-            raw = self.file.readline()
-            if not raw:
-                return "\n".join(lines)
-            assert raw.endswith(b"\r\n"), raw
-            lines.append(raw[:-2].decode("ascii"))
-            if raw[3:4] != b"-":
-                return "\n".join(lines)
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def command(self, line: str | bytes) -> str:
-        self.send((line.encode("ascii") if isinstance(line, str) else line) + b"\r\n")
-        return self.reply()
-
-    def closed_by_server(self) -> bool:
-        return self.file.read() == b""
-
-    def close(self) -> None:
-        self.file.close()
-        self.sock.close()
 
 
 @dataclass

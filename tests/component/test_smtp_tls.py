@@ -12,7 +12,6 @@ import base64
 import logging
 import re
 import smtplib
-import socket
 import ssl
 import time
 from collections.abc import Coroutine, Iterator
@@ -33,6 +32,7 @@ from services.smtp.mx import start_mx
 from services.smtp.server import Listeners, ServerTls
 from services.smtp.session import TlsOffer
 from services.smtp.spool import RecipientState, Spool, Status
+from tests.component.smtpwire import Wire
 from tests.component.test_smtp_servers import MESSAGE, MTA_CFG, MX_CFG, PASSWORDS, LabDns
 from tests.support import BackgroundLoop
 
@@ -132,38 +132,6 @@ def servers(tmp_path: Path, pki: Pki) -> Iterator[Servers]:
     for opened in s.opened:
         opened.close()
     background.close([listeners.close for listeners in s.started])
-
-
-class Wire:
-    """A raw client; :meth:`starttls` wraps its socket in TLS after the server's 220."""
-
-    def __init__(self, port: int) -> None:
-        self.sock: socket.socket = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
-        self.file = self.sock.makefile("rb")
-        self.greeting = self.reply()
-
-    def reply(self) -> str:
-        lines: list[str] = []
-        while True:
-            raw = self.file.readline()
-            if not raw:
-                return "\n".join(lines)
-            lines.append(raw.rstrip(b"\r\n").decode("ascii"))
-            if raw[3:4] != b"-":
-                return "\n".join(lines)
-
-    def command(self, line: str) -> str:
-        self.sock.sendall(line.encode("ascii") + b"\r\n")
-        return self.reply()
-
-    def starttls(self, context: ssl.SSLContext, hostname: str = "127.0.0.1") -> None:
-        self.file.close()
-        self.sock = context.wrap_socket(self.sock, server_hostname=hostname)
-        self.file = self.sock.makefile("rb")
-
-    def close(self) -> None:
-        self.file.close()
-        self.sock.close()
 
 
 def plain_auth(address: str) -> str:
