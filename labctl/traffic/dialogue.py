@@ -119,6 +119,17 @@ def plain(b64: str, mechanism: str | None = None) -> Marked | None:
                   Credentials(mechanism, user, password))
 
 
+def sasl_response(raw: str) -> Marked | None:
+    """A client's SASL line (POP3 AUTH, IMAP AUTHENTICATE) read out: PLAIN's user and password, or
+    any other base64 decoded (LOGIN's user, then its password); None for "*" (cancel) or no base64."""
+    marked = plain(raw)
+    if marked is not None:
+        return marked
+    if raw != "*" and (decoded := from_base64(raw)) is not None:
+        return Marked((raw, decoded), f'   (base64 of "{decoded}": clear text)', Credentials())
+    return None
+
+
 # -- a dialogue -----------------------------------------------------------------------------------
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from labctl.traffic.dialogue import DialogueDecoder, LineReader, from_base64, plain
+from labctl.traffic.dialogue import DialogueDecoder, LineReader, plain, sasl_response
 from labctl.traffic.model import CLIENT, NOTE, SERVER, Event, MailMessage, printable
 from labctl.traffic.payload import CommandLine, Credentials, ImapResponse, MessageSummary
 from labctl.traffic.tcp import StreamView
@@ -195,13 +195,12 @@ class ImapDecoder(DialogueDecoder):
 
     def _sasl(self, unit: _Unit) -> None:
         raw = printable(unit.head)
-        marked = plain(raw)
-        if marked is not None:
-            self._event(unit, CLIENT, "auth", raw + marked.note, marked.secrets, marked.credentials)
-        elif raw not in ("", "*") and (decoded := from_base64(raw)) is not None:
-            self._event(unit, CLIENT, "auth", f'{raw}   (base64 of "{decoded}": clear text)', (raw, decoded))
-        else:
+        marked = sasl_response(raw)
+        if marked is None:
             self._event(unit, CLIENT, "auth", raw)
+        else:  # a bare base64 line's user-or-password is unknown: no credentials in the JSON, as POP3
+            self._event(unit, CLIENT, "auth", raw + marked.note, marked.secrets,
+                        marked.credentials if marked.credentials != Credentials() else None)
 
     def _text(self, unit: _Unit, *, message_literals: bool) -> str:
         """The unit as on the wire, each literal shown, summarised, or (a message) as its summary."""

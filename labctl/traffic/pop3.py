@@ -11,7 +11,7 @@ lines of AUTH travel in clear text and are marked so.
 
 from __future__ import annotations
 
-from labctl.traffic.dialogue import DialogueDecoder, Line, from_base64, is_verb, plain
+from labctl.traffic.dialogue import DialogueDecoder, Line, is_verb, sasl_response
 from labctl.traffic.model import NOTE, SERVER, Event, MailMessage, printable
 from labctl.traffic.payload import CommandLine, Credentials, Pop3Status
 from labctl.traffic.tcp import StreamView
@@ -99,13 +99,8 @@ class Pop3Decoder(DialogueDecoder):
 
     def _sasl(self, line: Line) -> None:
         raw = printable(line.text)
-        marked = plain(raw)
-        if marked is not None:
-            secrets, note = marked.secrets, marked.note
-        elif raw != "*" and (decoded := from_base64(raw)) is not None:
-            secrets, note = (raw, decoded), f'   (base64 of "{decoded}": clear text)'
-        else:
-            secrets, note = (), ""
+        marked = sasl_response(raw)
+        secrets, note = (marked.secrets, marked.note) if marked is not None else ((), "")
         # Which of them is the user and which the password depends on the mechanism's challenges,
         # which this line does not know: the JSON has no credentials for it, the text marks them.
         self.line(line, "auth", raw + note, secrets)
