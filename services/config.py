@@ -240,7 +240,12 @@ class LabConfig:
     # -- (de)serialisation -----------------------------------------------------------------
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True)
+        data = asdict(self)
+        if not self.tls.enabled:
+            # A clear lab's lab.json is byte for byte what it was before TLS existed, so its hosts'
+            # digests are too and `labctl up` recreates none of them; from_dict reads the default.
+            del data["tls"]
+        return json.dumps(data, indent=2, sort_keys=True)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LabConfig:

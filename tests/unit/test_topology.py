@@ -67,6 +67,20 @@ def test_lab_config_carries_accounts_and_mua_settings() -> None:
     assert LabConfig.from_dict(json.loads(cfg.to_json())) == cfg
 
 
+def test_a_clear_labs_config_has_no_tls_key_so_its_digests_stay_as_they_were() -> None:
+    import dataclasses
+    import json
+
+    from services.config import LabConfig, TlsSettings
+
+    topo = topology.load()
+    cfg = topo.lab_config("maillab", topo.host("mail"))
+    assert "tls" not in json.loads(cfg.to_json())
+    on = dataclasses.replace(cfg, tls=TlsSettings(enabled=True, auth_needs_tls=False, relay="verify"))
+    assert json.loads(on.to_json())["tls"] == {"enabled": True, "auth_needs_tls": False, "relay": "verify"}
+    assert LabConfig.from_dict(json.loads(on.to_json())) == on
+
+
 def test_with_subnet_keeps_host_numbers() -> None:
     topo = topology.load().with_subnet(ipaddress.IPv4Network("10.89.7.0/24"))
     assert str(topo.host("smtp").address) == "10.89.7.25"
