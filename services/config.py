@@ -240,7 +240,11 @@ class LabConfig:
     # -- (de)serialisation -----------------------------------------------------------------
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True)
+        data = asdict(self)
+        if not self.tls.enabled:
+            # The clear-text lab's lab.json as before issue 12: its hosts' digests do not change.
+            del data["tls"]
+        return json.dumps(data, indent=2, sort_keys=True)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LabConfig:
