@@ -10,6 +10,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,6 +27,7 @@ from labctl.lab import HostStatus, Lab, check_lab_name, list_labs
 from labctl.traffic import cli as traffic_cli
 from labctl.traffic import render
 from services.capture import CAPTURE_DIR
+from services.config import TlsSettings
 from services.smtp.replyfaults import STAGES
 
 if TYPE_CHECKING:  # `labctl run` imports these itself: they load the traffic decoders, which other commands skip
@@ -80,6 +82,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     topo = topology.load(args.topology)
     for overlay in args.overlay:
         topo = topology.load_overlay(topo, overlay)
+    if args.tls and not topo.tls.enabled:
+        topo = replace(topo, tls=TlsSettings(enabled=True))  # the topology's own tls: mapping stands
     lab = _lab(args)
     # The reference image (Postfix, Dovecot, NSD) only when a host of this topology runs it.
     images = ImageBuilder(lab.engine, lab.report).images({h.image for h in topo.hosts}, base=args.base,
@@ -195,11 +199,21 @@ def _print_outcome(outcome: mail.MailCommandResult) -> int:
 def cmd_send(args: argparse.Namespace) -> int:
     body = args.body if args.body is not None else sys.stdin.read()
     return _print_outcome(mail.send(_lab(args), args.sender, args.to, args.subject, body, args.attach,
-                                    submission=args.submission))
+                                    submission=args.submission, tls=_tls_flags(args)))
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
-    return _print_outcome(mail.fetch(_lab(args), args.user, delete=args.delete))
+    return _print_outcome(mail.fetch(_lab(args), args.user, delete=args.delete, tls=_tls_flags(args)))
+
+
+def _tls_flags(args: argparse.Namespace) -> list[str]:
+    """The MUA's TLS options, as given (none: the MUA's default, STARTTLS when the lab has TLS)."""
+    return [*([f"--{args.tls_mode}"] if args.tls_mode else []), *(["--no-verify"] if args.no_verify else [])]
+
+
+def cmd_tls_ca(args: argparse.Namespace) -> int:
+    sys.stdout.write(_lab(args).ca_pem())
+    return 0
 
 
 def cmd_mailbox(args: argparse.Namespace) -> int:
@@ -511,6 +525,17 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--lab", default=None, help=f"lab name (default: {DEFAULT_LAB}, or $LABCTL_LAB)")
         return p
 
+    def tls_options(p: argparse.ArgumentParser, implicit: str, starttls: str) -> None:
+        """The MUA's TLS flags (`mail send|fetch` on the MUA host takes the same)."""
+        how = p.add_mutually_exclusive_group()
+        how.add_argument("--tls", dest="tls_mode", action="store_const", const="tls",
+                         help=f"TLS from the start ({implicit})")
+        how.add_argument("--starttls", dest="tls_mode", action="store_const", const="starttls",
+                         help=f"{starttls} (the default when the lab has TLS)")
+        how.add_argument("--no-tls", dest="tls_mode", action="store_const", const="no-tls",
+                         help="in clear (the default when the lab has no TLS)")
+        p.add_argument("--no-verify", action="store_true", help="do not check the server's certificate")
+
     def image_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--base", help="base image to build FROM (default: debian:bookworm-slim, "
                                       "bootstrapped with debootstrap when it cannot be pulled)")
@@ -522,6 +547,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="changes on top of the topology: extra hosts, domains, MX, users, retry "
                         "(scenarios/README.md; repeatable)")
     p.add_argument("--subnet", type=_subnet, help="lab subnet (default: the topology's, or a free one)")
+    p.add_argument("--tls", action="store_true",
+                   help="TLS in the lab: a lab CA, STARTTLS on 25/587/110/143, implicit TLS on 465/995/993 "
+                        "(as the topology's x-maillab.tls: true)")
     p.add_argument("-v", "--verbose", action="store_true", help="show the image build output")
     image_options(p)
 
@@ -558,10 +586,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--body", help="message text (default: read from standard input)")
     p.add_argument("--attach", action="append", type=Path, default=[], help="a file to attach (repeatable)")
     p.add_argument("--submission", action="store_true", help="submit on port 587 with AUTH instead of 25")
+    tls_options(p, "465, implicit TLS", "587 (or 25) with STARTTLS")
 
     p = add("fetch", cmd_fetch, "fetch a user's new mail by POP3 into the MUA's local mailbox")
     p.add_argument("user", help="host name or address (betty)")
     p.add_argument("--delete", action="store_true", help="delete fetched messages on the server")
+    tls_options(p, "995, implicit TLS", "110 with STLS")
+
+    p = add("tls", None, "the lab's TLS: `labctl tls ca > ca.pem` hands its CA to a desktop client", lab=False)
+    tls_sub = p.add_subparsers(dest="tls_command", required=True)
+    p = tls_sub.add_parser("ca", help="print the lab CA certificate (PEM)")
+    p.set_defaults(func=cmd_tls_ca)
+    p.add_argument("--lab", default=None, help=f"lab name (default: {DEFAULT_LAB}, or $LABCTL_LAB)")
 
     p = add("mailbox", cmd_mailbox, "a user's local mailbox (after fetch): the list, or message N")
     p.add_argument("user")

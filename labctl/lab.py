@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from labctl import subnets
+from labctl import labtls, subnets
 from labctl.backend import ArchivedFile, ContainerInfo, Engine, EngineError, NetworkInfo, NotFound
 from labctl.errors import AddressClash, LabctlError, LabNotRunning, ReadinessError
 from labctl.events import Notice, Reporter, Stage, ignore
@@ -58,11 +58,20 @@ class HostStatus(Role):
     state: str  # Docker's: running, exited, ...
     container: str  # container name
     user: str = ""  # on MUA hosts: andy@ouhk.example
+    tls: bool = False  # the lab has TLS (the host carries the lab CA's label)
 
     @property
     def ports(self) -> str:
         services = ROLE_SERVICES.get(self.role, ())
-        return ", ".join(f"{proto} {port}" for proto, port in services) or "-"
+        shown = [f"{proto} {port}" for proto, port in services]
+        if self.tls:  # STARTTLS on the ports above, and implicit TLS beside them (RFC 8314)
+            shown += [f"{proto}s {port}" for proto, port in TLS_PORTS if (proto, TLS_BESIDE[port]) in services]
+        return ", ".join(shown) or "-"
+
+
+# With TLS on, each implicit-TLS port beside the clear one it stands for (RFC 8314 §3, §7).
+TLS_PORTS = (("smtp", 465), ("pop3", 995), ("imap", 993))
+TLS_BESIDE = {465: 587, 995: 110, 993: 143}
 
 
 @dataclass(frozen=True)
@@ -117,7 +126,7 @@ def host_status(lab: str, c: ContainerInfo) -> HostStatus:
     labels = c.labels
     return HostStatus(lab=lab, name=labels.get(LABEL_HOST, "?"), fqdn=labels.get(LABEL_FQDN, "?"),
                       role=labels.get(LABEL_ROLE, "?"), address=labels.get(LABEL_ADDRESS, "?"), state=c.state,
-                      container=c.name, user=labels.get(LABEL_USER, ""))
+                      container=c.name, user=labels.get(LABEL_USER, ""), tls=labtls.LABEL_TLS_CA in labels)
 
 
 # runc's words when the kernel refuses the capabilities a privileged exec asks for (a VM whose
@@ -236,6 +245,9 @@ class Lab:
                 f"lab {self.name!r} is up with a different topology or image (hosts: {', '.join(sorted(stale))}); "
                 f"run `labctl down --lab {self.name}` first"
             )
+        tls = self._tls(topo, existing)
+        if tls is not None:
+            plans = plan(self.name, topo, image, tls)
         if net is None:
             self._create_network(topo)
         todo = [plans[h.name] for h in topo.hosts if h.name not in existing or existing[h.name].state != "running"]
@@ -252,6 +264,39 @@ class Lab:
         hosts = self.status()
         self.wait_ready(hosts)
         return PlacedLab(topo, hosts)
+
+    def _tls(self, topo: Topology, existing: Mapping[str, ContainerInfo]) -> labtls.LabTls | None:
+        """The lab's TLS material when hosts are to be made (None: TLS off, or every host exists).
+
+        The CA's key is kept nowhere (labctl.labtls), so a lab whose hosts already hold a CA
+        cannot get another host signed by it: that, and a CA about to expire, need a new lab.
+        """
+        if not topo.tls.enabled or all(h.name in existing for h in topo.hosts):
+            for c in existing.values():
+                until = c.labels.get(labtls.LABEL_TLS_UNTIL)
+                if topo.tls.enabled and (until is None or labtls.expiring(until)):
+                    raise LabctlError(f"the lab CA of lab {self.name!r} expires at {until or '?'} (or is missing); "
+                                      f"run `labctl down --lab {self.name}` and `labctl up` again for a new one "
+                                      "(desktop clients then need the new `labctl tls ca`)")
+            return None
+        if existing:
+            missing = ", ".join(h.name for h in topo.hosts if h.name not in existing)
+            raise LabctlError(f"lab {self.name!r} has TLS and lacks hosts {missing}; its CA signs no new host (its "
+                              f"key is kept nowhere): run `labctl down --lab {self.name}` and `labctl up` again")
+        started = time.monotonic()
+        tls = labtls.issue(self.name, topo)
+        self.report(Stage("tls", f"lab CA {tls.fingerprint} and {len(tls.leaves)} server certificate(s) "
+                                 f"({(time.monotonic() - started) * 1000:.0f} ms)"))
+        return tls
+
+    def ca_pem(self) -> str:
+        """The lab CA certificate (PEM), from a host's files (running or stopped)."""
+        for h in self.hosts():
+            files = {f.name: f.data for f in self.read_files(h, str(svc.TLS_DIR))}
+            if svc.TLS_CA.name in files:
+                return files[svc.TLS_CA.name].decode("ascii")
+        raise LabctlError(f"lab {self.name!r} runs without TLS: it has no CA; bring it up with "
+                          f"`labctl down --lab {self.name}` then `labctl up --tls --lab {self.name}`")
 
     def _create_network(self, topo: Topology) -> None:
         name = network_name(self.name, topo)

@@ -80,7 +80,9 @@ def upload(lab: Lab, host: HostStatus, files: list[Path]) -> list[str]:
 
 
 def send(lab: Lab, sender: str, to: list[str], subject: str, body: str, attach: list[Path] | None = None,
-         *, submission: bool = False) -> MailCommandResult:
+         *, submission: bool = False, tls: list[str] | None = None) -> MailCommandResult:
+    """``mail send`` on the sender's host; ``tls``: the MUA's TLS flags (--tls, --starttls,
+    --no-tls, --no-verify), none for its default."""
     host = mua_host(lab, sender)
     cmd = [*MAIL, "send", "--subject", subject, "--body", body]
     for rcpt in to:
@@ -89,12 +91,13 @@ def send(lab: Lab, sender: str, to: list[str], subject: str, body: str, attach: 
         cmd += ["--attach", path]
     if submission:
         cmd.append("--submission")
+    cmd += tls or []
     return _outcome(host, lab.exec(host.name, cmd))
 
 
-def fetch(lab: Lab, user: str, *, delete: bool = False) -> MailCommandResult:
+def fetch(lab: Lab, user: str, *, delete: bool = False, tls: list[str] | None = None) -> MailCommandResult:
     host = mua_host(lab, user)
-    return _outcome(host, lab.exec(host.name, [*MAIL, "fetch", *(["--delete"] if delete else [])]))
+    return _outcome(host, lab.exec(host.name, [*MAIL, "fetch", *(["--delete"] if delete else []), *(tls or [])]))
 
 
 def mailbox(lab: Lab, user: str, number: int | None = None, *, view: str = "text",

@@ -12,7 +12,7 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from labctl import zonefiles
+from labctl import labtls, zonefiles
 from labctl.backend import ContainerSpec
 from labctl.errors import LabctlError
 from labctl.topology import HostSpec, Topology
@@ -62,7 +62,7 @@ def host_images(topo: Topology, image: str | Mapping[str, str]) -> dict[str, str
     return {h.name: tags[h.image] for h in topo.hosts}
 
 
-def host_files(lab: str, topo: Topology, host: HostSpec) -> dict[str, str]:
+def host_files(lab: str, topo: Topology, host: HostSpec, tls: labtls.LabTls | None = None) -> dict[str, str]:
     """The files a host's services read under /etc: its lab.json, and zone files on the DNS host.
 
     They travel in the container's environment and the role writes them at start
@@ -73,18 +73,23 @@ def host_files(lab: str, topo: Topology, host: HostSpec) -> dict[str, str]:
     if host.kind == "dns":
         for fname, text in zonefiles.render(topo).items():
             files[f"maillab/zones/{fname}"] = text
+    if tls is not None:
+        files.update(tls.files(host))
     return files
 
 
 def digest(image: str, files: Mapping[str, str]) -> str:
+    """Of the image and the files, but not the TLS certificates and keys: they are new at every
+    issue (random keys), and which CA a host has is its LABEL_TLS_CA; lab.json says TLS is on."""
     h = hashlib.sha256(image.encode())
-    for name in sorted(files):
+    for name in sorted(n for n in files if not n.startswith(labtls.TLS_FILES)):
         h.update(name.encode() + b"\0" + files[name].encode())
     return h.hexdigest()[:16]
 
 
-def plan_host(lab: str, topo: Topology, host: HostSpec, image: str) -> HostPlan:
-    files = host_files(lab, topo, host)
+def plan_host(lab: str, topo: Topology, host: HostSpec, image: str,
+              tls: labtls.LabTls | None = None) -> HostPlan:
+    files = host_files(lab, topo, host, tls)
     # A host's tmpfs is part of what it was created from (absent: the digest is as before).
     made_of = {**files, **({"tmpfs": repr(host.tmpfs)} if host.tmpfs else {})}
     host_digest = digest(image, made_of)
@@ -96,6 +101,8 @@ def plan_host(lab: str, topo: Topology, host: HostSpec, image: str) -> HostPlan:
     })
     if "MAIL_USER" in host.env:
         labels[LABEL_USER] = host.env["MAIL_USER"]
+    if tls is not None:
+        labels.update(tls.labels())
     tmpfs = dict(host.tmpfs)  # topology `tmpfs:`: a small RAM disk replaces that volume
     volumes = {}
     if host.kind in ("mta", "mx"):
@@ -111,7 +118,9 @@ def plan_host(lab: str, topo: Topology, host: HostSpec, image: str) -> HostPlan:
     return HostPlan(host, spec, host_digest)
 
 
-def plan(lab: str, topo: Topology, image: str | Mapping[str, str]) -> dict[str, HostPlan]:
-    """Every host's plan, by host name; ``topo`` already on the subnet the lab gets."""
+def plan(lab: str, topo: Topology, image: str | Mapping[str, str],
+         tls: labtls.LabTls | None = None) -> dict[str, HostPlan]:
+    """Every host's plan, by host name; ``topo`` already on the subnet the lab gets; ``tls``: the
+    lab's CA and certificates when TLS is on and hosts are to be created."""
     images = host_images(topo, image)
-    return {h.name: plan_host(lab, topo, h, images[h.name]) for h in topo.hosts}
+    return {h.name: plan_host(lab, topo, h, images[h.name], tls) for h in topo.hosts}

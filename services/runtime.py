@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from services import capture, config
+from services import capture, config, tls
 from services.config import LabConfig
 from services.logbuffer import CoalescingHandler
 
@@ -54,6 +54,8 @@ def start_role(role: str) -> LabConfig | None:
         log.error("%s", exc)
         return None
     join_lab(cfg)
+    if cfg.tls.enabled and not tls.trust_lab_ca():
+        log.warning("TLS is on but %s is missing: this host's clients will not trust the lab's servers", config.TLS_CA)
     if os.environ.get(CAPTURE_ENV, "on") != "off":
         capture.Recorder().start()
     return cfg

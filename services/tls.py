@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+import subprocess
 from pathlib import Path
 
 from services import config
@@ -26,7 +27,10 @@ log = logging.getLogger("services.tls")
 KEYLOG_DIR = CAPTURE_DIR.parent / "tls-keys"  # beside the capture ring, not in it (its pruning is by age)
 KEYLOG_FILE = KEYLOG_DIR / "keylog.txt"
 KEYLOG_LIMIT = 4 * 1024 * 1024  # ~25,000 sessions of TLS 1.3 secrets; then rotated once
-SYSTEM_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")  # Debian's, read by OpenSSL, curl, swaks, Python
+SYSTEM_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")  # Debian's, read by OpenSSL, curl, GnuTLS, Python
+# OpenSSL's default CA *path* (what Net::SSLeay, hence swaks, and `openssl verify` read): a
+# certificate is found there by a link named after its subject hash (`openssl rehash` makes them).
+SYSTEM_CA_PATH = SYSTEM_BUNDLE.parent
 LAB_CA_MARK = "# maillab lab CA"
 
 
@@ -90,9 +94,31 @@ def trust_lab_ca(ca: Path = config.TLS_CA, bundle: Path = SYSTEM_BUNDLE) -> bool
     except OSError as exc:
         log.warning("cannot read the trust store %s: %s", bundle, exc)
         return False
-    if pem.strip() in current:
-        return True
-    bundle.parent.mkdir(parents=True, exist_ok=True)
-    with bundle.open("a", encoding="ascii") as out:
-        out.write(f"\n{LAB_CA_MARK}\n{pem.strip()}\n")
-    return True
+    if pem.strip() not in current:
+        bundle.parent.mkdir(parents=True, exist_ok=True)
+        with bundle.open("a", encoding="ascii") as out:
+            out.write(f"\n{LAB_CA_MARK}\n{pem.strip()}\n")
+    return _hash_link(ca, bundle.parent)
+
+
+def _hash_link(ca: Path, directory: Path) -> bool:
+    """``directory/<subject hash>.0`` pointing at the lab CA, as `openssl rehash` would make it
+    (one `openssl x509 -hash` rather than a rehash of the ~140 certificates there)."""
+    try:
+        proc = subprocess.run(["openssl", "x509", "-noout", "-subject_hash", "-in", str(ca)],
+                              capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        log.warning("the lab CA is in %s, but not in the CA path %s (no openssl: %s)", SYSTEM_BUNDLE, directory, exc)
+        return False
+    digest = proc.stdout.strip()
+    if proc.returncode != 0 or not digest:
+        log.warning("openssl cannot read the lab CA %s: %s", ca, proc.stderr.strip())
+        return False
+    for n in range(10):  # .0, .1, ...: another CA may have the same subject hash
+        link = directory / f"{digest}.{n}"
+        if link.is_symlink() and link.resolve() == ca.resolve():
+            return True
+        if not link.exists() and not link.is_symlink():
+            link.symlink_to(ca)
+            return True
+    return False

@@ -99,14 +99,8 @@ def check_fact(fact: m.Fact, convs: Sequence[Conversation], addresses: Mapping[s
             return f"a connection to {fact.host}:{fact.port} was refused"
         raise StepFailed(f"a refused connection to {fact.host}:{fact.port}",
                          f"connections to it: {', '.join(c.state for c in tries) or 'none'}")
-    if isinstance(fact, m.Cleartext):
-        lines = [e for c in convs if c.protocol == fact.proto for e in c.events
-                 if e.kind in ("command", "auth") and e.text.upper().startswith(fact.command)]
-        clear = [e for e in lines if e.secrets or e.kind == "command"]
-        if clear:
-            return f"{fact.command} crossed the wire in clear: {clear[0].text!r}"
-        raise StepFailed(f"{fact.proto.upper()} {fact.command} readable on the wire",
-                         f"{len(lines)} such line(s), none in clear" if lines else f"no {fact.command} seen")
+    if isinstance(fact, m.Cleartext | m.Encrypted):
+        return _secrecy(fact, convs)
     if isinstance(fact, m.DnsLooked):
         return _dns_looked(fact, convs, addresses)
     if isinstance(fact, m.Relayed):
@@ -120,6 +114,39 @@ def check_fact(fact: m.Fact, convs: Sequence[Conversation], addresses: Mapping[s
         return f"{fact.source} talked to {fact.target}:{fact.port}"
     raise StepFailed(f"a connection from {fact.source} to {fact.target}:{fact.port}",
                      f"{', '.join(c.state for c in sessions)}" if sessions else "none")
+
+
+def _secrecy(fact: m.Cleartext | m.Encrypted, convs: Sequence[Conversation]) -> str:
+    """Did ``fact.command`` cross readable by anyone (Cleartext), or only inside TLS (Encrypted)?
+
+    A line the decoder read out of TLS with the lab's key log (``Event.decrypted``) was ciphertext
+    on the wire: it counts as encrypted, never as clear text.
+    """
+    lines = [(c, e) for c in convs if c.protocol == fact.proto for e in c.events
+             if e.kind in ("command", "auth") and e.text.upper().startswith(fact.command)]
+    clear = [e for _, e in lines if not e.decrypted and (e.secrets or e.kind == "command")]
+    hidden = [(c, e) for c, e in lines if e.decrypted]
+    what = f"{fact.proto.upper()} {fact.command}"
+    if isinstance(fact, m.Cleartext):
+        if clear:
+            return f"{fact.command} crossed the wire in clear: {clear[0].text!r}"
+        raise StepFailed(f"{what} readable on the wire",
+                         f"{len(lines)} such line(s), none in clear (inside TLS)" if lines
+                         else f"no {fact.command} seen")
+    if clear:
+        raise StepFailed(f"{what} only inside TLS", f"it crossed in clear: {clear[0].text!r}")
+    if hidden:
+        c, e = hidden[0]
+        tls = c.tls
+        how = f"{tls.started}, {tls.version or 'TLS'}" if tls is not None else "TLS"
+        return f"{fact.command} crossed the wire encrypted ({how}; read with the lab's key log: {e.shown(True)!r})"
+    sessions = [c for c in convs if c.protocol == fact.proto and c.tls is not None]
+    problems = sorted({c.tls.problem for c in sessions if c.tls is not None and c.tls.problem})
+    seen = f"no {fact.command} and no TLS session"
+    if sessions:
+        seen = (f"{len(sessions)} {fact.proto.upper()} session(s) in TLS, no {fact.command} read inside"
+                + (f" ({'; '.join(problems)})" if problems else ""))
+    raise StepFailed(f"{what} inside TLS, read with the lab's key log", seen)
 
 
 def _answer_fits(fact: m.DnsLooked, answer: DnsAnswer, addresses: Mapping[str, str]) -> bool:

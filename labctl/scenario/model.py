@@ -207,6 +207,15 @@ class Cleartext:
 
 
 @dataclass(frozen=True)
+class Encrypted:
+    """The ``command`` of ``proto`` crossed the wire inside TLS: read only with the lab's key log
+    (decrypted), never in clear."""
+
+    proto: str
+    command: str
+
+
+@dataclass(frozen=True)
 class Connected:
     """``source`` opened a ``proto`` session to ``target``."""
 
@@ -247,7 +256,7 @@ class Pop3Session:
     dele: int | None = None
 
 
-Fact = MxQueried | ConnectionRefused | Cleartext | Connected | DnsLooked | Relayed | Pop3Session
+Fact = MxQueried | ConnectionRefused | Cleartext | Encrypted | Connected | DnsLooked | Relayed | Pop3Session
 
 
 @dataclass(frozen=True)

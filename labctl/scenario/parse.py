@@ -53,7 +53,7 @@ QUEUE_KEYS = ("host", "empty", "to", "status", "attempts", "error", "retry_gap")
 RETRY_GAP_KEYS = ("attempt", "seconds")
 ATTACHMENT_EXPECT_KEYS = ("name", "size", "sha256")
 QUEUE_STATUS = ("pending", "delivered", "bounced")
-FACT_KINDS = ("mx_query", "refused", "cleartext", "connection", "dns", "relayed", "pop3_session")
+FACT_KINDS = ("mx_query", "refused", "cleartext", "encrypted", "connection", "dns", "relayed", "pop3_session")
 DNS_FACT_KEYS = ("from", "name", "type", "answer")
 RELAYED_KEYS = ("to", "via", "subject")
 DNS_TYPES = ("A", "AAAA", "MX", "NS", "SOA", "TXT", "CNAME", "PTR", "SRV")
@@ -652,13 +652,13 @@ class _Parser:
                 s = self.r.mapping(arg, w, REFUSED_KEYS, kind)
                 host = self.host(self.require(s, w, "host", kind), w + ("host",))
                 facts.append(m.ConnectionRefused(host, self.r.port(s.get("port", 25), w + ("port",))))
-            elif kind == "cleartext":
+            elif kind in ("cleartext", "encrypted"):
                 s = self.r.mapping(arg, w, CLEARTEXT_KEYS, kind)
                 proto = s.get("proto", "pop3")
                 if proto not in PROTO_PORTS:
                     raise self.r.fail(w + ("proto",), f"proto {proto!r}: valid choices: {', '.join(PROTO_PORTS)}")
                 command = self.text(self.require(s, w, "command", kind), w + ("command",), "command").upper()
-                facts.append(m.Cleartext(proto, command))
+                facts.append(m.Cleartext(proto, command) if kind == "cleartext" else m.Encrypted(proto, command))
             elif kind == "dns":
                 facts.append(self.dns_fact(arg, w))
             elif kind == "relayed":

@@ -28,6 +28,7 @@ def load(path: Path = DEFAULT_TOPOLOGY, text: str | None = None) -> Topology:
     hosts = compose.hosts(r, top["services"], network, subnet)
     ext = r.mapping(top.get("x-maillab"), ("x-maillab",), mail.LAB_KEYS, "x-maillab", optional=True)
     retry = mail.retry(r, ext.get("retry"), ("x-maillab", "retry"))
+    tls = mail.tls(r, ext.get("tls"), ("x-maillab", "tls"))
     at0: PathKey = ("x-maillab", "domains")
     domains: list[DomainSpec] = []
     placed: dict[str, PathKey] = {}
@@ -45,4 +46,4 @@ def load(path: Path = DEFAULT_TOPOLOGY, text: str | None = None) -> Topology:
             return ("services", about[1], "environment") + ((about[2],) if about[2] else ())
         return ("services",)
 
-    return checks.raise_first(Topology(r.doc.path, network, subnet, hosts, tuple(domains), retry), where, r.fail)
+    return checks.raise_first(Topology(r.doc.path, network, subnet, hosts, tuple(domains), retry, tls), where, r.fail)

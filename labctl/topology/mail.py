@@ -17,9 +17,13 @@ from labctl.yamlreader import Reader
 from labctl.yamlsource import PathKey
 from services import config as svc
 
-LAB_KEYS = ("domains", "retry")
+LAB_KEYS = ("domains", "retry", "tls")
 DOMAIN_KEYS = ("mail_host", "mx", "users", "address", "records")
 RETRY_KEYS = ("schedule", "give_up")
+TLS_KEYS = ("auth", "relay")
+# `tls: {auth: ...}`: where AUTH (and POP3/IMAP logins) are offered; `relay:` the MTA's STARTTLS to the MX.
+TLS_AUTH = {"tls-only": True, "anywhere": False}
+TLS_RELAY = ("may", "verify", "none")
 LOCAL_PART = re.compile(r"^[a-z0-9][a-z0-9._+-]{0,63}$")
 
 
@@ -95,3 +99,23 @@ def retry(r: Reader, value: Any, at: PathKey) -> svc.Retry:
     steps = tuple(r.number(s, at + ("schedule", i), "a retry interval") for i, s in enumerate(schedule))
     give_up = r.number(spec.get("give_up", svc.Retry.give_up), at + ("give_up",), "retry.give_up")
     return svc.Retry(schedule=steps, give_up=give_up)
+
+
+def tls(r: Reader, value: Any, at: PathKey) -> svc.TlsSettings:
+    """``tls: true`` (STARTTLS, implicit TLS, the lab CA, with the defaults), ``tls: false`` (the
+    clear-text lab), or a mapping ``{auth: tls-only|anywhere, relay: may|verify|none}`` (TLS on)."""
+    if value is None or value is False:
+        return svc.TlsSettings()
+    if value is True:
+        return svc.TlsSettings(enabled=True)
+    spec = r.mapping(value, at, TLS_KEYS, "tls (true, false, or {auth: ..., relay: ...})")
+    auth = spec.get("auth", "tls-only")
+    if auth not in TLS_AUTH:
+        raise r.fail(at + ("auth",), f"tls.auth {auth!r}: valid choices: tls-only (AUTH and logins only "
+                                      "after STARTTLS/STLS or on 465/995/993), anywhere (in clear too)")
+    relay = spec.get("relay", "may")
+    if relay not in TLS_RELAY:
+        raise r.fail(at + ("relay",), f"tls.relay {relay!r}: valid choices: may (STARTTLS when the MX offers "
+                                       "it, unverified), verify (STARTTLS required, certificate checked "
+                                       "against the lab CA), none (always in clear)")
+    return svc.TlsSettings(enabled=True, auth_needs_tls=TLS_AUTH[auth], relay=relay)

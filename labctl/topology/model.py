@@ -9,7 +9,7 @@ wrong once.
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from services import config as svc
@@ -108,6 +108,7 @@ class Topology:
     hosts: tuple[HostSpec, ...]
     domains: tuple[DomainSpec, ...]
     retry: svc.Retry
+    tls: svc.TlsSettings = field(default_factory=svc.TlsSettings)  # x-maillab.tls, `labctl up --tls`
 
     def host(self, name: str) -> HostSpec:
         for h in self.hosts:
@@ -206,4 +207,11 @@ class Topology:
             ),
             retry=self.retry,
             mua=mua,
+            tls=self.tls,
         )
+
+    @property
+    def tls_servers(self) -> tuple[HostSpec, ...]:
+        """The hosts that get a certificate of their own when TLS is on: every one serving SMTP,
+        POP3 or IMAP (our mta/mx and the reference Postfix + Dovecot hosts)."""
+        return self.mail_servers if self.tls.enabled else ()

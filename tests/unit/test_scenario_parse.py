@@ -234,7 +234,7 @@ CASES = [
      "status 'lost': valid choices: pending, delivered, bounced"),
     (HEAD + "steps:\n  - expect:\n      traffic:\n        - mx_query: {domain: stevenchoy.example}\n"
             "        - sniffed: {}\n", 8, "unknown key 'sniffed' in a traffic fact; valid keys: mx_query, refused, "
-                                      "cleartext, connection"),
+                                      "cleartext, encrypted, connection"),
     (HEAD + "steps:\n  - expect:\n      traffic:\n        - cleartext: {proto: imap, command: LOGIN}\n", 7,
      "proto 'imap': valid choices: smtp, pop3"),
 ]
