@@ -26,15 +26,14 @@ from typing import Literal
 
 from services import config
 from services import tls as lab_tls
-from services.mua import PROG, compose, view
+from services.mua import PROG, compose, security, view
 from services.mua.errors import MuaError
 from services.mua.local import LocalMailbox
 from services.mua.retrieve import POP3_PORT, fetch
+from services.mua.security import CLEAR, IMPLICIT, Security
+from services.mua.security import chosen as security_of
 from services.mua.submit import (
-    CLEAR,
-    IMPLICIT,
     SMTP_PORT,
-    STARTTLS,
     SUBMISSION_PORT,
     SUBMISSIONS_PORT,
     Login,
@@ -155,33 +154,19 @@ def check_sealed(args: argparse.Namespace, recipients: Sequence[str]) -> None:
                            f"{', '.join(a.address for d in cfg.domains for a in d.accounts[:1])})")
 
 
-def lab_has_tls(args: argparse.Namespace) -> bool:
-    """Is TLS on in this host's lab? Off a lab host (no configuration), no."""
-    path = args.config or config.CONFIG_PATH
-    try:
-        return path.exists() and config.load(path).tls.enabled
-    except config.ConfigError:
-        return False
-
-
-def send_tls(args: argparse.Namespace) -> tuple[str, int]:
-    """How ``mail send`` talks to the MTA: (CLEAR, STARTTLS or IMPLICIT, the default port).
-
-    --tls: port 465, TLS first; --starttls: port 587 and STARTTLS; --no-tls: clear. Neither: STARTTLS
-    when the lab has TLS on (so AUTH works where it needs TLS), clear when it is off, as always.
-    """
-    if args.tls:
-        return IMPLICIT, SUBMISSIONS_PORT
+def send_security(args: argparse.Namespace) -> tuple[Security, int]:
+    """How ``mail send`` talks to the MTA, and the default port: --tls 465, --starttls 587, else 25
+    (587 with --submission)."""
+    security = security_of(args)
+    if security == IMPLICIT:
+        return security, SUBMISSIONS_PORT
     if args.starttls:
-        return STARTTLS, SUBMISSION_PORT
-    port = SUBMISSION_PORT if args.submission else SMTP_PORT
-    if args.no_tls:
-        return CLEAR, port
-    return (STARTTLS if lab_has_tls(args) else CLEAR), port
+        return security, SUBMISSION_PORT
+    return security, SUBMISSION_PORT if args.submission else SMTP_PORT
 
 
 def cmd_send(args: argparse.Namespace) -> int:
-    tls, default_port = send_tls(args)
+    tls, default_port = send_security(args)
     authenticate = args.submission or tls == IMPLICIT or args.starttls
     acct = resolve_account(args, server="smtp", need_password=authenticate)
     draft = compose.Draft(
@@ -333,14 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attach", action="append", default=[], metavar="FILE", help="attach a file (repeatable)")
     p.add_argument("--submission", action="store_true",
                    help=f"submit on port {SUBMISSION_PORT} with AUTH instead of port {SMTP_PORT}")
-    tls = p.add_mutually_exclusive_group()
-    tls.add_argument("--tls", action="store_true",
-                     help=f"submit with AUTH over TLS from the first byte, port {SUBMISSIONS_PORT} (RFC 8314)")
-    tls.add_argument("--starttls", action="store_true",
-                     help=f"submit with AUTH on port {SUBMISSION_PORT} after STARTTLS (RFC 3207)")
-    tls.add_argument("--no-tls", action="store_true", help="never TLS (the default when the lab has TLS off)")
-    p.add_argument("--no-verify", action="store_true",
-                   help="do not check the server's certificate against the lab CA (what an attacker hopes for)")
+    security.add_flags(
+        p, implicit=f"submit with AUTH over TLS from the first byte, port {SUBMISSIONS_PORT} (RFC 8314)",
+        starttls=f"submit with AUTH on port {SUBMISSION_PORT} after STARTTLS (RFC 3207)")
 
     p = add("fetch", cmd_fetch, "fetch new messages by POP3 into the local mailbox", [account, store])
     p.add_argument("--pop3", metavar="HOST[:PORT]", help="the POP3 server (default: from the lab configuration)")

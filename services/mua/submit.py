@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 
 from services import config
 from services.mua.errors import MuaError
+from services.mua.security import CLEAR, IMPLICIT, STARTTLS, Security
 
 SMTP_PORT = 25  # RFC 5321 §4.5.4.2; the lab MTA relays for the hosts of its own LAN here, without AUTH
 SUBMISSION_PORT = 587  # RFC 6409 §3.1: message submission, with AUTH (RFC 4954)
 SUBMISSIONS_PORT = 465  # RFC 8314 §3.3: message submission over TLS from the first byte
-CLEAR, STARTTLS, IMPLICIT = "clear", "starttls", "implicit"
 
 # RFC 5321 §4.5.3.2 gives a client minutes per step, for servers across the Internet under load.
 # A lab server answers in milliseconds; a student should not wait five minutes to learn it is down.
@@ -53,7 +53,7 @@ def _words(code: int, text: bytes | str) -> str:
 
 def submit(host: str, port: int, message: bytes, sender: str, recipients: list[str], *,
            login: Login | None = None, helo: str | None = None, timeout: float = TIMEOUT,
-           tls: str = CLEAR, context: ssl.SSLContext | None = None) -> Receipt:
+           tls: Security = CLEAR, context: ssl.SSLContext | None = None) -> Receipt:
     """Send ``message`` to the MTA at ``host``:``port`` for ``recipients``; ``tls``: CLEAR,
     STARTTLS or IMPLICIT, with ``context`` (services.tls.client_context).
 
