@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -138,31 +138,61 @@ def _header(message: str) -> str:
     return message.split("\n\n", 1)[0]
 
 
+@pytest.fixture(scope="module")
+def swapped(client, image: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[str], str]]:  # type: ignore[no-untyped-def]
+    """A TLS lab with one of our servers swapped for Postfix, made on first use per swap."""
+    made: dict[str, str] = {}
+
+    def lab(swap: str) -> str:
+        if swap not in made:
+            overlay = tmp_path_factory.mktemp("tls") / "postfix-tls.yml"
+            overlay.write_text(f"swap:\n  {swap}\ntls: true\n")
+            made[swap] = unique_lab("tlspf")
+            labctl("up", "--lab", made[swap], "--overlay", str(overlay))
+        return made[swap]
+
+    yield lab
+    for name in made.values():
+        labctl("down", "--lab", name, check=False)
+
+
 @pytest.mark.parametrize("swap, by", [("mail: postfix-mx", "by mail.stevenchoy.example (Postfix) with ESMTPS"),
                                       ("smtp: postfix-mta", "by mail.stevenchoy.example (maillab) with ESMTPS")])
-def test_the_relay_between_ours_and_postfix_uses_starttls(client, image: str, tmp_path: Path,  # type: ignore[no-untyped-def]
-                                                          swap: str, by: str) -> None:
+def test_the_relay_between_ours_and_postfix_uses_starttls(swapped: Callable[[str], str], swap: str, by: str) -> None:
     """Ours -> a Postfix MX, and a Postfix MTA -> ours: each side offers STARTTLS, the other takes it
     (Postfix `smtp_tls_security_level = may`, ours RelayTls "may"), and the MX's Received says so."""
-    overlay = tmp_path / "postfix-tls.yml"
-    overlay.write_text(f"swap:\n  {swap}\ntls: true\n")
-    lab = unique_lab("tlspf")
-    try:
-        labctl("up", "--lab", lab, "--overlay", str(overlay))
-        labctl("send", "--lab", lab, "--from", "andy", "--to", "betty@stevenchoy.example",
-               "--subject", "relay-tls", "--body", "across implementations")
-        for _ in range(120):
-            stored = labctl("exec", "--lab", lab, "mail", "--", "sh", "-c",
-                            "grep -rl 'Subject: relay-tls' /var/mail 2>/dev/null | head -1 | xargs -r cat",
-                            check=False).stdout
-            if stored:
-                break
-            time.sleep(0.25)
-        else:
-            raise AssertionError(f"{swap}: the message never reached the MX")
-        header = " ".join(_header(stored).split())  # Postfix folds its Received line
-        newest = header.split("Received: ")[1]
-        assert by in newest, header
-        assert "(using TLSv1.3 with cipher" in newest, header
-    finally:
-        labctl("down", "--lab", lab, check=False)
+    lab = swapped(swap)
+    labctl("send", "--lab", lab, "--from", "andy", "--to", "betty@stevenchoy.example",
+           "--subject", "relay-tls", "--body", "across implementations")
+    for _ in range(120):
+        stored = labctl("exec", "--lab", lab, "mail", "--", "sh", "-c",
+                        "grep -rl 'Subject: relay-tls' /var/mail 2>/dev/null | head -1 | xargs -r cat",
+                        check=False).stdout
+        if stored:
+            break
+        time.sleep(0.25)
+    else:
+        raise AssertionError(f"{swap}: the message never reached the MX")
+    header = " ".join(_header(stored).split())  # Postfix folds its Received line
+    newest = header.split("Received: ")[1]
+    assert by in newest, header
+    assert "(using TLSv1.3 with cipher" in newest, header
+
+
+def test_msmtp_with_tls_on_verifies_the_lab_with_no_trust_file(swapped: Callable[[str], str]) -> None:
+    """msmtp (GnuTLS, not OpenSSL) as a user configures it for any provider: tls on, STARTTLS on 587,
+    AUTH; no tls_trust_file, so the system store must hold the lab CA, and GnuTLS must accept its
+    name constraints. Run from the Postfix host, which has msmtp (the reference image)."""
+    lab = swapped("mail: postfix-mx")
+    out = labctl("exec", "--lab", lab, "mail", "--", "sh", "-c",
+                 "printf 'Subject: msmtp-tls\\n\\nhi\\n' | msmtp --host=smtp.ouhk.example --port=587 "
+                 "--tls=on --tls-starttls=on --auth=on --user=andy --passwordeval='echo andy-secret' "
+                 "--from=andy@ouhk.example betty@stevenchoy.example && echo SENT", check=False)
+    assert "SENT" in out.stdout, out.stdout + out.stderr
+    # And with TLS off, the same client is refused AUTH: the lab does not take a password in clear.
+    clear = labctl("exec", "--lab", lab, "mail", "--", "sh", "-c",
+                   "printf 'Subject: x\\n\\nhi\\n' | msmtp --host=smtp.ouhk.example --port=587 --tls=off "
+                   "--auth=plain --user=andy --passwordeval='echo andy-secret' --from=andy@ouhk.example "
+                   "betty@stevenchoy.example", check=False)
+    assert clear.returncode != 0 and "SENT" not in clear.stdout
+    assert "auth" in (clear.stdout + clear.stderr).lower(), clear.stdout + clear.stderr
