@@ -15,7 +15,11 @@ the 250, and so are Postfix's queue files (cleanup) and its Maildir files (virtu
 its stock settings apart from the lab's addresses, domains and retry schedule
 (services/reference/postfix.py). Target (issue 6): our throughput at least Postfix's.
 
-    python bench/bench_relay_compare.py [--messages 2000] [--clients 8] [--sizes 1024 32768]
+With --tls both labs have TLS on (issue 12): each client connection takes STARTTLS on port 25 and
+the relay to the MX takes it too (ours RelayTls "may", Postfix smtp_tls_security_level=may), so
+every message crosses two TLS sessions; the target is the same.
+
+    python bench/bench_relay_compare.py [--messages 2000] [--clients 8] [--sizes 1024 32768] [--tls]
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import argparse
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +38,7 @@ from bench.mailload import memory_mib, run_once  # noqa: E402
 from labctl import engine, topology  # noqa: E402
 from labctl.image import ImageBuilder  # noqa: E402
 from labctl.lab import Lab  # noqa: E402
+from services.config import TlsSettings  # noqa: E402
 
 REFERENCE = topology.DEFAULT_TOPOLOGY.parent / "reference" / "mail.yml"  # an overlay
 MTA = "smtp.ouhk.example"
@@ -46,12 +52,15 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 32768], help="message body sizes, bytes")
     parser.add_argument("--rounds", type=int, default=1, help="throughput runs per size and side (median)")
+    parser.add_argument("--tls", action="store_true", help="both labs with TLS on; clients and relay use STARTTLS")
     args = parser.parse_args()
 
     client = engine.connect()
     images = ImageBuilder(client).images({"lab", "reference"})
     labs = {"ours": Lab(client, "bench-relay-ours"), "postfix": Lab(client, "bench-relay-postfix")}
     topos = {"ours": topology.load(), "postfix": topology.load_overlay(topology.load(), REFERENCE)}
+    if args.tls:
+        topos = {side: replace(t, tls=TlsSettings(enabled=True)) for side, t in topos.items()}
     for side in SIDES:
         labs[side].down()
         labs[side].up(topos[side], images)
@@ -59,13 +68,15 @@ def main() -> int:
     runs: list[dict[str, Any]] = []
     try:
         for side in SIDES:
-            r = run_once(labs[side], MTA, f"lat-{side}", args.latency_messages, 1, 0.1, 1024)
+            r = run_once(labs[side], MTA, f"lat-{side}", args.latency_messages, 1, 0.1, 1024,
+                         starttls=args.tls)
             results[side]["latency"] = r
             runs.append(r)
         for size in args.sizes:
             for k in range(args.rounds):
                 for side in SIDES:
-                    r = run_once(labs[side], MTA, f"thr-{side}-{size}-{k}", args.messages, args.clients, 0.0, size)
+                    r = run_once(labs[side], MTA, f"thr-{side}-{size}-{k}", args.messages, args.clients, 0.0, size,
+                             starttls=args.tls)
                     results[side].setdefault(size, []).append(r)
                     runs.append(r)
                     time.sleep(1.0)  # let the other lab's stragglers (logs, queue cleanup) settle
@@ -82,6 +93,7 @@ def main() -> int:
         return f"sent {sent}, delivered {got}" + (f", errors {errors[:2]}" if errors else "")
 
     ours, ref = results["ours"], results["postfix"]
+    print("TLS on: STARTTLS from each client and on the relay" if args.tls else "clear text, as the article")
     print(f"images {images['lab']} (ours), {images['reference']} (Postfix {version}, stock settings, fsync on)")
     print(f"latency, {args.latency_messages} messages one at a time (MTA idle), 1 kB body, submit -> Maildir:")
     for key in ("median_ms", "p95_ms"):

@@ -66,14 +66,17 @@ print(json.dumps(arrived))
 
 # Runs on andy: submits messages, prints when each submission started.
 SENDER = r"""
-import json, smtplib, sys, threading, time
+import json, smtplib, ssl, sys, threading, time
 host, run, count, clients, pace = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
 size = int(sys.argv[6]) if len(sys.argv) > 6 else 1024
+tls = len(sys.argv) > 7 and sys.argv[7] == "starttls"  # verified against the system store (the lab CA)
 body = ("x" * 70 + "\r\n") * max(1, size // 72)  # in lines a mail body really has
 started, errors = {}, []
 lock = threading.Lock()
 def client(k):
     s = smtplib.SMTP(host, 25, local_hostname="andy.ouhk.example", timeout=30)
+    if tls:
+        s.starttls(context=ssl.create_default_context())
     for i in range(k, count, clients):
         ident = f"{i}"
         msg = (f"From: andy@ouhk.example\r\nTo: betty@stevenchoy.example\r\nSubject: bench {i}\r\n"
@@ -106,9 +109,11 @@ def fresh_lab(client: DockerEngine, name: str) -> Lab:
 
 
 def run_once(lab: Lab, target: str, run: str, count: int, clients: int, pace: float, size: int = 1024,
-             *, sender: str = "andy", mail_host: str = "mail", maildir: str = MAILDIR) -> dict[str, Any]:
+             *, sender: str = "andy", mail_host: str = "mail", maildir: str = MAILDIR,
+             starttls: bool = False) -> dict[str, Any]:
     """Send ``count`` messages of about ``size`` bytes from ``sender``'s host to ``target``, watch
-    them arrive in ``maildir`` on ``mail_host``; return the measurements."""
+    them arrive in ``maildir`` on ``mail_host``; return the measurements. ``starttls``: each client
+    connection upgrades with STARTTLS first (a lab with TLS on)."""
     result: dict[str, Any] = {}
 
     def watch() -> None:
@@ -119,7 +124,8 @@ def run_once(lab: Lab, target: str, run: str, count: int, clients: int, pace: fl
     watcher.start()
     # Let the watcher take its first look before anything is sent.
     time.sleep(0.5)
-    sent = lab.exec(sender, ["python3", "-c", SENDER, target, run, str(count), str(clients), str(pace), str(size)])
+    sent = lab.exec(sender, ["python3", "-c", SENDER, target, run, str(count), str(clients), str(pace), str(size),
+                                  "starttls" if starttls else "clear"])
     watcher.join()
     report = json.loads(sent.output)
     started: dict[str, float] = report["started"]
