@@ -116,6 +116,22 @@ def test_swaks_verifies_submits_and_the_relay_uses_starttls(tls_lab: RunningLab)
     assert all("using TLSv1.3" in line for line in received), received
 
 
+@pytest.mark.parametrize("command, subject", [
+    ("swaks --server smtp.ouhk.example --port 465 --tlsc --tls-verify --auth PLAIN --auth-user andy "
+     "--auth-password {pw} --from andy@ouhk.example --to betty@stevenchoy.example --h-Subject {subject}", "swaks-tlsc"),
+    ("printf 'Subject: {subject}\\r\\n\\r\\nhi\\r\\n' | curl -sS --ssl-reqd smtp://smtp.ouhk.example:587 "
+     "--user andy:{pw} --mail-from andy@ouhk.example --mail-rcpt betty@stevenchoy.example -T -", "curl-ssl-reqd"),
+    ("printf 'Subject: {subject}\\r\\n\\r\\nhi\\r\\n' | curl -sS smtps://smtp.ouhk.example:465 "
+     "--user andy:{pw} --mail-from andy@ouhk.example --mail-rcpt betty@stevenchoy.example -T -", "curl-smtps"),
+], ids=["swaks-tlsc", "curl-ssl-reqd", "curl-smtps"])
+def test_real_clients_submit_over_tls_with_no_ca_flag(tls_lab: RunningLab, command: str, subject: str) -> None:
+    """swaks --tlsc (465), curl --ssl-reqd (587 with STARTTLS) and curl smtps:// (465), each verifying
+    the MTA's certificate against the system store, as against any provider."""
+    out = sh(tls_lab, "andy", command.format(pw=PASSWORD, subject=subject) + " 2>&1; echo rc=$?")
+    assert out.rstrip().endswith("rc=0"), out
+    assert "with ESMTPSA " in _delivered(tls_lab, subject)
+
+
 def test_mail_send_over_465_and_the_key_log_grows(tls_lab: RunningLab) -> None:
     def secrets() -> int:
         log = sh(tls_lab, "smtp", "cat /var/lib/maillab/tls-keys/keylog.txt 2>/dev/null; true")
