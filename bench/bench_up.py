@@ -4,7 +4,9 @@ The floor is what the Engine itself needs: the lab's network and the same contai
 same addresses) created and started in parallel with the bare docker SDK, with no configuration
 copied in and no waiting for any service to answer. `labctl up` does all of that plus the
 readiness probe, so the ratio shows what labctl adds. Targets: up within 1.5x the floor, down
-under 2 s.
+under 2 s. And `labctl up --tls` in the same rounds (issue 12): what the lab CA, the servers'
+certificates and each host's trust-store step add to `up`, target under 100 ms; beside it the
+time of making the CA and certificates alone (labctl.labtls.issue).
 
     python bench/bench_up.py [--rounds N]
 
@@ -18,16 +20,18 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import docker.types  # noqa: E402
 
-from labctl import engine, topology  # noqa: E402
+from labctl import engine, labtls, topology  # noqa: E402
 from labctl.backend.docker_engine import DockerEngine
 from labctl.image import ImageBuilder  # noqa: E402
 from labctl.lab import Lab, parallel  # noqa: E402
+from services.config import TlsSettings  # noqa: E402
 
 FLOOR_LABEL = "org.maillab.bench-floor"
 
@@ -72,7 +76,7 @@ def main() -> int:
     image = ImageBuilder(client).ensure()
     topo = topology.load()
     labctl = [sys.executable, "-m", "labctl"]
-    floors, ups_cli, ups_lib, downs_cli = [], [], [], []
+    floors, ups_cli, ups_lib, downs_cli, ups_tls = [], [], [], [], []
     for i in range(args.rounds):
         name = f"bench-{i}"
         # The floor's network on a subnet no other lab holds, chosen as `labctl up` chooses (the
@@ -83,6 +87,8 @@ def main() -> int:
 
         ups_cli.append(timed([*labctl, "up", "--lab", name]))
         downs_cli.append(timed([*labctl, "down", "--lab", name]))
+        ups_tls.append(timed([*labctl, "up", "--lab", name, "--tls"]))
+        timed([*labctl, "down", "--lab", name])
 
         lab = Lab(client, name)
         started = time.perf_counter()
@@ -94,6 +100,14 @@ def main() -> int:
     up_cli = statistics.median(ups_cli)
     up_lib = statistics.median(ups_lib)
     down = statistics.median(downs_cli)
+    up_tls = statistics.median(ups_tls)
+    tls_topo = replace(topo, tls=TlsSettings(enabled=True))
+    issues = []
+    for _ in range(20):
+        started = time.perf_counter()
+        labtls.issue("bench", tls_topo)
+        issues.append(time.perf_counter() - started)
+    issue = statistics.median(issues)
     print(f"image {image}, {len(topo.hosts)} hosts, {args.rounds} rounds, medians:")
     print(f"  floor (bare SDK: network + containers started in parallel, no readiness): {floor:.2f} s")
     print(f"  labctl up, the command (process start, image check, config, readiness probe): {up_cli:.2f} s"
@@ -101,7 +115,12 @@ def main() -> int:
     print(f"  labctl up, the library call (same work, no process start):               {up_lib:.2f} s"
           f"  ratio {up_lib / floor:.2f}x")
     print(f"  labctl down, the command:                                                 {down:.2f} s")
-    print("targets: up within 1.5x the floor, down under 2 s")
+    print(f"  labctl up --tls, the command:                                             {up_tls:.2f} s"
+          f"  adds {(up_tls - up_cli) * 1000:.0f} ms (per round: "
+          f"{', '.join(f'{(t - c) * 1000:+.0f}' for t, c in zip(ups_tls, ups_cli, strict=True))} ms)")
+    print(f"  of which the lab CA and {len(tls_topo.tls_servers)} certificates (labtls.issue, median of 20): "
+          f"{issue * 1000:.1f} ms")
+    print("targets: up within 1.5x the floor, down under 2 s, up --tls adds under 100 ms")
     return 0
 
 
