@@ -23,6 +23,10 @@ class Attachment:
     data: bytes
 
 
+# A send step's `tls:` and the MUA flag it becomes (`mail send`; see services/mua/security.py).
+SEND_TLS = {"starttls": "--starttls", "implicit": "--tls", "clear": "--no-tls"}
+
+
 @dataclass(frozen=True)
 class Send:
     """Compose and submit a message with the MUA on the sender's host (``mail send``)."""
@@ -33,6 +37,7 @@ class Send:
     body: str
     attachments: tuple[Attachment, ...] = ()
     submission: bool = False  # port 587 with AUTH instead of 25
+    tls: str = ""  # "starttls", "implicit" or "clear" (SEND_TLS); "": the MUA's default
 
 
 @dataclass(frozen=True)

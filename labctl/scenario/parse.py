@@ -24,7 +24,7 @@ from services.smtp import replyfaults
 
 TOP_KEYS = ("name", "description", "goal", "topology", "steps")
 STEP_EXTRA_KEYS = ("name", "note")
-SEND_KEYS = ("from", "to", "subject", "body", "attach", "submission")
+SEND_KEYS = ("from", "to", "subject", "body", "attach", "submission", "tls")
 ATTACH_KEYS = ("name", "text", "bytes", "file")
 FETCH_KEYS = ("user", "delete")
 DIALOGUE_KEYS = ("from", "server", "port", "dialogue")
@@ -271,7 +271,11 @@ class _Parser:
             raise self.r.fail(at + ("attach",), "attach must be a list of {name: FILE, text|bytes|file: ...}")
         files = tuple(self.attachment(a, at + ("attach", i)) for i, a in enumerate(attach))
         submission = self.flag(spec.get("submission", False), at + ("submission",), "submission")
-        action = m.Send(sender, to, subject, body, files, submission)
+        tls = spec.get("tls", "")
+        if tls != "" and tls not in m.SEND_TLS:
+            raise self.r.fail(at + ("tls",), f"tls must be one of {', '.join(m.SEND_TLS)} (or left out for the "
+                                             f"MUA's default: STARTTLS when the lab has TLS), not {tls!r}")
+        action = m.Send(sender, to, subject, body, files, submission, tls)
         extra = f" with {len(files)} attachment{'s' if len(files) > 1 else ''}" if files else ""
         return action, f"{sender} sends {subject!r} to {', '.join(to)}{extra}"
 

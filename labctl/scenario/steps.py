@@ -44,7 +44,7 @@ def run_send(ctx: Context, step: m.Send) -> str:
             path.write_bytes(a.data)
             paths.append(path)
         out = mail.send(ctx.lab, step.sender, list(step.to), step.subject, step.body, paths or None,
-                        submission=step.submission)
+                        submission=step.submission, tls=[m.SEND_TLS[step.tls]] if step.tls else None)
     ctx.transcript.extend((out.output + out.errors).strip().splitlines())
     if not out.ok or "250" not in out.output:
         raise StepFailed("the MTA to accept the message (250)", (out.output + out.errors).strip() or "no answer")

@@ -132,7 +132,9 @@ CASES = [
     (HEAD + "steps:\n  - send:\n      from: andy\n      to: bettystevenchoy\n      subject: s\n", 7,
      "'bettystevenchoy' is not a mail address"),
     (HEAD + "steps:\n  - send:\n      from: andy\n      to: betty\n      subject: s\n      cc: x\n", 9,
-     "unknown key 'cc' in send; valid keys: from, to, subject, body, attach, submission"),
+     "unknown key 'cc' in send; valid keys: from, to, subject, body, attach, submission, tls"),
+    (HEAD + "steps:\n  - send:\n      from: andy\n      to: betty\n      subject: s\n      tls: yes\n", 9,
+     "tls must be one of starttls, implicit, clear (or left out for the MUA's default"),
     (HEAD + "steps:\n  - send:\n      from: andy\n      to: betty\n      subject: s\n      submission: yes please\n", 9,
      "submission must be true or false"),
     (HEAD + "steps:\n  - send:\n      from: andy\n      to: betty\n      subject: s\n      attach:\n"
@@ -246,6 +248,17 @@ def test_every_error_has_its_line_and_says_what_is_valid(text: str, line: int, m
     assert message in err.message, err.message
     assert err.line == line, f"line {err.line}, wanted {line}: {err}"
     assert str(err).startswith(f"s.yml:{line}: ")
+
+
+def test_a_send_says_how_it_protects_the_connection() -> None:
+    sc = load(HEAD + """steps:
+  - send: {from: andy, to: betty, subject: a, submission: true, tls: clear}
+  - send: {from: andy, to: betty, subject: b, submission: true, tls: starttls}
+  - send: {from: andy, to: betty, subject: c, tls: implicit}
+  - send: {from: andy, to: betty, subject: d}
+""")
+    assert [(s.action.tls, m.SEND_TLS.get(s.action.tls)) for s in sc.steps if isinstance(s.action, m.Send)] == [
+        ("clear", "--no-tls"), ("starttls", "--starttls"), ("implicit", "--tls"), ("", None)]
 
 
 def test_a_reply_fault_reads_as_the_server_will_use_it() -> None:
