@@ -50,7 +50,7 @@ def test_fetch_imap_keeps_the_mail_on_the_server_seen(running_lab: RunningLab) -
     doc = json.loads(labctl("mailbox", "--lab", lab, "betty", "--imap", "--json").stdout)
     assert [m["flags"] for m in doc["messages"]] == [["\\Seen"]] * before
 
-    read = labctl("mailbox", "--lab", lab, "betty", "--imap", str(before), "--peek")
+    read = labctl("mailbox", "--lab", lab, "betty", str(before), "--imap", "--peek")
     assert "stay" in read.stdout and "BODY.PEEK[]" in read.stderr, read
 
     # IMAP left it there: a POP3 fetch afterwards still finds every message.
