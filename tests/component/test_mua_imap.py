@@ -8,20 +8,29 @@ from __future__ import annotations
 
 import imaplib
 import json
+import logging
 import poplib
 import socket
+import ssl
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from labctl import tlsca
+from services import sessionserver, tls
+from services.accounts import AccountAuthenticator
 from services.imap import server as imap_server
 from services.imap.core import Limits as ImapLimits
+from services.imap.core import Session
+from services.imap.store import Folder, Mailboxes
 from services.mailstore import deliver, mailbox_dir
+from services.mua import imapfetch
 from services.mua.cli import main
-from services.mua.imapfetch import account_key, uid_set
+from services.mua.imapfetch import ImapError, Server, account_key, uid_set
 from services.mua.local import LocalMailbox
+from services.mua.security import IMPLICIT, STARTTLS
 from services.pop3 import server as pop3_server
 from services.pop3.core import Limits as Pop3Limits
 from tests.labconfig import lab_config
@@ -222,3 +231,57 @@ def test_an_unreachable_server_is_one_line(capsys: pytest.CaptureFixture[str], t
 def test_uid_set_writes_ranges() -> None:
     assert uid_set([3, 1, 2, 7, 9, 10, 10]) == "1:3,7,9:10"
     assert uid_set([5]) == "5"
+
+
+# -- implicit TLS (993) with the lab CA: the session shell's TLS under the IMAP core -----------------
+
+
+@pytest.fixture
+def imaps(tmp_path: Path) -> Iterator[tuple[int, Path, Path]]:
+    """The IMAP core behind implicit TLS on 127.0.0.1 (a leaf of a test CA naming that address);
+    (the port, the CA file, the mail root)."""
+    ca = tlsca.make_ca("t", ["stevenchoy.example"])
+    leaf = tlsca.make_leaf(ca, "mail.stevenchoy.example", ["127.0.0.1"])
+    (tmp_path / "ca.pem").write_text(ca.cert_pem)
+    (tmp_path / "cert.pem").write_text(leaf.cert_pem + ca.cert_pem)
+    (tmp_path / "key.pem").write_text(leaf.key_pem)
+    root = tmp_path / "mail"
+    deliver(mailbox_dir(root, BETTY), FIRST)
+    authenticator = AccountAuthenticator(CONFIG.local_domains)
+    folders: dict[Path, Folder] = {}
+    limits = ImapLimits(auth_delay_first=0.01, auth_delay_max=0.01)
+
+    def session() -> Session:
+        return Session(CONFIG.this.fqdn, authenticator, lambda a: Mailboxes(mailbox_dir(root, a), folders), limits)
+
+    def context() -> ssl.SSLContext:
+        return tls.server_context(tmp_path / "cert.pem", tmp_path / "key.pem", keylog_dir=None)
+
+    background = BackgroundLoop()
+    server = background.run(sessionserver.listen("imap", logging.getLogger("test.imaps"), CONFIG, session, 10.0,
+                                                 host="127.0.0.1", port=0, read_chunk=65536, tls=context,
+                                                 implicit=True))
+    yield server.sockets[0].getsockname()[1], tmp_path / "ca.pem", root
+    background.close([server_closer(server)])
+
+
+def test_fetch_over_implicit_tls_verifies_the_server(imaps: tuple[int, Path, Path], tmp_path: Path) -> None:
+    port, ca, root = imaps
+    store = LocalMailbox(tmp_path / "Maildir")
+    trusted = Server("127.0.0.1", port, BETTY, PASSWORD, IMPLICIT, tls.client_context(ca=ca, keylog_dir=None))
+    outcome = imapfetch.fetch(trusted, store)
+    assert len(outcome.fetched) == 1 and local(tmp_path) == [FIRST]
+
+    stranger = Server("127.0.0.1", port, BETTY, PASSWORD, IMPLICIT,
+                      tls.client_context(ca=tmp_path / "no-such-ca.pem", keylog_dir=None))
+    with pytest.raises(ImapError, match=r"the certificate of 127\.0\.0\.1 does not verify .* fetch with --no-verify"):
+        imapfetch.fetch(stranger, store)
+    unchecked = Server("127.0.0.1", port, BETTY, PASSWORD, IMPLICIT,
+                       tls.client_context(verify=False, keylog_dir=None))
+    assert imapfetch.fetch(unchecked, store).fetched == []  # the same mailbox as before: nothing new
+
+
+def test_starttls_where_the_server_offers_none_fails_before_the_password(servers: Servers) -> None:
+    plain = Server("127.0.0.1", servers.imap_port, BETTY, PASSWORD, STARTTLS, tls.client_context(keylog_dir=None))
+    with pytest.raises(ImapError, match="offers no STARTTLS; is the lab up with TLS"):
+        imapfetch.listing(plain)
