@@ -131,7 +131,10 @@ def _flags(head: bytes) -> tuple[str, ...]:
 
 @contextmanager
 def session(server: Server) -> Iterator[imaplib.IMAP4]:
-    """A logged-in IMAP session (LOGOUT at the end); every failure is one ImapError saying what to do."""
+    """A logged-in IMAP session (LOGOUT at the end); every failure is one ImapError saying what to do.
+
+    It ends with LOGOUT alone, never CLOSE: CLOSE expunges every \\Deleted message of a folder
+    opened read-write (RFC 3501 §6.4.2), including those another client only marked."""
     where = server.where
     try:
         if server.security == IMPLICIT:
@@ -273,7 +276,6 @@ def fetch(server: Server, store: LocalMailbox, *, delete: bool = False, folder: 
                 typ, data = imap.expunge()
                 _check(typ, data, server.where, "EXPUNGE")
             deleted = len([x for x in data if x is not None])
-        imap.close()  # CLOSE, not just LOGOUT: the standard end of a selected folder
         return FetchResult(fetched=keys, on_server=len(uids) - deleted, deleted=deleted)
 
 
@@ -309,7 +311,6 @@ def listing(server: Server, folder: str = INBOX) -> tuple[list[Folder], list[Lis
                 s = view.summarize(int(head.split(None, 1)[0]), f"UID {uid}", headers)
                 rows.append(Listed(view.Summary(s.number, s.key, s.date, s.sender, s.subject, size), uid,
                                    _flags(head)))
-        imap.close()
         return boxes, rows
 
 
@@ -334,5 +335,4 @@ def read(server: Server, number: int, *, folder: str = INBOX, peek: bool = False
             typ, data = imap.fetch(str(number), "(FLAGS)")
             flags = _flags(b" ".join(d for d in data if isinstance(d, bytes)))
         uid = _UID.search(head)
-        imap.close()
         return Read(message, int(uid.group(1)) if uid else 0, flags, peek)

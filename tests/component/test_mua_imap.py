@@ -138,6 +138,17 @@ def test_fetch_copies_new_mail_and_leaves_it_seen_on_the_server(mail: Callable[.
     assert len(remembered) == 3 and len(validity) == 1  # UIDVALIDITY/UID, one UIDVALIDITY
 
 
+def test_what_another_client_only_marked_deleted_stays(mail: Callable[..., Run], servers: Servers) -> None:
+    """No CLOSE: it would expunge every \\Deleted message of the folder (RFC 3501 §6.4.2)."""
+    client = imaplib.IMAP4("127.0.0.1", servers.imap_port, timeout=TIMEOUT)
+    client.login(BETTY, PASSWORD)
+    client.select("INBOX")
+    client.store("2", "+FLAGS", "(\\Deleted)")
+    client.logout()
+    assert mail("fetch").code == 0 and mail("read", "1").code == 0
+    assert servers.infos() == ["S", "ST"] and servers.pop3_listing() == 2
+
+
 def test_a_new_uidvalidity_makes_every_message_new_again(mail: Callable[..., Run], servers: Servers,
                                                           tmp_path: Path) -> None:
     assert "fetched 2 new" in mail("fetch").out
