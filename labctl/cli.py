@@ -203,7 +203,8 @@ def cmd_send(args: argparse.Namespace) -> int:
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
-    return _print_outcome(mail.fetch(_lab(args), args.user, delete=args.delete, tls=_tls_flags(args)))
+    return _print_outcome(mail.fetch(_lab(args), args.user, delete=args.delete, tls=_tls_flags(args),
+                                     imap=args.imap, folder=args.folder))
 
 
 def _tls_flags(args: argparse.Namespace) -> list[str]:
@@ -217,6 +218,15 @@ def cmd_tls_ca(args: argparse.Namespace) -> int:
 
 
 def cmd_mailbox(args: argparse.Namespace) -> int:
+    if args.imap:
+        if args.server:
+            raise LabctlError("--imap and --server both read the mailbox on the server: --imap by IMAP from "
+                              f"{args.user}'s host (flags, folders; in the capture), --server from the files")
+        view = "raw" if args.raw else "tree" if args.tree else "text"
+        return _print_outcome(mail.imap_mailbox(_lab(args), args.user, args.number, folder=args.folder, view=view,
+                                                as_json=args.json, peek=args.peek, tls=_tls_flags(args)))
+    if args.folder or args.peek:
+        raise LabctlError("--folder and --peek are for the server's folders by IMAP: add --imap")
     if args.server:
         if args.number is not None or args.raw or args.tree:
             raise LabctlError("--server lists the mailbox on the server; read a message after "
@@ -588,10 +598,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--submission", action="store_true", help="submit on port 587 with AUTH instead of 25")
     tls_options(p, "465, implicit TLS", "587 (or 25) with STARTTLS")
 
-    p = add("fetch", cmd_fetch, "fetch a user's new mail by POP3 into the MUA's local mailbox")
+    p = add("fetch", cmd_fetch, "fetch a user's new mail by POP3 (or IMAP) into the MUA's local mailbox")
     p.add_argument("user", help="host name or address (betty)")
     p.add_argument("--delete", action="store_true", help="delete fetched messages on the server")
-    tls_options(p, "995, implicit TLS", "110 with STLS")
+    p.add_argument("--imap", action="store_true",
+                   help="by IMAP: copy only what is new, leave it on the server marked \\Seen")
+    p.add_argument("--folder", help="with --imap: the server folder (default INBOX)")
+    tls_options(p, "995, or 993 with --imap, implicit TLS", "110 with STLS, or 143 with --imap")
 
     p = add("tls", None, "the lab's TLS: `labctl tls ca > ca.pem` hands its CA to a desktop client", lab=False)
     tls_sub = p.add_subparsers(dest="tls_command", required=True)
@@ -603,6 +616,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("user")
     p.add_argument("--server", action="store_true",
                    help="the user's mailbox on the server instead (what fetch will find), read without POP3")
+    p.add_argument("--imap", action="store_true",
+                   help="the mailbox on the server by IMAP from the user's host: its folders, and the messages "
+                        "with their flags (N: read message N, which marks it \\Seen)")
+    p.add_argument("--folder", help="with --imap: the server folder (default INBOX)")
+    p.add_argument("--peek", action="store_true", help="with --imap N: read with BODY.PEEK[], leaving it unread")
+    tls_options(p, "with --imap: 993, implicit TLS", "with --imap: 143 with STARTTLS")
     p.add_argument("number", nargs="?", type=int)
     view = p.add_mutually_exclusive_group()
     view.add_argument("--raw", action="store_true", help="the message exactly as stored")

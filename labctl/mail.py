@@ -62,6 +62,7 @@ def _outcome(host: HostStatus, result: ExecResult) -> MailCommandResult:
     # is a labctl command, and the error says which host it came from.
     errors = errors.replace(f"{MUA_PROG}: error: ", f"labctl: {host.name}: ")
     errors = errors.replace(f"`{MUA_PROG} fetch`", f"`labctl fetch {host.name}`")
+    errors = errors.replace(f"`{MUA_PROG} list --imap`", f"`labctl mailbox {host.name} --imap`")
     return MailCommandResult(host.name, result.exit_code == 0, result.output, errors)
 
 
@@ -95,9 +96,32 @@ def send(lab: Lab, sender: str, to: list[str], subject: str, body: str, attach: 
     return _outcome(host, lab.exec(host.name, cmd))
 
 
-def fetch(lab: Lab, user: str, *, delete: bool = False, tls: list[str] | None = None) -> MailCommandResult:
+def fetch(lab: Lab, user: str, *, delete: bool = False, tls: list[str] | None = None,
+          imap: bool = False, folder: str | None = None) -> MailCommandResult:
+    """``mail fetch`` on the user's host: by POP3, or with ``imap`` by IMAP (from ``folder``)."""
     host = mua_host(lab, user)
-    return _outcome(host, lab.exec(host.name, [*MAIL, "fetch", *(["--delete"] if delete else []), *(tls or [])]))
+    cmd = [*MAIL, "fetch", *(["--delete"] if delete else []), *_imap(imap, folder), *(tls or [])]
+    return _outcome(host, lab.exec(host.name, cmd))
+
+
+def _imap(imap: bool, folder: str | None) -> list[str]:
+    return ["--imap", *(["--folder", folder] if folder else [])] if imap else []
+
+
+def imap_mailbox(lab: Lab, user: str, number: int | None = None, *, folder: str | None = None,
+                 view: str = "text", as_json: bool = False, peek: bool = False,
+                 tls: list[str] | None = None) -> MailCommandResult:
+    """The user's mailbox on the server, by IMAP from the user's host: ``mail list --imap`` (the
+    folders and the messages with their flags), or ``mail read --imap N`` (``peek``: BODY.PEEK[])."""
+    host = mua_host(lab, user)
+    if number is None:
+        cmd = [*MAIL, "list", *_imap(True, folder)]
+    else:
+        cmd = [*MAIL, "read", str(number), *_imap(True, folder), *(["--peek"] if peek else [])]
+        if view in ("raw", "tree"):
+            cmd.append(f"--{view}")
+    cmd += [*(["--json"] if as_json else []), *(tls or [])]
+    return _outcome(host, lab.exec(host.name, cmd))
 
 
 def mailbox(lab: Lab, user: str, number: int | None = None, *, view: str = "text",

@@ -30,7 +30,7 @@ tools:
   mail    the mail client (send, fetch, list, read, save)
   queue   show the MTA queue, or --flush it
   store   a user's mailbox as the server keeps it (read-only)
-  talk    a raw SMTP or POP3 dialogue, lines as JSON on stdin (scenarios)
+  talk    a raw SMTP, POP3 or IMAP dialogue, lines as JSON on stdin (scenarios)
 """
 
 # Imported lazily: a host only loads the code of its own role, and starts faster for it.

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from services import config, mailstore
+from services.imap.store import flags_of
 from services.mua import view
 
 
@@ -37,6 +38,8 @@ def messages(root: Path, address: str) -> list[dict[str, Any]]:
         msg = view.parse(data)
         entry.update(view.message_json(msg))
         entry["delivery_status"] = delivery_status(msg)
+        # The flags IMAP keeps in the file's name (":2,S": \Seen), which POP3 leaves alone.
+        entry["flags"] = sorted(flags_of(stored.path.name.partition(":")[2])[0])
         out.append(entry)
     return out
 

@@ -1,6 +1,6 @@
-"""``python3 -m services talk --proto smtp|pop3 HOST PORT``: a raw dialogue, as typed into telnet.
+"""``python3 -m services talk --proto smtp|pop3|imap HOST PORT``: a raw dialogue, as typed into telnet.
 
-The article's two activities are typed by hand: one command line, then wait for the server's
+The article's activities are typed by hand: one command line, then wait for the server's
 reply, then the next. This tool does exactly that for labctl's scenarios (which cannot reach the
 sealed lab from outside): it reads a JSON list of lines to send on standard input, sends each one
 with CRLF after reading the previous reply, and prints the whole exchange as JSON:
@@ -14,7 +14,12 @@ of the failed session takes effect (RFC 1939 §6: only QUIT commits).
 A line holding several lines (a message typed after DATA, ended by ".") is sent as one block and
 gets one reply. Where a reply ends is protocol knowledge: SMTP continues a reply with "250-"
 (RFC 5321 §4.2.1); a POP3 ``+OK`` to CAPA, RETR, TOP, and LIST or UIDL without argument runs until
-"." (:func:`services.pop3.core.multiline_answer`). When the server closes the connection, the
+"." (:func:`services.pop3.core.multiline_answer`); an IMAP reply is every untagged line up to the
+one tagged with the command's tag (RFC 3501 §2.2.2), or a ``+`` continuation, with each literal
+``{n}`` read as exactly n octets (§4.3), so a message's lines never end a reply early. What
+``expect`` is checked against is the reply's status line: the first line for SMTP and POP3, the
+tagged line without its tag for IMAP ("OK LOGIN completed"; the greeting "* OK ..." as "OK ...";
+a continuation as "+ ..."). When the server closes the connection, the
 dialogue stops there. When the list ends without QUIT, the connection is simply closed: a dropped
 session, which is what some scenarios want.
 """
@@ -32,6 +37,9 @@ from typing import Any, BinaryIO
 
 from services.pop3.core import multiline_answer
 
+PROTOCOLS = ("smtp", "pop3", "imap")
+_LITERAL = re.compile(rb"\{(\d{1,9})\+?\}\r?\n$")  # a line ending in {n}: n octets follow (RFC 3501 §4.3)
+
 DEFAULT_TIMEOUT = 10.0  # seconds for a connection or one reply; the lab answers in milliseconds
 
 
@@ -44,16 +52,30 @@ class Line:
     match: str | None = None  # a pattern (Python re, multi-line) searched in the whole reply
 
 
-def reply_fits(reply: str, expect: str | None, match: str | None) -> bool:
-    """Does ``reply`` start as ``expect`` says and hold ``match``? (labctl's judge asks the same.)"""
-    first = reply.split("\r\n", 1)[0].rstrip("\r\n")
+def status_line(reply: str, proto: str = "smtp") -> str:
+    """The line of ``reply`` that ``expect`` is about: its first (SMTP, POP3), or for IMAP its last,
+    the tagged status, without the tag ("OK FETCH completed"; "+ ..." for a continuation)."""
+    if proto != "imap":
+        return reply.split("\r\n", 1)[0].rstrip("\r\n")
+    lines = [line for line in reply.split("\r\n") if line]
+    last = lines[-1] if lines else ""
+    return last if last.startswith("+") else last.partition(" ")[2]
+
+
+def reply_fits(reply: str, expect: str | None, match: str | None, proto: str = "smtp") -> bool:
+    """Does ``reply``'s status line start as ``expect`` says, and does the reply hold ``match``?
+    (labctl's judge asks the same.)"""
+    first = status_line(reply, proto)
     if expect is not None and not first.startswith(expect):
         return False
     return match is None or re.search(match, reply.replace("\r\n", "\n"), re.MULTILINE) is not None
 
 
-def _read_reply(stream: BinaryIO, proto: str, command: str | None) -> tuple[str, bool]:
-    """The reply to ``command`` (None: the greeting) and whether the server closed the connection."""
+def _read_reply(stream: BinaryIO, proto: str, command: str | None, tag: str | None = None) -> tuple[str, bool]:
+    """The reply to ``command`` (None: the greeting) and whether the server closed the connection;
+    ``tag``: the IMAP tag whose tagged line ends it."""
+    if proto == "imap":
+        return _read_imap(stream, None if command is None else tag)
     lines: list[str] = []
     while True:
         raw = stream.readline()
@@ -72,6 +94,25 @@ def _read_reply(stream: BinaryIO, proto: str, command: str | None) -> tuple[str,
             return "".join(lines), False
 
 
+def _read_imap(stream: BinaryIO, tag: str | None) -> tuple[str, bool]:
+    """Lines up to the one tagged ``tag`` (None: the greeting, one line) or a continuation."""
+    out = bytearray()
+    while True:
+        raw = stream.readline()
+        if not raw:
+            return out.decode("utf-8", "replace"), True
+        out += raw
+        while (literal := _LITERAL.search(raw)) is not None:  # the literal, then the line goes on
+            data = stream.read(int(literal.group(1)))
+            out += data
+            raw = stream.readline() if len(data) == int(literal.group(1)) else b""
+            if not raw:
+                return out.decode("utf-8", "replace"), True
+            out += raw
+        if tag is None or raw.startswith(b"+") or raw.split(b" ", 1)[0].decode("utf-8", "replace") == tag:
+            return out.decode("utf-8", "replace"), False
+
+
 def talk(host: str, port: int, proto: str, script: Sequence[Line | str], timeout: float) -> list[dict[str, object]]:
     lines = [x if isinstance(x, Line) else Line(x) for x in script]
     transcript: list[dict[str, object]] = []
@@ -85,13 +126,17 @@ def talk(host: str, port: int, proto: str, script: Sequence[Line | str], timeout
         try:
             reply, closed = _read_reply(stream, proto, None)
             transcript.append({"sent": None, "reply": reply, "closed": closed})
-            fits = reply_fits(reply, greeting.expect, greeting.match)
+            fits = reply_fits(reply, greeting.expect, greeting.match, proto)
+            tag = None
             for line in typed:
                 if closed or not fits:
                     break
-                reply, closed = _say(sock, stream, proto, line.send or "")
+                words = (line.send or "").split(None, 1)
+                # IDLE's DONE (RFC 2177) has no tag: the IDLE's tagged reply ends it.
+                tag = tag if not words or words[0].upper() == "DONE" else words[0]
+                reply, closed = _say(sock, stream, proto, line.send or "", tag)
                 transcript.append({"sent": line.send, "reply": reply, "closed": closed})
-                fits = reply_fits(reply, line.expect, line.match)
+                fits = reply_fits(reply, line.expect, line.match, proto)
             last = str(transcript[-1]["sent"] or "").strip().upper()
             if not fits and not closed and proto == "smtp" and last != "QUIT":
                 reply, closed = _say(sock, stream, proto, "QUIT")
@@ -101,9 +146,9 @@ def talk(host: str, port: int, proto: str, script: Sequence[Line | str], timeout
     return transcript
 
 
-def _say(sock: socket.socket, stream: BinaryIO, proto: str, line: str) -> tuple[str, bool]:
+def _say(sock: socket.socket, stream: BinaryIO, proto: str, line: str, tag: str | None = None) -> tuple[str, bool]:
     sock.sendall(line.replace("\r\n", "\n").replace("\n", "\r\n").encode("utf-8") + b"\r\n")
-    return _read_reply(stream, proto, line)
+    return _read_reply(stream, proto, line, tag)
 
 
 def _line(item: Any) -> Line:
@@ -117,7 +162,7 @@ def _line(item: Any) -> Line:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python3 -m services talk", description=__doc__.splitlines()[0])
-    parser.add_argument("--proto", choices=("smtp", "pop3"), required=True)
+    parser.add_argument("--proto", choices=PROTOCOLS, required=True)
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT)
     parser.add_argument("host")
     parser.add_argument("port", type=int)

@@ -21,8 +21,8 @@ from labctl.scenario import model as m
 from labctl.scenario.steps import Context, StepFailed
 from labctl.traffic.decode import TrafficDecoder
 from labctl.traffic.journey import timeline, trace
-from labctl.traffic.model import Conversation
-from labctl.traffic.payload import CommandLine, Credentials, DnsAnswer, DnsQuery, Pop3Status
+from labctl.traffic.model import Conversation, Event
+from labctl.traffic.payload import CommandLine, Credentials, DnsAnswer, DnsQuery, ImapResponse, Pop3Status
 from labctl.traffic.pcap import write_merged_pcapng
 
 # The answers a dns fact may name as such rather than as a record value (RFC 1035 §4.1.1, RFC 2308).
@@ -107,6 +107,8 @@ def check_fact(fact: m.Fact, convs: Sequence[Conversation], addresses: Mapping[s
         return _relayed(fact, convs, addresses)
     if isinstance(fact, m.Pop3Session):
         return _pop3_session(fact, convs)
+    if isinstance(fact, m.ImapSession):
+        return _imap_session(fact, convs)
     src, dst = addresses[fact.source], addresses[fact.target]
     sessions = [c for c in convs if c.transport == "tcp" and c.client.ip == src and c.server.ip == dst
                 and c.server.port == fact.port]
@@ -123,7 +125,7 @@ def _secrecy(fact: m.Cleartext | m.Encrypted, convs: Sequence[Conversation]) -> 
     on the wire: it counts as encrypted, never as clear text.
     """
     lines = [(c, e) for c in convs if c.protocol == fact.proto for e in c.events
-             if e.kind in ("command", "auth") and e.text.upper().startswith(fact.command)]
+             if e.kind in ("command", "auth") and _command(c, e).upper().startswith(fact.command)]
     clear = [e for _, e in lines if not e.decrypted and (e.secrets or e.kind == "command")]
     hidden = [(c, e) for c, e in lines if e.decrypted]
     what = f"{fact.proto.upper()} {fact.command}"
@@ -147,6 +149,11 @@ def _secrecy(fact: m.Cleartext | m.Encrypted, convs: Sequence[Conversation]) -> 
         seen = (f"{len(sessions)} {fact.proto.upper()} session(s) in TLS, no {fact.command} read inside"
                 + (f" ({'; '.join(problems)})" if problems else ""))
     raise StepFailed(f"{what} inside TLS, read with the lab's key log", seen)
+
+
+def _command(conv: Conversation, event: Event) -> str:
+    """A client line as its command: an IMAP line without its tag ("a1 LOGIN ..." is LOGIN)."""
+    return event.text.partition(" ")[2] if conv.protocol == "imap" else event.text
 
 
 def _answer_fits(fact: m.DnsLooked, answer: DnsAnswer, addresses: Mapping[str, str]) -> bool:
@@ -251,6 +258,43 @@ def _pop3_session(fact: m.Pop3Session, convs: Sequence[Conversation]) -> str:
             return f"{fact.user}'s POP3 session {seen[-1]}"
     raise StepFailed(expected, f"{fact.user}'s POP3 sessions: {'; '.join(seen)}" if seen
                      else f"no POP3 session of {fact.user}")
+
+
+def _imap_counts(conv: Conversation) -> tuple[str | None, set[str], int]:
+    """Who logged in to an IMAP session (LOGIN, AUTHENTICATE PLAIN), the message numbers whose
+    whole text a FETCH response carried, and how many EXPUNGE responses it got."""
+    user: str | None = None
+    fetched: set[str] = set()
+    expunged = 0
+    for e in conv.events:
+        if isinstance(e.payload, Credentials) and e.payload.user:
+            user = e.payload.user
+        elif isinstance(e.payload, ImapResponse) and e.payload.tag == "*":
+            if e.payload.status == "FETCH" and e.payload.message is not None:
+                fetched.add(e.text.split()[1])  # "* 1 FETCH (BODY[] {77}": message 1
+            elif e.payload.status == "EXPUNGE":
+                expunged += 1
+    return user, fetched, expunged
+
+
+def _imap_session(fact: m.ImapSession, convs: Sequence[Conversation]) -> str:
+    """A finished IMAP session of the user (the connection no longer open) with exactly those counts."""
+    wanted = " and ".join(f"{what} {n} message(s)" for what, n in (("fetched", fact.fetched),
+                                                                    ("expunged", fact.expunged)) if n is not None)
+    expected = f"a finished IMAP session of {fact.user}" + (f" that {wanted}" if wanted else "")
+    seen = []
+    for c in convs:
+        if c.protocol != "imap":
+            continue
+        user, fetched, expunged = _imap_counts(c)
+        if (user or "").partition("@")[0].lower() != fact.user.lower():
+            continue
+        state = "still open" if c.state == "open" else "ended"
+        seen.append(f"{state}: fetched {', '.join(sorted(fetched, key=int)) or 'none'}, {expunged} expunged")
+        if c.state != "open" and fact.fetched in (None, len(fetched)) and fact.expunged in (None, expunged):
+            return f"{fact.user}'s IMAP session {seen[-1]}"
+    raise StepFailed(expected, f"{fact.user}'s IMAP sessions: {'; '.join(seen)}" if seen
+                     else f"no IMAP session of {fact.user}")
 
 
 def save_traffic(lab: Lab, folder: Path, *, since: float | None = None, subjects: Sequence[str] = ()) -> list[str]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from labctl.scenario import model as m
 from labctl.scenario.observe import MessageView, PartView, QueuedMessage, QueuedRecipient, TalkLine
-from services.talk import reply_fits
+from services.talk import reply_fits, status_line
 
 SUMMARY_SHOWN = 6  # subjects listed when a mailbox is summarised
 
@@ -136,6 +136,9 @@ def _message(exp: m.MailboxExpect, x: MessageView) -> Verdict | None:
         if not any(pattern.search(v) for v in values):
             return _failed(f"a {name} header matching /{pattern.pattern}/ in {label}",
                            f"{name}: {values}" if values else f"no {name} header")
+    if exp.seen is not None and x.seen != exp.seen:
+        return _failed(f"{label} {'flagged' if exp.seen else 'not flagged'} \\Seen on the server",
+                       f"its flags: {' '.join(x.flags) or 'none'}")
     if exp.body is not None and not exp.body.search(x.text):
         return _failed(f"text matching /{exp.body.pattern}/ in {label}", repr(x.text[:300]))
     if exp.received_via:
@@ -250,9 +253,9 @@ def dialogue(step: m.Dialogue, log: Sequence[TalkLine]) -> Verdict:
             reason = next((e.error for e in log if e.error), "the server closed the connection")
             return _failed(f"a reply {sent}{where}", reason)
         reply = replies[i].reply
-        first = reply.split("\r\n", 1)[0].rstrip("\r\n")
-        if not reply_fits(reply, ex.expect, None):
+        first = status_line(reply, step.proto)
+        if not reply_fits(reply, ex.expect, None, step.proto):
             return _failed(f"{ex.expect!r} {sent}{where}", repr(first) if first else "no reply (connection closed)")
-        if ex.match is not None and not reply_fits(reply, None, ex.match.pattern):
+        if ex.match is not None and not reply_fits(reply, None, ex.match.pattern, step.proto):
             return _failed(f"a reply matching /{ex.match.pattern}/ {sent}{where}", repr(first))
     return _passed(f"{len(step.exchanges)} replies as expected", f"{len(step.exchanges)} replies as expected")

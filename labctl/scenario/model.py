@@ -42,10 +42,11 @@ class Send:
 
 @dataclass(frozen=True)
 class Fetch:
-    """Fetch a user's new mail by POP3 into the MUA's local mailbox (``mail fetch``)."""
+    """Fetch a user's new mail by POP3 (or IMAP) into the MUA's local mailbox (``mail fetch``)."""
 
     user: str  # MUA host name
     delete: bool = False
+    imap: bool = False  # ``mail fetch --imap``: only what is new, left on the server marked \Seen
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,7 @@ class Exchange:
 class Dialogue:
     """Raw protocol lines typed from a lab host, as in the article's activities."""
 
-    proto: str  # "smtp" or "pop3"
+    proto: str  # "smtp", "pop3" or "imap"
     host: str  # where the client runs
     server: str  # FQDN or address it connects to
     port: int
@@ -157,6 +158,7 @@ class MailboxExpect:
     body: re.Pattern[str] | None = None
     received_via: tuple[str, ...] = ()  # FQDNs that must appear as "by HOST", oldest hop first
     attachments: tuple[AttachmentExpect, ...] = ()
+    seen: bool | None = None  # on the server: flagged \Seen (read by IMAP), or not; None: either
 
 
 @dataclass(frozen=True)
@@ -261,7 +263,19 @@ class Pop3Session:
     dele: int | None = None
 
 
-Fact = MxQueried | ConnectionRefused | Cleartext | Encrypted | Connected | DnsLooked | Relayed | Pop3Session
+@dataclass(frozen=True)
+class ImapSession:
+    """An IMAP session of ``user`` that ended (LOGOUT or a closed connection) having fetched whole
+    (BODY[], BODY.PEEK[] or RFC822) and expunged exactly ``fetched`` and ``expunged`` distinct
+    messages (None: any number)."""
+
+    user: str  # the login name given to LOGIN or AUTHENTICATE PLAIN, as the server knows it ("betty")
+    fetched: int | None = None
+    expunged: int | None = None
+
+
+Fact = (MxQueried | ConnectionRefused | Cleartext | Encrypted | Connected | DnsLooked | Relayed | Pop3Session
+        | ImapSession)
 
 
 @dataclass(frozen=True)
@@ -376,7 +390,7 @@ Action = Send | Fetch | Dialogue | Wait | Expect | Fault | Task
 class Step:
     number: int  # 1-based
     line: int | None
-    kind: str  # the key in the file: send, fetch, smtp, pop3, task, wait, fault, expect
+    kind: str  # the key in the file: send, fetch, smtp, pop3, imap, task, wait, fault, expect
     title: str  # a one-line summary for the progress line and the report
     action: Action
     note: str = ""  # what a student should notice, shown when the step runs

@@ -30,6 +30,7 @@ class MessageView:
     text: str  # the text the MUA would show
     parts: tuple[PartView, ...]  # each MIME part
     delivery_status: tuple[Mapping[str, str], ...] = ()  # per-recipient fields of a bounce (RFC 3464 §2.3)
+    flags: tuple[str, ...] = ()  # on the server: the IMAP flags kept in the file's name (\Seen, ...)
 
     def header(self, name: str) -> list[str]:
         return [v for k, v in self.headers if k.lower() == name.lower()]
@@ -41,6 +42,10 @@ class MessageView:
     @property
     def is_bounce(self) -> bool:
         return "message/delivery-status" in (p.content_type for p in self.parts) or self.header("Return-Path") == ["<>"]
+
+    @property
+    def seen(self) -> bool:
+        return "\\Seen" in self.flags
 
     @property
     def attachments(self) -> list[str]:
@@ -91,6 +96,7 @@ def message_from_json(doc: Mapping[str, Any]) -> MessageView:
         parts=tuple(PartView(str(p.get("content_type", "")), p.get("filename"), p.get("size"), p.get("sha256"))
                     for p in doc.get("parts", [])),
         delivery_status=tuple({str(k): str(v) for k, v in fields.items()} for fields in doc.get("delivery_status", [])),
+        flags=tuple(str(f) for f in doc.get("flags", [])),
     )
 
 

@@ -26,7 +26,7 @@ TOP_KEYS = ("name", "description", "goal", "topology", "steps")
 STEP_EXTRA_KEYS = ("name", "note")
 SEND_KEYS = ("from", "to", "subject", "body", "attach", "submission", "tls")
 ATTACH_KEYS = ("name", "text", "bytes", "file")
-FETCH_KEYS = ("user", "delete")
+FETCH_KEYS = ("user", "delete", "imap")
 DIALOGUE_KEYS = ("from", "server", "port", "dialogue")
 EXCHANGE_KEYS = ("send", "expect", "match")
 WAIT_KEYS = ("delivered", "queued", "bounced", "queue_empty", "seconds", "timeout")
@@ -47,13 +47,14 @@ BLOCK_KEYS = ("host", "port", "how")
 BLOCK_HOW = ("refuse", "drop")
 EXPECT_KINDS = ("mailbox", "queue", "bounce", "traffic", "file")
 FILE_KEYS = ("host", "path", "match")
-MAILBOX_KEYS = ("user", "where", "subject", "from", "count", "headers", "body", "received_via", "attachments")
+MAILBOX_KEYS = ("user", "where", "subject", "from", "count", "headers", "body", "received_via", "attachments", "seen")
 MAILBOX_ON = ("server", "client")
 QUEUE_KEYS = ("host", "empty", "to", "status", "attempts", "error", "retry_gap")
 RETRY_GAP_KEYS = ("attempt", "seconds")
 ATTACHMENT_EXPECT_KEYS = ("name", "size", "sha256")
 QUEUE_STATUS = ("pending", "delivered", "bounced")
-FACT_KINDS = ("mx_query", "refused", "cleartext", "encrypted", "connection", "dns", "relayed", "pop3_session")
+FACT_KINDS = ("mx_query", "refused", "cleartext", "encrypted", "connection", "dns", "relayed", "pop3_session",
+              "imap_session")
 DNS_FACT_KEYS = ("from", "name", "type", "answer")
 RELAYED_KEYS = ("to", "via", "subject")
 DNS_TYPES = ("A", "AAAA", "MX", "NS", "SOA", "TXT", "CNAME", "PTR", "SRV")
@@ -63,7 +64,8 @@ REFUSED_KEYS = ("host", "port")
 CLEARTEXT_KEYS = ("proto", "command")
 CONNECTION_KEYS = ("from", "to", "port")
 POP3_SESSION_KEYS = ("user", "retr", "dele")
-PROTO_PORTS = {"smtp": 25, "pop3": 110}
+IMAP_SESSION_KEYS = ("user", "fetched", "expunged")
+PROTO_PORTS = {"smtp": 25, "pop3": 110, "imap": 143}
 
 DEFAULT_WAIT = 30.0  # seconds: far more than a delivery takes, short enough to fail fast
 MAX_WAIT = 600.0
@@ -78,6 +80,10 @@ _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(kbit|mbit)\s*$", re.IGNORECASE)
 _RANGE = re.compile(r"^\s*(?:(>=|<=)\s*(\d+(?:\.\d+)?)|(\d+(?:\.\d+)?)\s*\.\.\s*(\d+(?:\.\d+)?))\s*$")
 _SMTP_EXPECT = re.compile(r"^[2-5]\d\d(?:[ -].*)?$")
 _POP3_EXPECT = re.compile(r"^(?:\+OK|-ERR)(?: .*)?$")
+# IMAP: the tagged status (or the greeting's, or a "+" continuation), services.talk.status_line.
+_IMAP_EXPECT = re.compile(r"^(?:OK|NO|BAD|BYE|PREAUTH|\+)(?: .*)?$")
+_EXPECT_SHAPES = {"smtp": (_SMTP_EXPECT, "250, 354 or 250 2.1.5"), "pop3": (_POP3_EXPECT, "+OK or -ERR"),
+                  "imap": (_IMAP_EXPECT, "OK, NO or BAD (the tagged status; OK for the greeting)")}
 
 
 def load(path: Path, text: str | None = None, base: Topology | None = None) -> m.Scenario:
@@ -309,13 +315,18 @@ class _Parser:
         spec = self.r.mapping(value, at, FETCH_KEYS, "fetch")
         user = self.mua(self.require(spec, at, "user", "fetch"), at + ("user",))
         delete = self.flag(spec.get("delete", False), at + ("delete",), "delete")
-        return m.Fetch(user, delete), f"{user} fetches by POP3 ({'delete' if delete else 'keep'} on the server)"
+        imap = self.flag(spec.get("imap", False), at + ("imap",), "imap")
+        how = "IMAP" if imap else "POP3"
+        return m.Fetch(user, delete, imap), f"{user} fetches by {how} ({'delete' if delete else 'keep'} on the server)"
 
     def step_smtp(self, value: Any, at: PathKey) -> tuple[m.Dialogue, str]:
         return self.dialogue("smtp", value, at)
 
     def step_pop3(self, value: Any, at: PathKey) -> tuple[m.Dialogue, str]:
         return self.dialogue("pop3", value, at)
+
+    def step_imap(self, value: Any, at: PathKey) -> tuple[m.Dialogue, str]:
+        return self.dialogue("imap", value, at)
 
     def dialogue(self, proto: str, value: Any, at: PathKey) -> tuple[m.Dialogue, str]:
         spec = self.r.mapping(value, at, DIALOGUE_KEYS, proto)
@@ -342,9 +353,8 @@ class _Parser:
         expect = None
         if "expect" in spec:
             expect = self.text(spec["expect"], at + ("expect",), "expect").strip()
-            shape = _SMTP_EXPECT if proto == "smtp" else _POP3_EXPECT
+            shape, example = _EXPECT_SHAPES[proto]
             if not shape.match(expect):
-                example = "250, 354 or 250 2.1.5" if proto == "smtp" else "+OK or -ERR"
                 raise self.r.fail(at + ("expect",), f"expect {expect!r} is not the start of a {proto.upper()} reply, "
                                                   f"like {example} (use match: for a pattern)")
         match = self.pattern(spec["match"], at + ("match",), "match") if "match" in spec else None
@@ -571,9 +581,13 @@ class _Parser:
                 raise self.r.fail(at + ("attachments",), "attachments must list file names, or "
                                                        "{name: FILE, size: BYTES, sha256: HEX}")
             attachments = tuple(self.attachment_expect(a, at + ("attachments", i)) for i, a in enumerate(items))
-        if count.high == 0 and (headers or body or via or attachments):
+        seen = self.flag(s["seen"], at + ("seen",), "seen") if "seen" in s else None
+        if seen is not None and on != "server":
+            raise self.r.fail(at + ("seen",), "seen: is a flag the server keeps (IMAP's \\Seen); the local "
+                                             "mailbox has none: write where: server")
+        if count.high == 0 and (headers or body or via or attachments or seen is not None):
             raise self.r.fail(at + ("count",), "count: 0 expects no such message; there is nothing to check headers of")
-        return m.MailboxExpect(user, on, subject, sender, count, tuple(headers), body, via, attachments)
+        return m.MailboxExpect(user, on, subject, sender, count, tuple(headers), body, via, attachments, seen)
 
     def dns_fact(self, value: Any, at: PathKey) -> m.DnsLooked:
         s = self.r.mapping(value, at, DNS_FACT_KEYS, "dns")
@@ -681,6 +695,12 @@ class _Parser:
                 retr = self.count(s["retr"], w + ("retr",), "retr") if "retr" in s else None
                 dele = self.count(s["dele"], w + ("dele",), "dele") if "dele" in s else None
                 facts.append(m.Pop3Session(user.partition("@")[0], retr, dele))
+            elif kind == "imap_session":
+                s = self.r.mapping(arg, w, IMAP_SESSION_KEYS, kind)
+                user = self.address(self.require(s, w, "user", kind), w + ("user",))
+                fetched = self.count(s["fetched"], w + ("fetched",), "fetched") if "fetched" in s else None
+                expunged = self.count(s["expunged"], w + ("expunged",), "expunged") if "expunged" in s else None
+                facts.append(m.ImapSession(user.partition("@")[0], fetched, expunged))
             else:
                 s = self.r.mapping(arg, w, CONNECTION_KEYS, kind)
                 source = self.host(self.require(s, w, "from", kind), w + ("from",))
@@ -695,6 +715,7 @@ STEP_PARSERS: Mapping[str, Callable[[_Parser, Any, PathKey], tuple[m.Action, str
     "fetch": _Parser.step_fetch,
     "smtp": _Parser.step_smtp,
     "pop3": _Parser.step_pop3,
+    "imap": _Parser.step_imap,
     "task": _Parser.step_task,
     "wait": _Parser.step_wait,
     "fault": _Parser.step_fault,
@@ -703,7 +724,8 @@ STEP_PARSERS: Mapping[str, Callable[[_Parser, Any, PathKey], tuple[m.Action, str
 STEP_KINDS = tuple(STEP_PARSERS)
 # The keys each step kind takes: a key of one found beside it is an indentation slip.
 STEP_KEYS: Mapping[str, tuple[str, ...]] = {
-    "send": SEND_KEYS, "fetch": FETCH_KEYS, "smtp": DIALOGUE_KEYS, "pop3": DIALOGUE_KEYS, "task": TASK_KEYS,
+    "send": SEND_KEYS, "fetch": FETCH_KEYS, "smtp": DIALOGUE_KEYS, "pop3": DIALOGUE_KEYS, "imap": DIALOGUE_KEYS,
+    "task": TASK_KEYS,
     "wait": WAIT_KEYS, "fault": FAULT_KINDS, "expect": EXPECT_KINDS,
 }
 

@@ -52,10 +52,11 @@ def run_send(ctx: Context, step: m.Send) -> str:
 
 
 def run_fetch(ctx: Context, step: m.Fetch) -> str:
-    out = mail.fetch(ctx.lab, step.user, delete=step.delete)
+    out = mail.fetch(ctx.lab, step.user, delete=step.delete, imap=step.imap)
     ctx.transcript.extend((out.output + out.errors).strip().splitlines())
     if not out.ok:
-        raise StepFailed(f"{step.user} to fetch its mail by POP3", (out.output + out.errors).strip())
+        raise StepFailed(f"{step.user} to fetch its mail by {'IMAP' if step.imap else 'POP3'}",
+                         (out.output + out.errors).strip())
     return out.output.strip()
 
 

@@ -2,9 +2,9 @@
 
     mail send --to ADDR --subject TEXT [--body TEXT | --body-file F] [--attach FILE] [--submission]
               [--tls | --starttls | --no-tls] [--no-verify]
-    mail fetch [--delete]
-    mail list [--json]
-    mail read N [--raw | --tree] [--json]
+    mail fetch [--delete] [--imap [--imap-server HOST[:PORT]] [--folder NAME]] [--tls | --starttls | --no-tls]
+    mail list [--json] [--imap [--folder NAME]]
+    mail read N [--raw | --tree] [--json] [--imap [--folder NAME] [--peek]]
     mail save N [--dir D] [--part K]
 
 The account, the servers and their password come from the lab configuration of this host; each
@@ -26,7 +26,7 @@ from typing import Literal
 
 from services import config
 from services import tls as lab_tls
-from services.mua import PROG, compose, security, view
+from services.mua import PROG, compose, imapfetch, security, view
 from services.mua.errors import MuaError
 from services.mua.local import LocalMailbox
 from services.mua.retrieve import POP3_PORT, fetch
@@ -49,7 +49,7 @@ class Account:
 
     user: str
     password: str
-    server: str  # HOST[:PORT] of the MTA (send) or of the POP3 server (fetch)
+    server: str  # HOST[:PORT] of the MTA (send) or of the POP3 or IMAP server (fetch)
     helo: str  # the name this host gives in EHLO
 
 
@@ -69,10 +69,13 @@ def parse_endpoint(text: str, default_port: int) -> tuple[str, int]:
     return host, int(port)
 
 
-def resolve_account(args: argparse.Namespace, *, server: Literal["smtp", "pop3"], need_password: bool) -> Account:
-    """The account for a send (``server="smtp"``) or a fetch (``"pop3"``): each setting from its
-    option if given, else from this host's lab configuration, which is read only if needed."""
-    given: dict[str, str | None] = {"user": args.user, server: getattr(args, server),
+def resolve_account(args: argparse.Namespace, *, server: Literal["smtp", "pop3", "imap"],
+                    need_password: bool) -> Account:
+    """The account for a send (``server="smtp"``) or a fetch (``"pop3"``, ``"imap"``): each setting
+    from its option if given, else from this host's lab configuration, which is read only if needed."""
+    # The IMAP server is the POP3 one (the same host serves both, on the same Maildirs).
+    option, setting = ("imap_server", "pop3") if server == "imap" else (server, server)
+    given: dict[str, str | None] = {"user": args.user, option.replace("_", "-"): getattr(args, option),
                                     "password": args.password if need_password else ""}
     missing = [f"--{name}" for name, value in given.items() if value is None]
     cfg: config.LabConfig | None = None
@@ -82,13 +85,13 @@ def resolve_account(args: argparse.Namespace, *, server: Literal["smtp", "pop3"]
         except config.ConfigError as exc:
             raise MuaError(f"{exc}; or give {', '.join(missing)}" if missing else str(exc)) from exc
     user = args.user
-    address = getattr(args, server)
+    address = getattr(args, option)
     if cfg is not None and (user is None or address is None):
         if cfg.mua is None:
             raise MuaError(f"host {cfg.me!r} is not a mail user host in lab {cfg.lab!r}; run this on a MUA "
                            f"host (labctl shell andy) or give {', '.join(missing)}")
         user = user or cfg.mua.user
-        address = address or getattr(cfg.mua, server)
+        address = address or getattr(cfg.mua, setting)
     password = given["password"]
     if password is None:
         acct = cfg.account(user) if cfg is not None else None
@@ -195,6 +198,8 @@ def cmd_send(args: argparse.Namespace) -> int:
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
+    if args.imap:
+        return fetch_imap(args)
     acct = resolve_account(args, server="pop3", need_password=True)
     host, port = parse_endpoint(acct.server, POP3_PORT)
     store = LocalMailbox(args.maildir)
@@ -207,7 +212,62 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+def imap_server(args: argparse.Namespace) -> imapfetch.Server:
+    """The IMAP server to talk to, with the --tls/--starttls/--no-tls choice: 993 for --tls, else 143."""
+    acct = resolve_account(args, server="imap", need_password=True)
+    tls = security_of(args)
+    host, port = parse_endpoint(acct.server, imapfetch.IMAPS_PORT if tls == IMPLICIT else imapfetch.IMAP_PORT)
+    context = lab_tls.client_context(verify=not args.no_verify) if tls != CLEAR else None
+    return imapfetch.Server(host, port, acct.user, acct.password, tls, context)
+
+
+def fetch_imap(args: argparse.Namespace) -> int:
+    server = imap_server(args)
+    store = LocalMailbox(args.maildir)
+    outcome = imapfetch.fetch(server, store, delete=args.delete, folder=args.folder)
+    n = len(outcome.fetched)
+    line = f"fetched {n} new message{'' if n == 1 else 's'} by IMAP from {server.where} {args.folder} into {store.path}"
+    line += (f" ({outcome.deleted} deleted there, {outcome.on_server} left)" if args.delete
+             else f" ({outcome.on_server} on the server, kept there, marked \\Seen)")
+    print(line)
+    return 0
+
+
+def list_imap(args: argparse.Namespace) -> int:
+    boxes, rows = imapfetch.listing(imap_server(args), args.folder)
+    if args.json:
+        print(json.dumps({"folders": [asdict(f) for f in boxes], "folder": args.folder,
+                          "messages": [{**asdict(r.summary), "uid": r.uid, "flags": list(r.flags)} for r in rows]},
+                         ensure_ascii=False, indent=2))
+        return 0
+    print("folders: " + ", ".join(f.name + (f" ({' '.join(f.attributes)})" if f.attributes else "") for f in boxes))
+    if not rows:
+        print(f"no messages in {args.folder} on the server")
+    else:
+        print(f"{args.folder} on the server:")
+        sys.stdout.write(view.render_flagged([r.summary for r in rows], [r.flags for r in rows]))
+    return 0
+
+
+def read_imap(args: argparse.Namespace) -> int:
+    got = imapfetch.read(imap_server(args), args.number, folder=args.folder, peek=args.peek)
+    how = ("BODY.PEEK[]: its flags on the server are unchanged" if got.peeked
+           else "BODY[]: the server has marked it \\Seen (--peek reads with BODY.PEEK[] instead)")
+    if args.raw and not args.json:
+        sys.stdout.flush()
+        sys.stdout.buffer.write(got.data)
+        sys.stdout.buffer.flush()
+    else:
+        data = got.data.replace(b"\r\n", b"\n")
+        show(args, data, {"number": args.number, "uid": got.uid, "folder": args.folder, "size": len(got.data),
+                          "flags": list(got.flags), "peek": got.peeked})
+    print(f"{PROG}: read message {args.number} (UID {got.uid}) of {args.folder} with {how}", file=sys.stderr)
+    return 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
+    if args.imap:
+        return list_imap(args)
     store = LocalMailbox(args.maildir)
     rows = [view.summarize(e.number, e.key, store.read(e)) for e in store.entries()]
     if args.json:
@@ -220,15 +280,23 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_read(args: argparse.Namespace) -> int:
+    if args.imap:
+        return read_imap(args)
     entry, data = LocalMailbox(args.maildir).get(args.number)
     if args.raw and not args.json:
         sys.stdout.flush()
         sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()
         return 0
+    show(args, data, {"number": entry.number, "key": entry.key, "size": entry.size})
+    return 0
+
+
+def show(args: argparse.Namespace, data: bytes, about: dict[str, object]) -> None:
+    """A message as `mail read` shows it: decoded text, the MIME tree, or JSON with ``about`` first."""
     msg = view.parse(data)
     if args.json:
-        obj: dict[str, object] = {"number": entry.number, "key": entry.key, "size": entry.size}
+        obj: dict[str, object] = dict(about)
         if args.raw:
             obj["raw"] = data.decode("utf-8", "replace")
         elif args.tree:
@@ -240,7 +308,6 @@ def cmd_read(args: argparse.Namespace) -> int:
         print(view.render_tree(view.tree(msg)))
     else:
         sys.stdout.write(view.render_message(msg))
-    return 0
 
 
 def _write_new(folder: Path, name: str, data: bytes) -> Path:
@@ -322,15 +389,32 @@ def build_parser() -> argparse.ArgumentParser:
         p, implicit=f"submit with AUTH over TLS from the first byte, port {SUBMISSIONS_PORT} (RFC 8314)",
         starttls=f"submit with AUTH on port {SUBMISSION_PORT} after STARTTLS (RFC 3207)")
 
-    p = add("fetch", cmd_fetch, "fetch new messages by POP3 into the local mailbox", [account, store])
+    imap = argparse.ArgumentParser(add_help=False)
+    imap.add_argument("--imap", action="store_true", help="the mailbox on the server, by IMAP")
+    imap.add_argument("--imap-server", metavar="HOST[:PORT]",
+                      help="the IMAP server (default: the lab's mail server, the POP3 one)")
+    imap.add_argument("--folder", default=imapfetch.INBOX, help="with --imap: the server folder (default INBOX)")
+
+    p = add("fetch", cmd_fetch, "fetch new messages by POP3 (or IMAP) into the local mailbox", [account, store, imap])
     p.add_argument("--pop3", metavar="HOST[:PORT]", help="the POP3 server (default: from the lab configuration)")
     p.add_argument("--delete", action="store_true", help="delete the fetched messages on the server")
+    security.add_flags(
+        p, implicit="fetch over TLS from the first byte: POP3 on 995, IMAP on 993 (RFC 8314)",
+        starttls="fetch after STLS on 110 (RFC 2595), or STARTTLS on 143 with --imap (RFC 3501 §6.2.1)")
 
-    p = add("list", cmd_list, "the messages in the local mailbox, numbered in arrival order", [store])
+    imap_tls = argparse.ArgumentParser(add_help=False)
+    security.add_flags(imap_tls, implicit="with --imap: TLS from the first byte, port 993 (RFC 8314)",
+                       starttls="with --imap: STARTTLS on port 143 (RFC 3501 §6.2.1)")
+
+    p = add("list", cmd_list, "the messages in the local mailbox, numbered in arrival order (--imap: "
+            "the server's folders and the messages of one, with their flags)", [account, store, imap, imap_tls])
     p.add_argument("--json", action="store_true", help="a JSON list")
 
-    p = add("read", cmd_read, "show message N: headers, decoded text and MIME tree", [store])
+    p = add("read", cmd_read, "show message N: headers, decoded text and MIME tree (--imap: message N of "
+            "a server folder)", [account, store, imap, imap_tls])
     p.add_argument("number", type=int, metavar="N")
+    p.add_argument("--peek", action="store_true",
+                   help="with --imap: read with BODY.PEEK[], leaving the message unread on the server")
     shown = p.add_mutually_exclusive_group()
     shown.add_argument("--raw", action="store_true", help="the message exactly as stored")
     shown.add_argument("--tree", action="store_true", help="only the MIME tree")

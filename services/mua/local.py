@@ -1,4 +1,4 @@
-"""The local copy of the user's mail: a Maildir, and the POP3 UIDs already fetched into it.
+"""The local copy of the user's mail: a Maildir, and the POP3 and IMAP UIDs already fetched into it.
 
 Messages are numbered 1..N by delivery time (the file's modification time, which the stdlib
 Maildir reports as the message date), ties broken by the Maildir key. A fetch only adds files
@@ -17,8 +17,9 @@ from pathlib import Path
 
 from services.mua.errors import MuaError
 
-# The UIDs (RFC 1939 §7, UIDL) of the messages already fetched, per account and server. It lives
-# beside new/, cur/ and tmp/, where Maildir readers do not look.
+# The UIDs of the messages already fetched, per account and server: POP3's (RFC 1939 §7, UIDL),
+# and IMAP's as "UIDVALIDITY/UID" per folder (services.mua.imapfetch; the name is from when there
+# was only POP3). It lives beside new/, cur/ and tmp/, where Maildir readers do not look.
 SEEN_FILE = "pop3-uids.json"
 SEEN_FORMAT = 1
 
@@ -112,7 +113,7 @@ class LocalMailbox:
                            "takes every message on the server again") from exc
 
     def seen(self, account: str) -> set[str]:
-        """The UIDs already fetched from ``account`` (a "user at server:port" string)."""
+        """The UIDs already fetched from ``account`` (a "user at server:port" string, or imapfetch.account_key's)."""
         return set(self._read_seen().get(account, []))
 
     def remember(self, account: str, uids: Iterable[str]) -> None:

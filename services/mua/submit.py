@@ -96,11 +96,11 @@ def submit(host: str, port: int, message: bytes, sender: str, recipients: list[s
         smtp.close()
 
 
-def not_verified(host: str, exc: ssl.SSLCertVerificationError) -> str:
-    """One line: which certificate, against what, and what to do."""
+def not_verified(host: str, exc: ssl.SSLCertVerificationError, *, doing: str = "send") -> str:
+    """One line: which certificate, against what, and what to do (``doing``: send, fetch)."""
     return (f"the certificate of {host} does not verify ({exc.verify_message}; checked against the lab CA "
             f"{config.TLS_CA} and the system store, for the name {host}); trust the lab CA "
-            "(labctl tls ca > ca.pem), use the server's lab name, or send with --no-verify")
+            f"(labctl tls ca > ca.pem), use the server's lab name, or {doing} with --no-verify")
 
 
 def _starttls(smtp: smtplib.SMTP, where: str, context: ssl.SSLContext | None) -> None:

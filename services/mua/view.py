@@ -415,3 +415,12 @@ def render_list(rows: list[Summary]) -> str:
         lines.append(f"{r.number:>3}  {_fit(r.date, 22):<22}  {_fit(r.sender, 30):<30}  {r.size:>7}  "
                      f"{_fit(r.subject, 60)}")
     return "\n".join(lines) + "\n"
+
+
+def render_flagged(rows: list[Summary], flags: list[tuple[str, ...]]) -> str:
+    """`mail list --imap`: the list with each message's flags on the server (RFC 3501 §2.3.2)."""
+    lines = [f"{'#':>3}  {'flags':<18}  {'date':<22}  {'from':<30}  {'size':>7}  subject"]
+    for r, f in zip(rows, flags, strict=True):
+        lines.append(f"{r.number:>3}  {_fit(' '.join(f) or '-', 18):<18}  {_fit(r.date, 22):<22}  "
+                     f"{_fit(r.sender, 30):<30}  {r.size:>7}  {_fit(r.subject, 60)}")
+    return "\n".join(lines) + "\n"

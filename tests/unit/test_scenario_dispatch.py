@@ -26,6 +26,6 @@ def test_every_fault_and_host_action_is_done() -> None:
 
 
 def test_every_step_kind_of_the_file_is_read() -> None:
-    assert parse.STEP_KINDS == ("send", "fetch", "smtp", "pop3", "task", "wait", "fault", "expect")
+    assert parse.STEP_KINDS == ("send", "fetch", "smtp", "pop3", "imap", "task", "wait", "fault", "expect")
     assert set(parse.STEP_PARSERS) == set(parse.STEP_KINDS)
     assert set(parse.STEP_KEYS) == set(parse.STEP_KINDS)  # each kind's keys, for the indentation hint

@@ -121,7 +121,7 @@ CASES = [
      "unknown key 'retries' in topology changes; valid keys: hosts, swap, domains, retry"),
     # steps
     (HEAD + "steps:\n  - fetch: {user: betty}\n  - sned: {}\n", 6,
-     "unknown step kind 'sned'; valid kinds: send, fetch, smtp, pop3, task, wait, fault, expect"),
+     "unknown step kind 'sned'; valid kinds: send, fetch, smtp, pop3, imap, task, wait, fault, expect"),
     (HEAD + "steps:\n  - fetch: {user: betty}\n    wait: {seconds: 1}\n", 5, "a step does exactly one thing"),
     (HEAD + "steps:\n  - name: only a name\n", 5, "a step does exactly one thing"),
     (HEAD + "steps:\n  - fetch\n", 5, "step 1 must be a mapping"),
@@ -237,8 +237,8 @@ CASES = [
     (HEAD + "steps:\n  - expect:\n      traffic:\n        - mx_query: {domain: stevenchoy.example}\n"
             "        - sniffed: {}\n", 8, "unknown key 'sniffed' in a traffic fact; valid keys: mx_query, refused, "
                                       "cleartext, encrypted, connection"),
-    (HEAD + "steps:\n  - expect:\n      traffic:\n        - cleartext: {proto: imap, command: LOGIN}\n", 7,
-     "proto 'imap': valid choices: smtp, pop3"),
+    (HEAD + "steps:\n  - expect:\n      traffic:\n        - cleartext: {proto: dns, command: LOGIN}\n", 7,
+     "proto 'dns': valid choices: smtp, pop3, imap"),
 ]
 
 

@@ -37,8 +37,9 @@ def test_every_shipped_exercise_parses_and_has_a_task_with_checks_after_it(path:
     assert after and set(after) <= {"wait", "expect"}
 
 
-def test_there_are_the_three_exercises_of_the_issue() -> None:
-    assert {p.stem for p in EXERCISES} == {"activity-1-by-hand", "activity-2-by-hand", "which-mx"}
+def test_there_are_the_exercises_of_the_issues() -> None:
+    assert {p.stem for p in EXERCISES} == {"activity-1-by-hand", "activity-2-by-hand", "activity-3-by-hand",
+                                           "which-mx"}
 
 
 def test_a_task_has_a_text_an_optional_hint_and_a_time_limit() -> None:
