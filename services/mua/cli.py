@@ -2,7 +2,7 @@
 
     mail send --to ADDR --subject TEXT [--body TEXT | --body-file F] [--attach FILE] [--submission]
               [--tls | --starttls | --no-tls] [--no-verify]
-    mail fetch [--delete]
+    mail fetch [--delete] [--tls | --starttls | --no-tls] [--no-verify]
     mail list [--json]
     mail read N [--raw | --tree] [--json]
     mail save N [--dir D] [--part K]
@@ -29,7 +29,7 @@ from services import tls as lab_tls
 from services.mua import PROG, compose, security, view
 from services.mua.errors import MuaError
 from services.mua.local import LocalMailbox
-from services.mua.retrieve import POP3_PORT, fetch
+from services.mua.retrieve import POP3_PORT, POP3S_PORT, fetch
 from services.mua.security import CLEAR, IMPLICIT, Security
 from services.mua.security import chosen as security_of
 from services.mua.submit import (
@@ -195,10 +195,12 @@ def cmd_send(args: argparse.Namespace) -> int:
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
+    tls = security_of(args)
     acct = resolve_account(args, server="pop3", need_password=True)
-    host, port = parse_endpoint(acct.server, POP3_PORT)
+    host, port = parse_endpoint(acct.server, POP3S_PORT if tls == IMPLICIT else POP3_PORT)
     store = LocalMailbox(args.maildir)
-    outcome = fetch(host, port, acct.user, acct.password, store, delete=args.delete)
+    context = lab_tls.client_context(verify=not args.no_verify) if tls != CLEAR else None
+    outcome = fetch(host, port, acct.user, acct.password, store, delete=args.delete, tls=tls, context=context)
     n = len(outcome.fetched)
     line = f"fetched {n} new message{'' if n == 1 else 's'} from {host}:{port} into {store.path}"
     line += f" ({outcome.on_server} on the server"
@@ -325,6 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("fetch", cmd_fetch, "fetch new messages by POP3 into the local mailbox", [account, store])
     p.add_argument("--pop3", metavar="HOST[:PORT]", help="the POP3 server (default: from the lab configuration)")
     p.add_argument("--delete", action="store_true", help="delete the fetched messages on the server")
+    security.add_flags(p, implicit=f"fetch over TLS from the first byte, port {POP3S_PORT} (RFC 8314)",
+                       starttls=f"fetch on port {POP3_PORT} after STLS (RFC 2595)")
 
     p = add("list", cmd_list, "the messages in the local mailbox, numbered in arrival order", [store])
     p.add_argument("--json", action="store_true", help="a JSON list")

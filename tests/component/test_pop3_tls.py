@@ -5,13 +5,21 @@ clear in the same packet as STLS is never answered under TLS (the CVE-2024-34083
 from __future__ import annotations
 
 import poplib
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
+from services.mailstore import deliver, mailbox_dir
+from services.mua.local import LocalMailbox
+from services.mua.retrieve import FetchError, fetch
+from services.mua.security import CLEAR, IMPLICIT, STARTTLS
 from services.smtp.session import TlsOffer
 from tests.component.accesstls import HOST, PASSWORD, TIMEOUT, AccessLab, lab, lines
+from tests.component.test_mua_cli import Run
+from tests.component.test_mua_cli import mail as mail_cli
 
-__all__ = ["lab"]  # the fixture
+__all__ = ["lab", "mail_cli"]  # the fixtures
 
 
 def test_stls_then_login_with_poplib(lab: AccessLab) -> None:
@@ -88,3 +96,39 @@ def test_a_failed_handshake_leaves_the_server_serving(lab: AccessLab) -> None:
     pop = poplib.POP3_SSL("127.0.0.1", ports["pop3s"], timeout=TIMEOUT, context=lab.client_context())
     assert pop.getwelcome().startswith(b"+OK")
     pop.quit()
+
+
+# -- the MUA: mail fetch --tls / --starttls ---------------------------------------------------------
+
+
+def test_the_mua_fetches_with_stls_and_over_pop3s(lab: AccessLab, tmp_path: Path) -> None:
+    ports = lab.serve()
+    store = LocalMailbox(tmp_path / "Maildir")
+    # The certificate names 127.0.0.1 too (labctl.tlsca puts the host's address in it).
+    got = fetch("127.0.0.1", ports["pop3"], "betty", PASSWORD, store, tls=STARTTLS, context=lab.client_context())
+    assert len(got.fetched) == 1  # USER/PASS went under TLS: in clear they are refused here
+    deliver(mailbox_dir(lab.mail, "betty@stevenchoy.example"), b"Subject: two\n\nagain\n")
+    got = fetch("127.0.0.1", ports["pop3s"], "betty", PASSWORD, store, tls=IMPLICIT, context=lab.client_context())
+    assert len(got.fetched) == 2 and got.on_server == 2  # another port, another account: all new
+    with pytest.raises(FetchError, match=r"refused the login.*\[AUTH\].*STLS"):
+        fetch("127.0.0.1", ports["pop3"], "betty", PASSWORD, store, tls=CLEAR)
+
+
+def test_the_mua_refuses_to_go_on_in_clear_or_unverified(lab: AccessLab, mail_cli: Callable[..., Run],
+                                                          tmp_path: Path) -> None:
+    off = lab.serve(TlsOffer.OFF)
+    on = lab.serve()
+    common = ["--user", "betty", "--password", PASSWORD, "--maildir", str(tmp_path / "Maildir")]
+    r = mail_cli("fetch", "--starttls", "--pop3", f"127.0.0.1:{off['pop3']}", *common)
+    assert r.code == 1 and "offers no STLS" in r.err and "--no-tls" in r.err
+    # The test CA is not the lab CA nor in the system store: the certificate does not verify.
+    r = mail_cli("fetch", "--tls", "--pop3", f"127.0.0.1:{on['pop3s']}", *common)
+    assert r.code == 1 and "does not verify" in r.err and "fetch with --no-verify" in r.err
+    r = mail_cli("fetch", "--tls", "--no-verify", "--pop3", f"127.0.0.1:{on['pop3s']}", *common)
+    assert r.code == 0 and r.out.startswith(f"fetched 1 new message from 127.0.0.1:{on['pop3s']}"), r.err
+    r = mail_cli("fetch", "--starttls", "--no-verify", "--pop3", f"127.0.0.1:{on['pop3']}", *common)
+    assert r.code == 0 and r.out.startswith("fetched 1 new message"), r.err
+    r = mail_cli("fetch", "--tls", "--no-verify", "--pop3", f"127.0.0.1:{on['pop3']}", *common)
+    assert r.code == 1 and "no TLS with" in r.err and "995" in r.err  # TLS spoken to a clear port
+
+
