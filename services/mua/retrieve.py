@@ -143,8 +143,12 @@ def _session(pop: poplib.POP3, where: str, account: str, user: str, password: st
     except poplib.error_proto as exc:
         words = _words(exc)
         # RFC 2449 §8.1.2: [IN-USE] is a lock held by another session, not a wrong password.
-        hint = ("another session has the mailbox open; try again once it has quit" if "[IN-USE]" in words.upper()
-                else "check --user and --password")
+        if "[IN-USE]" in words.upper():
+            hint = "another session has the mailbox open; try again once it has quit"
+        elif "plaintext" in words.lower():  # ours and Dovecot's words for a password refused in clear
+            hint = "this server takes passwords only under TLS: fetch with --starttls or --tls"
+        else:
+            hint = "check --user and --password"
         raise FetchError(f"{where} refused the login for {user}: {words}; {hint}") from exc
     try:
         _, lines, _ = pop.uidl()

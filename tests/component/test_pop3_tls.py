@@ -110,7 +110,7 @@ def test_the_mua_fetches_with_stls_and_over_pop3s(lab: AccessLab, tmp_path: Path
     deliver(mailbox_dir(lab.mail, "betty@stevenchoy.example"), b"Subject: two\n\nagain\n")
     got = fetch("127.0.0.1", ports["pop3s"], "betty", PASSWORD, store, tls=IMPLICIT, context=lab.client_context())
     assert len(got.fetched) == 2 and got.on_server == 2  # another port, another account: all new
-    with pytest.raises(FetchError, match=r"refused the login.*\[AUTH\].*STLS"):
+    with pytest.raises(FetchError, match=r"refused the login.*\[AUTH\].*STLS.*fetch with --starttls or --tls"):
         fetch("127.0.0.1", ports["pop3"], "betty", PASSWORD, store, tls=CLEAR)
 
 

@@ -10,7 +10,7 @@ reference image), the same assertions for both:
 Every client verifies the server's certificate against the system store with no CA option: the
 lab CA is in every host's trust store. openssl s_client (-starttls pop3 / imap, and 995, 993),
 curl (pop3s://, imaps://, and pop3:// / imap:// with --ssl-reqd), mpop with its default settings
-(TLS on, STARTTLS), fetchmail with ``sslcertck`` (995, and STLS on 110), our own `mail fetch`;
+(but ``tls on``: Debian's is off by default), fetchmail with ``sslcertck`` (995, and STLS on 110), our own `mail fetch`;
 and a password in clear refused the way Dovecot refuses it.
 """
 
@@ -92,26 +92,33 @@ def test_curl_reads_pop3s_imaps_and_the_starttls_ports(peer: tuple[str, Lab]) ->
         assert f"Subject: {SUBJECT}" in curl(lab, url, *extra), url
 
 
-def test_mpop_with_its_default_settings(peer: tuple[str, Lab]) -> None:
-    """Issue 12's first complaint: mpop's defaults (TLS on, STARTTLS, the system trust store)."""
+def test_mpop_with_tls_on_and_every_other_setting_its_default(peer: tuple[str, Lab]) -> None:
+    """Issue 12's first complaint. Debian 12's mpop (1.4.18) has ``tls off`` by default, and then
+    refuses a server that takes passwords only under TLS, ours as Dovecot; ``tls on`` is all it
+    needs (STARTTLS, the system trust store, certificate checks and auth are its defaults)."""
     _, lab = peer
     rc = (f"account default\nhost {MX}\nuser {USER}\npassword {PASSWORD}\nkeep on\n"
           "uidls_file /tmp/mpop-uidls\ndelivery mda \"cat >> /tmp/mpop-fetched\"\n")
-    code, out = sh(lab, f"umask 077; printf %s {shlex.quote(rc)} > /tmp/mpoprc; rm -f /tmp/mpop-uidls "
-                        "/tmp/mpop-fetched; mpop -C /tmp/mpoprc 2>&1 && cat /tmp/mpop-fetched")
+    run = ("umask 077; printf %s {rc} > /tmp/mpoprc; rm -f /tmp/mpop-uidls /tmp/mpop-fetched; "
+           "mpop -C /tmp/mpoprc 2>&1 && cat /tmp/mpop-fetched")
+    code, out = sh(lab, run.format(rc=shlex.quote(rc)))
+    assert code != 0 and "cannot use a secure authentication method" in out, out
+    code, out = sh(lab, run.format(rc=shlex.quote(rc + "tls on\n")))
     assert code == 0 and f"Subject: {SUBJECT}" in out, out
 
 
-@pytest.mark.parametrize("where", ["ssl port 995", "sslproto TLS1.2+"])  # 995, then STLS on 110
-def test_fetchmail_with_sslcertck(peer: tuple[str, Lab], where: str) -> None:
+# 995, then STLS on 110 (a TLS sslproto makes fetchmail require STLS): (server options, user options)
+@pytest.mark.parametrize(("server", "user"), [("service 995", "ssl"), ("", "sslproto TLS1.2+")])
+def test_fetchmail_with_sslcertck(peer: tuple[str, Lab], server: str, user: str) -> None:
     _, lab = peer
-    rc = f"poll {MX} proto pop3 {where} sslcertck user {USER} pass {PASSWORD} is root here keep\n"
+    rc = f"poll {MX} proto pop3 {server} user {USER} pass {PASSWORD} is root here {user} sslcertck keep\n"
     code, out = sh(lab, f"umask 077; printf %s {shlex.quote(rc)} > /tmp/fetchmailrc; rm -f /tmp/fetched; "
                         "fetchmail -v --all -f /tmp/fetchmailrc --mda 'cat >> /tmp/fetched' 2>&1; code=$?; "
                         "cat /tmp/fetched; exit $code")
     assert code == 0 and f"Subject: {SUBJECT}" in out, out
-    if "sslproto" in where:
-        assert "POP3> STLS" in out, out
+    assert "SSL/TLS: using protocol TLSv1.3" in out, out
+    if not server:
+        assert "POP3> STLS" in out and "upgrade to TLS succeeded" in out, out
 
 
 # In clear on 110 and 143: what CAPA and CAPABILITY offer, and what a password is answered.
@@ -161,4 +168,4 @@ def test_our_mua_fetches_with_stls_by_default_and_over_pop3s(peer: tuple[str, La
     implicit = labctl_fetch(lab, "betty", tls=["--tls"])
     assert implicit.ok and f"from {MX}:995" in implicit.output, implicit.errors
     clear = labctl_fetch(lab, "betty", tls=["--no-tls"])
-    assert not clear.ok and "[AUTH]" in clear.errors, clear.errors
+    assert not clear.ok and "[AUTH]" in clear.errors and "--starttls or --tls" in clear.errors, clear.errors
