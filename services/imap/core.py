@@ -133,6 +133,9 @@ PERMANENT_FLAGS = SYSTEM_FLAGS  # \* is not offered: keywords are not kept
 
 PASSWORD_COMMANDS = frozenset({"LOGIN", "AUTHENTICATE"})
 NEEDS_TLS = "plaintext authentication disallowed on a clear connection; use STARTTLS first, or port 993 (IMAPS)"
+# RFC 3501 §7.1: an [ALERT] is shown to the user; Dovecot sends one like it (as an untagged BAD).
+PASSWORD_EXPOSED = (b"* BAD [ALERT] Plaintext authentication not allowed without TLS, but your client did it "
+                    b"anyway: anyone on the wire has read the password\r\n")
 TLS_NOT_OFFERED = "STARTTLS not offered: TLS is off in this lab"  # as SMTP's 502 for STARTTLS
 TLS_UNAVAILABLE = "TLS not available: this host has no certificate"
 TLS_ALREADY = "TLS already active"
@@ -366,7 +369,10 @@ class Session:
                      State.SELECTED: "with a mailbox selected"}[self.state]
             return self._answer(command.tag, shown, self._bad(f"{name} is not allowed {where}"))
         if name in PASSWORD_COMMANDS and self._clear_but_tls_required:
-            return self._answer(command.tag, shown, _Reply("NO", NEEDS_TLS, "PRIVACYREQUIRED"))
+            refusal = _Reply("NO", NEEDS_TLS, "PRIVACYREQUIRED")
+            if name == "LOGIN" or len(command.args) > 1:  # the password crossed in clear: say so, as Dovecot does
+                refusal.untagged.append(PASSWORD_EXPOSED)
+            return self._answer(command.tag, shown, refusal)
         hold = name in HOLD_EXPUNGES
         try:
             reply = self._handlers[name](command)
