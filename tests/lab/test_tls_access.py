@@ -165,10 +165,13 @@ def test_a_password_in_clear_is_refused_as_dovecot_refuses_it(peer: tuple[str, L
 
 
 def test_our_mua_fetches_with_stls_by_default_and_over_pop3s(peer: tuple[str, Lab]) -> None:
-    _, lab = peer
+    side, lab = peer
     by_default = labctl_fetch(lab, "betty")  # the lab has TLS: STLS on 110
     assert by_default.ok and f"from {MX}:110" in by_default.output, by_default.errors
     implicit = labctl_fetch(lab, "betty", tls=["--tls"])
     assert implicit.ok and f"from {MX}:995" in implicit.output, implicit.errors
     clear = labctl_fetch(lab, "betty", tls=["--no-tls"])
     assert not clear.ok and "[AUTH]" in clear.errors and "--starttls or --tls" in clear.errors, clear.errors
+    if side == "ours":  # our MX wrote both sessions' secrets for the decoder (services.tls key log)
+        keys = lab.exec("mail", ["cat", "/var/lib/maillab/tls-keys/keylog.txt"]).output
+        assert keys.count("CLIENT_TRAFFIC_SECRET_0") >= 2, keys[-500:]
