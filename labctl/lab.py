@@ -40,7 +40,7 @@ from labctl.plan import (
 from labctl.topology import HostSpec, Topology
 from labctl.topology.model import Role
 from services import config as svc
-from services.probe import ROLE_SERVICES
+from services.probe import role_services
 
 READY_TIMEOUT = 30.0  # seconds for every service to answer its readiness probe
 
@@ -61,17 +61,13 @@ class HostStatus(Role):
     tls: bool = False  # the lab has TLS (the host carries the lab CA's label)
 
     @property
+    def services(self) -> tuple[tuple[str, int], ...]:
+        """What it serves: with TLS, STARTTLS on the clear ports and implicit TLS beside them."""
+        return role_services(self.role, tls=self.tls)
+
+    @property
     def ports(self) -> str:
-        services = ROLE_SERVICES.get(self.role, ())
-        shown = [f"{proto} {port}" for proto, port in services]
-        if self.tls:  # STARTTLS on the ports above, and implicit TLS beside them (RFC 8314)
-            shown += [f"{proto}s {port}" for proto, port in TLS_PORTS if (proto, TLS_BESIDE[port]) in services]
-        return ", ".join(shown) or "-"
-
-
-# With TLS on, each implicit-TLS port beside the clear one it stands for (RFC 8314 §3, §7).
-TLS_PORTS = (("smtp", 465), ("pop3", 995), ("imap", 993))
-TLS_BESIDE = {465: 587, 995: 110, 993: 143}
+        return ", ".join(f"{proto} {port}" for proto, port in self.services) or "-"
 
 
 @dataclass(frozen=True)
@@ -326,7 +322,7 @@ class Lab:
         """Ask every service of ``hosts``, over the lab network, until it answers its protocol."""
         targets: list[str] = []
         for h in hosts:
-            for proto, port in ROLE_SERVICES[h.role]:
+            for proto, port in h.services:
                 # The name server's own parent domain is always one of the zones it serves.
                 zone = f":{h.fqdn.partition('.')[2]}" if proto == "dns" else ""
                 targets.append(f"{proto}:{h.address}:{port}{zone}")

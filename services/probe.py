@@ -2,7 +2,8 @@
 
 ``labctl up`` runs this once, inside the lab (on the DNS host), over the lab network, instead of
 trusting that a started container is a serving one: a DNS query must get an authoritative answer,
-an SMTP server its ``220`` greeting, a POP3 server its ``+OK``, an IMAP server its ``* OK``. It
+an SMTP server its ``220`` greeting, a POP3 server its ``+OK``, an IMAP server its ``* OK``, and
+with TLS on the same after a verified handshake on 465, 995 and 993. It
 polls until every target answers or the deadline passes, then prints one JSON line per target.
 
     python3 -m services probe [--timeout S] KIND:ADDRESS:PORT[:ZONE] ...
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import socket
+import ssl
 import sys
 import time
 from collections.abc import Callable
@@ -33,13 +35,29 @@ ROLE_SERVICES: dict[str, tuple[tuple[str, int], ...]] = {
     "postfix-mx": (("smtp", 25), ("pop3", 110), ("imap", 143)),
 }
 
+# With TLS on in the lab, what each role serves besides (RFC 8314 §3.3: TLS from the first byte);
+# its clear ports offer STARTTLS/STLS too. Postfix is not given 465 (services.reference.postfix),
+# Dovecot serves 995 and 993 once it has ssl=yes.
+ROLE_TLS_SERVICES: dict[str, tuple[tuple[str, int], ...]] = {
+    "mta": (("smtps", 465), ("pop3s", 995), ("imaps", 993)),
+    "mx": (("pop3s", 995), ("imaps", 993)),
+    "postfix-mta": (("pop3s", 995), ("imaps", 993)),
+    "postfix-mx": (("pop3s", 995), ("imaps", 993)),
+}
+
+
+def role_services(role: str, *, tls: bool) -> tuple[tuple[str, int], ...]:
+    """What a host of ``role`` serves, as (protocol, port): with ``tls``, the TLS ports too."""
+    return ROLE_SERVICES.get(role, ()) + (ROLE_TLS_SERVICES.get(role, ()) if tls else ())
+
+
 ATTEMPT_TIMEOUT = 0.5  # one connect or query; the whole probe has its own deadline
 POLL_INTERVAL = 0.05  # a service that is still starting gets asked again this soon
 
 
 @dataclass(frozen=True)
 class Target:
-    kind: str  # dns | smtp | pop3 | imap
+    kind: str  # dns | smtp | pop3 | imap | smtps | pop3s | imaps
     address: str
     port: int
     zone: str = ""  # for dns: a zone the server must be authoritative for
@@ -55,8 +73,12 @@ class Target:
         return f"{self.kind}:{self.address}:{self.port}"
 
 
-def _greeting(target: Target, expect: bytes, quit_line: bytes) -> str:
-    with socket.create_connection((target.address, target.port), timeout=ATTEMPT_TIMEOUT) as s:
+def _greeting(target: Target, expect: bytes, quit_line: bytes, *, tls: bool = False) -> str:
+    """The server's greeting, after a TLS handshake first with ``tls`` (465, 995, 993). The
+    certificate is checked against the host's trust store (the lab CA is in it): a port that
+    answers with a certificate clients would refuse is not ready."""
+    with socket.create_connection((target.address, target.port), timeout=ATTEMPT_TIMEOUT) as raw:
+        s = ssl.create_default_context().wrap_socket(raw, server_hostname=target.address) if tls else raw
         f = s.makefile("rb")
         line = f.readline(1024)
         if not line.startswith(expect):
@@ -83,6 +105,9 @@ CHECKS: dict[str, Callable[[Target], str]] = {
     "smtp": lambda t: _greeting(t, b"220", b"QUIT\r\n"),
     "pop3": lambda t: _greeting(t, b"+OK", b"QUIT\r\n"),
     "imap": lambda t: _greeting(t, b"* OK", b"a LOGOUT\r\n"),
+    "smtps": lambda t: _greeting(t, b"220", b"QUIT\r\n", tls=True),
+    "pop3s": lambda t: _greeting(t, b"+OK", b"QUIT\r\n", tls=True),
+    "imaps": lambda t: _greeting(t, b"* OK", b"a LOGOUT\r\n", tls=True),
     "dns": _dns,
 }
 
@@ -111,7 +136,8 @@ def probe(targets: list[Target], timeout: float) -> list[dict[str, object]]:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python3 -m services probe", description=__doc__.splitlines()[0])
     parser.add_argument("--timeout", type=float, default=20.0, help="seconds to wait for all targets")
-    parser.add_argument("targets", nargs="+", help="KIND:ADDRESS:PORT[:ZONE], KIND in dns, smtp, pop3, imap")
+    parser.add_argument("targets", nargs="+", help="KIND:ADDRESS:PORT[:ZONE], KIND in dns, smtp, pop3, imap, "
+                        "smtps, pop3s, imaps (TLS from the first byte)")
     args = parser.parse_args(argv)
     try:
         targets = [Target.parse(t) for t in args.targets]

@@ -15,7 +15,7 @@ import logging
 import ssl
 import time
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from services.actions import Action, Close, Log, Poll, Send, StartTls, StopPolling, Wait
 from services.config import LabConfig
@@ -121,7 +121,10 @@ class Connection:
                 case Send(data):
                     self.writer.write(data)
                     # A client that never reads must not pin us: the idle timeout covers writes too.
-                    await asyncio.wait_for(self.writer.drain(), self.idle_timeout)
+                    # asyncio.timeout, not wait_for: no task, so no turn of the loop unless the
+                    # transport is really full (see _start_tls for why that matters).
+                    async with asyncio.timeout(self.idle_timeout):
+                        await self.writer.drain()
                 case Wait(seconds):
                     await asyncio.sleep(seconds)  # this task only; other clients carry on
                 case Log():
@@ -140,18 +143,28 @@ class Connection:
         the core. Without a context (a shell wired without TLS) the core asked wrongly: a bug."""
         if self.tls is None or not hasattr(self.session, "tls_started"):
             raise RuntimeError("the session asked for TLS on a connection that cannot start it")
-        # Anything the StreamReader holds arrived in clear after STLS/STARTTLS: discard it, so a
-        # pipelined "b LOGIN x y" injected before the handshake is never run under TLS.
-        buffered = getattr(self.reader, "_buffer", None)
-        if isinstance(buffered, bytearray) and buffered:
-            self._log(Log(f"dropped {len(buffered)} bytes sent in clear after the TLS command"))
-            buffered.clear()
+        # No await between the go-ahead written and start_tls taking over the transport's input
+        # (it does so before it first waits): the bytes buffered now were sent before the client
+        # saw the go-ahead, and its ClientHello goes to TLS, not into the StreamReader.
+        self._drop_cleartext()
         try:
-            await asyncio.wait_for(self.writer.start_tls(self.tls()), self.idle_timeout)
+            async with asyncio.timeout(self.idle_timeout):
+                await self.writer.start_tls(self.tls())
         except ssl.SSLError as exc:
             self.log.info("%s TLS handshake failed: %s", self.peer, exc.reason or exc)
             raise ConnectionError("TLS handshake failed") from exc
         await self._perform(self.session.tls_started())
+
+    def _drop_cleartext(self) -> None:
+        """Discard what the StreamReader holds: it came in clear after STLS/STARTTLS, before the
+        go-ahead, so a pipelined "b LOGIN x y" injected before the handshake never runs under TLS.
+        Bytes still in flight then reach the handshake and fail it: never run either."""
+        reader: Any = self.reader
+        buffered = getattr(reader, "_buffer", None)
+        if isinstance(buffered, bytearray) and buffered:
+            self._log(Log(f"dropped {len(buffered)} bytes sent in clear after the TLS command"))
+            buffered.clear()
+            reader._maybe_resume_transport()  # a full buffer had paused reading
 
     def _log(self, action: Log) -> None:
         self.log.log(action.level, "%s %s %s %s", self.protocol, self.peer, self.session.address or "-", action.text)

@@ -13,6 +13,14 @@ each advertised only because it is complete: LITERAL+ (RFC 7888), IDLE (RFC 2177
 (RFC 5161, which enables nothing: NeoMutt's ``ENABLE UTF8=ACCEPT`` gets an empty ``* ENABLED``)
 and SASL-IR (RFC 4959).
 
+TLS (RFC 3501 §6.2.1, RFC 9051, RFC 8314): the listener's :class:`TlsOffer` says whether
+CAPABILITY lists STARTTLS or the connection is TLS from its first byte (993). STARTTLS is answered
+OK and a :class:`StartTls`; everything the client sent after it is dropped with the parser, never
+run under TLS (CVE-2011-0411, CVE-2024-34083). No capability list follows the handshake: the
+client must ask again (§6.2.1). Where ``auth_needs_tls``, a clear session advertises
+LOGINDISABLED and no AUTH=PLAIN, and LOGIN and AUTHENTICATE get ``NO [PRIVACYREQUIRED]``
+(RFC 5530), as Dovecot's ``disable_plaintext_auth``.
+
 The selected mailbox is a view: message numbers map to UIDs, and other sessions' changes (new
 mail, expunges, flags) reach it only when the session syncs, after each command and while idling,
 as untagged EXISTS/EXPUNGE/FETCH. EXPUNGEs are held back during FETCH, STORE, SEARCH and COPY by
@@ -32,7 +40,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from services.actions import Action, Close, Log, Poll, Send, StopPolling, Wait
+from services.actions import Action, Close, Log, Poll, Send, StartTls, StopPolling, Wait
 from services.errors import PeerError
 from services.imap import message as mime
 from services.imap.message import string
@@ -51,6 +59,7 @@ from services.imap.parser import (
 )
 from services.imap.store import SEPARATOR, SYSTEM_FLAGS, Folder, Mailboxes, Message, StoreError
 from services.logins import LoginLimits
+from services.smtp.session import TlsOffer  # one meaning of a listener's TLS, for SMTP, POP3 and IMAP
 from services.textwire import crlf_form
 
 # -- limits -----------------------------------------------------------------------------------
@@ -103,7 +112,7 @@ _SELECTED = frozenset({State.SELECTED})
 # RFC 3501 §6 (and each extension's RFC): where each command is legal.
 LEGAL_STATES: dict[str, frozenset[State]] = {
     "CAPABILITY": _ANY, "NOOP": _ANY, "LOGOUT": _ANY, "ID": _ANY,
-    "LOGIN": _NOT_AUTH, "AUTHENTICATE": _NOT_AUTH,
+    "LOGIN": _NOT_AUTH, "AUTHENTICATE": _NOT_AUTH, "STARTTLS": _NOT_AUTH,
     "SELECT": _AUTH, "EXAMINE": _AUTH, "CREATE": _AUTH, "DELETE": _AUTH, "RENAME": _AUTH,
     "SUBSCRIBE": _AUTH, "UNSUBSCRIBE": _AUTH, "LIST": _AUTH, "LSUB": _AUTH, "STATUS": _AUTH,
     "APPEND": _AUTH, "NAMESPACE": _AUTH, "IDLE": _AUTH,
@@ -122,8 +131,23 @@ HOLD_EXPUNGES = frozenset({"FETCH", "STORE", "SEARCH", "COPY"})
 PERMANENT_FLAGS = SYSTEM_FLAGS  # \* is not offered: keywords are not kept
 
 
-def capability_text(state: State) -> str:
-    extra = LOGIN_CAPABILITIES if state is State.NOT_AUTHENTICATED else ()
+PASSWORD_COMMANDS = frozenset({"LOGIN", "AUTHENTICATE"})
+NEEDS_TLS = "plaintext authentication disallowed on a clear connection; use STARTTLS first, or port 993 (IMAPS)"
+# RFC 3501 §7.1: an [ALERT] is shown to the user; Dovecot sends one like it (as an untagged BAD).
+PASSWORD_EXPOSED = (b"* BAD [ALERT] Plaintext authentication not allowed without TLS, but your client did it "
+                    b"anyway: anyone on the wire has read the password\r\n")
+TLS_NOT_OFFERED = "STARTTLS not offered: TLS is off in this lab"  # as SMTP's 502 for STARTTLS
+TLS_UNAVAILABLE = "TLS not available: this host has no certificate"
+TLS_ALREADY = "TLS already active"
+
+
+def capability_text(state: State, *, starttls: bool = False, login_disabled: bool = False) -> str:
+    """The capability list in ``state``: ``starttls`` where it works (a clear session before
+    login); ``login_disabled``: a clear session where passwords need TLS (RFC 3501 §6.2.3)."""
+    extra: tuple[str, ...] = ()
+    if state is State.NOT_AUTHENTICATED:
+        extra = ("STARTTLS",) if starttls else ()
+        extra += ("LOGINDISABLED",) if login_disabled else LOGIN_CAPABILITIES
     return " ".join((*CAPABILITIES, *extra))
 
 
@@ -215,9 +239,13 @@ class Session:
     """
 
     def __init__(self, hostname: str, authenticator: Authenticator, open_mailboxes: MailboxesOpener,
-                 limits: Limits = DEFAULT_LIMITS) -> None:
+                 limits: Limits = DEFAULT_LIMITS, *, tls: TlsOffer = TlsOffer.OFF,
+                 auth_needs_tls: bool = False) -> None:
         self.hostname = hostname
         self.limits = limits
+        self.tls_offer = tls
+        self.auth_needs_tls = auth_needs_tls  # LOGIN/AUTHENTICATE only under TLS, where STARTTLS is offered
+        self.under_tls = tls is TlsOffer.IMPLICIT  # port 993; or once STARTTLS's handshake is done
         self.state = State.NOT_AUTHENTICATED
         self.address: str | None = None
         self._authenticator = authenticator
@@ -231,7 +259,7 @@ class Session:
         self._idling: str | None = None  # the tag of an IDLE going on
         self._handlers: dict[str, Callable[[Command], _Reply]] = {
             "CAPABILITY": self._capability, "NOOP": self._noop, "LOGOUT": self._logout, "ID": self._id,
-            "LOGIN": self._login, "AUTHENTICATE": self._authenticate,
+            "LOGIN": self._login, "AUTHENTICATE": self._authenticate, "STARTTLS": self._starttls,
             "SELECT": self._select, "EXAMINE": self._select, "CREATE": self._create, "DELETE": self._delete,
             "RENAME": self._rename, "SUBSCRIBE": self._subscribe, "UNSUBSCRIBE": self._subscribe,
             "LIST": self._list, "LSUB": self._list, "STATUS": self._status, "APPEND": self._append,
@@ -245,11 +273,25 @@ class Session:
     def closed(self) -> bool:
         return self.state is State.LOGOUT
 
+    @property
+    def _starttls_offered(self) -> bool:
+        return self.tls_offer is TlsOffer.STARTTLS and not self.under_tls
+
+    @property
+    def _clear_but_tls_required(self) -> bool:
+        """Passwords need TLS here, STARTTLS is offered, and this session has not used it yet."""
+        return self.auth_needs_tls and self._starttls_offered
+
+    def capabilities(self) -> str:
+        """What CAPABILITY, the greeting and LOGIN's OK list now."""
+        return capability_text(self.state, starttls=self._starttls_offered,
+                               login_disabled=self._clear_but_tls_required)
+
     # -- events from the shell --------------------------------------------------------------------
 
     def start(self) -> list[Action]:
         """The greeting (RFC 3501 §7.1.1), with the capabilities so that clients need not ask."""
-        text = f"* OK [CAPABILITY {capability_text(self.state)}] {self.hostname} IMAP4rev1 server ready\r\n"
+        text = f"* OK [CAPABILITY {self.capabilities()}] {self.hostname} IMAP4rev1 server ready\r\n"
         return [Send(text.encode())]
 
     def feed(self, data: bytes) -> None:
@@ -307,6 +349,13 @@ class Session:
         self._end()
         return [Send(b"* BYE [SERVERBUG] internal server error, closing connection\r\n"), Close()]
 
+    def tls_started(self) -> list[Action]:
+        """STARTTLS's handshake is done. Nothing is sent: the client must ask CAPABILITY again
+        (RFC 3501 §6.2.1), and nothing it said before remains (the parser is a fresh one)."""
+        self.under_tls = True
+        self._parser = Parser(self.limits.max_line, self.limits.max_literal)
+        return [Log("TLS started; capabilities on request")]
+
     # -- dispatch -----------------------------------------------------------------------------------
 
     def _command(self, command: Command) -> list[Action]:
@@ -319,6 +368,11 @@ class Session:
             where = {State.NOT_AUTHENTICATED: "before login", State.AUTHENTICATED: "without a selected mailbox",
                      State.SELECTED: "with a mailbox selected"}[self.state]
             return self._answer(command.tag, shown, self._bad(f"{name} is not allowed {where}"))
+        if name in PASSWORD_COMMANDS and self._clear_but_tls_required:
+            refusal = _Reply("NO", NEEDS_TLS, "PRIVACYREQUIRED")
+            if name == "LOGIN" or len(command.args) > 1:  # the password crossed in clear: say so, as Dovecot does
+                refusal.untagged.append(PASSWORD_EXPOSED)
+            return self._answer(command.tag, shown, refusal)
         hold = name in HOLD_EXPUNGES
         try:
             reply = self._handlers[name](command)
@@ -329,6 +383,10 @@ class Session:
             reply = _Reply("NO", str(exc), exc.code)
         except OSError as exc:
             reply = _Reply("NO", f"server storage failed: {exc.strerror or 'I/O error'}", "UNAVAILABLE")
+        if reply.proceed == "starttls":  # RFC 3501 §6.2.1: OK, then the handshake at once
+            dropped = self._parser.discard()
+            note = f" (dropped {dropped} bytes sent in clear after STARTTLS)" if dropped else ""
+            return [*self._answer(command.tag, shown + note, reply), StartTls()]
         if reply.proceed == "authenticate":  # RFC 3501 §6.2.2: an empty challenge, then the response line
             self._authenticating = command.tag
             self._parser.want_line()
@@ -528,7 +586,7 @@ class Session:
 
     def _capability(self, command: Command) -> _Reply:
         self._arity(command, 0)
-        line = f"* CAPABILITY {capability_text(self.state)}\r\n".encode()
+        line = f"* CAPABILITY {self.capabilities()}\r\n".encode()
         return _Reply("OK", "CAPABILITY completed", untagged=[line])
 
     def _noop(self, command: Command) -> _Reply:
@@ -555,6 +613,18 @@ class Session:
         user = self._astring(command.args[0]).decode("utf-8", "surrogateescape")
         password = self._astring(command.args[1]).decode("utf-8", "surrogateescape")
         return self._check_login(user, password)
+
+    def _starttls(self, command: Command) -> _Reply:
+        """STARTTLS (RFC 3501 §6.2.1): OK and the handshake, or BAD where TLS cannot start
+        (not counted as a bad command: the session goes on as it was)."""
+        self._arity(command, 0)
+        if self.under_tls:
+            return _Reply("BAD", TLS_ALREADY)
+        if self.tls_offer is TlsOffer.OFF:
+            return _Reply("BAD", TLS_NOT_OFFERED)
+        if self.tls_offer is not TlsOffer.STARTTLS:
+            return _Reply("BAD", TLS_UNAVAILABLE)
+        return _Reply("OK", "Begin TLS negotiation now", proceed="starttls")
 
     def _authenticate(self, command: Command) -> _Reply:
         self._arity(command, 1, 2)
@@ -592,7 +662,7 @@ class Session:
             raise _Refusal("NO", "cannot open the mailbox, try again later", "UNAVAILABLE") from exc
         self.address = address
         self.state = State.AUTHENTICATED
-        return _Reply("OK", "Logged in", f"CAPABILITY {capability_text(self.state)}")
+        return _Reply("OK", "Logged in", f"CAPABILITY {self.capabilities()}")
 
     def _failed_login(self) -> _Reply:
         self._auth_failures += 1

@@ -149,6 +149,17 @@ class Parser:
         response, RFC 3501 §6.2.2; IDLE's ``DONE``, RFC 2177)."""
         self._want_line = True
 
+    def discard(self) -> int:
+        """Forget every byte received and any command in progress (before a TLS handshake: what
+        came in clear must not run under TLS); how many bytes were dropped."""
+        dropped = len(self._buffer) + len(self._pending.text) + len(self._literal or b"")
+        self._buffer.clear()
+        self._pending = _Pending()
+        self._literal = None
+        self._literal_left = 0
+        self._draining = self._want_line = False
+        return dropped
+
     @property
     def mid_command(self) -> bool:
         """Whether part of a command has arrived (a connection closed now cuts it off)."""

@@ -2,7 +2,8 @@
 
     mail send --to ADDR --subject TEXT [--body TEXT | --body-file F] [--attach FILE] [--submission]
               [--tls | --starttls | --no-tls] [--no-verify]
-    mail fetch [--delete] [--imap [--imap-server HOST[:PORT]] [--folder NAME]] [--tls | --starttls | --no-tls]
+    mail fetch [--delete] [--imap [--imap-server HOST[:PORT]] [--folder NAME]]
+               [--tls | --starttls | --no-tls] [--no-verify]
     mail list [--json] [--imap [--folder NAME]]
     mail read N [--raw | --tree] [--json] [--imap [--folder NAME] [--peek]]
     mail save N [--dir D] [--part K]
@@ -29,7 +30,7 @@ from services import tls as lab_tls
 from services.mua import PROG, compose, imapfetch, security, view
 from services.mua.errors import MuaError
 from services.mua.local import LocalMailbox
-from services.mua.retrieve import POP3_PORT, fetch
+from services.mua.retrieve import POP3_PORT, POP3S_PORT, fetch
 from services.mua.security import CLEAR, IMPLICIT, Security
 from services.mua.security import chosen as security_of
 from services.mua.submit import (
@@ -200,10 +201,12 @@ def cmd_send(args: argparse.Namespace) -> int:
 def cmd_fetch(args: argparse.Namespace) -> int:
     if args.imap:
         return fetch_imap(args)
+    tls = security_of(args)
     acct = resolve_account(args, server="pop3", need_password=True)
-    host, port = parse_endpoint(acct.server, POP3_PORT)
+    host, port = parse_endpoint(acct.server, POP3S_PORT if tls == IMPLICIT else POP3_PORT)
     store = LocalMailbox(args.maildir)
-    outcome = fetch(host, port, acct.user, acct.password, store, delete=args.delete)
+    context = lab_tls.client_context(verify=not args.no_verify) if tls != CLEAR else None
+    outcome = fetch(host, port, acct.user, acct.password, store, delete=args.delete, tls=tls, context=context)
     n = len(outcome.fetched)
     line = f"fetched {n} new message{'' if n == 1 else 's'} from {host}:{port} into {store.path}"
     line += f" ({outcome.on_server} on the server"

@@ -27,8 +27,7 @@ from services.mua import view
 from services.mua.errors import MuaError
 from services.mua.local import LocalMailbox
 from services.mua.retrieve import TIMEOUT, FetchResult
-from services.mua.security import IMPLICIT, STARTTLS, Security
-from services.mua.submit import not_verified
+from services.mua.security import IMPLICIT, STARTTLS, Security, not_verified
 
 IMAP_PORT = 143  # RFC 3501 §2.1
 IMAPS_PORT = 993  # RFC 8314 §3.3
@@ -143,7 +142,7 @@ def session(server: Server) -> Iterator[imaplib.IMAP4]:
         else:
             imap = imaplib.IMAP4(server.host, server.port, timeout=server.timeout)
     except ssl.SSLCertVerificationError as exc:
-        raise ImapError(not_verified(server.host, exc, doing="fetch")) from exc
+        raise ImapError(not_verified(server.host, exc, "fetch")) from exc
     except ssl.SSLError as exc:
         raise ImapError(f"no TLS with {where}: {exc.reason or exc}; is it the TLS port ({IMAPS_PORT} for --tls)?") \
             from exc
@@ -162,7 +161,7 @@ def session(server: Server) -> Iterator[imaplib.IMAP4]:
         yield imap
         imap.logout()
     except ssl.SSLCertVerificationError as exc:
-        raise ImapError(not_verified(server.host, exc, doing="fetch")) from exc
+        raise ImapError(not_verified(server.host, exc, "fetch")) from exc
     except ssl.SSLError as exc:
         raise ImapError(f"the TLS handshake with {where} failed: {exc.reason or exc}") from exc
     except imaplib.IMAP4.abort as exc:  # the connection broke, or the server said BYE

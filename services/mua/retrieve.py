@@ -3,18 +3,25 @@
 The decision of what to fetch and what to delete is pure (:func:`plan`, from the UIDL listing and
 the UIDs already fetched); :func:`fetch` is the session around it: USER, PASS, UIDL, RETR each new
 message, DELE with ``--delete``, QUIT.
+
+TLS (issue 12): ``tls=IMPLICIT`` is POP3 over TLS from the first byte (port 995, RFC 8314);
+``STARTTLS`` is STLS on 110 (RFC 2595 §4), and fails before USER if the server does not offer it:
+going on in clear would hand the password to whoever removed the offer.
 """
 
 from __future__ import annotations
 
 import os
 import poplib
+import ssl
 from dataclasses import dataclass
 
 from services.mua.errors import MuaError
 from services.mua.local import LocalMailbox
+from services.mua.security import CLEAR, IMPLICIT, STARTTLS, Security, not_verified
 
 POP3_PORT = 110  # RFC 1939 §3
+POP3S_PORT = 995  # RFC 8314 §7: POP3 over TLS from the first byte
 # RFC 1939 §7: a unique-id is 1 to 70 characters from 0x21 to 0x7E.
 UID_MAX_LENGTH = 70
 # A POP3 server may take a while to open a big mailbox, but a lab server that has not answered in
@@ -78,17 +85,34 @@ def account_key(user: str, host: str, port: int) -> str:
 
 
 def fetch(host: str, port: int, user: str, password: str, store: LocalMailbox, *,
-          delete: bool = False, timeout: float = TIMEOUT) -> FetchResult:
+          delete: bool = False, timeout: float = TIMEOUT, tls: Security = CLEAR,
+          context: ssl.SSLContext | None = None) -> FetchResult:
+    """Fetch the new messages of ``user`` into ``store``; ``tls``: CLEAR, STARTTLS (STLS) or
+    IMPLICIT (995), with ``context`` (services.tls.client_context)."""
     where = f"{host}:{port}"
     try:
-        pop = poplib.POP3(host, port, timeout=timeout)
+        if tls == IMPLICIT:
+            pop: poplib.POP3 = poplib.POP3_SSL(host, port, timeout=timeout, context=context)
+        else:
+            pop = poplib.POP3(host, port, timeout=timeout)
+    except ssl.SSLCertVerificationError as exc:
+        raise FetchError(not_verified(host, exc, "fetch")) from exc
+    except ssl.SSLError as exc:
+        raise FetchError(f"no TLS with {where}: {exc.reason or exc}; is it the TLS port ({POP3S_PORT} for "
+                         "--tls)?") from exc
     except poplib.error_proto as exc:
         raise FetchError(f"{where} turned the connection away: {_words(exc)}") from exc
     except OSError as exc:
         raise FetchError(f"cannot connect to the POP3 server {where}: {exc.strerror or exc}; "
                          "is the lab up (labctl status) and the server name right (--pop3)?") from exc
     try:
+        if tls == STARTTLS:
+            _stls(pop, where, context)
         return _session(pop, where, account_key(user, host, port), user, password, store, delete)
+    except ssl.SSLCertVerificationError as exc:
+        raise FetchError(not_verified(host, exc, "fetch")) from exc
+    except ssl.SSLError as exc:
+        raise FetchError(f"the TLS handshake with {where} failed: {exc.reason or exc}") from exc
     except poplib.error_proto as exc:
         raise FetchError(f"{where}: {_words(exc)}") from exc
     except OSError as exc:
@@ -99,6 +123,18 @@ def fetch(host: str, port: int, user: str, password: str, store: LocalMailbox, *
         pop.close()
 
 
+def _stls(pop: poplib.POP3, where: str, context: ssl.SSLContext | None) -> None:
+    """STLS before anything else (RFC 2595 §4), or stop: never USER/PASS in clear instead."""
+    try:
+        offered = pop.capa()
+    except poplib.error_proto:
+        offered = {}  # no CAPA (RFC 2449): no STLS either
+    if "STLS" not in offered:
+        raise FetchError(f"{where} offers no STLS; is the lab up with TLS (labctl up --tls)? "
+                         "Or fetch in clear with --no-tls")
+    pop.stls(context)
+
+
 def _session(pop: poplib.POP3, where: str, account: str, user: str, password: str, store: LocalMailbox,
              delete: bool) -> FetchResult:
     try:
@@ -107,8 +143,12 @@ def _session(pop: poplib.POP3, where: str, account: str, user: str, password: st
     except poplib.error_proto as exc:
         words = _words(exc)
         # RFC 2449 §8.1.2: [IN-USE] is a lock held by another session, not a wrong password.
-        hint = ("another session has the mailbox open; try again once it has quit" if "[IN-USE]" in words.upper()
-                else "check --user and --password")
+        if "[IN-USE]" in words.upper():
+            hint = "another session has the mailbox open; try again once it has quit"
+        elif "plaintext" in words.lower():  # ours and Dovecot's words for a password refused in clear
+            hint = "this server takes passwords only under TLS: fetch with --starttls or --tls"
+        else:
+            hint = "check --user and --password"
         raise FetchError(f"{where} refused the login for {user}: {words}; {hint}") from exc
     try:
         _, lines, _ = pop.uidl()

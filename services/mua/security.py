@@ -9,6 +9,7 @@ the offer. IMPLICIT is TLS from the first byte (RFC 8314: 465, 995, 993).
 from __future__ import annotations
 
 import argparse
+import ssl
 from enum import StrEnum
 from pathlib import Path
 
@@ -55,3 +56,10 @@ def chosen(args: argparse.Namespace) -> Security:
     if args.no_tls:
         return CLEAR
     return STARTTLS if lab_has_tls(args.config) else CLEAR
+
+
+def not_verified(host: str, exc: ssl.SSLCertVerificationError, verb: str) -> str:
+    """One line: which certificate, against what, and what to do (``verb``: "send", "fetch")."""
+    return (f"the certificate of {host} does not verify ({exc.verify_message}; checked against the lab CA "
+            f"{config.TLS_CA} and the system store, for the name {host}); trust the lab CA "
+            f"(labctl tls ca > ca.pem), use the server's lab name, or {verb} with --no-verify")

@@ -15,9 +15,8 @@ import smtplib
 import ssl
 from dataclasses import dataclass, field
 
-from services import config
 from services.mua.errors import MuaError
-from services.mua.security import CLEAR, IMPLICIT, STARTTLS, Security
+from services.mua.security import CLEAR, IMPLICIT, STARTTLS, Security, not_verified
 
 SMTP_PORT = 25  # RFC 5321 §4.5.4.2; the lab MTA relays for the hosts of its own LAN here, without AUTH
 SUBMISSION_PORT = 587  # RFC 6409 §3.1: message submission, with AUTH (RFC 4954)
@@ -68,7 +67,7 @@ def submit(host: str, port: int, message: bytes, sender: str, recipients: list[s
         else:
             smtp = smtplib.SMTP(host, port, local_hostname=helo, timeout=timeout)
     except ssl.SSLCertVerificationError as exc:
-        raise SubmitError(not_verified(host, exc)) from exc
+        raise SubmitError(not_verified(host, exc, "send")) from exc
     except ssl.SSLError as exc:
         raise SubmitError(f"no TLS with {where}: {exc.reason or exc}; is it the TLS port (465 for --tls)?") from exc
     except smtplib.SMTPConnectError as exc:  # a greeting other than 220 (RFC 5321 §3.1)
@@ -81,7 +80,7 @@ def submit(host: str, port: int, message: bytes, sender: str, recipients: list[s
             _starttls(smtp, where, context)
         return _transaction(smtp, where, message, sender, recipients, login)
     except ssl.SSLCertVerificationError as exc:
-        raise SubmitError(not_verified(host, exc)) from exc
+        raise SubmitError(not_verified(host, exc, "send")) from exc
     except ssl.SSLError as exc:
         raise SubmitError(f"the TLS handshake with {where} failed: {exc.reason or exc}") from exc
     except smtplib.SMTPServerDisconnected as exc:
@@ -94,13 +93,6 @@ def submit(host: str, port: int, message: bytes, sender: str, recipients: list[s
         raise SubmitError(f"the connection to {where} failed: {exc.strerror or exc}") from exc
     finally:
         smtp.close()
-
-
-def not_verified(host: str, exc: ssl.SSLCertVerificationError, *, doing: str = "send") -> str:
-    """One line: which certificate, against what, and what to do (``doing``: send, fetch)."""
-    return (f"the certificate of {host} does not verify ({exc.verify_message}; checked against the lab CA "
-            f"{config.TLS_CA} and the system store, for the name {host}); trust the lab CA "
-            f"(labctl tls ca > ca.pem), use the server's lab name, or {doing} with --no-verify")
 
 
 def _starttls(smtp: smtplib.SMTP, where: str, context: ssl.SSLContext | None) -> None:

@@ -6,6 +6,15 @@ no socket, never sleeps and never reads a clock. Authentication and the mailbox 
 two small protocols (:class:`Authenticator`, :data:`MailboxOpener`); the server gives it Maildirs,
 the unit tests an in-memory dict.
 
+TLS (RFC 2595 §4, RFC 8314): the listener's :class:`TlsOffer` says whether CAPA offers STLS or the
+connection is TLS from its first byte (995). STLS is answered ``+OK`` and a :class:`StartTls`,
+and the session drops every byte the client sent after it: nothing said in clear before the
+handshake may run under TLS (the STARTTLS injection class, CVE-2011-0411, CVE-2024-34083). Under
+TLS the client starts over (a USER given before is forgotten; it must ask CAPA again). Where
+``auth_needs_tls``, a clear session offering STLS is not offered USER and gets ``-ERR [AUTH]``
+for USER, PASS, APOP and AUTH, as Dovecot's ``disable_plaintext_auth`` does (RFC 2595 §4's
+LOGINDISABLED, for POP3).
+
 The session follows RFC 1939's three states. Message numbers are fixed at login (a snapshot), DELE
 only marks, RSET unmarks, and marked messages are removed only when QUIT moves the session to
 UPDATE; a session that ends any other way removes nothing (§6). Peer errors are ``-ERR`` replies
@@ -20,9 +29,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from services.actions import Action, Close, Log, Send, Wait
+from services.actions import Action, Close, Log, Send, StartTls, Wait
 from services.errors import PeerError
 from services.logins import LoginLimits
+from services.smtp.session import TlsOffer  # one meaning of a listener's TLS, for SMTP, POP3 and IMAP
 from services.textwire import stuff_lines, wire_lines, wire_size
 
 # -- limits -----------------------------------------------------------------------------------
@@ -82,11 +92,6 @@ class Mailbox(Protocol):
 MailboxOpener = Callable[[str], Mailbox]  # mailbox address -> its mailbox
 
 
-# -- what the session asks its shell to do ------------------------------------------------------
-
-
-
-
 class State(enum.Enum):
     AUTHORIZATION = "AUTHORIZATION"
     TRANSACTION = "TRANSACTION"
@@ -104,6 +109,7 @@ LEGAL_STATES: dict[str, frozenset[State]] = {
     "PASS": _AUTH,
     "QUIT": _BOTH,
     "CAPA": _BOTH,
+    "STLS": _AUTH,  # RFC 2595 §4: only in the AUTHORIZATION state
     "STAT": _TRANS,
     "LIST": _TRANS,
     "RETR": _TRANS,
@@ -132,6 +138,14 @@ def multiline_answer(command: str, args: Sequence[bytes | str]) -> bool:
     rule = MULTILINE_ANSWERS.get(command.upper(), False)
     return rule is True or (rule == "no args" and not args)
 
+
+# The commands that carry a password (RFC 1939 §7, RFC 5034): refused in clear where AUTH needs
+# TLS, whether or not this server implements them (it has no APOP or AUTH).
+PASSWORD_COMMANDS = frozenset({"USER", "PASS", "APOP", "AUTH"})
+NEEDS_TLS = "[AUTH] plaintext authentication disallowed on a clear connection; use STLS first, or port 995 (POP3S)"
+TLS_NOT_OFFERED = "STLS not offered: TLS is off in this lab"  # as SMTP's 502 for STARTTLS
+TLS_UNAVAILABLE = "[SYS/TEMP] TLS not available: this host has no certificate"
+TLS_ALREADY = "TLS already active"
 
 # RFC 2449 §6: only what this module implements. IN-USE and AUTH response codes are sent.
 CAPABILITIES = (
@@ -201,6 +215,7 @@ class _Reply:
     delay: float = 0.0  # seconds to hold the reply back
     close: bool = False
     note: str = ""  # for the log line only
+    start_tls: bool = False  # after this +OK, the TLS handshake
 
 
 @dataclass(frozen=True)
@@ -224,10 +239,16 @@ class Session:
         authenticator: Authenticator,
         open_mailbox: MailboxOpener,
         limits: Limits = DEFAULT_LIMITS,
+        *,
+        tls: TlsOffer = TlsOffer.OFF,
+        auth_needs_tls: bool = False,
     ) -> None:
         self.hostname = hostname
         self.limits = limits
         self.state = State.AUTHORIZATION
+        self.tls_offer = tls
+        self.auth_needs_tls = auth_needs_tls  # USER/PASS only under TLS, where STLS is offered
+        self.under_tls = tls is TlsOffer.IMPLICIT  # port 995; or once STLS's handshake is done
         self.address: str | None = None  # the mailbox, once logged in
         self._authenticator = authenticator
         self._open_mailbox = open_mailbox
@@ -244,6 +265,7 @@ class Session:
             "PASS": self._pass,
             "QUIT": self._quit,
             "CAPA": self._capa,
+            "STLS": self._stls,
             "STAT": self._stat,
             "LIST": self._list,
             "RETR": self._retr,
@@ -257,6 +279,15 @@ class Session:
     @property
     def closed(self) -> bool:
         return self.state is State.CLOSED
+
+    @property
+    def _stls_offered(self) -> bool:
+        return self.tls_offer is TlsOffer.STARTTLS and not self.under_tls
+
+    @property
+    def _clear_but_tls_required(self) -> bool:
+        """Passwords need TLS here, STLS is offered, and this session has not used it yet."""
+        return self.auth_needs_tls and self._stls_offered
 
     # -- events from the shell ----------------------------------------------------------------
 
@@ -326,6 +357,16 @@ class Session:
         self._end()
         return [Send(b"-ERR [SYS/TEMP] internal server error, closing connection\r\n"), Close()]
 
+    def tls_started(self) -> list[Action]:
+        """STLS's handshake is done: the session starts over under TLS (RFC 2595 §4), with no
+        USER remembered. The bad-command and failed-login counts stay: a guesser gains nothing
+        by starting TLS again."""
+        self.under_tls = True
+        self._user = None
+        self._buffer.clear()
+        self._draining = False
+        return [Log("TLS started; the session starts over")]
+
     # -- dispatch -----------------------------------------------------------------------------
 
     def _command(self, line: bytes) -> list[Action]:
@@ -338,6 +379,9 @@ class Session:
         verb = keyword.decode("ascii", "replace").upper()
         shown = "PASS ****" if verb == "PASS" else _printable(text)
         legal = LEGAL_STATES.get(verb)
+        if verb in PASSWORD_COMMANDS and self.state is State.AUTHORIZATION and self._clear_but_tls_required:
+            shown = f"{verb} ****" if verb != "USER" else shown
+            return self._answer(shown, _Reply(False, NEEDS_TLS))
         if legal is None:
             # Only the keyword: a mistyped "PAS secret" must not put the password in the log.
             shown = _printable(keyword, 8) + (" ..." if rest else "")
@@ -373,6 +417,8 @@ class Session:
         if reply.delay > 0:
             actions.append(Wait(reply.delay))
         actions.append(Send(data))
+        if reply.start_tls:
+            actions.append(StartTls())
         if reply.close:
             actions.append(Close())
         return actions
@@ -484,7 +530,32 @@ class Session:
 
     def _capa(self, args: list[bytes], rest: bytes) -> _Reply:
         self._arity("CAPA", args, 0, 0)
-        return _Reply(True, "Capability list follows", lines=[c.encode() for c in CAPABILITIES])
+        return _Reply(True, "Capability list follows", lines=[c.encode() for c in self.capabilities()])
+
+    def capabilities(self) -> list[str]:
+        """CAPA's list now: STLS only where it works (RFC 2595 §4), and no USER in clear where
+        passwords need TLS (Dovecot's disable_plaintext_auth)."""
+        listed = [c for c in CAPABILITIES if not (c == "USER" and self._clear_but_tls_required)]
+        if self._stls_offered and self.state is State.AUTHORIZATION:
+            listed.insert(-1, "STLS")  # before IMPLEMENTATION, which stays last
+        return listed
+
+    def _stls(self, args: list[bytes], rest: bytes) -> _Reply:
+        """STLS (RFC 2595 §4): ``+OK``, then the handshake; what the client pipelined after it
+        in clear is dropped here (and by the shell), never answered under TLS."""
+        self._arity("STLS", args, 0, 0)
+        if self.under_tls:
+            raise _Refusal(TLS_ALREADY)
+        if self.tls_offer is TlsOffer.OFF:
+            raise _Refusal(TLS_NOT_OFFERED)
+        if self.tls_offer is not TlsOffer.STARTTLS:
+            raise _Refusal(TLS_UNAVAILABLE)
+        dropped = len(self._buffer)
+        self._buffer.clear()
+        self._draining = False
+        self._user = None
+        note = f"dropped {dropped} bytes sent in clear after STLS" if dropped else ""
+        return _Reply(True, "Begin TLS negotiation", start_tls=True, note=note)
 
     def _quit(self, args: list[bytes], rest: bytes) -> _Reply:
         self._arity("QUIT", args, 0, 0)

@@ -9,7 +9,8 @@
 * A message is answered ``250 2.0.0 <queue id>`` only once it is fsync'd in the spool; the
   delivery worker then looks up the MX and relays it (or writes a local mailbox). SIGUSR1
   (``python3 -m services queue --flush``) makes it retry everything now.
-* POP3 on port 110 for the mailboxes of the MTA's local domains.
+* POP3 on port 110 and IMAP on 143 for the mailboxes of the MTA's local domains, and with TLS
+  on POP3S on 995 and IMAPS on 993 (services.access).
 """
 
 from __future__ import annotations
@@ -22,12 +23,10 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from services import config, mailstore, runtime
+from services import access, config, mailstore, runtime
 from services.accounts import AccountAuthenticator
 from services.config import LabConfig
-from services.imap import server as imap_server
 from services.logins import LOGIN_DELAY, LoginDelay
-from services.pop3 import server as pop3_server
 from services.smtp import policy, replyfaults, trace
 from services.smtp.delivery import DeliveryWorker, LocalDelivery
 from services.smtp.server import (
@@ -119,8 +118,10 @@ async def start_mta(
     smtp_port: int = 25,
     submission_port: int = SUBMISSION_PORT,
     submissions_port: int = SUBMISSIONS_PORT,
-    pop3_port: int = 110,
-    imap_port: int = imap_server.PORT,
+    pop3_port: int = access.POP3_PORT,
+    imap_port: int = access.IMAP_PORT,
+    pop3s_port: int = access.POP3S_PORT,
+    imaps_port: int = access.IMAPS_PORT,
     clock: Callable[[], float] = time.time,
     relay_client: Callable[[str], bool] | None = None,
     size_limit: int = MESSAGE_SIZE_LIMIT,
@@ -129,7 +130,7 @@ async def start_mta(
     tls: ServerTls | None = None,
 ) -> Listeners:
     """Start the MTA's listeners (port 0: any free port): SMTP, submission with AUTH, POP3, IMAP,
-    and, when TLS is on, submission over TLS on ``submissions_port``.
+    and, when TLS is on, submission over TLS on ``submissions_port``, POP3S and IMAPS.
     ``faults``: replies injected instead of every SMTP listener's own (services.smtp.replyfaults).
     ``tls``: the listeners' TLS; by default as the lab configuration says (ServerTls.from_config).
 
@@ -158,8 +159,8 @@ async def start_mta(
                                          clock=clock, size_limit=size_limit, check_login=accounts.authenticate,
                                          login_delay=login_delay, postmaster=cfg.postmaster, faults=faults,
                                          tls=tls, tls_required=tls.auth_needs_tls, implicit_tls=implicit)
-        started["pop3"] = await pop3_server.start(cfg, mail_root=mail_root, host=host, port=pop3_port)
-        started["imap"] = await imap_server.start(cfg, mail_root=mail_root, host=host, port=imap_port)
+        ports = access.Ports(pop3_port, imap_port, pop3s_port, imaps_port)
+        started.update(await access.start(cfg, tls, mail_root=mail_root, host=host, ports=ports))
     except BaseException:
         for server in started.values():
             server.close()

@@ -3,8 +3,9 @@
 SMTP on port 25 takes mail for this host's own domains and their existing users only: no open
 relay (RFC 5321 §7.1). A message is stored in each recipient's Maildir, with its trace headers
 (Return-Path, Received; RFC 5321 §4.4), and only then answered ``250``: a crash after the 250
-loses nothing (design decision 8). POP3 on port 110 lets the users fetch it. With TLS on in the
-lab, port 25 offers STARTTLS (RFC 3207), for the MTA's relay to use.
+loses nothing (design decision 8). POP3 on port 110 and IMAP on 143 let the users fetch it. With
+TLS on in the lab, port 25 offers STARTTLS (RFC 3207), for the MTA's relay to use, POP3 and IMAP
+STLS/STARTTLS, and POP3S on 995 and IMAPS on 993 serve TLS from the first byte (services.access).
 """
 
 from __future__ import annotations
@@ -16,11 +17,9 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from services import config, mailstore, runtime
+from services import access, config, mailstore, runtime
 from services.config import LabConfig
 from services.durable import Batcher
-from services.imap import server as imap_server
-from services.pop3 import server as pop3_server
 from services.smtp import policy, replyfaults, trace
 from services.smtp.server import (
     Listeners,
@@ -76,24 +75,27 @@ async def start_mx(
     mail_root: Path = config.MAIL_DIR,
     host: str = "0.0.0.0",
     smtp_port: int = 25,
-    pop3_port: int = 110,
-    imap_port: int = imap_server.PORT,
+    pop3_port: int = access.POP3_PORT,
+    imap_port: int = access.IMAP_PORT,
+    pop3s_port: int = access.POP3S_PORT,
+    imaps_port: int = access.IMAPS_PORT,
     clock: Callable[[], float] = time.time,
     size_limit: int = MESSAGE_SIZE_LIMIT,
     faults: ReplyConsult | None = None,
     tls: ServerTls | None = None,
 ) -> Listeners:
-    """Start the MX's SMTP, POP3 and IMAP servers (port 0: any free port); they serve until closed.
+    """Start the MX's SMTP, POP3 and IMAP servers, and POP3S and IMAPS with TLS (port 0: any free
+    port); they serve until closed.
     ``faults``: replies injected instead of the SMTP server's own (services.smtp.replyfaults).
     ``tls``: STARTTLS on port 25; by default as the lab configuration says (ServerTls.from_config)."""
     handler = MxHandler(cfg, mail_root=mail_root, clock=clock)
+    tls = tls if tls is not None else ServerTls.from_config(cfg)
     smtp = await listen(handler, hostname=cfg.this.fqdn, host=host, port=smtp_port, clock=clock,
-                        size_limit=size_limit, postmaster=cfg.postmaster, faults=faults,
-                        tls=tls if tls is not None else ServerTls.from_config(cfg))
+                        size_limit=size_limit, postmaster=cfg.postmaster, faults=faults, tls=tls)
     started = {"smtp": smtp}
     try:
-        started["pop3"] = await pop3_server.start(cfg, mail_root=mail_root, host=host, port=pop3_port)
-        started["imap"] = await imap_server.start(cfg, mail_root=mail_root, host=host, port=imap_port)
+        ports = access.Ports(pop3_port, imap_port, pop3s_port, imaps_port)
+        started.update(await access.start(cfg, tls, mail_root=mail_root, host=host, ports=ports))
     except BaseException:
         for server in started.values():
             server.close()

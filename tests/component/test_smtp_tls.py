@@ -96,7 +96,8 @@ class Servers:
 
     def mx(self, tls: ServerTls | None = None) -> Listeners:
         listeners = self.run(start_mx(MX_CFG, mail_root=self.root / "mail", host="127.0.0.1", smtp_port=0,
-                                      pop3_port=0, imap_port=0, tls=tls or self.tls("mail.stevenchoy.example")))
+                                      pop3_port=0, imap_port=0, pop3s_port=0, imaps_port=0,
+                                      tls=tls or self.tls("mail.stevenchoy.example")))
         self.started.append(listeners)
         return listeners
 
@@ -105,6 +106,7 @@ class Servers:
         listeners = self.run(start_mta(MTA_CFG, spool=spool or Spool(self.root / "spool"), on_enqueued=lambda: None,
                                        mail_root=self.root / "mail", host="127.0.0.1", smtp_port=0,
                                        submission_port=0, submissions_port=0, pop3_port=0, imap_port=0,
+                                       pop3s_port=0, imaps_port=0,
                                        tls=tls or self.tls("smtp.ouhk.example"), **kwargs))
         self.started.append(listeners)
         return listeners
