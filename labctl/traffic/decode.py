@@ -259,6 +259,12 @@ class _Inside:
     summary: TlsSummary
 
 
+def _inside(text: str) -> str:
+    """A login line's note, for a secret that crossed inside TLS (the decoders' notes say clear text)."""
+    return text.replace("a password in clear text", "a password, decrypted from TLS").replace(
+        ": clear text)", ": decrypted from TLS)")
+
+
 def _inside_tls(decoder: Decoder, to_server: StreamView, to_client: StreamView, start: Event | None, t0: float,
                 keys: tls.KeyLog | None, decrypt: bool, show_bodies: bool, state: str) -> _Inside:
     """A connection's TLS: the note saying what it was, then the dialogue inside (decrypted, by the
@@ -284,7 +290,7 @@ def _inside_tls(decoder: Decoder, to_server: StreamView, to_client: StreamView, 
     if opened and (session.to_server.data or session.to_client.data):
         inner, messages, decodable = decoder(session.to_server, session.to_client, midway=False,
                                              show_bodies=show_bodies, resumed=start is not None)
-        events += [replace(e, decrypted=True) for e in inner]
+        events += [replace(e, decrypted=True, text=_inside(e.text) if e.secrets else e.text) for e in inner]
     for record in session.records:
         if not opened or record.problem is not None:
             events.append(Event(record.time, CLIENT if record.from_client else SERVER, "record", record.describe(),

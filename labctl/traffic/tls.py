@@ -249,19 +249,19 @@ class _Raw:
     fragment: bytes  # what was captured of it (shorter than ``length`` if cut)
     time_ns: int
     missing: int
-    after_gap: bool  # octets were missed just before it (between records)
+    after_gap: int  # octets missed just before it (between records: whole records lost)
 
 
 def _records(view: StreamView, start: int) -> tuple[list[_Raw], str | None]:
     """The records of one direction from ``start``; stops at bytes that are not a record header."""
     data, gaps = view.data, [g for g in view.gaps if g.at >= start]
     out: list[_Raw] = []
-    pos, gi, lost = start, 0, False
+    pos, gi, lost = start, 0, 0
     while pos < len(data):
         while gi < len(gaps) and gaps[gi].at < pos:
             gi += 1
         if gi < len(gaps) and gaps[gi].at == pos:  # octets missed between two records
-            lost = True
+            lost += gaps[gi].missing
             gi += 1
             continue
         head = data[pos:pos + HEADER]
@@ -282,7 +282,7 @@ def _records(view: StreamView, start: int) -> tuple[list[_Raw], str | None]:
             j += 1
         end = max(end, pos + HEADER)
         out.append(_Raw(pos, rtype, version, length, data[pos + HEADER:end], view.time_at(pos), missing, lost))
-        lost = False
+        lost = 0
         pos = end
     return out, None
 
@@ -614,6 +614,8 @@ class _State:
                                               record.time, record.complete, record.missing, inner, plaintext, problem))
 
             encrypted = side.encrypted or (tls13 and raw.type == APPLICATION_DATA)
+            if raw.after_gap:
+                side.plain.hole(raw.after_gap)  # the records the capture missed: their size, sealed
             if not encrypted:
                 if raw.type == HANDSHAKE and complete:
                     done(f"handshake ({_hs_names(messages.feed(raw.fragment))})")

@@ -1,0 +1,339 @@
+"""TLS in a capture: real sessions (Python's ssl, the test CA) decoded with and without the key log.
+
+Every capture here holds a real handshake and real records (tests/unit/tlswire.py): TLS 1.3 with
+each of its three AEAD suites, TLS 1.2 with AES-128/256-GCM and ChaCha20-Poly1305, carrying an
+SMTP STARTTLS dialogue, POP3 STLS, or implicit TLS on 465/995; then the capture is spoiled the
+ways real ones are (a flipped octet, a lost segment, records cut across segments, keys missing).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from labctl.traffic import render, tls
+from labctl.traffic.decode import TrafficDecoder
+from labctl.traffic.model import Conversation
+from labctl.traffic.pcap import CaptureReader, write_pcapng
+from labctl.traffic.tcp import Gap, StreamView
+from tests.unit import tlswire
+from tests.unit.packets import ANDY, BETTY, MAIL, NAMES, SMTP, Packet, Tcp, pcap
+
+AUTH = b"AUTH PLAIN AGFuZHkAYW5keS1zZWNyZXQ=\r\n"  # andy / andy-secret
+MESSAGE = b"From: andy@ouhk.example\r\nSubject: Under TLS\r\nMessage-ID: <tls.1@ouhk.example>\r\n\r\nHi.\r\n"
+SMTP_SCRIPT: list[tlswire.Step] = [
+    ("s", b"220 smtp.ouhk.example ESMTP maillab\r\n"),
+    ("c", b"EHLO andy\r\n"), ("s", b"250-smtp.ouhk.example\r\n250 STARTTLS\r\n"),
+    ("c", b"STARTTLS\r\n"), ("s", b"220 2.0.0 ready to start TLS\r\n"),
+    ("tls", b""),
+    ("c", b"EHLO andy\r\n"), ("s", b"250-smtp.ouhk.example\r\n250 AUTH PLAIN LOGIN\r\n"),
+    ("c", AUTH), ("s", b"235 2.7.0 authenticated\r\n"),
+    ("c", b"MAIL FROM:<andy@ouhk.example>\r\n"), ("s", b"250 2.1.0 ok\r\n"),
+    ("c", b"RCPT TO:<betty@stevenchoy.example>\r\n"), ("s", b"250 2.1.5 ok\r\n"),
+    ("c", b"DATA\r\n"), ("s", b"354 go ahead\r\n"),
+    ("c", MESSAGE + b".\r\n"), ("s", b"250 2.0.0 queued\r\n"),
+    ("c", b"QUIT\r\n"), ("s", b"221 2.0.0 bye\r\n"),
+]
+SUITES = [("1.3", None, "TLS_AES_256_GCM_SHA384"),
+          ("1.3", "TLS_AES_128_GCM_SHA256", "TLS_AES_128_GCM_SHA256"),
+          ("1.3", "TLS_CHACHA20_POLY1305_SHA256", "TLS_CHACHA20_POLY1305_SHA256"),
+          ("1.2", "ECDHE-ECDSA-AES128-GCM-SHA256", "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256"),
+          ("1.2", "ECDHE-ECDSA-AES256-GCM-SHA384", "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384"),
+          ("1.2", "ECDHE-ECDSA-CHACHA20-POLY1305", "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256")]
+_SESSIONS: dict[tuple[str, str, str | None], tlswire.Session] = {}
+
+
+def session(script: Sequence[tlswire.Step] = SMTP_SCRIPT, version: str = "1.3", cipher: str | None = None,
+            name: str = "smtp") -> tlswire.Session:
+    key = (name, version, cipher)
+    if key not in _SESSIONS:
+        _SESSIONS[key] = tlswire.session(script, version=version, cipher=cipher)
+    return _SESSIONS[key]
+
+
+def packets(played: tlswire.Session, client: str = ANDY, server: str = SMTP, port: int = 587, *,
+            split: int | None = None, skip: int | None = None, flip: int | None = None) -> list[Packet]:
+    """The session as TCP segments: one per write (or ``split``-octet pieces); chunk ``skip`` lost
+    from the capture; the last octet of chunk ``flip`` altered."""
+    t = Tcp(client, 40312, server, port).handshake()
+    for i, (from_client, data) in enumerate(played.chunks):
+        if flip == i:
+            data = data[:-1] + bytes([data[-1] ^ 0x01])
+        pieces = [data[j:j + split] for j in range(0, len(data), split)] if split else [data]
+        for piece in pieces:
+            if skip == i:  # advance the sequence numbers without a captured segment
+                if from_client:
+                    t.cseq += len(piece)
+                else:
+                    t.sseq += len(piece)
+                continue
+            t.segment(from_client, piece)
+    return t.close().packets
+
+
+def decode(capture: list[Packet], keylog: str | None, *, decrypt: bool = True) -> Conversation:
+    decoder = TrafficDecoder(NAMES, decrypt=decrypt)
+    if keylog:
+        decoder.add_keys(keylog)
+    decoder.feed_capture(pcap(capture))
+    decoder.tcp.finish()
+    [conv] = decoder.conversations()
+    return conv
+
+
+def tls_index(played: tlswire.Session, nth: int, from_client: bool) -> int:
+    """The chunk index of the ``nth`` TLS write of one side (0: its first TLS chunk)."""
+    return [i for i, (c, _) in enumerate(played.chunks) if i >= played.tls_chunks and c == from_client][nth]
+
+
+@pytest.mark.parametrize(("version", "cipher", "iana"), SUITES)
+def test_starttls_dialogue_decrypted(version: str, cipher: str | None, iana: str) -> None:
+    played = session(version=version, cipher=cipher)
+    conv = decode(packets(played), played.keylog)
+    lines = render.text([conv]).splitlines()
+    assert lines[:7] == [
+        "andy (10.89.0.10:40312) -> smtp.ouhk.example (10.89.0.25:587)  SMTP",
+        "S: 220 smtp.ouhk.example ESMTP maillab",
+        "C: EHLO andy",
+        "S: 250-smtp.ouhk.example",
+        "S: 250 STARTTLS",
+        "C: STARTTLS",
+        "S: 220 2.0.0 ready to start TLS",
+    ]
+    assert lines[7] == (f"   [STARTTLS, then TLS {version}, {iana}, SNI mail.stevenchoy.example, certificate "
+                        "CN=mail.stevenchoy.example (decrypted with the lab's key log)]")
+    assert lines[8:11] == ["C: EHLO andy", "S: 250-smtp.ouhk.example", "S: 250 AUTH PLAIN LOGIN"]
+    assert lines[11] == ('C: AUTH PLAIN AGFuZHkAYW5keS1zZWNyZXQ=   (base64 of user "andy", password "andy-secret": '
+                         'decrypted from TLS)')
+    assert conv.tls is not None and conv.tls.to_json() == {
+        "started": "starttls", "version": f"TLS {version}", "cipher": iana, "server_name": tlswire.SERVER_NAME,
+        "certificate": "CN=mail.stevenchoy.example", "decrypted": True, "problem": None}
+    inside = [e for e in conv.events if e.decrypted]
+    assert [e.text for e in inside][-2:] == ["QUIT", "221 2.0.0 bye"]
+    assert not any(e.decrypted for e in conv.events[:6]) and all(e.kind != "record" for e in conv.events)
+    [message] = conv.messages
+    assert (message.subject, message.sender, message.recipients, message.reply_code) == (
+        "Under TLS", "andy@ouhk.example", ("betty@stevenchoy.example",), 250)
+    auth = next(e for e in inside if e.kind == "auth")
+    assert auth.secrets and "andy-secret" not in auth.shown(hide_secrets=True)
+    as_json = conv.to_json(hide_secrets=True)
+    assert as_json["tls"]["decrypted"] is True
+    assert any(e.get("decrypted") and e.get("clear_text_secret") for e in as_json["events"])
+    assert "andy-secret" not in str(as_json)
+
+
+@pytest.mark.parametrize("version", ["1.3", "1.2"])
+def test_no_decrypt_shows_what_an_outsider_sees(version: str) -> None:
+    played = session(version=version, cipher=None if version == "1.3" else "ECDHE-ECDSA-AES128-GCM-SHA256")
+    conv = decode(packets(played), played.keylog, decrypt=False)
+    assert not any(e.decrypted for e in conv.events)
+    records = [e for e in conv.events if e.kind == "record"]
+    assert records[0].text.startswith("<TLS record: handshake (ClientHello), ")
+    assert records[0].direction == "C" and records[1].text.startswith("<TLS record: handshake (ServerHello")
+    assert sum("application data" in e.text for e in records) >= 14  # seven writes each way
+    assert conv.tls is not None and not conv.tls.decrypted and conv.tls.server_name == tlswire.SERVER_NAME
+    # TLS 1.2 sends the certificate in clear; TLS 1.3 encrypts it.
+    assert conv.tls.certificate == (None if version == "1.3" else "CN=mail.stevenchoy.example")
+    assert "andy-secret" not in render.text([conv]) and not conv.messages
+
+
+def test_missing_keys_said_and_records_shown() -> None:
+    played = session()
+    conv = decode(packets(played), None)
+    assert conv.tls is not None and not conv.tls.decrypted
+    assert conv.tls.problem == "the lab's key log has no secrets for this session"
+    note = next(e for e in conv.events if e.kind == "tls")
+    assert note.text.endswith("; the lab's key log has no secrets for this session")
+    records = [e for e in conv.events if e.kind == "record"]
+    assert any("application data" in e.text and "not decrypted" in e.text for e in records)
+
+
+@pytest.mark.parametrize(("version", "cipher"), [("1.3", None), ("1.2", "ECDHE-ECDSA-CHACHA20-POLY1305")])
+def test_flipped_octet_record_shown_undecryptable(version: str, cipher: str | None) -> None:
+    played = session(version=version, cipher=cipher)
+    bad = tls_index(played, -3, True)  # the client's RCPT TO (its third write from the end)
+    conv = decode(packets(played, flip=bad), played.keylog)
+    broken = [e for e in conv.events if e.kind == "record"]
+    assert len(broken) == 1 and "bad tag" in broken[0].text and broken[0].direction == "C"
+    texts = [e.text for e in conv.events if e.decrypted]
+    assert "C: EHLO andy" not in texts and "EHLO andy" in texts  # before it: decoded
+    assert "221 2.0.0 bye" in texts  # after it, the records still open (their sequence numbers go on)
+    assert conv.tls is not None and conv.tls.decrypted and "bad tag" in (conv.tls.problem or "")
+
+
+def test_lost_segment_is_a_gap_and_later_records_still_open() -> None:
+    played = session()
+    lost = tls_index(played, 3, False)  # a server reply inside TLS
+    conv = decode(packets(played, skip=lost), played.keylog)
+    texts = [e.text for e in conv.events]
+    assert any(e.kind == "gap" for e in conv.events)
+    assert "221 2.0.0 bye" in texts and "QUIT" in texts  # the records after the lost one: opened
+    assert texts.index("<47 octets missing from the capture>") > texts.index("250 AUTH PLAIN LOGIN".join(
+        ["250-smtp.ouhk.example\n", ""]))
+
+
+def test_records_split_across_segments() -> None:
+    played = session()
+    whole = decode(packets(played), played.keylog)
+    split = decode(packets(played, split=7), played.keylog)
+    assert [(e.kind, e.text, e.decrypted) for e in split.events] == [
+        (e.kind, e.text, e.decrypted) for e in whole.events]
+
+
+def test_gap_inside_a_record() -> None:
+    played = session()
+    cut = tls_index(played, 5, True)
+    conv = decode(_cut_inside(played, cut), played.keylog)
+    broken = [e for e in conv.events if e.kind == "record"]
+    assert broken and "missing from the capture" in broken[0].text
+    assert "221 2.0.0 bye" in [e.text for e in conv.events]
+
+
+def _cut_inside(played: tlswire.Session, index: int) -> list[Packet]:
+    """The capture with 10 octets from the middle of chunk ``index`` missed."""
+    t = Tcp(ANDY, 40312, SMTP, 587).handshake()
+    for i, (from_client, data) in enumerate(played.chunks):
+        if i == index:
+            t.segment(from_client, data[:20])
+            t.cseq += 10
+            t.segment(from_client, data[30:])
+        else:
+            t.segment(from_client, data)
+    return t.close().packets
+
+
+def test_pop3_stls_and_implicit_995() -> None:
+    stls = [("s", b"+OK POP3 ready\r\n"), ("c", b"STLS\r\n"), ("s", b"+OK begin TLS\r\n"), ("tls", b""),
+            ("c", b"USER betty\r\n"), ("s", b"+OK\r\n"), ("c", b"PASS betty-secret\r\n"), ("s", b"+OK in\r\n"),
+            ("c", b"QUIT\r\n"), ("s", b"+OK bye\r\n")]
+    played = session(stls, name="pop3")
+    conv = decode(packets(played, BETTY, MAIL, 110), played.keylog)
+    lines = render.text([conv]).splitlines()
+    assert lines[1:4] == ["S: +OK POP3 ready", "C: STLS", "S: +OK begin TLS"]
+    assert lines[4].startswith("   [STARTTLS, then TLS 1.3, TLS_AES_256_GCM_SHA384")
+    assert lines[5].startswith("C: USER betty") and any("betty-secret" in line for line in lines)
+    implicit = [("tls", b""), ("s", b"+OK POP3 ready\r\n"), ("c", b"USER betty\r\n"), ("s", b"+OK\r\n"),
+                ("c", b"QUIT\r\n"), ("s", b"+OK bye\r\n")]
+    played = session(implicit, name="pop3s")
+    conv = decode(packets(played, BETTY, MAIL, 995), played.keylog)
+    assert conv.protocol == "pop3" and conv.tls is not None and conv.tls.started == "implicit"
+    lines = render.text([conv]).splitlines()
+    assert lines[1].startswith("   [implicit TLS: TLS 1.3, TLS_AES_256_GCM_SHA384")
+    assert lines[2:] == ["S: +OK POP3 ready", "C: USER betty", "S: +OK", "C: QUIT", "S: +OK bye"]
+
+
+def test_implicit_465_and_not_tls() -> None:
+    script = [("tls", b""), *[s for s in SMTP_SCRIPT if s[0] != "tls"][:1], ("c", b"QUIT\r\n"),
+              ("s", b"221 bye\r\n")]
+    played = session(script, name="smtps")
+    conv = decode(packets(played, port=465), played.keylog)
+    assert [e.text for e in conv.events if e.decrypted] == ["220 smtp.ouhk.example ESMTP maillab", "QUIT",
+                                                              "221 bye"]
+    clear = Tcp(ANDY, 40313, SMTP, 465).handshake().s(b"220 hello in clear\r\n").close().packets
+    conv = decode(clear, None)
+    assert not conv.decodable and conv.tls is not None and conv.tls.problem == "not TLS"
+
+
+def test_keys_arriving_later_re_decode() -> None:
+    """--follow: the records first, the key log's lines later; the same decoder then opens them."""
+    played = session()
+    decoder = TrafficDecoder(NAMES)
+    decoder.feed_capture(pcap(packets(played)))
+    [before] = decoder.conversations()
+    assert not any(e.decrypted for e in before.events)
+    assert decoder.add_keys(played.keylog) > 0
+    [after] = decoder.conversations()
+    assert any(e.decrypted and e.text == "QUIT" for e in after.events)
+    assert decoder.add_keys(played.keylog) == 0  # the same lines again: nothing new
+
+
+def test_keylog_parsing() -> None:
+    random = "ab" * 32
+    keys = tls.parse_keylog(f"# comment\nCLIENT_RANDOM {random} {'01' * 48}\nbogus line\n"
+                            f"CLIENT_TRAFFIC_SECRET_0 {random} zz\nSERVER_TRAFFIC_SECRET_0 {random[:10]} 00\n")
+    assert len(keys) == 1 and keys.get(bytes.fromhex(random), "CLIENT_RANDOM") == b"\x01" * 48
+
+
+def test_hkdf_expand_label_rfc8448() -> None:
+    """RFC 8448 §3 (Simple 1-RTT Handshake): the server's handshake key and IV from its secret."""
+    secret = bytes.fromhex("b67b7d690cc16c4e75e54213cb2d37b4e9c912bcded9105d42befd59d391ad38")
+    assert tls.hkdf_expand_label(secret, "key", b"", 16, "sha256").hex() == "3fce516009c21727d0f2e4e86ee403bc"
+    assert tls.hkdf_expand_label(secret, "iv", b"", 12, "sha256").hex() == "5d313eb2671276ee13000b30"
+
+
+def test_pcapng_secrets_block_round_trip() -> None:
+    played = session()
+    import io
+
+    out = io.BytesIO()
+    write_pcapng(CaptureReader(pcap(packets(played))), out, keylog=played.keylog)
+    decoder = TrafficDecoder(NAMES)
+    decoder.feed_capture(out.getvalue())
+    decoder.tcp.finish()
+    [conv] = decoder.conversations()
+    assert conv.tls is not None and conv.tls.decrypted
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=600), st.binary(max_size=600), st.integers(0, 40), st.booleans())
+def test_record_parser_never_raises(client: bytes, server: bytes, at: int, keyed: bool) -> None:
+    played = session()
+    keys = tls.parse_keylog(played.keylog) if keyed else None
+    # Real hellos first (so the key path is taken), then any bytes; and any bytes alone.
+    hello_c = b"".join(d for c, d in played.chunks[played.tls_chunks:played.tls_chunks + 1] if c)
+    for c_data, s_data in ((client, server), (hello_c + client, server)):
+        views = [StreamView(d, [0], [1], [Gap(min(at, len(d)), 5)] if at % 3 == 0 else []) for d in (c_data, s_data)]
+        out = tls.decode(views[0], views[1], keys, started="implicit")
+        assert isinstance(out.summary.decrypted, bool)
+        tls.note(out.summary)
+        for record in out.records:
+            record.describe()
+
+
+TSHARK = shutil.which("tshark")
+
+
+@pytest.mark.skipif(TSHARK is None, reason="tshark is not installed on this machine")
+@pytest.mark.parametrize(("version", "cipher"), [("1.3", None), ("1.2", "ECDHE-ECDSA-AES256-GCM-SHA384")])
+def test_tshark_decrypts_the_same_dialogue(tmp_path: Path, version: str, cipher: str | None) -> None:
+    """The pcapng with its Decryption Secrets Block: tshark, with no settings, reads the same plaintext."""
+    played = session(version=version, cipher=cipher)
+    capture = tmp_path / "tls.pcapng"
+    with capture.open("wb") as fh:
+        write_pcapng(CaptureReader(pcap(packets(played))), fh, keylog=played.keylog)
+    assert TSHARK is not None
+    ran = subprocess.run([TSHARK, "-n", "-r", str(capture), "-q", "-z", "follow,tls,raw,0"],
+                         capture_output=True, text=True, check=True, timeout=120)
+    # Node 0 is the side tshark saw first; the second node's data is indented with a tab.
+    tabbed_is_client = f"Node 0: {SMTP}:587" in ran.stdout
+    theirs_c, theirs_s = b"", b""
+    for line in ran.stdout.splitlines():
+        if not line or line.startswith(("=", "Follow:", "Filter:", "Node ")):
+            continue
+        if line.startswith("\t") == tabbed_is_client:
+            theirs_c += bytes.fromhex(line.strip())
+        else:
+            theirs_s += bytes.fromhex(line.strip())
+    decoder = TrafficDecoder(NAMES)
+    decoder.feed_capture(capture.read_bytes())
+    decoder.tcp.finish()
+    [conn] = decoder.tcp.connections
+    tls_at = sum(len(d) for c, d in played.chunks[:played.tls_chunks] if c)
+    server_at = sum(len(d) for c, d in played.chunks[:played.tls_chunks] if not c)
+    ours = tls.decode(conn.to_server.view(), conn.to_client.view(), decoder.keys, started="starttls",
+                      client_at=tls_at, server_at=server_at)
+    assert theirs_c == ours.to_server.data and theirs_s == ours.to_client.data
+    assert b"AUTH PLAIN" in theirs_c
+    ran = subprocess.run([TSHARK, "-n", "-r", str(capture), "-Y", "smtp.req", "-T", "fields",
+                          "-e", "smtp.req.command"], capture_output=True, text=True, check=True, timeout=120)
+    [conv] = decoder.conversations()
+    # tshark's smtp.req.command is the first four characters of the line ("STAR" for STARTTLS).
+    ours_commands = [e.text[:4] for e in conv.events if e.direction == "C" and e.kind in ("command", "auth")]
+    theirs_commands = ran.stdout.split()
+    assert theirs_commands == ours_commands
