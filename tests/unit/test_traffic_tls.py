@@ -337,3 +337,29 @@ def test_tshark_decrypts_the_same_dialogue(tmp_path: Path, version: str, cipher:
     ours_commands = [e.text[:4] for e in conv.events if e.direction == "C" and e.kind in ("command", "auth")]
     theirs_commands = ran.stdout.split()
     assert theirs_commands == ours_commands
+
+
+def test_trace_six_steps_through_tls() -> None:
+    """Submission on 587 under STARTTLS, relay in clear on 25, POP3 on 995: the six steps, from decrypted events."""
+    from labctl.traffic import journey
+    from tests.unit import test_traffic_journey as clear
+
+    submit = packets(session(), ANDY, SMTP, 587)
+    pop3s = [("tls", b""), ("s", b"+OK ready\r\n"), ("c", b"USER betty\r\n"), ("s", b"+OK\r\n"),
+             ("c", b"PASS pw\r\n"), ("s", b"+OK\r\n"), ("c", b"RETR 1\r\n"),
+             ("s", b"+OK message follows\r\n" + b"Received: from andy\r\n" + MESSAGE + b".\r\n"),
+             ("c", b"QUIT\r\n"), ("s", b"+OK bye\r\n")]
+    fetched = session(pop3s, name="trace-pop3s")
+    fetch = packets(fetched, BETTY, MAIL, 995)
+    for i, p in enumerate(fetch):
+        p.time = clear.T0 + 10 + i * 0.001
+    relay = clear._smtp(SMTP, MAIL, 42002, clear.T0 + 4, b"Received: from andy\r\n" + MESSAGE, "smtp",
+                        b"250 2.0.0 M9 Message accepted\r\n")
+    decoder = TrafficDecoder(NAMES)
+    decoder.add_keys(session().keylog + fetched.keylog)
+    decoder.feed_capture(pcap(sorted(submit + clear._dns(clear.T0 + 1) + relay + fetch, key=lambda p: p.time)))
+    decoder.tcp.finish()
+    j = journey.trace(decoder.conversations(), message_id="<tls.1@ouhk.example>")
+    assert j.complete, journey.timeline(j)
+    text = journey.timeline(j)
+    assert "SMTP to port 587, under TLS 1.3" in text and "POP3 from port 995, under TLS 1.3" in text
