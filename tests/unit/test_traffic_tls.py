@@ -363,3 +363,24 @@ def test_trace_six_steps_through_tls() -> None:
     assert j.complete, journey.timeline(j)
     text = journey.timeline(j)
     assert "SMTP to port 587, under TLS 1.3" in text and "POP3 from port 995, under TLS 1.3" in text
+
+
+def test_cli_keylog_no_decrypt_and_hide_secrets(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from labctl import cli
+
+    played = session()
+    capture, keylog = tmp_path / "smtp.pcap", tmp_path / "keylog.txt"
+    capture.write_bytes(pcap(packets(played)))
+    keylog.write_text(played.keylog)
+    assert cli.main(["traffic", "--pcap", str(capture), "--keylog", str(keylog), "--json", "--hide-secrets"]) == 0
+    [conv] = json.loads(capsys.readouterr().out)
+    assert conv["tls"]["decrypted"] is True and conv["tls"]["cipher"] == "TLS_AES_256_GCM_SHA384"
+    auth = next(e for e in conv["events"] if e["kind"] == "auth")
+    assert auth["decrypted"] and auth["clear_text_secret"] and "andy-secret" not in auth["text"]
+    assert cli.main(["traffic", "--pcap", str(capture), "--keylog", str(keylog), "--no-decrypt"]) == 0
+    shown = capsys.readouterr().out
+    assert "EHLO andy" in shown and "AUTH" not in shown and "C: <TLS record: handshake (ClientHello)" in shown
+    assert cli.main(["traffic", "--pcap", str(capture)]) == 0  # no key log: the records, and why
+    assert "the lab's key log has no secrets for this session" in capsys.readouterr().out
