@@ -174,7 +174,7 @@ def prf(secret: bytes, label: bytes, seed: bytes, length: int, hash_name: str) -
     return out[:length]
 
 
-AeadOpen = Callable[[bytes, bytes, bytes], bytes]  # (nonce, ciphertext and tag, aad) -> plaintext
+AeadOpen = Callable[[bytes, "bytes | memoryview", bytes], bytes]  # (nonce, ciphertext and tag, aad) -> plaintext
 
 
 def _aead(suite: Suite, key: bytes) -> AeadOpen:
@@ -215,7 +215,7 @@ def _tls12_keys(suite: Suite, master: bytes, client_random: bytes, server_random
 # -- records ---------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class TlsRecord:
     """One record as the capture has it, and what became of it."""
 
@@ -246,15 +246,17 @@ class _Raw:
     type: int
     version: int
     length: int
-    fragment: bytes  # what was captured of it (shorter than ``length`` if cut)
+    fragment: bytes | memoryview  # what was captured of it (shorter than ``length`` if cut); a view, not a copy
     time_ns: int
     missing: int
     after_gap: int  # octets missed just before it (between records: whole records lost)
+    header: bytes = b""  # its five octets: TLS 1.3's additional data (RFC 8446 §5.2)
 
 
 def _records(view: StreamView, start: int) -> tuple[list[_Raw], str | None]:
     """The records of one direction from ``start``; stops at bytes that are not a record header."""
     data, gaps = view.data, [g for g in view.gaps if g.at >= start]
+    octets = memoryview(data)
     out: list[_Raw] = []
     pos, gi, lost = start, 0, 0
     while pos < len(data):
@@ -281,7 +283,8 @@ def _records(view: StreamView, start: int) -> tuple[list[_Raw], str | None]:
             missing += gaps[j].missing
             j += 1
         end = max(end, pos + HEADER)
-        out.append(_Raw(pos, rtype, version, length, data[pos + HEADER:end], view.time_at(pos), missing, lost))
+        out.append(_Raw(pos, rtype, version, length, octets[pos + HEADER:end], view.time_at(pos), missing, lost,
+                        head))
         lost = 0
         pos = end
     return out, None
@@ -387,7 +390,7 @@ class _Messages:
     def __init__(self) -> None:
         self.buffer = b""
 
-    def feed(self, fragment: bytes) -> list[tuple[int, bytes]]:
+    def feed(self, fragment: bytes | memoryview) -> list[tuple[int, bytes]]:
         self.buffer += fragment
         out = []
         while len(self.buffer) >= 4:
@@ -417,25 +420,27 @@ class _Plain:
     """One direction's plaintext being built: chunks stamped with their record's time, holes as gaps."""
 
     def __init__(self) -> None:
-        self.data = bytearray()
+        self.chunks: list[bytes | memoryview] = []  # joined once, at the end (cheaper than growing one buffer)
+        self.size = 0
         self.starts: list[int] = []
         self.stamps: list[int] = []
         self.gaps: list[Gap] = []
 
-    def add(self, chunk: bytes, time_ns: int) -> None:
+    def add(self, chunk: bytes | memoryview, time_ns: int) -> None:
         if chunk:
-            self.starts.append(len(self.data))
+            self.starts.append(self.size)
             self.stamps.append(time_ns)
-            self.data += chunk
+            self.chunks.append(chunk)
+            self.size += len(chunk)
 
     def hole(self, missing: int) -> None:
         if missing > 0:
-            if self.gaps and self.gaps[-1].at == len(self.data):
+            if self.gaps and self.gaps[-1].at == self.size:
                 missing += self.gaps.pop().missing
-            self.gaps.append(Gap(len(self.data), missing))
+            self.gaps.append(Gap(self.size, missing))
 
     def view(self) -> StreamView:
-        return StreamView(bytes(self.data), self.starts, self.stamps, self.gaps)
+        return StreamView(b"".join(self.chunks), self.starts, self.stamps, self.gaps)
 
 
 class _Direction:
@@ -454,19 +459,19 @@ class _Direction:
         self.handshake_done = False  # TLS 1.3: this side's Finished seen (the next records use secret 0)
 
 
-def _open13(keys: _Keys, raw: _Raw) -> tuple[int, bytes] | None:
+def _open13(keys: _Keys, raw: _Raw) -> tuple[int, bytes | memoryview] | None:
     """(inner content type, content) of a TLS 1.3 record (RFC 8446 §5.2, §5.4), or None if it does not open."""
-    header = bytes([raw.type]) + raw.version.to_bytes(2, "big") + raw.length.to_bytes(2, "big")
     try:
-        inner = keys.open(_xor_nonce(keys.iv, keys.seq), raw.fragment, header)
+        inner = keys.open(_xor_nonce(keys.iv, keys.seq), raw.fragment, raw.header)
     except (InvalidTag, ValueError):
         return None
-    end = len(inner)
-    while end and inner[end - 1] == 0:
-        end -= 1
+    # The content as a view: the plaintext is copied once, when a direction's records are joined.
+    if inner[-1:] != b"\0":  # no padding (what OpenSSL sends): the type is the last octet
+        return (inner[-1], memoryview(inner)[:-1]) if inner else None
+    end = len(inner.rstrip(b"\0"))
     if not end:
         return None
-    return inner[end - 1], inner[:end - 1]
+    return inner[end - 1], memoryview(inner)[:end - 1]
 
 
 def _open12(suite: Suite, keys: _Keys, raw: _Raw) -> bytes | None:
@@ -601,80 +606,73 @@ class _State:
 
     def run(self, side: _Direction) -> None:
         tls13 = self.tls13
-        messages = _Messages()  # the clear handshake, again (for the record's description)
+        clear = _Messages()  # the clear handshake, again (for the records' descriptions)
         side.messages = _Messages()  # the encrypted one
+        records = side.records
         for raw in side.raws:
-            time = raw.time_ns / 1e9
             complete = raw.missing == 0 and len(raw.fragment) == raw.length and raw.length > 0
-            base = TlsRecord(side.from_client, raw.offset, raw.type, raw.length, time, complete, raw.missing)
-
-            def done(inner: str | None = None, plaintext: int = 0, problem: str | None = None,
-                     record: TlsRecord = base) -> None:
-                side.records.append(TlsRecord(record.from_client, record.offset, record.type, record.length,
-                                              record.time, record.complete, record.missing, inner, plaintext, problem))
-
-            encrypted = side.encrypted or (tls13 and raw.type == APPLICATION_DATA)
             if raw.after_gap:
                 side.plain.hole(raw.after_gap)  # the records the capture missed: their size, sealed
-            if not encrypted:
-                if raw.type == HANDSHAKE and complete:
-                    done(f"handshake ({_hs_names(messages.feed(raw.fragment))})")
-                elif raw.type == CHANGE_CIPHER_SPEC:
-                    done()
-                    if not tls13:  # TLS 1.2: what follows is encrypted (RFC 5246 §7.1)
-                        side.encrypted = True
-                else:
-                    done()
-                continue
-            side.encrypted = True
-            if not complete:
-                # Cut by a gap, or still arriving: cannot open; the sequence number moves on past it.
-                if raw.length and (raw.missing or len(raw.fragment) < raw.length):
-                    done(problem="octets missing from the capture" if raw.missing else None)
-                    side.plain.hole(raw.length)
-                    if side.keys is not None and raw.missing:
-                        side.keys.seq += 1
-                    elif not raw.missing:
-                        return  # still arriving (--follow): nothing after it yet
-                continue
-            keys = side.keys
-            if keys is None:
-                done(problem=side.no_keys or "no keys")
-                side.plain.hole(max(raw.length - TAG, 0))
-                continue
-            opened = self._open(side, keys, raw, tls13)
-            if opened is None:
-                done(problem="bad tag (not this session's keys, or the record was altered)")
-                side.plain.hole(max(raw.length - TAG, 0))
-                keys.seq += 1
-                continue
-            keys.seq += 1
-            self.opened += 1
-            ctype, content = opened
-            if ctype == APPLICATION_DATA:
-                side.plain.add(content, raw.time_ns)
-                done("application data", len(content))
-            elif ctype == HANDSHAKE:
-                got = side.messages.feed(content)
-                done(f"handshake ({_hs_names(got)})" if got else "handshake")
-                for kind, body in got:
-                    if kind == CERTIFICATE and not side.from_client and tls13 and self.certificate is None:
-                        try:
-                            self.certificate = _certificate(body, True)
-                        except ValueError:
-                            pass
-                    elif kind == FINISHED and tls13 and not side.handshake_done:
-                        self._next13(side)
-                    elif kind == KEY_UPDATE and tls13 and side.keys is not None:
-                        # RFC 8446 §7.2: the next secret, from this one; sequence numbers restart.
-                        assert self.suite is not None
-                        nxt = hkdf_expand_label(side.keys.secret, "traffic upd", b"",
-                                                hashlib.new(self.suite.hash).digest_size, self.suite.hash)
-                        side.keys = _tls13_keys(self.suite, nxt)
-            else:
-                done(RECORD_TYPES.get(ctype, f"type {ctype}"))
+            read = self._one(side, raw, complete, clear, tls13)
+            if read is None:
+                return  # a record still arriving (--follow): nothing after it yet
+            records.append(TlsRecord(side.from_client, raw.offset, raw.type, raw.length, raw.time_ns / 1e9, complete,
+                                     raw.missing, *read))
 
-    def _open(self, side: _Direction, keys: _Keys, raw: _Raw, tls13: bool) -> tuple[int, bytes] | None:
+    def _one(self, side: _Direction, raw: _Raw, complete: bool, clear: _Messages,
+             tls13: bool) -> tuple[str | None, int, str | None] | None:
+        """One record read: (what it was, octets of application data, why it did not open); None: it
+        is still arriving."""
+        if not (side.encrypted or (tls13 and raw.type == APPLICATION_DATA)):
+            if raw.type == HANDSHAKE and complete:
+                return f"handshake ({_hs_names(clear.feed(raw.fragment))})", 0, None
+            if raw.type == CHANGE_CIPHER_SPEC and not tls13:
+                side.encrypted = True  # TLS 1.2: what follows is encrypted (RFC 5246 §7.1)
+            return None if not complete and not raw.missing and raw.type == HANDSHAKE else (None, 0, None)
+        side.encrypted = True
+        keys = side.keys
+        if not complete:
+            if not raw.missing:
+                return None
+            # Cut by a gap: cannot open; the sequence number moves on past it.
+            side.plain.hole(raw.length)
+            if keys is not None:
+                keys.seq += 1
+            return None, 0, "octets missing from the capture"
+        if keys is None:
+            side.plain.hole(max(raw.length - TAG, 0))
+            return None, 0, side.no_keys or "no keys"
+        opened = self._open(keys, raw, tls13)
+        if opened is None:
+            side.plain.hole(max(raw.length - TAG, 0))
+            keys.seq += 1
+            return None, 0, "bad tag (not this session's keys, or the record was altered)"
+        keys.seq += 1
+        self.opened += 1
+        ctype, content = opened
+        if ctype == APPLICATION_DATA:
+            side.plain.add(content, raw.time_ns)
+            return "application data", len(content), None
+        if ctype != HANDSHAKE:
+            return RECORD_TYPES.get(ctype, f"type {ctype}"), 0, None
+        got = side.messages.feed(content)
+        for kind, body in got:
+            if kind == CERTIFICATE and not side.from_client and tls13 and self.certificate is None:
+                try:
+                    self.certificate = _certificate(body, True)
+                except ValueError:
+                    pass
+            elif kind == FINISHED and tls13 and not side.handshake_done:
+                self._next13(side)
+            elif kind == KEY_UPDATE and tls13 and side.keys is not None:
+                # RFC 8446 §7.2: the next secret, from this one; sequence numbers restart.
+                assert self.suite is not None
+                nxt = hkdf_expand_label(side.keys.secret, "traffic upd", b"",
+                                        hashlib.new(self.suite.hash).digest_size, self.suite.hash)
+                side.keys = _tls13_keys(self.suite, nxt)
+        return (f"handshake ({_hs_names(got)})" if got else "handshake"), 0, None
+
+    def _open(self, keys: _Keys, raw: _Raw, tls13: bool) -> tuple[int, bytes | memoryview] | None:
         """Open a record; after octets missed between records, also try the sequence numbers of the
         records they may have held (each try is a tag check: it opens or it does not)."""
         assert self.suite is not None
