@@ -279,11 +279,14 @@ def _inside_tls(decoder: Decoder, to_server: StreamView, to_client: StreamView, 
                         payload=Undecoded(len(view.data)), complete=False)
                   for view, direction in ((to_server, CLIENT), (to_client, SERVER)) if view.data]
         return _Inside(events, [], False, replace(summary, problem="not TLS"))
-    # The note and the records may change while the connection is open: a key may still come
-    # (--follow prints nothing past a partial event, so no line is ever taken back).
-    settled = state != "open" or summary.decrypted or not decrypt
+    # While the connection is open the note may still change (a key may still come, the certificate
+    # is still in the encrypted handshake), and so may the records shown for want of keys: partial,
+    # so --follow prints nothing past them until they are settled, and no line is taken back.
+    settled = state != "open" or not decrypt or summary.decrypted
+    noted = state != "open" or (summary.version is not None and (not decrypt or (
+        summary.decrypted and session.handshake_done)))
     when = start.time if start is not None else (session.records[0].time if session.records else t0)
-    events = [Event(when, NOTE, "tls", tls.note(summary), complete=settled and summary.version is not None)]
+    events = [Event(when, NOTE, "tls", tls.note(summary), complete=noted)]
     messages: list[MailMessage] = []
     decodable = True
     opened = decrypt and session.keys_found and summary.decrypted

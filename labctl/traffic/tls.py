@@ -414,6 +414,9 @@ class TlsSession:
     to_server: StreamView  # application data the client sent, as decrypted (empty without keys)
     to_client: StreamView
     keys_found: bool  # the key log had this session's secrets
+    # The server's handshake is over as far as the capture shows (TLS 1.3: its Finished opened; 1.2:
+    # its ChangeCipherSpec): nothing later changes the summary but records that do not open.
+    handshake_done: bool = False
 
 
 class _Plain:
@@ -514,8 +517,9 @@ def decode(to_server: StreamView, to_client: StreamView, keys: KeyLog | None, *,
     for side in (client, server):
         state.run(side)
     summary = state.summary(started, client, server)
+    done = server.handshake_done if state.tls13 else server.encrypted
     return TlsSession(summary, sorted(client.records + server.records, key=lambda r: (r.time, not r.from_client)),
-                      client.plain.view(), server.plain.view(), state.found)
+                      client.plain.view(), server.plain.view(), state.found, done)
 
 
 class _State:
@@ -719,7 +723,6 @@ def note(summary: TlsSummary) -> str:
     head = "STARTTLS, then " if summary.started == "starttls" else "implicit TLS: "
     text = head + ", ".join(parts)
     if summary.decrypted:
-        text += " (decrypted with the lab's key log)"
-    if summary.problem:
-        text += f"; {summary.problem}"
-    return text
+        # A record that did not open is an event of its own: the note does not change with it.
+        return text + " (decrypted with the lab's key log)"
+    return text + (f"; {summary.problem}" if summary.problem else "")

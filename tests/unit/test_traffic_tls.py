@@ -384,3 +384,35 @@ def test_cli_keylog_no_decrypt_and_hide_secrets(tmp_path: Path, capsys: pytest.C
     assert "EHLO andy" in shown and "AUTH" not in shown and "C: <TLS record: handshake (ClientHello)" in shown
     assert cli.main(["traffic", "--pcap", str(capture)]) == 0  # no key log: the records, and why
     assert "the lab's key log has no secrets for this session" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("look", [1, 2, 3, 5, 8])
+@pytest.mark.parametrize(("version", "cipher"), [("1.3", None), ("1.2", "ECDHE-ECDSA-AES128-GCM-SHA256")])
+def test_follow_through_tls_prints_what_one_full_decode_prints(version: str, cipher: str | None, look: int) -> None:
+    from tests.unit.test_traffic_follow import full_decode, replayed
+
+    played = session(version=version, cipher=cipher)
+    frames = list(CaptureReader(pcap(packets(played))))
+    full, followed = full_decode(frames, played.keylog), replayed(frames, [look], played.keylog)
+    assert followed == full
+    assert any("decrypted with the lab's key log" in text for _, _, _, text in next(iter(full.values())))
+
+
+def test_follow_with_keys_arriving_after_the_records() -> None:
+    from labctl.traffic.follow import Follower
+
+    played = session()
+    frames = list(CaptureReader(pcap(packets(played))))
+    decoder, follower = TrafficDecoder(NAMES), Follower()
+    printed: list[str] = []
+    half = len(frames) // 2
+    for i in range(len(frames)):
+        decoder.feed_frames(frames[i:i + 1])
+        if i == half:  # the key log read late: nothing printed so far is taken back
+            decoder.add_keys(played.keylog)
+        printed += [e.text for _, events in follower.poll(decoder.conversations(), now=decoder.latest) for e in events]
+    decoder.tcp.finish()
+    printed += [e.text for _, events in follower.poll(decoder.conversations(), final=True) for e in events]
+    [conv] = decoder.conversations()
+    assert printed == [e.text for e in conv.events]
+    assert not any(e.kind == "record" for e in conv.events) and "QUIT" in printed
