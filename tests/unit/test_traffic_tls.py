@@ -416,3 +416,69 @@ def test_follow_with_keys_arriving_after_the_records() -> None:
     [conv] = decoder.conversations()
     assert printed == [e.text for e in conv.events]
     assert not any(e.kind == "record" for e in conv.events) and "QUIT" in printed
+
+
+def test_imap_starttls_and_implicit_993() -> None:
+    starttls = [("s", b"* OK IMAP4rev1 ready\r\n"), ("c", b"a1 STARTTLS\r\n"), ("s", b"a1 OK begin TLS\r\n"),
+                ("tls", b""), ("c", b"a2 LOGIN betty betty-secret\r\n"), ("s", b"a2 OK logged in\r\n"),
+                ("c", b"a3 LOGOUT\r\n"), ("s", b"* BYE\r\na3 OK bye\r\n")]
+    played = session(starttls, name="imap")
+    conv = decode(packets(played, BETTY, MAIL, 143), played.keylog)
+    lines = render.text([conv]).splitlines()
+    assert lines[1:4] == ["S: * OK IMAP4rev1 ready", "C: a1 STARTTLS", "S: a1 OK begin TLS"]
+    assert lines[4].startswith("   [STARTTLS, then TLS 1.3")
+    assert lines[5] == "C: a2 LOGIN betty betty-secret   (a password, decrypted from TLS)"
+    assert lines[6:] == ["S: a2 OK logged in", "C: a3 LOGOUT", "S: * BYE", "S: a3 OK bye"]
+    implicit = [("tls", b""), ("s", b"* OK IMAP4rev1 ready\r\n"), ("c", b"a1 LOGOUT\r\n"), ("s", b"a1 OK bye\r\n")]
+    played = session(implicit, name="imaps")
+    conv = decode(packets(played, BETTY, MAIL, 993), played.keylog)
+    assert conv.protocol == "imap" and [e.text for e in conv.events if e.decrypted] == [
+        "* OK IMAP4rev1 ready", "a1 LOGOUT", "a1 OK bye"]
+
+
+def _seal13(secret: bytes, seq: int, ctype: int, content: bytes) -> bytes:
+    """A TLS 1.3 record (TLS_AES_256_GCM_SHA384) sealed with the traffic keys of ``secret`` (RFC 8446 §5.2)."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    key = tls.hkdf_expand_label(secret, "key", b"", 32, "sha384")
+    iv = tls.hkdf_expand_label(secret, "iv", b"", 12, "sha384")
+    inner = content + bytes([ctype])
+    header = bytes([23, 3, 3]) + (len(inner) + 16).to_bytes(2, "big")
+    nonce = (int.from_bytes(iv, "big") ^ seq).to_bytes(12, "big")
+    return header + AESGCM(key).encrypt(nonce, inner, header)
+
+
+def test_key_update_switches_to_the_next_secret() -> None:
+    """The client sends KeyUpdate (RFC 8446 §4.6.3), then QUIT under the next secret (§7.2); Python's
+    ssl cannot send one, so those two records are sealed here, after a real session's EHLO."""
+    script = [s for s in SMTP_SCRIPT[:8]]  # up to the EHLO inside TLS and its reply
+    played = session(script, name="keyupdate")
+    keys = tls.parse_keylog(played.keylog)
+    [(random, secrets)] = keys.secrets.items()
+    client0 = secrets["CLIENT_TRAFFIC_SECRET_0"]
+    client1 = tls.hkdf_expand_label(client0, "traffic upd", b"", 48, "sha384")
+    server0 = secrets["SERVER_TRAFFIC_SECRET_0"]
+    before = tls.decode(*_views(played), keys, started="starttls", client_at=_at(played, True),
+                        server_at=_at(played, False))
+    sent = sum(1 for r in before.records if r.from_client and r.inner == "application data")
+    after_finished = [r for r in before.records if not r.from_client]
+    server_seq = len(after_finished) - 1 - next(i for i, r in enumerate(after_finished)
+                                                 if r.inner == "handshake (Finished)")
+    update = _seal13(client0, sent, 22, bytes([24, 0, 0, 1, 0]))  # KeyUpdate, update_not_requested
+    quit_ = _seal13(client1, 0, 23, b"QUIT\r\n")
+    bye = _seal13(server0, server_seq, 23, b"221 2.0.0 bye\r\n")
+    more = tlswire.Session([*played.chunks, (True, update), (True, quit_), (False, bye)], played.keylog,
+                           played.tls_chunks)
+    conv = decode(packets(more), played.keylog)
+    assert [e.text for e in conv.events if e.decrypted][-2:] == ["QUIT", "221 2.0.0 bye"]
+    assert not any(e.kind == "record" for e in conv.events)
+
+
+def _views(played: tlswire.Session) -> tuple[StreamView, StreamView]:
+    c = b"".join(d for f, d in played.chunks if f)
+    s = b"".join(d for f, d in played.chunks if not f)
+    return StreamView(c, [0], [1], []), StreamView(s, [0], [1], [])
+
+
+def _at(played: tlswire.Session, client: bool) -> int:
+    return sum(len(d) for f, d in played.chunks[:played.tls_chunks] if f == client)
