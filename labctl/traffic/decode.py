@@ -287,6 +287,11 @@ def _inside_tls(decoder: Decoder, to_server: StreamView, to_client: StreamView, 
         summary.decrypted and session.handshake_done)))
     when = start.time if start is not None else (session.records[0].time if session.records else t0)
     events = [Event(when, NOTE, "tls", tls.note(summary), complete=noted)]
+    if session.clear_before:
+        clear = to_server.data[at.client_at:at.client_at + session.clear_before]
+        events.append(Event(to_server.time_at(at.client_at) / 1e9, CLIENT, "undecodable",
+                            f"<sent in clear after STARTTLS, before the TLS handshake (a server must discard "
+                            f"it, RFC 3207 §4.2): {preview(clear)}>", payload=Undecoded(len(clear))))
     messages: list[MailMessage] = []
     decodable = True
     opened = decrypt and session.keys_found and summary.decrypted

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import struct
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -417,6 +418,7 @@ class TlsSession:
     # The server's handshake is over as far as the capture shows (TLS 1.3: its Finished opened; 1.2:
     # its ChangeCipherSpec): nothing later changes the summary but records that do not open.
     handshake_done: bool = False
+    clear_before: int = 0  # octets the client sent in clear after STARTTLS, before its ClientHello
 
 
 class _Plain:
@@ -504,7 +506,10 @@ def decode(to_server: StreamView, to_client: StreamView, keys: KeyLog | None, *,
     """Read the TLS of one connection from each stream's offset (``client_at``/``server_at``: where the
     TLS begins, after STARTTLS; 0 on an implicit-TLS port). ``decrypt`` False: the records and the
     clear handshake only, as an outsider sees them."""
-    craws, cproblem = _records(to_server, client_at)
+    skipped = 0
+    if started == "starttls":
+        skipped = _clear_before_hello(to_server.data, client_at)
+    craws, cproblem = _records(to_server, client_at + skipped)
     sraws, sproblem = _records(to_client, server_at)
     client = _Direction(True, craws, cproblem)
     server = _Direction(False, sraws, sproblem)
@@ -519,7 +524,21 @@ def decode(to_server: StreamView, to_client: StreamView, keys: KeyLog | None, *,
     summary = state.summary(started, client, server)
     done = server.handshake_done if state.tls13 else server.encrypted
     return TlsSession(summary, sorted(client.records + server.records, key=lambda r: (r.time, not r.from_client)),
-                      client.plain.view(), server.plain.view(), state.found, done)
+                      client.plain.view(), server.plain.view(), state.found, done, skipped)
+
+
+# A ClientHello's record header: handshake, version 3.1-3.3 (RFC 8446 §5.1: 0x0301 for compatibility).
+_HELLO_HEADER = re.compile(rb"\x16\x03[\x01-\x03]..\x01", re.DOTALL)
+
+
+def _clear_before_hello(data: bytes, at: int) -> int:
+    """Octets the client sent after STARTTLS and before its ClientHello: text pipelined in clear
+    (the STARTTLS injection of CVE-2024-34083's class: a server must discard it, RFC 3207 §4.2).
+    0 when the TLS begins where the dialogue said, or when no ClientHello follows at all."""
+    if data[at:at + 1] == b"\x16":
+        return 0
+    found = _HELLO_HEADER.search(data, at)
+    return found.start() - at if found is not None else 0
 
 
 class _State:

@@ -482,3 +482,16 @@ def _views(played: tlswire.Session) -> tuple[StreamView, StreamView]:
 
 def _at(played: tlswire.Session, client: bool) -> int:
     return sum(len(d) for f, d in played.chunks[:played.tls_chunks] if f == client)
+
+
+def test_text_pipelined_after_starttls_is_shown_not_run() -> None:
+    """The STARTTLS injection (CVE-2024-34083's class): a command sent in clear in the STARTTLS packet."""
+    played = session()
+    chunks = list(played.chunks)
+    i = next(i for i, (c, d) in enumerate(chunks) if c and d == b"STARTTLS\r\n")
+    chunks[i] = (True, b"STARTTLS\r\nRSET\r\n")
+    conv = decode(packets(tlswire.Session(chunks, played.keylog, played.tls_chunks)), played.keylog)
+    [injected] = [e for e in conv.events if e.kind == "undecodable"]
+    assert "sent in clear after STARTTLS" in injected.text and "|RSET..|" in injected.text
+    assert conv.tls is not None and conv.tls.decrypted and "QUIT" in [e.text for e in conv.events if e.decrypted]
+    assert not any(e.text == "RSET" for e in conv.events)
