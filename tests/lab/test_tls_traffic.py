@@ -94,6 +94,27 @@ def test_a_starttls_submission_is_decrypted(tls_lab: RunningLab, tmp_path: Path)
     assert "AUTH" in theirs and theirs == ours, (theirs, ours)
 
 
+def test_an_implicit_tls_submission_on_465_is_decrypted(tls_lab: RunningLab) -> None:
+    lab = tls_lab.name
+    sent = labctl("send", "--lab", lab, "--from", "andy", "--to", "betty@stevenchoy.example", "--tls",
+                  "--subject", f"On 465 {time.time_ns()}", "--body", "Implicit TLS.")
+    found = re.search(r"Message-ID: (<[^>]+>)", sent.stdout)
+    assert found, sent.stdout
+
+    def on_465() -> dict[str, Any]:
+        convs = json.loads(labctl("traffic", "--lab", lab, "--proto", "smtp", "--json").stdout)
+        mine = [c for c in convs if c["server"]["port"] == 465
+                and any(m["message_id"] == found.group(1) for m in c["messages"])]
+        assert mine, [(c["server"], c.get("tls")) for c in convs]
+        return dict(mine[0])
+
+    conv = eventually(on_465, CAPTURE_LAG, "the submission on 465 in the capture", interval=0.5)
+    assert conv["tls"]["started"] == "implicit" and conv["tls"]["decrypted"], conv["tls"]
+    dialogue = [e for e in conv["events"] if e["direction"] != "-" and e["kind"] != "close"]
+    assert dialogue and all(e.get("decrypted") for e in dialogue), dialogue
+    assert dialogue[0]["text"].startswith("220 ")  # the greeting, inside TLS
+
+
 def test_trace_six_steps_through_tls(tls_lab: RunningLab) -> None:
     lab = tls_lab.name
     subject = f"Trace under TLS {time.time_ns()}"
