@@ -300,7 +300,7 @@ def _inside_tls(decoder: Decoder, to_server: StreamView, to_client: StreamView, 
                                              show_bodies=show_bodies, resumed=start is not None)
         events += [replace(e, decrypted=True, text=_inside(e.text) if e.secrets else e.text) for e in inner]
     for record in session.records:
-        if not opened or record.problem is not None:
+        if not opened or record.problem is not None or (record.sealed and record.inner is None):
             events.append(Event(record.time, CLIENT if record.from_client else SERVER, "record", record.describe(),
                                 complete=settled and record.complete))
     return _Inside(events, messages, decodable, summary)

@@ -230,10 +230,11 @@ class TlsRecord:
     inner: str | None = None  # what it turned out to be: "handshake (ClientHello)", "application data"
     plaintext: int = 0  # octets of application data it gave
     problem: str | None = None  # why it did not open ("bad tag (not these keys, or altered)")
+    sealed: bool = False  # encrypted on the wire (opened if ``inner`` says what it was)
 
     def describe(self) -> str:
         kind = self.inner or RECORD_TYPES.get(self.type, f"type {self.type}")
-        text = f"TLS record: {kind}, {self.length} octets"
+        text = f"TLS record: {kind}, {self.length} octet{'' if self.length == 1 else 's'}"
         if self.missing:
             text += f", {self.missing} missing from the capture"
         elif not self.complete:
@@ -583,7 +584,7 @@ class _State:
         """Each direction's first keys from the key log, or why there are none."""
         why: str | None = None
         if not self.decrypt:
-            why = "not decrypted (--no-decrypt)"
+            why = ""  # not asked to: no problem to report
         elif self.client_hello is None:
             why = "no ClientHello captured: which session's secrets to use is unknown"
         elif self.server_hello is None:
@@ -593,7 +594,7 @@ class _State:
         elif self.keylog is None or self.client_hello.random not in self.keylog.secrets:
             why = "the lab's key log has no secrets for this session"
         if why is not None:
-            client.no_keys = server.no_keys = why
+            client.no_keys = server.no_keys = why or None
             return
         assert self.keylog is not None and self.suite is not None
         assert self.client_hello is not None and self.server_hello is not None
@@ -636,11 +637,12 @@ class _State:
             complete = raw.missing == 0 and len(raw.fragment) == raw.length and raw.length > 0
             if raw.after_gap:
                 side.plain.hole(raw.after_gap)  # the records the capture missed: their size, sealed
+            sealed = side.encrypted or (tls13 and raw.type == APPLICATION_DATA)
             read = self._one(side, raw, complete, clear, tls13)
             if read is None:
                 return  # a record still arriving (--follow): nothing after it yet
             records.append(TlsRecord(side.from_client, raw.offset, raw.type, raw.length, raw.time_ns / 1e9, complete,
-                                     raw.missing, *read))
+                                     raw.missing, *read, sealed))
 
     def _one(self, side: _Direction, raw: _Raw, complete: bool, clear: _Messages,
              tls13: bool) -> tuple[str | None, int, str | None] | None:
@@ -664,7 +666,7 @@ class _State:
             return None, 0, "octets missing from the capture"
         if keys is None:
             side.plain.hole(max(raw.length - TAG, 0))
-            return None, 0, side.no_keys or "no keys"
+            return None, 0, None  # sealed, as an outsider sees it: the note says why (no keys)
         opened = self._open(keys, raw, tls13)
         if opened is None:
             side.plain.hole(max(raw.length - TAG, 0))
@@ -721,7 +723,7 @@ class _State:
         if problems:
             problem = problems[0] if problem is None else problem
         decrypted = self.opened > 0
-        if not decrypted and problem is None and (client.no_keys or server.no_keys) and self.decrypt:
+        if problem is None and (client.no_keys or server.no_keys) and self.decrypt:
             problem = client.no_keys or server.no_keys
         return TlsSummary(started,
                           version=VERSIONS.get(sh.version or 0, f"version 0x{sh.version or 0:04X}") if sh else None,
