@@ -96,12 +96,19 @@ def decode_args(args: argparse.Namespace, live: LiveSource | None,
         raise LabctlError("say which capture to read: --pcap FILE (a pcap or pcapng, e.g. written by "
                           "tcpdump -w on a lab host)")
     decoder = _decoder(args, hosts)
-    if not args.pcap and keys is not None and decoder.decrypt:
-        decoder.add_keys(keys(args))
     decoder.feed_captures(sources)
     _print_problems(decoder, set())
     decoder.tcp.finish()
-    return decoder.conversations(), decoder
+    convs = decoder.conversations()
+    if not args.pcap and keys is not None and _want_keys(decoder, convs):
+        decoder.add_keys(keys(args))
+        convs = decoder.conversations()
+    return convs, decoder
+
+
+def _want_keys(decoder: TrafficDecoder, convs: Sequence[Conversation]) -> bool:
+    """Is there TLS the key logs may open? Only then are the hosts' key logs read (a clear lab never)."""
+    return decoder.decrypt and any(c.tls is not None and not c.tls.decrypted for c in convs)
 
 
 def _decoder(args: argparse.Namespace, hosts: Sequence[HostInfo]) -> TrafficDecoder:
@@ -179,9 +186,9 @@ def follow(args: argparse.Namespace, feed: LiveFeed, since: float | None, keys: 
             decoder.feed_captures(poll())
             if decoder.latest != newest:
                 newest, seen_at = decoder.latest, time.monotonic()
-                if keys is not None and decoder.decrypt:
-                    # A session's secrets are logged during its handshake, before its records
-                    # reach a capture file; a key found later re-decodes what it opens.
+                # A session's secrets are logged during its handshake, before its records reach a
+                # capture file; a key found later re-decodes what it opens (its lines were held back).
+                if keys is not None and _want_keys(decoder, decoder.conversations()):
                     decoder.add_keys(keys(args))
             _print_problems(decoder, reported)
             convs = render.select(decoder.conversations(), proto=args.proto, host=args.host, since=since,

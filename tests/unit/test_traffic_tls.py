@@ -496,3 +496,19 @@ def test_text_pipelined_after_starttls_is_shown_not_run() -> None:
     assert "sent in clear after STARTTLS" in injected.text and "|RSET..|" in injected.text
     assert conv.tls is not None and conv.tls.decrypted and "QUIT" in [e.text for e in conv.events if e.decrypted]
     assert not any(e.text == "RSET" for e in conv.events)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(0, 10_000), st.integers(0, 255), st.integers(0, 10_000), st.booleans())
+def test_a_real_session_altered_anywhere_decodes_without_raising(at: int, value: int, cut: int, tls12: bool) -> None:
+    played = session(version="1.2", cipher="ECDHE-ECDSA-CHACHA20-POLY1305") if tls12 else session()
+    chunks = list(played.chunks)
+    i = at % len(chunks)
+    from_client, data = chunks[i]
+    j = (at // len(chunks)) % len(data)
+    chunks[i] = (from_client, data[:j] + bytes([value]) + data[j + 1:])
+    altered = tlswire.Session(chunks[:len(chunks) - cut % 4], played.keylog, played.tls_chunks)
+    conv = decode(packets(altered), played.keylog)
+    assert conv.tls is not None or i < played.tls_chunks  # an altered clear dialogue may never reach STARTTLS
+    render.text([conv])
+    conv.to_json()
