@@ -22,6 +22,7 @@ import pytest
 
 from labctl.backend.docker_engine import DockerEngine
 from tests.lab.conftest import RunningLab, labctl, unique_lab
+from tests.lab.test_traffic_decode import _following, _printed
 from tests.lab.waiting import eventually
 
 CAPTURE_LAG = 30.0  # seconds: capture files lag the wire a little, and the relay is asynchronous
@@ -113,6 +114,24 @@ def test_an_implicit_tls_submission_on_465_is_decrypted(tls_lab: RunningLab) -> 
     dialogue = [e for e in conv["events"] if e["direction"] != "-" and e["kind"] != "close"]
     assert dialogue and all(e.get("decrypted") for e in dialogue), dialogue
     assert dialogue[0]["text"].startswith("220 ")  # the greeting, inside TLS
+
+
+def test_follow_prints_the_decrypted_dialogue(tls_lab: RunningLab) -> None:
+    lab = tls_lab.name
+    with _following(lab, "--proto", "smtp", "--host", "andy") as followed:
+        time.sleep(2)  # its first look: what was there before
+        sent = labctl("send", "--lab", lab, "--from", "andy", "--to", "betty@stevenchoy.example", "--starttls",
+                      "--subject", f"Followed under TLS {time.time_ns()}", "--body", "watch this")
+        queue_id = re.search(r"250 2\.0\.0 (\w+) Message accepted", sent.stdout)
+        assert queue_id, sent.stdout
+        eventually(lambda: _printed(followed.lines, queue_id.group(1)), 4 * CAPTURE_LAG,
+                   "the follow printing the dialogue inside TLS", interval=0.5)
+    out = "".join(followed.lines)
+    assert followed.returncode == 0, followed.err
+    assert "STARTTLS, then TLS" in out and "(decrypted with the lab's key log)" in out, out[-3000:]
+    assert "decrypted from TLS" in out and "<TLS record" not in out, out[-3000:]
+    accepted = re.findall(r"S: 250 2\.0\.0 (\w+) Message accepted", out)
+    assert accepted and len(accepted) == len(set(accepted))  # every event printed once
 
 
 def test_trace_six_steps_through_tls(tls_lab: RunningLab) -> None:
