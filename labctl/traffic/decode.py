@@ -300,7 +300,9 @@ def _inside_tls(decoder: Decoder, to_server: StreamView, to_client: StreamView, 
                                              show_bodies=show_bodies, resumed=start is not None)
         events += [replace(e, decrypted=True, text=_inside(e.text) if e.secrets else e.text) for e in inner]
     for record in session.records:
-        if not opened or record.problem is not None or (record.sealed and record.inner is None):
+        # An alert is shown too, opened or not: the end of a session, or why its handshake failed.
+        if not opened or record.problem is not None or (record.sealed and record.inner is None) or (
+                record.inner or "").startswith("alert"):
             events.append(Event(record.time, CLIENT if record.from_client else SERVER, "record", record.describe(),
                                 complete=settled and record.complete))
     return _Inside(events, messages, decodable, summary)

@@ -55,6 +55,15 @@ HANDSHAKE_TYPES: Mapping[int, str] = {
     SERVER_KEY_EXCHANGE: "ServerKeyExchange", CERTIFICATE_REQUEST: "CertificateRequest",
     SERVER_HELLO_DONE: "ServerHelloDone", CERTIFICATE_VERIFY: "CertificateVerify",
     CLIENT_KEY_EXCHANGE: "ClientKeyExchange", FINISHED: "Finished", KEY_UPDATE: "KeyUpdate"}
+# Alert descriptions (RFC 8446 §6, RFC 5246 §7.2): a client refusing a certificate says why in one.
+ALERTS: Mapping[int, str] = {
+    0: "close_notify", 10: "unexpected_message", 20: "bad_record_mac", 22: "record_overflow",
+    40: "handshake_failure", 42: "bad_certificate", 43: "unsupported_certificate", 44: "certificate_revoked",
+    45: "certificate_expired", 46: "certificate_unknown", 47: "illegal_parameter", 48: "unknown_ca",
+    49: "access_denied", 50: "decode_error", 51: "decrypt_error", 70: "protocol_version",
+    71: "insufficient_security", 80: "internal_error", 86: "inappropriate_fallback", 90: "user_canceled",
+    109: "missing_extension", 110: "unsupported_extension", 112: "unrecognized_name",
+    116: "certificate_required", 120: "no_application_protocol"}
 # Extensions read from the hellos (RFC 6066 §3, RFC 8446 §4.2.1).
 EXT_SERVER_NAME, EXT_SUPPORTED_VERSIONS = 0, 43
 TLS13 = 0x0304
@@ -498,6 +507,14 @@ def _open12(suite: Suite, keys: _Keys, raw: _Raw) -> bytes | None:
         return None
 
 
+def alert(content: bytes | memoryview) -> str:
+    """An alert record's content, read: "alert (fatal, bad_certificate)"."""
+    if len(content) != 2:
+        return "alert"
+    level = {1: "warning", 2: "fatal"}.get(content[0], f"level {content[0]}")
+    return f"alert ({level}, {ALERTS.get(content[1], f'description {content[1]}')})"
+
+
 def _hs_names(messages: Iterable[tuple[int, bytes]]) -> str:
     return ", ".join(HANDSHAKE_TYPES.get(t, f"type {t}") for t, _ in messages)
 
@@ -651,6 +668,8 @@ class _State:
         if not (side.encrypted or (tls13 and raw.type == APPLICATION_DATA)):
             if raw.type == HANDSHAKE and complete:
                 return f"handshake ({_hs_names(clear.feed(raw.fragment))})", 0, None
+            if raw.type == ALERT and complete:
+                return alert(raw.fragment), 0, None
             if raw.type == CHANGE_CIPHER_SPEC and not tls13:
                 side.encrypted = True  # TLS 1.2: what follows is encrypted (RFC 5246 §7.1)
             return None if not complete and not raw.missing and raw.type == HANDSHAKE else (None, 0, None)
@@ -678,6 +697,8 @@ class _State:
         if ctype == APPLICATION_DATA:
             side.plain.add(content, raw.time_ns)
             return "application data", len(content), None
+        if ctype == ALERT:
+            return alert(content), 0, None
         if ctype != HANDSHAKE:
             return RECORD_TYPES.get(ctype, f"type {ctype}"), 0, None
         got = side.messages.feed(content)

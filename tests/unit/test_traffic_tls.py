@@ -512,3 +512,16 @@ def test_a_real_session_altered_anywhere_decodes_without_raising(at: int, value:
     assert conv.tls is not None or i < played.tls_chunks  # an altered clear dialogue may never reach STARTTLS
     render.text([conv])
     conv.to_json()
+
+
+@pytest.mark.parametrize(("version", "cipher"), [("1.3", None), ("1.2", "ECDHE-ECDSA-AES128-GCM-SHA256")])
+def test_a_refused_certificate_shows_the_clients_alert(version: str, cipher: str | None) -> None:
+    """A client that cannot verify the certificate ends the handshake with an alert saying so (in TLS
+    1.3 it is encrypted with the handshake keys, and opens with the key log)."""
+    played = tlswire.session(SMTP_SCRIPT, version=version, cipher=cipher, untrusted=True)
+    conv = decode(packets(played), played.keylog)
+    alerts = [e for e in conv.events if e.kind == "record" and "alert" in e.text]
+    assert [(e.direction, e.text.split(", ", 1)[0]) for e in alerts] == [("C", "<TLS record: alert (fatal")]
+    assert "unknown_ca" in alerts[0].text
+    assert conv.tls is not None and conv.tls.certificate == "CN=mail.stevenchoy.example"
+    assert not any(e.decrypted for e in conv.events)

@@ -45,9 +45,11 @@ def _pki() -> tuple[str, str, str]:
     return ca.cert_pem, leaf.cert_pem, leaf.key_pem
 
 
-def _play(script: Sequence[Step], version: str, cipher12: str | None, workdir: Path) -> Session:
+def _play(script: Sequence[Step], version: str, cipher12: str | None, workdir: Path,
+          untrusted: bool = False) -> Session:
     ca_pem, cert_pem, key_pem = _pki()
-    (workdir / "ca.pem").write_text(ca_pem)
+    # untrusted: the client trusts another CA, so it refuses the server's certificate (and says so in an alert).
+    (workdir / "ca.pem").write_text(tlsca.make_ca("other", ["stevenchoy.example"]).cert_pem if untrusted else ca_pem)
     (workdir / "cert.pem").write_text(cert_pem)
     (workdir / "key.pem").write_text(key_pem)
     keylog = workdir / "keylog.txt"
@@ -90,15 +92,19 @@ def _play(script: Sequence[Step], version: str, cipher12: str | None, workdir: P
         if who == "tls":
             first_tls = len(chunks)
             done = [False, False]
-            while not all(done):
-                for i, side in enumerate((client, server)):
-                    if not done[i]:
-                        try:
-                            side.do_handshake()
-                            done[i] = True
-                        except ssl.SSLWantReadError:
-                            pass
-                    flush()
+            try:
+                while not all(done):
+                    for i, side in enumerate((client, server)):
+                        if not done[i]:
+                            try:
+                                side.do_handshake()
+                                done[i] = True
+                            except ssl.SSLWantReadError:
+                                pass
+                        flush()
+            except ssl.SSLError:  # the certificate refused: the alert is on the wire, the session over
+                flush()
+                break
             in_tls = True
             continue
         if not in_tls:
@@ -113,13 +119,14 @@ def _play(script: Sequence[Step], version: str, cipher12: str | None, workdir: P
     return Session(chunks, keylog.read_text(), first_tls)
 
 
-def session(script: Sequence[Step], *, version: str = "1.3", cipher: str | None = None) -> Session:
+def session(script: Sequence[Step], *, version: str = "1.3", cipher: str | None = None,
+            untrusted: bool = False) -> Session:
     """Play ``script``; ``cipher``: an OpenSSL name for TLS 1.2 (``ECDHE-ECDSA-AES128-GCM-SHA256``), an
     IANA one for TLS 1.3 (``TLS_CHACHA20_POLY1305_SHA256``; None: OpenSSL's first, AES-256-GCM)."""
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         if version == "1.2" or cipher is None:
-            return _play(script, version, cipher, workdir)
+            return _play(script, version, cipher, workdir, untrusted)
         conf = workdir / "openssl.cnf"
         conf.write_text("openssl_conf = init\n[init]\nssl_conf = ssl\n[ssl]\nsystem_default = tls\n"
                         f"[tls]\nCiphersuites = {cipher}\n")
