@@ -516,8 +516,8 @@ def test_a_real_session_altered_anywhere_decodes_without_raising(at: int, value:
 
 @pytest.mark.parametrize(("version", "cipher"), [("1.3", None), ("1.2", "ECDHE-ECDSA-AES128-GCM-SHA256")])
 def test_a_refused_certificate_shows_the_clients_alert(version: str, cipher: str | None) -> None:
-    """A client that cannot verify the certificate ends the handshake with an alert saying so (in TLS
-    1.3 it is encrypted with the handshake keys, and opens with the key log)."""
+    """A client that cannot verify the certificate ends the handshake with an alert saying so (OpenSSL
+    sends it before its own handshake keys are in use: in clear, in TLS 1.3 too)."""
     played = tlswire.session(SMTP_SCRIPT, version=version, cipher=cipher, untrusted=True)
     conv = decode(packets(played), played.keylog)
     alerts = [e for e in conv.events if e.kind == "record" and "alert" in e.text]
