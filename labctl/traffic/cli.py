@@ -99,16 +99,9 @@ def decode_args(args: argparse.Namespace, live: LiveSource | None,
     decoder.feed_captures(sources)
     _print_problems(decoder, set())
     decoder.tcp.finish()
-    convs = decoder.conversations()
-    if not args.pcap and keys is not None and _want_keys(decoder, convs):
+    if not args.pcap and keys is not None and decoder.wants_keys():
         decoder.add_keys(keys(args))
-        convs = decoder.conversations()
-    return convs, decoder
-
-
-def _want_keys(decoder: TrafficDecoder, convs: Sequence[Conversation]) -> bool:
-    """Is there TLS the key logs may open? Only then are the hosts' key logs read (a clear lab never)."""
-    return decoder.decrypt and any(c.tls is not None and not c.tls.decrypted for c in convs)
+    return decoder.conversations(), decoder
 
 
 def _decoder(args: argparse.Namespace, hosts: Sequence[HostInfo]) -> TrafficDecoder:
@@ -188,7 +181,7 @@ def follow(args: argparse.Namespace, feed: LiveFeed, since: float | None, keys: 
                 newest, seen_at = decoder.latest, time.monotonic()
                 # A session's secrets are logged during its handshake, before its records reach a
                 # capture file; a key found later re-decodes what it opens (its lines were held back).
-                if keys is not None and _want_keys(decoder, decoder.conversations()):
+                if keys is not None and decoder.wants_keys():
                     decoder.add_keys(keys(args))
             _print_problems(decoder, reported)
             convs = render.select(decoder.conversations(), proto=args.proto, host=args.host, since=since,

@@ -94,6 +94,11 @@ class TrafficDecoder:
             self.add_keys(text)
         return count
 
+    def wants_keys(self) -> bool:
+        """Is there TLS so far that more key log may open? (A caller reads the hosts' key logs only then:
+        a clear lab's never.)"""
+        return self.decrypt and any(c.tls is not None and not c.tls.decrypted for c in self.conversations())
+
     def add_keys(self, text: str) -> int:
         """Add key log text (NSS key log format: the hosts' key logs, a pcapng's Decryption Secrets
         Block); how many secrets were new. New secrets re-decode the TLS connections they open."""

@@ -157,3 +157,36 @@ def test_trace_six_steps_through_tls(tls_lab: RunningLab) -> None:
     retrieved = [c for c in convs if any(m["message_id"] == message_id for m in c["messages"])]
     assert retrieved and retrieved[0]["tls"]["decrypted"], retrieved
     assert all(e.get("decrypted") for e in retrieved[0]["events"] if e["text"].startswith("RETR"))
+
+
+SCENARIO = """\
+name: AUTH inside TLS
+description: andy submits on 587 after STARTTLS; the capture holds his AUTH only as ciphertext.
+goal: See that TLS hides the password an outsider would read in the clear-text lab.
+topology:
+  tls: true
+steps:
+  - name: andy submits with AUTH after STARTTLS
+    send: {from: andy, to: betty@stevenchoy.example, subject: Under TLS, body: hello, submission: true}
+  - name: the AUTH crossed encrypted, and the lab's key log reads it
+    expect:
+      traffic:
+        - encrypted: {proto: smtp, command: AUTH}
+"""
+
+
+def test_a_scenario_sees_auth_cross_encrypted(image: str, tmp_path: Path) -> None:
+    """The scenario fact reads inside TLS with the hosts' key logs, as `labctl traffic` does, and the
+    report's capture carries them (tshark reads the AUTH in it with no settings)."""
+    path = tmp_path / "auth-under-tls.yml"
+    path.write_text(SCENARIO)
+    proc = labctl("run", "--json", str(path), "--report", str(tmp_path / "report"), check=False)
+    (result,) = json.loads(proc.stdout)
+    assert proc.returncode == 0 and result["status"] == "passed", f"{result['message']}\n{proc.stderr[-3000:]}"
+    assert "crossed the wire encrypted" in json.dumps(result["steps"]), result["steps"]
+    saved = tmp_path / "report" / path.stem / "capture.pcapng"
+    tshark = shutil.which("tshark")
+    assert tshark, "tshark is installed by tools/ensure-host"
+    ran = subprocess.run([tshark, "-n", "-r", str(saved), "-Y", "smtp.req.command == \"AUTH\"", "-T", "fields",
+                          "-e", "smtp.req.command"], capture_output=True, text=True, check=True)
+    assert "AUTH" in ran.stdout.split(), ran.stdout
