@@ -16,7 +16,13 @@ Measured, best of ``--repeat`` runs each, on that one file:
 
 MB/s is the file's size over the time taken. Target (issue 4): faster than tshark.
 
+``--tls``: no lab, no tshark. The same SMTP submission (``--messages`` of ``--size-kb``) is made
+twice as a capture, in clear and under STARTTLS (a real TLS 1.3 session, Python's ssl on memory
+BIOs, as tests/unit/tlswire.py makes them for the tests; 1448-octet segments), and the decode of
+each timed, best of ``--repeat``, the TLS one with its key log. Target (issue 12): under 1.3x.
+
     python bench/bench_traffic.py [--messages 60] [--size-kb 300] [--repeat 3] [--pcap FILE] [--keep FILE]
+    python bench/bench_traffic.py --tls [--messages 60] [--size-kb 300] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -134,6 +140,68 @@ def tshark_dissect(tshark: str, path: Path) -> float:
     return time.perf_counter() - started
 
 
+def tls_captures(messages: int, size_kb: int) -> tuple[bytes, bytes, str]:
+    """(the clear capture, the TLS capture, its key log): the same dialogue, the same messages."""
+    import base64
+    import os
+
+    from tests.unit import tlswire
+    from tests.unit.packets import ANDY, SMTP, Tcp, pcap
+
+    script: list[tlswire.Step] = [("s", b"220 smtp.ouhk.example ESMTP\r\n"), ("c", b"EHLO andy\r\n"),
+                                  ("s", b"250-smtp.ouhk.example\r\n250 STARTTLS\r\n"), ("c", b"STARTTLS\r\n"),
+                                  ("s", b"220 2.0.0 go ahead\r\n"), ("tls", b""), ("c", b"EHLO andy\r\n"),
+                                  ("s", b"250 smtp.ouhk.example\r\n")]
+    for i in range(messages):
+        blob = base64.encodebytes(os.urandom(size_kb * 1024 * 3 // 4)).replace(b"\n", b"\r\n")
+        msg = (f"From: andy@ouhk.example\r\nSubject: bench {i}\r\nMessage-ID: <bench.{i}@ouhk.example>\r\n\r\n"
+               ).encode() + blob
+        script += [("c", b"MAIL FROM:<andy@ouhk.example>\r\n"), ("s", b"250 2.1.0 ok\r\n"),
+                   ("c", b"RCPT TO:<betty@stevenchoy.example>\r\n"), ("s", b"250 2.1.5 ok\r\n"),
+                   ("c", b"DATA\r\n"), ("s", b"354 go ahead\r\n"), ("c", msg + b".\r\n"),
+                   ("s", b"250 2.0.0 queued\r\n")]
+    script += [("c", b"QUIT\r\n"), ("s", b"221 2.0.0 bye\r\n")]
+    played = tlswire.session(script)
+    # In clear: the same dialogue without STARTTLS (after which the decoder would read TLS).
+    clear_chunks = [(who == "c", data) for who, data in script
+                    if who != "tls" and data not in (b"STARTTLS\r\n", b"220 2.0.0 go ahead\r\n")]
+
+    def capture(chunks: list[tuple[bool, bytes]]) -> bytes:
+        t = Tcp(ANDY, 40000, SMTP, 587, step=0.0001).handshake()
+        for from_client, data in chunks:
+            for j in range(0, len(data), 1448):
+                t.segment(from_client, data[j:j + 1448])
+        return pcap(t.close().packets)
+
+    return capture(clear_chunks), capture(played.chunks), played.keylog
+
+
+def decode_once(capture: bytes, keylog: str | None) -> tuple[float, int]:
+    started = time.perf_counter()
+    decoder = TrafficDecoder()
+    if keylog:
+        decoder.add_keys(keylog)
+    decoder.feed_capture(capture)
+    decoder.tcp.finish()
+    convs = decoder.conversations()
+    return time.perf_counter() - started, sum(len(c.messages) for c in convs)
+
+
+def tls_case(messages: int, size_kb: int, repeat: int) -> int:
+    clear, sealed, keylog = tls_captures(messages, size_kb)
+    runs_clear = [decode_once(clear, None) for _ in range(repeat)]
+    runs_tls = [decode_once(sealed, keylog) for _ in range(repeat)]
+    t_clear, t_tls = min(r[0] for r in runs_clear), min(r[0] for r in runs_tls)
+    assert runs_clear[0][1] == runs_tls[0][1] == messages, (runs_clear[0], runs_tls[0])
+    print(f"clear capture: {len(clear) / 1e6:.1f} MB, decoded in {t_clear:.3f} s "
+          f"({len(clear) / 1e6 / t_clear:.0f} MB/s)")
+    print(f"TLS 1.3 capture (STARTTLS, TLS_AES_256_GCM_SHA384, key log): {len(sealed) / 1e6:.1f} MB, decoded and "
+          f"decrypted in {t_tls:.3f} s ({len(sealed) / 1e6 / t_tls:.0f} MB/s); {messages} messages in each")
+    ratio = t_tls / t_clear
+    print(f"ratio (TLS vs clear): {ratio:.2f}x; best of {repeat} runs each; target: under 1.3x")
+    return 0 if ratio < 1.3 else 1
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=60)
@@ -142,7 +210,11 @@ def main() -> int:
     parser.add_argument("--pcap", type=Path, help="reuse this capture instead of making one")
     parser.add_argument("--keep", type=Path, default=Path("/tmp/maillab-bench-traffic.pcapng"),
                         help="where the capture made here is written")
+    parser.add_argument("--tls", action="store_true", help="the TLS case: decode of a TLS capture vs the same "
+                        "traffic in clear (synthetic, no lab)")
     args = parser.parse_args()
+    if args.tls:
+        return tls_case(args.messages, args.size_kb, args.repeat)
     tshark = shutil.which("tshark")
     if tshark is None:
         sys.exit("tshark is needed as the baseline: run tools/ensure-host (apt-get install tshark)")

@@ -17,6 +17,7 @@ from labctl.errors import LabctlError
 from labctl.lab import HostStatus, Lab, parallel
 from labctl.traffic.pcap import PCAP_HEADER_SIZE, pcap_records_end, write_merged_pcapng
 from services.capture import CAPTURE_DIR
+from services.tls import KEYLOG_DIR, KEYLOG_FILE
 
 
 @dataclass(frozen=True)
@@ -53,13 +54,27 @@ class Capture:
     def status(self, host: str | None = None) -> list[HostCapture]:
         return [HostCapture(h, tuple(self._listing(h))) for h in self._hosts(host)]
 
-    def export(self, out: BinaryIO, *, host: str | None = None, since: float | None = None) -> int:
+    def export(self, out: BinaryIO, *, host: str | None = None, since: float | None = None,
+               keylog: str | None = None) -> int:
         """Write every host's capture (or one host's) as one pcapng; returns the packet count.
 
         Each host is its own interface in the file, named after the host, so Wireshark shows
-        where each packet was seen; packets are in timestamp order across hosts.
+        where each packet was seen; packets are in timestamp order across hosts. ``keylog`` (see
+        :meth:`keylogs`) goes in a Decryption Secrets Block, so Wireshark decrypts the TLS.
         """
-        return write_merged_pcapng(self.sources(host), out, since=since)
+        return write_merged_pcapng(self.sources(host), out, since=since, keylog=keylog)
+
+    def keylogs(self, host: str | None = None) -> str:
+        """Every host's TLS key log (services.tls: the rotated keylog.1.txt, then keylog.txt), as
+        one NSS key log text; each secret once (a session's client and server both log it)."""
+        from labctl.traffic.tls import KeyLog  # cryptography is loaded only when TLS is read
+
+        keys = KeyLog()
+        rotated = KEYLOG_FILE.with_suffix(".1.txt").name
+        for files in parallel(lambda h: self.lab.read_files(h, str(KEYLOG_DIR)), self._hosts(host)):
+            for f in sorted(files, key=lambda f: (f.name != rotated, f.name)):
+                keys.add_text(f.data.decode("utf-8", "replace"))
+        return keys.text()
 
     def sources(self, host: str | None = None) -> dict[str, list[bytes]]:
         """Each host's capture files, oldest first: what labctl.traffic decodes."""

@@ -298,6 +298,13 @@ def _live_capture(args: argparse.Namespace) -> tuple[dict[str, list[bytes]], lis
     return Capture(lab).sources(), [(h.name, h.fqdn, h.kind, h.address) for h in hosts]
 
 
+def _live_keys(args: argparse.Namespace) -> str:
+    """The live lab's TLS secrets for `labctl traffic`, `trace` and `--follow`: every host's key log."""
+    from labctl.capture import Capture
+
+    return Capture(_lab(args)).keylogs()
+
+
 def _live_feed(args: argparse.Namespace) -> tuple[Callable[[], dict[str, list[bytes]]], list[traffic_cli.HostInfo]]:
     """`labctl traffic --follow`: what the live lab's hosts captured since the last look, and its hosts."""
     lab = _lab(args)
@@ -342,9 +349,14 @@ def cmd_capture_export(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise LabctlError(f"{args.output}: cannot write the capture ({exc.strerror}); "
                           "give -o a path in a directory that exists") from exc
+    keylog = capture.keylogs() if args.with_keys else None
     with fh:
-        count = capture.export(fh, host=args.host, since=since)
-    err.print(f"{count} packets written to {args.output} (pcapng, one interface per host)")
+        count = capture.export(fh, host=args.host, since=since, keylog=keylog)
+    secrets = f", {keylog.count(chr(10))} TLS secrets in a Decryption Secrets Block" if keylog else ""
+    err.print(f"{count} packets written to {args.output} (pcapng, one interface per host{secrets})")
+    if args.with_keys and not keylog:
+        err.print("no TLS secrets to embed: no host has a key log (the lab runs without TLS, or no TLS "
+                  "session happened yet)")
     return 0
 
 
@@ -675,7 +687,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", help="only what this host captured")
     p.add_argument("--since", help="only packets since: an age (10m), a time (14:05) or a date-time")
     p.add_argument("-o", "--output", type=Path, required=True, help="the pcapng file to write")
-    traffic_cli.register(add, live=_live_capture, feed=_live_feed)
+    p.add_argument("--with-keys", action="store_true", help="embed the hosts' TLS key logs (a Decryption "
+                   "Secrets Block): Wireshark and tshark then decrypt the TLS with no settings")
+    traffic_cli.register(add, live=_live_capture, feed=_live_feed, keys=_live_keys)
 
     p = sub.add_parser("run", help="run scenarios: each in a fresh lab, step by step, with a report",
                        description="Run scenario files (scenarios/README.md): a fresh lab per scenario, steps "

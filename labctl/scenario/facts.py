@@ -14,7 +14,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from labctl.capture import CaptureTail
+from labctl.capture import Capture, CaptureTail
 from labctl.errors import LabctlError
 from labctl.lab import Lab
 from labctl.scenario import model as m
@@ -44,6 +44,7 @@ class Looks:
 
     def __init__(self, lab: Lab, since: float | None = None) -> None:
         self.tail = CaptureTail(lab)
+        self.lab = lab
         self.since = since
         self.decoder = TrafficDecoder({h.address: h.fqdn for h in lab.status()})
         self.sources: dict[str, list[bytes]] = {}
@@ -58,12 +59,15 @@ class Looks:
     def look(self) -> list[Conversation]:
         """Every conversation so far, decoded."""
         self.decoder.feed_captures(self.fetch(), self.since)
+        if self.decoder.wants_keys():  # TLS: read inside with the hosts' key logs, as labctl traffic does
+            self.decoder.add_keys(Capture(self.lab).keylogs())
         return self.decoder.conversations()
 
     def save(self, path: Path) -> int:
         """Write what was looked at as one pcapng, a host per interface; the number of packets."""
         with path.open("wb") as out:
-            return write_merged_pcapng(self.sources, out, since=self.since)
+            # With the TLS secrets decoded with (if any), so Wireshark reads inside it too.
+            return write_merged_pcapng(self.sources, out, since=self.since, keylog=self.decoder.keys.text() or None)
 
 
 def check(ctx: Context, exp: m.TrafficExpect) -> str:

@@ -46,6 +46,8 @@ LiveSource = Callable[[argparse.Namespace], tuple[Mapping[str, Iterable[bytes]],
 # (args) -> (poll, hosts) for --follow: each poll() gives what the hosts captured since the last one,
 # as capture files of their own ({host: [pcap bytes, ...]}); the first gives everything so far.
 LiveFeed = Callable[[argparse.Namespace], tuple[Callable[[], Mapping[str, Iterable[bytes]]], Sequence[HostInfo]]]
+# (args) -> the live lab's TLS key logs (NSS key log text, every host's merged), read again as they grow.
+LiveKeys = Callable[[argparse.Namespace], str]
 
 
 def probe_addresses(hosts: Iterable[HostInfo]) -> set[str]:
@@ -79,8 +81,10 @@ def _read(paths: Sequence[Path]) -> dict[str, list[bytes]]:
     return sources
 
 
-def decode_args(args: argparse.Namespace, live: LiveSource | None) -> tuple[list[Conversation], TrafficDecoder]:
-    """The conversations of the captures the command line names, decoded."""
+def decode_args(args: argparse.Namespace, live: LiveSource | None,
+                keys: LiveKeys | None = None) -> tuple[list[Conversation], TrafficDecoder]:
+    """The conversations of the captures the command line names, decoded (TLS with the key logs:
+    ``--keylog`` files, a pcapng's own secrets, or the live lab's hosts')."""
     hosts: Sequence[HostInfo] = ()
     if args.pcap:
         sources: Mapping[str, Iterable[bytes]] = _read(args.pcap)
@@ -95,6 +99,8 @@ def decode_args(args: argparse.Namespace, live: LiveSource | None) -> tuple[list
     decoder.feed_captures(sources)
     _print_problems(decoder, set())
     decoder.tcp.finish()
+    if not args.pcap and keys is not None and decoder.wants_keys():
+        decoder.add_keys(keys(args))
     return decoder.conversations(), decoder
 
 
@@ -103,7 +109,13 @@ def _decoder(args: argparse.Namespace, hosts: Sequence[HostInfo]) -> TrafficDeco
 
     args.probe_addresses = probe_addresses(hosts)
     names = {} if args.no_names else names_from_hosts(hosts)
-    return TrafficDecoder(names, show_bodies=getattr(args, "bodies", False))
+    decoder = TrafficDecoder(names, show_bodies=getattr(args, "bodies", False), decrypt=not args.no_decrypt)
+    for path in args.keylog:
+        try:
+            decoder.add_keys(path.read_text(encoding="utf-8", errors="replace"))
+        except OSError as exc:
+            raise LabctlError(f"{path}: cannot read the key log ({exc.strerror})") from exc
+    return decoder
 
 
 def _print_problems(decoder: TrafficDecoder, reported: set[str]) -> None:
@@ -122,15 +134,16 @@ _STYLE = {CLIENT: "cyan", NOTE: "yellow"}
 FOLLOW_INTERVAL = 1.0  # seconds between looks at the live capture
 
 
-def cmd_traffic(args: argparse.Namespace, live: LiveSource | None = None, feed: LiveFeed | None = None) -> int:
+def cmd_traffic(args: argparse.Namespace, live: LiveSource | None = None, feed: LiveFeed | None = None,
+                keys: LiveKeys | None = None) -> int:
     since = render.parse_since(args.since) if args.since else None
     if args.follow:
         if args.pcap or feed is None:
             raise LabctlError("--follow reads the live lab's capture; with --pcap the file is read once")
         if args.json:
             raise LabctlError("--follow prints dialogues as they grow; for JSON, run without --follow")
-        return follow(args, feed, since)
-    convs, _ = decode_args(args, live)
+        return follow(args, feed, since, keys)
+    convs, _ = decode_args(args, live, keys)
     convs = render.select(convs, proto=args.proto, host=args.host, since=since, decoded_only=not args.all,
                               hide_clients=() if args.all else args.probe_addresses)
     if args.json:
@@ -143,7 +156,7 @@ def cmd_traffic(args: argparse.Namespace, live: LiveSource | None = None, feed: 
     return 0
 
 
-def follow(args: argparse.Namespace, feed: LiveFeed, since: float | None) -> int:
+def follow(args: argparse.Namespace, feed: LiveFeed, since: float | None, keys: LiveKeys | None = None) -> int:
     """Print the dialogues, then what each adds as the capture grows, until Ctrl-C.
 
     One decoder is fed what the hosts captured since the last look (a look moves only new
@@ -166,6 +179,10 @@ def follow(args: argparse.Namespace, feed: LiveFeed, since: float | None) -> int
             decoder.feed_captures(poll())
             if decoder.latest != newest:
                 newest, seen_at = decoder.latest, time.monotonic()
+                # A session's secrets are logged during its handshake, before its records reach a
+                # capture file; a key found later re-decodes what it opens (its lines were held back).
+                if keys is not None and decoder.wants_keys():
+                    decoder.add_keys(keys(args))
             _print_problems(decoder, reported)
             convs = render.select(decoder.conversations(), proto=args.proto, host=args.host, since=since,
                                   decoded_only=not args.all,
@@ -208,11 +225,11 @@ def print_conversations(convs: Sequence[Conversation], *, hide_secrets: bool, ti
 # -- trace ----------------------------------------------------------------------------------------------
 
 
-def cmd_trace(args: argparse.Namespace, live: LiveSource | None = None) -> int:
+def cmd_trace(args: argparse.Namespace, live: LiveSource | None = None, keys: LiveKeys | None = None) -> int:
     if not args.message_id and not args.subject:
         raise LabctlError("say which message: labctl trace MESSAGE-ID, or labctl trace --subject TEXT "
                           "(labctl send prints the Message-ID)")
-    convs, decoder = decode_args(args, live)
+    convs, decoder = decode_args(args, live, keys)
     from labctl.traffic import diagram, journey
 
     j = journey.trace(convs, message_id=args.message_id, subject=args.subject,
@@ -241,18 +258,22 @@ def _input_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--topology", type=Path, default=topology.DEFAULT_TOPOLOGY,
                    help="with --pcap: name addresses after this topology's hosts (default: compose/lab.yml)")
     p.add_argument("--no-names", action="store_true", help="show bare addresses, no host names")
+    p.add_argument("--no-decrypt", action="store_true", help="show TLS as its records only (types, sizes, "
+                   "times): what an outsider sees")
+    p.add_argument("--keylog", type=Path, action="append", default=[], metavar="FILE",
+                   help="with --pcap: TLS secrets in NSS key log format (SSLKEYLOGFILE; repeatable); a "
+                   "pcapng's own Decryption Secrets Block is read anyway")
 
 
-def register(add: AddCommand, live: LiveSource | None = None, feed: LiveFeed | None = None) -> None:
+def register(add: AddCommand, live: LiveSource | None = None, feed: LiveFeed | None = None,
+             keys: LiveKeys | None = None) -> None:
     """Add ``traffic`` and ``trace`` with labctl's ``add(name, func, help)`` helper."""
 
-    def bind(func: Callable[[argparse.Namespace, LiveSource | None], int]) -> Callable[[argparse.Namespace], int]:
-        def run(args: argparse.Namespace) -> int:
-            return func(args, live)
-        return run
+    def trace(args: argparse.Namespace) -> int:
+        return cmd_trace(args, live, keys)
 
     def traffic(args: argparse.Namespace) -> int:
-        return cmd_traffic(args, live, feed)
+        return cmd_traffic(args, live, feed, keys)
 
     p: Any = add("traffic", traffic, "the captured conversations, decoded: SMTP and POP3 dialogues, "
                  "DNS queries and answers")
@@ -268,7 +289,7 @@ def register(add: AddCommand, live: LiveSource | None = None, feed: LiveFeed | N
     p.add_argument("--json", action="store_true", help="a list of conversations with their events "
                    "(structure: see labctl/traffic/render.py)")
 
-    p = add("trace", bind(cmd_trace), "the journey of one message from the packets: the article's six "
+    p = add("trace", trace, "the journey of one message from the packets: the article's six "
             "steps as a timeline, Mermaid text or an SVG diagram (exit status 3 when a step is missing)")
     _input_options(p)
     p.add_argument("message_id", nargs="?", metavar="MESSAGE-ID", help="as labctl send printed it (<...>)")

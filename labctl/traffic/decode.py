@@ -9,6 +9,12 @@ or, for whole captures, :func:`decode_sources`.
 Which decoder a connection gets is decided by the server's port (:data:`PROTOCOLS`); traffic on
 that port that turns out not to be that protocol is kept, marked undecodable, with a preview.
 
+TLS (:mod:`labctl.traffic.tls`): after an accepted STARTTLS/STLS, and from the start on the
+implicit-TLS ports (:data:`IMPLICIT_TLS`), the records are read with the key log the decoder was
+given (:meth:`TrafficDecoder.add_keys`); the plaintext inside goes to the same dialogue decoder,
+resumed after the clear part, and its events are marked ``decrypted``. Without keys, or with
+``decrypt=False``, the records themselves are the events: what an outsider sees.
+
 Incremental: ``feed_*`` may be called again later (``--follow``). TCP reassembly is incremental;
 the dialogue of a connection is re-decoded from its streams when it changed since the last call
 to :meth:`TrafficDecoder.conversations` (each dialogue decoder is one linear pass, and a lab's
@@ -18,21 +24,24 @@ connections are short), and cached otherwise.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from labctl.traffic import arp, imap, pop3, smtp
+from labctl.traffic import arp, imap, pop3, smtp, tls
 from labctl.traffic import dns as dns_decoder
 from labctl.traffic.dialogue import gap
-from labctl.traffic.model import CLIENT, NOTE, SERVER, Conversation, Endpoint, Event, MailMessage
+from labctl.traffic.model import CLIENT, NOTE, SERVER, Conversation, Endpoint, Event, MailMessage, TlsSummary, preview
 from labctl.traffic.packet import Arp, Datagram, Segment, parse_frame
-from labctl.traffic.payload import Unanswered
+from labctl.traffic.payload import TlsStart, Unanswered, Undecoded
 from labctl.traffic.pcap import CaptureReader, Frame, merge_frames
 from labctl.traffic.tcp import Address, Connection, Reassembler, StreamView
 
 Decoder = Callable[..., tuple[list[Event], list[MailMessage], bool]]
 
-# The protocol a server port speaks in the lab (SMTP relay 25 and submission 587, POP3 110, IMAP 143, DNS 53).
-PROTOCOLS: Mapping[int, str] = {25: "smtp", 587: "smtp", 110: "pop3", 143: "imap", 53: "dns"}
+# The protocol a server port speaks in the lab (SMTP relay 25 and submission 587, POP3 110, IMAP 143, DNS 53;
+# under implicit TLS: submission 465, RFC 8314; POP3 995 and IMAP 993, RFC 8314 §5.1).
+PROTOCOLS: Mapping[int, str] = {25: "smtp", 587: "smtp", 110: "pop3", 143: "imap", 53: "dns",
+                                465: "smtp", 995: "pop3", 993: "imap"}
+IMPLICIT_TLS = frozenset({465, 993, 995})
 TCP_DECODERS: Mapping[str, Decoder] = {"smtp": smtp.decode, "pop3": pop3.decode, "imap": imap.decode}
 
 
@@ -50,9 +59,12 @@ class _UdpFlow:
 class TrafficDecoder:
     """Feed it frames (in capture order), ask it for conversations, as often as you like."""
 
-    def __init__(self, names: Mapping[str, str] | None = None, *, show_bodies: bool = False) -> None:
+    def __init__(self, names: Mapping[str, str] | None = None, *, show_bodies: bool = False,
+                 decrypt: bool = True) -> None:
         self.names = dict(names or {})
         self.show_bodies = show_bodies
+        self.decrypt = decrypt  # False: TLS shown as records only (--no-decrypt)
+        self.keys = tls.KeyLog()  # the lab's TLS secrets known so far
         self.tcp = Reassembler()
         self._udp: dict[tuple[Address, Address], _UdpFlow] = {}
         self._udp_order: list[_UdpFlow] = []
@@ -69,12 +81,28 @@ class TrafficDecoder:
         count = self.feed_frames(reader)
         if reader.problem is not None:
             self.problems.append(reader.problem)
+        for text in reader.secrets:
+            self.add_keys(text)
         return count
 
     def feed_captures(self, sources: Mapping[str, Iterable[bytes]], since: float | None = None) -> int:
         """Feed several hosts' capture files ({host: [file bytes, ...]}), merged in time order;
         without their frames captured before ``since`` (seconds since the epoch)."""
-        return self.feed_frames(merge_frames(sources, since, self.problems))
+        secrets: list[str] = []
+        count = self.feed_frames(merge_frames(sources, since, self.problems, secrets))
+        for text in secrets:
+            self.add_keys(text)
+        return count
+
+    def wants_keys(self) -> bool:
+        """Is there TLS so far that more key log may open? (A caller reads the hosts' key logs only then:
+        a clear lab's never.)"""
+        return self.decrypt and any(c.tls is not None and not c.tls.decrypted for c in self.conversations())
+
+    def add_keys(self, text: str) -> int:
+        """Add key log text (NSS key log format: the hosts' key logs, a pcapng's Decryption Secrets
+        Block); how many secrets were new. New secrets re-decode the TLS connections they open."""
+        return self.keys.add_text(text)
 
     def feed_frames(self, frames: Iterable[Frame]) -> int:
         count = 0
@@ -136,11 +164,13 @@ class TrafficDecoder:
         return out
 
     def _tcp_conversation(self, conn: Connection) -> Conversation:
+        version = conn.version + (len(self.keys) << 40)  # a new key re-decodes (it may open this one)
         cached = self._cache.get(id(conn))
-        if cached is not None and cached[0] == conn.version:
+        if cached is not None and cached[0] == version:
             return cached[1]
-        conv = decode_connection(conn, self.endpoint, show_bodies=self.show_bodies)
-        self._cache[id(conn)] = (conn.version, conv)
+        conv = decode_connection(conn, self.endpoint, show_bodies=self.show_bodies, keys=self.keys,
+                                 decrypt=self.decrypt)
+        self._cache[id(conn)] = (version, conv)
         return conv
 
     def neighbour_lookups(self) -> list[arp.NeighbourLookup]:
@@ -175,14 +205,15 @@ def _state(conn: Connection) -> str:
     return "open"
 
 
-def decode_connection(conn: Connection, endpoint: Callable[[Address], Endpoint], *,
-                      show_bodies: bool = False) -> Conversation:
+def decode_connection(conn: Connection, endpoint: Callable[[Address], Endpoint], *, show_bodies: bool = False,
+                      keys: tls.KeyLog | None = None, decrypt: bool = True) -> Conversation:
     """The conversation of one TCP connection: its dialogue, framed by how it opened and closed."""
     protocol = PROTOCOLS.get(conn.server[1], "tcp")
     to_server, to_client = conn.to_server.view(), conn.to_client.view()
     events: list[Event] = []
     messages: list[MailMessage] = []
     decodable = True
+    summary: TlsSummary | None = None
     state = _state(conn)
     t0 = conn.first_ns / 1e9
     if state == "refused":
@@ -199,9 +230,18 @@ def decode_connection(conn: Connection, endpoint: Callable[[Address], Endpoint],
         decoder = TCP_DECODERS.get(protocol)
         if protocol == "dns":
             events += _dns_tcp(to_server, to_client)
+        elif decoder is not None and conn.server[1] in IMPLICIT_TLS:
+            inside = _inside_tls(decoder, to_server, to_client, None, t0, keys, decrypt, show_bodies, state)
+            events += inside.events
+            messages, decodable, summary = inside.messages, inside.decodable, inside.summary
         elif decoder is not None:
             dialogue, messages, decodable = decoder(to_server, to_client, midway=conn.joined_midway,
                                                     show_bodies=show_bodies)
+            start = next((e for e in dialogue if e.kind == "tls" and isinstance(e.payload, TlsStart)), None)
+            if start is not None:
+                inside = _inside_tls(decoder, to_server, to_client, start, t0, keys, decrypt, show_bodies, state)
+                dialogue = [e for e in dialogue if e is not start] + inside.events
+                messages, summary = messages + inside.messages, inside.summary
             events += dialogue
         else:
             events += _summary(to_server, to_client)
@@ -212,7 +252,65 @@ def decode_connection(conn: Connection, endpoint: Callable[[Address], Endpoint],
         events.append(Event(conn.reset_ns / 1e9, NOTE, "reset", f"connection reset by the {conn.reset_by}"))
     events.sort(key=lambda e: e.time)
     return Conversation(protocol, "tcp", endpoint(conn.client), endpoint(conn.server), t0, conn.last_ns / 1e9,
-                        events, messages, tuple(sorted(conn.vantages)), conn.joined_midway, decodable, state)
+                        events, messages, tuple(sorted(conn.vantages)), conn.joined_midway, decodable, state,
+                        summary)
+
+
+@dataclass
+class _Inside:
+    events: list[Event]
+    messages: list[MailMessage]
+    decodable: bool
+    summary: TlsSummary
+
+
+def _inside(text: str) -> str:
+    """A login line's note, for a secret that crossed inside TLS (the decoders' notes say clear text)."""
+    return text.replace("a password in clear text", "a password, decrypted from TLS").replace(
+        ": clear text)", ": decrypted from TLS)")
+
+
+def _inside_tls(decoder: Decoder, to_server: StreamView, to_client: StreamView, start: Event | None, t0: float,
+                keys: tls.KeyLog | None, decrypt: bool, show_bodies: bool, state: str) -> _Inside:
+    """A connection's TLS: the note saying what it was, then the dialogue inside (decrypted, by the
+    same decoder, resumed after STARTTLS), or the records an outsider sees; ``start``: the tls event
+    of an accepted STARTTLS/STLS (None: an implicit-TLS port, TLS from the first octet)."""
+    at = start.payload if start is not None and isinstance(start.payload, TlsStart) else TlsStart(0, 0)
+    session = tls.decode(to_server, to_client, keys, started="starttls" if start else "implicit",
+                         client_at=at.client_at, server_at=at.server_at, decrypt=decrypt)
+    summary = session.summary
+    if start is None and not session.records and (to_server.data or to_client.data):
+        events = [Event(view.time_at(0) / 1e9, direction, "undecodable", f"<not TLS: {preview(view.data)}>",
+                        payload=Undecoded(len(view.data)), complete=False)
+                  for view, direction in ((to_server, CLIENT), (to_client, SERVER)) if view.data]
+        return _Inside(events, [], False, replace(summary, problem="not TLS"))
+    # While the connection is open the note may still change (a key may still come, the certificate
+    # is still in the encrypted handshake), and so may the records shown for want of keys: partial,
+    # so --follow prints nothing past them until they are settled, and no line is taken back.
+    settled = state != "open" or not decrypt or summary.decrypted
+    noted = state != "open" or (summary.version is not None and (not decrypt or (
+        summary.decrypted and session.handshake_done)))
+    when = start.time if start is not None else (session.records[0].time if session.records else t0)
+    events = [Event(when, NOTE, "tls", tls.note(summary), complete=noted)]
+    if session.clear_before:
+        clear = to_server.data[at.client_at:at.client_at + session.clear_before]
+        events.append(Event(to_server.time_at(at.client_at) / 1e9, CLIENT, "undecodable",
+                            f"<sent in clear after STARTTLS, before the TLS handshake (a server must discard "
+                            f"it, RFC 3207 §4.2): {preview(clear)}>", payload=Undecoded(len(clear))))
+    messages: list[MailMessage] = []
+    decodable = True
+    opened = decrypt and session.keys_found and summary.decrypted
+    if opened and (session.to_server.data or session.to_client.data):
+        inner, messages, decodable = decoder(session.to_server, session.to_client, midway=False,
+                                             show_bodies=show_bodies, resumed=start is not None)
+        events += [replace(e, decrypted=True, text=_inside(e.text) if e.secrets else e.text) for e in inner]
+    for record in session.records:
+        # An alert is shown too, opened or not: the end of a session, or why its handshake failed.
+        if not opened or record.problem is not None or (record.sealed and record.inner is None) or (
+                record.inner or "").startswith("alert"):
+            events.append(Event(record.time, CLIENT if record.from_client else SERVER, "record", record.describe(),
+                                complete=settled and record.complete))
+    return _Inside(events, messages, decodable, summary)
 
 
 def _summary(to_server: StreamView, to_client: StreamView) -> list[Event]:

@@ -154,6 +154,9 @@ class DialogueDecoder(ABC):
         self.events: list[Event] = []
         self.messages: list[MailMessage] = []
         self.decodable = True
+        # The dialogue resumes inside TLS after STARTTLS/STLS (the plaintext labctl.traffic.tls
+        # decrypted): no greeting, the client speaks first (RFC 3207 §4.2, RFC 2595 §4).
+        self.resumed = False
 
     # -- the hooks ------------------------------------------------------------------------------------
 
@@ -182,7 +185,9 @@ class DialogueDecoder(ABC):
 
     def decode(self) -> tuple[list[Event], list[MailMessage], bool]:
         """The events (in time order), the messages carried, and whether it was the protocol at all."""
-        if self.midway:
+        if self.resumed:
+            pass
+        elif self.midway:
             self.resync()
         else:
             self.greeting()

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from labctl.traffic.dialogue import DialogueDecoder, LineReader, plain, sasl_response
 from labctl.traffic.model import CLIENT, NOTE, SERVER, Event, MailMessage, printable
-from labctl.traffic.payload import CommandLine, Credentials, ImapResponse, MessageSummary
+from labctl.traffic.payload import CommandLine, Credentials, ImapResponse, MessageSummary, TlsStart
 from labctl.traffic.tcp import StreamView
 
 LITERAL = re.compile(rb"\{(\d{1,10})(\+?)\}$")  # at the end of a line: n octets follow its CRLF
@@ -95,6 +95,7 @@ class ImapDecoder(DialogueDecoder):
         super().__init__(to_server, to_client, midway=midway, show_bodies=show_bodies)
         self._broken = False
         self._starttls: str | None = None  # the tag of a STARTTLS the client sent
+        self._tls_at = 0  # where the client's TLS begins, after that STARTTLS
         self._fetches: list[tuple[float, str]] = []  # (time, text) of each FETCH command, for its messages
 
     @property
@@ -156,6 +157,7 @@ class ImapDecoder(DialogueDecoder):
                     self._fetches.append((unit.time, f"{verb} {arg}".strip()))
                 if verb == "STARTTLS":
                     self._starttls = tag
+                    self._tls_at = self.client.pos
                     self.client.pos = len(self.client.data)  # what follows is TLS
                     return
 
@@ -182,7 +184,8 @@ class ImapDecoder(DialogueDecoder):
             text = self._text(unit, message_literals=False)
             self._event(unit, SERVER, "reply", text, payload=ImapResponse(tag, status, summary))
             if tag == self._starttls and status == "OK":
-                self.events.append(Event(unit.time, NOTE, "tls", "<TLS from here on>"))
+                self.events.append(Event(unit.time, NOTE, "tls", "<TLS from here on>",
+                                         payload=TlsStart(self._tls_at, server.pos)))
                 server.pos = len(server.data)
                 return
 
@@ -237,6 +240,8 @@ class ImapDecoder(DialogueDecoder):
 
 
 def decode(to_server: StreamView, to_client: StreamView, *, midway: bool = False,
-           show_bodies: bool = False) -> tuple[list[Event], list[MailMessage], bool]:
+           show_bodies: bool = False, resumed: bool = False) -> tuple[list[Event], list[MailMessage], bool]:
     """The events of an IMAP connection, the messages it fetched, and whether it was IMAP at all."""
-    return ImapDecoder(to_server, to_client, midway=midway, show_bodies=show_bodies).decode()
+    decoder = ImapDecoder(to_server, to_client, midway=midway, show_bodies=show_bodies)
+    decoder.resumed = resumed
+    return decoder.decode()

@@ -142,6 +142,11 @@ def _size(m: MailMessage) -> str:
 # -- one finder per step of the article, each given what the steps before it found ----------------
 
 
+def _under_tls(conv: Conversation) -> str:
+    """", under TLS 1.3" for a step read from inside TLS (the lab's key log opened it)."""
+    return f", under {conv.tls.version}" if conv.tls is not None and conv.tls.version else ""
+
+
 def find_submission(seen: Sightings) -> tuple[JourneyStep, Transfer | None]:
     """1. The sender's MUA hands the message to its MTA: the earliest SMTP transfer of it."""
     if not seen.transfers:
@@ -149,7 +154,7 @@ def find_submission(seen: Sightings) -> tuple[JourneyStep, Transfer | None]:
     sub = seen.transfers[0]
     m = sub.msg
     return JourneyStep(1, STEP_NAMES[0], True, m.time, sub.conv.client.host, sub.conv.server.host, _size(m),
-                       f"SMTP to port {sub.conv.server.port}, from <{m.sender}> to "
+                       f"SMTP to port {sub.conv.server.port}{_under_tls(sub.conv)}, from <{m.sender}> to "
                        f"{', '.join(f'<{r}>' for r in m.recipients)}; answered "
                        f"{m.reply_code or '(no reply captured)'} {m.reply_text or ''}".strip()), sub
 
@@ -248,7 +253,7 @@ def relay_chain(seen: Sightings, sub: Transfer | None) -> tuple[list[_Hop], tupl
 
 def _hop_step(hop: _Hop, onward: bool) -> Hop:
     t = hop.transfer
-    detail = f"SMTP to port {t.conv.server.port}"
+    detail = f"SMTP to port {t.conv.server.port}{_under_tls(t.conv)}"
     if onward:
         detail += f"; {t.conv.server.host} answered {t.msg.reply_code} and queued it to relay it on (a backup MX)"
     return Hop(t.msg.time, t.conv.client.host, t.conv.server.host, _size(t.msg), detail,
@@ -315,7 +320,8 @@ def find_retrieval(seen: Sightings, sub: Transfer | None,
     m = fetched.msg
     return JourneyStep(6, STEP_NAMES[5], True, m.time, fetched.conv.server.host, fetched.conv.client.host,
                        f"{m.command}: {_size(m)}",
-                       f"{fetched.conv.protocol.upper()} from port {fetched.conv.server.port}"), fetched
+                       f"{fetched.conv.protocol.upper()} from port {fetched.conv.server.port}"
+                       f"{_under_tls(fetched.conv)}"), fetched
 
 
 def trace(conversations: Sequence[Conversation], message_id: str | None = None,

@@ -31,7 +31,8 @@ KINDS = (
     "auth",  # a client line of a login exchange; ``secrets`` holds what travelled in clear text
     "query",  # a DNS query
     "answer",  # a DNS response
-    "tls",  # STARTTLS/STLS accepted: the rest is encrypted
+    "tls",  # the connection's TLS: STARTTLS/STLS accepted, or an implicit-TLS port (what it was: Conversation.tls)
+    "record",  # a TLS record as an outsider sees it (--no-decrypt, no keys), or one that did not open
     "gap",  # octets the capture missed
     "undecodable",  # bytes that are not the protocol expected on that port
     "reset",  # RST after the connection opened

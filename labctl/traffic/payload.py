@@ -148,6 +148,14 @@ class Credentials:
     secret: str | None = None  # a password
 
 
+@dataclass(frozen=True, slots=True)
+class TlsStart:
+    """STARTTLS/STLS accepted: the stream offsets where each direction's TLS records begin."""
+
+    client_at: int
+    server_at: int
+
+
 # -- notes -----------------------------------------------------------------------------------------
 
 
@@ -166,7 +174,7 @@ class Unanswered:
 
 
 Payload = (DnsQuery | DnsAnswer | Reply | CommandLine | MessageSummary | Pop3Status | ImapResponse | Credentials
-           | Undecoded | Unanswered)
+           | TlsStart | Undecoded | Unanswered)
 
 
 def info(payload: Payload | None) -> dict[str, Any]:

@@ -48,6 +48,8 @@ MAX_RECORD = 262_144
 BLOCK_SHB = 0x0A0D0D0A  # section header; a palindrome, so readable before the byte order is known
 BLOCK_IDB = 0x00000001  # interface description
 BLOCK_SPB = 0x00000003  # simple packet: interface 0, no timestamp
+BLOCK_DSB = 0x0000000A  # Decryption Secrets Block (pcapng §4.7): Wireshark decrypts TLS with it
+SECRETS_TLS_KEYLOG = 0x544C534B  # "TLSK": the NSS key log format
 BLOCK_EPB = 0x00000006  # enhanced packet
 BYTE_ORDER_MAGIC = 0x1A2B3C4D
 OPT_END = 0
@@ -100,6 +102,7 @@ class CaptureReader:
         self.data = data
         self.source = source
         self.problem: str | None = None
+        self.secrets: list[str] = []  # TLS key logs of the pcapng's Decryption Secrets Blocks, once read
         self.format = self._sniff()
 
     def _sniff(self) -> str:
@@ -208,6 +211,10 @@ class CaptureReader:
                     ts = (hi << 32) | lo
                     ts_ns = ts * 1_000_000_000 // iface.units_per_s + iface.offset_s * 1_000_000_000
                     yield Frame(ts_ns, iface.linktype, view[body + 20:body + 20 + caplen], iface.name, origlen)
+            elif btype == BLOCK_DSB and blen >= 20:
+                stype, slen = struct.unpack_from(order + "II", data, body)
+                if stype == SECRETS_TLS_KEYLOG and body + 8 + slen <= pos + blen:
+                    self.secrets.append(bytes(data[body + 8:body + 8 + slen]).decode("utf-8", "replace"))
             elif btype == BLOCK_SPB:
                 if interfaces:
                     origlen = struct.unpack_from(order + "I", data, body)[0]
@@ -281,38 +288,51 @@ def epb(if_id: int, frame: Frame) -> bytes:
 
 
 def merge_frames(sources: Mapping[str, Iterable[bytes]], since: float | None = None,
-                 problems: list[str] | None = None) -> Iterator[Frame]:
+                 problems: list[str] | None = None, secrets: list[str] | None = None) -> Iterator[Frame]:
     """The frames of several hosts' capture files, in timestamp order, each named after its host.
 
     ``sources`` maps a host to the contents of its capture files (rotated files, any order).
     Each file is in time order already, so a heap merge of the files is enough (and keeps memory
     at one pending frame per file). Frames before ``since`` (seconds since the epoch) are left out.
-    A file that ends early (see :attr:`CaptureReader.problem`) adds its problem to ``problems``.
+    A file that ends early (see :attr:`CaptureReader.problem`) adds its problem to ``problems``;
+    a pcapng's TLS key log (its Decryption Secrets Blocks) goes to ``secrets`` once it is read.
     """
     floor = int(since * 1e9) if since is not None else None
     streams: list[Iterator[Frame]] = []
     for host, files in sources.items():
         for data in files:
-            streams.append(_renamed(CaptureReader(data, host), host, floor, problems))
+            streams.append(_renamed(CaptureReader(data, host), host, floor, problems, secrets))
     return heapq.merge(*streams, key=lambda f: f.ts_ns)
 
 
-def _renamed(reader: CaptureReader, host: str, floor: int | None, problems: list[str] | None) -> Iterator[Frame]:
+def _renamed(reader: CaptureReader, host: str, floor: int | None, problems: list[str] | None,
+             secrets: list[str] | None = None) -> Iterator[Frame]:
     for f in reader:
         if floor is None or f.ts_ns >= floor:
             yield f if f.interface == host else Frame(f.ts_ns, f.linktype, f.data, host, f.orig_len)
     if reader.problem is not None and problems is not None:
         problems.append(reader.problem)
+    if secrets is not None:
+        secrets += reader.secrets
 
 
-def write_pcapng(frames: Iterable[Frame], out: BinaryIO) -> int:
+def dsb(keylog: str) -> bytes:
+    """A Decryption Secrets Block carrying a TLS key log (pcapng §4.7, secrets type "TLSK")."""
+    text = keylog.encode("utf-8")
+    return _block(BLOCK_DSB, struct.pack("<II", SECRETS_TLS_KEYLOG, len(text)) + text)
+
+
+def write_pcapng(frames: Iterable[Frame], out: BinaryIO, *, keylog: str | None = None) -> int:
     """Write ``frames`` as one pcapng section, one interface per (interface name, link type).
 
     Returns the number of packets written. Frames keep their interface name as the IDB's
     ``if_name``, so Wireshark shows which host each packet was captured on
-    (``frame.interface_name``).
+    (``frame.interface_name``). ``keylog``: TLS secrets, written in a Decryption Secrets Block
+    before the first packet, so Wireshark and tshark decrypt with no settings.
     """
     out.write(SHB)
+    if keylog:
+        out.write(dsb(keylog))
     ids: dict[tuple[str, int], int] = {}
     count = 0
     for frame in frames:
@@ -327,10 +347,10 @@ def write_pcapng(frames: Iterable[Frame], out: BinaryIO) -> int:
 
 
 def write_merged_pcapng(sources: Mapping[str, Iterable[bytes]], out: BinaryIO, since: float | None = None, *,
-                        problems: list[str] | None = None) -> int:
+                        problems: list[str] | None = None, keylog: str | None = None) -> int:
     """Merge per-host capture files into one pcapng on ``out``; the number of packets written.
 
     One interface per host, named after the host, so the per-host origin is kept; packets in
     timestamp order. See :func:`merge_frames` for ``sources``, ``since`` and ``problems``.
     """
-    return write_pcapng(merge_frames(sources, since, problems), out)
+    return write_pcapng(merge_frames(sources, since, problems), out, keylog=keylog)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from labctl.traffic.dialogue import DialogueDecoder, Line, is_verb, sasl_response
 from labctl.traffic.model import NOTE, SERVER, Event, MailMessage, printable
-from labctl.traffic.payload import CommandLine, Credentials, Pop3Status
+from labctl.traffic.payload import CommandLine, Credentials, Pop3Status, TlsStart
 from labctl.traffic.tcp import StreamView
 from services.pop3.core import multiline_answer
 from services.textwire import unstuff
@@ -93,7 +93,8 @@ class Pop3Decoder(DialogueDecoder):
                 self._sasl(answer)
                 status = self._response(verb, args)
             if verb == "STLS" and status == "+OK":
-                self.events.append(Event(self.events[-1].time, NOTE, "tls", "<TLS from here on>"))
+                self.events.append(Event(self.events[-1].time, NOTE, "tls", "<TLS from here on>",
+                                         payload=TlsStart(self.client.pos, self.server.pos)))
                 self.client.pos, self.server.pos = len(self.client.data), len(self.server.data)
                 return
 
@@ -143,6 +144,8 @@ class Pop3Decoder(DialogueDecoder):
 
 
 def decode(to_server: StreamView, to_client: StreamView, *, midway: bool = False,
-           show_bodies: bool = False) -> tuple[list[Event], list[MailMessage], bool]:
+           show_bodies: bool = False, resumed: bool = False) -> tuple[list[Event], list[MailMessage], bool]:
     """The events of a POP3 connection, the messages it retrieved, and whether it was POP3 at all."""
-    return Pop3Decoder(to_server, to_client, midway=midway, show_bodies=show_bodies).decode()
+    decoder = Pop3Decoder(to_server, to_client, midway=midway, show_bodies=show_bodies)
+    decoder.resumed = resumed
+    return decoder.decode()

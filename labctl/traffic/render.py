@@ -16,9 +16,11 @@ JSON (``labctl traffic --json``) is a list of conversations, each::
      "state": "closed"|"open"|"reset"|"refused"|"unanswered",
      "joined_midway": bool, "decodable": bool, "vantages": [host captured on, ...],
      "events": [{"time", "direction": "C"|"S"|"-", "kind", "text",
-                 "clear_text_secret"?: true, "partial"?: true, "info"?: {...}}],
+                 "clear_text_secret"?: true, "partial"?: true, "decrypted"?: true, "info"?: {...}}],
      "messages": [{"time", "message_id", "subject", "lines", "octets", "complete",
-                   "sender", "recipients", "reply_code", "reply_text", "reply_time", "command"}]}
+                   "sender", "recipients", "reply_code", "reply_text", "reply_time", "command"}],
+     "tls"?: {"started": "starttls"|"implicit", "version", "cipher", "server_name", "certificate",
+              "decrypted", "problem"}}
 
 ``kind`` is one of :data:`labctl.traffic.model.KINDS`; ``partial``: the connection is still open and
 more of it may change that event (a line, reply or message not yet ended). ``info`` is the event's
@@ -27,7 +29,10 @@ typed payload (:mod:`labctl.traffic.payload`, :func:`~labctl.traffic.payload.inf
 ``additional``; an SMTP reply's ``code``; a POP3 response's ``status`` (and, after RETR/TOP, the
 message's ``message_id``, ``subject``, ``lines`` and ``octets``, as a DATA's message has them); a
 login line's ``mechanism``, ``user``, ``password``; the ``octets`` of undecodable bytes; the
-``syn`` count of an unanswered connection. Fields are only ever added.
+``syn`` count of an unanswered connection. ``decrypted``: read from inside TLS with the lab's key
+log (an outsider saw a record, kind ``record``); ``clear_text_secret`` on such an event means a
+secret that was readable once decrypted. ``tls`` (:class:`~labctl.traffic.model.TlsSummary`): the
+connection went into TLS. Fields are only ever added.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from labctl.traffic.dialogue import DialogueDecoder, Line, LineReader, from_base64, is_verb, plain
 from labctl.traffic.model import CLIENT, NOTE, SERVER, Event, MailMessage, printable
-from labctl.traffic.payload import CommandLine, Credentials
+from labctl.traffic.payload import CommandLine, Credentials, TlsStart
 from labctl.traffic.tcp import StreamView
 from services.smtp.wire import (
     AUTH_CONTINUE_CODE,
@@ -244,6 +244,7 @@ class SmtpDecoder(DialogueDecoder):
         server_rest = len(server.data) - server.pos
         self.events.append(Event(client.time(client.pos) if rest else self.events[-1].time, NOTE, "tls",
                                  f"<TLS from here on: {rest} octets to the server, {server_rest} to the client>",
+                                 payload=TlsStart(client.pos, server.pos),
                                  complete=False))  # the counts grow with the connection
         client.pos = len(client.data)
         server.pos = len(server.data)
@@ -287,6 +288,8 @@ class SmtpDecoder(DialogueDecoder):
 
 
 def decode(to_server: StreamView, to_client: StreamView, *, midway: bool = False,
-           show_bodies: bool = False) -> tuple[list[Event], list[MailMessage], bool]:
+           show_bodies: bool = False, resumed: bool = False) -> tuple[list[Event], list[MailMessage], bool]:
     """The events of an SMTP connection, the messages it carried, and whether it was SMTP at all."""
-    return SmtpDecoder(to_server, to_client, midway=midway, show_bodies=show_bodies).decode()
+    decoder = SmtpDecoder(to_server, to_client, midway=midway, show_bodies=show_bodies)
+    decoder.resumed = resumed
+    return decoder.decode()

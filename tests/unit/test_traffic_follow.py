@@ -110,8 +110,9 @@ ConvId = tuple[str, str, int, str, int]
 Printed = dict[ConvId, list[tuple[float, str, str, str]]]
 
 
-def full_decode(frames: list[Frame]) -> Printed:
+def full_decode(frames: list[Frame], keylog: str = "") -> Printed:
     decoder = TrafficDecoder(NAMES)
+    decoder.add_keys(keylog)
     decoder.feed_frames(frames)
     decoder.tcp.finish()
     out: Printed = {}
@@ -124,8 +125,9 @@ def conv_id(conv: Conversation) -> ConvId:
     return (conv.transport, conv.client.ip, conv.client.port, conv.server.ip, conv.server.port)
 
 
-def replayed(frames: list[Frame], looks: list[int]) -> Printed:
+def replayed(frames: list[Frame], looks: list[int], keylog: str = "") -> Printed:
     decoder = TrafficDecoder(NAMES)
+    decoder.add_keys(keylog)  # a TLS session's secrets are logged during its handshake: there from the first look
     follower = Follower()
     out: Printed = {}
     at = 0
