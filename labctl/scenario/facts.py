@@ -126,13 +126,17 @@ def _secrecy(fact: m.Cleartext | m.Encrypted, convs: Sequence[Conversation]) -> 
     """Did ``fact.command`` cross readable by anyone (Cleartext), or only inside TLS (Encrypted)?
 
     A line the decoder read out of TLS with the lab's key log (``Event.decrypted``) was ciphertext
-    on the wire: it counts as encrypted, never as clear text.
+    on the wire: it counts as encrypted, never as clear text. With ``fact.subject`` only the
+    sessions that carried such a message are looked at.
     """
+    if fact.subject is not None:
+        wanted = fact.subject.lower()
+        convs = [c for c in convs if any(wanted in (msg.subject or "").lower() for msg in c.messages)]
     lines = [(c, e) for c in convs if c.protocol == fact.proto for e in c.events
              if e.kind in ("command", "auth") and _command(c, e).upper().startswith(fact.command)]
     clear = [e for _, e in lines if not e.decrypted and (e.secrets or e.kind == "command")]
     hidden = [(c, e) for c, e in lines if e.decrypted]
-    what = f"{fact.proto.upper()} {fact.command}"
+    what = f"{fact.proto.upper()} {fact.command}" + (f" in the session of {fact.subject!r}" if fact.subject else "")
     if isinstance(fact, m.Cleartext):
         if clear:
             return f"{fact.command} crossed the wire in clear: {clear[0].text!r}"

@@ -207,19 +207,23 @@ class ConnectionRefused:
 
 @dataclass(frozen=True)
 class Cleartext:
-    """The ``command`` (e.g. PASS, AUTH) of ``proto`` crossed the wire readable by anyone."""
+    """The ``command`` (e.g. PASS, AUTH) of ``proto`` crossed the wire readable by anyone; with
+    ``subject``, in a session that carried a message with that subject."""
 
     proto: str
     command: str
+    subject: str | None = None
 
 
 @dataclass(frozen=True)
 class Encrypted:
     """The ``command`` of ``proto`` crossed the wire inside TLS: read only with the lab's key log
-    (decrypted), never in clear."""
+    (decrypted), never in clear; with ``subject``, only sessions that carried a message with that
+    subject count (the same command may have crossed in clear in another session)."""
 
     proto: str
     command: str
+    subject: str | None = None
 
 
 @dataclass(frozen=True)

@@ -61,7 +61,7 @@ DNS_TYPES = ("A", "AAAA", "MX", "NS", "SOA", "TXT", "CNAME", "PTR", "SRV")
 DNS_ANSWER_WORDS = ("NOERROR", "NXDOMAIN", "SERVFAIL", "REFUSED", "NODATA")
 MX_QUERY_KEYS = ("from", "domain")
 REFUSED_KEYS = ("host", "port")
-CLEARTEXT_KEYS = ("proto", "command")
+CLEARTEXT_KEYS = ("proto", "command", "subject")
 CONNECTION_KEYS = ("from", "to", "port")
 POP3_SESSION_KEYS = ("user", "retr", "dele")
 IMAP_SESSION_KEYS = ("user", "fetched", "expunged")
@@ -676,7 +676,9 @@ class _Parser:
                 if proto not in PROTO_PORTS:
                     raise self.r.fail(w + ("proto",), f"proto {proto!r}: valid choices: {', '.join(PROTO_PORTS)}")
                 command = self.text(self.require(s, w, "command", kind), w + ("command",), "command").upper()
-                facts.append(m.Cleartext(proto, command) if kind == "cleartext" else m.Encrypted(proto, command))
+                subject = self.text(s["subject"], w + ("subject",), "subject") if "subject" in s else None
+                facts.append(m.Cleartext(proto, command, subject) if kind == "cleartext"
+                             else m.Encrypted(proto, command, subject))
             elif kind == "dns":
                 facts.append(self.dns_fact(arg, w))
             elif kind == "relayed":

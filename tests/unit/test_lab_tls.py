@@ -13,7 +13,7 @@ from labctl.plan import LABEL_CONFIG, plan
 from labctl.scenario import model as m
 from labctl.scenario.facts import check_fact
 from labctl.scenario.steps import StepFailed
-from labctl.traffic.model import Conversation, Endpoint, Event, TlsSummary
+from labctl.traffic.model import Conversation, Endpoint, Event, MailMessage, TlsSummary
 from services import config as svc
 
 BASE = topology.DEFAULT_TOPOLOGY.read_text()
@@ -101,6 +101,20 @@ def test_auth_in_clear_is_not_encrypted() -> None:
     with pytest.raises(StepFailed) as err:
         check_fact(m.Encrypted("smtp", "AUTH"), convs, {})
     assert "it crossed in clear" in str(err.value)
+
+
+def test_subject_looks_only_at_the_session_that_carried_it() -> None:
+    postcard, sealed = _conv(AUTH_CLEAR), _conv(AUTH_INSIDE, tls=STARTTLS)
+    postcard.messages.append(MailMessage(0.6, "<1@x>", "Postcard", 3, 40, True))
+    sealed.messages.append(MailMessage(0.6, "<2@x>", "Sealed letter", 3, 40, True))
+    convs = [postcard, sealed]
+    assert "encrypted" in check_fact(m.Encrypted("smtp", "AUTH", "sealed"), convs, {})
+    assert "in clear" in check_fact(m.Cleartext("smtp", "AUTH", "Postcard"), convs, {})
+    with pytest.raises(StepFailed) as err:
+        check_fact(m.Encrypted("smtp", "AUTH", "Postcard"), convs, {})
+    assert "in the session of 'Postcard'" in str(err.value)
+    with pytest.raises(StepFailed):
+        check_fact(m.Cleartext("smtp", "AUTH", "Sealed letter"), convs, {})
 
 
 def test_tls_without_the_key_log_is_no_proof() -> None:
