@@ -297,6 +297,29 @@ def _live_feed(args: argparse.Namespace) -> tuple[Callable[[], dict[str, list[by
     return CaptureTail(lab).poll, [(h.name, h.fqdn, h.kind, h.address) for h in hosts]
 
 
+def cmd_web(args: argparse.Namespace) -> int:
+    from labctl.web.events import EventLog
+    from labctl.web.live import LiveLab
+    from labctl.web.server import WebServer
+
+    try:
+        server = WebServer(LiveLab(_lab(args), EventLog()), args.port)
+    except OSError as exc:
+        raise LabctlError(f"cannot listen on 127.0.0.1:{args.port} ({exc.strerror}); "
+                          "choose another --port, or leave it out for a free one") from exc
+    server.start_following()
+    out.print(server.url, soft_wrap=True)
+    err.print(f"lab {args.lab} in a browser: open the URL above (it holds the token); Ctrl-C to stop")
+    sys.stdout.flush()
+    try:
+        server.serve_forever(poll_interval=0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
 def _size(octets: int) -> str:
     return f"{octets / 1e6:.1f} MB" if octets >= 100_000 else f"{octets / 1e3:.1f} kB"
 
@@ -671,6 +694,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--topology", type=Path, default=topology.DEFAULT_TOPOLOGY, help="base topology file")
     p.add_argument("-v", "--verbose", action="store_true", help="show what each step saw, and image builds")
     p.add_argument("--lab", default=None, help="run in this lab, already up (or brought up), and leave it up")
+
+    p = add("web", cmd_web, "the lab live in a browser: traffic as a sequence diagram, messages and their "
+            "journeys, hosts, queue, mailboxes (prints a URL with a token; opens nothing)")
+    p.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: a free one)")
 
     p = add("check", cmd_check, "grade a lab that is up against a scenario's checks, running none of its actions")
     p.add_argument("files", nargs="+", type=Path, metavar="FILE", help="scenario or exercise files (YAML)")

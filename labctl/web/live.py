@@ -1,0 +1,194 @@
+"""The lab behind ``labctl web``: one follower of its capture, its hosts, and the actions.
+
+:class:`LiveLab` runs one loop (a thread of the server): each second it feeds the capture's new
+records (:class:`~labctl.capture.CaptureTail`, as ``labctl traffic --follow`` does) to one
+:class:`~labctl.traffic.decode.TrafficDecoder`, and appends to the :class:`EventLog` an
+``exchange`` for every conversation that gained settled events (:class:`Follower`: the lines the
+page shows are the lines a full decode prints) and ``hosts`` when a host's state changed. The views
+read the same decoder under a lock; the actions go through :class:`~labctl.lab.Lab` and
+:mod:`labctl.mail`, as the CLI's commands do.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from labctl import mail
+from labctl.errors import LabctlError
+from labctl.lab import HostStatus, Lab
+from labctl.traffic import cli as traffic_cli
+from labctl.traffic import render
+from labctl.traffic.follow import Follower, key
+from labctl.traffic.model import Conversation
+from labctl.web import api
+from labctl.web.events import EventLog
+
+if TYPE_CHECKING:
+    from labctl.traffic.decode import TrafficDecoder
+
+# The decoders (dnspython under them) and the journey are imported by the follower's thread, once
+# the server answers: `labctl web` is up before they are loaded (README: its start-up figure).
+
+LOOK_INTERVAL = 1.0  # seconds between looks at the capture (as `labctl traffic --follow`)
+HOST_ACTIONS = ("stop", "start", "kill")
+
+
+class _Numbered(Follower):
+    """A follower that also gives each conversation a number for the page, kept when its start
+    moves (the follower's own rule: :data:`~labctl.traffic.follow.SAME_CONNECTION_WINDOW`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.numbers: dict[tuple[Any, ...], int] = {}
+
+    def _key(self, conv: Conversation) -> tuple[str, str, int, str, int, float]:
+        k = key(conv)
+        before, new = self._latest.get(k[:5]), k not in self.shown
+        super()._key(conv)
+        if new:
+            if before is not None and before != k and before not in self.shown and before in self.numbers:
+                self.numbers[k] = self.numbers.pop(before)  # the follower took it for the same connection
+            else:
+                self.numbers[k] = len(self.numbers) + 1
+        return k
+
+
+class LiveLab:
+    def __init__(self, lab: Lab, log: EventLog, *, tail: Callable[[], Any] | None = None) -> None:
+        self.lab = lab
+        self.log = log
+        self.lock = threading.Lock()
+        self.hosts: list[HostStatus] = []
+        self.decoder: TrafficDecoder | None = None
+        self.follower = _Numbered()
+        self.exchanges: dict[int, dict[str, Any]] = {}
+        self.problem: str | None = None
+        self._tail = tail
+        self._stop = threading.Event()
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        from labctl.capture import CaptureTail
+        from labctl.traffic.decode import TrafficDecoder
+
+        newest, seen_at = 0.0, time.monotonic()
+        tail = None
+        while not self._stop.is_set():
+            try:
+                hosts = self.lab.hosts()
+                if self.decoder is None:
+                    infos = [(h.name, h.fqdn, h.kind, h.address) for h in hosts]
+                    self.decoder = TrafficDecoder(traffic_cli.names_from_hosts(infos))
+                    self._probe = traffic_cli.probe_addresses(infos)
+                    tail = self._tail or CaptureTail(self.lab).poll
+                self._hosts_changed(hosts)
+                assert tail is not None
+                fresh = tail()
+                with self.lock:
+                    self.decoder.feed_captures(fresh)
+                    if self.decoder.latest != newest:
+                        newest, seen_at = self.decoder.latest, time.monotonic()
+                    self._publish(newest + (time.monotonic() - seen_at))
+                self._problem(None)
+            except LabctlError as exc:
+                self._problem(str(exc))
+            self._stop.wait(LOOK_INTERVAL)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _problem(self, text: str | None) -> None:
+        if text != self.problem:
+            self.problem = text
+            self.log.append("problem", {"text": text})
+
+    def _hosts_changed(self, hosts: list[HostStatus]) -> None:
+        if [api.host_json(h) for h in hosts] != [api.host_json(h) for h in self.hosts]:
+            self.hosts = hosts
+            self.log.append("hosts", api.topology_json(self.lab.name, hosts))
+
+    def conversations(self) -> list[Conversation]:
+        """The decoded conversations the page shows (as `labctl traffic` without --all)."""
+        if self.decoder is None:
+            return []
+        return render.select(self.decoder.conversations(), decoded_only=True, hide_clients=self._probe)
+
+    def _publish(self, now: float) -> None:
+        for conv, _ in self.follower.poll(self.conversations(), now=now):
+            k = key(conv)
+            settled = self.follower.shown[k]
+            shown = replace(conv, events=conv.events[:settled])
+            x = api.exchange_json(self.follower.numbers[k], shown, self.hosts)
+            self.exchanges[x["id"]] = x
+            self.log.append("exchange", x)
+
+    # -- the views ------------------------------------------------------------------------------
+
+    def topology(self) -> dict[str, Any]:
+        return api.topology_json(self.lab.name, self.lab.status())
+
+    def exchange_list(self) -> dict[str, Any]:
+        with self.lock:
+            return {"last_event": self.log.last_id,
+                    "exchanges": sorted(self.exchanges.values(), key=lambda x: (x["start"], x["id"]))}
+
+    def messages(self) -> list[dict[str, Any]]:
+        with self.lock:
+            return api.messages_json(self.conversations())
+
+    def journey(self, message_id: str) -> dict[str, Any]:
+        from labctl.traffic import journey
+
+        with self.lock:
+            if self.decoder is None:
+                raise LabctlError("the capture has not been read yet; try again in a second")
+            j = journey.trace(self.conversations(), message_id=message_id,
+                              lookups=self.decoder.neighbour_lookups())
+        return api.journey_json(j)
+
+    def queue(self) -> Any:
+        return _answer(mail.queue(self.lab, as_json=True), "the MTA's queue")
+
+    def mailboxes(self) -> list[dict[str, Any]]:
+        listings = {}
+        for h in self.lab.hosts():
+            if h.kind == "mua":
+                listings[h.name] = (h.user, _answer(mail.server_mailbox(self.lab, h.name, as_json=True),
+                                                    f"{h.name}'s mailbox"))
+        return api.mailboxes_json(listings)
+
+    # -- the actions ----------------------------------------------------------------------------
+
+    def host_action(self, host: str, action: str) -> dict[str, Any]:
+        if action not in HOST_ACTIONS:
+            raise LabctlError(f"no host action {action!r}; the actions are {', '.join(HOST_ACTIONS)}")
+        done = getattr(self.lab, action)(host)
+        self.log.append("action", {"action": action, "host": done.name, "state": done.state})
+        return api.host_json(done)
+
+    def flush(self) -> dict[str, Any]:
+        return _outcome(mail.queue(self.lab, flush=True))
+
+    def send(self, sender: str, to: Sequence[str], subject: str, body: str) -> dict[str, Any]:
+        return _outcome(mail.send(self.lab, sender, list(to), subject, body))
+
+    def fetch(self, user: str) -> dict[str, Any]:
+        return _outcome(mail.fetch(self.lab, user))
+
+
+def _outcome(result: mail.MailCommandResult) -> dict[str, Any]:
+    return {"host": result.host, "ok": result.ok, "output": result.output, "errors": result.errors}
+
+
+def _answer(result: mail.MailCommandResult, what: str) -> Any:
+    if not result.ok:
+        raise LabctlError(f"{what}: {result.errors.strip() or result.output.strip()}")
+    try:
+        return api.command_json(result.output, what)
+    except ValueError as exc:
+        raise LabctlError(str(exc)) from exc
