@@ -79,7 +79,9 @@ def label(conv: Conversation) -> str:
     """The arrow's few words: what the exchange did, as its own lines say it."""
     proto = conv.protocol.upper()
     if conv.protocol == "dns":
-        return " / ".join(e.text for e in conv.events[:2]) or proto
+        asked = ", ".join(e.text for e in conv.events if e.direction == CLIENT)
+        answered = "; ".join(e.text.split("   [")[0] for e in conv.events if e.direction != CLIENT)
+        return f"{asked} \u2192 {answered}" if answered else asked or proto
     if conv.state in ("refused", "unanswered"):
         return f"{proto} {conv.state}"
     parts = [proto]
