@@ -21,6 +21,7 @@ from labctl.traffic.model import CLIENT, Conversation
 from labctl.traffic.payload import DnsAnswer, ImapResponse, Pop3Status, Reply
 
 if TYPE_CHECKING:
+    from labctl.traffic.arp import NeighbourLookup
     from labctl.traffic.journey import Journey
 
 # The lanes' order, after the reference article's figure: the sender's MUA, its MTA, the DNS, the
@@ -118,6 +119,21 @@ def exchange_json(xid: int, conv: Conversation, hosts: Sequence[HostStatus]) -> 
     }
 
 
+def lookup_json(xid: int, lookup: NeighbourLookup, hosts: Sequence[HostStatus], text: str) -> dict[str, Any]:
+    """An ARP lookup nobody answered, as an exchange: the only trace of an attempt to reach a host
+    that is off (Linux sends no SYN to a neighbour it cannot find; see :mod:`labctl.traffic.arp`)."""
+    return {
+        "id": xid, "protocol": "arp",
+        "from": lane_of(lookup.asker_host, lookup.asker, hosts),
+        "to": lane_of(lookup.target_host, lookup.target, hosts),
+        "client": lookup.asker_host or lookup.asker, "server": lookup.target_host or lookup.target,
+        "start": round(lookup.start, 6), "end": round(lookup.end, 6), "state": "unanswered",
+        "failure": "no ARP answer", "clear_text_secret": False, "encrypted": False,
+        "label": f"ARP who-has {lookup.target}: no answer ({lookup.requests}\u00d7)",
+        "events": lookup.requests, "message_ids": [], "text": text + "\n",
+    }
+
+
 def messages_json(conversations: Iterable[Conversation]) -> list[dict[str, Any]]:
     """``GET /api/messages``: every message that crossed the wire, once, in order of first sight."""
     seen: dict[str, dict[str, Any]] = {}
@@ -157,5 +173,8 @@ def command_json(output: str, what: str) -> Any:
 
 
 def mailboxes_json(listings: Mapping[str, tuple[str, Any]]) -> list[dict[str, Any]]:
-    """``GET /api/mailboxes``: each user's mailbox on the server, {user: (address, listing)}."""
-    return [{"user": user, "address": address, "messages": listing} for user, (address, listing) in listings.items()]
+    """``GET /api/mailboxes``: each user's mailbox on the server, {user: (address, listing or the
+    exception that kept it unread)}: one host down does not hide the others' mailboxes."""
+    return [{"user": user, "address": address, "messages": None, "error": str(listing)}
+            if isinstance(listing, Exception) else {"user": user, "address": address, "messages": listing}
+            for user, (address, listing) in listings.items()]

@@ -22,7 +22,7 @@ from labctl.errors import LabctlError
 from labctl.lab import HostStatus, Lab
 from labctl.traffic import cli as traffic_cli
 from labctl.traffic import render
-from labctl.traffic.follow import Follower, key
+from labctl.traffic.follow import UNANSWERED_SETTLE, Follower, key
 from labctl.traffic.model import Conversation
 from labctl.web import api
 from labctl.web.events import EventLog
@@ -35,6 +35,9 @@ if TYPE_CHECKING:
 
 LOOK_INTERVAL = 1.0  # seconds between looks at the capture (as `labctl traffic --follow`)
 HOST_ACTIONS = ("stop", "start", "kill")
+# Linux gives up on a neighbour after this many requests (mcast_solicit, see labctl.traffic.arp):
+# fewer unanswered is a lookup the capture saw only part of, not a host that is off.
+ARP_GIVES_UP = 3
 
 
 class _Numbered(Follower):
@@ -68,36 +71,43 @@ class LiveLab:
         self.exchanges: dict[int, dict[str, Any]] = {}
         self.problem: str | None = None
         self._tail = tail
+        self._probe: set[str] = set()
+        self._newest, self._seen_at = 0.0, time.monotonic()
         self._stop = threading.Event()
 
     # -- the loop -------------------------------------------------------------------------------
 
     def run(self) -> None:
+        """Look at the lab every :data:`LOOK_INTERVAL` seconds until :meth:`stop`."""
+        while not self._stop.is_set():
+            self.look()
+            self._stop.wait(LOOK_INTERVAL)
+
+    def look(self) -> None:
+        """One look: the hosts' states, the capture's new records, what they settled."""
         from labctl.capture import CaptureTail
         from labctl.traffic.decode import TrafficDecoder
 
-        newest, seen_at = 0.0, time.monotonic()
-        tail = None
-        while not self._stop.is_set():
-            try:
-                hosts = self.lab.hosts()
-                if self.decoder is None:
-                    infos = [(h.name, h.fqdn, h.kind, h.address) for h in hosts]
-                    self.decoder = TrafficDecoder(traffic_cli.names_from_hosts(infos))
-                    self._probe = traffic_cli.probe_addresses(infos)
-                    tail = self._tail or CaptureTail(self.lab).poll
-                self._hosts_changed(hosts)
-                assert tail is not None
-                fresh = tail()
-                with self.lock:
-                    self.decoder.feed_captures(fresh)
-                    if self.decoder.latest != newest:
-                        newest, seen_at = self.decoder.latest, time.monotonic()
-                    self._publish(newest + (time.monotonic() - seen_at))
-                self._problem(None)
-            except LabctlError as exc:
-                self._problem(str(exc))
-            self._stop.wait(LOOK_INTERVAL)
+        try:
+            hosts = self.lab.hosts()
+            if self.decoder is None:
+                infos = [(h.name, h.fqdn, h.kind, h.address) for h in hosts]
+                self.decoder = TrafficDecoder(traffic_cli.names_from_hosts(infos))
+                self._probe = traffic_cli.probe_addresses(infos)
+                self._tail = self._tail or CaptureTail(self.lab).poll
+            self._hosts_changed(hosts)
+            assert self._tail is not None
+            fresh = self._tail()
+            with self.lock:
+                self.decoder.feed_captures(fresh)
+                # The capture clock, run on by the wall clock while the capture is silent (as
+                # `labctl traffic --follow` does): an unanswered SYN settles with nothing captured.
+                if self.decoder.latest != self._newest:
+                    self._newest, self._seen_at = self.decoder.latest, time.monotonic()
+                self._publish(self._newest + (time.monotonic() - self._seen_at))
+            self._problem(None)
+        except LabctlError as exc:
+            self._problem(str(exc))
 
     def stop(self) -> None:
         self._stop.set()
@@ -124,8 +134,25 @@ class LiveLab:
             settled = self.follower.shown[k]
             shown = replace(conv, events=conv.events[:settled])
             x = api.exchange_json(self.follower.numbers[k], shown, self.hosts)
-            self.exchanges[x["id"]] = x
-            self.log.append("exchange", x)
+            self._put(x)
+        self._lookups(now)
+
+    def _put(self, x: dict[str, Any]) -> None:
+        self.exchanges[x["id"]] = x
+        self.log.append("exchange", x)
+
+    def _lookups(self, now: float) -> None:
+        """Each ARP lookup nobody answered, once settled (no request for as long as a SYN waits)."""
+        from labctl.traffic.journey import _unreachable  # the text `labctl trace` shows for it
+
+        assert self.decoder is not None
+        for lookup in self.decoder.neighbour_lookups():
+            k = ("arp", lookup.asker, lookup.target, lookup.start)
+            if (lookup.answered or lookup.requests < ARP_GIVES_UP or k in self.follower.numbers
+                    or lookup.asker in self._probe or now - lookup.end < UNANSWERED_SETTLE):
+                continue
+            self.follower.numbers[k] = len(self.follower.numbers) + 1
+            self._put(api.lookup_json(self.follower.numbers[k], lookup, self.hosts, _unreachable(lookup)))
 
     # -- the views ------------------------------------------------------------------------------
 
@@ -155,11 +182,15 @@ class LiveLab:
         return _answer(mail.queue(self.lab, as_json=True), "the MTA's queue")
 
     def mailboxes(self) -> list[dict[str, Any]]:
-        listings = {}
+        """Each user's mailbox on the server; one whose host is down says so in its ``error``."""
+        listings: dict[str, tuple[str, Any]] = {}
         for h in self.lab.hosts():
             if h.kind == "mua":
-                listings[h.name] = (h.user, _answer(mail.server_mailbox(self.lab, h.name, as_json=True),
-                                                    f"{h.name}'s mailbox"))
+                try:
+                    listings[h.name] = (h.user, _answer(mail.server_mailbox(self.lab, h.name, as_json=True),
+                                                        f"{h.name}'s mailbox"))
+                except LabctlError as exc:
+                    listings[h.name] = (h.user, exc)
         return api.mailboxes_json(listings)
 
     # -- the actions ----------------------------------------------------------------------------

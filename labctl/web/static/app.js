@@ -141,7 +141,8 @@ async function refreshState() {
   } catch (e) { $("queue").replaceChildren(el("p", { class: "bad" }, e.message)); }
   try {
     const boxes = await get("mailboxes");
-    $("mailboxes").replaceChildren(...boxes.map((b) => el("div", { class: "mailbox" },
+    $("mailboxes").replaceChildren(...boxes.map((b) => b.error ? el("div", { class: "mailbox" },
+      el("h3", {}, b.address), el("p", { class: "bad" }, b.error)) : el("div", { class: "mailbox" },
       el("h3", {}, `${b.address} on the server: ${b.messages.length} message(s)`),
       el("ul", {}, ...b.messages.map((m) => el("li", {}, `${m.number}. ${m.headers?.Subject ?? "(no subject)"} `,
         el("span", { class: "muted" }, `from ${m.headers?.From ?? "?"} · ${m.size} octets`),

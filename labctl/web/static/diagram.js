@@ -116,7 +116,7 @@ export class Diagram {
     const y = i * ROW + 30;
     const kind = x.failure ? "fail" : x.clear_text_secret ? "secret" : x.state === "open" ? "open" : "ok";
     const g = svg("g", { class: `arrow ${kind}${this.picked === x.id ? " picked" : ""}`, "data-id": x.id,
-      "data-protocol": x.protocol, tabindex: 0 });
+      "data-protocol": x.protocol, "data-from": x.from, "data-to": x.to, tabindex: 0 });
     const x1 = this.x(x.from), x2 = this.x(x.to);
     g.append(svg("rect", { x: 0, y: y - 28, width: "100%", height: ROW, class: "hit" }));
     g.append(svg("text", { x: 6, y: y + 5, class: "time" }, clock(x.start)));
