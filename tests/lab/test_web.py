@@ -56,7 +56,7 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--no-first-run", "--window-size=1600,1200",
+                "--disable-component-update", "--no-first-run", "--window-size=1600,1400",
                 f"--user-data-dir={tmp_path_factory.mktemp('chromium')}"):
         options.add_argument(arg)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
@@ -148,6 +148,8 @@ def test_the_page_draws_the_lab_live(web: str, browser: Any, running_lab: Runnin
          and "fail" in a["cls"]), None))
     assert failed["words"].startswith("✗"), failed
 
+    d.find_element("id", "dialogue-close").click()  # the picture: diagram, hosts, the journey under them
+    d.execute_script("window.scrollTo(0, 0)")
     shot = Path(os.environ.get("WEB_SCREENSHOT", tmp_path / "labctl-web.png"))
     assert d.save_screenshot(str(shot)), shot
     errors = [e for e in d.get_log("browser") if e["level"] == "SEVERE"]

@@ -6,7 +6,8 @@ import { clock } from "./api.js";
 const SVG = "http://www.w3.org/2000/svg";
 const ROW = 44; // px per arrow
 const TIME_W = 130; // px for the time column
-const OVERSCAN = 8; // rows drawn beyond the view, so a scroll shows no gap
+const OVERSCAN = 8;
+const CHAR_W = 8.6; // px, the mean width of a character of the arrows' words (16px sans-serif) // rows drawn beyond the view, so a scroll shows no gap
 
 function svg(tag, attrs = {}, text) {
   const node = document.createElementNS(SVG, tag);
@@ -123,9 +124,16 @@ export class Diagram {
     g.append(svg("line", { x1, x2, y1: y, y2: y, class: "shaft", "marker-end": `url(#head-${kind})` }));
     let words = x.label;
     if (x.failure) words = `✗ ${words}`;
-    if (x.clear_text_secret) words = `⚠ ${words} · password in clear`;
+    if (x.clear_text_secret) words = `⚠ password in clear · ${words}`; // first: never cut off
     if (x.encrypted) words = `🔒 ${words}`;
-    g.append(svg("text", { x: (x1 + x2) / 2, y: y - 8, "text-anchor": "middle", class: "words" }, words));
+    // The words fit between the time column and the right edge (the whole text is a click away).
+    const width = Math.max(this.body.clientWidth, 600);
+    const room = Math.max(Math.abs(x2 - x1) + 120, 420);
+    const most = Math.floor(room / CHAR_W);
+    if (words.length > most) words = words.slice(0, most - 1) + "…";
+    const half = (words.length * CHAR_W) / 2;
+    const mid = Math.min(Math.max((x1 + x2) / 2, TIME_W + half), width - 10 - half);
+    g.append(svg("text", { x: mid, y: y - 8, "text-anchor": "middle", class: "words" }, words));
     const title = svg("title", {}, `${x.client} → ${x.server}\n${x.text}`);
     g.append(title);
     g.addEventListener("click", () => this.pick(x.id));
