@@ -6,7 +6,9 @@ const $ = (id) => document.getElementById(id);
 let topology = { lanes: [], hosts: [] };
 let chosen = null; // the message whose journey is shown
 
-const diagram = new Diagram($("lanes"), $("diagram"), showDialogue);
+const diagram = new Diagram($("lanes"), $("diagram"), showDialogue, (shown, all) => {
+  $("count").textContent = `${shown} of ${all} exchanges`;
+});
 
 function showDialogue(x) {
   if (!x) return;
@@ -144,13 +146,24 @@ async function refreshState() {
     $("mailboxes").replaceChildren(...boxes.map((b) => b.error ? el("div", { class: "mailbox" },
       el("h3", {}, b.address), el("p", { class: "bad" }, b.error)) : el("div", { class: "mailbox" },
       el("h3", {}, `${b.address} on the server: ${b.messages.length} message(s)`),
-      el("ul", {}, ...b.messages.map((m) => el("li", {}, `${m.number}. ${m.headers?.Subject ?? "(no subject)"} `,
-        el("span", { class: "muted" }, `from ${m.headers?.From ?? "?"} · ${m.size} octets`),
-        el("div", { class: "note" }, "Received: " + (m.all_headers || []).filter(([k]) => k === "Received")
-          .map(([, v]) => v.replace(/^from (\S+).* by (\S+).*$/s, "$1 → $2")).reverse().join(", "))))))));
+      el("ul", {}, ...b.messages.map(mailboxEntry)))));
   } catch (e) { $("mailboxes").replaceChildren(el("p", { class: "bad" }, e.message)); }
 }
 $("refresh-state").addEventListener("click", refreshState);
+
+// One stored message: its line, and when opened its Received path (oldest hop first) and MIME tree.
+function mailboxEntry(m) {
+  const received = (m.all_headers || []).filter(([k]) => k === "Received")
+    .map(([, v]) => v.replace(/\s+/g, " ").replace(/^from (\S+).* by (\S+).*$/, "$1 → $2")).reverse();
+  return el("li", {}, el("details", {},
+    el("summary", {}, `${m.number}. ${m.headers?.Subject ?? "(no subject)"} `,
+      el("span", { class: "muted" }, `from ${m.headers?.From ?? "?"} · ${m.size} octets`)),
+    el("div", { class: "note" }, `Received: ${received.join(", ") || "(none)"}`),
+    el("pre", { class: "tree" }, (m.parts || []).map((p) => `${"  ".repeat(p.depth)}${p.number || "·"} ${p.content_type}`
+      + `${p.charset ? `; charset=${p.charset}` : ""}${p.encoding ? ` (${p.encoding})` : ""}`
+      + `${p.filename ? ` "${p.filename}"` : ""}${p.size !== null && p.size !== undefined ? `, ${p.size} octets` : ""}`)
+      .join("\n"))));
+}
 
 // -- live ---------------------------------------------------------------------------------------
 
@@ -165,7 +178,7 @@ const laterState = debounce(async () => refreshState(), 3000);
 async function start() {
   showTopology(await get("topology"));
   const list = await get("exchanges");
-  for (const x of list.exchanges) diagram.put(x);
+  for (const x of list.exchanges) diagram.put(x, false);
   refreshMessages();
   refreshState();
   events(list.last_event, {
@@ -174,8 +187,6 @@ async function start() {
     action: () => laterState(),
     problem: (p) => { $("problem").hidden = !p.text; $("problem").textContent = p.text || ""; },
   }, (up) => { $("live").textContent = up ? "live" : "reconnecting…"; $("live").classList.toggle("off", !up); });
-  $("count").textContent = "";
-  setInterval(() => { $("count").textContent = `${diagram.rows.length} of ${diagram.all.size} exchanges`; }, 1000);
 }
 
 start().catch((e) => { $("problem").hidden = false; $("problem").textContent = e.message; });

@@ -7,6 +7,7 @@ const SVG = "http://www.w3.org/2000/svg";
 const ROW = 44; // px per arrow
 const TIME_W = 130; // px for the time column
 const OVERSCAN = 8;
+const GROW_MS = 900; // how long a new arrow takes to grow (style.css: .arrow.grow)
 const CHAR_W = 8.6; // px, the mean width of a character of the arrows' words (16px sans-serif) // rows drawn beyond the view, so a scroll shows no gap
 
 function svg(tag, attrs = {}, text) {
@@ -17,7 +18,8 @@ function svg(tag, attrs = {}, text) {
 }
 
 export class Diagram {
-  constructor(head, body, onPick) {
+  constructor(head, body, onPick, onCount = () => {}) {
+    this.onCount = onCount; // (shown, all) after each redraw of the rows
     this.head = head; // the lane names (not scrolled)
     this.body = body; // the scrolled rows
     this.onPick = onPick;
@@ -27,6 +29,8 @@ export class Diagram {
     this.rows = []; // the exchanges shown, filtered, in order
     this.filter = { proto: "", since: null };
     this.picked = null;
+    this.pending = 0; // a redraw is asked for the next frame
+    this.fresh = new Map(); // id -> when it arrived: a new arrow grows from its client for a moment
     this.inner = document.createElement("div");
     this.inner.className = "rows";
     this.canvas = svg("svg", { class: "sequence", role: "img", "aria-label": "sequence diagram" });
@@ -43,13 +47,19 @@ export class Diagram {
     this.draw();
   }
 
-  // An exchange new or grown (the stream sends the whole exchange each time it gains events).
-  put(x) {
-    const atEnd = this.body.scrollTop + this.body.clientHeight >= this.body.scrollHeight - ROW;
+  // An exchange new or grown (the stream sends the whole exchange each time it gains events);
+  // `live`: it just happened (it grows in), not loaded with the page. Redrawn once per frame.
+  put(x, live = true) {
+    if (live && !this.all.has(x.id)) this.fresh.set(x.id, performance.now());
     this.all.set(x.id, x);
-    this.refilter();
-    if (atEnd) this.body.scrollTop = this.body.scrollHeight;
     if (this.picked === x.id) this.onPick(x);
+    if (this.pending) return;
+    this.pending = requestAnimationFrame(() => {
+      this.pending = 0;
+      const atEnd = this.body.scrollTop + this.body.clientHeight >= this.body.scrollHeight - ROW;
+      this.refilter();
+      if (atEnd) this.body.scrollTop = this.body.scrollHeight;
+    });
   }
 
   setFilter(filter) {
@@ -64,6 +74,7 @@ export class Diagram {
       .sort((a, b) => a.start - b.start || a.id - b.id);
     this.inner.style.height = `${this.rows.length * ROW + 10}px`;
     this.draw();
+    this.onCount(this.rows.length, this.all.size);
   }
 
   x(lane) {
@@ -116,7 +127,10 @@ export class Diagram {
   arrow(x, i) {
     const y = i * ROW + 30;
     const kind = x.failure ? "fail" : x.clear_text_secret ? "secret" : x.state === "open" ? "open" : "ok";
-    const g = svg("g", { class: `arrow ${kind}${this.picked === x.id ? " picked" : ""}`, "data-id": x.id,
+    const born = this.fresh.get(x.id);
+    if (born !== undefined && performance.now() - born > GROW_MS) this.fresh.delete(x.id);
+    const grows = this.fresh.has(x.id) && kind !== "fail" && kind !== "open" ? " grow" : "";
+    const g = svg("g", { class: `arrow ${kind}${grows}${this.picked === x.id ? " picked" : ""}`, "data-id": x.id,
       "data-protocol": x.protocol, "data-from": x.from, "data-to": x.to, tabindex: 0 });
     const x1 = this.x(x.from), x2 = this.x(x.to);
     g.append(svg("rect", { x: 0, y: y - 28, width: "100%", height: ROW, class: "hit" }));
