@@ -86,6 +86,21 @@ def until(driver: Any, what: str, check: Any, timeout: float = WAIT) -> Any:
         raise AssertionError(f"waited {timeout:.0f} s for {what}; arrows:\n{shown}\npage:\n{text}") from None
 
 
+def click(driver: Any, css: str, what: str) -> None:
+    """Click what ``css`` finds; again if the page redrew it between finding and clicking (the
+    diagram and the lists are redrawn as the stream brings news)."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    def clicked(d: Any) -> bool:
+        try:
+            d.find_element("css selector", css).click()
+            return True
+        except StaleElementReferenceException:
+            return False
+
+    until(driver, what, clicked, timeout=10)
+
+
 def send_from_page(driver: Any, subject: str) -> str:
     driver.find_element("id", "send-subject").clear()
     driver.find_element("id", "send-subject").send_keys(subject)
@@ -118,7 +133,7 @@ def test_the_page_draws_the_lab_live(web: str, browser: Any, running_lab: Runnin
     assert "fail" not in submission["cls"]
 
     # Its dialogue, the text `labctl traffic` prints, on a click.
-    d.find_element("css selector", f"g.arrow[data-id='{submission['id']}']").click()
+    click(d, f"g.arrow[data-id='{submission['id']}']", "the submission's arrow")
     dialogue = until(d, "the dialogue", lambda d: d.find_element("id", "dialogue").text)
     assert re.search(r"^C: MAIL FROM:<andy@ouhk\.example>", dialogue, re.I | re.M), dialogue
     assert re.search(r"^S: 250 ", dialogue, re.M), dialogue
@@ -131,11 +146,11 @@ def test_the_page_draws_the_lab_live(web: str, browser: Any, running_lab: Runnin
     assert "secret" in pop["cls"] and "password in clear" in pop["words"], pop
     listed = f"#messages li[data-id='{message_id}']"
     until(d, "the message in the list", lambda d: d.find_elements("css selector", listed))
-    d.find_element("css selector", listed).click()
+    click(d, listed, "the message in the list")
     until(d, "step 6 of the journey", lambda d: "6 of 6 steps" in d.find_element("id", "journey").text)
 
     # The MX stopped from the page: its host and its lane go down, the next relay fails on the page.
-    d.find_element("css selector", ".host[data-host='mail'] button[data-action='stop']").click()
+    click(d, ".host[data-host='mail'] button[data-action='stop']", "the MX's stop button")
     until(d, "the MX's host down", lambda d: "down" in d.find_element(
         "css selector", ".host[data-host='mail']").get_attribute("class"))
     until(d, "the MX's lane down", lambda d: "down" in d.find_element(

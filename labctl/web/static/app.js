@@ -176,8 +176,9 @@ const laterMessages = debounce(refreshMessages, 500);
 const laterState = debounce(async () => refreshState(), 3000);
 
 async function start() {
-  showTopology(await get("topology"));
+  // The exchanges first, then the hosts: a state change after the list's last event comes by the stream.
   const list = await get("exchanges");
+  showTopology(await get("topology"));
   for (const x of list.exchanges) diagram.put(x, false);
   refreshMessages();
   refreshState();
