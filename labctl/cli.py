@@ -303,7 +303,7 @@ def cmd_web(args: argparse.Namespace) -> int:
     from labctl.web.server import WebServer
 
     try:
-        server = WebServer(LiveLab(_lab(args), EventLog()), args.port)
+        server = WebServer(LiveLab(_lab(args), EventLog(), hide_secrets=args.hide_secrets), args.port)
     except OSError as exc:
         raise LabctlError(f"cannot listen on 127.0.0.1:{args.port} ({exc.strerror}); "
                           "choose another --port, or leave it out for a free one") from exc
@@ -698,6 +698,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("web", cmd_web, "the lab live in a browser: traffic as a sequence diagram, messages and their "
             "journeys, hosts, queue, mailboxes (prints a URL with a token; opens nothing)")
     p.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: a free one)")
+    p.add_argument("--hide-secrets", action="store_true",
+                   help="mask the passwords sent in clear text in the dialogues (still marked on the arrows)")
 
     p = add("check", cmd_check, "grade a lab that is up against a scenario's checks, running none of its actions")
     p.add_argument("files", nargs="+", type=Path, metavar="FILE", help="scenario or exercise files (YAML)")

@@ -96,9 +96,12 @@ def label(conv: Conversation) -> str:
     return " ".join(parts)
 
 
-def exchange_json(xid: int, conv: Conversation, hosts: Sequence[HostStatus]) -> dict[str, Any]:
-    """One arrow: ``conv`` holds the events settled so far (see :mod:`labctl.traffic.follow`)."""
-    text = render.dns_lines(conv) if conv.protocol == "dns" and conv.decodable else render.text([conv])
+def exchange_json(xid: int, conv: Conversation, hosts: Sequence[HostStatus], *,
+                  hide_secrets: bool = False) -> dict[str, Any]:
+    """One arrow: ``conv`` holds the events settled so far (see :mod:`labctl.traffic.follow`);
+    ``hide_secrets``: its text masks the passwords, as ``labctl traffic --hide-secrets``."""
+    text = (render.dns_lines(conv, hide_secrets=hide_secrets) if conv.protocol == "dns" and conv.decodable
+            else render.text([conv], hide_secrets=hide_secrets))
     return {
         "id": xid,
         "protocol": conv.protocol,

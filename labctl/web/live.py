@@ -61,8 +61,10 @@ class _Numbered(Follower):
 
 
 class LiveLab:
-    def __init__(self, lab: Lab, log: EventLog, *, tail: Callable[[], Any] | None = None) -> None:
+    def __init__(self, lab: Lab, log: EventLog, *, tail: Callable[[], Any] | None = None,
+                 hide_secrets: bool = False) -> None:
         self.lab = lab
+        self.hide_secrets = hide_secrets  # a projected page masks the passwords it marks
         self.log = log
         self.lock = threading.Lock()
         self.hosts: list[HostStatus] = []
@@ -133,7 +135,7 @@ class LiveLab:
             k = key(conv)
             settled = self.follower.shown[k]
             shown = replace(conv, events=conv.events[:settled])
-            x = api.exchange_json(self.follower.numbers[k], shown, self.hosts)
+            x = api.exchange_json(self.follower.numbers[k], shown, self.hosts, hide_secrets=self.hide_secrets)
             self._put(x)
         self._lookups(now)
 

@@ -71,6 +71,16 @@ def test_an_exchange_is_what_labctl_traffic_prints() -> None:
     assert (mx["from"], mx["to"]) == ("smtp", "ns") and "\u2192 MX 10 mail.stevenchoy.example" in mx["label"]
 
 
+def test_passwords_masked_on_request() -> None:
+    convs, _ = decode_captures(lab_capture(), NAMES)
+    pop = next(c for c in convs if c.protocol == "pop3" and any(e.secrets for e in c.events))
+    secret = next(s for e in pop.events for s in e.secrets)
+    assert secret in api.exchange_json(1, pop, HOSTS)["text"]
+    masked = api.exchange_json(1, pop, HOSTS, hide_secrets=True)
+    assert secret not in masked["text"] and masked["text"] == render.text([pop], hide_secrets=True)
+    assert masked["clear_text_secret"]  # still drawn as sent in clear
+
+
 def test_failures_are_marked() -> None:
     caps = {h: (DATA / f"{h}.pcap").read_bytes() for h in ("down-smtp", "up-smtp")}
     convs, _ = decode_captures(caps, NAMES)
