@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -82,7 +83,11 @@ class LiveLab:
     def run(self) -> None:
         """Look at the lab every :data:`LOOK_INTERVAL` seconds until :meth:`stop`."""
         while not self._stop.is_set():
-            self.look()
+            try:
+                self.look()
+            except Exception as exc:  # a bug: keep following, say so on the page and the terminal
+                traceback.print_exc()
+                self._problem(f"labctl web's follower failed ({type(exc).__name__}); the terminal shows why")
             self._stop.wait(LOOK_INTERVAL)
 
     def look(self) -> None:

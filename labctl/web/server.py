@@ -20,6 +20,7 @@ import hmac
 import json
 import secrets
 import threading
+import traceback
 from collections.abc import Callable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -180,6 +181,10 @@ class Handler(BaseHTTPRequestHandler):
             self._error(HTTPStatus.CONFLICT, str(exc))
         except (BrokenPipeError, ConnectionResetError):
             pass
+        except Exception as exc:  # a bug: the page gets JSON, the terminal the traceback to report
+            traceback.print_exc()
+            self._error(HTTPStatus.INTERNAL_SERVER_ERROR, f"labctl web failed ({type(exc).__name__}); the "
+                        "terminal running it shows the traceback: please report it")
 
     def _body(self) -> Any:
         length = int(self.headers.get("Content-Length") or 0)
