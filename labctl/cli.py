@@ -472,10 +472,13 @@ def _tally(results: list[ScenarioResult]) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from labctl.scenario.runner import Runner, report_names
+    from labctl.web.runs import Published
 
     scenarios = _scenarios(args.files, args.topology)
     existing = args.lab if args.lab_given else None
-    runner = Runner(engine.connect(), progress=RunProgress(args.verbose, existing is not None), report_dir=args.report,
+    # Published: `labctl web --lab LAB` shows the steps of a run in LAB as they pass or fail.
+    progress = Published(RunProgress(args.verbose, existing is not None))
+    runner = Runner(engine.connect(), progress=progress, report_dir=args.report,
                     keep=args.keep, reporter=Reporter(args.verbose), names=report_names(args.files))
     results: list[ScenarioResult] = []
     try:

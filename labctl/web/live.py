@@ -25,7 +25,7 @@ from labctl.traffic import cli as traffic_cli
 from labctl.traffic import render
 from labctl.traffic.follow import UNANSWERED_SETTLE, Follower, key
 from labctl.traffic.model import Conversation
-from labctl.web import api
+from labctl.web import api, runs
 from labctl.web.events import EventLog
 
 if TYPE_CHECKING:
@@ -77,6 +77,8 @@ class LiveLab:
         self._probe: set[str] = set()
         self._newest, self._seen_at = 0.0, time.monotonic()
         self._stop = threading.Event()
+        self._runs = runs.RunReader(lab.name)
+        self._run_lines: list[dict[str, Any]] = []
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -91,7 +93,12 @@ class LiveLab:
             self._stop.wait(LOOK_INTERVAL)
 
     def look(self) -> None:
-        """One look: the hosts' states, the capture's new records, what they settled."""
+        """One look: the hosts' states, the capture's new records, what they settled, and what
+        the scenario runs in this lab wrote (:mod:`labctl.web.runs`)."""
+        for line in self._runs.read():
+            with self.lock:
+                self._run_lines.append(line)
+            self.log.append("run", line)
         from labctl.capture import CaptureTail
         from labctl.traffic.decode import TrafficDecoder
 
@@ -170,6 +177,10 @@ class LiveLab:
         with self.lock:
             return {"last_event": self.log.last_id,
                     "exchanges": sorted(self.exchanges.values(), key=lambda x: (x["start"], x["id"]))}
+
+    def runs(self) -> list[dict[str, Any]]:
+        with self.lock:
+            return runs.fold(self._run_lines)
 
     def messages(self) -> list[dict[str, Any]]:
         with self.lock:

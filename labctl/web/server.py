@@ -259,6 +259,7 @@ ROUTES: dict[str, tuple[str, Route]] = {
     "/api/journey": ("GET", lambda h, q, b: h.server.live.journey(_one(q, "id"))),
     "/api/queue": ("GET", lambda h, q, b: h.server.live.queue()),
     "/api/mailboxes": ("GET", lambda h, q, b: h.server.live.mailboxes()),
+    "/api/runs": ("GET", lambda h, q, b: h.server.live.runs()),
     "/api/events": ("GET", _events),
     "/api/queue/flush": ("POST", lambda h, q, b: h.server.live.flush()),
     "/api/send": ("POST", _send),

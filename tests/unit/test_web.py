@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +21,7 @@ from labctl.lab import HostStatus
 from labctl.traffic import journey, render
 from labctl.traffic.follow import key
 from labctl.traffic.pcap import CaptureReader
-from labctl.web import api, events
+from labctl.web import api, events, runs
 from labctl.web.events import EventLog
 from labctl.web.live import LiveLab
 from labctl.web.server import CSP, TOKEN_HEADER, WebServer
@@ -300,3 +301,41 @@ def test_the_event_stream_resumes_and_beats(server: WebServer) -> None:
     conn.close()
 
 
+
+
+# -- scenario runs --------------------------------------------------------------------------------------
+
+
+def test_a_run_published_and_read_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    from labctl.scenario.runner import ScenarioResult, Silent, StepResult
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    steps = [SimpleNamespace(number=1, title="send a message", kind="send", note=""),
+             SimpleNamespace(number=2, title="the MTA queried MX", kind="expect", note="")]
+    scenario = SimpleNamespace(name="mx down", source=Path("scenarios/mx-down.yml"), goal="see a retry", steps=steps)
+    live = LiveLab(StandInLab(), EventLog(), tail=lambda: {})  # type: ignore[arg-type]
+    progress = runs.Published(Silent())
+    progress.scenario_started(scenario, "t")  # type: ignore[arg-type]
+    progress.step_started(steps[0])  # type: ignore[arg-type]
+    progress.step_finished(steps[0], StepResult(1, "send", "send a message", 3, "passed", 0.5))  # type: ignore[arg-type]
+    progress.step_started(steps[1])  # type: ignore[arg-type]
+    live.look()
+    [run] = live.runs()
+    assert run["status"] == "running" and run["scenario"] == "mx down"
+    assert [s["status"] for s in run["steps"]] == ["passed", "running"]
+    progress.step_finished(steps[1], StepResult(2, "expect", "the MTA queried MX", 4, "failed", 1.0,  # type: ignore[arg-type]
+                                                expected="an MX query", seen="no DNS traffic"))
+    progress.scenario_finished(ScenarioResult("mx down", "scenarios/mx-down.yml", "t", status="failed",
+                                              message="step 2 failed"))
+    with runs.path("t").open("a") as fh:
+        fh.write('{"event": "step", "ru')  # a line still being written: read once it is whole
+    live.look()
+    [run] = live.runs()
+    assert run["status"] == "failed" and run["message"] == "step 2 failed"
+    assert run["steps"][1] | {"seconds": 1.0} == {"number": 2, "title": "the MTA queried MX", "kind": "expect",
+                                                 "status": "failed", "seconds": 1.0, "detail": "",
+                                                 "expected": "an MX query", "seen": "no DNS traffic"}
+    assert sum(e.type == "run" for e in live.log.since(0)) == 6
+    assert runs.RunReader("other").read() == []  # another lab's runs are not this page's

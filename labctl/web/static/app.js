@@ -165,6 +165,24 @@ function mailboxEntry(m) {
       .join("\n"))));
 }
 
+// -- scenario runs ------------------------------------------------------------------------------
+
+const MARK = { passed: "✓", failed: "✗", error: "!", skipped: "-", running: "…", pending: "·" };
+
+async function refreshRuns() {
+  const runs = await get("runs");
+  if (!runs.length) return;
+  $("runs").replaceChildren(...runs.map((r) => el("div", { class: `run ${r.status}`, "data-run": r.run },
+    el("h3", {}, `${MARK[r.status] ?? ""} ${r.scenario} `, el("span", { class: "muted" },
+      `${r.file} · ${clock(r.started)} · ${r.status}${r.seconds !== null ? ` in ${r.seconds.toFixed(1)} s` : ""}`)),
+    r.message ? el("p", { class: "bad" }, r.message) : null,
+    el("ol", { class: "run-steps" }, ...r.steps.map((s) => el("li", { class: s.status, "data-step": s.number },
+      `${MARK[s.status] ?? ""} ${s.title}`, s.seconds ? el("span", { class: "muted" }, ` (${s.seconds.toFixed(1)} s)`) : null,
+      s.status === "failed" || s.status === "error"
+        ? el("div", { class: "note" }, `expected: ${s.expected}`, el("br"), `saw: ${s.seen}`) : null))),
+    ...r.notes.map((n) => el("div", { class: "note" }, n)))));
+}
+
 // -- live ---------------------------------------------------------------------------------------
 
 // What the stream says often is redrawn at most this often (a burst of exchanges is one refresh).
@@ -174,6 +192,7 @@ function debounce(fn, ms) {
 }
 const laterMessages = debounce(refreshMessages, 500);
 const laterState = debounce(async () => refreshState(), 3000);
+const laterRuns = debounce(refreshRuns, 300);
 
 async function start() {
   // The exchanges first, then the hosts: a state change after the list's last event comes by the stream.
@@ -182,10 +201,12 @@ async function start() {
   for (const x of list.exchanges) diagram.put(x, false);
   refreshMessages();
   refreshState();
+  refreshRuns();
   events(list.last_event, {
     exchange: (x) => { diagram.put(x); if (x.message_ids.length || x.protocol !== "dns") { laterMessages(); laterState(); } },
     hosts: (topo) => showTopology(topo),
     action: () => laterState(),
+    run: () => laterRuns(),
     problem: (p) => { $("problem").hidden = !p.text; $("problem").textContent = p.text || ""; },
   }, (up) => { $("live").textContent = up ? "live" : "reconnecting…"; $("live").classList.toggle("off", !up); });
 }
