@@ -3,9 +3,10 @@
 A lab comes up; the page is opened with the URL `labctl web` printed; a message is sent from the
 page's form and its arrows appear in the article's order (submission, MX query, relay); a fetch
 from the page brings its journey to step 6; the MX is stopped from the page, its host and lane go
-down, and the next message's relay attempt is drawn as a failure. The browser's console stays
-free of errors throughout. The screenshot is written to $WEB_SCREENSHOT (README's picture) or
-the test's temporary folder.
+down, and the next message's relay attempt is drawn as a failure. A scenario run in the lab from
+the command line shows on the page, a step passed and one failed with what was expected and seen.
+The browser's console stays free of errors throughout. The screenshot is written to
+$WEB_SCREENSHOT (README's picture) or the test's temporary folder.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from tests.lab.conftest import IN_CI, RunningLab
+from tests.lab.conftest import IN_CI, RunningLab, labctl
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 DRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
@@ -148,6 +149,18 @@ def test_the_page_draws_the_lab_live(web: str, browser: Any, running_lab: Runnin
     until(d, "the message in the list", lambda d: d.find_elements("css selector", listed))
     click(d, listed, "the message in the list")
     until(d, "step 6 of the journey", lambda d: "6 of 6 steps" in d.find_element("id", "journey").text)
+
+    # A scenario run in this lab from the command line: its steps on the page, green then red.
+    scenario = tmp_path / "web-run.yml"
+    scenario.write_text("name: From the command line\ndescription: a run the page shows\ngoal: see it live\n"
+                        "steps:\n  - send: {from: andy, to: betty@stevenchoy.example, subject: run, body: hi}\n"
+                        "  - expect:\n      mailbox: {user: betty@stevenchoy.example, count: 999}\n")
+    ran = labctl("run", "--lab", running_lab.name, str(scenario), check=False)
+    assert ran.returncode == 1, ran.stderr
+    until(d, "the run on the page, failed", lambda d: d.find_elements("css selector", "#runs .run.failed"))
+    steps = d.find_elements("css selector", "#runs .run.failed li")
+    assert [s.get_attribute("class") for s in steps] == ["passed", "failed"], [s.text for s in steps]
+    assert "expected:" in steps[1].text and "saw:" in steps[1].text, steps[1].text
 
     # The MX stopped from the page: its host and its lane go down, the next relay fails on the page.
     click(d, ".host[data-host='mail'] button[data-action='stop']", "the MX's stop button")
