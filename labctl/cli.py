@@ -314,6 +314,29 @@ def _live_feed(args: argparse.Namespace) -> tuple[Callable[[], dict[str, list[by
     return CaptureTail(lab).poll, [(h.name, h.fqdn, h.kind, h.address) for h in hosts]
 
 
+def cmd_web(args: argparse.Namespace) -> int:
+    from labctl.web.events import EventLog
+    from labctl.web.live import LiveLab
+    from labctl.web.server import WebServer
+
+    try:
+        server = WebServer(LiveLab(_lab(args), EventLog(), hide_secrets=args.hide_secrets), args.port)
+    except OSError as exc:
+        raise LabctlError(f"cannot listen on 127.0.0.1:{args.port} ({exc.strerror}); "
+                          "choose another --port, or leave it out for a free one") from exc
+    server.start_following()
+    out.print(server.url, soft_wrap=True)
+    err.print(f"lab {args.lab} in a browser: open the URL above (it holds the token); Ctrl-C to stop")
+    sys.stdout.flush()
+    try:
+        server.serve_forever(poll_interval=0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
 def _size(octets: int) -> str:
     return f"{octets / 1e6:.1f} MB" if octets >= 100_000 else f"{octets / 1e3:.1f} kB"
 
@@ -471,10 +494,13 @@ def _tally(results: list[ScenarioResult]) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from labctl.scenario.runner import Runner, report_names
+    from labctl.web.runs import Published
 
     scenarios = _scenarios(args.files, args.topology)
     existing = args.lab if args.lab_given else None
-    runner = Runner(engine.connect(), progress=RunProgress(args.verbose, existing is not None), report_dir=args.report,
+    # Published: `labctl web --lab LAB` shows the steps of a run in LAB as they pass or fail.
+    progress = Published(RunProgress(args.verbose, existing is not None))
+    runner = Runner(engine.connect(), progress=progress, report_dir=args.report,
                     keep=args.keep, reporter=Reporter(args.verbose), names=report_names(args.files))
     results: list[ScenarioResult] = []
     try:
@@ -704,6 +730,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--topology", type=Path, default=topology.DEFAULT_TOPOLOGY, help="base topology file")
     p.add_argument("-v", "--verbose", action="store_true", help="show what each step saw, and image builds")
     p.add_argument("--lab", default=None, help="run in this lab, already up (or brought up), and leave it up")
+
+    p = add("web", cmd_web, "the lab live in a browser: traffic as a sequence diagram, messages and their "
+            "journeys, hosts, queue, mailboxes (prints a URL with a token; opens nothing)")
+    p.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: a free one)")
+    p.add_argument("--hide-secrets", action="store_true",
+                   help="mask the passwords sent in clear text in the dialogues (still marked on the arrows)")
 
     p = add("check", cmd_check, "grade a lab that is up against a scenario's checks, running none of its actions")
     p.add_argument("files", nargs="+", type=Path, metavar="FILE", help="scenario or exercise files (YAML)")
