@@ -68,7 +68,7 @@ def _hosts_table(hosts: Sequence[HostStatus], title: str) -> Table:
         # Names and addresses are what a student types next: never cut them short.
         table.add_column(col, no_wrap=col in ("name", "address", "role"), min_width=24 if col == "name" else None)
     for h in hosts:
-        state = f"[green]{h.state}[/]" if h.state == "running" else f"[red]{h.state}[/]"
+        state = f"[green]{h.condition}[/]" if h.state == "running" else f"[red]{h.condition}[/]"
         table.add_row(h.name, h.fqdn, h.role, h.address, h.ports, state)
     return table
 
@@ -245,7 +245,7 @@ def cmd_host_state(args: argparse.Namespace) -> int:
     action = {"stop": lab.stop, "start": lab.start, "kill": lab.kill}[args.command]
     for host in args.hosts:
         h = action(host)
-        out.print(f"{h.name} ({h.fqdn}): {h.state}")
+        out.print(f"{h.name} ({h.fqdn}): {h.condition}")
     return 0
 
 
@@ -346,7 +346,7 @@ def cmd_capture_status(args: argparse.Namespace) -> int:
 
     hosts = Capture(_lab(args)).status(args.host)
     if args.json:
-        print(json.dumps([{"host": c.host.name, "container": c.host.container, "state": c.host.state,
+        print(json.dumps([{"host": c.host.name, "container": c.host.container, "state": c.host.condition,
                            "recording": c.recording, "directory": str(CAPTURE_DIR), "bytes": c.size,
                            "files": [vars(f) for f in c.files]} for c in hosts], indent=2))
         return 0
@@ -356,7 +356,7 @@ def cmd_capture_status(args: argparse.Namespace) -> int:
     for c in hosts:
         last = max((f.modified for f in c.files), default=None)
         when = time.strftime("%H:%M:%S", time.localtime(last)) if last else "-"
-        table.add_row(c.host.name, "[green]yes[/]" if c.recording else f"[red]no[/] ({c.host.state})",
+        table.add_row(c.host.name, "[green]yes[/]" if c.recording else f"[red]no[/] ({c.host.condition})",
                       str(len(c.files)), _size(c.size), when)
     out.print(table)
     return 0

@@ -48,6 +48,10 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
+# A process ended by SIGKILL exits 128 + 9; a host stopped by SIGTERM exits 0 or 143.
+KILLED_EXIT = 137
+
+
 @dataclass(frozen=True)
 class HostStatus(Role):
     lab: str
@@ -59,6 +63,16 @@ class HostStatus(Role):
     container: str  # container name
     user: str = ""  # on MUA hosts: andy@ouhk.example
     tls: bool = False  # the lab has TLS (the host carries the lab CA's label)
+    exit_code: int | None = None  # when exited: its status (KILLED_EXIT: SIGKILL, a crash)
+
+    @property
+    def condition(self) -> str:
+        """What a person asks: running, stopped (it was asked to end), killed (SIGKILL: a crash), or
+        Docker's own state (created, restarting, paused, ...). Docker says "exited" for both of the
+        middle two; only the exit status tells them apart."""
+        if self.state != "exited":
+            return self.state
+        return "killed" if self.exit_code == KILLED_EXIT else "stopped"
 
     @property
     def services(self) -> tuple[tuple[str, int], ...]:
@@ -122,7 +136,8 @@ def host_status(lab: str, c: ContainerInfo) -> HostStatus:
     labels = c.labels
     return HostStatus(lab=lab, name=labels.get(LABEL_HOST, "?"), fqdn=labels.get(LABEL_FQDN, "?"),
                       role=labels.get(LABEL_ROLE, "?"), address=labels.get(LABEL_ADDRESS, "?"), state=c.state,
-                      container=c.name, user=labels.get(LABEL_USER, ""), tls=labtls.LABEL_TLS_CA in labels)
+                      container=c.name, user=labels.get(LABEL_USER, ""), tls=labtls.LABEL_TLS_CA in labels,
+                      exit_code=c.exit_code)
 
 
 # runc's words when the kernel refuses the capabilities a privileged exec asks for (a VM whose

@@ -44,6 +44,7 @@ class ContainerInfo:
     labels: Labels
     state: str  # running, exited, created, ...
     image_id: str
+    exit_code: int | None = None  # when exited: its exit status (137: killed by SIGKILL)
 
 
 @dataclass(frozen=True)

@@ -51,11 +51,11 @@ def _sh(ctx: Context, host: str, cmd: list[str], what: str) -> str:
 
 
 def _stop(ctx: Context, host: str) -> str:
-    return f"{host} is {ctx.lab.stop(host).state}"
+    return f"{host} is {ctx.lab.stop(host).condition}"
 
 
 def _kill(ctx: Context, host: str) -> str:
-    return f"{host} is {ctx.lab.kill(host).state}"
+    return f"{host} is {ctx.lab.kill(host).condition}"
 
 
 def _start(ctx: Context, host: str) -> str:

@@ -43,7 +43,7 @@ def lanes(hosts: Sequence[HostStatus]) -> list[str]:
 
 def host_json(h: HostStatus) -> dict[str, Any]:
     return {"name": h.name, "fqdn": h.fqdn, "role": h.role, "kind": h.kind, "address": h.address,
-            "ports": h.ports, "state": h.state, "user": h.user or None, "tls": h.tls}
+            "ports": h.ports, "state": h.condition, "user": h.user or None, "tls": h.tls}
 
 
 def topology_json(lab: str, hosts: Sequence[HostStatus]) -> dict[str, Any]:

@@ -217,7 +217,7 @@ class LiveLab:
         if action not in HOST_ACTIONS:
             raise LabctlError(f"no host action {action!r}; the actions are {', '.join(HOST_ACTIONS)}")
         done = getattr(self.lab, action)(host)
-        self.log.append("action", {"action": action, "host": done.name, "state": done.state})
+        self.log.append("action", {"action": action, "host": done.name, "state": done.condition})
         return api.host_json(done)
 
     def flush(self) -> dict[str, Any]:

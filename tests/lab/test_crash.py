@@ -237,7 +237,7 @@ def test_mta_killed_under_load_loses_no_acknowledged_message(lab: Lab) -> None:
     mail.queue(lab, flush=True)
     live.wait_acked(live_n // 3)
     _, failed = live.so_far()
-    assert lab.kill("smtp").state == "exited"
+    assert lab.kill("smtp").condition == "killed"
     live.wait_failed(failed)  # the senders notice: refused connections, a 250 that never came
     lab.start("smtp")
     acked = queued + live.finish()
@@ -288,7 +288,7 @@ def test_mx_killed_in_the_middle_of_data_the_message_arrives_once(lab: Lab) -> N
             assert sent >= size // 10, f"{sent} octets acknowledged by the MX"
             return sent
         eventually(well_into_the_data, 30, "the MTA sending the message to the MX", interval=0.1)
-        assert lab.kill("mail").state == "exited"
+        assert lab.kill("mail").condition == "killed"
     finally:
         lab.exec("smtp", ["tc", "qdisc", "del", "dev", "eth0", "root"])
     lab.start("mail")

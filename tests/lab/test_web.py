@@ -168,7 +168,8 @@ def test_the_page_draws_the_lab_live(web: str, browser: Any, running_lab: Runnin
         "css selector", ".host[data-host='mail']").get_attribute("class"))
     until(d, "the MX's lane down", lambda d: "down" in d.find_element(
         "css selector", "g.lane[data-host='mail']").get_attribute("class"))
-    assert running_lab.lab.find("mail").state != "running"
+    assert running_lab.lab.find("mail").condition == "stopped"
+    assert d.find_element("css selector", ".host[data-host='mail'] .state").text == "stopped"
     before = {a["id"] for a in arrows(d)}
     send_from_page(d, f"web down {uuid.uuid4().hex[:6]}")
     failed = until(d, "a failed relay to the stopped MX", lambda d: next(
