@@ -60,6 +60,8 @@ def describe(cond: m.Condition) -> str:
     match cond:
         case m.Delivered(to=to, subject=subj, count=count):
             return f"{count} message(s){f' with {subj!r}' if subj else ''} delivered to {to}"
+        case m.Read(to=to, subject=subj, count=count):
+            return f"{count} message(s){f' with {subj!r}' if subj else ''} of {to} read (flagged \\Seen on the server)"
         case m.Queued(host=host, to=to, attempts=attempts):
             return f"{to} pending in {host}'s queue after {attempts} attempt(s)"
         case m.Bounced(to=to, about=about, status=status):
@@ -75,6 +77,13 @@ def describe(cond: m.Condition) -> str:
 def delivered(cond: m.Delivered, mailbox: Sequence[MessageView]) -> Verdict:
     hits = _matching([x for x in mailbox if not x.is_bounce], cond.subject)
     return Verdict(cond.count.holds(len(hits)), describe(cond), f"{cond.to}'s mailbox holds {summary(mailbox)}")
+
+
+def read(cond: m.Read, mailbox: Sequence[MessageView]) -> Verdict:
+    hits = _matching([x for x in mailbox if not x.is_bounce], cond.subject)
+    seen = [x for x in hits if x.seen]
+    return Verdict(cond.count.holds(len(seen)), describe(cond),
+                   f"{len(seen)} of the {len(hits)} matching message(s) in {cond.to}'s mailbox flagged \\Seen")
 
 
 def queued(cond: m.Queued, entries: Sequence[QueuedMessage]) -> Verdict:

@@ -109,6 +109,15 @@ class Delivered:
 
 
 @dataclass(frozen=True)
+class Read:
+    """``count`` messages (with ``subject``) of ``to`` flagged \\Seen on the server: an IMAP client read them."""
+
+    to: str
+    subject: str | None = None
+    count: Count = AT_LEAST_ONE
+
+
+@dataclass(frozen=True)
 class Queued:
     """``to`` is pending in ``host``'s queue after ``attempts`` tries."""
 
@@ -136,7 +145,7 @@ class Seconds:
     seconds: float
 
 
-Condition = Delivered | Queued | Bounced | QueueEmpty | Seconds
+Condition = Delivered | Read | Queued | Bounced | QueueEmpty | Seconds
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ ATTACH_KEYS = ("name", "text", "bytes", "file")
 FETCH_KEYS = ("user", "delete", "imap")
 DIALOGUE_KEYS = ("from", "server", "port", "dialogue")
 EXCHANGE_KEYS = ("send", "expect", "match")
-WAIT_KEYS = ("delivered", "queued", "bounced", "queue_empty", "seconds", "timeout")
+WAIT_KEYS = ("delivered", "read", "queued", "bounced", "queue_empty", "seconds", "timeout")
 DELIVERED_KEYS = ("to", "subject", "count")
 QUEUED_KEYS = ("to", "host", "attempts")
 BOUNCED_KEYS = ("to", "about", "status")
@@ -380,13 +380,17 @@ class _Parser:
         if kind == "seconds":
             until = m.Seconds(self.seconds(spec[kind], where, "seconds"))
             return m.Wait(until, until.seconds), f"wait {until.seconds:g} s"
-        if kind == "delivered":
-            s = self.r.mapping(spec[kind], where, DELIVERED_KEYS, "delivered")
-            to = self.address(self.require(s, where, "to", "delivered"), where + ("to",))
+        if kind in ("delivered", "read"):
+            s = self.r.mapping(spec[kind], where, DELIVERED_KEYS, kind)
+            to = self.address(self.require(s, where, "to", kind), where + ("to",))
             subject = self.text(s["subject"], where + ("subject",), "subject") if "subject" in s else None
             count = self.amount(s["count"], where + ("count",), "count") if "count" in s else m.AT_LEAST_ONE
-            until = m.Delivered(to, subject, count)
-            title = f"until {to} has {_about(subject)}" + (f" ({count})" if "count" in s else "")
+            if kind == "delivered":
+                until = m.Delivered(to, subject, count)
+                title = f"until {to} has {_about(subject)}" + (f" ({count})" if "count" in s else "")
+            else:
+                until = m.Read(to, subject, count)
+                title = f"until {to} has read {_about(subject)}" + (f" ({count})" if "count" in s else "")
         elif kind == "queued":
             s = self.r.mapping(spec[kind], where, QUEUED_KEYS, "queued")
             to = self.address(self.require(s, where, "to", "queued"), where + ("to",), account=False)

@@ -78,6 +78,10 @@ def _delivered(ctx: Context, cond: m.Delivered) -> Verdict:
     return judge.delivered(cond, observe.server_mailbox(ctx, cond.to))
 
 
+def _read(ctx: Context, cond: m.Read) -> Verdict:
+    return judge.read(cond, observe.server_mailbox(ctx, cond.to))
+
+
 def _queued(ctx: Context, cond: m.Queued) -> Verdict:
     return judge.queued(cond, observe.queue(ctx, cond.host))
 
@@ -93,6 +97,7 @@ def _queue_empty(ctx: Context, cond: m.QueueEmpty) -> Verdict:
 # What to look at and how to judge it, for each condition a wait can wait for (Seconds only sleeps).
 CONDITIONS: Mapping[type[m.Condition], Callable[[Context, Any], Verdict]] = {
     m.Delivered: _delivered,
+    m.Read: _read,
     m.Queued: _queued,
     m.Bounced: _bounced,
     m.QueueEmpty: _queue_empty,

@@ -153,3 +153,25 @@ def test_seen_is_read_from_the_stored_file_names(tmp_path: Path) -> None:
     verdict = judge.mailbox(unread, found)
     assert not verdict.ok and verdict.expected == "message 'still new' flagged \\Seen on the server"
     assert verdict.seen == "its flags: none"
+
+
+def test_wait_read_parses_and_waits_for_the_seen_flag(tmp_path: Path) -> None:
+    sc = load(HEAD + "steps:\n  - wait:\n      read: {to: betty, subject: was read, count: 1}\n      timeout: 5\n")
+    [step] = sc.steps
+    assert isinstance(step.action, m.Wait) and step.action.timeout == 5
+    cond = step.action.until
+    assert cond == m.Read("betty@stevenchoy.example", "was read", m.Count(1, 1))
+    assert step.title == "wait until betty@stevenchoy.example has read a message 'was read' (exactly 1) (at most 5 s)"
+
+    box = mailbox_dir(tmp_path, "betty@stevenchoy.example")
+    deliver(box, b"Subject: was read\n\ny\n")
+    assert isinstance(cond, m.Read)
+    unread = judge.read(cond, [message_from_json(d) for d in storecli.messages(tmp_path, cond.to)])
+    assert not unread.ok
+    assert unread.seen == "0 of the 1 matching message(s) in betty@stevenchoy.example's mailbox flagged \\Seen"
+    [new] = (box / "new").iterdir()
+    (box / "cur").mkdir(exist_ok=True)
+    new.rename(box / "cur" / f"{new.name}:2,S")
+    done = judge.read(cond, [message_from_json(d) for d in storecli.messages(tmp_path, cond.to)])
+    assert done.ok and done.expected == ("exactly 1 message(s) with 'was read' of betty@stevenchoy.example read "
+                                         "(flagged \\Seen on the server)")

@@ -169,9 +169,10 @@ CASES = [
     (HEAD + "steps:\n  - smtp:\n      from: andy\n      server: smtp\n      dialogue:\n        - send: QUIT\n"
             "          reply: '221'\n", 10, "unknown key 'reply' in a dialogue line; valid keys: send, expect, match"),
     # wait
-    (HEAD + "steps:\n  - wait: {timeout: 5}\n", 5, "wait for exactly one of: delivered, queued, bounced, queue_empty"),
+    (HEAD + "steps:\n  - wait: {timeout: 5}\n", 5,
+     "wait for exactly one of: delivered, read, queued, bounced, queue_empty"),
     (HEAD + "steps:\n  - wait:\n      arrived: {to: betty}\n", 6,
-     "unknown key 'arrived' in wait; valid keys: delivered, queued, bounced, queue_empty, seconds, timeout"),
+     "unknown key 'arrived' in wait; valid keys: delivered, read, queued, bounced, queue_empty, seconds, timeout"),
     (HEAD + "steps:\n  - wait:\n      delivered: {to: betty}\n      timeout: forever\n", 7,
      "timeout must be seconds like 30, 2.5 or 500ms"),
     (HEAD + "steps:\n  - wait:\n      delivered: {to: betty}\n      timeout: 601\n", 7, "at most 600 seconds"),
