@@ -6,6 +6,7 @@ import argparse
 import ipaddress
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -777,11 +778,21 @@ def split_command(argv: Sequence[str]) -> tuple[list[str], list[str] | None]:
     return words[:cut], words[cut + 1:]
 
 
+TRAILING_NUMBER = re.compile(r"[0-9]+")
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
     words, command = split_command(sys.argv[1:] if argv is None else argv)
     if words[:1] and words[0] not in RUNS_A_COMMAND:
-        return parser.parse_args(sys.argv[1:] if argv is None else argv)  # `--` as argparse has it
+        args, extra = parser.parse_known_args(sys.argv[1:] if argv is None else argv)  # `--` as argparse has it
+        if len(extra) == 1 and TRAILING_NUMBER.fullmatch(extra[0]) and getattr(args, "number", "") is None:
+            # `labctl mailbox betty --imap 1`: argparse gives an optional positional only the words
+            # before the first flag, so the N after one is left over; it is the N that was meant.
+            args.number = int(extra[0])
+        elif extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        return args
     args, extra = parser.parse_known_args(words)
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}; put the command to run after `--`: "

@@ -34,3 +34,23 @@ def test_a_command_with_options_but_no_double_dash_is_told_where_it_goes(capsys:
 def test_other_commands_keep_argparse_s_double_dash() -> None:
     assert parse_args(["trace", "--", "<1@andy.ouhk.example>"]).message_id == "<1@andy.ouhk.example>"
     assert parse_args(["logs", "ns", "--lab", "l1"]).lab == "l1"
+
+
+@pytest.mark.parametrize("argv", [
+    ["mailbox", "betty", "--imap", "1"],  # README's order: it stopped at "unrecognized arguments: 1"
+    ["mailbox", "betty", "1", "--imap"],
+    ["mailbox", "--imap", "betty", "1"],
+    ["mailbox", "betty", "--imap", "--peek", "1"],
+])
+def test_the_message_number_goes_after_the_flags_too(argv: list[str]) -> None:
+    args = parse_args(argv)
+    assert (args.user, args.number, args.imap) == ("betty", 1, True)
+
+
+def test_a_word_left_over_is_still_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv in (["mailbox", "betty", "--imap", "one"], ["mailbox", "betty", "1", "--imap", "2"],
+                 ["status", "7"]):
+        with pytest.raises(SystemExit) as exited:
+            parse_args(argv)
+        assert exited.value.code == 2
+        assert "unrecognized arguments" in capsys.readouterr().err
