@@ -10,7 +10,8 @@ reference image), the same assertions for both:
 Every client verifies the server's certificate against the system store with no CA option: the
 lab CA is in every host's trust store. openssl s_client (-starttls pop3 / imap, and 995, 993),
 curl (pop3s://, imaps://, and pop3:// / imap:// with --ssl-reqd), mpop with its default settings
-(but ``tls on``: Debian's is off by default), fetchmail with ``sslcertck`` (995, and STLS on 110), our own `mail fetch`;
+(but ``tls on``: Debian's is off by default), fetchmail with ``sslcertck`` (995, and STLS on 110),
+mutt over imaps:// and over imap:// with STARTTLS (no certificate question), our own `mail fetch`;
 and a password in clear refused the way Dovecot refuses it.
 """
 
@@ -119,6 +120,34 @@ def test_fetchmail_with_sslcertck(peer: tuple[str, Lab], server: str, user: str)
     assert "SSL/TLS: using protocol TLSv1.3" in out, out
     if not server:
         assert "POP3> STLS" in out and "upgrade to TLS succeeded" in out, out
+
+
+# mutt as a student sets it up for the TLS lab: Debian's system Muttrc is read (no -n), the system
+# trust store named, TLS required. A certificate mutt could not verify would stop it at "(r)eject,
+# accept (o)nce": the screen would show that question and not the inbox.
+MUTT_TLS = f"""set imap_user={USER}
+set imap_pass={PASSWORD}
+set ssl_ca_certificates_file=/etc/ssl/certs/ca-certificates.crt
+set ssl_force_tls=yes
+set ssl_starttls=yes
+set record=
+set move=no
+set mark_old=no
+set wait_key=no
+"""
+
+
+@pytest.mark.parametrize("url", [f"imaps://{MX}/INBOX", f"imap://{MX}/INBOX"], ids=["993", "143-starttls"])
+def test_mutt_opens_the_inbox_under_tls_with_no_certificate_question(peer: tuple[str, Lab], url: str) -> None:
+    _, lab = peer
+    # folder= the server: mutt's default (~/Mail) does not exist on a lab host, and it would ask.
+    command = f"mutt -F /tmp/tls-muttrc -e {shlex.quote('set folder=' + url.rpartition('/')[0])} -f {url} " \
+              f"-e {shlex.quote('push <quit>')}"
+    code, out = sh(lab, f"printf %s {shlex.quote(MUTT_TLS)} > /tmp/tls-muttrc; TERM=xterm timeout 30 script -qec "
+                        f"{shlex.quote(command)} /dev/null")
+    assert code == 0, out[-2000:]
+    assert "accept (o)nce" not in out and "reject" not in out.lower(), out[-2000:]
+    assert SUBJECT in out, out[-2000:]
 
 
 # In clear on 110 and 143: what CAPA and CAPABILITY offer, and what a password is answered.
