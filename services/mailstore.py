@@ -237,6 +237,13 @@ def delivery_order(key: str, mtime: float) -> tuple[int, int, int, int, str]:
     return (int(leading.group(1)) if leading else int(mtime), 0, 0, 0, key)
 
 
+def _order_from_name(key: str) -> tuple[int, int, int, int, str] | None:
+    """:func:`delivery_order` when the name alone gives it (no mtime needed), else None."""
+    if _OUR_NAME.match(key) or _LEADING_SECONDS.match(key):
+        return delivery_order(key, 0.0)
+    return None
+
+
 def _check_key(key: str) -> None:
     if not key or key.startswith(".") or "/" in key or "\0" in key:
         raise FileNotFoundError(errno.ENOENT, "no such message", key)
@@ -289,33 +296,49 @@ class Maildir:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = MailboxLock(path)
-        self._paths: dict[str, Path] = {}
+        self._paths: dict[str, str] = {}
 
-    def messages(self) -> list[StoredMessage]:
-        """The messages in ``new/`` and ``cur/``, oldest delivery first."""
-        found: dict[str, tuple[tuple[int, int, int, int, str], StoredMessage]] = {}
+    def _scan(self, *, sizes: bool) -> list[tuple[str, str, int | None]]:
+        """(key, path, octets on disk or None) of every message in ``new/`` and ``cur/``, oldest
+        delivery first; ``sizes=False`` looks at the names alone, with no stat(2) per message for
+        the names that carry their delivery time (ours, and every agent's that starts with it)."""
+        found: dict[str, tuple[tuple[int, int, int, int, str], str, int | None]] = {}
         for sub in ("new", "cur"):  # cur/ second: a message caught mid-move is listed once
             try:
                 entries = list(os.scandir(self.path / sub))
             except FileNotFoundError:
                 continue
             for entry in entries:
-                if entry.name.startswith("."):
+                name = entry.name
+                if name.startswith("."):
                     continue
                 try:
-                    st = entry.stat(follow_symlinks=False)
+                    # From the directory entry's type where the file system gives it (d_type):
+                    # no stat(2) then.
+                    if not entry.is_file(follow_symlinks=False):
+                        continue
+                    key = name.split(":", 1)[0]
+                    size: int | None = None
+                    if sizes:
+                        st = entry.stat(follow_symlinks=False)
+                        order, size = delivery_order(key, st.st_mtime), st.st_size
+                    else:
+                        order = _order_from_name(key) or delivery_order(key, entry.stat(follow_symlinks=False).st_mtime)
                 except FileNotFoundError:
                     continue  # deleted while we looked
-                if not entry.is_file(follow_symlinks=False):
-                    continue
-                key = entry.name.split(":", 1)[0]
-                found[key] = (delivery_order(key, st.st_mtime), StoredMessage(key, st.st_size, Path(entry.path)))
-        ordered = [message for _, message in sorted(found.values(), key=lambda item: item[0])]
-        self._paths = {m.key: m.path for m in ordered}
-        return ordered
+                found[key] = (order, entry.path, size)
+        ordered = sorted(found.items(), key=lambda item: item[1][0])
+        self._paths = {key: path for key, (_, path, _) in ordered}
+        return [(key, path, size) for key, (_, path, size) in ordered]
+
+    def messages(self) -> list[StoredMessage]:
+        """The messages in ``new/`` and ``cur/``, oldest delivery first, with their sizes on disk."""
+        return [StoredMessage(key, size or 0, Path(path)) for key, path, size in self._scan(sizes=True)]
 
     def keys(self) -> list[str]:
-        return [m.key for m in self.messages()]
+        """The messages' keys, oldest delivery first, from the directories' names alone: what a
+        POP3 login needs (the sizes are in the names, :meth:`wire_size`)."""
+        return [key for key, _, _ in self._scan(sizes=False)]
 
     def wire_size(self, key: str) -> int | None:
         """The message's size with CRLF line ends from its name (``,W=``), or None: read it."""
@@ -325,8 +348,9 @@ class Maildir:
     def _path_of(self, key: str, *, fresh: bool) -> Path | None:
         _check_key(key)
         if fresh or key not in self._paths:
-            self.messages()
-        return self._paths.get(key)
+            self._scan(sizes=False)
+        path = self._paths.get(key)
+        return Path(path) if path is not None else None
 
     def read(self, key: str) -> bytes:
         """The stored bytes of message ``key``; ``FileNotFoundError`` if there is none."""

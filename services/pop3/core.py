@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -42,6 +43,7 @@ MAX_BAD_COMMANDS = 10  # unknown, out-of-state, malformed or oversized commands,
 MAX_AUTH_FAILURES = 5  # failed logins per session before we hang up (guessing costs a reconnect)
 IDLE_TIMEOUT = 600.0  # RFC 1939 §3: an autologout timer, if any, is at least 10 minutes
 MAX_UID_LENGTH = 70  # RFC 1939 §7 (UIDL): a unique-id is 1 to 70 characters 0x21..0x7E
+_UID_SAFE = re.compile(rf"[\x21-\x7e]{{1,{MAX_UID_LENGTH}}}")
 MAX_NUMBER_DIGITS = 9  # a message number or TOP line count; more digits is a syntax error
 
 
@@ -180,7 +182,7 @@ def uid_for_key(key: str) -> str:
     replaced by a digest of itself.
     """
     key = key.split(",", 1)[0] or key
-    if 0 < len(key) <= MAX_UID_LENGTH and all(0x21 <= ord(c) <= 0x7E for c in key):
+    if _UID_SAFE.fullmatch(key):  # a regex, not a test per character: run for every message at login
         return key
     return hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:MAX_UID_LENGTH]
 

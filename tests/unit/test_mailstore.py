@@ -119,6 +119,20 @@ def test_foreign_names_sort_by_their_leading_seconds(tmp_path: Path) -> None:
     assert Maildir(box).keys() == ["1000000000.V801I2M3.old-host", ours, "9999999999.future"]
 
 
+def test_names_without_a_time_sort_by_mtime_and_keys_agree_with_messages(tmp_path: Path) -> None:
+    # keys() looks at names alone where they carry the delivery time; a name that does not (no
+    # leading seconds) still sorts by its file's mtime, as messages() sorts it.
+    box = tmp_path / "box"
+    ours = deliver(box, b"ours\n")
+    for name, mtime in (("zzz-late", 4_000_000_000), ("aaa-early", 1_000_000_000)):
+        (box / "new" / name).write_bytes(b"foreign\n")
+        os.utime(box / "new" / name, (mtime, mtime))
+    box_ = Maildir(box)
+    assert box_.keys() == ["aaa-early", ours, "zzz-late"]
+    assert [m.key for m in box_.messages()] == box_.keys()
+    assert box_.read("zzz-late") == b"foreign\n"
+
+
 def test_read_and_delete(tmp_path: Path) -> None:
     box = tmp_path / "box"
     a = deliver(box, b"a\n")
