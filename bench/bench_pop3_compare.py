@@ -11,7 +11,11 @@ server reads the directory), then the timed sessions alternate between the two l
 Reported: RETR messages/s and MB/s (the bytes of the RETR answers on the wire, at least STAT's
 octets), the median over the rounds. Target (issue 6): ours within 2x of Dovecot.
 
-    python bench/bench_pop3_compare.py [--messages 1000] [--size 10240] [--rounds 5]
+    python bench/bench_pop3_compare.py [--messages 1000] [--size 10240] [--rounds 5] [--prefix bench]
+        [--before-image maillab:<hash>]
+
+``--before-image`` adds a third lab on another lab image (the code before a change), in the same
+interleaved rounds: a before/after in one run. Each round's figures are printed, then the spread.
 """
 
 from __future__ import annotations
@@ -32,7 +36,6 @@ from labctl.lab import Lab  # noqa: E402
 
 REFERENCE = topology.DEFAULT_TOPOLOGY.parent / "reference" / "mx.yml"  # an overlay
 MX = "mail.stevenchoy.example"
-SIDES = ("ours", "dovecot")
 
 # Runs on betty's host: one POP3 session that RETRs every message; prints its timings as JSON. A raw
 # socket read in large chunks, not poplib: poplib reads line by line in Python and would measure
@@ -91,23 +94,34 @@ def main() -> int:
     parser.add_argument("--messages", type=int, default=1000)
     parser.add_argument("--size", type=int, default=10240, help="body size of each message, bytes")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--prefix", default="bench", help="lab name prefix (labs are PREFIX-pop3-SIDE)")
+    parser.add_argument("--before-image", help="also time a lab on this lab image (the code before a change)")
     args = parser.parse_args()
 
     client = engine.connect()
     images = ImageBuilder(client).images({"lab", "reference"})
-    labs = {"ours": Lab(client, "bench-pop3-ours"), "dovecot": Lab(client, "bench-pop3-dovecot")}
-    topos = {"ours": topology.load(), "dovecot": topology.load_overlay(topology.load(), REFERENCE)}
+    SIDES = ("ours", "dovecot") + (("before",) if args.before_image else ())
+    labs = {side: Lab(client, f"{args.prefix}-pop3-{side}") for side in SIDES}
+    topos = {"ours": topology.load(), "dovecot": topology.load_overlay(topology.load(), REFERENCE),
+             "before": topology.load()}
+    side_images = {side: images for side in SIDES}
+    if args.before_image:
+        side_images["before"] = {**images, "lab": args.before_image}
     sessions: dict[str, list[dict[str, Any]]] = {side: [] for side in SIDES}
     fills = {}
     try:
         for side in SIDES:
             labs[side].down()
-            labs[side].up(topos[side], images)
+            labs[side].up(topos[side], side_images[side])
             fills[side] = run_once(labs[side], MX, f"fill-{side}", args.messages, 8, 0.0, args.size)
             session(labs[side])  # the warm-up
-        for _ in range(args.rounds):
-            for side in SIDES:
+        for r in range(args.rounds):
+            for side in SIDES:  # interleaved: ours, reference(, before), ours, ...
                 sessions[side].append(session(labs[side]))
+            print(f"round {r + 1}: " + "  ".join(
+                f"{side} login {sessions[side][-1]['login_s'] * 1000:.1f} ms, "
+                f"RETR {sessions[side][-1]['count'] / sessions[side][-1]['retr_s']:.0f} msg/s" for side in SIDES),
+                flush=True)
         version = labs["dovecot"].exec("mail", ["dovecot", "--version"]).output.split()[0]
     finally:
         for side in SIDES:
@@ -131,7 +145,20 @@ def main() -> int:
     print(f"  MB/s (wire): ours {a_mb:7.1f}   Dovecot {b_mb:7.1f}   ours/Dovecot {a_mb / b_mb:.2f}x")
     login_a = statistics.median(s["login_s"] for s in sessions["ours"]) * 1000
     login_b = statistics.median(s["login_s"] for s in sessions["dovecot"]) * 1000
-    print(f"  connect + USER/PASS + STAT: ours {login_a:.1f} ms   Dovecot {login_b:.1f} ms")
+    print(f"  connect + USER/PASS + STAT: ours {login_a:.1f} ms   Dovecot {login_b:.1f} ms   "
+          f"ours/Dovecot {login_a / login_b:.2f}x (lower is better)")
+    for side in SIDES:
+        logins = [s["login_s"] * 1000 for s in sessions[side]]
+        retrs = [s["count"] / s["retr_s"] for s in sessions[side]]
+        print(f"  spread, {side}: login {min(logins):.1f}-{max(logins):.1f} ms "
+              f"(median {statistics.median(logins):.1f}), "
+              f"RETR {min(retrs):.0f}-{max(retrs):.0f} msg/s")
+    ratios = [a["login_s"] / b["login_s"] for a, b in zip(sessions["ours"], sessions["dovecot"], strict=True)]
+    print(f"  login ours/Dovecot per round: {min(ratios):.2f}x-{max(ratios):.2f}x")
+    if "before" in SIDES:
+        before = [a["login_s"] / b["login_s"] for a, b in zip(sessions["ours"], sessions["before"], strict=True)]
+        print(f"  login ours/before per round: {min(before):.2f}x-{max(before):.2f}x "
+              f"(before {args.before_image})")
     print("target: ours within 2x of Dovecot (ratio >= 0.50x)")
     complete = all(s["count"] == args.messages and s["retr_octets"] >= s["stat_octets"]
                    for side in SIDES for s in sessions[side])
