@@ -98,6 +98,16 @@ def _refused(exc: dns.exception.DNSException) -> bool:
         isinstance(r, dns.message.Message) and r.rcode() == dns.rcode.REFUSED for *_, r in exc.kwargs.get("errors", ()))
 
 
+def _additional_addresses(response: dns.message.Message, name: dns.name.Name) -> tuple[str, ...]:
+    """The A then AAAA records for ``name`` in a response's additional section, in its order."""
+    found: list[str] = []
+    for rdtype in ADDRESS_TYPES:
+        for rrset in response.additional:
+            if rrset.name == name and rrset.rdtype == dns.rdatatype.from_text(rdtype):
+                found.extend(r.to_text() for r in rrset)
+    return tuple(found)
+
+
 class DnsMxResolver:
     """MX lookups against the lab DNS server, mapped onto relay's answer model."""
 
@@ -122,10 +132,15 @@ class DnsMxResolver:
             found.extend(r.to_text() for r in answer)
         return tuple(found)
 
-    def _mx_host(self, preference: int, exchange: dns.name.Name) -> MxHost:
+    def _mx_host(self, preference: int, exchange: dns.name.Name, additional: dns.message.Message) -> MxHost:
         name = exchange.to_text(omit_final_dot=True).lower()
         if exchange == dns.name.root:
             return MxHost(preference, name, ())
+        # The MX answer's additional section usually has the host's addresses (RFC 1035 §3.3.9;
+        # ours and NSD's do): no second round trip then. Without them, ask for A and AAAA.
+        glue = _additional_addresses(additional, exchange)
+        if glue:
+            return MxHost(preference, name, glue)
         try:
             addresses = self._addresses(exchange.to_text())
         except dns.exception.DNSException as exc:
@@ -150,7 +165,7 @@ class DnsMxResolver:
         records = [(int(r.preference), r.exchange) for r in answer]
         if len(records) == 1 and records[0][1] == dns.name.root:
             return NullMx()
-        return MxRecords(tuple(self._mx_host(preference, exchange) for preference, exchange in records))
+        return MxRecords(tuple(self._mx_host(pref, exchange, answer.response) for pref, exchange in records))
 
     def _implicit(self, domain: str) -> MxAnswer:
         try:

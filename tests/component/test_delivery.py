@@ -515,9 +515,11 @@ class DnsStub:
     """Answers from a table: name -> {type: [rdata text]}; a name absent is NXDOMAIN."""
 
     def __init__(self, records: dict[str, dict[str, list[str]]], silent: bool = False,
-                 refused: tuple[str, ...] = ()) -> None:
+                 refused: tuple[str, ...] = (), additional: bool = False) -> None:
         self.records = records
         self.silent = silent
+        self.additional = additional  # put each MX host's A and AAAA in the additional section
+        self.asked: list[tuple[str, str]] = []
         self.refused = refused  # names (and their subdomains) answered REFUSED, as the lab DNS does outside its zones
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind(("127.0.0.1", 0))
@@ -543,9 +545,16 @@ class DnsStub:
                 response.set_rcode(dns.rcode.NXDOMAIN)
             else:
                 rtype = dns.rdatatype.to_text(q.rdtype)
+                self.asked.append((name, rtype))
                 data = self.records[name].get(rtype, [])
                 if data:
                     response.answer.append(dns.rrset.from_text_list(q.name, 300, dns.rdataclass.IN, rtype, data))
+                for mx in data if self.additional and rtype == "MX" else ():
+                    host = mx.split()[1].rstrip(".").lower()
+                    for atype in ("A", "AAAA"):
+                        if self.records.get(host, {}).get(atype):
+                            response.additional.append(dns.rrset.from_text_list(
+                                host + ".", 300, dns.rdataclass.IN, atype, self.records[host][atype]))
             self.sock.sendto(response.to_wire(), peer)
 
     def close(self) -> None:
@@ -582,6 +591,20 @@ def test_dns_resolver_maps_answers_to_the_model(dns_stub: DnsStub) -> None:
     assert resolver.resolve_mx("nomail.test") == NullMx()
     assert resolver.resolve_mx("nowhere.test") == NoSuchDomain()
     assert resolver.resolve_mx("bad..name.test") == NoSuchDomain()  # never asked: it cannot exist
+
+
+def test_dns_resolver_takes_mx_hosts_addresses_from_the_additional_section(dns_stub: DnsStub) -> None:
+    # The same answers as without the additional section, in one question instead of one MX plus
+    # an A and an AAAA per host; a host the section leaves out (gone.test) is still asked for.
+    dns_stub.additional = True
+    answer = DnsMxResolver("127.0.0.1", port=dns_stub.port).resolve_mx("stevenchoy.test")
+    assert isinstance(answer, MxRecords)
+    assert sorted(answer.hosts, key=lambda h: h.preference) == [
+        MxHost(10, "mail.stevenchoy.test", ("10.0.0.3",)),
+        MxHost(20, "backup.stevenchoy.test", ("10.0.0.4", "fd00::4")),
+        MxHost(30, "gone.test", (), lookup="NXDOMAIN: no such name"),
+    ]
+    assert [q for q in dns_stub.asked if q[0] != "gone.test"] == [("stevenchoy.test", "MX")]
 
 
 def test_dns_resolver_names_each_mx_host_s_dns_answer(dns_stub: DnsStub) -> None:
