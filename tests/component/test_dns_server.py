@@ -301,3 +301,14 @@ def test_reload_serves_the_changed_zone_and_keeps_the_old_one_when_broken(loop: 
         assert [r.to_text() for r in kept.answer[0]] == ["0 ."]
     finally:
         loop.run(srv.close())
+
+
+def test_the_readiness_probe_s_hand_built_query_gets_its_answer(server: DnsServer) -> None:
+    from services import probe
+
+    zone = "stevenchoy.example"  # one of the zones in tests/unit/data/zones
+    [ready] = probe.probe([probe.Target.parse(f"dns:{HOST}:{server.port}:{zone}")], timeout=2.0)
+    assert ready["ready"] is True, ready
+    # A zone the server does not serve: REFUSED, never taken for ready.
+    [other] = probe.probe([probe.Target.parse(f"dns:{HOST}:{server.port}:gmail.com")], timeout=0.3)
+    assert other["ready"] is False and "rcode 5" in str(other["detail"]), other
