@@ -70,6 +70,7 @@ def timed(argv: list[str]) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--prefix", default="bench", help="lab name prefix (labs are PREFIX-N)")
     args = parser.parse_args()
 
     client = engine.connect()
@@ -78,7 +79,7 @@ def main() -> int:
     labctl = [sys.executable, "-m", "labctl"]
     floors, ups_cli, ups_lib, downs_cli, ups_tls = [], [], [], [], []
     for i in range(args.rounds):
-        name = f"bench-{i}"
+        name = f"{args.prefix}-{i}"
         # The floor's network on a subnet no other lab holds, chosen as `labctl up` chooses (the
         # default one unless another lab is up meanwhile).
         free = topo.with_subnet(Lab(client, name).choose_subnet(topo, None))
