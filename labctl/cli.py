@@ -546,6 +546,26 @@ def cmd_image_prune(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_render_k8s(args: argparse.Namespace) -> int:
+    import yaml
+
+    from labctl.image import IMAGE_REPOSITORY, REFERENCE_REPOSITORY
+    from labctl.render import k8s
+
+    check_lab_name(args.lab)
+    topo = topology.load(args.topology)
+    for overlay in args.overlay:
+        topo = topology.load_overlay(topo, overlay)
+    images = {"lab": args.image or IMAGE_REPOSITORY, "reference": args.reference_image or REFERENCE_REPOSITORY}
+    text = yaml.safe_dump_all(k8s.render(args.lab, topo, images), sort_keys=False)
+    if args.output == "-":
+        sys.stdout.write(text)
+    else:
+        Path(args.output).write_text(text, encoding="utf-8")
+        err.print(f"wrote {args.output}: lab {args.lab} as Kubernetes objects (apply with `kubectl apply -f`)")
+    return 0
+
+
 # -- parsing -----------------------------------------------------------------------------------
 
 
@@ -744,6 +764,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the results as JSON on standard output")
     p.add_argument("--topology", type=Path, default=topology.DEFAULT_TOPOLOGY, help="base topology file")
     p.add_argument("-v", "--verbose", action="store_true", help="show what each check saw")
+
+    render_sub = sub.add_parser("render", help="write the lab for another platform (not run here)").add_subparsers(
+        dest="render_command", required=True)
+    p = render_sub.add_parser("k8s", help="the lab as Kubernetes objects for a cluster with Multus: a Namespace, "
+                                          "a NetworkAttachmentDefinition, one Pod per host, a deny-all NetworkPolicy")
+    p.set_defaults(func=cmd_render_k8s)
+    p.add_argument("--lab", default=None, help=f"lab name (default: {DEFAULT_LAB}, or $LABCTL_LAB)")
+    p.add_argument("-f", "--topology", type=Path, default=topology.DEFAULT_TOPOLOGY, help="topology file")
+    p.add_argument("--overlay", type=Path, action="append", default=[], metavar="FILE",
+                   help="changes on top of the topology (repeatable)")
+    p.add_argument("-o", "--output", default="-", metavar="FILE", help="where to write the YAML (default: -, stdout)")
+    p.add_argument("--image", help="the lab image as the cluster pulls it (default: maillab; push it there first)")
+    p.add_argument("--reference-image", help="the reference image, for hosts that run it (default: maillab-reference)")
 
     image = sub.add_parser("image", help="the lab image").add_subparsers(dest="image_command", required=True)
     p = image.add_parser("prune", help="remove old lab images that no container uses (keeps the current ones)")
