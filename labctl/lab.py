@@ -27,6 +27,7 @@ from labctl.events import Notice, Reporter, Stage, ignore
 from labctl.plan import (
     LABEL_ADDRESS,
     LABEL_CONFIG,
+    LABEL_ENGINE,
     LABEL_FQDN,
     LABEL_HOST,
     LABEL_LAB,
@@ -64,6 +65,7 @@ class HostStatus(Role):
     user: str = ""  # on MUA hosts: andy@ouhk.example
     tls: bool = False  # the lab has TLS (the host carries the lab CA's label)
     exit_code: int | None = None  # when exited: its status (KILLED_EXIT: SIGKILL, a crash)
+    engine: str = ""  # the engine it runs on, by its engines-file name ("": the only one)
 
     @property
     def condition(self) -> str:
@@ -137,7 +139,7 @@ def host_status(lab: str, c: ContainerInfo) -> HostStatus:
     return HostStatus(lab=lab, name=labels.get(LABEL_HOST, "?"), fqdn=labels.get(LABEL_FQDN, "?"),
                       role=labels.get(LABEL_ROLE, "?"), address=labels.get(LABEL_ADDRESS, "?"), state=c.state,
                       container=c.name, user=labels.get(LABEL_USER, ""), tls=labtls.LABEL_TLS_CA in labels,
-                      exit_code=c.exit_code)
+                      exit_code=c.exit_code, engine=labels.get(LABEL_ENGINE, ""))
 
 
 # runc's words when the kernel refuses the capabilities a privileged exec asks for (a VM whose
@@ -249,7 +251,7 @@ class Lab:
         else:
             topo = topo.with_subnet(self.choose_subnet(topo, subnet))
 
-        plans = plan(self.name, topo, image)
+        plans = self._placed(topo, plan(self.name, topo, image), existing)
         stale = [n for n, c in existing.items() if n not in plans or c.labels.get(LABEL_CONFIG) != plans[n].digest]
         if stale:
             raise LabctlError(
@@ -258,7 +260,7 @@ class Lab:
             )
         tls = self._tls(topo, existing)
         if tls is not None:
-            plans = plan(self.name, topo, image, tls)
+            plans = self._placed(topo, plan(self.name, topo, image, tls), existing)
         if net is None:
             self._create_network(topo)
         todo = [plans[h.name] for h in topo.hosts if h.name not in existing or existing[h.name].state != "running"]
@@ -275,6 +277,11 @@ class Lab:
         hosts = self.status()
         self.wait_ready(hosts)
         return PlacedLab(topo, hosts)
+
+    def _placed(self, topo: Topology, plans: dict[str, HostPlan],
+                existing: Mapping[str, ContainerInfo]) -> dict[str, HostPlan]:
+        """The plans as this lab places them on engines (one engine: as they are)."""
+        return plans
 
     def _tls(self, topo: Topology, existing: Mapping[str, ContainerInfo]) -> labtls.LabTls | None:
         """The lab's TLS material when hosts are to be made (None: TLS off, or every host exists).
@@ -309,14 +316,17 @@ class Lab:
         raise LabctlError(f"lab {self.name!r} runs without TLS: it has no CA; bring it up with "
                           f"`labctl down --lab {self.name}` then `labctl up --tls --lab {self.name}`")
 
-    def _create_network(self, topo: Topology) -> None:
+    def _create_network(self, topo: Topology, *, overlay: bool = False) -> None:
         name = network_name(self.name, topo)
         try:
-            self.engine.create_network(name, topo.subnet, self._labels())
+            self.engine.create_network(name, topo.subnet, self._labels(),
+                                       overlay_range=subnets.node_range(topo.subnet) if overlay else None)
         except EngineError as exc:
             raise AddressClash(f"cannot create network {name} on {topo.subnet}: {exc}; "
                                "choose another subnet with --subnet") from exc
-        self.report(Stage("network", f"{name} {topo.subnet} (internal: no route out)"))
+        kind = f"a Swarm overlay, engines' own addresses in {subnets.node_range(topo.subnet)}" if overlay else \
+            "internal: no route out"
+        self.report(Stage("network", f"{name} {topo.subnet} ({kind})"))
 
     def choose_subnet(self, topo: Topology, wanted: ipaddress.IPv4Network | None) -> ipaddress.IPv4Network:
         """The subnet this lab gets (see :func:`labctl.subnets.choose_subnet`), said when it moves."""
@@ -328,10 +338,14 @@ class Lab:
 
     def taken_networks(self) -> list[subnets.Taken]:
         taken = []
-        for net in self.engine.networks():
+        for net in self._all_networks():
             what = f"lab {net.labels[LABEL_LAB]!r}" if LABEL_LAB in net.labels else f"docker network {net.name}"
             taken += [subnets.Taken(sub, what) for sub in net.subnets if isinstance(sub, ipaddress.IPv4Network)]
         return taken + subnets.host_networks()
+
+    def _all_networks(self) -> list[NetworkInfo]:
+        """Every network the lab's engines have (theirs and other labs'), for choosing a subnet."""
+        return self.engine.networks()
 
     def wait_ready(self, hosts: list[HostStatus]) -> None:
         """Ask every service of ``hosts``, over the lab network, until it answers its protocol."""

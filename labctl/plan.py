@@ -25,6 +25,7 @@ LABEL_FQDN = "org.maillab.fqdn"
 LABEL_ADDRESS = "org.maillab.address"
 LABEL_USER = "org.maillab.user"  # on MUA hosts: the mail address of the host's user
 LABEL_CONFIG = "org.maillab.config"  # hash of everything a host was created from
+LABEL_ENGINE = "org.maillab.engine"  # the engine (engines-file name) a host was created on
 
 STOP_TIMEOUT = 3  # seconds; services exit on SIGTERM in milliseconds, this is for a stuck one
 

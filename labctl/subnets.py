@@ -33,6 +33,21 @@ class Choice:
     moved_from: str | None = None  # why the topology's subnet was not used: what holds it
 
 
+def node_range(subnet: ipaddress.IPv4Network) -> ipaddress.IPv4Network:
+    """The corner of a lab subnet that no host may take: the top sixteenth (``.240/28`` of a /24,
+    at least a /30).
+
+    When a lab is split over several engines its network is a Swarm overlay, and every engine that
+    attaches a container to it takes an address of its own there (its load-balancer endpoint) from
+    the overlay's ``--ip-range``. The range is this corner, so those addresses never meet a host's
+    static one; the topology parser keeps every lab out of it, split or not, so a lab can be split
+    later without renumbering.
+    """
+    prefix = min(subnet.prefixlen + 4, 30)
+    size = 1 << (32 - prefix)
+    return ipaddress.IPv4Network((int(subnet.broadcast_address) + 1 - size, prefix))
+
+
 def clash(net: ipaddress.IPv4Network, taken: Sequence[Taken]) -> Taken | None:
     return next((t for t in taken if net.overlaps(t.network)), None)
 

@@ -54,6 +54,7 @@ class NetworkInfo:
     labels: Labels
     subnets: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
     internal: bool
+    driver: str = "bridge"  # "overlay": a Swarm network spanning engines (a split lab's)
 
 
 @dataclass(frozen=True)
@@ -110,7 +111,10 @@ class Engine(Protocol):
     def volumes(self, labels: Labels) -> list[str]: ...
 
     # -- making and removing ----------------------------------------------------------------------
-    def create_network(self, name: str, subnet: ipaddress.IPv4Network, labels: Labels) -> None: ...
+    def create_network(self, name: str, subnet: ipaddress.IPv4Network, labels: Labels, *,
+                       overlay_range: ipaddress.IPv4Network | None = None) -> None:
+        """An internal network on ``subnet``: a bridge, or with ``overlay_range`` an attachable
+        Swarm overlay whose engines take their own addresses from that range (a manager only)."""
     def remove_network(self, ident: str) -> None: ...
     def create_container(self, spec: ContainerSpec) -> None: ...
     def remove_container(self, ident: str, *, stop_timeout: int) -> None: ...

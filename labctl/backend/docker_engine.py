@@ -113,7 +113,7 @@ class DockerEngine:
                 with contextlib.suppress(ValueError):
                     subnets.append(ipaddress.ip_network(cfg.get("Subnet", ""), strict=False))
             out.append(NetworkInfo(net["Id"], net["Name"], net.get("Labels") or {}, tuple(subnets),
-                                   bool(net.get("Internal"))))
+                                   bool(net.get("Internal")), net.get("Driver") or "bridge"))
         return out
 
     def volumes(self, labels: Labels) -> list[str]:
@@ -123,11 +123,16 @@ class DockerEngine:
 
     # -- making and removing ----------------------------------------------------------------------
 
-    def create_network(self, name: str, subnet: ipaddress.IPv4Network, labels: Labels) -> None:
-        ipam = docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(subnet=str(subnet))])
+    def create_network(self, name: str, subnet: ipaddress.IPv4Network, labels: Labels, *,
+                       overlay_range: ipaddress.IPv4Network | None = None) -> None:
+        pool = docker.types.IPAMPool(subnet=str(subnet), iprange=str(overlay_range) if overlay_range else None)
+        ipam = docker.types.IPAMConfig(pool_configs=[pool])
         with _translated(f"creating network {name} on {subnet}"):
-            # internal: no route out of the lab (design decision 5).
-            self.api.create_network(name, driver="bridge", internal=True, ipam=ipam, labels=dict(labels),
+            # internal: no route out of the lab (design decision 5). An overlay is attachable so
+            # that plain containers (not Swarm services, which cannot have static addresses:
+            # moby#24170) join it from each engine; its VXLAN MTU is the driver's 1450.
+            self.api.create_network(name, driver="overlay" if overlay_range else "bridge", internal=True,
+                                    attachable=bool(overlay_range), ipam=ipam, labels=dict(labels),
                                     check_duplicate=True)
 
     def remove_network(self, ident: str) -> None:

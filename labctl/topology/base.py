@@ -46,4 +46,6 @@ def load(path: Path = DEFAULT_TOPOLOGY, text: str | None = None) -> Topology:
             return ("services", about[1], "environment") + ((about[2],) if about[2] else ())
         return ("services",)
 
-    return checks.raise_first(Topology(r.doc.path, network, subnet, hosts, tuple(domains), retry, tls), where, r.fail)
+    place = mail.placement(r, ext.get("placement"), ("x-maillab", "placement"), hosts)
+    return checks.raise_first(Topology(r.doc.path, network, subnet, hosts, tuple(domains), retry, tls, place),
+                              where, r.fail)

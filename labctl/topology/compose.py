@@ -14,6 +14,7 @@ import ipaddress
 import re
 from typing import Any
 
+from labctl.subnets import node_range
 from labctl.topology.model import IMAGES, MAIL_KINDS, HostSpec, is_reference
 from labctl.yamlreader import LABEL, Reader, describe
 from labctl.yamlsource import PathKey
@@ -71,6 +72,7 @@ class HostReader:
         self.r = r
         self.subnet = subnet
         self.gateway = next(subnet.hosts())  # Docker gives the bridge the first address
+        self.reserved = node_range(subnet)  # the engines' own endpoints when the lab is split
         self.hosts = list(hosts)
 
     def by_name(self, name: str) -> HostSpec | None:
@@ -116,6 +118,10 @@ class HostReader:
             raise self.r.fail(at, f"{key} {address} is not a host address in {subnet}")
         if address == self.gateway:
             raise self.r.fail(at, f"{key} {address} is the network's gateway; pick another")
+        if address in self.reserved:
+            raise self.r.fail(at, f"{key} {address} is in {self.reserved}, kept for the engines' own addresses when "
+                                  f"the lab is split over several machines; pick one below "
+                                  f"{self.reserved.network_address}")
         other = next((h.name for h in self.hosts if h.address == address), None)
         if other is not None:
             raise self.r.fail(at, f"{key} {address} is also used by {other!r}")
@@ -126,7 +132,7 @@ class HostReader:
         taken = {h.address for h in self.hosts}
         for n in range(first, self.subnet.num_addresses - 1):
             candidate = self.subnet.network_address + n
-            if candidate not in taken and candidate != self.gateway:
+            if candidate not in taken and candidate != self.gateway and candidate not in self.reserved:
                 return candidate
         raise self.r.fail(at, f"no free address left in {self.subnet}")
 

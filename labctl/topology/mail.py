@@ -13,11 +13,11 @@ import re
 from typing import Any
 
 from labctl.topology.model import DomainSpec, HostSpec, MxRecord
-from labctl.yamlreader import Reader
+from labctl.yamlreader import LABEL, Reader, describe
 from labctl.yamlsource import PathKey
 from services import config as svc
 
-LAB_KEYS = ("domains", "retry", "tls")
+LAB_KEYS = ("domains", "retry", "tls", "placement")
 DOMAIN_KEYS = ("mail_host", "mx", "users", "address", "records")
 RETRY_KEYS = ("schedule", "give_up")
 TLS_KEYS = ("auth", "relay")
@@ -119,3 +119,25 @@ def tls(r: Reader, value: Any, at: PathKey) -> svc.TlsSettings:
                                        "it, unverified), verify (STARTTLS required, certificate checked "
                                        "against the lab CA), none (always in clear)")
     return svc.TlsSettings(enabled=True, auth_needs_tls=TLS_AUTH[auth], relay=relay)
+
+
+def placement(r: Reader, value: Any, at: PathKey, hosts: tuple[HostSpec, ...],
+              old: tuple[tuple[str, str], ...] = ()) -> tuple[tuple[str, str], ...]:
+    """``placement: {mail: node2, betty: node2}``: the engine (a name in the engines file) each
+    listed host runs on when the lab is split over several machines; entries add to ``old``."""
+    if value is None:
+        return old
+    spec = r.mapping(value, at, None, "placement (host: engine name)")
+    out = dict(old)
+    names = {h.name for h in hosts}
+    for host, engine in spec.items():
+        if host not in names:
+            raise r.fail(at + (host,), f"placement names host {host!r}, which is not in the lab; "
+                                       f"hosts: {', '.join(h.name for h in hosts)}")
+        if not isinstance(engine, str) or not LABEL.match(engine):
+            shown = repr(engine) if isinstance(engine, str) else describe(engine)
+            raise r.fail(at + (host,), f"placement of {host}: {shown} is not an engine name "
+                                       "(lower-case letters, digits and '-', as in the engines file)")
+        out[host] = engine
+    order = [h.name for h in hosts]
+    return tuple(sorted(out.items(), key=lambda item: order.index(item[0])))

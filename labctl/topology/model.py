@@ -109,6 +109,9 @@ class Topology:
     domains: tuple[DomainSpec, ...]
     retry: svc.Retry
     tls: svc.TlsSettings = field(default_factory=svc.TlsSettings)  # x-maillab.tls, `labctl up --tls`
+    # x-maillab.placement: (host, engine name) for the hosts a split lab puts on a given engine;
+    # the others are placed by policy (labctl.split). Empty: the lab is whole on one engine.
+    placement: tuple[tuple[str, str], ...] = ()
 
     def host(self, name: str) -> HostSpec:
         for h in self.hosts:
@@ -116,6 +119,10 @@ class Topology:
                 return h
         known = ", ".join(h.name for h in self.hosts)
         raise KeyError(f"no host {name!r} in this lab (hosts: {known})")
+
+    def placed_on(self, host: str) -> str | None:
+        """The engine the topology puts ``host`` on (x-maillab.placement), if it says."""
+        return dict(self.placement).get(host)
 
     def domain(self, name: str) -> DomainSpec | None:
         name = name.lower().rstrip(".")

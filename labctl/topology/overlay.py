@@ -22,7 +22,7 @@ from labctl.yamlreader import Reader
 from labctl.yamlsource import Document, PathKey
 from services import config as svc
 
-OVERLAY_KEYS = ("hosts", "swap", "domains", "retry", "tls")
+OVERLAY_KEYS = ("hosts", "swap", "domains", "retry", "tls", "placement")
 SWAP_KEYS = ("command", "image")
 OVERLAY_HOST_KEYS = ("hostname", "role", "address", "user")
 # The lab has one name server; a scenario adds mail hosts, and outside clients (no lab user).
@@ -80,7 +80,9 @@ class _Overlay:
         if "retry" in spec:
             retry = mail.retry(self.r, spec["retry"], self.at + ("retry",))
         tls = mail.tls(self.r, spec["tls"], self.at + ("tls",)) if "tls" in spec else self.base.tls
-        topo = replace(self.base, hosts=tuple(reader.hosts), retry=retry, tls=tls)
+        place = mail.placement(self.r, spec.get("placement"), self.at + ("placement",), tuple(reader.hosts),
+                               self.base.placement)
+        topo = replace(self.base, hosts=tuple(reader.hosts), retry=retry, tls=tls, placement=place)
         at0 = self.at + ("domains",)
         domains = list(topo.domains)
         for raw, value in self.r.mapping(spec.get("domains"), at0, None, "domains", optional=True).items():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -155,3 +156,18 @@ def test_an_outside_client_host_is_no_user_and_no_relay_client() -> None:
     assert cfg.is_relay_client(str(topo.host("andy").address))
     with pytest.raises(SourceError, match="only a mua host has a user"):
         overlay("hosts:\n  outsider: {hostname: outsider.lab.example, role: client, user: andy@ouhk.example}\n")
+
+
+def test_an_overlay_places_hosts_it_adds_and_keeps_the_bases_placement() -> None:
+    base = replace(BASE, placement=(("mail", "node2"),))
+    topo = topology.load_overlay(base, Path("overlay.yml"), (
+        "hosts:\n  carol: {hostname: carol.stevenchoy.example, role: mua, user: carol@stevenchoy.example}\n"
+        "domains:\n  stevenchoy.example: {users: {carol: c}}\n"
+        "placement: {carol: node2, smtp: node1}\n"))
+    assert topo.placement == (("smtp", "node1"), ("mail", "node2"), ("carol", "node2"))
+
+
+def test_an_overlay_cannot_place_a_host_the_lab_does_not_have() -> None:
+    err = error_of("placement:\n  dave: node2\n")
+    assert err.line == 2
+    assert "placement names host 'dave', which is not in the lab" in err.message

@@ -240,3 +240,48 @@ def test_lab_names_docker_accepts(name: str) -> None:
 def test_lab_names_docker_refuses_are_refused_first(name: str) -> None:
     with pytest.raises(LabctlError, match="letters, digits, '-', '_' or '.'"):
         check_lab_name(name)
+
+
+# -- a lab split over several engines: the overlay's corner and x-maillab.placement ------------
+
+def test_the_engines_corner_of_a_subnet_is_its_top_sixteenth() -> None:
+    from labctl.subnets import node_range
+    assert str(node_range(ipaddress.IPv4Network("10.89.0.0/24"))) == "10.89.0.240/28"
+    assert str(node_range(ipaddress.IPv4Network("10.89.0.0/16"))) == "10.89.240.0/20"
+    assert str(node_range(ipaddress.IPv4Network("10.89.0.16/28"))) == "10.89.0.28/30"
+    # No shipped host sits there, so every lab can be split without renumbering.
+    topo = topology.load()
+    assert not any(h.address in node_range(topo.subnet) for h in topo.hosts)
+
+
+def test_a_static_address_in_the_engines_corner_is_refused_with_its_line() -> None:
+    old = "        ipv4_address: 10.89.0.25"
+    err = error_of(LAB_YML.replace(old, "        ipv4_address: 10.89.0.241", 1))
+    assert err.line == line_of(old)
+    assert "10.89.0.241 is in 10.89.0.240/28, kept for the engines' own addresses" in err.message
+    assert "pick one below 10.89.0.240" in err.message
+
+
+PLACED = LAB_YML.replace("x-maillab:\n", "x-maillab:\n  placement: {mail: node2, betty: node2}\n", 1)
+
+
+def test_placement_puts_named_hosts_on_named_engines_in_topology_order() -> None:
+    assert "placement:" in PLACED
+    topo = load_text(PLACED)
+    assert topo.placement == (("mail", "node2"), ("betty", "node2"))
+    assert topo.placed_on("mail") == "node2"
+    assert topo.placed_on("smtp") is None
+    assert topology.load().placement == ()
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("{carol: node2}", "placement names host 'carol', which is not in the lab; hosts: ns, smtp, mail, andy, betty"),
+    ("{mail: Node_2}", "placement of mail: 'Node_2' is not an engine name"),
+    ("{mail: [node2]}", "is not an engine name"),
+    ("[mail]", "placement (host: engine name)"),
+])
+def test_a_bad_placement_names_its_line(value: str, message: str) -> None:
+    text = LAB_YML.replace("x-maillab:\n", f"x-maillab:\n  placement: {value}\n", 1)
+    err = error_of(text)
+    assert message in err.message, err.message
+    assert err.line == line_of("placement:", text)
