@@ -10,14 +10,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from labctl.errors import LabctlError
-from labctl.plan import LABEL_LAB
+from labctl.plan import LABEL_ENGINE, LABEL_LAB
 
-# Every container of a lab carries the engine it was placed on, so `status --all` and a lab's later
-# commands name the engine from the lab itself, not from a guess over the engines file.
-LABEL_ENGINE = "org.maillab.engine"
-
-# What one five-host lab holds once up (measured: `docker stats` of the default lab, ~110 MiB),
-# with room: an engine with less than this free takes no further lab.
+# What one five-host lab may hold: README's growth row measured 71 MiB for five hosts just up;
+# this leaves room for mail, queues and logs. An engine with less than this free takes no further lab.
 LAB_MEMORY = 160 * 1024 * 1024
 
 
