@@ -41,8 +41,18 @@ def cni_config(lab: str, topo: Topology) -> Obj:
         "bridge": f"ml-{dns_label(lab)}"[:15],  # IFNAMSIZ: 15 characters
         "isGateway": False,  # the lab has no route out, as on Docker (an internal network)
         "ipMasq": False,
-        "ipam": {"type": "static"},  # each Pod's address comes from its Multus annotation
+        # Each Pod's address comes from its Multus annotation: Multus hands the annotation's "ips"
+        # to the plugins as runtimeConfig only when the config declares that capability.
+        "capabilities": {"ips": True},
+        "ipam": {"type": "static"},
     }
+
+
+def quantity(size: str) -> str:
+    """A tmpfs size ("16m", Docker's, 1024-based) as a Kubernetes quantity ("16Mi"; "16m" there
+    would mean 16 thousandths of a byte)."""
+    number, unit = (size[:-1], size[-1]) if size[-1:].isalpha() else (size, "")
+    return number + {"": "", "k": "Ki", "m": "Mi", "g": "Gi"}[unit.lower()]
 
 
 def _labels(lab: str, host: str | None = None) -> dict[str, str]:
@@ -75,7 +85,8 @@ def render(lab: str, topo: Topology, image: str | Mapping[str, str]) -> list[Obj
         mounts: list[Obj] = [{"name": f"v{i}", "mountPath": path} for i, path in enumerate(c.volumes.values())]
         for j, path in enumerate(c.tmpfs):
             size = dict(kv.split("=", 1) for kv in c.tmpfs[path].split(",") if "=" in kv).get("size")
-            volumes.append({"name": f"t{j}", "emptyDir": {"medium": "Memory", **({"sizeLimit": size} if size else {})}})
+            limit = {"sizeLimit": quantity(size)} if size else {}
+            volumes.append({"name": f"t{j}", "emptyDir": {"medium": "Memory", **limit}})
             mounts.append({"name": f"t{j}", "mountPath": path})
         objects.append({
             "apiVersion": "v1", "kind": "Pod",

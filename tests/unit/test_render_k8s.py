@@ -85,7 +85,7 @@ def test_overlay_and_x_maillab_are_respected(tmp_path: Path) -> None:
     topo = base.with_tmpfs("mail", "/var/mail", "size=16m")
     pods = {o["metadata"]["name"]: o for o in rendered(topo=topo) if o["kind"] == "Pod"}
     vols = {v["name"]: v for v in pods["mail"]["spec"]["volumes"]}
-    assert {"medium": "Memory", "sizeLimit": "16m"} in [v.get("emptyDir") for v in vols.values()]
+    assert {"medium": "Memory", "sizeLimit": "16Mi"} in [v.get("emptyDir") for v in vols.values()]
     moved = base.with_subnet(ipaddress.IPv4Network("10.91.7.0/24"))
     for pod in (o for o in rendered(topo=moved) if o["kind"] == "Pod"):
         ip = json.loads(pod["metadata"]["annotations"][k8s.NETWORKS_ANNOTATION])[0]["ips"][0]
