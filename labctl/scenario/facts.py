@@ -166,7 +166,9 @@ def _command(conv: Conversation, event: Event) -> str:
 
 def _answer_fits(fact: m.DnsLooked, answer: DnsAnswer, addresses: Mapping[str, str]) -> bool:
     """Does ``answer`` say what the fact names: an rcode, NODATA, or a record's value (a lab
-    host's name standing for its address, which a scenario cannot know before the lab is up)?"""
+    host's name standing for its address, which a scenario cannot know before the lab is up)?
+    A value may also be in the additional section: an MX answer carries its hosts' addresses
+    there (RFC 1035 §3.3.9), and the relay then asks no A or AAAA question of its own."""
     if fact.answer is None:
         return True
     records = [r for r in answer.answers if r.type == fact.type]
@@ -175,7 +177,8 @@ def _answer_fits(fact: m.DnsLooked, answer: DnsAnswer, addresses: Mapping[str, s
     if fact.answer in DNS_RCODES:
         return answer.rcode == fact.answer
     wanted = addresses.get(fact.answer.lower(), fact.answer.lower().rstrip("."))
-    return any(wanted in (r.value.lower().rstrip("."), (r.exchange or "").lower()) for r in records)
+    return any(wanted in (r.value.lower().rstrip("."), (r.exchange or "").lower())
+               for r in (*records, *answer.additional))
 
 
 def _dns_looked(fact: m.DnsLooked, convs: Sequence[Conversation], addresses: Mapping[str, str]) -> str:

@@ -248,7 +248,8 @@ class Connected:
 class DnsLooked:
     """``host`` asked the lab DNS for ``name``'s ``type`` records and got ``answer`` (if given):
     an rcode (NXDOMAIN, SERVFAIL, NOERROR), ``NODATA`` (NOERROR, empty), or a value that one of
-    the answer's records has (an address, ``10 mail.stevenchoy.example``, a name)."""
+    the answer's records has (an address, ``10 mail.stevenchoy.example``, a name), in its answer
+    or additional section."""
 
     host: str | None  # None: any host
     name: str  # lower case, no final dot

@@ -76,11 +76,15 @@ def arrows(driver: Any) -> list[dict[str, str]]:
 
 
 def until(driver: Any, what: str, check: Any, timeout: float = WAIT) -> Any:
-    from selenium.common.exceptions import TimeoutException
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException, TimeoutException
     from selenium.webdriver.support.ui import WebDriverWait
 
+    # The page redraws its lists and diagram as the stream brings news: an element found a moment
+    # ago may be gone by the time it is read, which is "not yet", not a failure.
+    wait = WebDriverWait(driver, timeout, poll_frequency=0.5,
+                         ignored_exceptions=(NoSuchElementException, StaleElementReferenceException))
     try:
-        return WebDriverWait(driver, timeout, poll_frequency=0.5).until(lambda d: check(d))
+        return wait.until(lambda d: check(d))
     except TimeoutException:
         shown = "\n".join(f"  {a['from']} -> {a['to']}: {a['words']} ({a['cls']})" for a in arrows(driver))
         text = driver.find_element("tag name", "body").text[:1500]
@@ -157,10 +161,12 @@ def test_the_page_draws_the_lab_live(web: str, browser: Any, running_lab: Runnin
                         "  - expect:\n      mailbox: {user: betty@stevenchoy.example, count: 999}\n")
     ran = labctl("run", "--lab", running_lab.name, str(scenario), check=False)
     assert ran.returncode == 1, ran.stderr
-    until(d, "the run on the page, failed", lambda d: d.find_elements("css selector", "#runs .run.failed"))
-    steps = d.find_elements("css selector", "#runs .run.failed li")
-    assert [s.get_attribute("class") for s in steps] == ["passed", "failed"], [s.text for s in steps]
-    assert "expected:" in steps[1].text and "saw:" in steps[1].text, steps[1].text
+    # Read in one script: the list may be redrawn between finding its items and reading them.
+    steps = until(d, "the run on the page, failed", lambda d: d.execute_script(
+        "const li = [...document.querySelectorAll('#runs .run.failed li')];"
+        "return li.length ? li.map(s => [s.getAttribute('class'), s.innerText]) : null"))
+    assert [cls for cls, _ in steps] == ["passed", "failed"], steps
+    assert "expected:" in steps[1][1] and "saw:" in steps[1][1], steps[1][1]
 
     # The MX stopped from the page: its host and its lane go down, the next relay fails on the page.
     click(d, ".host[data-host='mail'] button[data-action='stop']", "the MX's stop button")
@@ -169,7 +175,8 @@ def test_the_page_draws_the_lab_live(web: str, browser: Any, running_lab: Runnin
     until(d, "the MX's lane down", lambda d: "down" in d.find_element(
         "css selector", "g.lane[data-host='mail']").get_attribute("class"))
     assert running_lab.lab.find("mail").condition == "stopped"
-    assert d.find_element("css selector", ".host[data-host='mail'] .state").text == "stopped"
+    until(d, "the MX's state shown", lambda d: d.find_element(
+        "css selector", ".host[data-host='mail'] .state").text == "stopped")
     before = {a["id"] for a in arrows(d)}
     send_from_page(d, f"web down {uuid.uuid4().hex[:6]}")
     failed = until(d, "a failed relay to the stopped MX", lambda d: next(

@@ -157,6 +157,20 @@ def test_a_dns_fact_not_shown_lists_the_queries_and_their_answers() -> None:
         check_fact(m.DnsLooked("smtp", "stevenchoy.example", "AAAA"), LOOKUPS, ADDRESSES)
 
 
+def test_an_mx_answer_names_its_hosts_addresses_in_the_additional_section() -> None:
+    """The relay asks one question when the MX answer carries the addresses (RFC 1035 §3.3.9)."""
+    glue = DnsAnswer(7, 0x8580, MX, "NOERROR",
+                     (Record("stevenchoy.example", "MX", 300, "10 mail.stevenchoy.example", "mail.stevenchoy.example"),),
+                     (Record("mail.stevenchoy.example", "A", 300, "10.89.0.110"),))
+    convs = [conversation("dns", "udp", ("10.89.0.25", 40000), ("10.89.0.53", 53), "closed",
+                          Event(T, CLIENT, "query", "MX? stevenchoy.example", payload=DnsQuery(7, 0x0100, MX)),
+                          Event(T, SERVER, "answer", glue.summary, payload=glue))]
+    assert check_fact(m.DnsLooked("smtp", "stevenchoy.example", "MX", "mail"), convs, ADDRESSES).startswith(
+        "smtp asked MX? stevenchoy.example and got MX 10 mail.stevenchoy.example")
+    with pytest.raises(StepFailed):  # an address in neither section
+        check_fact(m.DnsLooked("smtp", "stevenchoy.example", "MX", "mx2"), convs, ADDRESSES)
+
+
 def test_the_relay_hops_are_read_from_the_smtp_conversations() -> None:
     from tests.unit.packets import pcapng
     from tests.unit.test_traffic_journey import BACKUP_NAMES, MX2, backup_capture
