@@ -159,9 +159,8 @@ def test_a_dns_fact_not_shown_lists_the_queries_and_their_answers() -> None:
 
 def test_an_mx_answer_names_its_hosts_addresses_in_the_additional_section() -> None:
     """The relay asks one question when the MX answer carries the addresses (RFC 1035 §3.3.9)."""
-    glue = DnsAnswer(7, 0x8580, MX, "NOERROR",
-                     (Record("stevenchoy.example", "MX", 300, "10 mail.stevenchoy.example", "mail.stevenchoy.example"),),
-                     (Record("mail.stevenchoy.example", "A", 300, "10.89.0.110"),))
+    mx = Record("stevenchoy.example", "MX", 300, "10 mail.stevenchoy.example", "mail.stevenchoy.example")
+    glue = DnsAnswer(7, 0x8580, MX, "NOERROR", (mx,), (Record("mail.stevenchoy.example", "A", 300, "10.89.0.110"),))
     convs = [conversation("dns", "udp", ("10.89.0.25", 40000), ("10.89.0.53", 53), "closed",
                           Event(T, CLIENT, "query", "MX? stevenchoy.example", payload=DnsQuery(7, 0x0100, MX)),
                           Event(T, SERVER, "answer", glue.summary, payload=glue))]
