@@ -592,7 +592,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         if lab:
             p.add_argument("--lab", default=None, help=f"lab name (default: {DEFAULT_LAB}, or $LABCTL_LAB)")
+        engines_option(p)
         return p
+
+    def engines_option(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--engines", metavar="FILE", default=None,
+                       help="the engines file to spread labs over (default: $LABCTL_ENGINES, else "
+                            "~/.config/maillab/engines.yml if it exists, else the one local engine)")
 
     def tls_options(p: argparse.ArgumentParser, implicit: str, starttls: str) -> None:
         """The MUA's TLS flags (`mail send|fetch` on the MUA host takes the same)."""
