@@ -20,11 +20,12 @@ from rich.status import Status
 from rich.table import Table
 from rich.text import Text
 
-from labctl import engine, mail, topology
+from labctl import mail, topology
 from labctl.errors import LabctlError, LabNotRunning
 from labctl.events import BuildOutput, Event, Notice, Stage
+from labctl.fleet import LOCAL, Fleet, Outcome
 from labctl.image import ImageBuilder
-from labctl.lab import HostStatus, Lab, check_lab_name, list_labs
+from labctl.lab import HostStatus, Lab, check_lab_name
 from labctl.traffic import cli as traffic_cli
 from labctl.traffic import render
 from services.capture import CAPTURE_DIR
@@ -59,19 +60,74 @@ class Reporter:
                     err.print(Text("  " + text, style="dim"), soft_wrap=True)
 
 
+def _fleet(args: argparse.Namespace) -> Fleet:
+    return Fleet.from_file(getattr(args, "engines", None))
+
+
 def _lab(args: argparse.Namespace) -> Lab:
-    return Lab(engine.connect(), args.lab, Reporter(getattr(args, "verbose", False)))
+    return _fleet(args).lab(args.lab, Reporter(getattr(args, "verbose", False)))
 
 
 def _hosts_table(hosts: Sequence[HostStatus], title: str) -> Table:
     table = Table(title=title, title_justify="left")
-    for col in ("host", "name", "role", "address", "ports", "state"):
+    engines = any(h.engine for h in hosts)  # an engines file is in use: say where each host runs
+    for col in ("host", "name", "role", "address", "ports", "state", *(("engine",) if engines else ())):
         # Names and addresses are what a student types next: never cut them short.
         table.add_column(col, no_wrap=col in ("name", "address", "role"), min_width=24 if col == "name" else None)
     for h in hosts:
         state = f"[green]{h.condition}[/]" if h.state == "running" else f"[red]{h.condition}[/]"
-        table.add_row(h.name, h.fqdn, h.role, h.address, h.ports, state)
+        table.add_row(h.name, h.fqdn, h.role, h.address, h.ports, state, *((h.engine,) if engines else ()))
     return table
+
+
+def _lab_names(args: argparse.Namespace) -> list[str]:
+    """The labs of ``--labs SPEC`` (brace ranges, commas, @file), every name checked."""
+    from labctl import labnames
+
+    return labnames.expand(args.labs, lambda path: Path(path).read_text(encoding="utf-8"))
+
+
+class BatchProgress:
+    """One line that counts labs done (and failed) while a batch runs; each failure printed once."""
+
+    def __init__(self, verb: str, total: int) -> None:
+        self.verb, self.total, self.done, self.failed = verb, total, 0, 0
+        self.started = time.monotonic()
+        self.status = Status(self._text(), console=err)
+
+    def _text(self) -> str:
+        failed = f", [red]{self.failed} failed[/]" if self.failed else ""
+        return f"{self.verb}: {self.done}/{self.total} labs{failed} ({time.monotonic() - self.started:.0f} s)"
+
+    def __enter__(self) -> BatchProgress:
+        self.status.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.status.stop()
+
+    def __call__(self, outcome: Outcome) -> None:
+        self.done += 1
+        if outcome.error:
+            self.failed += 1
+            err.print(Text.assemble(("✗ ", "red"), f"lab {outcome.lab}: {outcome.error}"), soft_wrap=True)
+        self.status.update(self._text())
+
+
+def _batch_tally(verb: str, outcomes: Sequence[Outcome], started: float,
+                 again: str = "running the same command again retries only what is missing") -> int:
+    failed = [o for o in outcomes if o.error]
+    per: dict[str, int] = {}
+    for o in outcomes:
+        if not o.error:
+            per[o.engine] = per.get(o.engine, 0) + 1
+    spread = ", ".join(f"{n} on {e}" for e, n in sorted(per.items()))
+    out.print(f"{len(outcomes) - len(failed)} of {len(outcomes)} labs {verb} in {time.monotonic() - started:.1f} s"
+              + (f" ({spread})" if spread else ""))
+    if failed:
+        err.print(f"{len(failed)} failed: {' '.join(o.lab for o in failed)}; the messages above say why, and "
+                  f"{again}")
+    return 1 if failed else 0
 
 
 # -- commands ----------------------------------------------------------------------------------
@@ -85,15 +141,42 @@ def cmd_up(args: argparse.Namespace) -> int:
         topo = topology.load_overlay(topo, overlay)
     if args.tls and not topo.tls.enabled:
         topo = replace(topo, tls=TlsSettings(enabled=True))  # the topology's own tls: mapping stands
-    lab = _lab(args)
+    fleet = _fleet(args)
+    report = Reporter(args.verbose)
     # The reference image (Postfix, Dovecot, NSD) only when a host of this topology runs it.
-    images = ImageBuilder(lab.engine, lab.report).images({h.image for h in topo.hosts}, base=args.base,
-                                                          mirror=args.mirror)
+    images = fleet.build({h.image for h in topo.hosts}, report, base=args.base, mirror=args.mirror)
+    if args.labs:
+        return _up_many(args, fleet, topo, images)
+    lab = fleet.lab(args.lab, report, topo=topo, place=True)
+    fleet.push(lab.engine_list(), images, report)
     image = ", ".join(images.values())
     placed = lab.up(topo, images, subnet=args.subnet)
     out.print(_hosts_table(placed.hosts, f"lab {lab.name} is up ({time.monotonic() - started:.1f} s, image {image})"))
     out.print(_try_hint(placed.topology, lab.name))
     return 0
+
+
+def _up_many(args: argparse.Namespace, fleet: Fleet, topo: topology.Topology, images: dict[str, str]) -> int:
+    """`up --labs`: every lab placed first, images copied to the engines that get labs, subnets
+    chosen per engine, then BATCH labs brought up at once."""
+    from labctl.fleet import each, subnets_for
+
+    started = time.monotonic()
+    if args.subnet is not None:
+        raise LabctlError("--subnet names one subnet, and --labs brings up many labs: leave --subnet out "
+                          "(each lab gets a free subnet of its engine)")
+    names = _lab_names(args)
+    placed = fleet.place_all(names)
+    fleet.push([fleet.engine(e) for e in dict.fromkeys(placed.values())], images, Reporter(args.verbose))
+    chosen = subnets_for(fleet, placed, topo)
+
+    def up(name: str) -> str:
+        fleet.lab_on(name, placed[name]).up(topo, images, subnet=chosen[name])
+        return placed[name]
+
+    with BatchProgress("up", len(names)) as progress:
+        outcomes = each(names, up, progress)
+    return _batch_tally("up", outcomes, started)
 
 
 def _try_hint(topo: topology.Topology, lab: str) -> str:
@@ -115,30 +198,54 @@ def _labs_up(labs: Sequence[str]) -> str:
 
 
 def cmd_down(args: argparse.Namespace) -> int:
-    where = engine.connect()
-    existing = list_labs(where)
-    names = existing if args.all else [args.lab]
+    fleet = _fleet(args)
+    existing = fleet.labs()
+    if args.labs or (args.all and fleet.spread):
+        return _down_many(fleet, _lab_names(args) if args.labs else list(existing), existing)
+    names = list(existing) if args.all else [args.lab]
     for name in names:
         started = time.monotonic()
-        removed = Lab(where, name).down()  # even for a lab not up: leftover volumes go too
+        lab = fleet.lab(name) if name in existing else Lab(fleet.local(), name)
+        removed = lab.down()  # even for a lab not up: leftover volumes go too
         if name in existing:
             out.print(f"lab {name}: removed {removed} hosts, its network and volumes "
                       f"({time.monotonic() - started:.1f} s)")
         else:  # idempotent, so no failure; but a typo must not read as a lab removed
-            out.print(f"lab {name}: nothing to remove, there is no such lab ({_labs_up(existing)})")
+            out.print(f"lab {name}: nothing to remove, there is no such lab ({_labs_up(list(existing))})")
     if not names:
         out.print("no labs are up")
     return 0
 
 
+def _down_many(fleet: Fleet, names: list[str], existing: dict[str, list[str]]) -> int:
+    from labctl.fleet import each
+
+    started = time.monotonic()
+    gone = [n for n in names if n not in existing]
+    if gone:
+        out.print(f"not up, nothing to remove: {' '.join(gone)}")
+    todo = [n for n in names if n in existing]
+
+    def down(name: str) -> str:
+        fleet.lab(name).down()
+        return "+".join(existing[name])
+
+    with BatchProgress("down", len(todo)) as progress:
+        outcomes = each(todo, down, progress)
+    return _batch_tally("removed", outcomes, started)
+
+
 def cmd_status(args: argparse.Namespace) -> int:
-    where = engine.connect()
-    existing = list_labs(where)
+    fleet = _fleet(args)
+    if args.all:
+        return _status_all(args, fleet)
+    placed = fleet.labs()
+    existing = list(placed)
     if args.lab_given and args.lab not in existing:
         raise LabNotRunning(f"lab {args.lab!r} does not exist ({_labs_up(existing)}); "
                             f"start it with `labctl up --lab {args.lab}`")
     names = [args.lab] if args.lab_given else existing
-    labs = {name: Lab(where, name).status() for name in names}
+    labs = {name: fleet.lab(name).status() for name in names}
     if args.json:
         out.print_json(json.dumps({n: [h.__dict__ | {"ports": h.ports} for h in hs] for n, hs in labs.items()}))
         return 0
@@ -147,6 +254,45 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0
     for name, hosts in labs.items():
         out.print(_hosts_table(hosts, f"lab {name}"))
+    return 0
+
+
+def _status_all(args: argparse.Namespace, fleet: Fleet) -> int:
+    """`status --all`: every engine, whether it answered, and lab -> engine with its hosts' states."""
+    survey = fleet.survey()
+    labs: dict[str, list[HostStatus]] = {}
+    for e in survey:
+        for name in sorted(e.labs):
+            labs.setdefault(name, [])
+    for name in labs:
+        labs[name] = fleet.lab(name).status()
+    if args.json:
+        out.print_json(json.dumps({
+            "engines": [{"name": e.name, "labs": sorted(e.labs), "memory": e.memory, "error": e.error} for e in survey],
+            "labs": {n: {"engines": sorted({h.engine or LOCAL for h in hs}) or [e.name for e in survey if n in e.labs],
+                         "hosts": len(hs), "running": sum(h.state == "running" for h in hs)} for n, hs in labs.items()},
+        }))
+        return 0
+    engines = Table(title="engines", title_justify="left")
+    for col in ("engine", "where", "labs", "memory"):
+        engines.add_column(col)
+    for e in survey:
+        url = fleet.engines.get(e.name).url if fleet.engines is not None else fleet.local().where
+        engines.add_row(e.name, url, f"[red]did not answer: {e.error}[/]" if e.error else str(len(e.labs)),
+                        f"{e.memory // 2**20} MiB" if e.memory else "?")
+    out.print(engines)
+    if not labs:
+        out.print("no labs are up; start one with `labctl up`, or many with `labctl up --labs 'student-{01..20}'`")
+        return 0
+    table = Table(title="labs", title_justify="left")
+    for col in ("lab", "engine", "hosts", "state"):
+        table.add_column(col, no_wrap=True)
+    for name, hosts in labs.items():
+        where = sorted({h.engine or LOCAL for h in hosts}) or [e.name for e in survey if name in e.labs]
+        running = sum(h.state == "running" for h in hosts)
+        state = "[green]running[/]" if hosts and running == len(hosts) else f"[red]{running}/{len(hosts)} running[/]"
+        table.add_row(name, ", ".join(where), str(len(hosts)), state)
+    out.print(table)
     return 0
 
 
@@ -498,10 +644,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     from labctl.web.runs import Published
 
     scenarios = _scenarios(args.files, args.topology)
+    if args.labs:
+        return _run_many(args, scenarios)
     existing = args.lab if args.lab_given else None
     # Published: `labctl web --lab LAB` shows the steps of a run in LAB as they pass or fail.
     progress = Published(RunProgress(args.verbose, existing is not None))
-    runner = Runner(engine.connect(), progress=progress, report_dir=args.report,
+    runner = Runner(_fleet(args), progress=progress, report_dir=args.report,
                     keep=args.keep, reporter=Reporter(args.verbose), names=report_names(args.files))
     results: list[ScenarioResult] = []
     try:
@@ -516,11 +664,42 @@ def cmd_run(args: argparse.Namespace) -> int:
     return _tally(results)
 
 
+def _run_many(args: argparse.Namespace, scenarios: list[Scenario]) -> int:
+    """`run --labs`: the scenarios in each lab (up, or brought up and left up: they are the
+    students'), BATCH labs at once, one line per lab, one JUnit file for them all."""
+    from labctl.fleet import each
+    from labctl.scenario.runner import Runner, report_names
+
+    if args.lab_given:
+        raise LabctlError("--lab and --labs both name where to run; give one of them")
+    started = time.monotonic()
+    names = _lab_names(args)
+    fleet = _fleet(args)
+    results: dict[str, list[ScenarioResult]] = {}
+
+    def run(name: str) -> str:
+        # One runner per lab (its own progress, images cached once per runner), reports apart.
+        runner = Runner(fleet, report_dir=args.report / name if args.report else None, keep=True,
+                        names=report_names(args.files))
+        results[name] = [runner.run(sc, lab=name) for sc in scenarios]
+        failed = [r for r in results[name] if not r.ok]
+        if failed:
+            raise LabctlError("; ".join(f"{r.name}: {r.status} ({(r.message or '').splitlines()[0][:200]})"
+                                        for r in failed))
+        return runner.fleet.lab(name).engine_name or LOCAL
+
+    with BatchProgress("run", len(names)) as progress:
+        outcomes = each(names, run, progress)
+    flat = [r for name in names for r in results.get(name, [])]
+    _write_results(args, flat)
+    return _batch_tally("passed", outcomes, started, "the JUnit file and reports have each lab's steps")
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     from labctl.scenario.runner import Runner
 
     scenarios = _scenarios(args.files, args.topology)
-    runner = Runner(engine.connect(), progress=RunProgress(args.verbose, existing=True),
+    runner = Runner(_fleet(args), progress=RunProgress(args.verbose, existing=True),
                     reporter=Reporter(args.verbose))
     results = [runner.check(sc, args.lab) for sc in scenarios]
     _write_results(args, results)
@@ -529,7 +708,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_image_build(args: argparse.Namespace) -> int:
     started = time.monotonic()
-    builder = ImageBuilder(engine.connect(), Reporter(verbose=True))
+    builder = ImageBuilder(_fleet(args).local(), Reporter(verbose=True))
     tag = builder.ensure(base=args.base, mirror=args.mirror, rebuild=args.rebuild)
     out.print(f"lab image: {tag} ({time.monotonic() - started:.1f} s)")
     if args.reference:
@@ -540,9 +719,72 @@ def cmd_image_build(args: argparse.Namespace) -> int:
 
 def cmd_image_prune(args: argparse.Namespace) -> int:
     only = dict(args.label)
-    removed = ImageBuilder(engine.connect(), Reporter(verbose=True)).prune(dry_run=args.dry_run, only=only)
+    removed = ImageBuilder(_fleet(args).local(), Reporter(verbose=True)).prune(dry_run=args.dry_run, only=only)
     verb = "would remove" if args.dry_run else "removed"
     out.print(f"{verb} {len(removed)} old image tag(s)" + "".join(f"\n  {ref}" for ref in removed))
+    return 0
+
+
+def cmd_engines_add(args: argparse.Namespace) -> int:
+    from labctl import enginesfile
+    from labctl.backend.docker_engine import connect
+
+    name = enginesfile.check_name(args.name)
+    problem = enginesfile.check_url(args.url)
+    if problem:
+        raise LabctlError(problem)
+    tls_files = (args.tls_ca, args.tls_cert, args.tls_key)
+    if any(tls_files) and not all(tls_files):
+        raise LabctlError("client TLS needs all three of --tls-ca, --tls-cert and --tls-key")
+    tls = enginesfile.EngineTls(args.tls_ca.resolve(), args.tls_cert.resolve(), args.tls_key.resolve()) \
+        if all(tls_files) else None
+    if tls is not None and not args.url.startswith("tcp://"):
+        raise LabctlError(f"--tls-* are for tcp:// engines; {args.url} needs none")
+    if args.capacity < 1:
+        raise LabctlError(f"--capacity is how many labs the engine may hold: a whole number from 1, "
+                          f"not {args.capacity}")
+    entry = enginesfile.EngineEntry(name, args.url, args.capacity, tls)
+    if not args.no_check:
+        memory = connect(args.url, tls=tls).memory()  # DockerUnavailable says what to do
+        err.print(f"engine {name} answers at {args.url} ({memory // 2**20 if memory else '?'} MiB)")
+    engines = enginesfile.load_or_empty(args.engines)
+    path = enginesfile.save(engines.with_engine(entry))
+    out.print(f"engine {name} ({args.url}, up to {args.capacity} labs) is in {path}; "
+              "`labctl up` now places labs over its engines")
+    return 0
+
+
+def cmd_engines_remove(args: argparse.Namespace) -> int:
+    from labctl import enginesfile
+
+    engines = enginesfile.load_or_empty(args.engines)
+    engines.get(args.name)  # says which engines there are when it is not one
+    labs = [lab for lab, on in _fleet(args).labs().items() if args.name in on]
+    if labs and not args.force:
+        raise LabctlError(f"engine {args.name} holds labs {', '.join(labs)}: take them down first "
+                          f"(`labctl down --labs {','.join(labs)}`), or forget the engine anyway with --force")
+    enginesfile.save(engines.without(args.name))
+    out.print(f"engine {args.name} removed from {engines.path}")
+    return 0
+
+
+def cmd_engines_list(args: argparse.Namespace) -> int:
+    from labctl import enginesfile
+
+    engines = enginesfile.load_or_empty(args.engines)
+    if not engines.existed:
+        out.print(f"no engines file ({enginesfile.where(args.engines)}): every lab runs on the local engine; "
+                  "add engines with `labctl engines add NAME URL`")
+        return 0
+    table = Table(title=f"engines ({engines.path})", title_justify="left")
+    for col in ("engine", "url", "capacity", "labs", "memory", "swarm"):
+        table.add_column(col, no_wrap=col == "url")
+    for e in Fleet(engines).survey():
+        entry = engines.get(e.name)
+        table.add_row(e.name, entry.url, str(entry.capacity),
+                      f"[red]did not answer: {e.error}[/]" if e.error else str(len(e.labs)),
+                      f"{e.memory // 2**20} MiB" if e.memory else "?", "manager" if engines.manager == e.name else "")
+    out.print(table)
     return 0
 
 
@@ -600,6 +842,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the engines file to spread labs over (default: $LABCTL_ENGINES, else "
                             "~/.config/maillab/engines.yml if it exists, else the one local engine)")
 
+    def labs_option(p: argparse.ArgumentParser, what: str) -> None:
+        p.add_argument("--labs", metavar="SPEC", default=None,
+                       help=f"{what}: names with a range, commas or a file: 'student-{{001..300}}', 'a,b', @labs.txt")
+
     def tls_options(p: argparse.ArgumentParser, implicit: str, starttls: str) -> None:
         """The MUA's TLS flags (`mail send|fetch` on the MUA host takes the same)."""
         how = p.add_mutually_exclusive_group()
@@ -626,13 +872,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="TLS in the lab: a lab CA, STARTTLS on 25/587/110/143, implicit TLS on 465/995/993 "
                         "(as the topology's x-maillab.tls: true)")
     p.add_argument("-v", "--verbose", action="store_true", help="show the image build output")
+    labs_option(p, "bring up many labs at once, each placed on the least-loaded engine")
     image_options(p)
 
     p = add("down", cmd_down, "remove every container, network and volume of the lab")
-    p.add_argument("--all", action="store_true", help="every lab on this engine")
+    p.add_argument("--all", action="store_true", help="every lab on every engine")
+    labs_option(p, "remove many labs at once")
 
     p = add("status", cmd_status, "the labs that are up and their hosts")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--all", action="store_true", help="every engine and every lab on it: lab -> engine")
 
     p = add("logs", cmd_logs, "a host's service log")
     p.add_argument("host")
@@ -757,6 +1006,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--topology", type=Path, default=topology.DEFAULT_TOPOLOGY, help="base topology file")
     p.add_argument("-v", "--verbose", action="store_true", help="show what each step saw, and image builds")
     p.add_argument("--lab", default=None, help="run in this lab, already up (or brought up), and leave it up")
+    labs_option(p, "run in each of these labs (up, or brought up, and left up), 8 at a time, one JUnit file")
+    engines_option(p)
 
     p = add("web", cmd_web, "the lab live in a browser: traffic as a sequence diagram, messages and their "
             "journeys, hosts, queue, mailboxes (prints a URL with a token; opens nothing)")
@@ -783,6 +1034,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default="-", metavar="FILE", help="where to write the YAML (default: -, stdout)")
     p.add_argument("--image", help="the lab image as the cluster pulls it (default: maillab; push it there first)")
     p.add_argument("--reference-image", help="the reference image, for hosts that run it (default: maillab-reference)")
+
+    engines = sub.add_parser("engines", help="the Docker engines labs are spread over (the engines file)"
+                             ).add_subparsers(dest="engines_command", required=True)
+    p = engines.add_parser("add", help="add (or change) an engine: labctl engines add NAME URL")
+    p.set_defaults(func=cmd_engines_add)
+    p.add_argument("name", help="its name in labctl (node1, lab-room-2)")
+    p.add_argument("url", help="its Docker endpoint: unix:///var/run/docker.sock, tcp://HOST:2376, ssh://USER@HOST")
+    p.add_argument("--capacity", type=int, default=20, help="how many labs it may hold (default: 20)")
+    p.add_argument("--tls-ca", type=Path, help="CA of a tcp:// engine's TLS (dockerd --tlsverify)")
+    p.add_argument("--tls-cert", type=Path, help="client certificate for it")
+    p.add_argument("--tls-key", type=Path, help="client key for it")
+    p.add_argument("--no-check", action="store_true", help="add it even if it does not answer now")
+    engines_option(p)
+    p = engines.add_parser("remove", help="forget an engine (its labs must be down, or --force)")
+    p.set_defaults(func=cmd_engines_remove)
+    p.add_argument("name")
+    p.add_argument("--force", action="store_true", help="even if labs are on it (they stay there, unmanaged)")
+    engines_option(p)
+    p = engines.add_parser("list", help="the engines, whether each answers, its labs and memory")
+    p.set_defaults(func=cmd_engines_list)
+    engines_option(p)
 
     image = sub.add_parser("image", help="the lab image").add_subparsers(dest="image_command", required=True)
     p = image.add_parser("prune", help="remove old lab images that no container uses (keeps the current ones)")

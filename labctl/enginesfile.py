@@ -106,7 +106,11 @@ def load(given: str | None = None) -> Engines | None:
 
 
 def load_or_empty(given: str | None = None) -> Engines:
-    return load(given) or Engines(where(given), existed=False)
+    """The engines file to change (`engines add`, `cluster create`): empty when there is none yet."""
+    path = where(given)
+    if not path.exists():
+        return Engines(path, existed=False)
+    return parse(path, path.read_text(encoding="utf-8"))
 
 
 def check_url(url: str) -> str | None:

@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
+import time
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ from typing import Any
 import services
 from labctl.backend import Engine, EngineError, ImageInfo
 from labctl.errors import ImageError
-from labctl.events import BuildOutput, Notice, Reporter, ignore
+from labctl.events import BuildOutput, Notice, Reporter, Stage, ignore
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = REPO_ROOT / "compose" / "Dockerfile"
@@ -325,3 +326,20 @@ def _reference_files() -> list[ContextFile]:
 def _chunk_text(chunk: dict[str, Any]) -> str:
     return str(chunk.get("stream") or chunk.get("status") or "").rstrip()
 
+
+
+def push(source: Engine, target: Engine, ref: str, report: Reporter = ignore) -> bool:
+    """Copy image ``ref`` from ``source`` to ``target`` over their Engine APIs (`docker save |
+    docker load`, streamed): no registry anywhere. False when ``target`` already had it."""
+    image_id = source.image_id(ref)
+    if image_id is None:
+        raise ImageError(f"{ref} is not on {source.where}; build it there with `labctl image build`")
+    if target.image_id(ref) == image_id:
+        return False
+    started = time.monotonic()
+    target.load_image(source.save_image(ref))
+    if target.image_id(ref) != image_id:
+        raise ImageError(f"loading {ref} into {target.where} left another image under that name; "
+                         f"remove it there (`docker -H {target.where} rmi {ref}`) and push again")
+    report(Stage("image", f"{ref} copied to {target.where} ({time.monotonic() - started:.1f} s)"))
+    return True

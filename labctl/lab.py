@@ -17,7 +17,7 @@ import tarfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from labctl import labtls, subnets
@@ -123,6 +123,12 @@ def parallel(func: Callable[[T], R], items: list[T]) -> list[R]:
         return list(pool.map(func, items))
 
 
+def on_engines(plans: Mapping[str, HostPlan], where: Mapping[str, str]) -> dict[str, HostPlan]:
+    """Each host's plan with the engine it goes to in its labels (``org.maillab.engine``)."""
+    return {name: replace(p, container=replace(p.container, labels={**p.container.labels, LABEL_ENGINE: where[name]}))
+            for name, p in plans.items()}
+
+
 def tar_of(files: Mapping[str, bytes], mtime: float) -> bytes:
     """An uncompressed tar of ``files`` (path inside the archive -> contents), each 0644."""
     buf = io.BytesIO()
@@ -185,14 +191,20 @@ class _HeldErrors:
 class Lab:
     """One lab (one ``--lab NAME``): every host of it on an engine (today one engine for all)."""
 
-    def __init__(self, engine: Engine, name: str, report: Reporter = ignore) -> None:
+    def __init__(self, engine: Engine, name: str, report: Reporter = ignore, *, engine_name: str = "") -> None:
         self.engine = engine
         self.name = name
         self.report = report
+        # The engines-file name of ``engine`` ("": no engines file): every container records it.
+        self.engine_name = engine_name
 
     def engine_of(self, host: HostStatus | HostSpec | None = None) -> Engine:
         """The engine ``host`` lives on (None: the lab's own, where its network is made)."""
         return self.engine
+
+    def engine_list(self) -> list[Engine]:
+        """Every engine this lab's hosts may be on."""
+        return [self.engine]
 
     # -- looking things up -------------------------------------------------------------------
 
@@ -280,8 +292,10 @@ class Lab:
 
     def _placed(self, topo: Topology, plans: dict[str, HostPlan],
                 existing: Mapping[str, ContainerInfo]) -> dict[str, HostPlan]:
-        """The plans as this lab places them on engines (one engine: as they are)."""
-        return plans
+        """The plans as this lab places them on engines (one engine: each labelled with its name)."""
+        if not self.engine_name:
+            return plans
+        return on_engines(plans, dict.fromkeys(plans, self.engine_name))
 
     def _tls(self, topo: Topology, existing: Mapping[str, ContainerInfo]) -> labtls.LabTls | None:
         """The lab's TLS material when hosts are to be made (None: TLS off, or every host exists).

@@ -17,12 +17,11 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
 
 from labctl.backend import ContainerInfo, Engine, EngineError, NetworkInfo
 from labctl.errors import LabctlError
 from labctl.events import Notice, Reporter, ignore
-from labctl.lab import HostStatus, Lab, parallel
+from labctl.lab import HostStatus, Lab, on_engines, parallel
 from labctl.plan import LABEL_ENGINE, STOP_TIMEOUT, HostPlan
 from labctl.topology import HostSpec, Topology
 
@@ -92,6 +91,9 @@ class SplitLab(Lab):
                               "`labctl engines add NAME URL`")
         return self.engines[where]
 
+    def engine_list(self) -> list[Engine]:
+        return list(self.engines.values())
+
     def containers(self) -> list[ContainerInfo]:
         labels = self._labels()
         return [c for found in parallel(lambda e: e.containers(labels), list(self.engines.values())) for c in found]
@@ -104,9 +106,7 @@ class SplitLab(Lab):
             if c.labels.get(LABEL_ENGINE):
                 where[name] = c.labels[LABEL_ENGINE]
         self._planned = where
-        return {name: replace(p, container=replace(p.container, labels={**p.container.labels,
-                                                                        LABEL_ENGINE: where[name]}))
-                for name, p in plans.items()}
+        return on_engines(plans, where)
 
     def _create_network(self, topo: Topology, *, overlay: bool = True) -> None:
         super()._create_network(topo, overlay=True)

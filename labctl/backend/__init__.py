@@ -15,7 +15,7 @@ path that is not there.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -143,3 +143,11 @@ class Engine(Protocol):
               labels: Labels) -> Iterator[dict[str, Any]]: ...
     def import_image(self, tarball: str, repository: str, tag: str, changes: Sequence[str]) -> None: ...
     def tag(self, ref: str, repository: str, tag: str) -> None: ...
+    def save_image(self, ref: str) -> Iterator[bytes]:
+        """The image and its parents as a `docker save` tar stream."""
+    def load_image(self, chunks: Iterable[bytes]) -> None:
+        """`docker load` of a tar stream another engine's save_image gave."""
+
+    # -- the machine ------------------------------------------------------------------------------
+    def memory(self) -> int | None:
+        """The memory of the engine's machine (bytes), None when it does not say."""

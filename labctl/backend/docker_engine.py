@@ -14,11 +14,12 @@ import re
 import socket
 import struct
 import tarfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import docker
 import docker.errors
+import docker.tls
 import docker.types
 import requests.exceptions
 
@@ -33,21 +34,33 @@ from labctl.backend import (
     NotFound,
     Output,
 )
+from labctl.enginesfile import EngineTls
 from labctl.errors import DockerUnavailable
 
 # One pooled connection per host started in parallel; the SDK's default of 10 would make a
 # 50-host lab wait on the pool.
 POOL_SIZE = 64
 API_TIMEOUT = 120  # seconds; building an image streams, but `stop` of a stuck host can take a while
+IMAGE_CHUNK = 1024 * 1024  # bytes per read of `docker save` as it streams to the other engine
 CONFLICT = 409  # the Engine's answer while another request is removing the same container
 
 
-def connect(base_url: str | None = None) -> DockerEngine:
-    """The engine at ``base_url``, else where DOCKER_HOST (or the local socket) says; it must answer."""
+def connect(base_url: str | None = None, *, tls: EngineTls | None = None) -> DockerEngine:
+    """The engine at ``base_url``, else where DOCKER_HOST (or the local socket) says; it must answer.
+
+    ``ssh://`` goes through the machine's own ssh client (its keys, agent and known_hosts), as the
+    docker CLI does, rather than a Python SSH library; ``tls`` is a ``tcp://`` engine's client TLS.
+    """
     where = base_url or os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
     try:
-        client = (docker.DockerClient(base_url=base_url, timeout=API_TIMEOUT, max_pool_size=POOL_SIZE)
-                  if base_url else docker.from_env(timeout=API_TIMEOUT, max_pool_size=POOL_SIZE))
+        if base_url:
+            tls_config = docker.tls.TLSConfig(client_cert=(str(tls.cert), str(tls.key)), ca_cert=str(tls.ca),
+                                              verify=True) if tls is not None else None
+            client = docker.DockerClient(base_url=base_url.replace("tcp://", "https://") if tls else base_url,
+                                         timeout=API_TIMEOUT, max_pool_size=POOL_SIZE, tls=tls_config or False,
+                                         use_ssh_client=base_url.startswith("ssh://"))
+        else:
+            client = docker.from_env(timeout=API_TIMEOUT, max_pool_size=POOL_SIZE)
         client.ping()
     except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
         raise DockerUnavailable(
@@ -288,6 +301,21 @@ class DockerEngine:
     def tag(self, ref: str, repository: str, tag: str) -> None:
         with _translated(f"tagging {ref}"):
             self.api.tag(ref, repository, tag)
+
+    def save_image(self, ref: str) -> Iterator[bytes]:
+        with _translated(f"saving {ref}"):
+            yield from self.api.get_image(ref, chunk_size=IMAGE_CHUNK)
+
+    def load_image(self, chunks: Iterable[bytes]) -> None:
+        # requests sends an iterable body chunked: the image is never held whole in memory.
+        with _translated("loading an image"):
+            for _ in self.api.load_image(chunks):
+                pass
+
+    def memory(self) -> int | None:
+        with _translated("asking the engine's memory"):
+            total = self.api.info().get("MemTotal")
+        return int(total) if total else None
 
 
 def demux(sock: socket.socket) -> Iterator[tuple[int, bytes]]:

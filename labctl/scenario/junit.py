@@ -64,13 +64,16 @@ def document(results: Sequence[ScenarioResult]) -> ET.Element:
         })
         properties = ET.SubElement(suite, "properties")
         ET.SubElement(properties, "property", {"name": "file", "value": file})
-        for r in group:
-            ET.SubElement(properties, "property", {"name": f"{r.name}: lab", "value": r.lab})
+        # `run --labs` runs one scenario in many labs: each is its own test case, named by its lab.
+        repeated = {r.name for r in group if sum(o.name == r.name for o in group) > 1}
+        case_names = [f"{r.name} [{r.lab}]" if r.name in repeated else r.name for r in group]
+        for r, case_name in zip(group, case_names, strict=True):
+            ET.SubElement(properties, "property", {"name": f"{case_name}: lab", "value": r.lab})
             if r.report:
-                ET.SubElement(properties, "property", {"name": f"{r.name}: report", "value": r.report})
-        for r in group:
+                ET.SubElement(properties, "property", {"name": f"{case_name}: report", "value": r.report})
+        for r, case_name in zip(group, case_names, strict=True):
             case = ET.SubElement(suite, "testcase", {
-                "name": r.name, "classname": f"scenarios.{names[Path(file)]}", "time": f"{r.seconds:.3f}",
+                "name": case_name, "classname": f"scenarios.{names[Path(file)]}", "time": f"{r.seconds:.3f}",
             })
             if r.status in (FAILED, ERROR):
                 tag = "failure" if r.status == FAILED else "error"

@@ -22,10 +22,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from labctl.backend import Engine
 from labctl.errors import LabctlError
 from labctl.events import Reporter, ignore
-from labctl.image import ImageBuilder
+from labctl.fleet import Fleet
 from labctl.lab import Lab
 from labctl.scenario import facts, faults, steps
 from labctl.scenario import model as m
@@ -232,10 +231,10 @@ def _graded(scenario: m.Scenario) -> set[int]:
 
 
 class Runner:
-    def __init__(self, engine: Engine, *, progress: Progress | None = None, report_dir: Path | None = None,
+    def __init__(self, where: Fleet, *, progress: Progress | None = None, report_dir: Path | None = None,
                  keep: bool = False, reporter: Reporter = ignore, image: str | None = None,
                  names: Mapping[Path, str] | None = None) -> None:
-        self.engine = engine
+        self.fleet = where  # the engine(s) labs are on, and where a new one goes
         self.progress = progress or Silent()
         self.report_dir = report_dir
         self.keep = keep
@@ -247,20 +246,23 @@ class Runner:
         self.netem: bool | None = None  # whether the engine's kernel has netem, once a lab was asked
         self._running: tuple[m.Step, StepResult] | None = None  # the step under way; None while the lab comes up
 
-    def images(self, topo: Topology) -> str | dict[str, str]:
+    def images(self, topo: Topology, lab: Lab) -> str | dict[str, str]:
         """The images ``topo``'s hosts run: the lab image, and the reference image when a host of
-        the scenario's lab runs a reference peer (``swap: {mail: postfix-mx}``), as `labctl up` does."""
+        the scenario's lab runs a reference peer (``swap: {mail: postfix-mx}``), as `labctl up` does;
+        built once on the local engine, copied to the lab's engines that lack them."""
         if self._image is not None:
             return self._image
         wanted = {h.image for h in topo.hosts}
         if not self._images or not wanted <= self._images.keys():
-            self._images.update(ImageBuilder(self.engine, self.reporter).images(wanted))
+            self._images.update(self.fleet.build(wanted, self.reporter))
+        self.fleet.push(lab.engine_list(), self._images, self.reporter)
         return dict(self._images)
 
     def run(self, scenario: m.Scenario, *, lab: str | None = None) -> ScenarioResult:
         """Run every step in a fresh lab; with ``lab``, in that lab (brought up if it is not, and
         left up: it is someone's)."""
-        return self._scenario(scenario, Lab(self.engine, lab or lab_name(scenario), self.reporter),
+        name = lab or lab_name(scenario)
+        return self._scenario(scenario, self.fleet.lab(name, self.reporter, topo=scenario.topology, place=True),
                               existing=lab is not None, grading=False)
 
     def check(self, scenario: m.Scenario, lab: str) -> ScenarioResult:
@@ -269,7 +271,7 @@ class Runner:
         The checks are the wait and expect steps after each task (all of them in a scenario without
         tasks); each wait looks once. Every check runs, a failed one does not stop the others.
         """
-        return self._scenario(scenario, Lab(self.engine, lab, self.reporter), existing=True, grading=True)
+        return self._scenario(scenario, self.fleet.lab(lab, self.reporter), existing=True, grading=True)
 
     def _scenario(self, scenario: m.Scenario, lab: Lab, *, existing: bool, grading: bool) -> ScenarioResult:
         result = ScenarioResult(scenario.name, str(scenario.source), lab.name, started=time.time())
@@ -360,7 +362,7 @@ class Runner:
     def _bring_up(self, lab: Lab, scenario: m.Scenario) -> Context:
         # The lab may have moved to a free subnet (another lab holds the topology's): the placed
         # topology is where it really is.
-        return Context(lab, lab.up(scenario.topology, self.images(scenario.topology)).topology)
+        return Context(lab, lab.up(scenario.topology, self.images(scenario.topology, lab)).topology)
 
     def _join(self, lab: Lab, scenario: m.Scenario) -> Context:
         """A lab that is up, as it is (nothing started): the scenario's topology on the lab's subnet."""
