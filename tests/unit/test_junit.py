@@ -78,3 +78,17 @@ def test_one_suite_per_file_one_case_per_scenario_with_the_required_attributes(t
 def test_an_empty_run_is_still_a_document(tmp_path: Path) -> None:
     root = write(tmp_path, [])
     assert root.tag == "testsuites" and root.get("tests") == "0" and not root.findall("testsuite")
+
+
+def test_one_scenario_in_many_labs_is_a_case_per_lab(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    one = result("Activity 1", "scenarios/a1.yml", PASSED)
+    root = write(tmp_path, [replace(one, lab="student-01"), replace(one, lab="student-02", status=FAILED,
+                                                                     message="step 3 failed")])
+    [suite] = root.findall("testsuite")
+    cases = suite.findall("testcase")
+    assert [c.get("name") for c in cases] == ["Activity 1 [student-01]", "Activity 1 [student-02]"]
+    assert cases[1].find("failure") is not None and cases[0].find("failure") is None
+    labs = {p.get("name"): p.get("value") for p in suite.iter("property")}
+    assert labs["Activity 1 [student-02]: lab"] == "student-02"

@@ -46,6 +46,11 @@ def test_a_placement_on_an_engine_not_in_the_engines_file_says_what_to_do() -> N
         assign(BASE, [])
 
 
+def matches(have: Any, wanted: Any) -> bool:
+    """The Engine's label filter: KEY=VALUE, or a KEY with the empty value for "has the label"."""
+    return all(k in have if v == "" else have.get(k) == v for k, v in (wanted or {}).items())
+
+
 class MemoryEngine:
     """labctl's Engine interface over dictionaries, with a log of what was asked, in order."""
 
@@ -58,10 +63,10 @@ class MemoryEngine:
         self.vols: dict[str, dict[str, str]] = {}
 
     def containers(self, labels: Any = None) -> list[ContainerInfo]:
-        return [c for c in self.boxes.values() if all(c.labels.get(k) == v for k, v in (labels or {}).items())]
+        return [c for c in self.boxes.values() if matches(c.labels, labels)]
 
     def networks(self, labels: Any = None) -> list[NetworkInfo]:
-        return [n for n in self.nets.values() if all(n.labels.get(k) == v for k, v in (labels or {}).items())]
+        return [n for n in self.nets.values() if matches(n.labels, labels)]
 
     def volumes(self, labels: Any) -> list[str]:
         return [v for v, lab in self.vols.items() if all(lab.get(k) == x for k, x in labels.items())]
