@@ -147,7 +147,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     images = fleet.build({h.image for h in topo.hosts}, report, base=args.base, mirror=args.mirror)
     if args.labs:
         return _up_many(args, fleet, topo, images)
-    lab = fleet.lab(args.lab, report, topo=topo, place=True)
+    lab = fleet.lab(args.lab, report, topo=topo, place=True, split=args.split)
     fleet.push(lab.engine_list(), images, report)
     image = ", ".join(images.values())
     placed = lab.up(topo, images, subnet=args.subnet)
@@ -162,9 +162,9 @@ def _up_many(args: argparse.Namespace, fleet: Fleet, topo: topology.Topology, im
     from labctl.fleet import each, subnets_for
 
     started = time.monotonic()
-    if args.subnet is not None:
-        raise LabctlError("--subnet names one subnet, and --labs brings up many labs: leave --subnet out "
-                          "(each lab gets a free subnet of its engine)")
+    if args.subnet is not None or args.split:
+        raise LabctlError("--labs brings up many labs, each whole on one engine: leave out --subnet (each lab "
+                          "gets a free subnet of its engine) and --split (one lab over several engines)")
     names = _lab_names(args)
     placed = fleet.place_all(names)
     fleet.push([fleet.engine(e) for e in dict.fromkeys(placed.values())], images, Reporter(args.verbose))
@@ -441,7 +441,11 @@ def _live_capture(args: argparse.Namespace) -> tuple[dict[str, list[bytes]], lis
     except LabNotRunning as exc:
         raise LabNotRunning(f"{exc}, or read a saved capture with --pcap FILE") from exc
     from labctl.capture import Capture
+    from labctl.split import SplitLab
 
+    if isinstance(lab, SplitLab):  # packets of several engines are merged by their clocks
+        lab.report = Reporter(False)
+        lab.warn_if_clocks_differ()
     return Capture(lab).sources(), [(h.name, h.fqdn, h.kind, h.address) for h in hosts]
 
 
@@ -873,6 +877,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "(as the topology's x-maillab.tls: true)")
     p.add_argument("-v", "--verbose", action="store_true", help="show the image build output")
     labs_option(p, "bring up many labs at once, each placed on the least-loaded engine")
+    p.add_argument("--split", action="store_true",
+                   help="spread this lab's hosts over the engines of the Swarm the engines file names "
+                        "(x-maillab.placement where it says, the rest evenly); a topology with "
+                        "x-maillab.placement is split without it")
     image_options(p)
 
     p = add("down", cmd_down, "remove every container, network and volume of the lab")

@@ -105,15 +105,20 @@ class Fleet:
     # -- one lab ---------------------------------------------------------------------------
 
     def lab(self, name: str, report: Reporter = ignore, *, topo: Topology | None = None,
-            place: bool = False) -> Lab:
+            place: bool = False, split: bool = False) -> Lab:
         """Lab ``name`` on the engine(s) it is on; with ``place``, a lab not up yet goes where
-        placement says (split over the Swarm when ``topo`` places hosts on engines)."""
+        placement says: split over the Swarm when ``split`` or when ``topo`` places hosts on
+        engines (``x-maillab.placement``), else whole on the least-loaded engine."""
         if self.engines is None:
+            if split or (place and topo is not None and topo.placement):
+                raise LabctlError(f"lab {name!r} is to be split over several engines, and there is no engines file: "
+                                  "make local nodes with `labctl cluster create --nodes 2`, or add engines with "
+                                  "`labctl engines add NAME URL`")
             return Lab(self.local(), name, report)
         survey = self.survey()
         found = [e.name for e in survey if name in e.labs]
         if len(found) > 1 or (found and found[0] == self.engines.manager and self._overlay(name)) or (
-                not found and place and topo is not None and topo.placement):
+                not found and place and (split or (topo is not None and topo.placement))):
             return self._split(name, report)
         if found:
             return Lab(self.engine(found[0]), name, report, engine_name=found[0])
