@@ -71,7 +71,14 @@ def test_status_shows_each_node_its_role_and_the_image(cluster: Path, image: str
     assert all("running" in line and image in line for line in lines.values())
 
 
-def test_image_push_skips_an_engine_that_has_the_image(cluster: Path, image: str) -> None:
+def test_image_push_copies_the_lab_image_to_an_engine_without_it_and_skips_one_with_it(
+        cluster: Path, client: DockerEngine, image: str) -> None:
+    node2 = nodes(cluster)["node2"]
+    node2.remove_image(image)
+    assert node2.image_id(image) is None
+    said = labctl("image", "push", "--engine", "node2", "--engines", str(cluster)).stdout
+    assert f"{image} copied to node2" in said
+    assert node2.image_id(image) == client.image_id(image)
     said = labctl("image", "push", "--engine", "node2", "--engines", str(cluster)).stdout
     assert f"{image} already on node2" in said
 
