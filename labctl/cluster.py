@@ -236,7 +236,11 @@ def create(engine: Engine, nodes: int, *, prefix: str = DEFAULT_PREFIX, engines_
                                 f"until `labctl cluster delete`"))
     except BaseException:
         report(Notice(f"cluster create failed: removing the nodes of {prefix!r} again"))
-        _remove(engine, prefix)
+        try:
+            _remove(engine, prefix)
+        except LabctlError as cleanup:  # the first failure is the one to tell; this one, as a notice
+            report(Notice(f"could not remove everything ({cleanup}); `labctl cluster delete --name {prefix}` "
+                          "tries again"))
         raise
     return Cluster(prefix, planned, network_name(prefix), subnet, path, lab_image, time.monotonic() - started)
 

@@ -42,6 +42,17 @@ def test_both_nodes_answer_and_are_in_one_swarm(cluster: Path) -> None:
     assert worker.node_id in members  # the worker is a member of the manager's Swarm, not of another
 
 
+def test_the_nodes_are_not_privileged_but_have_what_dockerd_needs(cluster: Path) -> None:
+    api = raw_api()
+    for c in api.containers(filters={"label": [f"{LABEL_CLUSTER}={TEST_CLUSTER}"]}):
+        host = api.inspect_container(c["Id"])["HostConfig"]
+        assert host["Privileged"] is False
+        assert (host["CapAdd"], host["CapDrop"]) == (["ALL"], ["SYS_RESOURCE"])
+        assert host["MaskedPaths"] == [] and host["ReadonlyPaths"] == []  # systempaths=unconfined
+        assert set(host["SecurityOpt"]) == {"seccomp=unconfined", "apparmor=unconfined"}
+        assert set(host["DeviceCgroupRules"]) == {"c *:* rwm", "b *:* rwm"}
+
+
 def test_the_machines_own_engine_never_enters_swarm_mode(cluster: Path, client: DockerEngine) -> None:
     assert client.swarm_state().state == "inactive"
 
