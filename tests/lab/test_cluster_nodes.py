@@ -101,6 +101,27 @@ def test_create_refuses_a_cluster_that_exists(cluster: Path) -> None:
     assert len(nodes(cluster)["node1"].swarm_nodes()) == 2  # and it is left as it was
 
 
+def test_a_create_that_fails_removes_what_it_made_and_nothing_else(client: DockerEngine, image: str,
+                                                                   tmp_path: Path) -> None:
+    """A stranger's container holds node1's name: node1 cannot be made, node2 may have started."""
+    name = "maillab-node-clash"
+    api = raw_api()
+    stranger = api.create_container(image, name=f"{name}1", entrypoint=["true"])["Id"]
+    try:
+        proc = labctl("cluster", "create", "--nodes", "2", "--name", name, "--engines", str(tmp_path / "e.yml"),
+                      check=False)
+        assert proc.returncode == 1
+        assert f"creating {name}1" in proc.stderr and "removing the nodes" in proc.stderr
+        label = {"label": [f"{LABEL_CLUSTER}={name}"]}
+        assert api.containers(all=True, filters=label) == []
+        assert (api.volumes(filters=label).get("Volumes") or []) == []
+        assert api.networks(filters=label) == []
+        assert not (tmp_path / "e.yml").exists()
+        assert api.inspect_container(stranger)["Name"] == f"/{name}1"  # not ours: left alone
+    finally:
+        api.remove_container(stranger, force=True)
+
+
 def test_delete_leaves_nothing_on_the_machine(cluster: Path) -> None:
     labctl("cluster", "delete", "--name", TEST_CLUSTER, "--engines", str(cluster))
     api = raw_api()
@@ -111,3 +132,4 @@ def test_delete_leaves_nothing_on_the_machine(cluster: Path) -> None:
     assert not cluster.exists()
     again = labctl("cluster", "delete", "--name", TEST_CLUSTER, "--engines", str(cluster))
     assert "nothing to remove" in again.stdout  # idempotent
+
