@@ -20,7 +20,7 @@ from rich.status import Status
 from rich.table import Table
 from rich.text import Text
 
-from labctl import mail, topology
+from labctl import engine, mail, topology
 from labctl.errors import LabctlError, LabNotRunning
 from labctl.events import BuildOutput, Event, Notice, Stage
 from labctl.fleet import LOCAL, Fleet, Outcome
@@ -712,7 +712,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_image_build(args: argparse.Namespace) -> int:
     started = time.monotonic()
-    builder = ImageBuilder(_fleet(args).local(), Reporter(verbose=True))
+    builder = ImageBuilder(engine.connect(), Reporter(verbose=True))
     tag = builder.ensure(base=args.base, mirror=args.mirror, rebuild=args.rebuild)
     out.print(f"lab image: {tag} ({time.monotonic() - started:.1f} s)")
     if args.reference:
@@ -723,7 +723,7 @@ def cmd_image_build(args: argparse.Namespace) -> int:
 
 def cmd_image_prune(args: argparse.Namespace) -> int:
     only = dict(args.label)
-    removed = ImageBuilder(_fleet(args).local(), Reporter(verbose=True)).prune(dry_run=args.dry_run, only=only)
+    removed = ImageBuilder(engine.connect(), Reporter(verbose=True)).prune(dry_run=args.dry_run, only=only)
     verb = "would remove" if args.dry_run else "removed"
     out.print(f"{verb} {len(removed)} old image tag(s)" + "".join(f"\n  {ref}" for ref in removed))
     return 0
@@ -810,6 +810,110 @@ def cmd_render_k8s(args: argparse.Namespace) -> int:
         Path(args.output).write_text(text, encoding="utf-8")
         err.print(f"wrote {args.output}: lab {args.lab} as Kubernetes objects (apply with `kubectl apply -f`)")
     return 0
+
+
+# -- cluster nodes on this machine, and copying images to an engine (issue 16) ----------------------
+
+
+def cmd_cluster_create(args: argparse.Namespace) -> int:
+    from labctl import cluster, enginesfile
+
+    made = cluster.create(engine.connect(), args.nodes, prefix=args.name, engines_path=enginesfile.where(args.engines),
+                          report=Reporter(args.verbose))
+    out.print(f"cluster {made.prefix}: {len(made.nodes)} node(s) up in {made.seconds:.1f} s, "
+              f"{made.nodes[0].name} the Swarm manager, {made.lab_image} on each", soft_wrap=True)
+    for node in made.nodes:
+        out.print(f"  {node.name}  {node.url}  (container {node.container})")
+    hint = "" if args.engines is None and not os.environ.get(enginesfile.ENV) else f" --engines {made.engines_file}"
+    out.print(f"engines file: {made.engines_file}; try `labctl cluster status{hint}`, "
+              f"remove it all with `labctl cluster delete{hint}`", soft_wrap=True)
+    return 0
+
+
+def cmd_cluster_delete(args: argparse.Namespace) -> int:
+    from labctl import cluster, enginesfile
+
+    removed = cluster.delete(engine.connect(), prefix=args.name, engines_path=enginesfile.where(args.engines),
+                             report=Reporter(verbose=False))
+    if not removed.anything:
+        out.print(f"cluster {args.name}: nothing to remove, there is no such cluster")
+    return 0
+
+
+def cmd_cluster_status(args: argparse.Namespace) -> int:
+    from labctl import cluster, enginesfile
+
+    nodes = cluster.status(engine.connect(), prefix=args.name)
+    if not nodes:
+        out.print(f"no cluster {args.name}; make one with `labctl cluster create --nodes 2`")
+        return 0
+    table = Table(title=f"cluster {args.name} (engines file {enginesfile.where(args.engines)})",
+                  title_justify="left")
+    for col in ("node", "engine", "container", "state", "swarm", "images"):
+        table.add_column(col, no_wrap=col in ("engine", "container"))
+    for n in nodes:
+        images = ", ".join(t for t in n.images if not t.endswith(":latest")) or "-"
+        state = f"[green]{n.state}[/]" if n.state == "running" and n.error is None else \
+            f"[red]{n.state}{': ' + n.error if n.error else ''}[/]"
+        table.add_row(n.node.name, n.node.url, n.node.container, state, n.role, images)
+    out.print(table)
+    return 0
+
+
+def cmd_image_push(args: argparse.Namespace) -> int:
+    from labctl import enginesfile
+    from labctl.backend.docker_engine import connect
+    from labctl.image import push
+
+    engines = enginesfile.load(args.engines)
+    if engines is None:
+        raise LabctlError(f"no engines file at {enginesfile.where(args.engines)}, so no engine {args.engine!r}; "
+                          "make one with `labctl cluster create --nodes 2` or `labctl engines add NAME URL`")
+    entry = engines.get(args.engine)
+    local = engine.connect()
+    builder = ImageBuilder(local, Reporter(verbose=False))
+    tags = [builder.ensure()] + ([builder.ensure_reference()] if args.reference else [])
+    target = connect(entry.url, tls=entry.tls)
+    for tag in tags:
+        started = time.monotonic()
+        copied = push(local, target, tag)
+        verb = "copied to" if copied else "already on"
+        out.print(f"{tag} {verb} {entry.name} ({entry.url}, {time.monotonic() - started:.1f} s)")
+    return 0
+
+
+def add_cluster_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser],
+                         image: argparse._SubParsersAction[argparse.ArgumentParser],
+                         engines_option: Callable[[argparse.ArgumentParser], None]) -> None:
+    from labctl.cluster import DEFAULT_PREFIX, MAX_NODES
+
+    def name_option(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--name", default=DEFAULT_PREFIX, metavar="PREFIX",
+                       help=f"the cluster's name: its containers are PREFIX1, PREFIX2, ... (default {DEFAULT_PREFIX})")
+        engines_option(p)
+
+    cluster = sub.add_parser("cluster", help="Docker engines in containers on this machine, joined in a Swarm, "
+                                             "to try labs across engines here")
+    cluster_sub = cluster.add_subparsers(dest="cluster_command", required=True)
+    p = cluster_sub.add_parser("create", help="start N nodes, join them in a Swarm, load the lab image into each, "
+                                              "write an engines file for them")
+    p.set_defaults(func=cmd_cluster_create)
+    p.add_argument("--nodes", type=int, default=2, help=f"how many nodes, 1 to {MAX_NODES} (default 2)")
+    p.add_argument("-v", "--verbose", action="store_true", help="show the image build output")
+    name_option(p)
+    p = cluster_sub.add_parser("delete", help="remove the nodes, their volumes and network, and their engines file")
+    p.set_defaults(func=cmd_cluster_delete)
+    name_option(p)
+    p = cluster_sub.add_parser("status", help="the nodes: address, state, Swarm role, images")
+    p.set_defaults(func=cmd_cluster_status)
+    name_option(p)
+
+    p = image.add_parser("push", help="copy the lab image from this machine's engine to an engine of the "
+                                      "engines file (docker save | load over the Engine API; no registry)")
+    p.set_defaults(func=cmd_image_push)
+    p.add_argument("--engine", required=True, metavar="NAME", help="the engine's name in the engines file")
+    p.add_argument("--reference", action="store_true", help="the reference image too")
+    engines_option(p)
 
 
 # -- parsing -----------------------------------------------------------------------------------
@@ -1076,6 +1180,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", action="store_true",
                    help="also the reference image (Postfix, Dovecot, NSD, fetchmail, dnsperf) for comparisons")
     image_options(p)
+    add_cluster_commands(sub, image, engines_option)
     return parser
 
 

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from labctl import enginesfile, placement, subnets
+from labctl import engine, enginesfile, placement, subnets
 from labctl.backend import Engine
 from labctl.enginesfile import EngineEntry, Engines
 from labctl.errors import LabctlError, LabNotRunning
@@ -34,7 +34,7 @@ def _connect(entry: EngineEntry | None) -> Engine:
     from labctl.backend.docker_engine import connect
 
     if entry is None:
-        return connect()
+        return engine.connect()
     return connect(entry.url, tls=entry.tls)
 
 

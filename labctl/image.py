@@ -19,7 +19,7 @@ import subprocess
 import tarfile
 import tempfile
 import time
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,12 @@ DOCKERFILE = REPO_ROOT / "compose" / "Dockerfile"
 # The reference image (issue 6): FROM the lab image, plus Postfix, Dovecot, NSD, fetchmail, dnsperf.
 REFERENCE_DOCKERFILE = REPO_ROOT / "compose" / "reference" / "Dockerfile"
 REFERENCE_REPOSITORY = "maillab-reference"
+# The cluster node image (issue 16, `labctl cluster create`): Debian's docker.io FROM the lab's base.
+NODE_DIR = REPO_ROOT / "compose" / "node"
+NODE_REPOSITORY = "maillab-node"
+# Not LABEL: prune removes an image with LABEL that belongs to no current lab image, and the node
+# image belongs to none; it is kept, as the bases are, so that the next `cluster create` is quick.
+LABEL_NODE_IMAGE = "org.maillab.node-image"
 SERVICES_DIR = Path(services.__file__).resolve().parent
 
 IMAGE_REPOSITORY = "maillab"
@@ -150,15 +156,8 @@ class ImageBuilder:
 
     def ensure(self, *, base: str | None = None, mirror: str | None = None, rebuild: bool = False) -> str:
         """Return the tag of an up-to-date lab image, building it when needed."""
-        base_ref, base_id = self.resolve_base(base, mirror)
-        files = context_files()
-        digest = input_hash(files, base_id)
-        tag = f"{IMAGE_REPOSITORY}:{digest}"
-        if not rebuild and self._exists(tag):
-            return tag
-        self.report(Notice(f"building the lab image {tag} from {base_ref}"))
-        self._build(tag, files, {"BASE": base_ref}, {LABEL: "lab", LABEL_LAB_IMAGE: digest})
-        return tag
+        return self._ensure_built("the lab image", IMAGE_REPOSITORY, context_files(), self.resolve_base(base, mirror),
+                                  "BASE", lambda digest: {LABEL: "lab", LABEL_LAB_IMAGE: digest}, rebuild)
 
     def ensure_reference(self, *, base: str | None = None, mirror: str | None = None, rebuild: bool = False) -> str:
         """Return the tag of an up-to-date reference image, building it (and the lab image) when needed.
@@ -169,12 +168,30 @@ class ImageBuilder:
         lab = self.ensure(base=base, mirror=mirror)
         lab_id = self._image_id(lab)
         assert lab_id is not None
-        files = _reference_files()
-        tag = f"{REFERENCE_REPOSITORY}:{input_hash(files, lab_id)}"
+        # LABEL_LAB_IMAGE: the lab image's, inherited
+        return self._ensure_built("the reference image", REFERENCE_REPOSITORY, _reference_files(), (lab, lab_id),
+                                  "LAB_IMAGE", lambda _: {LABEL: "reference"}, rebuild)
+
+    def ensure_node(self, *, base: str | None = None, mirror: str | None = None, rebuild: bool = False) -> str:
+        """Return the tag of an up-to-date cluster node image, building it when needed.
+
+        ``maillab-node:<hash>``, the hash covering compose/node/ and the base's ID: FROM the same
+        base as the lab image, so it builds wherever the lab image does (no registry).
+        """
+        return self._ensure_built("the cluster node image", NODE_REPOSITORY, _node_files(),
+                                  self.resolve_base(base, mirror), "BASE", lambda digest: {LABEL_NODE_IMAGE: digest},
+                                  rebuild)
+
+    def _ensure_built(self, what: str, repository: str, files: list[ContextFile], parent: tuple[str, str],
+                      parent_arg: str, labels: Callable[[str], dict[str, str]], rebuild: bool) -> str:
+        """``repository:<hash of files and the parent image's id>``, built FROM the parent unless there."""
+        parent_ref, parent_id = parent
+        digest = input_hash(files, parent_id)
+        tag = f"{repository}:{digest}"
         if not rebuild and self._exists(tag):
             return tag
-        self.report(Notice(f"building the reference image {tag} from {lab}"))
-        self._build(tag, files, {"LAB_IMAGE": lab}, {LABEL: "reference"})  # LABEL_LAB_IMAGE: the lab image's
+        self.report(Notice(f"building {what} {tag} from {parent_ref}"))
+        self._build(tag, files, {parent_arg: parent_ref}, labels(digest))
         return tag
 
     def images(self, names: Iterable[str], *, base: str | None = None, mirror: str | None = None) -> dict[str, str]:
@@ -321,6 +338,10 @@ class ImageBuilder:
 
 def _reference_files() -> list[ContextFile]:
     return [ContextFile("Dockerfile", REFERENCE_DOCKERFILE.read_bytes())]
+
+
+def _node_files() -> list[ContextFile]:
+    return [ContextFile(path.name, path.read_bytes()) for path in sorted(NODE_DIR.iterdir()) if path.is_file()]
 
 
 def _chunk_text(chunk: dict[str, Any]) -> str:

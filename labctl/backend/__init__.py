@@ -65,6 +65,27 @@ class ImageInfo:
 
 
 @dataclass(frozen=True)
+class SwarmState:
+    """An engine's own view of its Swarm membership (`docker info`'s Swarm section)."""
+
+    state: str  # inactive, pending, active, error, locked
+    node_id: str = ""
+    cluster_id: str = ""  # the same on every member of one Swarm (empty on a worker: ask a manager)
+    manager: bool = False
+
+
+@dataclass(frozen=True)
+class SwarmNode:
+    """A member of the Swarm, as its manager lists it."""
+
+    id: str
+    hostname: str
+    role: str  # manager, worker
+    state: str  # ready, down, unknown
+    address: str
+
+
+@dataclass(frozen=True)
 class ArchivedFile:
     """A regular file read out of a container's file system."""
 
@@ -95,6 +116,12 @@ class ContainerSpec:
     dns_search: tuple[str, ...] = ()
     stop_signal: str = "SIGTERM"
     stop_timeout: int = 3
+    # What a cluster node (a Docker engine in a container, labctl.cluster) needs, short of
+    # --privileged: capabilities to drop after cap_add, "seccomp=unconfined" and the like, and
+    # device cgroup rules ("c *:* rwm").
+    cap_drop: tuple[str, ...] = ()
+    security_opt: tuple[str, ...] = ()
+    device_cgroup_rules: tuple[str, ...] = ()
 
 
 Output = Callable[[bytes], Any]
@@ -151,3 +178,13 @@ class Engine(Protocol):
     # -- the machine ------------------------------------------------------------------------------
     def memory(self) -> int | None:
         """The memory of the engine's machine (bytes), None when it does not say."""
+
+    # -- Swarm: only ever asked of labctl's own cluster nodes (labctl.cluster) --------------------
+    def swarm_init(self, address: str, default_addr_pool: str) -> None:
+        """Make this engine a Swarm manager advertising, and carrying data, on ``address``."""
+    def swarm_join(self, manager: str, token: str, address: str) -> None:
+        """Join the Swarm of the manager at ``manager`` (an address) with a join token."""
+    def swarm_worker_token(self) -> str: ...
+    def swarm_leave(self) -> None: ...
+    def swarm_state(self) -> SwarmState: ...
+    def swarm_nodes(self) -> list[SwarmNode]: ...

@@ -33,6 +33,8 @@ from labctl.backend import (
     NetworkInfo,
     NotFound,
     Output,
+    SwarmNode,
+    SwarmState,
 )
 from labctl.enginesfile import EngineTls
 from labctl.errors import DockerUnavailable
@@ -43,6 +45,9 @@ POOL_SIZE = 64
 API_TIMEOUT = 120  # seconds; building an image streams, but `stop` of a stuck host can take a while
 IMAGE_CHUNK = 1024 * 1024  # bytes per read of `docker save` as it streams to the other engine
 CONFLICT = 409  # the Engine's answer while another request is removing the same container
+UNMASKED_PATHS = "systempaths=unconfined"  # see create_container
+SWARM_PORT = 2377  # Swarm's cluster management port (tcp); gossip is 7946 tcp+udp, VXLAN 4789 udp
+SWARM_SUBNET_SIZE = 24  # each overlay Swarm allocates from the pool gets a /24
 
 
 def connect(base_url: str | None = None, *, tls: EngineTls | None = None) -> DockerEngine:
@@ -158,9 +163,17 @@ class DockerEngine:
             for volume, path in spec.volumes.items():
                 self.api.create_volume(volume, labels=dict(spec.volume_labels))
                 binds[volume] = {"bind": path, "mode": "rw"}
+            security_opt = [o for o in spec.security_opt if o != UNMASKED_PATHS]
             host_config = self.api.create_host_config(
                 binds=binds, tmpfs=dict(spec.tmpfs) or None, cap_add=list(spec.cap_add) or None,
-                dns=list(spec.dns) or None, dns_search=list(spec.dns_search) or None)
+                dns=list(spec.dns) or None, dns_search=list(spec.dns_search) or None,
+                cap_drop=list(spec.cap_drop) or None, security_opt=security_opt or None,
+                device_cgroup_rules=list(spec.device_cgroup_rules) or None)
+            if UNMASKED_PATHS in spec.security_opt:
+                # The docker CLI's `--security-opt systempaths=unconfined` is no engine option: it
+                # sends empty masked and read-only path lists (absent ones mean the defaults).
+                host_config["MaskedPaths"] = []
+                host_config["ReadonlyPaths"] = []
             networking = self.api.create_networking_config({
                 spec.network: self.api.create_endpoint_config(ipv4_address=spec.address,
                                                               aliases=list(spec.aliases))})
@@ -316,6 +329,44 @@ class DockerEngine:
         with _translated("asking the engine's memory"):
             total = self.api.info().get("MemTotal")
         return int(total) if total else None
+
+    # -- Swarm (labctl's cluster nodes only) -------------------------------------------------------
+
+    def swarm_init(self, address: str, default_addr_pool: str) -> None:
+        with _translated(f"making {self.where} a Swarm manager"):
+            # --data-path-addr: on a machine with several interfaces, VXLAN traffic from the wrong
+            # one is silently dropped; the pool: Swarm's default 10.0.0.0/8 overlaps the labs'.
+            self.api.init_swarm(advertise_addr=address, listen_addr=f"{address}:{SWARM_PORT}",
+                                data_path_addr=address, default_addr_pool=[default_addr_pool],
+                                subnet_size=SWARM_SUBNET_SIZE)
+
+    def swarm_join(self, manager: str, token: str, address: str) -> None:
+        with _translated(f"joining {self.where} to the Swarm of {manager}"):
+            self.api.join_swarm([f"{manager}:{SWARM_PORT}"], token, listen_addr=f"{address}:{SWARM_PORT}",
+                                advertise_addr=address, data_path_addr=address)
+
+    def swarm_worker_token(self) -> str:
+        with _translated(f"asking {self.where} for the Swarm's worker join token"):
+            return str(self.api.inspect_swarm()["JoinTokens"]["Worker"])
+
+    def swarm_leave(self) -> None:
+        if self.swarm_state().state == "inactive":
+            return
+        with _translated(f"leaving the Swarm on {self.where}"):
+            self.api.leave_swarm(force=True)
+
+    def swarm_state(self) -> SwarmState:
+        with _translated(f"asking {self.where} for its Swarm state"):
+            swarm = self.api.info().get("Swarm") or {}
+        return SwarmState(str(swarm.get("LocalNodeState") or "inactive"), str(swarm.get("NodeID") or ""),
+                          str((swarm.get("Cluster") or {}).get("ID") or ""), bool(swarm.get("ControlAvailable")))
+
+    def swarm_nodes(self) -> list[SwarmNode]:
+        with _translated(f"listing the Swarm's nodes on {self.where}"):
+            found = self.api.nodes()
+        return [SwarmNode(str(n["ID"]), str((n.get("Description") or {}).get("Hostname", "")),
+                          str((n.get("Spec") or {}).get("Role", "")), str((n.get("Status") or {}).get("State", "")),
+                          str((n.get("Status") or {}).get("Addr", ""))) for n in found]
 
 
 def demux(sock: socket.socket) -> Iterator[tuple[int, bytes]]:

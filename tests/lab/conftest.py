@@ -13,6 +13,7 @@ import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import docker
@@ -102,3 +103,20 @@ def running_lab(client: DockerEngine, image: str) -> Iterator[RunningLab]:
         yield RunningLab(name, client, proc.stdout + proc.stderr)
     finally:
         labctl("down", "--lab", name, check=False)
+
+
+# The cluster of tests/lab/test_cluster_nodes.py (and of the multi-engine lab tests): its own name,
+# so a user's own `labctl cluster create` (maillab-node) on this machine is never touched.
+TEST_CLUSTER = "maillab-node-test"
+
+
+@pytest.fixture(scope="module")
+def cluster(client: DockerEngine, image: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Two docker-in-docker nodes in a Swarm with the lab image (`labctl cluster create --nodes 2`);
+    yields the engines file naming them (node1 the manager, node2 a worker). Deleted afterwards."""
+    engines = tmp_path_factory.mktemp("cluster") / "engines.yml"
+    labctl("cluster", "create", "--nodes", "2", "--name", TEST_CLUSTER, "--engines", str(engines))
+    try:
+        yield engines
+    finally:
+        labctl("cluster", "delete", "--name", TEST_CLUSTER, "--engines", str(engines), check=False)
