@@ -128,6 +128,7 @@ class SplitLab(Lab):
         removed = sum(parallel(clear, engines))
         for net in self.engine.networks(labels):
             remove_network_when_free(self.engine, net.id)
+        self._wait_networks_gone(engines)
 
         def volumes(engine: Engine) -> None:
             for volume in engine.volumes(labels):
@@ -135,6 +136,17 @@ class SplitLab(Lab):
 
         parallel(volumes, engines)
         return removed
+
+    def _wait_networks_gone(self, engines: list[Engine], *, sleep: Callable[[float], None] = time.sleep) -> None:
+        """Until no engine lists the overlay: the manager answers the removal before Swarm has taken
+        it off every engine (about a second), and an `up` of the same lab at once would meet it."""
+        labels = self._labels()
+        for _ in range(NETWORK_REMOVE_TRIES):
+            if not any(parallel(lambda e: e.networks(labels), engines)):
+                return
+            sleep(NETWORK_REMOVE_PAUSE)
+        left = ", ".join(e.where for e in engines if e.networks(labels))
+        self.report(Notice(f"lab {self.name}'s overlay is still listed on {left}; Swarm removes it there shortly"))
 
     def clock_offsets(self) -> dict[str, float]:
         """Engine name -> how far its clock is ahead of this machine's (seconds), read from one

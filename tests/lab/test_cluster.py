@@ -27,7 +27,10 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 
 
 def labctl(engines: Path, *args: str, check: bool = True, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run([sys.executable, "-m", "labctl", *args, "--engines", str(engines)], cwd=ROOT,
+    words = list(args)
+    cut = words.index("--") if "--" in words else len(words)  # labctl's options go before a command's `--`
+    words[cut:cut] = ["--engines", str(engines)]
+    done = subprocess.run([sys.executable, "-m", "labctl", *words], cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout)
     if check and done.returncode != 0:
         raise AssertionError(f"labctl {' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}")
@@ -64,7 +67,9 @@ def carries_a_message(engines: Path, lab: str) -> str:
             break
         time.sleep(0.5)
     fetched = labctl(engines, "fetch", "--lab", lab, "betty")
-    assert subject in fetched.stdout, fetched.stdout
+    assert "fetched 1 new message" in fetched.stdout, fetched.stdout
+    box = labctl(engines, "mailbox", "betty", "--json", "--lab", lab)  # betty's own Maildir, on her host
+    assert subject in box.stdout, box.stdout
     return subject
 
 
