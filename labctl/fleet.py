@@ -83,14 +83,20 @@ class Fleet:
 
     def survey(self) -> list[EngineLabs]:
         """Every engine's labs and memory, asked at once; an engine that does not answer says why."""
+        def look(name: str) -> EngineLabs:
+            engine = self.engine(name)
+            labels = [c.labels for c in engine.containers({LABEL_LAB: ""})]
+            labels += [n.labels for n in engine.networks({LABEL_LAB: ""})]
+            return EngineLabs(name, placement.labs_present(labels), engine.memory())
+
         def ask(name: str) -> EngineLabs:
             try:
-                engine = self.engine(name)
-                labels = [c.labels for c in engine.containers({LABEL_LAB: ""})]
-                labels += [n.labels for n in engine.networks({LABEL_LAB: ""})]
-                return EngineLabs(name, placement.labs_present(labels), engine.memory())
+                return look(name)
             except LabctlError as exc:
                 return EngineLabs(name, error=str(exc).splitlines()[0])
+
+        if self.engines is None:  # the one engine: not answering is the whole answer (what to do, too)
+            return [look(LOCAL)]
 
         return parallel(ask, self.names())
 
