@@ -48,6 +48,14 @@ READY_TIMEOUT = 30.0  # seconds for every service to answer its readiness probe
 T = TypeVar("T")
 R = TypeVar("R")
 
+# A network is "in use" for a moment after its last container was removed: an overlay on the
+# manager while another engine's endpoint detaches (gossip), a bridge while a busy engine is
+# still tearing the container's sandbox down. Docker says "has active endpoints".
+IN_USE = ("active endpoints", "in use")
+NETWORK_REMOVE_TRIES = 40
+NETWORK_REMOVE_PAUSE = 0.25  # seconds between tries: 10 s in all
+
+
 
 # A process ended by SIGKILL exits 128 + 9; a host stopped by SIGTERM exits 0 or 143.
 KILLED_EXIT = 137
@@ -121,6 +129,20 @@ def parallel(func: Callable[[T], R], items: list[T]) -> list[R]:
         return []
     with ThreadPoolExecutor(max_workers=min(len(items), 32)) as pool:
         return list(pool.map(func, items))
+
+
+def remove_network_when_free(engine: Engine, ident: str, *, tries: int = NETWORK_REMOVE_TRIES,
+                             pause: float = NETWORK_REMOVE_PAUSE,
+                             sleep: Callable[[float], None] = time.sleep) -> None:
+X
+    for attempt in range(tries):
+        try:
+            engine.remove_network(ident)
+            return
+        except EngineError as exc:
+            if attempt == tries - 1 or not any(word in str(exc) for word in IN_USE):
+                raise
+            sleep(pause)
 
 
 def on_engines(plans: Mapping[str, HostPlan], where: Mapping[str, str]) -> dict[str, HostPlan]:
@@ -458,7 +480,7 @@ class Lab:
         containers = self.containers()
         parallel(lambda c: self.engine.remove_container(c.id, stop_timeout=STOP_TIMEOUT), containers)
         for net in self.engine.networks(self._labels()):
-            self.engine.remove_network(net.id)
+            remove_network_when_free(self.engine, net.id)
         for volume in self.engine.volumes(self._labels()):
             self.engine.remove_volume(volume)
         return len(containers)

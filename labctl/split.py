@@ -18,18 +18,21 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 
-from labctl.backend import ContainerInfo, Engine, EngineError, NetworkInfo
+from labctl.backend import ContainerInfo, Engine, NetworkInfo
 from labctl.errors import LabctlError
 from labctl.events import Notice, Reporter, ignore
-from labctl.lab import HostStatus, Lab, on_engines, parallel
+from labctl.lab import (
+    NETWORK_REMOVE_PAUSE,
+    NETWORK_REMOVE_TRIES,
+    HostStatus,
+    Lab,
+    on_engines,
+    parallel,
+    remove_network_when_free,
+)
 from labctl.plan import LABEL_ENGINE, STOP_TIMEOUT, HostPlan
 from labctl.topology import HostSpec, Topology
 
-# An overlay is "in use" on the manager for a moment after the last container on another engine
-# left it: that engine's endpoint detaches asynchronously (gossip). Docker says "has active endpoints".
-IN_USE = ("active endpoints", "in use")
-NETWORK_REMOVE_TRIES = 40
-NETWORK_REMOVE_PAUSE = 0.25  # seconds between tries: 10 s in all
 # Above this the engines' clocks disagree enough to reorder a dialogue's packets across hosts.
 CLOCK_SKEW_WARN = 0.005
 
@@ -54,20 +57,6 @@ def assign(topo: Topology, engines: Sequence[str]) -> dict[str, str]:
             load[placed[host.name]] += 1
         out[host.name] = placed[host.name]
     return out
-
-
-def remove_network_when_free(engine: Engine, ident: str, *, tries: int = NETWORK_REMOVE_TRIES,
-                             pause: float = NETWORK_REMOVE_PAUSE,
-                             sleep: Callable[[float], None] = time.sleep) -> None:
-    """Remove an overlay, retrying while the manager still counts other engines' endpoints."""
-    for attempt in range(tries):
-        try:
-            engine.remove_network(ident)
-            return
-        except EngineError as exc:
-            if attempt == tries - 1 or not any(word in str(exc) for word in IN_USE):
-                raise
-            sleep(pause)
 
 
 class SplitLab(Lab):

@@ -17,8 +17,9 @@ import pytest
 from labctl import topology
 from labctl.backend import ContainerInfo, EngineError, NetworkInfo
 from labctl.errors import LabctlError
+from labctl.lab import remove_network_when_free
 from labctl.plan import LABEL_ENGINE, LABEL_LAB
-from labctl.split import SplitLab, assign, remove_network_when_free
+from labctl.split import SplitLab, assign
 
 BASE = topology.load()
 
