@@ -134,7 +134,7 @@ def parallel(func: Callable[[T], R], items: list[T]) -> list[R]:
 def remove_network_when_free(engine: Engine, ident: str, *, tries: int = NETWORK_REMOVE_TRIES,
                              pause: float = NETWORK_REMOVE_PAUSE,
                              sleep: Callable[[float], None] = time.sleep) -> None:
-X
+    """Remove a network, retrying while its engine still counts endpoints of containers gone."""
     for attempt in range(tries):
         try:
             engine.remove_network(ident)
