@@ -259,7 +259,9 @@ def _wait_for_engine(engine: Engine, node: Node, connect: Connect, deadline: flo
                               f"({found[0].state if found else 'gone'}); its last lines:\n{tail}")
         if time.monotonic() > deadline:
             raise LabctlError(f"the engine of node {node.container} did not answer on {node.url} within "
-                              f"{NODE_START_TIMEOUT:.0f} s ({problem}); see `docker logs {node.container}`")
+                              f"{NODE_START_TIMEOUT:.0f} s ({problem}); see `docker logs {node.container}`. "
+                              "labctl must run where the nodes' bridge is reachable: on the engine's own "
+                              "machine, not in a VM or container away from it")
         time.sleep(POLL)
 
 
