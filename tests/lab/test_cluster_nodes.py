@@ -104,7 +104,7 @@ def test_create_refuses_a_cluster_that_exists(cluster: Path) -> None:
 def test_a_create_that_fails_removes_what_it_made_and_nothing_else(client: DockerEngine, image: str,
                                                                    tmp_path: Path) -> None:
     """A stranger's container holds node1's name: node1 cannot be made, node2 may have started."""
-    name = "maillab-node-clash"
+    name = f"{TEST_CLUSTER}-clash"
     api = raw_api()
     stranger = api.create_container(image, name=f"{name}1", entrypoint=["true"])["Id"]
     try:
