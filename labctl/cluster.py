@@ -222,6 +222,7 @@ def create(engine: Engine, nodes: int, *, prefix: str = DEFAULT_PREFIX, engines_
     lab_image = builder.ensure()
     subnet = subnets.free_subnet(NODE_PREFIXLEN, taken_networks(engine), NODE_SEARCH)
     planned = plan_nodes(prefix, subnet, nodes)
+    mark = time.monotonic()
     try:
         # Internal: the nodes reach each other and this machine reaches them, nothing else does
         # (their dockerd listens without TLS); they need no registry, the images are copied in.
@@ -234,7 +235,7 @@ def create(engine: Engine, nodes: int, *, prefix: str = DEFAULT_PREFIX, engines_
 
         clients = parallel(start, list(planned))
         report(Stage("nodes", f"{', '.join(n.container for n in planned)} on {network_name(prefix)} {subnet}, "
-                              f"their engines answer ({time.monotonic() - started:.1f} s)"))
+                              f"their engines answer ({time.monotonic() - mark:.1f} s)"))
         mark = time.monotonic()
         _make_swarm(planned, clients)
         report(Stage("swarm", f"{planned[0].name} manager, {len(planned) - 1} worker(s); overlays from "
@@ -243,8 +244,8 @@ def create(engine: Engine, nodes: int, *, prefix: str = DEFAULT_PREFIX, engines_
         parallel(lambda c: image.push(engine, c, lab_image), clients)
         report(Stage("image", f"{lab_image} loaded into {len(clients)} node(s) ({time.monotonic() - mark:.1f} s)"))
         path = enginesfile.save(cluster_engines(engines_path, prefix, planned))
-        report(Stage("engines", f"{path} names {', '.join(n.name for n in planned)}; labctl uses it "
-                                f"until `labctl cluster delete`"))
+        report(Stage("engines", f"{path} names {', '.join(n.name for n in planned)} (removed by "
+                                "`labctl cluster delete`)"))
     except BaseException:
         report(Notice(f"cluster create failed: removing the nodes of {prefix!r} again"))
         try:
