@@ -105,9 +105,10 @@ def running_lab(client: DockerEngine, image: str) -> Iterator[RunningLab]:
         labctl("down", "--lab", name, check=False)
 
 
-# The cluster of tests/lab/test_cluster_nodes.py (and of the multi-engine lab tests): its own name,
-# so a user's own `labctl cluster create` (maillab-node) on this machine is never touched.
-TEST_CLUSTER = "maillab-node-test"
+# The cluster of tests/lab/test_cluster_nodes.py (and of the multi-engine lab tests): a name of its
+# own per test run, so neither a user's own `labctl cluster create` (maillab-node) on this machine
+# nor another test run at the same time is touched.
+TEST_CLUSTER = f"maillab-node-t{uuid.uuid4().hex[:6]}"
 
 
 @pytest.fixture(scope="module")

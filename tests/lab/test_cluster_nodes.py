@@ -7,13 +7,17 @@ test deletes it, so keep it last.
 
 from __future__ import annotations
 
+import ipaddress
+import time
 from pathlib import Path
 
 import docker
+import docker.errors
+from docker.models.networks import Network
 
 from labctl import enginesfile
 from labctl.backend.docker_engine import DockerEngine, connect
-from labctl.cluster import LABEL_CLUSTER
+from labctl.cluster import LABEL_CLUSTER, SWARM_POOL
 from tests.lab.conftest import TEST_CLUSTER, labctl, raw_api
 
 
@@ -74,6 +78,44 @@ def test_a_container_of_the_lab_image_runs_on_node2(cluster: Path, image: str) -
     assert out.decode().strip() == "on cn-probe"
 
 
+def test_an_overlay_from_the_swarms_pool_carries_packets_between_the_nodes(cluster: Path, image: str) -> None:
+    """The data path (VXLAN on --data-path-addr), not only the control plane: a ping from node2 to node1."""
+    urls = {name: e.where for name, e in nodes(cluster).items()}
+    node1, node2 = docker.DockerClient(base_url=urls["node1"]), docker.DockerClient(base_url=urls["node2"])
+    net = node1.networks.create("cn-probe-overlay", driver="overlay", attachable=True, internal=True)
+    try:
+        subnet = ipaddress.IPv4Network(net.attrs["IPAM"]["Config"][0]["Subnet"])
+        assert subnet.subnet_of(ipaddress.IPv4Network(SWARM_POOL))  # not Swarm's default 10.0.0.0/8
+        sleeper = ["sleep", "60"]
+        a = node1.containers.run(image, entrypoint=sleeper, network="cn-probe-overlay", detach=True, remove=True)
+        b = node2.containers.run(image, entrypoint=sleeper, network="cn-probe-overlay", detach=True, remove=True)
+        try:
+            a.reload()
+            address = a.attrs["NetworkSettings"]["Networks"]["cn-probe-overlay"]["IPAddress"]
+            code, out = b.exec_run(["ping", "-c", "2", "-W", "2", address])
+            assert code == 0, out.decode()
+        finally:
+            for c in (b, a):
+                c.remove(force=True)
+    finally:
+        remove_overlay(net)
+        node1.close()
+        node2.close()
+
+
+def remove_overlay(net: Network) -> None:
+    """An overlay is "in use" for a moment after a container on another node left it (gossip)."""
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            net.remove()
+            return
+        except docker.errors.APIError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.25)
+
+
 def test_status_shows_each_node_its_role_and_the_image(cluster: Path, image: str) -> None:
     shown = labctl("cluster", "status", "--name", TEST_CLUSTER, "--engines", str(cluster)).stdout
     lines = {line.split()[1]: line for line in shown.splitlines() if line.startswith("│ node")}
@@ -104,7 +146,7 @@ def test_create_refuses_a_cluster_that_exists(cluster: Path) -> None:
 def test_a_create_that_fails_removes_what_it_made_and_nothing_else(client: DockerEngine, image: str,
                                                                    tmp_path: Path) -> None:
     """A stranger's container holds node1's name: node1 cannot be made, node2 may have started."""
-    name = "maillab-node-clash"
+    name = f"{TEST_CLUSTER}-clash"
     api = raw_api()
     stranger = api.create_container(image, name=f"{name}1", entrypoint=["true"])["Id"]
     try:

@@ -34,6 +34,14 @@ def test_a_node_is_a_docker_engine_without_privileged() -> None:
     assert spec.command == ()  # the image's own entrypoint: dockerd after the cgroup remount
 
 
+def test_an_in_memory_node_keeps_its_docker_store_on_a_tmpfs_and_has_no_volume() -> None:
+    node = cluster.plan_nodes("maillab-node", ipaddress.IPv4Network("10.88.0.0/24"), 1)[0]
+    spec = cluster.node_spec("maillab-node", node, "maillab-node:abc", in_memory=True)
+    assert spec.volumes == {}
+    options = spec.tmpfs["/var/lib/docker"].split(",")
+    assert {"exec", "dev", "suid"} <= set(options) and any(o.startswith("size=") for o in options)
+
+
 def test_nodes_are_numbered_from_one_at_fixed_host_numbers() -> None:
     nodes = cluster.plan_nodes("cn-x", ipaddress.IPv4Network("10.88.0.0/24"), 3)
     assert [(n.name, n.container, n.address, n.url) for n in nodes] == [
