@@ -862,18 +862,17 @@ def cmd_cluster_status(args: argparse.Namespace) -> int:
 
 def cmd_image_push(args: argparse.Namespace) -> int:
     from labctl import enginesfile
-    from labctl.backend.docker_engine import connect
     from labctl.image import push
 
-    engines = enginesfile.load(args.engines)
-    if engines is None:
+    fleet = _fleet(args)
+    if fleet.engines is None:
         raise LabctlError(f"no engines file at {enginesfile.where(args.engines)}, so no engine {args.engine!r}; "
                           "make one with `labctl cluster create --nodes 2` or `labctl engines add NAME URL`")
-    entry = engines.get(args.engine)
-    local = engine.connect()
+    entry = fleet.engines.get(args.engine)
+    local = fleet.local()
     builder = ImageBuilder(local, Reporter(verbose=False))
     tags = [builder.ensure()] + ([builder.ensure_reference()] if args.reference else [])
-    target = connect(entry.url, tls=entry.tls)
+    target = fleet.engine(entry.name)
     for tag in tags:
         started = time.monotonic()
         copied = push(local, target, tag)
