@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -71,8 +72,6 @@ def many_labs(count: int, both: Path, one: Path, fleet: Fleet, cluster: str) -> 
 
 
 def split_topology() -> Topology:
-    from dataclasses import replace
-
     return replace(topology.load(), placement=(("mail", "node2"), ("betty", "node2"), ("ns", "node1"),
                                                ("smtp", "node1"), ("andy", "node1")))
 
@@ -102,14 +101,21 @@ def main() -> int:
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bench-cluster-"))
-    both = args.engines or work / "engines.yml"
+    made_file = args.engines or work / "engines.yml"
     made = args.engines is None
     if made:
-        subprocess.run([*LABCTL, "cluster", "create", "--nodes", "2", "--engines", str(both)], check=True)
+        subprocess.run([*LABCTL, "cluster", "create", "--nodes", "2", "--engines", str(made_file)], check=True)
+    both = made_file
     try:
         engines = enginesfile.parse(both, both.read_text())
+        # Room for every lab on one node, so that only the spreading differs (placement still
+        # fills the emptier engine first when both are listed).
+        roomy = tuple(replace(e, capacity=max(e.capacity, args.labs)) for e in engines.entries)
+        both = work / "both.yml"
+        enginesfile.save(replace(engines, path=both, entries=roomy))
         one = work / "one.yml"
-        enginesfile.save(enginesfile.Engines(one, engines.entries[:1], None, None))
+        enginesfile.save(enginesfile.Engines(one, roomy[:1], None, None))
+        engines = enginesfile.parse(both, both.read_text())
         fleet = Fleet(engines)
         cluster = engines.cluster or "maillab-node"
         print(f"load average before: {os.getloadavg()[0]:.2f}")
@@ -120,7 +126,7 @@ def main() -> int:
         print(f"load average after: {os.getloadavg()[0]:.2f}")
     finally:
         if made:
-            subprocess.run([*LABCTL, "cluster", "delete", "--engines", str(both)], check=False)
+            subprocess.run([*LABCTL, "cluster", "delete", "--engines", str(made_file)], check=False)
 
     two, single = many["two engines"], many["one engine"]
     print(f"`labctl up --labs` of {args.labs} labs:")
