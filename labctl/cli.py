@@ -331,7 +331,11 @@ def cmd_shell(args: argparse.Namespace) -> int:
                           "(Debian: apt-get install docker.io) or use `labctl exec HOST -- CMD`")
     tty = ["-it"] if sys.stdin.isatty() else ["-i"]
     # An interactive terminal is the docker CLI's craft (raw mode, resize, detach keys).
-    os.execv(docker_cli, ["docker", "-H", lab.engine_of(host).where, "exec", *tty, "-e", f"PS1={host.name}:\\w# ",
+    fleet = _fleet(args)
+    entry = fleet.engines.get(host.engine) if fleet.engines is not None and host.engine else None
+    tls = ["--tlsverify", f"--tlscacert={entry.tls.ca}", f"--tlscert={entry.tls.cert}", f"--tlskey={entry.tls.key}"] \
+        if entry is not None and entry.tls is not None else []
+    os.execv(docker_cli, ["docker", "-H", lab.engine_of(host).where, *tls, "exec", *tty, "-e", f"PS1={host.name}:\\w# ",
                           host.container, "bash", "-i"])
     return 0  # not reached
 
@@ -843,7 +847,7 @@ def cmd_cluster_delete(args: argparse.Namespace) -> int:
 def cmd_cluster_status(args: argparse.Namespace) -> int:
     from labctl import cluster, enginesfile
 
-    nodes = cluster.status(engine.connect(), prefix=args.name)
+    nodes = cluster.status(engine.connect(), prefix=args.name, engines_path=enginesfile.where(args.engines))
     if not nodes:
         out.print(f"no cluster {args.name}; make one with `labctl cluster create --nodes 2`")
         return 0

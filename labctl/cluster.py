@@ -2,11 +2,12 @@
 
 ``labctl cluster create --nodes N`` starts N nodes: containers of the node image (Debian's
 docker.io FROM the lab's base, :meth:`labctl.image.ImageBuilder.ensure_node`) on a bridge of their
-own, each running dockerd on ``tcp://ADDR:2375``. It joins them in a Swarm inside those containers
+own, each running dockerd on ``tcp://ADDR:2376`` with TLS both ways (a CA of the cluster's own;
+labctl's client certificate beside the engines file). It joins them in a Swarm inside those containers
 (node1 the manager: the machine's own engine never enters swarm mode), copies the lab image into
 each over the Engine API (``docker save | docker load``, no registry), and writes an engines file
 naming them, which labctl then uses by default. ``labctl cluster delete`` removes every container,
-volume and network carrying the cluster's label, and that engines file.
+volume and network carrying the cluster's label, that engines file and the client certificate.
 
 The node's container settings were found by hand on a VM whose bounding set lacks
 CAP_SYS_RESOURCE, where ``--privileged`` is refused: every other capability, seccomp, AppArmor and
@@ -22,17 +23,18 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from labctl import enginesfile, image, subnets
+from labctl import enginesfile, image, subnets, tlsca
 from labctl.backend import ContainerInfo, ContainerSpec, Engine, EngineError, SwarmState
-from labctl.enginesfile import DEFAULT_CAPACITY, EngineEntry, Engines
+from labctl.enginesfile import DEFAULT_CAPACITY, EngineEntry, Engines, EngineTls
 from labctl.errors import DockerUnavailable, LabctlError
 from labctl.events import Notice, Reporter, Stage, ignore
-from labctl.lab import parallel
+from labctl.lab import parallel, tar_of
 
 DEFAULT_PREFIX = "maillab-node"
 PREFIX = re.compile(r"[a-z][a-z0-9-]{0,29}")  # room for "<prefix>8-docker" in Docker's names
@@ -47,7 +49,11 @@ LABEL_NODE_ADDRESS = "org.maillab.node-address"
 NODE_SEARCH = ipaddress.IPv4Network("10.88.0.0/16")
 NODE_PREFIXLEN = 24
 FIRST_HOST = 10
-DOCKER_PORT = 2375  # dockerd's plain TCP socket in a node (compose/node/entrypoint says why plain)
+# dockerd's socket in a node: TLS both ways (--tlsverify) with the cluster's own CA. An Engine API
+# that answers anyone is root on the node for anyone who reaches it, bridge or not.
+DOCKER_PORT = 2376
+TLS_DAYS = 90  # the cluster's CA and certificates; a cluster older than that is made again
+NODE_TLS_DIR = "/etc/maillab-node-tls"  # in a node: ca.pem, server.pem, server-key.pem (the entrypoint's)
 # The overlays Swarm makes come from here: its default 10.0.0.0/8 overlaps the labs' 10.89.0.0/16.
 SWARM_POOL = "10.87.0.0/16"
 
@@ -113,13 +119,54 @@ class NodeStatus:
         return "manager" if self.swarm.manager else "worker"
 
 
-Connect = Callable[[str], Engine]
+Connect = Callable[[str, EngineTls], Engine]
 
 
-def _connect(url: str) -> Engine:
+def _connect(url: str, tls: EngineTls) -> Engine:
     from labctl.backend.docker_engine import connect
 
-    return connect(url)
+    return connect(url, tls=tls)
+
+
+def tls_dir(engines_path: Path, prefix: str) -> Path:
+    """Where labctl's client certificate for the cluster's nodes is kept: beside its engines file."""
+    return engines_path.parent / f"{prefix}-tls"
+
+
+def client_tls(engines_path: Path, prefix: str) -> EngineTls:
+    folder = tls_dir(engines_path, prefix)
+    return EngineTls(folder / "ca.pem", folder / "cert.pem", folder / "key.pem")
+
+
+@dataclass(frozen=True)
+class NodeTls:
+    """The cluster's CA, each node's server certificate (its container name and address) and
+    labctl's client certificate; made at create, the CA's key kept nowhere."""
+
+    ca: tlsca.Issued
+    servers: dict[str, tlsca.Issued]
+    client: tlsca.Issued
+
+    def node_files(self, node: Node) -> dict[str, bytes]:
+        server = self.servers[node.name]
+        return {f"{NODE_TLS_DIR}/ca.pem": self.ca.cert_pem.encode(), f"{NODE_TLS_DIR}/server.pem":
+                server.cert_pem.encode(), f"{NODE_TLS_DIR}/server-key.pem": server.key_pem.encode()}
+
+
+def make_tls(prefix: str, nodes: Sequence[Node]) -> NodeTls:
+    ca = tlsca.make_ca(f"cluster {prefix}", (), days=TLS_DAYS)
+    return NodeTls(ca, {n.name: tlsca.make_leaf(ca, n.container, [n.address], days=TLS_DAYS) for n in nodes},
+                   tlsca.make_leaf(ca, "labctl", days=TLS_DAYS, client=True))
+
+
+def write_client_tls(engines_path: Path, prefix: str, tls: NodeTls) -> EngineTls:
+    """labctl's side of the nodes' TLS, readable by its owner only (the key opens every node)."""
+    files = client_tls(engines_path, prefix)
+    files.ca.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for path, text in ((files.ca, tls.ca.cert_pem), (files.cert, tls.client.cert_pem), (files.key, tls.client.key_pem)):
+        path.touch(mode=0o600)
+        path.write_text(text, encoding="ascii")
+    return files
 
 
 # -- the pure choices ------------------------------------------------------------------------------
@@ -172,9 +219,11 @@ def node_capacity(count: int) -> int:
 
 
 def cluster_engines(path: Path, prefix: str, nodes: Sequence[Node]) -> Engines:
-    """The engines file of a cluster: every node, node1 the Swarm manager, and whose it is."""
+    """The engines file of a cluster: every node (TLS with labctl's client certificate), node1 the
+    Swarm manager, and whose it is."""
     capacity = node_capacity(len(nodes))
-    return Engines(path, tuple(EngineEntry(n.name, n.url, capacity) for n in nodes), manager=nodes[0].name,
+    tls = client_tls(path, prefix)
+    return Engines(path, tuple(EngineEntry(n.name, n.url, capacity, tls) for n in nodes), manager=nodes[0].name,
                    cluster=prefix)
 
 
@@ -224,14 +273,17 @@ def create(engine: Engine, nodes: int, *, prefix: str = DEFAULT_PREFIX, engines_
     planned = plan_nodes(prefix, subnet, nodes)
     mark = time.monotonic()
     try:
-        # Internal: the nodes reach each other and this machine reaches them, nothing else does
-        # (their dockerd listens without TLS); they need no registry, the images are copied in.
+        # Internal: the nodes reach each other and this machine reaches them, nothing else does;
+        # they need no registry, the images are copied in.
         engine.create_network(network_name(prefix), subnet, labels)
+        tls = make_tls(prefix, planned)
+        client = write_client_tls(engines_path, prefix, tls)
 
         def start(node: Node) -> Engine:
             engine.create_container(node_spec(prefix, node, node_image, in_memory=in_memory))
+            engine.put_archive(node.container, "/", tar_of(tls.node_files(node), time.time()))
             engine.start(node.container)
-            return _wait_for_engine(engine, node, connect, time.monotonic() + NODE_START_TIMEOUT)
+            return _wait_for_engine(engine, node, client, connect, time.monotonic() + NODE_START_TIMEOUT)
 
         clients = parallel(start, list(planned))
         report(Stage("nodes", f"{', '.join(n.container for n in planned)} on {network_name(prefix)} {subnet}, "
@@ -250,6 +302,7 @@ def create(engine: Engine, nodes: int, *, prefix: str = DEFAULT_PREFIX, engines_
         report(Notice(f"cluster create failed: removing the nodes of {prefix!r} again"))
         try:
             _remove(engine, prefix)
+            shutil.rmtree(tls_dir(engines_path, prefix), ignore_errors=True)
         except LabctlError as cleanup:  # the first failure is the one to tell; this one, as a notice
             report(Notice(f"could not remove everything ({cleanup}); `labctl cluster delete --name {prefix}` "
                           "tries again"))
@@ -257,11 +310,11 @@ def create(engine: Engine, nodes: int, *, prefix: str = DEFAULT_PREFIX, engines_
     return Cluster(prefix, planned, network_name(prefix), subnet, path, lab_image, time.monotonic() - started)
 
 
-def _wait_for_engine(engine: Engine, node: Node, connect: Connect, deadline: float) -> Engine:
+def _wait_for_engine(engine: Engine, node: Node, tls: EngineTls, connect: Connect, deadline: float) -> Engine:
     """The node's dockerd, once it answers; if its container dies first, why (its last log lines)."""
     while True:
         try:
-            return connect(node.url)
+            return connect(node.url, tls)
         except DockerUnavailable as exc:
             problem = str(exc).splitlines()[0]
         found = [c for c in engine.containers({LABEL_NODE: node.name}) if c.name == node.container]
@@ -306,6 +359,7 @@ def delete(engine: Engine, *, prefix: str = DEFAULT_PREFIX, engines_path: Path,
     if existing is not None:
         if existing.cluster == prefix:
             engines_path.unlink(missing_ok=True)
+            shutil.rmtree(tls_dir(engines_path, prefix), ignore_errors=True)
             removed_file = engines_path
         else:
             whose = f"cluster {existing.cluster!r}'s" if existing.cluster else "your own (no `cluster:` key)"
@@ -356,16 +410,18 @@ def nodes_of(engine: Engine, prefix: str = DEFAULT_PREFIX) -> list[tuple[Node, C
     return sorted(found, key=lambda pair: int(pair[0].name.removeprefix("node") or 0))
 
 
-def status(engine: Engine, *, prefix: str = DEFAULT_PREFIX, connect: Connect = _connect) -> list[NodeStatus]:
+def status(engine: Engine, *, prefix: str = DEFAULT_PREFIX, engines_path: Path,
+           connect: Connect = _connect) -> list[NodeStatus]:
     """Every node: its container's state and, from its own engine, its Swarm role and images."""
     check_prefix(prefix)
+    tls = client_tls(engines_path, prefix)
 
     def ask(pair: tuple[Node, ContainerInfo]) -> NodeStatus:
         node, container = pair
         if container.state != "running":
             return NodeStatus(node, container.state)
         try:
-            client = connect(node.url)
+            client = connect(node.url, tls)
             return NodeStatus(node, container.state, client.swarm_state(),
                               tuple(sorted(t for i in client.images() for t in i.tags)))
         except (DockerUnavailable, EngineError) as exc:

@@ -75,9 +75,10 @@ def make_ca(lab: str, zones: Sequence[str], *, days: int = CA_DAYS,
 
 
 def make_leaf(ca: Issued, fqdn: str, addresses: Sequence[str] = (), *, days: int = LEAF_DAYS,
-              now: datetime.datetime | None = None) -> Issued:
+              now: datetime.datetime | None = None, client: bool = False) -> Issued:
     """A server certificate for ``fqdn`` (and its addresses), signed by ``ca``; the chain
-    (leaf, then CA) in :attr:`Issued.cert_pem`, as servers present it."""
+    (leaf, then CA) in :attr:`Issued.cert_pem`, as servers present it. ``client``: a client
+    certificate instead (TLS client authentication, as dockerd's --tlsverify asks of labctl)."""
     now = now or datetime.datetime.now(datetime.UTC)
     ca_cert = ca.certificate
     ca_key = serialization.load_pem_private_key(ca.key_pem.encode("ascii"), password=None)
@@ -98,7 +99,8 @@ def make_leaf(ca: Issued, fqdn: str, addresses: Sequence[str] = (), *, days: int
                                      content_commitment=False, key_encipherment=False,
                                      data_encipherment=False, key_agreement=False,
                                      encipher_only=False, decipher_only=False), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH if client
+                                              else ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(x509.SubjectAlternativeName(names), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())

@@ -18,6 +18,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import docker
+import docker.constants
 import docker.errors
 import docker.tls
 import docker.types
@@ -46,6 +47,7 @@ API_TIMEOUT = 120  # seconds; building an image streams, but `stop` of a stuck h
 IMAGE_CHUNK = 1024 * 1024  # bytes per read of `docker save` as it streams to the other engine
 CONFLICT = 409  # the Engine's answer while another request is removing the same container
 UNMASKED_PATHS = "systempaths=unconfined"  # see create_container
+FIRST_API_VERSION = "1.24"  # the oldest the SDK speaks: enough to ask an engine for its own
 SWARM_PORT = 2377  # Swarm's cluster management port (tcp); gossip is 7946 tcp+udp, VXLAN 4789 udp
 SWARM_SUBNET_SIZE = 24  # each overlay Swarm allocates from the pool gets a /24
 
@@ -59,11 +61,11 @@ def connect(base_url: str | None = None, *, tls: EngineTls | None = None) -> Doc
     where = base_url or os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
     try:
         if base_url:
-            tls_config = docker.tls.TLSConfig(client_cert=(str(tls.cert), str(tls.key)), ca_cert=str(tls.ca),
-                                              verify=True) if tls is not None else None
-            client = docker.DockerClient(base_url=base_url.replace("tcp://", "https://") if tls else base_url,
-                                         timeout=API_TIMEOUT, max_pool_size=POOL_SIZE, tls=tls_config or False,
-                                         use_ssh_client=base_url.startswith("ssh://"))
+            client = _remote(base_url, tls, FIRST_API_VERSION)
+            # Then the API version the engine speaks (as "auto" would ask, but on our own session).
+            spoken = str(client.api.version()["ApiVersion"])
+            newest = docker.constants.DEFAULT_DOCKER_API_VERSION
+            client = _remote(base_url, tls, min(spoken, newest, key=lambda v: tuple(map(int, v.split(".")))))
         else:
             client = docker.from_env(timeout=API_TIMEOUT, max_pool_size=POOL_SIZE)
         client.ping()
@@ -77,6 +79,22 @@ def connect(base_url: str | None = None, *, tls: EngineTls | None = None) -> Doc
             "  - a remote engine: set DOCKER_HOST"
         ) from exc
     return DockerEngine(client, where)
+
+
+def _remote(base_url: str, tls: EngineTls | None, version: str) -> docker.DockerClient:
+    tls_config = docker.tls.TLSConfig(client_cert=(str(tls.cert), str(tls.key)), ca_cert=str(tls.ca),
+                                      verify=True) if tls is not None else None
+    # A version given: the SDK asks the engine nothing while it is made, so what follows holds for
+    # every request, the first too.
+    client = docker.DockerClient(base_url=base_url.replace("tcp://", "https://") if tls else base_url,
+                                 version=version, timeout=API_TIMEOUT, max_pool_size=POOL_SIZE,
+                                 tls=tls_config or False, use_ssh_client=base_url.startswith("ssh://"))
+    # requests lets $REQUESTS_CA_BUNDLE / $CURL_CA_BUNDLE override the engine's own CA (docker-py
+    # #2433: "self-signed certificate in certificate chain" on machines that set them), and
+    # $HTTP(S)_PROXY send the Engine API through a proxy: an engine of the engines file is reached
+    # as named there, with nothing from the environment.
+    client.api.trust_env = False
+    return client
 
 
 def _first_line(exc: BaseException) -> str:

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import docker
 import docker.errors
+import docker.tls
+import pytest
 from docker.models.networks import Network
 
 from labctl import enginesfile
@@ -24,14 +26,29 @@ from tests.lab.conftest import TEST_CLUSTER, labctl, raw_api
 def nodes(engines: Path) -> dict[str, DockerEngine]:
     found = enginesfile.load(str(engines))
     assert found is not None
-    return {e.name: connect(e.url) for e in found.entries}
+    return {e.name: connect(e.url, tls=e.tls) for e in found.entries}
+
+
+def sdk(engines: Path, name: str) -> docker.DockerClient:
+    """A docker SDK client of a node, with labctl's client certificate (the test's own probe)."""
+    found = enginesfile.load(str(engines))
+    assert found is not None
+    entry = found.get(name)
+    assert entry.tls is not None
+    tls = docker.tls.TLSConfig(client_cert=(str(entry.tls.cert), str(entry.tls.key)), ca_cert=str(entry.tls.ca),
+                               verify=True)
+    # A version given, so that nothing is asked before $REQUESTS_CA_BUNDLE is kept out (docker-py#2433).
+    client = docker.DockerClient(base_url=entry.url.replace("tcp://", "https://"), tls=tls, version="1.41")
+    client.api.trust_env = False
+    return client
 
 
 def test_the_engines_file_names_both_nodes_and_the_manager(cluster: Path) -> None:
     found = enginesfile.load(str(cluster))
     assert found is not None
     assert found.names() == ["node1", "node2"]
-    assert all(e.url.startswith("tcp://10.88.") and e.url.endswith(":2375") for e in found.entries)
+    assert all(e.url.startswith("tcp://10.88.") and e.url.endswith(":2376") and e.tls is not None
+               for e in found.entries)
     assert (found.manager, found.cluster) == ("node1", TEST_CLUSTER)
 
 
@@ -57,6 +74,28 @@ def test_the_nodes_are_not_privileged_but_have_what_dockerd_needs(cluster: Path)
         assert set(host["DeviceCgroupRules"]) == {"c *:* rwm", "b *:* rwm"}
 
 
+def test_a_node_lets_in_only_a_client_with_the_clusters_certificate(cluster: Path) -> None:
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    found = enginesfile.load(str(cluster))
+    assert found is not None
+    entry = found.get("node2")
+    assert entry.tls is not None
+    url = entry.url.replace("tcp://", "https://") + "/version"
+    anonymous = ssl.create_default_context(cafile=str(entry.tls.ca))  # trusts the node, has no certificate
+    anonymous.check_hostname = False
+    with pytest.raises((urllib.error.URLError, ssl.SSLError, ConnectionError)):
+        urllib.request.urlopen(url, context=anonymous, timeout=5).read()
+    with pytest.raises((urllib.error.URLError, ConnectionError)):  # no TLS at all: nothing answers
+        urllib.request.urlopen(url.replace("https://", "http://"), timeout=5).read()
+    known = ssl.create_default_context(cafile=str(entry.tls.ca))
+    known.check_hostname = False
+    known.load_cert_chain(str(entry.tls.cert), str(entry.tls.key))
+    assert b"ApiVersion" in urllib.request.urlopen(url, context=known, timeout=5).read()
+
+
 def test_the_machines_own_engine_never_enters_swarm_mode(cluster: Path, client: DockerEngine) -> None:
     assert client.swarm_state().state == "inactive"
 
@@ -68,8 +107,7 @@ def test_every_node_has_the_lab_image_the_machine_has(cluster: Path, client: Doc
 
 
 def test_a_container_of_the_lab_image_runs_on_node2(cluster: Path, image: str) -> None:
-    url = nodes(cluster)["node2"].where
-    node2 = docker.DockerClient(base_url=url)
+    node2 = sdk(cluster, "node2")
     try:
         probe = ["python3", "-c", "import socket; print('on', socket.gethostname())"]
         out = node2.containers.run(image, entrypoint=probe, hostname="cn-probe", remove=True)
@@ -80,8 +118,7 @@ def test_a_container_of_the_lab_image_runs_on_node2(cluster: Path, image: str) -
 
 def test_an_overlay_from_the_swarms_pool_carries_packets_between_the_nodes(cluster: Path, image: str) -> None:
     """The data path (VXLAN on --data-path-addr), not only the control plane: a ping from node2 to node1."""
-    urls = {name: e.where for name, e in nodes(cluster).items()}
-    node1, node2 = docker.DockerClient(base_url=urls["node1"]), docker.DockerClient(base_url=urls["node2"])
+    node1, node2 = sdk(cluster, "node1"), sdk(cluster, "node2")
     net = node1.networks.create("cn-probe-overlay", driver="overlay", attachable=True, internal=True)
     try:
         subnet = ipaddress.IPv4Network(net.attrs["IPAM"]["Config"][0]["Subnet"])

@@ -45,9 +45,9 @@ def test_an_in_memory_node_keeps_its_docker_store_on_a_tmpfs_and_has_no_volume()
 def test_nodes_are_numbered_from_one_at_fixed_host_numbers() -> None:
     nodes = cluster.plan_nodes("cn-x", ipaddress.IPv4Network("10.88.0.0/24"), 3)
     assert [(n.name, n.container, n.address, n.url) for n in nodes] == [
-        ("node1", "cn-x1", "10.88.0.11", "tcp://10.88.0.11:2375"),
-        ("node2", "cn-x2", "10.88.0.12", "tcp://10.88.0.12:2375"),
-        ("node3", "cn-x3", "10.88.0.13", "tcp://10.88.0.13:2375"),
+        ("node1", "cn-x1", "10.88.0.11", "tcp://10.88.0.11:2376"),
+        ("node2", "cn-x2", "10.88.0.12", "tcp://10.88.0.12:2376"),
+        ("node3", "cn-x3", "10.88.0.13", "tcp://10.88.0.13:2376"),
     ]
 
 
@@ -70,9 +70,11 @@ def test_the_engines_file_names_every_node_with_node1_the_manager(tmp_path: Path
     written = enginesfile.save(cluster.cluster_engines(path, "maillab-node", nodes))
     back = enginesfile.load(str(written))
     assert back is not None
+    tls = cluster.client_tls(path, "maillab-node")
+    assert tls.key == tmp_path / "maillab-node-tls" / "key.pem"  # beside the engines file
     assert [(e.name, e.url, e.capacity, e.tls) for e in back.entries] == [
-        ("node1", "tcp://10.88.0.11:2375", enginesfile.DEFAULT_CAPACITY // 2, None),
-        ("node2", "tcp://10.88.0.12:2375", enginesfile.DEFAULT_CAPACITY // 2, None),
+        ("node1", "tcp://10.88.0.11:2376", enginesfile.DEFAULT_CAPACITY // 2, tls),
+        ("node2", "tcp://10.88.0.12:2376", enginesfile.DEFAULT_CAPACITY // 2, tls),
     ]
     assert (back.manager, back.cluster) == ("node1", "maillab-node")
 
@@ -128,3 +130,23 @@ def test_a_node_count_out_of_range_is_refused(nodes: int, tmp_path: Path) -> Non
 def test_a_bad_cluster_name_is_refused(prefix: str) -> None:
     with pytest.raises(LabctlError, match="is not a cluster name"):
         cluster.check_prefix(prefix)
+
+
+def test_each_node_gets_its_own_server_certificate_and_labctl_a_client_one(tmp_path: Path) -> None:
+    from cryptography import x509
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    nodes = cluster.plan_nodes("cn-x", ipaddress.IPv4Network("10.88.0.0/24"), 2)
+    tls = cluster.make_tls("cn-x", nodes)
+    files = tls.node_files(nodes[1])
+    assert set(files) == {f"{cluster.NODE_TLS_DIR}/{n}" for n in ("ca.pem", "server.pem", "server-key.pem")}
+    server = x509.load_pem_x509_certificate(files[f"{cluster.NODE_TLS_DIR}/server.pem"])
+    sans = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert [str(a) for a in sans.get_values_for_type(x509.IPAddress)] == ["10.88.0.12"]  # node2's address
+    assert sans.get_values_for_type(x509.DNSName) == ["cn-x2"]
+    client = tls.client.certificate
+    usage = client.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(usage) == [ExtendedKeyUsageOID.CLIENT_AUTH]
+    written = cluster.write_client_tls(tmp_path / "engines.yml", "cn-x", tls)
+    assert written.key.stat().st_mode & 0o777 == 0o600 and written.ca.parent.stat().st_mode & 0o777 == 0o700
+    assert written.ca.read_text() == tls.ca.cert_pem
