@@ -6,7 +6,7 @@ uses the one engine DOCKER_HOST (or the local socket) names, as it always did.
 
     # written by `labctl engines add`; edit by hand if you like
     engines:
-      node1: {url: "tcp://10.88.0.2:2375", capacity: 20}
+      node1: {url: "tcp://10.20.0.5:2375", capacity: 20}   # plain TCP: only on a network you trust
       lab-a: {url: "ssh://teacher@lab-a.example", capacity: 40}
       lab-b:
         url: "tcp://lab-b.example:2376"
