@@ -106,6 +106,21 @@ def test_a_command_for_a_lab_on_no_engine_says_which_labs_there_are(cluster: Pat
     assert "lab 'cl-nowhere' is on none of the engines in" in missing.stderr and "labctl up --lab" in missing.stderr
 
 
+def test_an_engine_added_by_hand_with_tls_answers_and_is_listed(cluster: Path, tmp_path: Path) -> None:
+    node1 = enginesfile.parse(cluster, cluster.read_text()).get("node1")
+    assert node1.tls is not None
+    mine = tmp_path / "mine.yml"
+    added = labctl(mine, "engines", "add", "room-a", node1.url, "--capacity", "3", "--tls-ca", str(node1.tls.ca),
+                   "--tls-cert", str(node1.tls.cert), "--tls-key", str(node1.tls.key))
+    assert "engine room-a answers at" in added.stderr and "up to 3 labs" in added.stdout
+    listed = labctl(mine, "engines", "list")
+    assert "room-a" in listed.stdout and "did not answer" not in listed.stdout and "MiB" in listed.stdout
+    without = labctl(tmp_path / "no-tls.yml", "engines", "add", "bare", node1.url, check=False)
+    assert without.returncode == 1 and "cannot reach the Docker engine" in without.stderr  # TLS is required
+    labctl(mine, "engines", "remove", "room-a")
+    assert "room-a" not in mine.read_text()
+
+
 # -- step B: one lab over both nodes ------------------------------------------------------------
 
 
