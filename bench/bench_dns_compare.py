@@ -12,7 +12,7 @@ summary gives the median and the range (min-max) of each side and of the per-rou
 load average before and after. Target (issue 17): ours at least 1.0x NSD's queries/s, with an
 average latency at most NSD's.
 
-    python bench/bench_dns_compare.py [--seconds 10] [--rounds 5]
+    python bench/bench_dns_compare.py [--seconds 10] [--rounds 5] [--prefix bench]
 """
 
 from __future__ import annotations
@@ -74,11 +74,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=10, help="length of each dnsperf run")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--prefix", default="bench", help="lab name prefix (labs are PREFIX-dns-SIDE)")
     args = parser.parse_args()
 
     client = engine.connect()
     images = ImageBuilder(client).images({"lab", "reference"})
-    labs = {"ours": Lab(client, "bench-dns-ours"), "nsd": Lab(client, "bench-dns-nsd")}
+    labs = {side: Lab(client, f"{args.prefix}-dns-{side}") for side in SIDES}
     topos = {"ours": with_dnsperf(topology.load()), "nsd": topology.load_overlay(topology.load(), REFERENCE)}
     runs: dict[str, list[dict[str, float]]] = {side: [] for side in SIDES}
     try:
