@@ -155,3 +155,16 @@ def test_the_server_without_batches_answers_alike(loop: Loop) -> None:  # noqa: 
     finally:
         loop.run(singly.close())
         loop.run(batched.close())
+
+
+def test_the_slots_cost_only_the_pages_written(server_socket: socket.socket) -> None:
+    """64 receive slots of 64 KiB are 4 MiB of address space, not of memory."""
+
+    def rss_kib() -> int:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
+
+    before = rss_kib()
+    batches = [open_batch(server_socket, 64) for _ in range(4)]
+    assert all(b is not None for b in batches)
+    assert rss_kib() - before < 4 * 1024  # four batches, less than one's slots would take if kept
