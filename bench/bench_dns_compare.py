@@ -12,7 +12,7 @@ summary gives the median and the range (min-max) of each side and of the per-rou
 load average before and after. Target (issue 17): ours at least 1.0x NSD's queries/s, with an
 average latency at most NSD's.
 
-    python bench/bench_dns_compare.py [--seconds 10] [--rounds 5]
+    python bench/bench_dns_compare.py [--seconds 10] [--rounds 5] [--prefix bench]
 """
 
 from __future__ import annotations
@@ -65,6 +65,9 @@ def dnsperf(lab: Lab, seconds: int) -> dict[str, float]:
             raise SystemExit(f"{lab.name}: no {label!r} in dnsperf's output:\n{text}")
         return float(m.group(1))
 
+    codes = re.search(r"Response codes:\s+(.*)", text)
+    if codes is None or "REFUSED" in codes.group(1) or "SERVFAIL" in codes.group(1):
+        raise SystemExit(f"{lab.name}: the mix is meant to be answered from the lab's zones, and was not:\n{text}")
     return {"qps": field("Queries per second"), "sent": field("Queries sent"),
             "completed": field("Queries completed"), "lost": field("Queries lost"),
             "latency_ms": field("Average Latency \\(s\\)") * 1000}
@@ -74,17 +77,20 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=10, help="length of each dnsperf run")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--prefix", default="bench", help="lab name prefix (labs are PREFIX-dns-SIDE)")
     args = parser.parse_args()
 
     client = engine.connect()
     images = ImageBuilder(client).images({"lab", "reference"})
-    labs = {"ours": Lab(client, "bench-dns-ours"), "nsd": Lab(client, "bench-dns-nsd")}
+    labs = {side: Lab(client, f"{args.prefix}-dns-{side}") for side in SIDES}
     topos = {"ours": with_dnsperf(topology.load()), "nsd": topology.load_overlay(topology.load(), REFERENCE)}
     runs: dict[str, list[dict[str, float]]] = {side: [] for side in SIDES}
     try:
         for side in SIDES:
             labs[side].down()
-            labs[side].up(topos[side], images)
+            # The lab may get another subnet than the topology's (another lab holds it): the PTR
+            # names must be those of the addresses it really has, or they ask outside its zones.
+            topos[side] = labs[side].up(topos[side], images).topology
             labs[side].exec("andy", ["sh", "-c", "cat > /tmp/queries"], stdin=queries(topos[side]).encode())
         for side in SIDES:
             dnsperf(labs[side], 2)  # the warm-up: first queries, caches, the ARP entries

@@ -86,6 +86,8 @@ META_QTYPES: dict[dns.rdatatype.RdataType, tuple[Rcode, str]] = {
     T.MAILA: (Rcode.NOTIMP, "MAILA is obsolete"),
     T.MAILB: (Rcode.NOTIMP, "MAILB is obsolete"),
 }
+# The note of a REFUSED for a name in no lab zone: a well-formed question like any other (cache.py keeps it).
+OUTSIDE_NOTE = "outside the lab zones"
 # What the additional section carries for each MX exchange and NS target (RFC 1035 §3.3.9, §3.3.11).
 ADDRESS_TYPES = (T.A, T.AAAA)
 
@@ -153,7 +155,7 @@ def _respond(msg: dns.message.Message, zones: Zones, transport: Literal["udp", "
         return _finish(response, rcode, transport, msg, note=why)
     zone = zones.find(question.name)
     if zone is None:
-        return _finish(response, Rcode.REFUSED, transport, msg, note="outside the lab zones")
+        return _finish(response, Rcode.REFUSED, transport, msg, note=OUTSIDE_NOTE)
     response.flags |= dns.flags.AA
     rcode = _resolve(response, zones, zone, question.name, question.rdtype)
     return _finish(response, rcode, transport, msg)

@@ -17,7 +17,7 @@ import logging
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ import dns.rdatatype
 
 from services import config, runtime
 from services.dns.answer import Reply
+from services.dns.batch import DATAGRAM_MAX, Batch, open_batch
 from services.dns.cache import Answerer
 from services.dns.zones import Zone, ZoneError, Zones, load_dir
 
@@ -53,20 +54,25 @@ class _QueryLog:
         self._unlogged = 0
 
     def __call__(self, transport: str, addr: Any, reply: Reply) -> None:
+        self.many(transport, (reply,), lambda _: addr)
+
+    def many(self, transport: str, replies: Sequence[Reply], peer: Callable[[int], Any]) -> None:
+        """Log a burst of replies; ``peer(i)``, the address reply i goes to, is asked only for a line written."""
         second = int(self._clock())
         if second != self._second:
             if self._unlogged:
                 log.info("... and %d more queries in that second (the log shows at most %d a second)",
                          self._unlogged, QUERY_LOG_PER_SECOND)
             self._second, self._logged, self._unlogged = second, 0, 0
-        if reply.bug is not None:
-            log.error("internal error answering %s from %s:\n%s", reply.qname, _client(addr), reply.bug.rstrip())
-        if self._logged < QUERY_LOG_PER_SECOND:
-            self._logged += 1
-            note = f" ({reply.note})" if reply.note else ""
-            log.info("%s %s %s %s %s%s", transport, _client(addr), reply.qname, reply.qtype, reply.rcode, note)
-        else:
-            self._unlogged += 1
+        for i, reply in enumerate(replies):
+            if reply.bug is not None:
+                log.error("internal error answering %s from %s:\n%s", reply.qname, _client(peer(i)), reply.bug.rstrip())
+            if self._logged < QUERY_LOG_PER_SECOND:
+                self._logged += 1
+                note = f" ({reply.note})" if reply.note else ""
+                log.info("%s %s %s %s %s%s", transport, _client(peer(i)), reply.qname, reply.qtype, reply.rcode, note)
+            else:
+                self._unlogged += 1
 
 
 _log_reply = _QueryLog()
@@ -77,32 +83,59 @@ def _client(addr: Any) -> str:
 
 
 UDP_BURST = 64  # datagrams answered per wake-up of the loop, before others get their turn
-UDP_MESSAGE_MAX = 65535
 
 
 class _Udp:
     """UDP, answered in bursts straight from the socket.
 
-    asyncio's datagram transport wakes the loop once per datagram; reading until the socket is
-    empty answers a burst of queries per wake-up, which is what lets the server keep up with a
-    load generator like dnsperf (design: thin shell, the answering is :class:`Answerer`'s).
+    asyncio's datagram transport wakes the loop once per datagram and makes a system call per
+    datagram each way; here a wake-up reads every datagram waiting (up to :data:`UDP_BURST`) in
+    one ``recvmmsg`` and sends their replies in one ``sendmmsg`` (``batch.py``), which is what
+    lets the server keep up with a load generator like dnsperf (design: thin shell, the answering
+    is :class:`Answerer`'s). Where those calls are missing, it reads one datagram per call.
     """
 
-    def __init__(self, sock: socket.socket, answerer: Answerer) -> None:
+    def __init__(self, sock: socket.socket, answerer: Answerer, batch: Batch | None) -> None:
         self.sock = sock
         self.answerer = answerer
+        self.batch = batch
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        loop.add_reader(self.sock.fileno(), self._readable)
+        loop.add_reader(self.sock.fileno(), self._readable if self.batch is not None else self._readable_singly)
 
     def close(self, loop: asyncio.AbstractEventLoop) -> None:
         loop.remove_reader(self.sock.fileno())
         self.sock.close()
 
     def _readable(self) -> None:
+        batch = self.batch
+        assert batch is not None
+        for _ in range(UDP_BURST):  # bounded like the one-by-one loop, should the socket keep erring
+            try:
+                datagrams = batch.receive()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # an ICMP error for an earlier reply (the client's port is gone)
+                log.info("udp: %s", exc)
+                continue
+            answerer = self.answerer
+            replies: list[Reply] = []
+            for slot, data in enumerate(datagrams):
+                try:
+                    replies.append(answerer.respond(data, transport="udp"))
+                except Exception:  # a bug of ours must not stop the server: log it, keep serving
+                    log.exception("udp %s: internal error", _client(batch.peer(slot)))
+                    replies.append(Reply(None, rcode="dropped", note="internal error"))
+            _log_reply.many("udp", replies, batch.peer)
+            # Send buffer full, or the client unreachable: UDP drops, the client asks again.
+            for slot, error in batch.send([reply.wire for reply in replies]):
+                log.info("udp %s: reply not sent: %s", _client(batch.peer(slot)), error)
+            return
+
+    def _readable_singly(self) -> None:
         for _ in range(UDP_BURST):
             try:
-                data, addr = self.sock.recvfrom(UDP_MESSAGE_MAX)
+                data, addr = self.sock.recvfrom(DATAGRAM_MAX)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:  # an ICMP error for an earlier reply (the client's port is gone)
@@ -221,8 +254,12 @@ async def start(
     *,
     idle_timeout: float = TCP_IDLE_TIMEOUT,
     max_tcp_connections: int = TCP_CONNECTIONS_MAX,
+    batched: bool = True,
 ) -> DnsServer:
-    """Serve ``zones`` on UDP and TCP ``host:port`` (port 0: a free port, the same for both)."""
+    """Serve ``zones`` on UDP and TCP ``host:port`` (port 0: a free port, the same for both).
+
+    ``batched=False`` reads one datagram per call, as where ``recvmmsg`` is missing.
+    """
     loop = asyncio.get_running_loop()
     answerer = Answerer(zones)
     tcp = _Tcp(answerer, idle_timeout, max_tcp_connections)
@@ -245,7 +282,7 @@ async def start(
             continue
         log.info("DNS server listening on %s port %d (udp, tcp) for %s", host, bound,
                  ", ".join(z.origin.to_text(omit_final_dot=True) for z in zones))
-        udp = _Udp(sock, answerer)
+        udp = _Udp(sock, answerer, open_batch(sock, UDP_BURST) if batched else None)
         udp.start(loop)
         return DnsServer(bound, udp, tcp_server, tcp)
     raise AssertionError("unreachable: the last attempt returns or raises")

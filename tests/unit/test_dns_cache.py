@@ -169,3 +169,15 @@ def test_the_query_log_counts_what_it_does_not_show(caplog: pytest.LogCaptureFix
     lines = [r.getMessage() for r in caplog.records]
     assert sum("stevenchoy.example. MX NOERROR" in line for line in lines) == server.QUERY_LOG_PER_SECOND + 1
     assert f"... and 30 more queries in that second (the log shows at most {server.QUERY_LOG_PER_SECOND}" in lines[-2]
+
+
+def test_a_question_outside_the_lab_zones_is_kept_with_its_note() -> None:
+    answerer = Answerer(zones())
+    first = answerer.respond(query("www.example.com", "A", 1), transport="udp")
+    assert (first.rcode, first.note) == ("REFUSED", "outside the lab zones")
+    assert len(answerer._learned) == 1
+    again = answerer.respond(query("WWW.Example.com", "A", 2), transport="udp")
+    assert again == respond(query("WWW.Example.com", "A", 2), zones(), transport="udp")
+    # Refused for another reason (a class, a transfer): answered afresh each time, as before.
+    answerer.respond(query("stevenchoy.example", "AXFR", 3), transport="udp")
+    assert len(answerer._learned) == 1
