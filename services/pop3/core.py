@@ -34,7 +34,7 @@ from services.actions import Action, Close, Log, Send, StartTls, Wait
 from services.errors import PeerError
 from services.logins import LoginLimits
 from services.smtp.session import TlsOffer  # one meaning of a listener's TLS, for SMTP, POP3 and IMAP
-from services.textwire import stuff_lines, wire_lines, wire_size
+from services.textwire import pop3_form, stuff_lines, stuff_text, wire_lines, wire_size
 
 # -- limits -----------------------------------------------------------------------------------
 
@@ -214,6 +214,7 @@ class _Reply:
     ok: bool
     text: str
     lines: Sequence[bytes] | None = None  # the body of a multi-line reply, before dot-stuffing
+    body: bytes | None = None  # or the same in one piece, CRLF lines (RETR: textwire.pop3_form)
     delay: float = 0.0  # seconds to hold the reply back
     close: bool = False
     note: str = ""  # for the log line only
@@ -405,14 +406,17 @@ class Session:
         return _Reply(False, text)
 
     def _answer(self, shown: str, reply: _Reply, multiline_expected: bool | None = None) -> list[Action]:
-        if multiline_expected is not None and reply.ok and multiline_expected != (reply.lines is not None):
+        multiline = reply.lines is not None or reply.body is not None
+        if multiline_expected is not None and reply.ok and multiline_expected != multiline:
             # A bug of ours: the client (and the traffic decoder) would frame this answer wrongly.
             raise AssertionError(f"{shown}: answer framing disagrees with MULTILINE_ANSWERS")
         status = "+OK" if reply.ok else "-ERR"
         if reply.text:
             status += " " + reply.text
         data = f"{status}\r\n".encode()
-        if reply.lines is not None:
+        if reply.body is not None:
+            data += stuff_text(reply.body)
+        elif reply.lines is not None:
             data += stuff_lines(reply.lines)
         note = f" ({reply.note})" if reply.note else ""
         actions: list[Action] = [Log(f"{shown} -> {status}{note}")]
@@ -606,8 +610,8 @@ class Session:
     def _retr(self, args: list[bytes], rest: bytes) -> _Reply:
         self._arity("RETR", args, 1, 1)
         index = self._message(args[0])
-        lines = wire_lines(self._read(index))
-        return _Reply(True, f"{sum(len(line) + 2 for line in lines)} octets", lines=lines)
+        body = pop3_form(self._read(index))
+        return _Reply(True, f"{len(body)} octets", body=body)
 
     def _top(self, args: list[bytes], rest: bytes) -> _Reply:
         self._arity("TOP", args, 2, 2)

@@ -703,3 +703,26 @@ def test_sizes_the_mailbox_knows_are_not_read_at_login() -> None:
 def test_a_uid_is_the_unique_part_of_a_maildir_name() -> None:
     assert uid_for_key("1796163944.M791731P30270Q1.mail.stevenchoy.example,S=80,W=85") == \
         "1796163944.M791731P30270Q1.mail.stevenchoy.example"
+
+
+# RETR's text in one piece (textwire.pop3_form, stuff_text) must be the line-by-line framing
+# octet for octet, on any stored bytes: LF or CRLF ends, bare CRs, a CR before the end, leading dots.
+_STORED = st.lists(st.sampled_from([b"a", b".", b"..", b"\r", b"\n", b"\r\n", b" ", b"x.y"]), max_size=40).map(b"".join)
+
+
+@given(_STORED)
+@settings(max_examples=3000, deadline=None)
+def test_retr_in_one_piece_is_the_line_by_line_framing(message: bytes) -> None:
+    from services.textwire import pop3_form, stuff_text
+
+    lines = wire_lines(message)
+    assert pop3_form(message) == b"".join(line + b"\r\n" for line in lines)
+    assert len(pop3_form(message)) == wire_size(message)
+    assert stuff_text(pop3_form(message)) == stuff_lines(lines)
+
+
+@pytest.mark.parametrize("message", [b"", b"\n", b".", b".\n.\n", b"abc\r", b"a\r\r\nb", b"\r\n.\r\n", b"x\ny"])
+def test_retr_in_one_piece_edge_cases(message: bytes) -> None:
+    from services.textwire import pop3_form, stuff_text
+
+    assert stuff_text(pop3_form(message)) == stuff_lines(wire_lines(message))
