@@ -14,10 +14,13 @@ from __future__ import annotations
 import datetime
 import hashlib
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from labctl import tlsca
 from labctl.topology import HostSpec, Topology
 from services import config as svc
+
+if TYPE_CHECKING:  # the certificates are made by `up --tls` only: every other command skips cryptography (50 ms)
+    from labctl import tlsca
 
 LABEL_TLS_CA = "org.maillab.tls-ca"  # SHA-256 of the lab CA certificate (DER), first 16 hex digits
 LABEL_TLS_UNTIL = "org.maillab.tls-ca-until"  # its notAfter, ISO 8601 UTC
@@ -67,6 +70,8 @@ def issue(lab: str, topo: Topology) -> LabTls:
     """A new CA for ``lab`` (name-constrained to its zones) and a leaf per server host, with the
     host's FQDN and lab address (a client connecting by address verifies too)."""
     zones = svc.lab_zones([d.name for d in topo.domains], [h.fqdn for h in topo.hosts])
+    from labctl import tlsca
+
     ca = tlsca.make_ca(lab, zones)
     return LabTls(ca, {h.name: tlsca.make_leaf(ca, h.fqdn, [str(h.address)]) for h in topo.tls_servers})
 
