@@ -512,6 +512,10 @@ class Spool:
                 log.debug("skipping %s: %s", path.name, exc)
         return entries
 
+    def count(self) -> int:
+        """How many messages the disk holds committed, by name only: nothing is read or parsed."""
+        return sum(1 for _ in os.scandir(self._msg))
+
     def entries(self) -> list[QueueEntry]:
         """Every message in the queue, oldest first, read from the disk."""
         return sorted(self._scan(), key=lambda e: (e.queued_at, e.id))

@@ -164,7 +164,8 @@ class Servers:
         return len(self.mx_mailbox.keys())
 
     def mta_queued(self) -> int:
-        return len(self.spool.entries())
+        # By name: loading every entry made each case cost more than the last (hours at 20,000).
+        return self.spool.count()
 
     def close(self) -> None:
         closers = [lst.close for lst in self.listeners] + [server_closer(s) for s in self.pop3_servers]
