@@ -8,7 +8,11 @@ under 2 s. And `labctl up --tls` in the same rounds (issue 12): what the lab CA,
 certificates and each host's trust-store step add to `up`, target under 100 ms; beside it the
 time of making the CA and certificates alone (labctl.labtls.issue).
 
-    python bench/bench_up.py [--rounds N]
+    python bench/bench_up.py [--rounds N] [--before DIR]
+
+``--before DIR``: a checkout of an earlier labctl (``git worktree add /tmp/before <commit>``); its
+`labctl up` (with its own image, built first) takes a turn in every round, so a change is shown
+against the code before it under the same load, not against a figure of another day.
 
 The image must be built already (`labctl image build`); the benchmark builds it if not.
 """
@@ -16,6 +20,7 @@ The image must be built already (`labctl image build`); the benchmark builds it 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -61,9 +66,10 @@ def floor_down(client: DockerEngine, name: str) -> None:
         api.remove_network(n["Id"])
 
 
-def timed(argv: list[str]) -> float:
+def timed(argv: list[str], cwd: Path | None = None) -> float:
+    env = None if cwd is None else {**os.environ, "PYTHONPATH": str(cwd)}
     started = time.perf_counter()
-    subprocess.run(argv, check=True, capture_output=True)
+    subprocess.run(argv, check=True, capture_output=True, cwd=cwd, env=env)
     return time.perf_counter() - started
 
 
@@ -71,13 +77,17 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--prefix", default="bench", help="lab name prefix (labs are PREFIX-N)")
+    parser.add_argument("--before", type=Path, metavar="DIR",
+                        help="a checkout of the code before: its `labctl up` takes a turn in every round")
     args = parser.parse_args()
 
     client = engine.connect()
     image = ImageBuilder(client).ensure()
     topo = topology.load()
     labctl = [sys.executable, "-m", "labctl"]
-    floors, ups_cli, ups_lib, downs_cli, ups_tls = [], [], [], [], []
+    floors, ups_cli, ups_lib, downs_cli, ups_tls, ups_before = [], [], [], [], [], []
+    if args.before:
+        timed([*labctl, "image", "build"], cwd=args.before.resolve())
     for i in range(args.rounds):
         name = f"{args.prefix}-{i}"
         # The floor's network on a subnet no other lab holds, chosen as `labctl up` chooses (the
@@ -88,6 +98,9 @@ def main() -> int:
 
         ups_cli.append(timed([*labctl, "up", "--lab", name]))
         downs_cli.append(timed([*labctl, "down", "--lab", name]))
+        if args.before:
+            ups_before.append(timed([*labctl, "up", "--lab", name], cwd=args.before.resolve()))
+            timed([*labctl, "down", "--lab", name], cwd=args.before.resolve())
         ups_tls.append(timed([*labctl, "up", "--lab", name, "--tls"]))
         timed([*labctl, "down", "--lab", name])
 
@@ -115,6 +128,11 @@ def main() -> int:
           f"  ratio {up_cli / floor:.2f}x")
     print(f"  labctl up, the library call (same work, no process start):               {up_lib:.2f} s"
           f"  ratio {up_lib / floor:.2f}x")
+    if ups_before:
+        before = statistics.median(ups_before)
+        rounds = ", ".join(f"{b:.2f}/{o:.2f}" for b, o in zip(ups_before, ups_cli, strict=True))
+        print(f"  labctl up, the command, from {args.before} (same rounds): {before:.2f} s  ratio "
+              f"{before / floor:.2f}x; ours/before {up_cli / before:.2f}x (rounds, before/ours: {rounds} s)")
     print(f"  labctl down, the command:                                                 {down:.2f} s")
     print(f"  labctl up --tls, the command:                                             {up_tls:.2f} s"
           f"  adds {(up_tls - up_cli) * 1000:.0f} ms (per round: "

@@ -28,13 +28,19 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from labctl import enginesfile, image, subnets, tlsca
+from labctl import enginesfile, image, subnets
 from labctl.backend import ContainerInfo, ContainerSpec, Engine, EngineError, SwarmState
 from labctl.enginesfile import DEFAULT_CAPACITY, EngineEntry, Engines, EngineTls
 from labctl.errors import DockerUnavailable, LabctlError
 from labctl.events import Notice, Reporter, Stage, ignore
 from labctl.lab import parallel, tar_of
+
+# Certificates are made by `cluster create` only; the parser imports this module for its defaults,
+# so every other command would pay for cryptography's x509 (about 40 ms).
+if TYPE_CHECKING:
+    from labctl import tlsca
 
 DEFAULT_PREFIX = "maillab-node"
 PREFIX = re.compile(r"[a-z][a-z0-9-]{0,29}")  # room for "<prefix>8-docker" in Docker's names
@@ -154,6 +160,8 @@ class NodeTls:
 
 
 def make_tls(prefix: str, nodes: Sequence[Node]) -> NodeTls:
+    from labctl import tlsca
+
     ca = tlsca.make_ca(f"cluster {prefix}", (), days=TLS_DAYS)
     return NodeTls(ca, {n.name: tlsca.make_leaf(ca, n.container, [n.address], days=TLS_DAYS) for n in nodes},
                    tlsca.make_leaf(ca, "labctl", days=TLS_DAYS, client=True))

@@ -399,16 +399,20 @@ class Lab:
                 targets.append(f"{proto}:{h.address}:{port}{zone}")
         if not targets:
             return
-        nameserver = next((h for h in self.status() if h.kind == "dns" and h.state == "running"), None)
+        def name_server(among: list[HostStatus]) -> HostStatus | None:
+            return next((h for h in among if h.kind == "dns" and h.state == "running"), None)
+
+        # From the hosts just looked at when they hold it (all of `up`'s): one engine call fewer.
+        nameserver = name_server(hosts) or name_server(self.status())
         if nameserver is None:
             raise ReadinessError(f"lab {self.name!r} has no running name server to probe from; "
                                  f"see `labctl logs ns --lab {self.name}`")
         started = time.monotonic()
         result = self.exec_in(nameserver, ["python3", "-m", "services", "probe",
                                            "--timeout", str(READY_TIMEOUT), *targets])
+        answered = [json.loads(line) for line in result.stdout.decode().splitlines() if line.startswith("{")]
         if result.exit_code != 0:
-            lines = [json.loads(line) for line in result.stdout.decode().splitlines() if line.startswith("{")]
-            failed = [f"{r['target']}: {r['detail']}" for r in lines if not r["ready"]]
+            failed = [f"{r['target']}: {r['detail']}" for r in answered if not r["ready"]]
             dead = [h for h in self.status() if h.state != "running"]
             detail = "\n  ".join(failed or [result.stderr.decode(errors="replace").strip()])
             hint = ""
@@ -419,7 +423,9 @@ class Lab:
                 f"lab {self.name!r} did not become ready within {READY_TIMEOUT:.0f} s:\n  {detail}{hint}\n"
                 f"See `labctl logs HOST --lab {self.name}`."
             )
-        self.report(Stage("ready", f"every service answered ({time.monotonic() - started:.2f} s)"))
+        last = max(answered, key=lambda r: float(r.get("after", 0.0)), default=None)
+        slowest = f"; last {last['target']} after {float(last['after']):.2f} s of probing" if last else ""
+        self.report(Stage("ready", f"every service answered ({time.monotonic() - started:.2f} s{slowest})"))
 
     # -- one host ----------------------------------------------------------------------------
 

@@ -15,9 +15,12 @@ loses none (``logging.shutdown`` flushes every handler).
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from typing import TextIO
+import sys
+from typing import TYPE_CHECKING, TextIO
+
+if TYPE_CHECKING:
+    import asyncio
 
 FLUSH_DELAY = 0.02  # seconds: far below what anyone watching `labctl logs -f` can notice
 
@@ -38,8 +41,11 @@ class CoalescingHandler(logging.StreamHandler):  # type: ignore[type-arg]
         except Exception:
             self.handleError(record)
             return
+        # A process that never imported asyncio runs no event loop: looked up, not imported, so a
+        # host without one (a MUA host) starts without asyncio.
+        aio = sys.modules.get("asyncio")
         try:
-            loop = asyncio.get_running_loop()
+            loop = aio.get_running_loop() if aio is not None else None
         except RuntimeError:
             loop = None
         if loop is None or loop.is_closed():

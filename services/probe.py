@@ -15,13 +15,15 @@ import argparse
 import json
 import os
 import socket
-import ssl
 import struct
 import sys
+import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+
+# Imports are few and light on purpose: the probe starts while the lab's five servers start on the
+# same cores, and its start is on the path of every `labctl up`. ssl is imported for a TLS target
+# only; plain threads rather than concurrent.futures (logging, 8 ms) and no dataclasses (6 ms).
 
 # What each role serves, as (protocol, port): the probe targets and the `labctl status` table.
 ROLE_SERVICES: dict[str, tuple[tuple[str, int], ...]] = {
@@ -54,15 +56,18 @@ def role_services(role: str, *, tls: bool) -> tuple[tuple[str, int], ...]:
 
 
 ATTEMPT_TIMEOUT = 0.5  # one connect or query; the whole probe has its own deadline
-POLL_INTERVAL = 0.05  # a service that is still starting gets asked again this soon
+POLL_INTERVAL = 0.02  # a service that is still starting gets asked again this soon
 
 
-@dataclass(frozen=True)
 class Target:
-    kind: str  # dns | smtp | pop3 | imap | smtps | pop3s | imaps
-    address: str
-    port: int
-    zone: str = ""  # for dns: a zone the server must be authoritative for
+    __slots__ = ("kind", "address", "port", "zone")
+
+    def __init__(self, kind: str, address: str, port: int, zone: str = "") -> None:
+        self.kind = kind  # dns | smtp | pop3 | imap | smtps | pop3s | imaps
+        self.address = address
+        self.port = port
+        self.zone = zone  # for dns: a zone the server must be authoritative for
+
 
     @classmethod
     def parse(cls, text: str) -> Target:
@@ -80,7 +85,11 @@ def _greeting(target: Target, expect: bytes, quit_line: bytes, *, tls: bool = Fa
     certificate is checked against the host's trust store (the lab CA is in it): a port that
     answers with a certificate clients would refuse is not ready."""
     with socket.create_connection((target.address, target.port), timeout=ATTEMPT_TIMEOUT) as raw:
-        s = ssl.create_default_context().wrap_socket(raw, server_hostname=target.address) if tls else raw
+        s = raw
+        if tls:
+            import ssl
+
+            s = ssl.create_default_context().wrap_socket(raw, server_hostname=target.address)
         f = s.makefile("rb")
         line = f.readline(1024)
         if not line.startswith(expect):
@@ -158,8 +167,17 @@ def probe(targets: list[Target], timeout: float) -> list[dict[str, object]]:
     """Poll every target at once: a host still starting (its address not yet answering ARP, so a
     connect waits out its timeout) must not hold up the answer of the others."""
     started = time.monotonic()
-    with ThreadPoolExecutor(max_workers=max(len(targets), 1)) as pool:
-        return list(pool.map(lambda t: _poll(t, started, started + timeout), targets))
+    results: list[dict[str, object]] = [{} for _ in targets]
+
+    def poll(i: int) -> None:
+        results[i] = _poll(targets[i], started, started + timeout)
+
+    threads = [threading.Thread(target=poll, args=(i,), daemon=True) for i in range(len(targets))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
 
 
 def main(argv: list[str]) -> int:

@@ -17,7 +17,6 @@ one datagram per call as before.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import mmap
 import os
@@ -56,7 +55,9 @@ def _libc_calls() -> tuple[object, object] | None:
     if not sys.platform.startswith("linux"):
         return None
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        # The process's own symbols, libc's among them: ctypes.util.find_library would run
+        # `ldconfig -p` in a subprocess at every start of the name server.
+        libc = ctypes.CDLL(None, use_errno=True)
         recv, send = libc.recvmmsg, libc.sendmmsg
     except (OSError, AttributeError):
         return None

@@ -15,8 +15,7 @@ def main(argv: list[str], role: str = "mua") -> int:
     if cfg is None:
         return 1
     what = "mail user agent" if role == "mua" else "outside client"
-    runtime.log.info("%s host %s ready", what, cfg.this.fqdn)
-    return runtime.serve(runtime.forever)
+    return runtime.wait_for_signal(lambda: runtime.log.info("%s host %s ready", what, cfg.this.fqdn))
 
 
 def main_client(argv: list[str]) -> int:

@@ -15,7 +15,6 @@ A reloaded file keeps the count and the start of each rule it still holds (rules
 
 from __future__ import annotations
 
-import asyncio
 import fnmatch
 import json
 import logging
@@ -25,10 +24,13 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from services.errors import LocalError
 from services.smtp.wire import Reply
+
+if TYPE_CHECKING:  # labctl imports this module for STAGES: no event loop there, so no asyncio
+    import asyncio
 
 log = logging.getLogger("services.smtp.faults")
 
