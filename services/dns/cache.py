@@ -73,6 +73,13 @@ class _Entry(NamedTuple):
         return cls(wire[2:HEADER_LEN], wire[question_end:], query[HEADER_LEN:question_end], reply)
 
 
+class Precomputed(NamedTuple):
+    """What :meth:`Answerer.precomputed` makes: the kept replies by key, and by exact octets."""
+
+    made: dict[tuple[Transport, bytes], _Entry]
+    as_made: dict[bytes, tuple[bytes, tuple[str, str, str, str, None]]]
+
+
 def _key(query: bytes, transport: Transport) -> tuple[tuple[Transport, bytes], int] | None:
     """What a kept reply is found by, and where the question ends; None if no reply can be kept.
 
@@ -96,7 +103,10 @@ class Answerer:
     Replace the whole object when the zones change: its replies belong to them.
     """
 
-    def __init__(self, zones: Zones, entries: int = CACHE_ENTRIES) -> None:
+    def __init__(self, zones: Zones, entries: int = CACHE_ENTRIES, *, precompute: bool = True) -> None:
+        """``precompute=False``: answer with :func:`respond` until :meth:`adopt` is given
+        :meth:`precomputed` (the server makes them on a worker thread once it is listening, so that
+        a name server starting beside four other hosts answers at once)."""
         self.zones = zones
         self._entries = entries
         self._made: dict[tuple[Transport, bytes], _Entry] = {}  # at load; only read afterwards
@@ -105,16 +115,30 @@ class Answerer:
         # ID, and the fields of its Reply after the wire). UDP only, as those made are.
         self._as_made: dict[bytes, tuple[bytes, tuple[str, str, str, str, None]]] = {}
         self._learned: OrderedDict[tuple[Transport, bytes], _Entry] = OrderedDict()
-        for query in _common_queries(zones):
+        if precompute:
+            self.adopt(self.precomputed())
+
+    def precomputed(self) -> Precomputed:
+        """The replies to every question of :func:`_common_queries`, made from the zones alone
+        (nothing of this object changes: safe on another thread)."""
+        made: dict[tuple[Transport, bytes], _Entry] = {}
+        as_made: dict[bytes, tuple[bytes, tuple[str, str, str, str, None]]] = {}
+        for query in _common_queries(self.zones):
             found = _key(query, "udp")
             assert found is not None  # dnspython writes a question plainly
             key, question_end = found
-            entry = _Entry.of(query, respond(query, zones, transport="udp"), question_end)
+            entry = _Entry.of(query, respond(query, self.zones, transport="udp"), question_end)
             if entry is not None and entry.reply.bug is None:
-                self._made[key] = entry
+                made[key] = entry
                 wire, qname, qtype, rcode, note, _ = entry.reply
                 assert wire is not None  # _Entry.of keeps none without
-                self._as_made[query[2:]] = (wire[2:], (qname, qtype, rcode, note, None))
+                as_made[query[2:]] = (wire[2:], (qname, qtype, rcode, note, None))
+        return Precomputed(made, as_made)
+
+    def adopt(self, replies: Precomputed) -> None:
+        """Answer from ``replies`` (this object's :meth:`precomputed`) from the next query on.
+        Each lookup reads one dict attribute once, so it sees the old dict or the new, whole."""
+        self._made, self._as_made = replies.made, replies.as_made
 
     def __len__(self) -> int:
         """How many replies are kept."""

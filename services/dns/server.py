@@ -225,6 +225,7 @@ class DnsServer:
     _udp: _Udp
     _tcp_server: asyncio.Server
     _tcp: _Tcp
+    _precomputing: asyncio.Task[None] | None = None
 
     @property
     def zones(self) -> Zones:
@@ -241,6 +242,8 @@ class DnsServer:
         self._tcp.answerer = answerer
 
     async def close(self) -> None:
+        if self._precomputing is not None:
+            await self._precomputing  # a worker thread is not cancelled midway: let it finish
         self._udp.close(asyncio.get_running_loop())
         self._tcp_server.close()
         await self._tcp.close_all()
@@ -261,7 +264,10 @@ async def start(
     ``batched=False`` reads one datagram per call, as where ``recvmmsg`` is missing.
     """
     loop = asyncio.get_running_loop()
-    answerer = Answerer(zones)
+    # The replies kept per question are made once the sockets listen, on a worker thread: making
+    # them first (64 ms of CPU for the lab's zones) held the name server's first answer back, and
+    # it was the last service `labctl up` waited for. Until they are there, respond() answers.
+    answerer = Answerer(zones, precompute=False)
     tcp = _Tcp(answerer, idle_timeout, max_tcp_connections)
     attempts = PORT_ATTEMPTS if port == 0 else 1
     for attempt in range(1, attempts + 1):
@@ -284,8 +290,17 @@ async def start(
                  ", ".join(z.origin.to_text(omit_final_dot=True) for z in zones))
         udp = _Udp(sock, answerer, open_batch(sock, UDP_BURST) if batched else None)
         udp.start(loop)
-        return DnsServer(bound, udp, tcp_server, tcp)
+        server = DnsServer(bound, udp, tcp_server, tcp)
+        server._precomputing = loop.create_task(_precompute(answerer))
+        return server
     raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+async def _precompute(answerer: Answerer) -> None:
+    try:
+        answerer.adopt(await asyncio.to_thread(answerer.precomputed))
+    except Exception:  # our bug: the server answers on without them, each reply made when asked
+        log.exception("could not make the kept DNS replies; answering each query afresh")
 
 
 def reload(server: DnsServer, directory: Path) -> bool:

@@ -312,3 +312,40 @@ def test_the_readiness_probe_s_hand_built_query_gets_its_answer(server: DnsServe
     # A zone the server does not serve: REFUSED, never taken for ready.
     [other] = probe.probe([probe.Target.parse(f"dns:{HOST}:{server.port}:gmail.com")], timeout=0.3)
     assert other["ready"] is False and "rcode 5" in str(other["detail"]), other
+
+
+def test_answers_at_once_while_the_kept_replies_are_still_being_made(loop: Loop,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The replies kept per question are made on a worker thread after the server listens: until
+    they are there it answers each query afresh, the same octets, and then from them."""
+    from services.dns.cache import Answerer
+
+    made = threading.Event()
+    real = Answerer.precomputed
+
+    def slow(self: Answerer) -> Any:
+        made.wait(TIMEOUT)  # held until the first answers have been checked
+        return real(self)
+
+    monkeypatch.setattr(Answerer, "precomputed", slow)
+    srv = loop.run(start(ZONES, HOST, 0))
+    try:
+        answerer = srv._tcp.answerer
+        q = query("mail.stevenchoy.example", "A")
+        before = udp(srv, q)
+        assert before.rcode() == Rcode.NOERROR and before.answer
+        assert len(answerer._made) == 0  # answered afresh: nothing was made yet
+        made.set()
+        assert srv._precomputing is not None
+        loop.run(_done(srv))
+        assert len(answerer._made) > 0
+        after = udp(srv, q)
+        assert after.to_wire()[2:] == before.to_wire()[2:]  # the same reply, from what was made
+    finally:
+        made.set()
+        loop.run(srv.close())
+
+
+async def _done(srv: DnsServer) -> None:
+    assert srv._precomputing is not None
+    await srv._precomputing
