@@ -162,6 +162,7 @@ NO_AUTH_HERE = Reply(502, "5.5.1", "AUTH is offered on the submission port only"
 AUTH_NEEDS_EHLO = Reply(503, "5.5.1", "AUTH is an ESMTP command: send EHLO, not HELO")
 ALREADY_AUTHENTICATED = Reply(503, "5.5.1", "Already authenticated")
 AUTH_FAILED = Reply(535, "5.7.8", "Authentication credentials invalid")  # RFC 4954 §6
+AUTH_LINE_TOO_LONG = Reply(500, "5.5.6", "Authentication Exchange line is too long")  # RFC 4954 §4
 # RFC 5321 §3.5.3: 252 neither confirms nor denies; telling who exists helps harvesters.
 CANNOT_VRFY = Reply(252, "2.5.2", "Cannot VRFY user, but will accept message and attempt delivery")
 # RFC 3207 §4: the client must start TLS before the listener serves it; EHLO, STARTTLS, NOOP,

@@ -659,6 +659,24 @@ def test_auth_login_challenges_are_username_and_password(servers: Servers) -> No
         "235 2.7.0 Authentication successful")
 
 
+@pytest.mark.parametrize("mechanism", ["PLAIN", "LOGIN"])
+def test_an_auth_answer_longer_than_a_line_gets_500_and_the_session_goes_on(
+        servers: Servers, mechanism: str, caplog: pytest.LogCaptureFixture) -> None:
+    """RFC 4954 §4: 500 5.5.6 for an answer to a 334 longer than the server takes; the rest of that
+    line is read and dropped, not taken for commands. It was "451 internal error" with a traceback
+    (aiosmtpd's readline; the fuzz suite's case: AUTH PLAIN, then a line of NULs)."""
+    mta = servers.mta(Spool(servers.root / "spool"), relay_client=lambda ip: False)
+    wire = servers.wire(mta.port("submission"))
+    wire.command("EHLO client.example")
+    assert wire.command(f"AUTH {mechanism}").startswith("334 ")
+    with caplog.at_level(logging.ERROR):
+        assert wire.command(b"\x00" * 5000 + b" NOOP") == "500 5.5.6 Authentication Exchange line is too long"
+        assert wire.command("NOOP").startswith("250 ")  # the over-long line's tail was no command
+        assert wire.command(f"AUTH {mechanism}").startswith("334 ")  # and AUTH may be tried again
+        assert wire.command("*") == "501 5.7.0 Auth aborted"
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
 def test_a_wrong_auth_password_is_refused_after_a_growing_delay(servers: Servers) -> None:
     """As POP3's PASS (services.logins): 535 comes late, later each time; a right password at once."""
     delay = LoginDelay(first=0.3, cap=1.2)
