@@ -74,6 +74,8 @@ def drop_default_route() -> None:
     packet leaves. Docker restores the route on every start, so every start of a role does this.
     """
     for family in ("-4", "-6"):
+        if not _has_default_route(family):
+            continue  # nothing to remove: no `ip` process to start (IPv6 on a lab network, usually)
         try:
             proc = subprocess.run(["ip", family, "route", "del", "default"], capture_output=True, text=True,
                                   timeout=5, check=False)
@@ -84,6 +86,19 @@ def drop_default_route() -> None:
         if proc.returncode != 0 and "No such process" not in err and "No such file" not in err:
             log.warning("could not remove the %s default route (%s); the lab network still drops "
                         "outside traffic, but give the container NET_ADMIN to seal it", family, err)
+
+
+def _has_default_route(family: str, proc: Path = Path("/proc/net")) -> bool:
+    """Whether the kernel's routing table has a default route of ``family`` ("-4" or "-6") on a
+    real interface (IPv6's reject routes on ``lo`` do not count); True when it cannot be read."""
+    try:
+        if family == "-4":
+            rows = [line.split() for line in (proc / "route").read_text().splitlines()[1:]]
+            return any(len(r) > 7 and r[1] == "00000000" and r[7] == "00000000" for r in rows)
+        rows = [line.split() for line in (proc / "ipv6_route").read_text().splitlines()]
+        return any(len(r) == 10 and r[0] == "0" * 32 and r[1] == "00" and r[9] != "lo" for r in rows)
+    except OSError:
+        return True
 
 
 def point_resolver_at_lab_dns(cfg: LabConfig, path: Path = RESOLV_CONF) -> None:

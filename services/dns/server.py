@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import errno
 import logging
 import signal
@@ -34,6 +35,7 @@ log = logging.getLogger("services.dns")
 
 DNS_PORT = 53  # RFC 1035 §4.2: UDP and TCP alike
 TCP_IDLE_TIMEOUT = 10.0  # RFC 7766 §6.2.3: servers close idle connections after a few seconds
+PRECOMPUTE_AFTER = 1.0  # seconds after the server listens (see start)
 # RFC 7766 §6.2.2: bound what clients can hold open; a five-host lab needs a handful.
 TCP_CONNECTIONS_MAX = 64
 LENGTH_PREFIX = 2  # RFC 1035 §4.2.2: each TCP message is preceded by its length in two octets
@@ -243,7 +245,10 @@ class DnsServer:
 
     async def close(self) -> None:
         if self._precomputing is not None:
-            await self._precomputing  # a worker thread is not cancelled midway: let it finish
+            # Not needed any more; a worker thread already making them finishes on its own.
+            self._precomputing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._precomputing
         self._udp.close(asyncio.get_running_loop())
         self._tcp_server.close()
         await self._tcp.close_all()
@@ -258,15 +263,18 @@ async def start(
     idle_timeout: float = TCP_IDLE_TIMEOUT,
     max_tcp_connections: int = TCP_CONNECTIONS_MAX,
     batched: bool = True,
+    precompute_after: float = PRECOMPUTE_AFTER,
 ) -> DnsServer:
     """Serve ``zones`` on UDP and TCP ``host:port`` (port 0: a free port, the same for both).
 
     ``batched=False`` reads one datagram per call, as where ``recvmmsg`` is missing.
+    ``precompute_after``: seconds until the kept replies are made (services.dns.cache).
     """
     loop = asyncio.get_running_loop()
     # The replies kept per question are made once the sockets listen, on a worker thread: making
     # them first (64 ms of CPU for the lab's zones) held the name server's first answer back, and
     # it was the last service `labctl up` waited for. Until they are there, respond() answers.
+    # And a moment later (PRECOMPUTE_AFTER): at `up` every host starts at once on the same cores.
     answerer = Answerer(zones, precompute=False)
     tcp = _Tcp(answerer, idle_timeout, max_tcp_connections)
     attempts = PORT_ATTEMPTS if port == 0 else 1
@@ -291,13 +299,14 @@ async def start(
         udp = _Udp(sock, answerer, open_batch(sock, UDP_BURST) if batched else None)
         udp.start(loop)
         server = DnsServer(bound, udp, tcp_server, tcp)
-        server._precomputing = loop.create_task(_precompute(answerer))
+        server._precomputing = loop.create_task(_precompute(answerer, precompute_after))
         return server
     raise AssertionError("unreachable: the last attempt returns or raises")
 
 
-async def _precompute(answerer: Answerer) -> None:
+async def _precompute(answerer: Answerer, delay: float) -> None:
     try:
+        await asyncio.sleep(delay)
         answerer.adopt(await asyncio.to_thread(answerer.precomputed))
     except Exception:  # our bug: the server answers on without them, each reply made when asked
         log.exception("could not make the kept DNS replies; answering each query afresh")

@@ -328,7 +328,7 @@ def test_answers_at_once_while_the_kept_replies_are_still_being_made(loop: Loop,
         return real(self)
 
     monkeypatch.setattr(Answerer, "precomputed", slow)
-    srv = loop.run(start(ZONES, HOST, 0))
+    srv = loop.run(start(ZONES, HOST, 0, precompute_after=0.0))
     try:
         answerer = srv._tcp.answerer
         q = query("mail.stevenchoy.example", "A")

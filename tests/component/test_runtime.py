@@ -36,3 +36,30 @@ def test_an_idle_host_waits_without_asyncio_and_exits_0_on_a_signal(sig: signal.
     assert proc.returncode == 0, err
     assert "mua INFO ready" in err and "mua INFO stopping on signal" in err
     assert "Traceback" not in err
+
+
+ROUTE = """Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT
+eth0\t00000000\t0100590A\t0003\t0\t0\t0\t00000000\t0\t0\t0
+eth0\t0000590A\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0
+"""
+# IPv6 as a lab host has it: the kernel's reject routes on lo, and no default route on eth0.
+LO_REJECT = ("00000000000000000000000000000000 00 00000000000000000000000000000000 00 "
+             "00000000000000000000000000000000 ffffffff 00000001 00000000 00200200       lo\n")
+V6_DEFAULT = ("00000000000000000000000000000000 00 00000000000000000000000000000000 00 "
+              "fe800000000000000000000000000001 00000400 00000001 00000000 00450003     eth0\n")
+
+
+def test_a_default_route_is_looked_up_before_an_ip_process_is_started(tmp_path: Path) -> None:
+    """Docker gives a container an IPv4 default route even on an internal network, and no IPv6
+    one: each start of a role removes the first and starts no `ip` for the second."""
+    from services.runtime import _has_default_route
+
+    (tmp_path / "route").write_text(ROUTE)
+    (tmp_path / "ipv6_route").write_text(LO_REJECT * 2)
+    assert _has_default_route("-4", tmp_path)
+    assert not _has_default_route("-6", tmp_path)
+    (tmp_path / "route").write_text(ROUTE.splitlines()[0] + "\n" + ROUTE.splitlines()[2] + "\n")
+    (tmp_path / "ipv6_route").write_text(LO_REJECT + V6_DEFAULT)
+    assert not _has_default_route("-4", tmp_path)
+    assert _has_default_route("-6", tmp_path)
+    assert _has_default_route("-4", tmp_path / "missing")  # unreadable: try the removal anyway
