@@ -19,14 +19,16 @@ share the files, each coping with names the other changed.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import gc
 import operator
 import os
 import re
 import secrets
 import shutil
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -99,6 +101,21 @@ def flags_of(info: str) -> tuple[frozenset[str], str]:
     return flags, "".join(c for c in letters if c not in LETTER_FLAGS)
 
 
+@contextlib.contextmanager
+def _no_collections() -> Iterator[None]:
+    """No cyclic garbage collection while a listing is built. It makes tens of thousands of
+    objects and no cycles, and each collection it set off walked every object of the server:
+    with a few folders of 10,000 listed, 40-70 ms of a 190 ms first SELECT (in process)."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
 def _info(path: str) -> str:
     """The ``2,<letters>`` after the colon of a message file's name ("" if none)."""
     return os.path.basename(path).partition(":")[2]
@@ -153,6 +170,11 @@ class Folder:
         stamp = self._current_stamp()
         if stamp is not None and stamp == self._stamp and not (claim_new and self.any_new):
             return self._messages  # the same object: callers may tell "nothing changed" by identity
+        with _no_collections():
+            return self._list(claim_new)
+
+    def _list(self, claim_new: bool) -> list[Message]:
+        """The listing afresh: what messages() returns when something may have changed."""
         found = self._scan()
         self._read_uidlist()
         uids = self._uids

@@ -450,3 +450,35 @@ def test_names_without_a_time_get_uids_in_mtime_order(tmp_path: Path) -> None:
         os.utime(root / "new" / name, (mtime, mtime))
     folder = Mailboxes(root).folder("INBOX")
     assert [(m.uid, m.key) for m in folder.messages()] == [(1, "aaa-early"), (2, ours), (3, "zzz-late")]
+
+
+def test_a_listing_pauses_garbage_collection_and_always_resumes_it(box: Path) -> None:
+    """No cyclic collection while a listing is built (each walked the whole server's heap), and
+    the collector is on again after it, also when the listing fails; off stays off."""
+    import gc
+
+    from services.imap.store import StoreError
+
+    folder = Mailboxes(box).folder("INBOX")
+    seen: list[bool] = []
+    real_scan = folder._scan
+
+    def scan() -> dict[str, tuple[str, str, bool]]:
+        seen.append(gc.isenabled())
+        return real_scan()
+
+    folder._scan = scan  # type: ignore[method-assign]
+    assert gc.isenabled()
+    assert len(folder.messages()) == 2
+    assert seen == [False] and gc.isenabled()
+    (box / "cur").rename(box / "cur.away")
+    with pytest.raises(StoreError):
+        folder.messages()
+    assert gc.isenabled()
+    (box / "cur.away").rename(box / "cur")
+    gc.disable()
+    try:
+        folder.messages()
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
