@@ -8,16 +8,22 @@ names): INBOX with ``--messages`` messages of ``--size`` bytes, and a folder ``B
 
 - FETCH: LOGIN, SELECT INBOX, then one ``FETCH 1:* BODY[]``: messages/s and MB/s of the answer;
 - SELECT: in a session of its own, ``SELECT Big`` until its tagged OK;
+- cold SELECT: in another session, the first SELECT of a folder ``Cold<n>`` of its own each round,
+  a copy of Big's ``--big`` messages in ``new/`` made at the fill (as the first look at Big is);
 - login: connect to the greeting, and LOGIN to its tagged OK;
 - IDLE: on the MX host itself (one clock), a client IDLEs on a folder ``Idle`` while a message
   is delivered into its ``new/`` (tmp, then rename, as a delivery agent does); the delay until its ``* n EXISTS``.
 
 One warm-up round on each side first (Dovecot builds its index at first access, our server lists
 the folders, and BODY[] sets \\Seen once; its SELECT is printed as the cold one), then the timed
-rounds alternate between the sides; medians are printed.
-Targets (issue 13): FETCH throughput at least Dovecot's, SELECT within 2x of it.
+rounds alternate between the sides; each round's figures are printed, then the medians.
+``--before-image`` adds a third lab on another lab image (the code before a change), in the same
+interleaved rounds: a before/after in one run.
+Targets: FETCH throughput at least Dovecot's (issue 13); SELECT, warm and cold, at most Dovecot's
+(issue 17; issue 13 asked within 2x).
 
     python bench/bench_imap.py [--messages 1000] [--size 10240] [--big 10000] [--rounds 5]
+        [--prefix bench] [--before-image maillab:<hash>]
 """
 
 from __future__ import annotations
@@ -38,15 +44,15 @@ from labctl.lab import Lab  # noqa: E402
 REFERENCE = topology.DEFAULT_TOPOLOGY.parent / "reference" / "mx.yml"  # an overlay
 MX = "mail.stevenchoy.example"
 MAILDIR = "/var/mail/maillab/stevenchoy.example/betty"
-SIDES = ("ours", "dovecot")
 
 # Runs on the MX host: the mailboxes, written as our MX writes them; owned as the mail root is
 # (root for ours, vmail for Dovecot, which reads as that user).
 FILL = r"""
-import os, sys
+import os, shutil, sys
 from pathlib import Path
 from services.mailstore import deliver_batch, ensure_maildir
-maildir, messages, size, big = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+maildir = Path(sys.argv[1])
+messages, size, big, colds = (int(a) for a in sys.argv[2:6])
 def message(folder, i, body_size):
     line = b"the quick brown fox jumps over the lazy dog, again and again %07d\n" % i
     body = (line * (body_size // len(line) + 1))[:body_size - 1] + b"\n"  # ends a line, as SMTP mail does
@@ -61,6 +67,12 @@ for name in (".Big", ".Idle"):
 folder = maildir / ".Big"
 for start in range(0, big, 500):
     deliver_batch([(folder, message(b"big", i, 200)) for i in range(start, min(start + 500, big))])
+for n in range(colds):  # a folder a round for the cold SELECT: Big's messages, copied (not synced)
+    cold = maildir / f".Cold{n}"
+    ensure_maildir(cold)
+    (cold / "maildirfolder").touch()
+    for name in os.listdir(folder / "new"):
+        shutil.copyfile(folder / "new" / name, cold / "new" / name)
 owner = os.stat(maildir.parent.parent)
 for root, dirs, files in os.walk(maildir.parent.parent):
     for name in (root, *(os.path.join(root, n) for n in dirs + files)):
@@ -73,7 +85,7 @@ print(len(os.listdir(maildir / "new")), len(os.listdir(folder / "new")))
 # in Python and would measure itself.
 CLIENT = r"""
 import json, re, socket, sys, time
-host, user, password = sys.argv[1:4]
+host, user, password, cold = sys.argv[1:5]
 LITERAL = re.compile(rb"\{(\d+)\}\r\n$")
 
 class Conn:
@@ -121,6 +133,10 @@ c.command("LOGOUT")
 c = Conn()
 c.command(f"LOGIN {user} {password}")
 out["select_big_s"], _, out["select_lines"] = c.command("SELECT Big")
+c.command("LOGOUT")
+c = Conn()
+c.command(f"LOGIN {user} {password}")
+out["select_cold_s"] = c.command(f"SELECT {cold}")[0]
 c.command("LOGOUT")
 print(json.dumps(out))
 """
@@ -176,7 +192,7 @@ def run(lab: Lab, host: str, script: str, *args: str) -> Any:
 
 
 def one_round(lab: Lab, n: int) -> dict[str, Any]:
-    result: dict[str, Any] = run(lab, "betty", CLIENT, MX, "betty", "betty-secret")
+    result: dict[str, Any] = run(lab, "betty", CLIENT, MX, "betty", "betty-secret", f"Cold{n}")
     result.update(run(lab, "mail", IDLE, MAILDIR + "/.Idle", "betty", "betty-secret", f"r{n}"))
     return result
 
@@ -187,50 +203,84 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=10240, help="body size of each INBOX message, bytes")
     parser.add_argument("--big", type=int, default=10000, help="messages in the folder that SELECT opens")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--prefix", default="bench", help="lab name prefix (labs are PREFIX-imap-SIDE)")
+    parser.add_argument("--before-image", help="also time a lab on this lab image (the code before a change)")
     args = parser.parse_args()
 
     client = engine.connect()
     images = ImageBuilder(client).images({"lab", "reference"})
-    labs = {"ours": Lab(client, "bench-imap-ours"), "dovecot": Lab(client, "bench-imap-dovecot")}
-    topos = {"ours": topology.load(), "dovecot": topology.load_overlay(topology.load(), REFERENCE)}
-    rounds: dict[str, list[dict[str, Any]]] = {side: [] for side in SIDES}
+    sides = ("ours", "dovecot") + (("before",) if args.before_image else ())
+    labs = {side: Lab(client, f"{args.prefix}-imap-{side}") for side in sides}
+    topos = {"ours": topology.load(), "dovecot": topology.load_overlay(topology.load(), REFERENCE),
+             "before": topology.load()}
+    side_images = {side: images for side in sides}
+    if args.before_image:
+        side_images["before"] = {**images, "lab": args.before_image}
+    rounds: dict[str, list[dict[str, Any]]] = {side: [] for side in sides}
     filled = {}
     first: dict[str, dict[str, Any]] = {}
     try:
-        for side in SIDES:
+        for side in sides:
             labs[side].down()
-            labs[side].up(topos[side], images)
-            filled[side] = run(labs[side], "mail", FILL, MAILDIR, str(args.messages), str(args.size), str(args.big))
+            labs[side].up(topos[side], side_images[side])
+            filled[side] = run(labs[side], "mail", FILL, MAILDIR, str(args.messages), str(args.size), str(args.big),
+                               str(args.rounds + 1))
             first[side] = one_round(labs[side], 0)  # the warm-up: the servers' first look at the mailboxes
+            print(f"{side}: first SELECT Big (cold) {first[side]['select_big_s'] * 1000:.1f} ms", flush=True)
         for n in range(1, args.rounds + 1):
-            for side in SIDES:
+            for side in sides:  # interleaved: ours, Dovecot(, before), ours, ...
                 rounds[side].append(one_round(labs[side], n))
+            print(f"round {n}: " + "  ".join(
+                f"{side} FETCH {args.messages / rounds[side][-1]['fetch_s']:.0f} msg/s, "
+                f"SELECT {rounds[side][-1]['select_big_s'] * 1000:.2f} ms, "
+                f"cold {rounds[side][-1]['select_cold_s'] * 1000:.1f} ms" for side in sides), flush=True)
         version = labs["dovecot"].exec("mail", ["dovecot", "--version"]).output.split()[0]
     finally:
-        for side in SIDES:
+        for side in sides:
             labs[side].down()
 
     def median(side: str, key: str) -> float:
         return statistics.median(r[key] for r in rounds[side])
 
-    print(f"images {images['lab']} (ours), {images['reference']} (Dovecot {version}, stock settings)")
+    before = f", {args.before_image} (before)" if args.before_image else ""
+    print(f"images {images['lab']} (ours), {images['reference']} (Dovecot {version}, stock settings){before}")
     print(f"mailboxes: INBOX {args.messages} messages of a {args.size} B body, Big {args.big} messages "
           f"(in new/: ours {filled['ours']}, Dovecot's {filled['dovecot']}); median of {args.rounds} rounds")
-    fetch = {s: args.messages / median(s, "fetch_s") for s in SIDES}
-    mbs = {s: statistics.median(r["fetch_octets"] / r["fetch_s"] / 1e6 for r in rounds[s]) for s in SIDES}
+    fetch = {s: args.messages / median(s, "fetch_s") for s in sides}
+    mbs = {s: statistics.median(r["fetch_octets"] / r["fetch_s"] / 1e6 for r in rounds[s]) for s in sides}
     print(f"  FETCH 1:* BODY[], messages/s: ours {fetch['ours']:7.0f}   Dovecot {fetch['dovecot']:7.0f}   "
           f"ours/Dovecot {fetch['ours'] / fetch['dovecot']:.2f}x  (MB/s: {mbs['ours']:.1f} / {mbs['dovecot']:.1f})")
-    rows = (("SELECT Big, to the tagged OK", "select_big_s"), ("connect to the greeting", "greeting_s"),
+    rows = (("SELECT Big, to the tagged OK", "select_big_s"), ("cold SELECT Cold<n> (its first)", "select_cold_s"),
+            ("connect to the greeting", "greeting_s"),
             ("LOGIN to its tagged OK", "login_s"), ("IDLE: delivery to EXISTS", "idle_s"))
     for label, key in rows:
         a, b = median("ours", key) * 1000, median("dovecot", key) * 1000
-        print(f"  {label + ', ms:':34} ours {a:7.1f}   Dovecot {b:7.1f}   ours/Dovecot {a / b:.2f}x (lower is better)")
+        print(f"  {label + ', ms:':34} ours {a:7.2f}   Dovecot {b:7.2f}   ours/Dovecot {a / b:.2f}x (lower is better)")
     a, b = first["ours"]["select_big_s"] * 1000, first["dovecot"]["select_big_s"] * 1000
     print(f"  {'first SELECT Big (cold), ms:':34} ours {a:7.1f}   Dovecot {b:7.1f}   ours/Dovecot {a / b:.2f}x "
           "(the warm-up: ours moves new/ to cur/ and writes the uidlist, Dovecot also builds its index)")
-    print("targets: FETCH at least Dovecot's (>= 1.00x), SELECT within 2x (<= 2.00x)")
-    sizes_ok = all(r["fetch_octets"] > args.messages * args.size for s in SIDES for r in rounds[s])
-    met = fetch["ours"] >= fetch["dovecot"] and median("ours", "select_big_s") <= 2 * median("dovecot", "select_big_s")
+    for side in sides:
+        selects = [r["select_big_s"] * 1000 for r in rounds[side]]
+        fetches = [args.messages / r["fetch_s"] for r in rounds[side]]
+        colds = [r["select_cold_s"] * 1000 for r in rounds[side]]
+        print(f"  spread, {side}: SELECT {min(selects):.2f}-{max(selects):.2f} ms, "
+              f"cold {min(colds):.1f}-{max(colds):.1f} ms, "
+              f"FETCH {min(fetches):.0f}-{max(fetches):.0f} msg/s")
+    for label, key in (("SELECT", "select_big_s"), ("cold SELECT", "select_cold_s")):
+        per_round = [o[key] / d[key] for o, d in zip(rounds["ours"], rounds["dovecot"], strict=True)]
+        print(f"  {label} ours/Dovecot per round: {min(per_round):.2f}x-{max(per_round):.2f}x")
+    if "before" in sides:
+        c, warm = first["before"]["select_big_s"] * 1000, median("before", "select_big_s") * 1000
+        colds_before = median("before", "select_cold_s") * 1000
+        print(f"  before ({args.before_image}): FETCH {fetch['before']:.0f} msg/s "
+              f"(ours/before {fetch['ours'] / fetch['before']:.2f}x), SELECT {warm:.2f} ms "
+              f"(ours/before {median('ours', 'select_big_s') * 1000 / warm:.2f}x), "
+              f"cold {colds_before:.1f} ms (ours/before {median('ours', 'select_cold_s') * 1000 / colds_before:.2f}x), "
+              f"first SELECT Big {c:.1f} ms (ours/before {a / c:.2f}x)")
+    print("targets: FETCH at least Dovecot's (>= 1.00x); SELECT, warm and cold, at most Dovecot's (<= 1.00x)")
+    sizes_ok = all(r["fetch_octets"] > args.messages * args.size for s in sides for r in rounds[s])
+    met = (fetch["ours"] >= fetch["dovecot"] and median("ours", "select_big_s") <= median("dovecot", "select_big_s")
+           and median("ours", "select_cold_s") <= median("dovecot", "select_cold_s"))
     return 0 if sizes_ok and met else 1
 
 

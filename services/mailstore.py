@@ -24,6 +24,7 @@ import re
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -228,20 +229,43 @@ def _new_dir_sync(mailbox: Path) -> DirectorySync:
 
 
 def delivery_order(key: str, mtime: float) -> tuple[int, int, int, int, str]:
+    """The order messages were delivered in: from the name (:func:`name_order`), else ``mtime``."""
+    return name_order(key) or (int(mtime), 0, 0, 0, key)
+
+
+def name_order(key: str) -> tuple[int, int, int, int, str] | None:
+    """:func:`delivery_order` when the name alone gives it (no mtime needed), else None."""
     ours = _OUR_NAME.match(key)
     if ours:
-        seconds, micros, pid, counter = (int(g) for g in ours.groups())
+        seconds, micros, pid, counter = map(int, ours.groups())
         return (seconds, micros, counter, pid, key)
     # Names from other delivery agents start with the seconds too; failing that, trust mtime.
     leading = _LEADING_SECONDS.match(key)
-    return (int(leading.group(1)) if leading else int(mtime), 0, 0, 0, key)
+    return (int(leading.group(1)), 0, 0, 0, key) if leading else None
 
 
-def _order_from_name(key: str) -> tuple[int, int, int, int, str] | None:
-    """:func:`delivery_order` when the name alone gives it (no mtime needed), else None."""
-    if _OUR_NAME.match(key) or _LEADING_SECONDS.match(key):
-        return delivery_order(key, 0.0)
-    return None
+def message_entries(mailbox: Path, *, missing_ok: bool) -> Iterator[tuple[str, os.DirEntry[str], bool]]:
+    """(key, directory entry, in ``new/``) of every message file in ``new/``, then ``cur/``.
+
+    From the directory listing alone: the file type comes from the entry (d_type), so no stat(2)
+    per message where the file system gives it. ``cur/`` comes second: a message caught moving from
+    ``new/`` is listed in both, and a caller keeping the last entry of a key keeps ``cur/``'s.
+    ``missing_ok=False``: a missing ``new/`` or ``cur/`` raises ``FileNotFoundError``.
+    """
+    for sub in ("new", "cur"):
+        try:
+            entries = list(os.scandir(os.path.join(mailbox, sub)))
+        except FileNotFoundError:
+            if missing_ok:
+                continue
+            raise
+        in_new = sub == "new"
+        for entry in entries:
+            name = entry.name
+            # A dot name is no message (the lock file, an editor's leftovers); is_file() is False
+            # for a file removed while we looked.
+            if name[0] != "." and entry.is_file(follow_symlinks=False):
+                yield name.split(":", 1)[0], entry, in_new
 
 
 def _check_key(key: str) -> None:
@@ -303,30 +327,17 @@ class Maildir:
         delivery first; ``sizes=False`` looks at the names alone, with no stat(2) per message for
         the names that carry their delivery time (ours, and every agent's that starts with it)."""
         found: dict[str, tuple[tuple[int, int, int, int, str], str, int | None]] = {}
-        for sub in ("new", "cur"):  # cur/ second: a message caught mid-move is listed once
+        for key, entry, _ in message_entries(self.path, missing_ok=True):
             try:
-                entries = list(os.scandir(self.path / sub))
+                size: int | None = None
+                if sizes:
+                    st = entry.stat(follow_symlinks=False)
+                    order, size = delivery_order(key, st.st_mtime), st.st_size
+                else:
+                    order = name_order(key) or delivery_order(key, entry.stat(follow_symlinks=False).st_mtime)
             except FileNotFoundError:
-                continue
-            for entry in entries:
-                name = entry.name
-                if name.startswith("."):
-                    continue
-                try:
-                    # From the directory entry's type where the file system gives it (d_type):
-                    # no stat(2) then.
-                    if not entry.is_file(follow_symlinks=False):
-                        continue
-                    key = name.split(":", 1)[0]
-                    size: int | None = None
-                    if sizes:
-                        st = entry.stat(follow_symlinks=False)
-                        order, size = delivery_order(key, st.st_mtime), st.st_size
-                    else:
-                        order = _order_from_name(key) or delivery_order(key, entry.stat(follow_symlinks=False).st_mtime)
-                except FileNotFoundError:
-                    continue  # deleted while we looked
-                found[key] = (order, entry.path, size)
+                continue  # deleted while we looked
+            found[key] = (order, entry.path, size)
         ordered = sorted(found.items(), key=lambda item: item[1][0])
         self._paths = {key: path for key, (_, path, _) in ordered}
         return [(key, path, size) for key, (_, path, size) in ordered]

@@ -225,9 +225,18 @@ class _View:
     # The folder's listing this view last matched in full (expunges reported): while the folder
     # returns this same listing, nothing changed on disk and a sync has nothing to say.
     synced: list[Message] = field(default_factory=list)
+    # uids and messages are still the folder's own (Folder.uid_list, by_uid), shared by every
+    # view of that listing: a SELECT copies nothing. Copied at the first change (own()).
+    shared: bool = False
+
+    def own(self) -> None:
+        """Make uids and messages this view's own before changing them."""
+        if self.shared:
+            self.uids, self.messages, self.shared = list(self.uids), dict(self.messages), False
 
 
 _SYSTEM_FLAG_NAMES = {f.upper(): f for f in SYSTEM_FLAGS}
+_SELECTS = ("SELECT", "EXAMINE")
 
 
 class Session:
@@ -395,7 +404,9 @@ class Session:
             self._idling = command.tag
             self._parser.want_line()
             return [Log(f"{shown} -> idling"), Send(b"+ idling\r\n"), Poll(self.limits.poll_interval, self.poll)]
-        if self._view is not None and self.state is State.SELECTED and not reply.close:
+        # After SELECT, the view is the listing just taken: a sync would only look again (and
+        # list the folder again, when that listing moved new/ into cur/ a moment ago).
+        if self._view is not None and self.state is State.SELECTED and not reply.close and name not in _SELECTS:
             reply.untagged += self._sync(report_expunges=not hold)
         return self._answer(command.tag, shown, reply)
 
@@ -543,6 +554,7 @@ class Session:
             return [b"* BYE The selected mailbox is gone\r\n"]
         if current is view.synced and not view.folder.claimed:
             return []
+        view.own()
         if report_expunges:
             view.synced = current
         view.recent.update(view.folder.claimed)
@@ -689,7 +701,7 @@ class Session:
         messages = folder.messages(claim_new=not readonly)
         recent = (set(folder.claimed) if not readonly else {m.uid for m in messages if m.in_new} if folder.any_new
                   else set())
-        view = _View(name, folder, readonly, list(folder.uid_list), dict(folder.by_uid), recent, messages)
+        view = _View(name, folder, readonly, folder.uid_list, folder.by_uid, recent, messages, shared=True)
         self._view = view
         self.state = State.SELECTED
         flags = " ".join(SYSTEM_FLAGS)
@@ -883,7 +895,7 @@ class Session:
             elif item.name == "UID":
                 parts.append(b"UID %d" % uid)
             elif item.name == "INTERNALDATE":
-                parts.append(b"INTERNALDATE " + internal_date(message.mtime))
+                parts.append(b"INTERNALDATE " + internal_date(view.folder.internal_date(message)))
             elif item.name == "RFC822.SIZE":
                 try:
                     parts.append(b"RFC822.SIZE %d" % message.wire_size())
@@ -912,6 +924,7 @@ class Session:
             # §6.4.5: BODY[...] sets \Seen; the changed flags go with the answer.
             updated = view.folder.set_flags(message, message.flags | {"\\Seen"})
             if updated is not None:
+                view.own()
                 view.messages[uid] = updated
                 if not any(i.name == "FLAGS" for i in items):
                     parts.append(b"FLAGS " + self._flag_list(uid))
@@ -939,6 +952,7 @@ class Session:
             if updated is None:
                 gone += 1
                 continue
+            view.own()
             view.messages[message_uid] = updated
             if not m.group(2):
                 uid_item = b" UID %d" % message_uid if uid else b""
@@ -964,9 +978,10 @@ class Session:
             message = view.messages[view.uids[index]]
             try:
                 data = view.folder.read(message)
+                date = view.folder.internal_date(message)
             except StoreError:
                 continue  # expunged meanwhile: nothing to copy
-            copies.append(target.add(data, message.flags, message.mtime))
+            copies.append(target.add(data, message.flags, date))
             sources.append(message.uid)
         code = f"COPYUID {target.uidvalidity} {_uid_set(sources)} {_uid_set(copies)}" if sources else ""
         if not move:
@@ -1180,7 +1195,7 @@ class _Search:
             compare = key[4:] if sent else key
 
             def on_day(i: int, m: Message) -> bool:
-                got = self._sent_day(m) if sent else time.gmtime(m.mtime)[:3]
+                got = self._sent_day(m) if sent else time.gmtime(self.session._selected().folder.internal_date(m))[:3]
                 if got is None:
                     return False
                 return got < day if compare == "BEFORE" else got == day if compare == "ON" else got >= day

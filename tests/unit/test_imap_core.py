@@ -6,6 +6,7 @@ import base64
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -324,3 +325,160 @@ def test_a_listing_taken_while_the_folder_was_changing_is_not_trusted_later(
     os.utime(new, ns=(before.st_atime_ns, before.st_mtime_ns))  # as if in the same tick
     monkeypatch.setattr(store, "DIRTY_WINDOW", 0.0)  # later: nothing is recent any more
     assert len(folder.messages()) == 3
+
+
+class _CountedEntry:
+    """A directory entry that notes each stat(2) made through it."""
+
+    def __init__(self, entry: os.DirEntry[str], seen: list[str]) -> None:
+        self._entry, self._seen = entry, seen
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._entry, name)
+
+    def stat(self, *, follow_symlinks: bool = True) -> os.stat_result:
+        self._seen.append(self._entry.path)
+        return self._entry.stat(follow_symlinks=follow_symlinks)
+
+
+def _count_message_stats(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The message files stat(2)ed from now on, through os.stat or a listing's entries."""
+    seen: list[str] = []
+    real_stat, real_scandir = os.stat, os.scandir
+
+    def stat(path: str | os.PathLike[str], *args: Any, **kwargs: Any) -> os.stat_result:
+        if os.path.basename(os.path.dirname(os.fspath(path))) in ("new", "cur"):
+            seen.append(os.fspath(path))
+        return real_stat(path, *args, **kwargs)
+
+    class Listing(list[_CountedEntry]):  # what os.scandir gives: iterable, and a context manager
+        def __enter__(self) -> Listing:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            pass
+
+    def scandir(path: str | os.PathLike[str]) -> Listing:
+        with real_scandir(path) as entries:
+            return Listing(_CountedEntry(e, seen) for e in entries)
+
+    monkeypatch.setattr(os, "stat", stat)
+    monkeypatch.setattr(os, "scandir", scandir)
+    return seen
+
+
+def test_select_reads_names_alone_and_internal_dates_come_when_asked(box: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """SELECT lists the directories and stats no message file (a folder of 10,000 paid 10,000
+    stat(2) calls for dates no SELECT shows); INTERNALDATE, SEARCH by date and COPY still give
+    the file's mtime, looked up once, and a message gone meanwhile is EXPUNGEISSUED."""
+    for i in range(20):
+        deliver(box, b"Subject: more %d\n\nbody\n" % i)
+    s = Script(box).login()
+    seen = _count_message_stats(monkeypatch)
+    assert b"* 22 EXISTS\r\n" in s.say(b"s SELECT INBOX")
+    assert seen == []
+    jan = 1_704_103_200  # 2024-01-01 10:00:00 UTC
+    for path in (box / "cur").iterdir():
+        os.utime(path, (jan, jan))
+    out = s.say(b"f FETCH 1:2 INTERNALDATE")
+    assert out == (b'* 1 FETCH (INTERNALDATE "01-Jan-2024 10:00:00 +0000")\r\n'
+                   b'* 2 FETCH (INTERNALDATE "01-Jan-2024 10:00:00 +0000")\r\nf OK FETCH completed\r\n')
+    assert len(seen) == 2
+    s.say(b"g FETCH 1:2 INTERNALDATE")
+    assert len(seen) == 2  # kept: a file's mtime does not change with its flags
+    # Message 22's file removed behind the session's back before its date was ever looked up.
+    uid_22 = s.say(b"k FETCH 22 UID").split(b"UID ")[1].split(b")")[0].decode()
+    key = next(line.split(" :", 1)[1] for line in (box / UIDLIST).read_text().splitlines()[1:]
+               if line.split(" ", 1)[0] == uid_22)
+    next(p for p in (box / "cur").iterdir() if p.name.startswith(key)).unlink()
+    assert s.say(b"l FETCH 22 INTERNALDATE") == (
+        b"l NO [EXPUNGEISSUED] some of the messages were expunged meanwhile\r\n")
+    # SEARCH looks up every date it needs; message 22, still in the view, matches nothing.
+    assert s.say(b"h SEARCH SINCE 1-Jan-2024 BEFORE 2-Jan-2024") == (
+        b"* SEARCH " + b" ".join(b"%d" % n for n in range(1, 22)) + b"\r\nh OK SEARCH completed\r\n")
+    assert s.say(b"i SEARCH BEFORE 1-Jan-2024") == b"* SEARCH\r\ni OK SEARCH completed\r\n"
+    s.say(b"c CREATE Kept")
+    assert s.say(b"j COPY 1 Kept").startswith(b"j OK [COPYUID ")
+    [copy] = (box / ".Kept" / "cur").iterdir()
+    assert copy.stat().st_mtime == jan
+
+
+def test_views_share_a_listing_until_one_of_them_changes(box: Path) -> None:
+    """Sessions' views of one listing are the folder's own objects (a SELECT copies nothing): a
+    change in one view is copied out first, so the other still sees it as news at its next
+    command. A SELECT says everything once: the command after it has nothing to add."""
+    shared: dict[Path, Folder] = {}
+    a, b = Script(box, folders=shared).login(), Script(box, folders=shared).login()
+    assert b"* 2 RECENT\r\n" in a.say(b"s SELECT INBOX")  # claims new/ into cur/: cur/ is "dirty"
+    assert a.say(b"n NOOP") == b"n OK NOOP completed\r\n"
+    assert b"* 0 RECENT\r\n" in b.say(b"s SELECT INBOX")
+    assert a.say(b"t STORE 1 +FLAGS.SILENT (\\Flagged)") == b"t OK STORE completed\r\n"
+    assert b.say(b"n NOOP") == b"* 1 FETCH (FLAGS (\\Flagged))\r\nn OK NOOP completed\r\n"
+    assert b.say(b"f FETCH 2 BODY[HEADER.FIELDS (Subject)]") == (
+        b"* 2 FETCH (BODY[HEADER.FIELDS (Subject)] {16}\r\nSubject: two\r\n\r\n FLAGS (\\Seen))\r\n"
+        b"f OK FETCH completed\r\n")
+    assert a.say(b"n NOOP") == b"* 2 FETCH (FLAGS (\\Seen \\Recent))\r\nn OK NOOP completed\r\n"
+    assert b.say(b"g FETCH 1:2 FLAGS") == (b"* 1 FETCH (FLAGS (\\Flagged))\r\n* 2 FETCH (FLAGS (\\Seen))\r\n"
+                                           b"g OK FETCH completed\r\n")
+
+
+def test_the_uid_list_is_read_again_when_another_writer_changed_it(box: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The list is parsed only when its file changed (inode, mtime, size), and then in full:
+    Dovecot appends to it in place, with fields between the UID and the name; a line we cannot
+    read is skipped, not taken for a message."""
+    from services.imap import store
+
+    monkeypatch.setattr(store, "DIRTY_WINDOW", 0.0)  # the file's identity alone decides
+    folder = Mailboxes(box).folder("INBOX")
+    assert [m.uid for m in folder.messages()] == [1, 2]
+    key = deliver(box, b"Subject: three\n\nthree\n")
+    with open(box / UIDLIST, "a") as f:  # as Dovecot appends: same inode
+        f.write(f"7 G0123456789abcdef :{key}\r\nnot a line\n")
+    assert [m.uid for m in folder.messages()] == [1, 2, 7]
+    assert folder.uidnext == 8
+    assert [m.key for m in folder.messages()][-1] == key
+
+
+def test_names_without_a_time_get_uids_in_mtime_order(tmp_path: Path) -> None:
+    """UIDs go in delivery order: from the name where it tells, else the file's mtime (the one
+    stat(2) a listing still makes, for such a name only)."""
+    root = tmp_path / "betty"
+    ours = deliver(root, b"Subject: ours\n\nx\n")
+    for name, mtime in (("zzz-late", 4_000_000_000), ("aaa-early", 1_000_000_000)):
+        (root / "new" / name).write_bytes(b"Subject: foreign\n\nx\n")
+        os.utime(root / "new" / name, (mtime, mtime))
+    folder = Mailboxes(root).folder("INBOX")
+    assert [(m.uid, m.key) for m in folder.messages()] == [(1, "aaa-early"), (2, ours), (3, "zzz-late")]
+
+
+def test_a_listing_pauses_garbage_collection_and_always_resumes_it(box: Path) -> None:
+    """No cyclic collection while a listing is built (each walked the whole server's heap), and
+    the collector is on again after it, also when the listing fails; off stays off."""
+    import gc
+
+    from services.imap.store import StoreError
+
+    folder = Mailboxes(box).folder("INBOX")
+    seen: list[bool] = []
+    real_scan = folder._scan
+
+    def scan() -> dict[str, tuple[str, str, bool]]:
+        seen.append(gc.isenabled())
+        return real_scan()
+
+    folder._scan = scan  # type: ignore[method-assign]
+    assert gc.isenabled()
+    assert len(folder.messages()) == 2
+    assert seen == [False] and gc.isenabled()
+    (box / "cur").rename(box / "cur.away")
+    with pytest.raises(StoreError):
+        folder.messages()
+    assert gc.isenabled()
+    (box / "cur.away").rename(box / "cur")
+    gc.disable()
+    try:
+        folder.messages()
+        assert not gc.isenabled()
+    finally:
+        gc.enable()

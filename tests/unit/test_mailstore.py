@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from services.mailstore import MailboxLock, Maildir, deliver, mailbox_dir
+from services.mailstore import MailboxLock, Maildir, deliver, mailbox_dir, message_entries
 
 
 def test_mailbox_dir_is_domain_then_user_lower_cased(tmp_path: Path) -> None:
@@ -239,3 +239,23 @@ def test_a_name_without_a_size_field_is_read_to_count(tmp_path: Path) -> None:
     os.rename(box / "new" / os.listdir(box / "new")[0], box / "new" / "1796000000.V801I2M3.other-mda")
     [key] = Maildir(box).keys()
     assert Maildir(box).wire_size(key) is None
+
+
+def test_message_entries_come_from_the_listing_new_first(tmp_path: Path) -> None:
+    """The shared listing of POP3 and IMAP: keys without the info, new/ before cur/ (a message
+    caught moving shows in both, cur/ last), no dot names, no directories; a missing new/ or cur/
+    is empty or an error, as the caller asks."""
+    box = tmp_path / "box"
+    first, moving = deliver(box, b"one\n"), deliver(box, b"two\n")
+    os.link(box / "new" / moving, box / "cur" / f"{moving}:2,S")  # in both, as mid-rename
+    (box / "cur" / ".editor-swap").write_bytes(b"x")
+    (box / "cur" / "subdir").mkdir()
+    listed = [(key, entry.name, in_new) for key, entry, in_new in message_entries(box, missing_ok=False)]
+    assert sorted(listed[:2]) == sorted([(first, first, True), (moving, moving, True)])
+    assert listed[2:] == [(moving, f"{moving}:2,S", False)]
+    for name in os.listdir(box / "new"):
+        os.unlink(box / "new" / name)
+    (box / "new").rmdir()
+    assert [key for key, _, _ in message_entries(box, missing_ok=True)] == [moving]
+    with pytest.raises(FileNotFoundError):
+        list(message_entries(box, missing_ok=False))
