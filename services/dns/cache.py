@@ -1,10 +1,11 @@
-"""Replies in wire form per question, made when the zones are loaded: a query is answered by a lookup.
+"""Replies in wire form per question, made for the zones once: a query is answered by a lookup.
 
 The lab's zones change only when they are replaced, and a reply depends on nothing but the query's
-octets after its ID (flags, question, EDNS), the transport (UDP truncates) and the zones. So when
-the zones load, :class:`Answerer` asks :func:`services.dns.answer.respond` every question they can
-answer (each name that exists, every type served and ANY) in the shapes most clients send (RD set;
-no EDNS, or EDNS 0 with a 1232-octet payload; UDP) and keeps each reply in wire form.
+octets after its ID (flags, question, EDNS), the transport (UDP truncates) and the zones. So for
+a set of zones (the server: a second after it listens, services.dns.server.start),
+:class:`Answerer` asks :func:`services.dns.answer.respond` every question they can answer (each
+name that exists, every type served and ANY) in the shapes most clients send (RD set; no EDNS, or
+EDNS 0 with a 1232-octet payload; UDP) and keeps each reply in wire form.
 Other well-formed questions (a name that does not exist, another shape) are kept the first time
 they are answered, up to :data:`CACHE_ENTRIES`.
 
