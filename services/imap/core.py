@@ -36,7 +36,7 @@ import email.utils
 import enum
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -973,16 +973,19 @@ class Session:
             raise _Refusal("NO", f"no mailbox {name}", "TRYCREATE")
         target = view.folder if name == view.name else store.folder(name)
         sources: list[int] = []
-        copies: list[int] = []
-        for index in indexes:
-            message = view.messages[view.uids[index]]
-            try:
-                data = view.folder.read(message)
-                date = view.folder.internal_date(message)
-            except StoreError:
-                continue  # expunged meanwhile: nothing to copy
-            copies.append(target.add(data, message.flags, date))
-            sources.append(message.uid)
+
+        def readable() -> Iterator[tuple[bytes, frozenset[str], float]]:
+            for index in indexes:  # read one at a time, written as read: no whole set in memory
+                message = view.messages[view.uids[index]]
+                try:
+                    data = view.folder.read(message)
+                    date = view.folder.internal_date(message)
+                except StoreError:
+                    continue  # expunged meanwhile: nothing to copy
+                sources.append(message.uid)
+                yield data, message.flags, date
+
+        copies = target.add_many(readable())
         code = f"COPYUID {target.uidvalidity} {_uid_set(sources)} {_uid_set(copies)}" if sources else ""
         if not move:
             return _Reply("OK", "COPY completed", code)

@@ -418,11 +418,19 @@ class Folder:
             self._stamp = None
 
     def add(self, data: bytes, flags: Iterable[str], mtime: float | None = None) -> int:
-        """Store a message (APPEND, COPY) durably and return its UID."""
-        key = add_message(self.path, data, info_for(flags), mtime)
+        """Store a message (APPEND) durably and return its UID."""
+        return self.add_many([(data, flags, mtime)])[0]
+
+    def add_many(self, items: Iterable[tuple[bytes, Iterable[str], float | None]]) -> list[int]:
+        """Store messages (COPY, MOVE) durably, one at a time as ``items`` yields them, and return
+        their UIDs: given by one listing after the last, not one per message (a COPY of 1,000
+        listed a 10,000-message folder 1,000 times)."""
+        keys = [add_message(self.path, data, info_for(flags), mtime) for data, flags, mtime in items]
+        if not keys:
+            return []
         self._stamp = None
         self.messages()
-        return self._uids[key]
+        return [self._uids[key] for key in keys]
 
     def counts(self) -> tuple[int, int, int]:
         """STATUS: messages, recent (still in new/), unseen."""

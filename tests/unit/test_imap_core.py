@@ -257,6 +257,33 @@ def test_copy_move_give_copyuid_and_expunges(box: Path) -> None:
     assert s.say(b"n COPY 1 Nowhere").startswith(b"n NO [TRYCREATE]")
 
 
+def test_a_copy_of_many_lists_the_target_once_and_gives_their_uids_in_order(
+        box: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """COPY stores each message as it reads it, then one listing gives all their UIDs: it listed
+    the target folder once per message (1,000 copies into a big folder, 1,000 listings)."""
+    for n in range(40):
+        deliver(box, b"Subject: m%d\r\n\r\nbody %d\r\n" % (n, n))
+    s = Script(box).login()
+    s.say(b"c CREATE Sent")
+    s.say(b"s SELECT INBOX")
+    listings: list[Path] = []
+    real = Folder.messages
+
+    def counted(self: Folder, **kw: Any) -> Any:
+        listings.append(self.path)
+        return real(self, **kw)
+
+    monkeypatch.setattr(Folder, "messages", counted)
+    out = s.say(b"c COPY 1:* Sent")
+    assert re.fullmatch(rb"c OK \[COPYUID \d+ 1:42 1:42\] COPY completed\r\n", out), out
+    assert sum(1 for p in listings if p.name.endswith("Sent")) == 1, listings
+    monkeypatch.undo()
+    s.say(b"t SELECT Sent")
+    fetched = s.say(b"f UID FETCH 1:* (BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+    subjects = re.findall(rb"Subject: (\S+)", fetched)
+    assert len(subjects) == 42 and subjects[2:] == [b"m%d" % n for n in range(40)], subjects  # in UID order
+
+
 def test_bad_commands_are_bad_and_a_run_of_them_ends_the_session(box: Path) -> None:
     s = Script(box)
     assert s.say(b"t1 FROB") == b"t1 BAD unknown command\r\n"
