@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import logging
 import ssl
-import subprocess
 from pathlib import Path
 
 from services import config
 from services.capture import CAPTURE_DIR
+from services.certhash import subject_hash
 from services.config import LabConfig
 
 log = logging.getLogger("services.tls")
@@ -106,16 +106,13 @@ def trust_lab_ca(ca: Path = config.TLS_CA, bundle: Path = SYSTEM_BUNDLE) -> bool
 
 def _hash_link(ca: Path, directory: Path) -> bool:
     """``directory/<subject hash>.0`` pointing at the lab CA, as `openssl rehash` would make it
-    (one `openssl x509 -hash` rather than a rehash of the ~140 certificates there)."""
+    (the hash computed here, services.certhash, rather than by an openssl process per host start
+    or a rehash of the ~140 certificates there)."""
     try:
-        proc = subprocess.run(["openssl", "x509", "-noout", "-subject_hash", "-in", str(ca)],
-                              capture_output=True, text=True, timeout=10, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        log.warning("the lab CA is in %s, but not in the CA path %s (no openssl: %s)", SYSTEM_BUNDLE, directory, exc)
-        return False
-    digest = proc.stdout.strip()
-    if proc.returncode != 0 or not digest:
-        log.warning("openssl cannot read the lab CA %s: %s", ca, proc.stderr.strip())
+        digest = subject_hash(ca.read_text(encoding="ascii"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        log.warning("the lab CA is in %s, but not in the CA path %s (cannot read its subject: %s)",
+                    SYSTEM_BUNDLE, directory, exc)
         return False
     for n in range(10):  # .0, .1, ...: another CA may have the same subject hash
         link = directory / f"{digest}.{n}"
