@@ -82,8 +82,8 @@ def _canon_value(tag: int, value: bytes, raw: bytes) -> bytes:
     return _der(UTF8STRING, bytes(c + 32 if 0x41 <= c <= 0x5A else c for c in text))
 
 
-def subject_of(der: bytes) -> tuple[bytes, int, int]:
-    """The certificate's DER and where its subject Name's contents start and end."""
+def subject_of(der: bytes) -> tuple[int, int]:
+    """Where the certificate's subject Name's contents start and end in its DER."""
     tag, body, end = _tlv(der, 0)
     if tag != SEQUENCE:
         raise ValueError("not a certificate")
@@ -95,23 +95,23 @@ def subject_of(der: bytes) -> tuple[bytes, int, int]:
     if len(fields) < 5 or fields[4][0] != SEQUENCE:
         raise ValueError("no subject in the certificate")
     _, _, start, stop = fields[4]
-    return der, start, stop
+    return start, stop
 
 
 def canonical_subject(der: bytes) -> bytes:
-    data, start, stop = subject_of(der)
+    start, stop = subject_of(der)
     canon = b""
-    for tag, _, body, end in _children(data, start, stop):
+    for tag, _, body, end in _children(der, start, stop):
         if tag != SET:
             raise ValueError("a relative distinguished name is not a SET")
         entries = []
-        for atv_tag, _, atv_body, atv_end in _children(data, body, end):
-            parts = _children(data, atv_body, atv_end)
+        for atv_tag, _, atv_body, atv_end in _children(der, body, end):
+            parts = _children(der, atv_body, atv_end)
             if atv_tag != SEQUENCE or len(parts) != 2:
                 raise ValueError("an attribute is not a SEQUENCE of type and value")
             (_, oid_at, _, oid_end), (vtag, v_at, v_body, v_end) = parts
-            value = _canon_value(vtag, data[v_body:v_end], data[v_at:v_end])
-            entries.append(_der(SEQUENCE, data[oid_at:oid_end] + value))
+            value = _canon_value(vtag, der[v_body:v_end], der[v_at:v_end])
+            entries.append(_der(SEQUENCE, der[oid_at:oid_end] + value))
         canon += _der(SET, b"".join(sorted(entries)))  # DER orders a SET OF by encoding
     return canon
 

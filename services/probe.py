@@ -72,7 +72,6 @@ class Target:
         self.port = port
         self.zone = zone  # for dns: a zone the server must be authoritative for
 
-
     @classmethod
     def parse(cls, text: str) -> Target:
         parts = text.split(":")

@@ -101,16 +101,16 @@ def trust_lab_ca(ca: Path = config.TLS_CA, bundle: Path = SYSTEM_BUNDLE) -> bool
         bundle.parent.mkdir(parents=True, exist_ok=True)
         with bundle.open("a", encoding="ascii") as out:
             out.write(f"\n{LAB_CA_MARK}\n{pem.strip()}\n")
-    return _hash_link(ca, bundle.parent)
+    return _hash_link(ca, pem, bundle.parent)
 
 
-def _hash_link(ca: Path, directory: Path) -> bool:
-    """``directory/<subject hash>.0`` pointing at the lab CA, as `openssl rehash` would make it
+def _hash_link(ca: Path, pem: str, directory: Path) -> bool:
+    """``directory/<subject hash>.0`` pointing at the lab CA (``pem``, as read), as `openssl rehash` would make it
     (the hash computed here, services.certhash, rather than by an openssl process per host start
     or a rehash of the ~140 certificates there)."""
     try:
-        digest = subject_hash(ca.read_text(encoding="ascii"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        digest = subject_hash(pem)
+    except ValueError as exc:
         log.warning("the lab CA is in %s, but not in the CA path %s (cannot read its subject: %s)",
                     SYSTEM_BUNDLE, directory, exc)
         return False

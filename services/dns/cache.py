@@ -74,11 +74,17 @@ class _Entry(NamedTuple):
         return cls(wire[2:HEADER_LEN], wire[question_end:], query[HEADER_LEN:question_end], reply)
 
 
+# The kept replies by key (case folded), and the same by the query's exact octets after its ID:
+# the reply after its ID, and the fields of its Reply after the wire.
+_Made = dict[tuple[Transport, bytes], _Entry]
+_AsMade = dict[bytes, tuple[bytes, tuple[str, str, str, str, None]]]
+
+
 class Precomputed(NamedTuple):
     """What :meth:`Answerer.precomputed` makes: the kept replies by key, and by exact octets."""
 
-    made: dict[tuple[Transport, bytes], _Entry]
-    as_made: dict[bytes, tuple[bytes, tuple[str, str, str, str, None]]]
+    made: _Made
+    as_made: _AsMade
 
 
 def _key(query: bytes, transport: Transport) -> tuple[tuple[Transport, bytes], int] | None:
@@ -110,11 +116,11 @@ class Answerer:
         a name server starting beside four other hosts answers at once)."""
         self.zones = zones
         self._entries = entries
-        self._made: dict[tuple[Transport, bytes], _Entry] = {}  # at load; only read afterwards
+        self._made: _Made = {}  # at load; only read afterwards
         # The same replies by the query's octets after its ID exactly as made (the case too):
         # what nearly every query is, found with one slice and one lookup (the reply after its
         # ID, and the fields of its Reply after the wire). UDP only, as those made are.
-        self._as_made: dict[bytes, tuple[bytes, tuple[str, str, str, str, None]]] = {}
+        self._as_made: _AsMade = {}
         self._learned: OrderedDict[tuple[Transport, bytes], _Entry] = OrderedDict()
         if precompute:
             self.adopt(self.precomputed())
@@ -122,8 +128,8 @@ class Answerer:
     def precomputed(self) -> Precomputed:
         """The replies to every question of :func:`_common_queries`, made from the zones alone
         (nothing of this object changes: safe on another thread)."""
-        made: dict[tuple[Transport, bytes], _Entry] = {}
-        as_made: dict[bytes, tuple[bytes, tuple[str, str, str, str, None]]] = {}
+        made: _Made = {}
+        as_made: _AsMade = {}
         for query in _common_queries(self.zones):
             found = _key(query, "udp")
             assert found is not None  # dnspython writes a question plainly
