@@ -11,32 +11,55 @@ from pathlib import Path
 from services.reference import supervise
 
 
+def _armed(trap: str, ready: Path) -> list[str]:
+    """A daemon that sets its TERM trap, then says so by creating `ready`.
+
+    A signal that arrives before the shell has run `trap` kills it outright, so each test waits for
+    `ready` before anything can send one: on a loaded machine the shell can take longer to start
+    than the other daemon takes to exit.
+    """
+    return ["sh", "-c", f"trap {trap} TERM; touch {ready}; while :; do sleep 0.05; done"]
+
+
+def _exits_once(ready: Path, status: int) -> list[str]:
+    return ["sh", "-c", f"while [ ! -e {ready} ]; do sleep 0.01; done; exit {status}"]
+
+
 def test_a_daemon_that_exits_stops_the_others_and_the_role_fails(tmp_path: Path) -> None:
     marker = tmp_path / "terminated"
     # The survivor notes its SIGTERM, as a daemon's orderly shutdown would.
-    survivor = ["sh", "-c", f"trap 'touch {marker}; exit 0' TERM; while :; do sleep 0.05; done"]
+    ready = tmp_path / "ready"
+    survivor = _armed(f"'touch {marker}; exit 0'", ready)
     started = time.monotonic()
-    assert supervise.run([survivor, ["sh", "-c", "sleep 0.3; exit 3"]]) == 1
+    assert supervise.run([survivor, _exits_once(ready, 3)]) == 1
     assert marker.exists()
     assert time.monotonic() - started < supervise.STOP_GRACE
 
 
 def test_sigterm_is_passed_on_and_the_role_exits_cleanly(tmp_path: Path) -> None:
     marker = tmp_path / "terminated"
-    daemon = ["sh", "-c", f"trap 'touch {marker}; exit 0' TERM; while :; do sleep 0.05; done"]
+    ready = tmp_path / "ready"
+    daemon = _armed(f"'touch {marker}; exit 0'", ready)
+
+    async def signal_when_armed() -> None:
+        while not ready.exists():
+            await asyncio.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGTERM)
 
     async def main() -> int:
-        asyncio.get_running_loop().call_later(0.3, os.kill, os.getpid(), signal.SIGTERM)
-        return await supervise.supervise([daemon])
+        task = asyncio.ensure_future(signal_when_armed())
+        status = await supervise.supervise([daemon])
+        await task
+        return status
 
     assert asyncio.run(main()) == 0
     assert marker.exists()
 
 
 def test_a_daemon_deaf_to_sigterm_is_killed_after_the_grace(tmp_path: Path) -> None:
-    deaf = ["sh", "-c", "trap '' TERM; while :; do sleep 0.05; done"]
+    ready = tmp_path / "ready"
     started = time.monotonic()
-    assert supervise.run([deaf, ["false"]]) == 1
+    assert supervise.run([_armed("''", ready), _exits_once(ready, 1)]) == 1
     assert supervise.STOP_GRACE <= time.monotonic() - started < supervise.STOP_GRACE + 2
 
 
