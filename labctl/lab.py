@@ -12,12 +12,10 @@ from __future__ import annotations
 import io
 import ipaddress
 import json
-import queue
 import re
 import tarfile
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
@@ -131,72 +129,6 @@ def parallel(func: Callable[[T], R], items: list[T]) -> list[R]:
         return []
     with ThreadPoolExecutor(max_workers=min(len(items), 32)) as pool:
         return list(pool.map(func, items))
-
-
-PROBE = ["python3", "-m", "services", "probe", "--timeout", str(READY_TIMEOUT)]
-
-
-def probe_targets(hosts: Iterable[tuple[str, str, tuple[tuple[str, int], ...]]]) -> list[str]:
-    """The probe's KIND:ADDRESS:PORT[:ZONE] targets for (address, fqdn, services) of each host."""
-    targets = []
-    for address, fqdn, services in hosts:
-        for proto, port in services:
-            # The name server's own parent domain is always one of the zones it serves.
-            zone = f":{fqdn.partition('.')[2]}" if proto == "dns" else ""
-            targets.append(f"{proto}:{address}:{port}{zone}")
-    return targets
-
-
-class EarlyProbe:
-    """The readiness probe on the name server while `up` still starts the other hosts.
-
-    It begins when the name server's container has started, and hears of each host (its address on
-    the probe's stdin, ``--announced``) as that host's start returns: before, a connect to it
-    would wait on ARP.
-    """
-
-    def __init__(self, engine: Engine, nameserver: HostPlan, targets: list[str]) -> None:
-        self.targets = targets
-        self._engine = engine
-        self._nameserver = nameserver
-        self._lines: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        self._outcome: tuple[ExecResult, float] | BaseException | None = None
-
-    def started(self, p: HostPlan) -> None:
-        """``p``'s container runs: the probe may ask it (and, for the name server, begin)."""
-        self._lines.put(f"{p.host.address}\n".encode("ascii"))
-        if p is self._nameserver:
-            self._thread = threading.Thread(target=self._run, daemon=True)
-            self._thread.start()
-
-    def no_more(self) -> None:
-        """No host will start after this: the probe's input ends."""
-        self._lines.put(None)
-
-    def result(self) -> tuple[ExecResult, float]:
-        """What the probe said and when it began, once it has ended."""
-        if self._thread is None:
-            raise ReadinessError("the name server did not start, so nothing could be probed")
-        self._thread.join()
-        if isinstance(self._outcome, BaseException):
-            raise self._outcome
-        assert self._outcome is not None
-        return self._outcome
-
-    def _chunks(self) -> Iterator[bytes]:
-        while (line := self._lines.get()) is not None:
-            yield line
-
-    def _run(self) -> None:
-        started = time.monotonic()
-        out, err = io.BytesIO(), io.BytesIO()
-        try:
-            code = self._engine.exec(self._nameserver.container.name, [*PROBE, "--announced", *self.targets],
-                                     out.write, err.write, stdin=self._chunks())
-            self._outcome = ExecResult(code, out.getvalue(), err.getvalue()), started
-        except BaseException as exc:  # noqa: BLE001 - handed to the thread that waits in result()
-            self._outcome = exc
 
 
 def remove_network_when_free(engine: Engine, ident: str, *, tries: int = NETWORK_REMOVE_TRIES,
@@ -375,46 +307,16 @@ class Lab:
         if todo:
             self.report(Stage("hosts", f"starting {', '.join(p.host.name for p in todo)}"))
 
-        early = self._early_probe(topo, plans, todo)
-
         def start(p: HostPlan) -> None:
             engine = self.engine_of(p.host)
             if p.host.name not in existing:
                 engine.create_container(p.container)
             engine.start(p.container.name)
-            if early is not None:
-                early.started(p)
 
-        try:
-            parallel(start, todo)
-        finally:
-            if early is not None:
-                early.no_more()  # on a failed start too: the probe then ends at once, not at its deadline
+        parallel(start, todo)
         hosts = self.status()
-        if early is None:
-            self.wait_ready(hosts)
-        else:
-            self._judge_readiness(*early.result())
+        self.wait_ready(hosts)
         return PlacedLab(topo, hosts)
-
-    def _early_probe(self, topo: Topology, plans: Mapping[str, HostPlan], todo: list[HostPlan]) -> EarlyProbe | None:
-        """The readiness probe for hosts about to start, begun as soon as the name server runs.
-
-        Started after the last host, the probe's own start (an exec, a Python process: 0.18-0.21 s
-        in all) came after the slowest container start; begun with the name server it overlaps the
-        other hosts' starts, and asks each one as soon as its container runs.
-        """
-        targets = probe_targets((str(h.address), h.fqdn, role_services(h.role, tls=topo.tls.enabled))
-                                for h in topo.hosts)
-        nameserver = next((plans[h.name] for h in topo.hosts if h.kind == "dns"), None)
-        if not todo or not targets or nameserver is None:
-            return None
-        early = EarlyProbe(self.engine_of(nameserver.host), nameserver, targets)
-        starting = {p.host.name for p in todo}
-        for p in plans.values():
-            if p.host.name not in starting:
-                early.started(p)  # running already
-        return early
 
     def _placed(self, topo: Topology, plans: dict[str, HostPlan],
                 existing: Mapping[str, ContainerInfo]) -> dict[str, HostPlan]:
@@ -489,7 +391,12 @@ class Lab:
 
     def wait_ready(self, hosts: list[HostStatus]) -> None:
         """Ask every service of ``hosts``, over the lab network, until it answers its protocol."""
-        targets = probe_targets((h.address, h.fqdn, h.services) for h in hosts)
+        targets: list[str] = []
+        for h in hosts:
+            for proto, port in h.services:
+                # The name server's own parent domain is always one of the zones it serves.
+                zone = f":{h.fqdn.partition('.')[2]}" if proto == "dns" else ""
+                targets.append(f"{proto}:{h.address}:{port}{zone}")
         if not targets:
             return
         def name_server(among: list[HostStatus]) -> HostStatus | None:
@@ -501,11 +408,8 @@ class Lab:
             raise ReadinessError(f"lab {self.name!r} has no running name server to probe from; "
                                  f"see `labctl logs ns --lab {self.name}`")
         started = time.monotonic()
-        result = self.exec_in(nameserver, [*PROBE, *targets])
-        self._judge_readiness(result, started)
-
-    def _judge_readiness(self, result: ExecResult, started: float) -> None:
-        """Say which services answered, or raise with those that did not and what to look at."""
+        result = self.exec_in(nameserver, ["python3", "-m", "services", "probe",
+                                           "--timeout", str(READY_TIMEOUT), *targets])
         answered = [json.loads(line) for line in result.stdout.decode().splitlines() if line.startswith("{")]
         if result.exit_code != 0:
             failed = [f"{r['target']}: {r['detail']}" for r in answered if not r["ready"]]

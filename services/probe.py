@@ -6,7 +6,7 @@ an SMTP server its ``220`` greeting, a POP3 server its ``+OK``, an IMAP server i
 with TLS on the same after a verified handshake on 465, 995 and 993. It
 polls until every target answers or the deadline passes, then prints one JSON line per target.
 
-    python3 -m services probe [--timeout S] [--announced] KIND:ADDRESS:PORT[:ZONE] ...
+    python3 -m services probe [--timeout S] KIND:ADDRESS:PORT[:ZONE] ...
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import struct
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -178,62 +178,14 @@ def _poll(target: Target, started: float, deadline: float) -> dict[str, object]:
         time.sleep(POLL_INTERVAL)
 
 
-class Announcements:
-    """The addresses of hosts that have started, as labctl names them on the probe's stdin.
-
-    `labctl up` starts the probe as soon as the name server runs, while the other hosts are still
-    being started, and writes each host's address once its container has started. A target is
-    asked only after that: a connect to an address no container holds yet waits on ARP, whose
-    retries are a second apart, and would make the probe hear of the host that late. The end of
-    input means no more hosts will start (every one was named, or labctl gave up).
-    """
-
-    def __init__(self) -> None:
-        self._started: set[str] = set()
-        self._closed = False
-        self._changed = threading.Condition()
-
-    def add(self, address: str) -> None:
-        with self._changed:
-            self._started.add(address)
-            self._changed.notify_all()
-
-    def close(self) -> None:
-        with self._changed:
-            self._closed = True
-            self._changed.notify_all()
-
-    def wait(self, address: str, deadline: float) -> bool:
-        """Whether the host of ``address`` has started, waiting for it until the deadline."""
-        with self._changed:
-            while address not in self._started and not self._closed:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                self._changed.wait(left)
-            return address in self._started
-
-    def read(self, lines: Iterable[str]) -> None:
-        for line in lines:
-            if line.strip():
-                self.add(line.strip())
-        self.close()
-
-
-def probe(targets: list[Target], timeout: float, announced: Announcements | None = None) -> list[dict[str, object]]:
+def probe(targets: list[Target], timeout: float) -> list[dict[str, object]]:
     """Poll every target at once: a host still starting (its address not yet answering ARP, so a
-    connect waits out its timeout) must not hold up the answer of the others. With ``announced``,
-    a target is asked once its host has started."""
+    connect waits out its timeout) must not hold up the answer of the others."""
     started = time.monotonic()
-    deadline = started + timeout
     results: list[dict[str, object]] = [{} for _ in targets]
 
     def poll(i: int) -> None:
-        t = targets[i]
-        if announced is not None and not announced.wait(t.address, deadline):
-            results[i] = {"target": str(t), "ready": False, "detail": "its host was not started"}
-            return
-        results[i] = _poll(t, started, deadline)
+        results[i] = _poll(targets[i], started, started + timeout)
 
     threads = [threading.Thread(target=poll, args=(i,), daemon=True) for i in range(len(targets))]
     for t in threads:
@@ -246,9 +198,6 @@ def probe(targets: list[Target], timeout: float, announced: Announcements | None
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python3 -m services probe", description=__doc__.splitlines()[0])
     parser.add_argument("--timeout", type=float, default=20.0, help="seconds to wait for all targets")
-    parser.add_argument("--announced", action="store_true",
-                        help="ask a target only once its address is given on stdin (one per line), as "
-                             "`labctl up` does while it starts the hosts; end of input: no more will start")
     parser.add_argument("targets", nargs="+", help="KIND:ADDRESS:PORT[:ZONE], KIND in dns, smtp, pop3, imap, "
                         "smtps, pop3s, imaps (TLS from the first byte)")
     args = parser.parse_args(argv)
@@ -256,11 +205,7 @@ def main(argv: list[str]) -> int:
         targets = [Target.parse(t) for t in args.targets]
     except ValueError as exc:
         parser.error(str(exc))
-    announced = None
-    if args.announced:
-        announced = Announcements()
-        threading.Thread(target=announced.read, args=(sys.stdin,), daemon=True).start()
-    results = probe(targets, args.timeout, announced)
+    results = probe(targets, args.timeout)
     for r in results:
         print(json.dumps(r))
     return 0 if all(r["ready"] for r in results) else 1

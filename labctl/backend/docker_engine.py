@@ -14,7 +14,6 @@ import re
 import socket
 import struct
 import tarfile
-import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -234,20 +233,15 @@ class DockerEngine:
             self.api.kill(container, signal=signal)
 
     def exec(self, container: str, cmd: Sequence[str], out: Output, err: Output, *, privileged: bool = False,
-             stdin: bytes | Iterable[bytes] | None = None, environment: Mapping[str, str] | None = None) -> int:
+             stdin: bytes | None = None, environment: Mapping[str, str] | None = None) -> int:
         with _translated(f"running {cmd[0]} on {container}"):
             ex = self.api.exec_create(container, list(cmd), stdout=True, stderr=True, stdin=stdin is not None,
                                       privileged=privileged, environment=dict(environment) if environment else None)
             if stdin is not None:
                 sock = self.api.exec_start(ex["Id"], socket=True)
                 raw = getattr(sock, "_sock", sock)
-                if isinstance(stdin, bytes):
-                    raw.sendall(stdin)
-                    raw.shutdown(socket.SHUT_WR)
-                else:
-                    # Written as the chunks come (labctl up's readiness probe hears of each host as
-                    # it starts) while the output is read here: neither side waits on the other.
-                    threading.Thread(target=_send_all, args=(raw, stdin), daemon=True).start()
+                raw.sendall(stdin)
+                raw.shutdown(socket.SHUT_WR)
                 for stream, chunk in demux(raw):
                     (out if stream == 1 else err)(chunk)
                 raw.close()
@@ -391,16 +385,6 @@ class DockerEngine:
         return [SwarmNode(str(n["ID"]), str((n.get("Description") or {}).get("Hostname", "")),
                           str((n.get("Spec") or {}).get("Role", "")), str((n.get("Status") or {}).get("State", "")),
                           str((n.get("Status") or {}).get("Addr", ""))) for n in found]
-
-
-def _send_all(sock: socket.socket, chunks: Iterable[bytes]) -> None:
-    """Each chunk to an exec's stdin, then its end; a command that has ended no longer reads."""
-    try:
-        for chunk in chunks:
-            sock.sendall(chunk)
-        sock.shutdown(socket.SHUT_WR)
-    except OSError:
-        pass
 
 
 def demux(sock: socket.socket) -> Iterator[tuple[int, bytes]]:

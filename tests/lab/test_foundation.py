@@ -4,20 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import io
-import ipaddress
 import json
-import time
 import uuid
 
 import docker.errors
-import pytest
 
 from labctl import topology
 from labctl.backend.docker_engine import DockerEngine
-from labctl.errors import ReadinessError
 from labctl.image import LABEL_LAB_IMAGE
-from labctl.lab import LABEL_LAB, READY_TIMEOUT, EarlyProbe, probe_targets
-from labctl.plan import plan
+from labctl.lab import LABEL_LAB
 from tests.lab.conftest import RunningLab, labctl, unique_lab
 
 ROLES = {"ns": "dns", "smtp": "mta", "mail": "mx", "andy": "mua", "betty": "mua"}
@@ -257,34 +252,3 @@ def test_image_prune_removes_images_of_an_old_lab_image_and_keeps_current_and_us
         for tag in (old, used, current):
             with contextlib.suppress(docker.errors.ImageNotFound):
                 client.api.remove_image(tag, force=True)
-
-
-def test_the_early_probe_hears_of_each_host_on_stdin_and_fails_those_never_started(
-        running_lab: RunningLab, image: str) -> None:
-    """`up`'s readiness probe begins with the name server and is told of each host as it starts
-    (a streamed exec stdin): told that no more will start, it fails the hosts never named at once,
-    not at its deadline, and `up` says which."""
-    lab = running_lab.lab
-    net = lab.network()
-    assert net is not None
-    subnet = next(n for n in net.subnets if isinstance(n, ipaddress.IPv4Network))
-    topo = topology.load().with_subnet(subnet)
-    plans = plan(lab.name, topo, image)
-    hosts = {h.name: h for h in lab.status()}
-    never = str(subnet.network_address + 200)  # no host holds it
-    targets = probe_targets([(hosts["ns"].address, hosts["ns"].fqdn, hosts["ns"].services),
-                             (hosts["mail"].address, hosts["mail"].fqdn, hosts["mail"].services),
-                             (never, "ghost.stevenchoy.example", (("smtp", 25),))])
-    early = EarlyProbe(lab.engine_of(hosts["ns"]), plans["ns"], targets)
-    early.started(plans["ns"])
-    early.started(plans["mail"])
-    began = time.monotonic()
-    early.no_more()
-    result, started = early.result()
-    assert time.monotonic() - began < READY_TIMEOUT / 2
-    answered = {r["target"]: r for r in map(json.loads, result.stdout.decode().splitlines())}
-    assert result.exit_code == 1
-    assert answered[f"smtp:{never}:25"]["detail"] == "its host was not started"
-    assert all(r["ready"] for t, r in answered.items() if never not in t) and len(answered) == len(targets)
-    with pytest.raises(ReadinessError, match=f"smtp:{never}:25: its host was not started"):
-        lab._judge_readiness(result, started)
