@@ -1,5 +1,3 @@
-import sys
+from labctl.cli import run
 
-from labctl.cli import main
-
-sys.exit(main())
+run()

@@ -8,7 +8,6 @@ files behind the servers' backs, so every step crosses the wire and shows in the
 from __future__ import annotations
 
 import json
-import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -68,6 +67,8 @@ def _outcome(host: HostStatus, result: ExecResult) -> MailCommandResult:
 
 def upload(lab: Lab, host: HostStatus, files: list[Path]) -> list[str]:
     """Copy local files into a fresh folder on ``host``; return their paths there."""
+    import uuid  # 3 ms (platform): every command imports this module, only `send --attach` needs it
+
     folder = f"{UPLOAD_DIR}/{uuid.uuid4().hex[:8]}"
     contents = {}
     for f in files:

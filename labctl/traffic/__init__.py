@@ -20,3 +20,6 @@ Pure (bytes in, objects out; no socket, no file opened, no clock read), one modu
 - :mod:`~labctl.traffic.journey`, :mod:`~labctl.traffic.diagram`: the six steps, Mermaid and SVG;
 - :mod:`~labctl.traffic.cli`: ``labctl traffic`` and ``labctl trace``.
 """
+
+# What the decoders explain (the rest of the capture is summarised with --all): `traffic --proto`.
+PROTOCOL_CHOICES = ("smtp", "pop3", "imap", "dns")

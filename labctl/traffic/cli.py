@@ -26,14 +26,15 @@ from rich.text import Text
 
 from labctl import topology
 from labctl.errors import LabctlError
-from labctl.traffic import render
-from labctl.traffic.model import CLIENT, NOTE, Conversation, Event
+from labctl.traffic import PROTOCOL_CHOICES
 
 if TYPE_CHECKING:
     from labctl.traffic.decode import TrafficDecoder
+    from labctl.traffic.model import Conversation, Event
 
-# The decoders (and dnspython under them) are imported when a command runs, not when labctl
-# starts: every other command, `labctl up` first, would pay for them.
+# The decoders (and dnspython under them), the model and its text are imported when a command
+# runs, not when labctl starts: every other command, `labctl up` first, would pay for them (the
+# model and render alone are 12 ms, on the path of every `labctl up`).
 
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
@@ -128,14 +129,13 @@ def _print_problems(decoder: TrafficDecoder, reported: set[str]) -> None:
 
 # -- traffic -------------------------------------------------------------------------------------------
 
-_STYLE = {CLIENT: "cyan", NOTE: "yellow"}
-
-
 FOLLOW_INTERVAL = 1.0  # seconds between looks at the live capture
 
 
 def cmd_traffic(args: argparse.Namespace, live: LiveSource | None = None, feed: LiveFeed | None = None,
                 keys: LiveKeys | None = None) -> int:
+    from labctl.traffic import render
+
     since = render.parse_since(args.since) if args.since else None
     if args.follow:
         if args.pcap or feed is None:
@@ -162,6 +162,7 @@ def follow(args: argparse.Namespace, feed: LiveFeed, since: float | None, keys: 
     One decoder is fed what the hosts captured since the last look (a look moves only new
     packets, however large the capture has grown); the follower prints each event once.
     """
+    from labctl.traffic import render
     from labctl.traffic.follow import Follower
     from labctl.traffic.follow import key as follow_key
 
@@ -202,8 +203,12 @@ def follow(args: argparse.Namespace, feed: LiveFeed, since: float | None, keys: 
 
 
 def print_events(events: Sequence[Event], *, hide_secrets: bool, times: bool) -> None:
+    from labctl.traffic import render
+    from labctl.traffic.model import CLIENT, NOTE
+
+    colour = {CLIENT: "cyan", NOTE: "yellow"}
     for event in events:
-        style = "red" if event.secrets and not hide_secrets else _STYLE.get(event.direction, "")
+        style = "red" if event.secrets and not hide_secrets else colour.get(event.direction, "")
         if event.kind == "undecodable":
             style = "magenta"
         for line in render.event_lines(event, hide_secrets=hide_secrets, times=times):
@@ -212,6 +217,8 @@ def print_events(events: Sequence[Event], *, hide_secrets: bool, times: bool) ->
 
 def print_conversations(convs: Sequence[Conversation], *, hide_secrets: bool, times: bool) -> None:
     """The dialogues, coloured: client lines cyan, server lines plain, notes yellow, secrets red."""
+    from labctl.traffic import render
+
     for conv in convs:
         if conv.protocol == "dns" and conv.decodable:
             out.print(Text(render.dns_lines(conv, hide_secrets=hide_secrets, times=times)), soft_wrap=True)
@@ -278,7 +285,7 @@ def register(add: AddCommand, live: LiveSource | None = None, feed: LiveFeed | N
     p: Any = add("traffic", traffic, "the captured conversations, decoded: SMTP and POP3 dialogues, "
                  "DNS queries and answers")
     _input_options(p)
-    p.add_argument("--proto", choices=render.PROTOCOL_CHOICES, help="only this protocol")
+    p.add_argument("--proto", choices=PROTOCOL_CHOICES, help="only this protocol")
     p.add_argument("--host", help="only conversations of this host (name or address)")
     p.add_argument("--since", help="only conversations after this: 10m (ago), 14:05:30 (today), ISO date-time")
     p.add_argument("--all", action="store_true", help="also TCP/UDP traffic of other ports (summarised)")

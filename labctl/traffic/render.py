@@ -43,10 +43,9 @@ from collections.abc import Collection, Iterable, Sequence
 from datetime import datetime
 
 from labctl.errors import LabctlError
+from labctl.traffic import PROTOCOL_CHOICES
 from labctl.traffic.model import CLIENT, NOTE, Conversation, Event
 from labctl.traffic.payload import ImapResponse, Pop3Status
-
-PROTOCOL_CHOICES = ("smtp", "pop3", "imap", "dns")
 
 
 def clock(t: float) -> str:
